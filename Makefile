@@ -1,0 +1,51 @@
+# Portier: `make demo` to try it, `make test` to run every check.
+# Both install what the machine lacks (as root, with apt-get/pip) or stop with the exact command to run.
+
+SHELL := /bin/bash
+CARGO ?= cargo
+APT_PACKAGES := cmake gcc g++ make
+
+.PHONY: all build release demo test deps fmt lint unit clean
+
+all: build
+
+# Pingora needs cmake and a C compiler (libz-ng-sys, zstd-sys).
+deps:
+	@missing=""; \
+	command -v cmake >/dev/null || missing="$$missing cmake"; \
+	command -v cc >/dev/null || missing="$$missing gcc"; \
+	command -v c++ >/dev/null || missing="$$missing g++"; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing:$$missing"; \
+	    (apt-get install -y --no-install-recommends $$missing || (apt-get update && apt-get install -y --no-install-recommends $$missing)) >/dev/null; \
+	  else \
+	    echo "missing:$$missing. Run: sudo apt-get install -y$$missing"; exit 1; \
+	  fi; \
+	fi
+	@command -v $(CARGO) >/dev/null || { echo "cargo not found: install Rust from https://rustup.rs"; exit 1; }
+
+build: deps
+	$(CARGO) build
+
+release: deps
+	$(CARGO) build --release
+
+# Starts the sample origin and Portier on :8080 (admin on 127.0.0.1:9901), prints what to try.
+demo: release
+	./target/release/portier demo
+
+fmt:
+	$(CARGO) fmt --all -- --check
+
+lint: deps
+	$(CARGO) clippy --all-targets -- -D warnings
+
+unit: deps
+	$(CARGO) test --all-targets
+
+test: deps fmt lint unit
+	@echo "make test: all checks passed"
+
+clean:
+	$(CARGO) clean

@@ -1,0 +1,216 @@
+//! The `portier` command line.
+
+use crate::config::{self, Config, HostPort, ListenAddr, Route, Upstream};
+use clap::{Parser, Subcommand};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+/// The sample config, built in so `portier demo` works from any directory.
+pub const SAMPLE_CONFIG: &str = include_str!("../../config/portier.toml");
+const DEFAULT_CONFIG: &str = "config/portier.toml";
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "portier",
+    version,
+    about = "A caching reverse proxy with built-in observability, on Pingora"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run from a config file.
+    Run {
+        #[arg(long, short, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+    },
+    /// Validate a config file: exit 0, or print every problem and exit 1.
+    Check {
+        #[arg(long, short, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+    },
+    /// Proxy everything to one upstream, no config file (like `caddy reverse-proxy`).
+    Proxy {
+        /// Public address, e.g. 0.0.0.0:8080.
+        #[arg(long, default_value = "0.0.0.0:8080")]
+        listen: String,
+        /// Upstream, e.g. http://127.0.0.1:3000 or 127.0.0.1:3000.
+        #[arg(long)]
+        upstream: String,
+        /// Admin address.
+        #[arg(long, default_value = "127.0.0.1:9901")]
+        admin: String,
+    },
+    /// Start the sample origin and Portier in front of it, and print what to try.
+    Demo {
+        #[arg(long, default_value = "0.0.0.0:8080")]
+        listen: String,
+        /// Where the sample origin listens.
+        #[arg(long, default_value = "127.0.0.1:3001")]
+        origin: String,
+        #[arg(long, default_value = "127.0.0.1:9901")]
+        admin: String,
+        /// Config to wire the origin into (both pools point at the origin); the built-in
+        /// sample is used when this file does not exist.
+        #[arg(long, short, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+    },
+}
+
+fn fail(msg: impl std::fmt::Display) -> ExitCode {
+    eprintln!("portier: {msg}");
+    ExitCode::from(1)
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Check { config } => match config::load_file(&config) {
+            Ok(c) => {
+                println!(
+                    "{}: OK ({} upstream pools, {} routes)",
+                    config.display(),
+                    c.upstreams.len(),
+                    c.routes.len()
+                );
+                ExitCode::SUCCESS
+            }
+            Err(problems) => {
+                eprint!("{problems}");
+                ExitCode::from(1)
+            }
+        },
+        Command::Run { config } => match config::load_file(&config) {
+            Ok(c) => serve(c),
+            Err(problems) => {
+                eprint!("{problems}");
+                ExitCode::from(1)
+            }
+        },
+        Command::Proxy {
+            listen,
+            upstream,
+            admin,
+        } => match quick_config(&listen, &upstream, &admin) {
+            Ok(c) => serve(c),
+            Err(e) => fail(e),
+        },
+        Command::Demo {
+            listen,
+            origin,
+            admin,
+            config,
+        } => demo(&listen, &origin, &admin, &config),
+    }
+}
+
+fn serve(c: Config) -> ExitCode {
+    serve_then(c, |_| {})
+}
+
+fn serve_then(c: Config, on_bound: impl FnOnce(crate::server::BoundAddrs)) -> ExitCode {
+    match crate::server::run(c, on_bound) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(e),
+    }
+}
+
+/// `portier proxy`: one pool, one catch-all route, every other setting at its default.
+pub fn quick_config(listen: &str, upstream: &str, admin: &str) -> Result<Config, String> {
+    let target = upstream
+        .strip_prefix("http://")
+        .unwrap_or(upstream)
+        .trim_end_matches('/');
+    if target.contains("://") {
+        return Err(format!(
+            "--upstream {upstream:?}: only http:// upstreams are supported"
+        ));
+    }
+    let target: HostPort = target.parse().map_err(|e| format!("--upstream: {e}"))?;
+    let mut c = Config::default();
+    c.listen.public = listen
+        .parse::<ListenAddr>()
+        .map_err(|e| format!("--listen: {e}"))?;
+    c.listen.admin = admin
+        .parse::<ListenAddr>()
+        .map_err(|e| format!("--admin: {e}"))?;
+    c.upstreams.insert(
+        "upstream".into(),
+        Upstream {
+            addresses: vec![target],
+            health_check: None,
+            max_fails: 2,
+            fail_timeout: config::Duration::from_secs(10),
+        },
+    );
+    c.routes.push(Route {
+        host: None,
+        path: "/*".into(),
+        pool: "upstream".into(),
+    });
+    Ok(c)
+}
+
+fn demo(listen: &str, origin: &str, admin: &str, config_path: &Path) -> ExitCode {
+    let env = |k: &str| std::env::var(k).ok();
+    let loaded = if config_path.exists() {
+        config::load_file(config_path)
+    } else {
+        config::load_str(SAMPLE_CONFIG, "built-in config/portier.toml", env)
+    };
+    let mut c = match loaded {
+        Ok(c) => c,
+        Err(p) => {
+            eprint!("{p}");
+            return ExitCode::from(1);
+        }
+    };
+    let origin_addr = match origin.parse::<ListenAddr>() {
+        Ok(a) => a.0,
+        Err(e) => return fail(format!("--origin: {e}")),
+    };
+    let origin = match crate::demo::Origin::start_in_thread(origin_addr) {
+        Ok(o) => o,
+        Err(e) => {
+            return fail(format!(
+                "cannot start the sample origin on {origin_addr}: {e}"
+            ))
+        }
+    };
+    let origin_hp = HostPort {
+        host: origin.addr.ip().to_string(),
+        port: origin.addr.port(),
+    };
+    for pool in c.upstreams.values_mut() {
+        pool.addresses = vec![origin_hp.clone()];
+    }
+    match (listen.parse::<ListenAddr>(), admin.parse::<ListenAddr>()) {
+        (Ok(l), Ok(a)) => {
+            c.listen.public = l;
+            c.listen.admin = a;
+        }
+        (Err(e), _) => return fail(format!("--listen: {e}")),
+        (_, Err(e)) => return fail(format!("--admin: {e}")),
+    }
+    serve_then(c, move |bound| {
+        let public = match bound.public {
+            a if a.ip().is_unspecified() => format!("localhost:{}", a.port()),
+            a => a.to_string(),
+        };
+        let admin = bound.admin;
+        eprintln!(
+            "\nPortier demo: sample origin on {origin}, Portier on {public}, admin on {admin}\n\
+             Try:\n  \
+             curl -i http://{public}/health\n  \
+             curl -i \"http://{public}/api/stats/summary?username=demo\"      # X-Cache: MISS, then HIT with a growing Age\n  \
+             curl -i -H 'If-None-Match: \"<etag from above>\"' \"http://{public}/api/stats/summary?username=demo\"   # 304\n  \
+             curl -i -X POST \"http://{public}/api/sync?username=demo\"      # changes the data (and invalidates it)\n  \
+             curl -s http://{admin}/readyz\n  \
+             open http://{public}/ in a browser (DevTools > Network shows the headers)\n",
+            origin = origin.addr
+        );
+    })
+}

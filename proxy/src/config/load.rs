@@ -1,0 +1,364 @@
+//! Reading a config file: every problem is collected (syntax, unknown keys, bad values,
+//! dangling references) and reported with the key path, so one `portier check` run shows them all.
+
+use super::{Config, HostPort, ListenAddr, TOP_LEVEL_KEYS};
+use serde::de::DeserializeOwned;
+use std::fmt;
+use std::path::Path;
+
+/// One thing wrong with a config: where (`upstreams.api.addresses[0]`) and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub path: String,
+    pub message: String,
+}
+
+/// Every problem found in one config source.
+#[derive(Debug, Clone, thiserror::Error)]
+pub struct Problems {
+    pub source_name: String,
+    pub problems: Vec<Problem>,
+}
+
+impl fmt::Display for Problems {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let n = self.problems.len();
+        writeln!(
+            f,
+            "{}: {n} problem{}",
+            self.source_name,
+            if n == 1 { "" } else { "s" }
+        )?;
+        for p in &self.problems {
+            if p.path.is_empty() {
+                writeln!(f, "  {}: {}", self.source_name, p.message)?;
+            } else {
+                writeln!(f, "  {}: {}: {}", self.source_name, p.path, p.message)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+struct Collector {
+    problems: Vec<Problem>,
+}
+
+impl Collector {
+    fn push(&mut self, path: impl Into<String>, message: impl Into<String>) {
+        self.problems.push(Problem {
+            path: path.into(),
+            message: message.into(),
+        });
+    }
+
+    fn section<T: DeserializeOwned>(&mut self, path: &str, value: toml::Value) -> Option<T> {
+        match serde_path_to_error::deserialize::<_, T>(value) {
+            Ok(v) => Some(v),
+            Err(e) => {
+                let inner = e.path().to_string();
+                let full = match inner.as_str() {
+                    "." | "" => path.to_string(),
+                    rest if rest.starts_with('[') => format!("{path}{rest}"),
+                    rest => format!("{path}.{rest}"),
+                };
+                self.push(full, e.inner().to_string().trim_end().to_string());
+                None
+            }
+        }
+    }
+}
+
+/// Reads and validates a config file, then applies the `PORTIER_*` environment overrides.
+pub fn load_file(path: &Path) -> Result<Config, Problems> {
+    let name = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|e| Problems {
+        source_name: name.clone(),
+        problems: vec![Problem {
+            path: String::new(),
+            message: format!("cannot read the file: {e}"),
+        }],
+    })?;
+    load_str(&text, &name, |k| std::env::var(k).ok())
+}
+
+/// Parses `text`; `env` looks up override variables (a closure so tests need not touch the
+/// process environment).
+pub fn load_str(
+    text: &str,
+    source_name: &str,
+    env: impl Fn(&str) -> Option<String>,
+) -> Result<Config, Problems> {
+    let mut c = Collector {
+        problems: Vec::new(),
+    };
+    let fail = |problems| Problems {
+        source_name: source_name.to_string(),
+        problems,
+    };
+    let table: toml::Table = match text.parse() {
+        Ok(t) => t,
+        Err(e) => {
+            c.push("", format!("not valid TOML: {}", e.to_string().trim_end()));
+            return Err(fail(c.problems));
+        }
+    };
+
+    let mut cfg = Config::default();
+    let mut saw_upstreams = false;
+    // Pools named in the file, even those with errors, so a route naming one is not also flagged.
+    let mut declared = std::collections::BTreeSet::new();
+    let mut saw_routes = false;
+    for (key, value) in table {
+        match key.as_str() {
+            "listen" => cfg.listen = c.section(&key, value).unwrap_or_default(),
+            "server" => cfg.server = c.section(&key, value).unwrap_or_default(),
+            "timeouts" => cfg.timeouts = c.section(&key, value).unwrap_or_default(),
+            "upstreams" => {
+                saw_upstreams = true;
+                match value {
+                    toml::Value::Table(pools) => {
+                        for (name, pool) in pools {
+                            declared.insert(name.clone());
+                            if let Some(p) = c.section(&format!("upstreams.{name}"), pool) {
+                                cfg.upstreams.insert(name, p);
+                            }
+                        }
+                    }
+                    _ => c.push(
+                        "upstreams",
+                        "expected a table of named pools, e.g. [upstreams.api]",
+                    ),
+                }
+            }
+            "routes" => {
+                saw_routes = true;
+                match value {
+                    toml::Value::Array(routes) => {
+                        for (i, r) in routes.into_iter().enumerate() {
+                            if let Some(r) = c.section(&format!("routes[{i}]"), r) {
+                                cfg.routes.push(r);
+                            }
+                        }
+                    }
+                    _ => c.push("routes", "expected an array of tables, e.g. [[routes]]"),
+                }
+            }
+            other => c.push(
+                other,
+                format!(
+                    "unknown key; allowed top-level keys: {}",
+                    TOP_LEVEL_KEYS.join(", ")
+                ),
+            ),
+        }
+    }
+    if !saw_upstreams {
+        c.push("upstreams", "missing: at least one pool is required, e.g. [upstreams.api] addresses = [\"127.0.0.1:3001\"]");
+    }
+    if !saw_routes {
+        c.push(
+            "routes",
+            "missing: at least one [[routes]] entry is required",
+        );
+    }
+
+    apply_env(&mut cfg, &env, &mut c);
+    validate(&cfg, &declared, &mut c);
+    if c.problems.is_empty() {
+        Ok(cfg)
+    } else {
+        Err(fail(c.problems))
+    }
+}
+
+/// The variable that overrides a pool's addresses: `api` → `PORTIER_UPSTREAM_API`.
+pub fn upstream_env_var(pool: &str) -> String {
+    format!(
+        "PORTIER_UPSTREAM_{}",
+        pool.to_ascii_uppercase().replace('-', "_")
+    )
+}
+
+fn apply_env(cfg: &mut Config, env: &impl Fn(&str) -> Option<String>, c: &mut Collector) {
+    for (var, slot) in [
+        ("PORTIER_LISTEN_PUBLIC", &mut cfg.listen.public),
+        ("PORTIER_LISTEN_ADMIN", &mut cfg.listen.admin),
+    ] {
+        if let Some(v) = env(var) {
+            match v.parse::<ListenAddr>() {
+                Ok(a) => *slot = a,
+                Err(e) => c.push(format!("env {var}"), e),
+            }
+        }
+    }
+    for (name, pool) in cfg.upstreams.iter_mut() {
+        let var = upstream_env_var(name);
+        if let Some(v) = env(&var) {
+            let parsed: Result<Vec<HostPort>, String> = v
+                .split(',')
+                .filter(|s| !s.trim().is_empty())
+                .map(str::parse)
+                .collect();
+            match parsed {
+                Ok(a) if !a.is_empty() => pool.addresses = a,
+                Ok(_) => c.push(
+                    format!("env {var}"),
+                    "empty: expected host:port[,host:port...]",
+                ),
+                Err(e) => c.push(format!("env {var}"), e),
+            }
+        }
+    }
+}
+
+fn validate(cfg: &Config, declared: &std::collections::BTreeSet<String>, c: &mut Collector) {
+    if cfg.listen.public.0 == cfg.listen.admin.0 && cfg.listen.public.0.port() != 0 {
+        c.push(
+            "listen.admin",
+            "must differ from listen.public: the admin API is never served on the public port",
+        );
+    }
+    let t = &cfg.timeouts;
+    for (key, d) in [
+        ("connect", t.connect),
+        ("read", t.read),
+        ("write", t.write),
+        ("upstream_idle", t.upstream_idle),
+    ] {
+        if d.get().is_zero() {
+            c.push(format!("timeouts.{key}"), "must be greater than 0");
+        }
+    }
+    for (name, pool) in &cfg.upstreams {
+        if pool.addresses.is_empty() {
+            c.push(
+                format!("upstreams.{name}.addresses"),
+                "must list at least one host:port",
+            );
+        }
+        if let Some(hc) = &pool.health_check {
+            if !hc.path.starts_with('/') {
+                c.push(
+                    format!("upstreams.{name}.health_check.path"),
+                    "must start with '/'",
+                );
+            }
+            if hc.interval.get().is_zero() || hc.timeout.get().is_zero() {
+                c.push(
+                    format!("upstreams.{name}.health_check"),
+                    "interval and timeout must be greater than 0",
+                );
+            }
+            if hc.unhealthy_after == 0 || hc.healthy_after == 0 {
+                c.push(
+                    format!("upstreams.{name}.health_check"),
+                    "unhealthy_after and healthy_after must be at least 1",
+                );
+            }
+        }
+    }
+    for (i, r) in cfg.routes.iter().enumerate() {
+        if !r.path.starts_with('/') {
+            c.push(
+                format!("routes[{i}].path"),
+                format!(
+                    "{:?} must start with '/' (e.g. \"/api/*\" or \"/health\")",
+                    r.path
+                ),
+            );
+        } else if r.path[..r.path.len() - 1].contains('*') {
+            c.push(
+                format!("routes[{i}].path"),
+                "'*' is only allowed at the end, as a prefix match",
+            );
+        }
+        if let Some(h) = &r.host {
+            let bare = h.strip_prefix("*.").unwrap_or(h);
+            if bare.is_empty() || bare.contains(['*', '/', ' ']) {
+                c.push(
+                    format!("routes[{i}].host"),
+                    format!("{h:?} is not a host name or *.domain pattern"),
+                );
+            }
+        }
+        if !declared.contains(&r.pool) {
+            let known: Vec<&str> = declared.iter().map(String::as_str).collect();
+            c.push(
+                format!("routes[{i}].pool"),
+                format!(
+                    "unknown upstream {:?}; defined pools: {}",
+                    r.pool,
+                    if known.is_empty() {
+                        "none".into()
+                    } else {
+                        known.join(", ")
+                    }
+                ),
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+        [upstreams.api]
+        addresses = ["127.0.0.1:3001"]
+        [[routes]]
+        path = "/api/*"
+        pool = "api"
+    "#;
+
+    fn no_env(_: &str) -> Option<String> {
+        None
+    }
+
+    #[test]
+    fn minimal_config_gets_defaults() {
+        let c = load_str(GOOD, "t", no_env).unwrap();
+        assert_eq!(c.listen.public.to_string(), "0.0.0.0:8080");
+        assert_eq!(c.listen.admin.to_string(), "127.0.0.1:9901");
+        assert_eq!(c.timeouts.upstream_idle.as_secs(), 4);
+    }
+
+    #[test]
+    fn every_problem_is_reported_with_its_path() {
+        let text = r#"
+            colour = "blue"
+            [timeouts]
+            connect = "2 parsecs"
+            [upstreams.api]
+            addresses = ["127.0.0.1:3001"]
+            adresses = ["x:1"]
+            [[routes]]
+            path = "/api/*"
+            pool = "apii"
+        "#;
+        let e = load_str(text, "bad.toml", no_env).unwrap_err();
+        let paths: Vec<&str> = e.problems.iter().map(|p| p.path.as_str()).collect();
+        assert!(paths.contains(&"colour"), "{e}");
+        assert!(paths.contains(&"timeouts.connect"), "{e}");
+        assert!(paths.contains(&"upstreams.api.adresses"), "{e}");
+        assert!(paths.contains(&"routes[0].pool"), "{e}");
+        assert!(e.to_string().contains("unknown upstream \"apii\""), "{e}");
+    }
+
+    #[test]
+    fn env_overrides_addresses() {
+        let env = |k: &str| match k {
+            "PORTIER_UPSTREAM_API" => Some("api:3001,api2:3001".to_string()),
+            "PORTIER_LISTEN_ADMIN" => Some("0.0.0.0:9901".to_string()),
+            _ => None,
+        };
+        let c = load_str(GOOD, "t", env).unwrap();
+        assert_eq!(c.upstreams["api"].addresses.len(), 2);
+        assert_eq!(c.upstreams["api"].addresses[0].host, "api");
+        assert_eq!(c.listen.admin.to_string(), "0.0.0.0:9901");
+        let bad = |k: &str| (k == "PORTIER_UPSTREAM_API").then(|| "http://api".to_string());
+        let e = load_str(GOOD, "t", bad).unwrap_err();
+        assert_eq!(e.problems[0].path, "env PORTIER_UPSTREAM_API");
+    }
+}

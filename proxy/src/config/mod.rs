@@ -1,0 +1,148 @@
+//! Portier's configuration: typed TOML sections, environment overrides and validation that
+//! reports every problem at once with its key path.
+
+mod address;
+mod load;
+mod units;
+
+pub use address::{HostPort, ListenAddr};
+pub use load::{load_file, load_str, Problem, Problems};
+pub use units::{ByteSize, Duration};
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Config {
+    pub listen: Listen,
+    pub server: ServerSection,
+    pub timeouts: Timeouts,
+    pub upstreams: BTreeMap<String, Upstream>,
+    pub routes: Vec<Route>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Listen {
+    /// The public listener, where clients connect.
+    pub public: ListenAddr,
+    /// The admin listener (health, readiness, metrics, cache API). Never the public one.
+    pub admin: ListenAddr,
+}
+
+impl Default for Listen {
+    fn default() -> Self {
+        Listen {
+            public: ListenAddr(([0, 0, 0, 0], 8080).into()),
+            admin: ListenAddr(([127, 0, 0, 1], 9901).into()),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerSection {
+    /// Worker threads for the public listener; 0 means one per CPU.
+    pub threads: usize,
+    /// On SIGTERM/SIGINT, how long in-flight requests may take to finish.
+    pub grace_period: Duration,
+}
+
+impl Default for ServerSection {
+    fn default() -> Self {
+        ServerSection {
+            threads: 0,
+            grace_period: Duration::from_secs(10),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Timeouts {
+    /// TCP connect to an upstream address.
+    pub connect: Duration,
+    /// Waiting for the upstream's response headers and between body reads.
+    pub read: Duration,
+    /// Writing the request to the upstream.
+    pub write: Duration,
+    /// How long an unused upstream keep-alive connection is kept. Shorter than the 5 s
+    /// Node.js closes idle sockets after, so Portier never reuses a socket the origin is closing.
+    pub upstream_idle: Duration,
+    /// How long an idle client keep-alive connection is kept.
+    pub client_idle: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            connect: Duration::from_secs(2),
+            read: Duration::from_secs(30),
+            write: Duration::from_secs(30),
+            upstream_idle: Duration::from_secs(4),
+            client_idle: Duration::from_secs(60),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Upstream {
+    /// One or more `host:port`; requests go round-robin over the healthy ones.
+    pub addresses: Vec<HostPort>,
+    /// Active HTTP health check; without it an address is healthy unless passively ejected.
+    #[serde(default)]
+    pub health_check: Option<HealthCheck>,
+    /// Consecutive connection failures that eject an address (passive health check); 0 = never.
+    #[serde(default = "default_max_fails")]
+    pub max_fails: u32,
+    /// How long a passively ejected address is skipped.
+    #[serde(default = "default_fail_timeout")]
+    pub fail_timeout: Duration,
+}
+
+fn default_max_fails() -> u32 {
+    2
+}
+fn default_fail_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HealthCheck {
+    /// Path requested with GET; a 2xx or 3xx answer means healthy.
+    pub path: String,
+    pub interval: Duration,
+    pub timeout: Duration,
+    /// Consecutive failures before an address is marked down.
+    pub unhealthy_after: u32,
+    /// Consecutive successes before a down address is marked up again.
+    pub healthy_after: u32,
+}
+
+impl Default for HealthCheck {
+    fn default() -> Self {
+        HealthCheck {
+            path: "/health".into(),
+            interval: Duration::from_secs(5),
+            timeout: Duration::from_secs(1),
+            unhealthy_after: 1,
+            healthy_after: 1,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Route {
+    /// Host to match (`example.com` or `*.example.com`); absent = any host.
+    #[serde(default)]
+    pub host: Option<String>,
+    /// `/api/*` matches the prefix `/api/` (and `/api` itself); anything else is an exact path.
+    pub path: String,
+    /// The upstream pool that serves this route.
+    pub pool: String,
+}
+
+pub const TOP_LEVEL_KEYS: &[&str] = &["listen", "server", "timeouts", "upstreams", "routes"];

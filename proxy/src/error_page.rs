@@ -1,0 +1,71 @@
+//! The short answers Portier writes itself (no route, no upstream, timeouts): plain text that
+//! names the request id, never cached.
+
+use bytes::Bytes;
+use pingora_error::{ErrorType, Result};
+use pingora_http::ResponseHeader;
+use pingora_proxy::Session;
+
+pub fn reason(status: u16) -> &'static str {
+    http::StatusCode::from_u16(status)
+        .ok()
+        .and_then(|s| s.canonical_reason())
+        .unwrap_or("Error")
+}
+
+pub fn body(status: u16, detail: &str, request_id: &str) -> String {
+    format!(
+        "{status} {}: {detail} (request id {request_id})\n",
+        reason(status)
+    )
+}
+
+/// The status a proxy failure maps to: timeouts are 504, anything else upstream is 502.
+pub fn status_for(e: &pingora_error::Error) -> u16 {
+    use ErrorType::*;
+    match e.etype() {
+        HTTPStatus(code) => *code,
+        ConnectTimedout | ReadTimedout | WriteTimedout | TLSHandshakeTimedout => 504,
+        _ => match e.esource() {
+            pingora_error::ErrorSource::Upstream => 502,
+            pingora_error::ErrorSource::Downstream => match e.etype() {
+                WriteError | ReadError | ConnectionClosed => 0,
+                _ => 400,
+            },
+            _ => 502,
+        },
+    }
+}
+
+pub fn detail_for(status: u16) -> &'static str {
+    match status {
+        504 => "the upstream did not answer in time",
+        502 => "the upstream could not be reached or sent an invalid response",
+        404 => "no route matches this request",
+        400 => "the request is malformed",
+        _ => "the request failed",
+    }
+}
+
+/// Writes the page unless a response has already started (then the connection is just closed).
+pub async fn respond(
+    session: &mut Session,
+    status: u16,
+    request_id: &str,
+    detail: &str,
+) -> Result<()> {
+    if session.as_downstream().response_written().is_some() {
+        return Ok(());
+    }
+    let text = body(status, detail, request_id);
+    let mut resp = ResponseHeader::build(status, Some(6))?;
+    resp.insert_header("content-type", "text/plain; charset=utf-8")?;
+    resp.insert_header("content-length", text.len().to_string())?;
+    resp.insert_header("cache-control", "no-store")?;
+    resp.insert_header(crate::forwarding::REQUEST_ID, request_id)?;
+    session.write_response_header(Box::new(resp), false).await?;
+    session
+        .write_response_body(Some(Bytes::from(text)), true)
+        .await?;
+    Ok(())
+}

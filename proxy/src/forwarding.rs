@@ -1,0 +1,78 @@
+//! What Portier adds to the request it forwards: request id and `X-Forwarded-*`.
+
+use http::HeaderValue;
+use pingora_http::RequestHeader;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+pub const REQUEST_ID: &str = "x-request-id";
+
+/// Keeps a client's `X-Request-Id` when it is a sane token (so a trace started upstream of
+/// Portier keeps its id); otherwise makes a new one.
+pub fn request_id(req: &RequestHeader) -> String {
+    if let Some(v) = req.headers.get(REQUEST_ID).and_then(|v| v.to_str().ok()) {
+        if !v.is_empty()
+            && v.len() <= 128
+            && v.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
+        {
+            return v.to_string();
+        }
+    }
+    new_id()
+}
+
+/// 32 hex digits (the width of a W/3C trace id), unique per process and unpredictable enough
+/// for correlation; not a security token.
+pub fn new_id() -> String {
+    use std::collections::hash_map::RandomState;
+    use std::hash::{BuildHasher, Hasher};
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    thread_local! {
+        static SEED: RandomState = RandomState::new();
+    }
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let (a, b) = SEED.with(|s| {
+        let mut h1 = s.build_hasher();
+        h1.write_u64(n);
+        let mut h2 = s.build_hasher();
+        h2.write_u64(!n);
+        (h1.finish(), h2.finish())
+    });
+    format!("{a:016x}{b:016x}")
+}
+
+/// Sets `X-Forwarded-For` (the client address; values sent by the client are not trusted and
+/// are replaced, as Caddy does without `trusted_proxies`), `X-Forwarded-Proto`,
+/// `X-Forwarded-Host` and the request id.
+pub fn add_forwarded(
+    req: &mut RequestHeader,
+    client_ip: Option<&str>,
+    host: Option<&str>,
+    request_id: &str,
+) {
+    let _ = req.remove_header("x-forwarded-for");
+    if let Some(ip) = client_ip {
+        let _ = req.insert_header("x-forwarded-for", ip);
+    }
+    let _ = req.insert_header("x-forwarded-proto", "http");
+    if let Some(h) = host.filter(|h| HeaderValue::from_str(h).is_ok()) {
+        let _ = req.insert_header("x-forwarded-host", h);
+    }
+    let _ = req.insert_header(REQUEST_ID, request_id);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_unique_and_client_ids_kept_when_sane() {
+        assert_ne!(new_id(), new_id());
+        assert_eq!(new_id().len(), 32);
+        let mut req = RequestHeader::build("GET", b"/", None).unwrap();
+        req.insert_header(REQUEST_ID, "abc-123").unwrap();
+        assert_eq!(request_id(&req), "abc-123");
+        req.insert_header(REQUEST_ID, "bad id with spaces").unwrap();
+        assert_ne!(request_id(&req), "bad id with spaces");
+    }
+}

@@ -1,0 +1,13 @@
+//! Portier: a caching reverse proxy with built-in observability, on Pingora.
+
+pub mod admin;
+pub mod cli;
+pub mod config;
+pub mod demo;
+pub mod error_page;
+pub mod forwarding;
+pub mod gateway;
+pub mod routing;
+pub mod server;
+pub mod telemetry;
+pub mod upstream;

@@ -1,0 +1,227 @@
+//! Process assembly: binds the listeners, builds the Pingora server and its services, and
+//! handles graceful shutdown.
+
+use crate::admin::Admin;
+use crate::config::Config;
+use crate::gateway::{Gateway, State, IN_FLIGHT};
+use crate::telemetry::events;
+use crate::upstream::{UpstreamError, Upstreams};
+use async_trait::async_trait;
+use pingora_core::server::configuration::ServerConf;
+use pingora_core::server::{
+    ListenFds, RunArgs, Server, ShutdownSignal, ShutdownSignalWatch, ShutdownWatch,
+};
+use pingora_core::services::{ServiceReadyNotifier, ServiceWithDependents};
+use std::net::{SocketAddr, TcpListener};
+use std::os::fd::IntoRawFd;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error(transparent)]
+    Upstream(#[from] UpstreamError),
+    #[error("cannot listen on {addr} ({which}): {source}")]
+    Bind {
+        which: &'static str,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// A listener bound before Pingora starts, so `:0` works and the real port is known (and
+/// printed) before the first request.
+struct Bound {
+    addr: SocketAddr,
+    listener: TcpListener,
+}
+
+fn bind(which: &'static str, addr: SocketAddr) -> Result<Bound, ServerError> {
+    let err = |source| ServerError::Bind {
+        which,
+        addr,
+        source,
+    };
+    let listener = TcpListener::bind(addr).map_err(err)?;
+    listener.set_nonblocking(true).map_err(err)?;
+    let addr = listener.local_addr().map_err(err)?;
+    Ok(Bound { addr, listener })
+}
+
+/// Hands a pre-bound socket to a Pingora listening service through the fd table Pingora uses
+/// for zero-downtime upgrades: it finds the address there and adopts the socket.
+struct PreBound<S> {
+    inner: S,
+    sockets: Vec<Bound>,
+}
+
+#[async_trait]
+impl<S: ServiceWithDependents> ServiceWithDependents for PreBound<S> {
+    async fn start_service(
+        &mut self,
+        fds: Option<ListenFds>,
+        shutdown: ShutdownWatch,
+        per_fd: usize,
+        ready: ServiceReadyNotifier,
+    ) {
+        if let Some(table) = &fds {
+            let mut t = table.lock();
+            for b in self.sockets.drain(..) {
+                t.add(b.addr.to_string(), b.listener.into_raw_fd());
+            }
+        }
+        self.inner.start_service(fds, shutdown, per_fd, ready).await
+    }
+    fn name(&self) -> &str {
+        self.inner.name()
+    }
+    fn threads(&self) -> Option<usize> {
+        self.inner.threads()
+    }
+}
+
+/// SIGTERM and SIGINT both stop accepting and let in-flight requests finish; the process exits
+/// as soon as none is left, or when the grace period ends.
+struct GracefulSignals {
+    grace: Duration,
+}
+
+#[async_trait]
+impl ShutdownSignalWatch for GracefulSignals {
+    async fn recv(&self) -> ShutdownSignal {
+        use tokio::signal::unix::{signal, SignalKind};
+        let (Ok(mut term), Ok(mut int)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) else {
+            // Without signal handlers there is no way to be told to stop: wait forever.
+            std::future::pending::<()>().await;
+            return ShutdownSignal::FastShutdown;
+        };
+        let name = tokio::select! {
+            _ = term.recv() => "SIGTERM",
+            _ = int.recv() => "SIGINT",
+        };
+        let in_flight = IN_FLIGHT.load(Ordering::SeqCst).to_string();
+        events::emit(
+            "info",
+            "shutdown_started",
+            &[
+                ("signal", name),
+                ("in_flight", &in_flight),
+                ("grace_period", &format!("{:?}", self.grace)),
+            ],
+        );
+        let grace = self.grace;
+        std::thread::spawn(move || {
+            let start = Instant::now();
+            // Pingora stops the listeners once this returns; give it a moment before trusting 0.
+            std::thread::sleep(Duration::from_millis(100));
+            while IN_FLIGHT.load(Ordering::SeqCst) > 0 && start.elapsed() < grace {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let left = IN_FLIGHT.load(Ordering::SeqCst).to_string();
+            events::emit(
+                "info",
+                "shutdown_complete",
+                &[("in_flight_abandoned", &left)],
+            );
+            std::process::exit(0);
+        });
+        ShutdownSignal::GracefulTerminate
+    }
+}
+
+/// The addresses actually bound (after `:0` resolution).
+#[derive(Debug, Clone, Copy)]
+pub struct BoundAddrs {
+    pub public: SocketAddr,
+    pub admin: SocketAddr,
+}
+
+/// Builds everything and blocks until shutdown. `on_bound` runs once the listeners are bound,
+/// with their real addresses.
+pub fn run(config: Config, on_bound: impl FnOnce(BoundAddrs)) -> Result<(), ServerError> {
+    let upstreams = Arc::new(Upstreams::from_config(&config)?);
+    let public = bind("listen.public", config.listen.public.0)?;
+    let admin = bind("listen.admin", config.listen.admin.0)?;
+    let addrs = BoundAddrs {
+        public: public.addr,
+        admin: admin.addr,
+    };
+
+    let threads = match config.server.threads {
+        0 => std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(2),
+        n => n,
+    };
+    let grace = config.server.grace_period.get();
+    let conf = ServerConf {
+        threads,
+        // Our signal watcher exits the process once drained; this is only the upper bound.
+        grace_period_seconds: Some(grace.as_secs() + 1),
+        graceful_shutdown_timeout_seconds: Some(1),
+        ..ServerConf::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(None, conf);
+
+    let state = Arc::new(State::new(config, upstreams.clone()));
+    let mut proxy = pingora_proxy::http_proxy_service_with_name(
+        &server.configuration,
+        Gateway {
+            state: state.clone(),
+        },
+        "portier",
+    );
+    proxy.add_tcp(&addrs.public.to_string());
+    server.add_service(PreBound {
+        inner: proxy,
+        sockets: vec![public],
+    });
+
+    let mut admin_svc = pingora_core::services::listening::Service::new(
+        "portier-admin".into(),
+        Admin {
+            state: state.clone(),
+        },
+    );
+    admin_svc.add_tcp(&addrs.admin.to_string());
+    admin_svc.threads = Some(1);
+    server.add_service(PreBound {
+        inner: admin_svc,
+        sockets: vec![admin],
+    });
+
+    server.add_service(pingora_core::services::background::background_service(
+        "health-checks",
+        HealthChecks { upstreams },
+    ));
+
+    events::emit(
+        "info",
+        "listening",
+        &[
+            ("public", &addrs.public.to_string()),
+            ("admin", &addrs.admin.to_string()),
+            ("version", env!("CARGO_PKG_VERSION")),
+        ],
+    );
+    on_bound(addrs);
+    server.run(RunArgs {
+        shutdown_signal: Box::new(GracefulSignals { grace }),
+    });
+    Ok(())
+}
+
+struct HealthChecks {
+    upstreams: Arc<Upstreams>,
+}
+
+#[async_trait]
+impl pingora_core::services::background::BackgroundService for HealthChecks {
+    async fn start(&self, shutdown: ShutdownWatch) {
+        self.upstreams.clone().run_health_checks(shutdown).await;
+    }
+}

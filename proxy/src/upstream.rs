@@ -1,0 +1,271 @@
+//! Upstream pools: round-robin selection over healthy addresses, active HTTP health checks and
+//! passive ejection after consecutive connection failures.
+
+use crate::config::{Config, HealthCheck, HostPort, Upstream};
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    #[error("upstreams.{pool}: cannot resolve {addr}: {source}")]
+    Resolve {
+        pool: String,
+        addr: String,
+        source: std::io::Error,
+    },
+}
+
+#[derive(Debug)]
+pub struct Backend {
+    pub addr: HostPort,
+    pub sock: SocketAddr,
+    /// Result of the active health check (true when there is no check).
+    up: AtomicBool,
+    streak: AtomicU32,
+    fails: AtomicU32,
+    ejected_until_ms: AtomicU64,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+impl Backend {
+    pub fn healthy(&self) -> bool {
+        self.up.load(Ordering::Relaxed) && self.ejected_until_ms.load(Ordering::Relaxed) <= now_ms()
+    }
+}
+
+#[derive(Debug)]
+pub struct Pool {
+    pub name: String,
+    pub backends: Vec<Backend>,
+    next: AtomicUsize,
+    max_fails: u32,
+    fail_timeout: Duration,
+    pub health_check: Option<HealthCheck>,
+}
+
+impl Pool {
+    pub fn new(name: &str, cfg: &Upstream) -> Result<Pool, UpstreamError> {
+        let backends = cfg
+            .addresses
+            .iter()
+            .map(|a| {
+                let sock = a.resolve().map_err(|source| UpstreamError::Resolve {
+                    pool: name.to_string(),
+                    addr: a.to_string(),
+                    source,
+                })?;
+                Ok(Backend {
+                    addr: a.clone(),
+                    sock,
+                    up: AtomicBool::new(true),
+                    streak: AtomicU32::new(0),
+                    fails: AtomicU32::new(0),
+                    ejected_until_ms: AtomicU64::new(0),
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Pool {
+            name: name.to_string(),
+            backends,
+            next: AtomicUsize::new(0),
+            max_fails: cfg.max_fails,
+            fail_timeout: cfg.fail_timeout.get(),
+            health_check: cfg.health_check.clone(),
+        })
+    }
+
+    /// Next healthy address not in `tried`, round-robin. When every address is down the pool
+    /// fails open (tries them anyway, round-robin): a health check that is wrong must not turn
+    /// into an outage.
+    pub fn select(&self, tried: &[usize]) -> Option<usize> {
+        let n = self.backends.len();
+        if n == 0 {
+            return None;
+        }
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        let candidates = |want_healthy: bool| {
+            (0..n)
+                .map(move |k| (start + k) % n)
+                .find(|i| !tried.contains(i) && (!want_healthy || self.backends[*i].healthy()))
+        };
+        candidates(true).or_else(|| candidates(false))
+    }
+
+    pub fn report_connect_failure(&self, i: usize) {
+        let Some(b) = self.backends.get(i) else {
+            return;
+        };
+        let fails = b.fails.fetch_add(1, Ordering::Relaxed) + 1;
+        if self.max_fails > 0 && fails >= self.max_fails {
+            b.ejected_until_ms.store(
+                now_ms() + self.fail_timeout.as_millis() as u64,
+                Ordering::Relaxed,
+            );
+            b.fails.store(0, Ordering::Relaxed);
+        }
+    }
+
+    pub fn report_success(&self, i: usize) {
+        if let Some(b) = self.backends.get(i) {
+            b.fails.store(0, Ordering::Relaxed);
+        }
+    }
+
+    pub fn any_healthy(&self) -> bool {
+        self.backends.iter().any(Backend::healthy)
+    }
+
+    /// One round of active checks over every address.
+    pub async fn check_once(&self, hc: &HealthCheck) {
+        // Few addresses per pool, each probe bounded by the check timeout: probing in turn is enough.
+        let mut results = Vec::with_capacity(self.backends.len());
+        for b in &self.backends {
+            results.push(probe(b, hc).await);
+        }
+        for (b, ok) in self.backends.iter().zip(results) {
+            let was_up = b.up.load(Ordering::Relaxed);
+            if ok == was_up {
+                b.streak.store(0, Ordering::Relaxed);
+                continue;
+            }
+            let streak = b.streak.fetch_add(1, Ordering::Relaxed) + 1;
+            let needed = if ok {
+                hc.healthy_after
+            } else {
+                hc.unhealthy_after
+            };
+            if streak >= needed {
+                b.up.store(ok, Ordering::Relaxed);
+                b.streak.store(0, Ordering::Relaxed);
+                crate::telemetry::events::emit(
+                    if ok { "info" } else { "warn" },
+                    "upstream_health_changed",
+                    &[
+                        ("pool", &self.name),
+                        ("address", &b.addr.to_string()),
+                        ("healthy", &ok.to_string()),
+                    ],
+                );
+            }
+        }
+    }
+}
+
+/// GET the health path; 2xx or 3xx within the timeout is healthy.
+async fn probe(b: &Backend, hc: &HealthCheck) -> bool {
+    let fut = async {
+        let mut s = tokio::net::TcpStream::connect(b.sock).await?;
+        let req = format!(
+            "GET {} HTTP/1.1\r\nHost: {}\r\nUser-Agent: portier-health-check\r\nConnection: close\r\n\r\n",
+            hc.path, b.addr
+        );
+        s.write_all(req.as_bytes()).await?;
+        let mut buf = [0u8; 16];
+        let mut got = 0;
+        while got < 12 {
+            let n = s.read(&mut buf[got..]).await?;
+            if n == 0 {
+                break;
+            }
+            got += n;
+        }
+        Ok::<_, std::io::Error>(buf[..got].to_vec())
+    };
+    match tokio::time::timeout(hc.timeout.get(), fut).await {
+        Ok(Ok(head)) => {
+            head.starts_with(b"HTTP/1.") && head.len() >= 12 && matches!(head[9], b'2' | b'3')
+        }
+        _ => false,
+    }
+}
+
+/// Every pool, by name.
+#[derive(Debug, Default)]
+pub struct Upstreams {
+    pools: BTreeMap<String, Arc<Pool>>,
+}
+
+impl Upstreams {
+    pub fn from_config(cfg: &Config) -> Result<Upstreams, UpstreamError> {
+        let mut pools = BTreeMap::new();
+        for (name, u) in &cfg.upstreams {
+            pools.insert(name.clone(), Arc::new(Pool::new(name, u)?));
+        }
+        Ok(Upstreams { pools })
+    }
+
+    pub fn get(&self, name: &str) -> Option<&Arc<Pool>> {
+        self.pools.get(name)
+    }
+
+    pub fn pools(&self) -> impl Iterator<Item = &Arc<Pool>> {
+        self.pools.values()
+    }
+
+    /// Runs the active checks of every pool that has one until `shutdown` flips.
+    pub async fn run_health_checks(
+        self: Arc<Self>,
+        mut shutdown: tokio::sync::watch::Receiver<bool>,
+    ) {
+        let mut tasks = Vec::new();
+        for pool in self.pools.values().cloned() {
+            let Some(hc) = pool.health_check.clone() else {
+                continue;
+            };
+            let mut stop = shutdown.clone();
+            tasks.push(tokio::spawn(async move {
+                loop {
+                    pool.check_once(&hc).await;
+                    tokio::select! {
+                        _ = tokio::time::sleep(hc.interval.get()) => {}
+                        _ = stop.changed() => return,
+                    }
+                }
+            }));
+        }
+        let _ = shutdown.changed().await;
+        for t in tasks {
+            t.abort();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pool(addrs: &[&str], max_fails: u32) -> Pool {
+        let cfg = Upstream {
+            addresses: addrs.iter().map(|a| a.parse().unwrap()).collect(),
+            health_check: None,
+            max_fails,
+            fail_timeout: crate::config::Duration::from_secs(10),
+        };
+        Pool::new("t", &cfg).unwrap()
+    }
+
+    #[test]
+    fn round_robin_skips_ejected_and_fails_open() {
+        let p = pool(&["127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3"], 1);
+        let picks: Vec<usize> = (0..6).map(|_| p.select(&[]).unwrap()).collect();
+        assert_eq!(picks, vec![0, 1, 2, 0, 1, 2]);
+        p.report_connect_failure(1);
+        assert!((0..6).all(|_| p.select(&[]).unwrap() != 1));
+        assert_eq!(
+            p.select(&[0, 2]),
+            Some(1),
+            "fails open when only ejected ones are left"
+        );
+        assert_eq!(p.select(&[0, 1, 2]), None);
+    }
+}

@@ -1,0 +1,301 @@
+//! The shared test harness: a sample origin on port 0, Portier as a real process on port 0
+//! (it prints the addresses it bound), and a small HTTP/1.1 client that shows exact headers.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+pub use portier::demo::Origin;
+
+pub async fn origin() -> Origin {
+    Origin::start("127.0.0.1:0".parse().unwrap())
+        .await
+        .expect("origin starts")
+}
+
+/// A port with nothing listening on it (bound, then released).
+pub fn closed_port() -> SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap()
+}
+
+/// A running `portier` process; killed on drop.
+pub struct Portier {
+    pub child: Child,
+    pub public: SocketAddr,
+    pub admin: SocketAddr,
+    /// Every stdout line (JSON events and access log lines).
+    pub stdout: Arc<Mutex<Vec<String>>>,
+    pub stderr: Arc<Mutex<Vec<String>>>,
+    _dir: tempfile::TempDir,
+}
+
+pub fn bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_portier"))
+}
+
+impl Portier {
+    /// Starts `portier run` with this config text; the listen section is replaced by port 0
+    /// listeners unless the text has its own.
+    pub fn start(config: &str) -> Portier {
+        Self::start_with_env(config, &[])
+    }
+
+    pub fn start_with_env(config: &str, env: &[(&str, &str)]) -> Portier {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("portier.toml");
+        let text = if config.contains("[listen]") {
+            config.to_string()
+        } else {
+            format!("[listen]\npublic = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\n{config}")
+        };
+        std::fs::write(&path, text).unwrap();
+        let mut cmd = Command::new(bin());
+        cmd.arg("run")
+            .arg("--config")
+            .arg(&path)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("portier starts");
+        let stdout = Arc::new(Mutex::new(Vec::new()));
+        let stderr = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let out = child.stdout.take().unwrap();
+        let lines = stdout.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                if line.contains("\"event\":\"listening\"") {
+                    let _ = tx.send(line.clone());
+                }
+                lines.lock().unwrap().push(line);
+            }
+        });
+        let err = child.stderr.take().unwrap();
+        let elines = stderr.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(err).lines().map_while(Result::ok) {
+                elines.lock().unwrap().push(line);
+            }
+        });
+        let line = match rx.recv_timeout(Duration::from_secs(20)) {
+            Ok(l) => l,
+            Err(_) => {
+                let _ = child.kill();
+                panic!(
+                    "portier did not start; stderr: {:?}",
+                    stderr.lock().unwrap()
+                );
+            }
+        };
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        let public = v["public"].as_str().unwrap().parse().unwrap();
+        let admin = v["admin"].as_str().unwrap().parse().unwrap();
+        Portier {
+            child,
+            public,
+            admin,
+            stdout,
+            stderr,
+            _dir: dir,
+        }
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    pub fn signal(&self, sig: i32) {
+        unsafe {
+            libc::kill(self.pid(), sig);
+        }
+    }
+
+    /// Waits for the process to exit, up to `limit`.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let start = Instant::now();
+        while start.elapsed() < limit {
+            if let Ok(Some(st)) = self.child.try_wait() {
+                return Some(st);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
+    pub fn stdout_lines(&self) -> Vec<String> {
+        self.stdout.lock().unwrap().clone()
+    }
+}
+
+impl Drop for Portier {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Resp {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Resp {
+    /// The value of a header (case-insensitive name); panics with the whole response if absent.
+    pub fn header(&self, name: &str) -> &str {
+        self.opt_header(name)
+            .unwrap_or_else(|| panic!("no {name} header in {self:#?}"))
+    }
+    pub fn opt_header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text()))
+    }
+}
+
+/// One request on a fresh connection (`Connection: close`), read to the end.
+pub async fn request(
+    addr: SocketAddr,
+    method: &str,
+    target: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> std::io::Result<Resp> {
+    let mut s = tokio::time::timeout(Duration::from_secs(5), tokio::net::TcpStream::connect(addr))
+        .await??;
+    let mut req = format!("{method} {target} HTTP/1.1\r\n");
+    if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("host")) {
+        req.push_str(&format!("Host: {addr}\r\n"));
+    }
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    if !body.is_empty() || matches!(method, "POST" | "PUT" | "PATCH") {
+        req.push_str(&format!("Content-Length: {}\r\n", body.len()));
+    }
+    req.push_str("Connection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).await?;
+    s.write_all(body).await?;
+    let mut raw = Vec::new();
+    tokio::time::timeout(Duration::from_secs(30), s.read_to_end(&mut raw)).await??;
+    parse_response(&raw, method == "HEAD")
+}
+
+pub async fn get(addr: SocketAddr, target: &str) -> Resp {
+    request(addr, "GET", target, &[], b"").await.expect("GET")
+}
+
+pub async fn get_with(addr: SocketAddr, target: &str, headers: &[(&str, &str)]) -> Resp {
+    request(addr, "GET", target, headers, b"")
+        .await
+        .expect("GET")
+}
+
+fn parse_response(raw: &[u8], head_only: bool) -> std::io::Result<Resp> {
+    let bad = |m: &str| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("{m}: {:?}", String::from_utf8_lossy(raw)),
+        )
+    };
+    let end = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or_else(|| bad("no header end"))?;
+    let head = std::str::from_utf8(&raw[..end]).map_err(|_| bad("header not utf-8"))?;
+    let mut lines = head.split("\r\n");
+    let status_line = lines.next().ok_or_else(|| bad("empty"))?;
+    let status: u16 = status_line
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| bad("status"))?;
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| {
+            l.split_once(':')
+                .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+        })
+        .collect();
+    let rest = &raw[end + 4..];
+    let chunked = headers
+        .iter()
+        .any(|(k, v)| k.eq_ignore_ascii_case("transfer-encoding") && v.contains("chunked"));
+    let body = if head_only || status == 304 || status == 204 {
+        Vec::new()
+    } else if chunked {
+        dechunk(rest).ok_or_else(|| bad("bad chunked body"))?
+    } else {
+        rest.to_vec()
+    };
+    Ok(Resp {
+        status,
+        headers,
+        body,
+    })
+}
+
+fn dechunk(mut b: &[u8]) -> Option<Vec<u8>> {
+    let mut out = Vec::new();
+    loop {
+        let nl = b.windows(2).position(|w| w == b"\r\n")?;
+        let size_str = std::str::from_utf8(&b[..nl]).ok()?;
+        let size = usize::from_str_radix(size_str.split(';').next()?.trim(), 16).ok()?;
+        b = &b[nl + 2..];
+        if size == 0 {
+            return Some(out);
+        }
+        out.extend_from_slice(b.get(..size)?);
+        b = b.get(size + 2..)?;
+    }
+}
+
+/// Polls `f` until it returns true or `limit` passes.
+pub async fn eventually(limit: Duration, mut f: impl AsyncFnMut() -> bool) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if f().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    false
+}
+
+/// Config text for one `api` pool at `api` with `/api/*` and `/health` routed to it and the
+/// rest to `web`.
+pub fn two_pool_config(api: SocketAddr, web: SocketAddr) -> String {
+    format!(
+        r#"
+[upstreams.api]
+addresses = ["{api}"]
+[upstreams.web]
+addresses = ["{web}"]
+[[routes]]
+path = "/api/*"
+pool = "api"
+[[routes]]
+path = "/health"
+pool = "api"
+[[routes]]
+path = "/*"
+pool = "web"
+"#
+    )
+}
