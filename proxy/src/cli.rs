@@ -146,11 +146,7 @@ pub fn quick_config(listen: &str, upstream: &str, admin: &str) -> Result<Config,
             fail_timeout: config::Duration::from_secs(10),
         },
     );
-    c.routes.push(Route {
-        host: None,
-        path: "/*".into(),
-        pool: "upstream".into(),
-    });
+    c.routes.push(Route::new(None, "/*", "upstream"));
     Ok(c)
 }
 

@@ -1,6 +1,7 @@
 //! Portier: a caching reverse proxy with built-in observability, on Pingora.
 
 pub mod admin;
+pub mod cache;
 pub mod cli;
 pub mod config;
 pub mod demo;

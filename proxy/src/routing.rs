@@ -115,11 +115,7 @@ mod tests {
     use super::*;
 
     fn route(host: Option<&str>, path: &str, pool: &str) -> Route {
-        Route {
-            host: host.map(String::from),
-            path: path.into(),
-            pool: pool.into(),
-        }
+        Route::new(host, path, pool)
     }
 
     #[test]

@@ -114,6 +114,21 @@ pub fn load_str(
             "listen" => cfg.listen = c.section(&key, value).unwrap_or_default(),
             "server" => cfg.server = c.section(&key, value).unwrap_or_default(),
             "timeouts" => cfg.timeouts = c.section(&key, value).unwrap_or_default(),
+            "cache" => cfg.cache = c.section(&key, value).unwrap_or_default(),
+            "purge" => cfg.purge = c.section(&key, value).unwrap_or_default(),
+            "invalidation" => match value {
+                toml::Value::Array(rules) => {
+                    for (i, r) in rules.into_iter().enumerate() {
+                        if let Some(r) = c.section(&format!("invalidation[{i}]"), r) {
+                            cfg.invalidation.push(r);
+                        }
+                    }
+                }
+                _ => c.push(
+                    "invalidation",
+                    "expected an array of tables, e.g. [[invalidation]]",
+                ),
+            },
             "upstreams" => {
                 saw_upstreams = true;
                 match value {
@@ -256,6 +271,44 @@ fn validate(cfg: &Config, declared: &std::collections::BTreeSet<String>, c: &mut
                     "unhealthy_after and healthy_after must be at least 1",
                 );
             }
+        }
+    }
+    if cfg.cache.max_object_size > cfg.cache.max_size {
+        c.push(
+            "cache.max_object_size",
+            format!(
+                "{} is larger than cache.max_size ({})",
+                cfg.cache.max_object_size, cfg.cache.max_size
+            ),
+        );
+    }
+    if cfg.cache.enabled && cfg.cache.max_size.bytes() == 0 {
+        c.push(
+            "cache.max_size",
+            "must be greater than 0 (use cache.enabled = false to turn the cache off)",
+        );
+    }
+    if cfg.purge.token.as_deref() == Some("") {
+        c.push(
+            "purge.token",
+            "must not be empty (leave it out to allow PURGE only from purge.allow_from)",
+        );
+    }
+    for (i, r) in cfg.invalidation.iter().enumerate() {
+        if http::Method::from_bytes(r.method.as_bytes()).is_err() || r.method.is_empty() {
+            c.push(
+                format!("invalidation[{i}].method"),
+                format!("{:?} is not an HTTP method", r.method),
+            );
+        }
+        if !r.path.starts_with('/') {
+            c.push(format!("invalidation[{i}].path"), "must start with '/'");
+        }
+        if r.prefixes.is_empty() || r.prefixes.iter().any(|p| !p.starts_with('/')) {
+            c.push(
+                format!("invalidation[{i}].prefixes"),
+                "must list at least one path prefix, each starting with '/'",
+            );
         }
     }
     for (i, r) in cfg.routes.iter().enumerate() {

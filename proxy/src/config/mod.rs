@@ -19,6 +19,9 @@ pub struct Config {
     pub timeouts: Timeouts,
     pub upstreams: BTreeMap<String, Upstream>,
     pub routes: Vec<Route>,
+    pub cache: CacheConfig,
+    pub purge: PurgeConfig,
+    pub invalidation: Vec<InvalidationRule>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -143,6 +146,126 @@ pub struct Route {
     pub path: String,
     /// The upstream pool that serves this route.
     pub pool: String,
+    /// `false` turns the cache off for this route (every response says `X-Cache: BYPASS`).
+    #[serde(default = "yes")]
+    pub cache: bool,
+    /// Freshness for responses whose origin sends none (no `max-age`, `s-maxage`, `Expires`).
+    #[serde(default)]
+    pub ttl: Option<Duration>,
+    /// stale-while-revalidate window when the origin gives none.
+    #[serde(default)]
+    pub stale_while_revalidate: Option<Duration>,
+    /// stale-if-error window when the origin gives none.
+    #[serde(default)]
+    pub stale_if_error: Option<Duration>,
+    /// `"generate"`: give cacheable responses without an ETag a strong one (hash of the body).
+    #[serde(default)]
+    pub etag: EtagMode,
+    /// Store responses that carry `Set-Cookie` (the cookie itself is never stored).
+    #[serde(default)]
+    pub cache_set_cookie: bool,
 }
 
-pub const TOP_LEVEL_KEYS: &[&str] = &["listen", "server", "timeouts", "upstreams", "routes"];
+fn yes() -> bool {
+    true
+}
+
+impl Route {
+    /// A route with every cache option at its default.
+    pub fn new(host: Option<&str>, path: &str, pool: &str) -> Route {
+        Route {
+            host: host.map(str::to_string),
+            path: path.to_string(),
+            pool: pool.to_string(),
+            cache: true,
+            ttl: None,
+            stale_while_revalidate: None,
+            stale_if_error: None,
+            etag: EtagMode::Origin,
+            cache_set_cookie: false,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EtagMode {
+    /// Use the origin's ETag, if any.
+    #[default]
+    Origin,
+    /// Add a strong ETag (hash of the body) to cacheable responses that lack one.
+    Generate,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CacheConfig {
+    pub enabled: bool,
+    /// Memory budget for stored responses, headers and bodies together.
+    pub max_size: ByteSize,
+    /// Larger responses stream through uncached.
+    pub max_object_size: ByteSize,
+    /// How long concurrent misses for one key wait for the first one's response.
+    pub lock_timeout: Duration,
+    /// Heuristic freshness (10% of the time since `Last-Modified`, at most a day) for
+    /// responses without explicit freshness, where RFC 9111 §4.2.2 allows it.
+    pub heuristic: bool,
+    /// Honour client `Cache-Control: no-cache` / `max-age` / `Pragma: no-cache` by revalidating.
+    pub honor_client_no_cache: bool,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        CacheConfig {
+            enabled: true,
+            max_size: ByteSize::mib(256),
+            max_object_size: ByteSize::mib(8),
+            lock_timeout: Duration::from_secs(10),
+            heuristic: true,
+            honor_client_no_cache: true,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PurgeConfig {
+    /// `PURGE` on the public listener is allowed from these client addresses...
+    pub allow_from: Vec<std::net::IpAddr>,
+    /// ...or with `Authorization: Bearer <token>` (or `X-Purge-Token: <token>`).
+    pub token: Option<String>,
+}
+
+impl Default for PurgeConfig {
+    fn default() -> Self {
+        PurgeConfig {
+            allow_from: vec![[127, 0, 0, 1].into(), std::net::Ipv6Addr::LOCALHOST.into()],
+            token: None,
+        }
+    }
+}
+
+/// After a successful (2xx/3xx) request matching `method` and `path`, purge the cached
+/// responses under `prefixes` (same host) — only those whose query parameter `match_param`
+/// equals the request's (taken from its query string, or a top-level field of a small JSON body).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InvalidationRule {
+    pub method: String,
+    /// Exact path, or a prefix ending in `*`.
+    pub path: String,
+    pub prefixes: Vec<String>,
+    #[serde(default)]
+    pub match_param: Option<String>,
+}
+
+pub const TOP_LEVEL_KEYS: &[&str] = &[
+    "listen",
+    "server",
+    "timeouts",
+    "upstreams",
+    "routes",
+    "cache",
+    "purge",
+    "invalidation",
+];

@@ -1,0 +1,724 @@
+//! Portier's in-memory cache storage for Pingora: a byte budget that counts headers and body,
+//! strict LRU eviction (the `lru` crate), a per-object limit, zero-copy hits, every Vary
+//! variant of a URL purged together, tags, and soft purge.
+//!
+//! Why LRU and not TinyUFO: TinyUFO weights are `u16`, so a byte budget needs scaled units,
+//! and its admission filter can refuse a freshly filled object that readers wait for. A strict
+//! LRU with exact byte accounting is predictable and testable; one mutex guards it because
+//! every operation under it is O(1) except the rare prefix/tag purge scans.
+
+use bytes::{Bytes, BytesMut};
+use lru::LruCache;
+use parking_lot::Mutex;
+use pingora_cache::key::{CacheHashKey, CacheKey, HashBinary};
+use pingora_cache::storage::{
+    HandleHit, HandleMiss, HitHandler, MissFinishType, MissHandler, PurgeOutcome, PurgeTarget,
+    PurgeType,
+};
+use pingora_cache::trace::SpanHandle;
+use pingora_cache::{CacheMeta, Storage};
+use pingora_error::{Error, ErrorType, Result};
+use std::any::Any;
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::SystemTime;
+
+/// Per-entry bookkeeping counted against the budget on top of headers and body.
+const ENTRY_OVERHEAD: usize = 160;
+
+/// A header Portier's policy puts in the stored meta to ask for an edge-generated ETag; the
+/// storage replaces it with `ETag: "<hash of the body>"` once the whole body is known.
+pub const GENERATE_ETAG_MARKER: &str = "x-portier-generate-etag";
+
+struct Entry {
+    internal: Bytes,
+    header: Bytes,
+    body: Bytes,
+    primary: HashBinary,
+    /// `scheme://host/path?query`, for URL and prefix purges.
+    url: Arc<str>,
+    tags: Box<[String]>,
+    size: usize,
+}
+
+#[derive(Default)]
+struct Index {
+    /// primary key → every stored variant (combined keys), the primary slot included.
+    variants: HashMap<HashBinary, Vec<HashBinary>>,
+    tags: HashMap<String, HashSet<HashBinary>>,
+}
+
+struct Inner {
+    lru: LruCache<HashBinary, Entry>,
+    bytes: usize,
+    index: Index,
+}
+
+impl Inner {
+    fn unindex(&mut self, combined: &HashBinary, e: &Entry) {
+        self.bytes -= e.size;
+        if let Some(v) = self.index.variants.get_mut(&e.primary) {
+            v.retain(|k| k != combined);
+            if v.is_empty() {
+                self.index.variants.remove(&e.primary);
+            }
+        }
+        for t in e.tags.iter() {
+            if let Some(set) = self.index.tags.get_mut(t) {
+                set.remove(combined);
+                if set.is_empty() {
+                    self.index.tags.remove(t);
+                }
+            }
+        }
+    }
+
+    fn remove(&mut self, combined: &HashBinary) -> Option<Entry> {
+        let e = self.lru.pop(combined)?;
+        self.unindex(combined, &e);
+        Some(e)
+    }
+
+    fn insert(&mut self, combined: HashBinary, e: Entry) {
+        self.remove(&combined);
+        self.bytes += e.size;
+        let vs = self.index.variants.entry(e.primary).or_default();
+        if !vs.contains(&combined) {
+            vs.push(combined);
+        }
+        for t in e.tags.iter() {
+            self.index
+                .tags
+                .entry(t.clone())
+                .or_default()
+                .insert(combined);
+        }
+        self.lru.put(combined, e);
+    }
+}
+
+/// What a purge removes.
+#[derive(Debug, Clone)]
+pub enum Selector {
+    /// Exact URL: `scheme://host/path?query`; or a path+query (`/a?b`) for any host.
+    Url(String),
+    /// URL prefix: `scheme://host/prefix`; or a path prefix (`/api/`) for any host.
+    Prefix(String),
+    Tag(String),
+}
+
+fn path_of(url: &str) -> &str {
+    url.find("://")
+        .and_then(|i| url[i + 3..].find('/').map(|j| &url[i + 3 + j..]))
+        .unwrap_or(url)
+}
+
+impl Selector {
+    fn matches(&self, url: &str) -> bool {
+        match self {
+            Selector::Url(u) if u.starts_with('/') => path_of(url) == u,
+            Selector::Url(u) => url == u,
+            Selector::Prefix(p) if p.starts_with('/') => path_of(url).starts_with(p.as_str()),
+            Selector::Prefix(p) => url.starts_with(p.as_str()),
+            Selector::Tag(_) => false,
+        }
+    }
+}
+
+/// Counters the metrics and `/cache/stats` read.
+#[derive(Debug, Default)]
+pub struct StorageStats {
+    pub evictions: AtomicU64,
+    pub evicted_bytes: AtomicU64,
+    pub inserts: AtomicU64,
+    pub rejected_too_large: AtomicU64,
+}
+
+pub struct MemStorage {
+    inner: Mutex<Inner>,
+    max_bytes: usize,
+    max_object: usize,
+    pub stats: StorageStats,
+}
+
+impl MemStorage {
+    pub fn new(max_bytes: usize, max_object: usize) -> Self {
+        MemStorage {
+            inner: Mutex::new(Inner {
+                lru: LruCache::unbounded(),
+                bytes: 0,
+                index: Index::default(),
+            }),
+            max_bytes,
+            max_object,
+            stats: StorageStats::default(),
+        }
+    }
+
+    /// Leaked on purpose: Pingora's cache wants `&'static` storage, and there is one per process.
+    pub fn leak(max_bytes: usize, max_object: usize) -> &'static MemStorage {
+        Box::leak(Box::new(Self::new(max_bytes, max_object)))
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.max_bytes
+    }
+    pub fn max_object(&self) -> usize {
+        self.max_object
+    }
+    pub fn size(&self) -> usize {
+        self.inner.lock().bytes
+    }
+    pub fn entries(&self) -> usize {
+        self.inner.lock().lru.len()
+    }
+
+    fn insert(&self, combined: HashBinary, e: Entry) {
+        let mut inner = self.inner.lock();
+        inner.insert(combined, e);
+        self.stats.inserts.fetch_add(1, Ordering::Relaxed);
+        while inner.bytes > self.max_bytes {
+            let Some((k, old)) = inner.lru.pop_lru() else {
+                break;
+            };
+            inner.unindex(&k, &old);
+            self.stats.evictions.fetch_add(1, Ordering::Relaxed);
+            self.stats
+                .evicted_bytes
+                .fetch_add(old.size as u64, Ordering::Relaxed);
+        }
+    }
+
+    /// Removes every variant stored under `primary`; returns how many entries went.
+    fn remove_primary(inner: &mut Inner, primary: &HashBinary) -> usize {
+        let keys = inner
+            .index
+            .variants
+            .get(primary)
+            .cloned()
+            .unwrap_or_default();
+        keys.iter().filter(|k| inner.remove(k).is_some()).count()
+    }
+
+    /// Marks an entry stale now (it stays for stale-while-revalidate / stale-if-error).
+    fn expire_entry(inner: &mut Inner, combined: &HashBinary) -> bool {
+        let Some(e) = inner.lru.peek_mut(combined) else {
+            return false;
+        };
+        let Ok(mut meta) = CacheMeta::deserialize(&e.internal, &e.header) else {
+            return false;
+        };
+        meta.expire_at(SystemTime::now());
+        match meta.serialize() {
+            Ok((i, h)) => {
+                e.internal = i.into();
+                e.header = h.into();
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// Purges what `sel` selects, every Vary variant included. `soft` marks entries stale
+    /// instead of removing them. Returns the number of entries affected.
+    pub fn purge_matching(&self, sel: &Selector, soft: bool) -> usize {
+        let mut inner = self.inner.lock();
+        let keys: Vec<HashBinary> = match sel {
+            Selector::Tag(t) => inner
+                .index
+                .tags
+                .get(t)
+                .map(|s| s.iter().copied().collect())
+                .unwrap_or_default(),
+            _ => inner
+                .lru
+                .iter()
+                .filter(|(_, e)| sel.matches(&e.url))
+                .map(|(k, _)| *k)
+                .collect(),
+        };
+        if soft {
+            keys.iter()
+                .filter(|k| Self::expire_entry(&mut inner, k))
+                .count()
+        } else {
+            keys.iter().filter(|k| inner.remove(k).is_some()).count()
+        }
+    }
+
+    /// Purges one cache key's every variant.
+    pub fn purge_key(&self, key: &CacheKey, soft: bool) -> usize {
+        let primary = key.primary_bin();
+        let mut inner = self.inner.lock();
+        if soft {
+            let keys = inner
+                .index
+                .variants
+                .get(&primary)
+                .cloned()
+                .unwrap_or_default();
+            keys.iter()
+                .filter(|k| Self::expire_entry(&mut inner, k))
+                .count()
+        } else {
+            Self::remove_primary(&mut inner, &primary)
+        }
+    }
+
+    /// The stored meta for a key's primary slot, without touching LRU order (for request
+    /// preconditions evaluated before Pingora's lookup).
+    pub fn peek_meta(&self, key: &CacheKey) -> Option<CacheMeta> {
+        let (i, h) = {
+            let inner = self.inner.lock();
+            let e = inner.lru.peek(&key.combined_bin())?;
+            (e.internal.clone(), e.header.clone())
+        };
+        CacheMeta::deserialize(&i, &h).ok()
+    }
+}
+
+fn storage_error(what: &str, e: impl std::fmt::Display) -> Box<Error> {
+    Error::explain(
+        ErrorType::InternalError,
+        format!("cache storage: {what}: {e}"),
+    )
+}
+
+/// Tags from `Cache-Tag` / `Surrogate-Key` (comma or space separated).
+fn tags_of(meta: &CacheMeta) -> Box<[String]> {
+    let h = &meta.response_header().headers;
+    let mut tags: Vec<String> = ["cache-tag", "surrogate-key"]
+        .iter()
+        .flat_map(|n| h.get_all(*n).iter())
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split([',', ' ']))
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .map(str::to_string)
+        .collect();
+    tags.sort();
+    tags.dedup();
+    tags.into_boxed_slice()
+}
+
+#[async_trait::async_trait]
+impl Storage for MemStorage {
+    async fn lookup(
+        &'static self,
+        key: &CacheKey,
+        _trace: &SpanHandle,
+    ) -> Result<Option<(CacheMeta, HitHandler)>> {
+        let found = {
+            let mut inner = self.inner.lock();
+            inner
+                .lru
+                .get(&key.combined_bin())
+                .map(|e| (e.internal.clone(), e.header.clone(), e.body.clone()))
+        };
+        let Some((i, h, body)) = found else {
+            return Ok(None);
+        };
+        let meta = CacheMeta::deserialize(&i, &h)?;
+        let end = body.len();
+        Ok(Some((
+            meta,
+            Box::new(Hit {
+                body,
+                start: 0,
+                end,
+                done: false,
+            }),
+        )))
+    }
+
+    async fn get_miss_handler(
+        &'static self,
+        key: &CacheKey,
+        meta: &CacheMeta,
+        _trace: &SpanHandle,
+    ) -> Result<MissHandler> {
+        let generate_etag = meta
+            .response_header()
+            .headers
+            .contains_key(GENERATE_ETAG_MARKER);
+        let (internal, header) = meta.serialize()?;
+        Ok(Box::new(Fill {
+            storage: self,
+            combined: key.combined_bin(),
+            primary: key.primary_bin(),
+            url: key.primary_key_str().unwrap_or("").into(),
+            tags: tags_of(meta),
+            internal,
+            header,
+            generate_etag,
+            chunks: Vec::new(),
+            len: 0,
+            too_large: false,
+        }))
+    }
+
+    async fn purge(
+        &'static self,
+        target: PurgeTarget<'_>,
+        _purge_type: PurgeType,
+        _trace: &SpanHandle,
+    ) -> Result<PurgeOutcome> {
+        let key = target.key();
+        let mut inner = self.inner.lock();
+        // Purging a URL (no variance) must drop every Vary variant, not just the primary slot.
+        let n = match (target, key.variance_bin()) {
+            (PurgeTarget::Active(_), None) => Self::remove_primary(&mut inner, &key.primary_bin()),
+            _ => usize::from(inner.remove(&key.combined_bin()).is_some()),
+        };
+        Ok(if n > 0 {
+            PurgeOutcome::Purged(None)
+        } else {
+            PurgeOutcome::NotFound
+        })
+    }
+
+    async fn expire(
+        &'static self,
+        target: PurgeTarget<'_>,
+        _trace: &SpanHandle,
+    ) -> Result<PurgeOutcome> {
+        let mut inner = self.inner.lock();
+        let found = Self::expire_entry(&mut inner, &target.key().combined_bin());
+        Ok(if found {
+            PurgeOutcome::Expired
+        } else {
+            PurgeOutcome::NotFound
+        })
+    }
+
+    /// Never panics: an entry purged or evicted while a revalidation was in flight is simply
+    /// not there any more (`Ok(false)`).
+    async fn update_meta(
+        &'static self,
+        key: &CacheKey,
+        meta: &CacheMeta,
+        _trace: &SpanHandle,
+    ) -> Result<bool> {
+        let (i, h) = meta.serialize()?;
+        let mut inner = self.inner.lock();
+        let Some(e) = inner.lru.peek_mut(&key.combined_bin()) else {
+            return Ok(false);
+        };
+        let old = e.internal.len() + e.header.len();
+        e.internal = i.into();
+        e.header = h.into();
+        let new = e.internal.len() + e.header.len();
+        e.size = e.size + new - old;
+        inner.bytes = inner.bytes + new - old;
+        Ok(true)
+    }
+
+    fn support_streaming_partial_write(&self) -> bool {
+        false
+    }
+
+    fn as_any(&self) -> &(dyn Any + Send + Sync + 'static) {
+        self
+    }
+}
+
+/// A hit: slices of the stored `Bytes`, no copy.
+struct Hit {
+    body: Bytes,
+    start: usize,
+    end: usize,
+    done: bool,
+}
+
+#[async_trait::async_trait]
+impl HandleHit for Hit {
+    async fn read_body(&mut self) -> Result<Option<Bytes>> {
+        if self.done {
+            return Ok(None);
+        }
+        self.done = true;
+        Ok(Some(self.body.slice(self.start..self.end)))
+    }
+
+    async fn finish(
+        self: Box<Self>,
+        _storage: &'static (dyn Storage + Sync),
+        _key: &CacheKey,
+        _trace: &SpanHandle,
+    ) -> Result<()> {
+        Ok(())
+    }
+
+    fn can_seek(&self) -> bool {
+        true
+    }
+
+    fn seek(&mut self, start: usize, end: Option<usize>) -> Result<()> {
+        if start >= self.body.len() {
+            return Error::e_explain(
+                ErrorType::InternalError,
+                format!("seek start {start} beyond body of {}", self.body.len()),
+            );
+        }
+        self.start = start;
+        self.end = end.map_or(self.body.len(), |e| e.min(self.body.len()));
+        self.done = false;
+        Ok(())
+    }
+
+    fn as_any(&self) -> &(dyn Any + Send + Sync) {
+        self
+    }
+    fn as_any_mut(&mut self) -> &mut (dyn Any + Send + Sync) {
+        self
+    }
+}
+
+/// A fill in progress. Chunks stay here until `finish`: a body cut off mid-way (the handler
+/// is dropped unfinished) never reaches the store.
+struct Fill {
+    storage: &'static MemStorage,
+    combined: HashBinary,
+    primary: HashBinary,
+    url: Arc<str>,
+    tags: Box<[String]>,
+    internal: Vec<u8>,
+    header: Vec<u8>,
+    generate_etag: bool,
+    chunks: Vec<Bytes>,
+    len: usize,
+    too_large: bool,
+}
+
+#[async_trait::async_trait]
+impl HandleMiss for Fill {
+    async fn write_body(&mut self, data: Bytes, _eof: bool) -> Result<()> {
+        if self.too_large {
+            return Ok(());
+        }
+        self.len += data.len();
+        if self.len > self.storage.max_object {
+            self.too_large = true;
+            self.chunks = Vec::new();
+        } else if !data.is_empty() {
+            self.chunks.push(data);
+        }
+        Ok(())
+    }
+
+    async fn finish(self: Box<Self>) -> Result<MissFinishType> {
+        let s = *self;
+        if s.too_large {
+            s.storage
+                .stats
+                .rejected_too_large
+                .fetch_add(1, Ordering::Relaxed);
+            return Err(storage_error(
+                "not stored",
+                format!("body over max_object_size ({} bytes)", s.storage.max_object),
+            ));
+        }
+        let body = match s.chunks.len() {
+            0 => Bytes::new(),
+            1 => s.chunks[0].clone(),
+            _ => {
+                let mut b = BytesMut::with_capacity(s.len);
+                for c in &s.chunks {
+                    b.extend_from_slice(c);
+                }
+                b.freeze()
+            }
+        };
+        let (internal, header) = if s.generate_etag {
+            let mut meta = CacheMeta::deserialize(&s.internal, &s.header)?;
+            let h = meta.response_header_mut();
+            h.remove_header(GENERATE_ETAG_MARKER);
+            if !h.headers.contains_key(http::header::ETAG) {
+                let hash = pingora_cache::key::hash_key(&body);
+                let tag: String = hash.iter().take(12).map(|b| format!("{b:02x}")).collect();
+                h.insert_header(http::header::ETAG, format!("\"{tag}\""))?;
+            }
+            meta.serialize()?
+        } else {
+            (s.internal, s.header)
+        };
+        let size = body.len() + internal.len() + header.len() + s.url.len() + ENTRY_OVERHEAD;
+        s.storage.insert(
+            s.combined,
+            Entry {
+                internal: internal.into(),
+                header: header.into(),
+                body,
+                primary: s.primary,
+                url: s.url,
+                tags: s.tags,
+                size,
+            },
+        );
+        Ok(MissFinishType::Created(size))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pingora_cache::trace::Span;
+    use pingora_http::ResponseHeader;
+    use std::time::Duration;
+
+    fn meta(tags: &str) -> CacheMeta {
+        let mut h = ResponseHeader::build(200, None).unwrap();
+        if !tags.is_empty() {
+            h.insert_header("cache-tag", tags).unwrap();
+        }
+        let now = SystemTime::now();
+        CacheMeta::new(now + Duration::from_secs(60), now, 0, 0, h)
+    }
+
+    async fn fill(
+        s: &'static MemStorage,
+        url: &str,
+        variance: Option<&str>,
+        body: &[u8],
+        tags: &str,
+    ) {
+        let mut key = CacheKey::new(url, "");
+        if let Some(v) = variance {
+            key.set_variance_key(pingora_cache::key::hash_key(v));
+        }
+        let mut m = s
+            .get_miss_handler(&key, &meta(tags), &Span::inactive().handle())
+            .await
+            .unwrap();
+        m.write_body(Bytes::copy_from_slice(body), true)
+            .await
+            .unwrap();
+        m.finish().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn budget_holds_and_lru_evicts_oldest() {
+        let s = MemStorage::leak(20_000, 8_000);
+        for i in 0..60 {
+            fill(s, &format!("http://h/{i}"), None, &[b'x'; 1000], "").await;
+            assert!(s.size() <= 20_000, "over budget after {i}: {}", s.size());
+        }
+        assert!(s.entries() < 60);
+        assert!(s.stats.evictions.load(Ordering::Relaxed) > 0);
+        let k = CacheKey::new("http://h/59", "");
+        assert!(
+            s.lookup(&k, &Span::inactive().handle())
+                .await
+                .unwrap()
+                .is_some(),
+            "newest stays"
+        );
+        let k = CacheKey::new("http://h/0", "");
+        assert!(
+            s.lookup(&k, &Span::inactive().handle())
+                .await
+                .unwrap()
+                .is_none(),
+            "oldest went"
+        );
+    }
+
+    #[tokio::test]
+    async fn purge_removes_every_variant_and_frees_bytes() {
+        let s = MemStorage::leak(1 << 20, 1 << 20);
+        fill(s, "http://h/v", None, b"primary", "").await;
+        fill(s, "http://h/v", Some("gzip"), b"gzip", "").await;
+        fill(s, "http://h/v", Some("br"), b"br", "").await;
+        fill(s, "http://h/other", None, b"o", "").await;
+        assert_eq!(s.entries(), 4);
+        let key = CacheKey::new("http://h/v", "");
+        let out = s
+            .purge(
+                PurgeTarget::Active(&key.to_compact()),
+                PurgeType::Invalidation,
+                &Span::inactive().handle(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(out, PurgeOutcome::Purged(None));
+        assert_eq!(s.entries(), 1);
+        let other = s.size();
+        s.purge_matching(&Selector::Url("/other".into()), false);
+        assert_eq!(s.entries(), 0);
+        assert_eq!(s.size(), 0, "all bytes freed (other was {other})");
+    }
+
+    #[tokio::test]
+    async fn tags_prefixes_and_soft_purge() {
+        let s = MemStorage::leak(1 << 20, 1 << 20);
+        fill(s, "http://h/api/stats/a?u=1", None, b"a", "user-1 stats").await;
+        fill(s, "http://h/api/stats/b?u=2", None, b"b", "user-2, stats").await;
+        fill(s, "http://h/api/games?u=1", None, b"c", "user-1").await;
+        assert_eq!(s.purge_matching(&Selector::Tag("user-1".into()), false), 2);
+        assert_eq!(
+            s.purge_matching(&Selector::Prefix("/api/stats/".into()), true),
+            1
+        );
+        let k = CacheKey::new("http://h/api/stats/b?u=2", "");
+        let (m, _) = s
+            .lookup(&k, &Span::inactive().handle())
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(
+            !m.is_fresh(SystemTime::now()),
+            "soft purge keeps the entry, stale"
+        );
+    }
+
+    #[tokio::test]
+    async fn unfinished_or_oversized_fills_store_nothing_and_update_meta_never_panics() {
+        let s = MemStorage::leak(1 << 20, 100);
+        let key = CacheKey::new("http://h/cut", "");
+        let mut m = s
+            .get_miss_handler(&key, &meta(""), &Span::inactive().handle())
+            .await
+            .unwrap();
+        m.write_body(Bytes::from_static(b"half"), false)
+            .await
+            .unwrap();
+        drop(m);
+        assert_eq!(s.entries(), 0);
+        let mut m = s
+            .get_miss_handler(&key, &meta(""), &Span::inactive().handle())
+            .await
+            .unwrap();
+        m.write_body(Bytes::from(vec![0u8; 101]), true)
+            .await
+            .unwrap();
+        assert!(m.finish().await.is_err());
+        assert_eq!(s.entries(), 0);
+        assert!(!s
+            .update_meta(&key, &meta(""), &Span::inactive().handle())
+            .await
+            .unwrap());
+    }
+
+    #[tokio::test]
+    async fn hits_share_the_stored_bytes() {
+        let s = MemStorage::leak(1 << 20, 1 << 20);
+        fill(s, "http://h/z", None, b"zero copy body", "").await;
+        let k = CacheKey::new("http://h/z", "");
+        let (_, mut h1) = s
+            .lookup(&k, &Span::inactive().handle())
+            .await
+            .unwrap()
+            .unwrap();
+        let (_, mut h2) = s
+            .lookup(&k, &Span::inactive().handle())
+            .await
+            .unwrap()
+            .unwrap();
+        let a = h1.read_body().await.unwrap().unwrap();
+        let b = h2.read_body().await.unwrap().unwrap();
+        assert_eq!(a.as_ptr(), b.as_ptr(), "same allocation");
+        h1.seek(5, Some(9)).unwrap();
+        assert_eq!(&h1.read_body().await.unwrap().unwrap()[..], b"copy");
+    }
+}
