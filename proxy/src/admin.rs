@@ -1,5 +1,5 @@
-//! The admin listener: liveness, readiness (and, as they land, metrics and the cache API).
-//! Never served on the public port.
+//! The admin listener: liveness, readiness, metrics and the cache API. Never served on the
+//! public port.
 
 use crate::gateway::State;
 use async_trait::async_trait;
@@ -48,6 +48,99 @@ impl Admin {
     }
 }
 
+const MAX_ADMIN_BODY: usize = 64 * 1024;
+
+/// Reads a request body up to `MAX_ADMIN_BODY`; `Err` when it is larger or unreadable.
+async fn read_body(session: &mut ServerSession) -> Result<Vec<u8>, String> {
+    let mut body = Vec::new();
+    loop {
+        match session.read_request_body().await {
+            Ok(Some(chunk)) => {
+                body.extend_from_slice(&chunk);
+                if body.len() > MAX_ADMIN_BODY {
+                    return Err(format!("body larger than {MAX_ADMIN_BODY} bytes"));
+                }
+            }
+            Ok(None) => return Ok(body),
+            Err(e) => return Err(format!("cannot read the body: {e}")),
+        }
+    }
+}
+
+const ENDPOINTS: [&str; 5] = [
+    "GET /healthz",
+    "GET /readyz",
+    "GET /metrics",
+    "GET /cache/stats",
+    "POST /cache/purge",
+];
+
+impl Admin {
+    fn metrics(&self) -> Response<Vec<u8>> {
+        let st = &self.state;
+        let text = st
+            .metrics
+            .render(st.cache.as_ref().map(|c| c.storage), &st.upstreams)
+            .into_bytes();
+        Response::builder()
+            .status(StatusCode::OK)
+            .header("content-type", "text/plain; version=0.0.4; charset=utf-8")
+            .header("content-length", text.len())
+            .body(text)
+            .unwrap_or_default()
+    }
+
+    fn cache_stats(&self) -> Response<Vec<u8>> {
+        let Some(c) = &self.state.cache else {
+            return json_response(StatusCode::OK, &json!({"enabled": false}));
+        };
+        let m = &self.state.metrics;
+        let s = c.storage;
+        let (hits, misses) = (m.cache_hit.get(), m.cache_miss.get());
+        json_response(
+            StatusCode::OK,
+            &json!({
+                "enabled": true,
+                "entries": s.entries(),
+                "bytes": s.size(),
+                "capacity": s.capacity(),
+                "max_object_size": s.max_object(),
+                "hits": hits,
+                "misses": misses,
+                "hit_ratio": if hits + misses > 0 { hits as f64 / (hits + misses) as f64 } else { 0.0 },
+                "evictions": s.stats.evictions.load(std::sync::atomic::Ordering::Relaxed),
+                "coalesced": m.coalesced.get(),
+            }),
+        )
+    }
+
+    async fn purge(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
+        let Some(c) = &self.state.cache else {
+            return json_response(
+                StatusCode::CONFLICT,
+                &json!({"error": "the cache is disabled"}),
+            );
+        };
+        let body = match read_body(session).await {
+            Ok(b) => b,
+            Err(e) => return json_response(StatusCode::PAYLOAD_TOO_LARGE, &json!({"error": e})),
+        };
+        match crate::cache::purge::PurgeRequest::parse(&body) {
+            Ok((sel, soft)) => {
+                let n = c.storage.purge_matching(&sel, soft);
+                self.state
+                    .metrics
+                    .purged(if soft { "api_soft" } else { "api" }, n);
+                json_response(StatusCode::OK, &json!({"purged": n, "soft": soft}))
+            }
+            Err(e) => json_response(
+                StatusCode::BAD_REQUEST,
+                &json!({"error": e, "expected": {"url|prefix|tag": "string", "soft": "bool (optional)"}}),
+            ),
+        }
+    }
+}
+
 #[async_trait]
 impl ServeHttp for Admin {
     async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
@@ -56,12 +149,19 @@ impl ServeHttp for Admin {
         match (method.as_str(), path.as_str()) {
             ("GET" | "HEAD", "/healthz") => json_response(StatusCode::OK, &json!({"status": "ok"})),
             ("GET" | "HEAD", "/readyz") => self.readiness(),
-            (_, "/healthz" | "/readyz") => {
+            ("GET", "/metrics") => self.metrics(),
+            ("GET", "/cache/stats") => self.cache_stats(),
+            ("POST", "/cache/purge") => self.purge(session).await,
+            (_, "/healthz" | "/readyz" | "/metrics" | "/cache/stats") => {
                 json_response(StatusCode::METHOD_NOT_ALLOWED, &json!({"error": "use GET"}))
             }
+            (_, "/cache/purge") => json_response(
+                StatusCode::METHOD_NOT_ALLOWED,
+                &json!({"error": "use POST"}),
+            ),
             _ => json_response(
                 StatusCode::NOT_FOUND,
-                &json!({"error": "not found", "endpoints": ["GET /healthz", "GET /readyz"]}),
+                &json!({"error": "not found", "endpoints": ENDPOINTS}),
             ),
         }
     }

@@ -1,22 +1,34 @@
 //! The Pingora `ProxyHttp` implementation, read top to bottom as a request's steps. Each step
-//! calls into the module that owns the concept (routing, upstream, forwarding, error pages).
+//! calls into the module that owns the concept (routing, upstream, forwarding, cache policy,
+//! cache status, invalidation, purge, telemetry, error pages).
 
+use crate::cache::policy::{self, RequestRules};
+use crate::cache::status::{self, CacheStatus, Details};
+use crate::cache::{conditional, invalidate, key, purge, CacheLayer};
 use crate::config::Config;
 use crate::error_page;
 use crate::forwarding;
 use crate::routing::Router;
+use crate::telemetry::metrics::{Metrics, RequestRecord};
 use crate::upstream::{Pool, Upstreams};
 use async_trait::async_trait;
+use bytes::Bytes;
+use pingora_cache::{
+    CacheKey, CacheMeta, CachePhase, ForcedFreshness, HitHandler, NoCacheReason, RespCacheable,
+};
 use pingora_core::upstreams::peer::HttpPeer;
-use pingora_error::{Error, ErrorType, Result};
+use pingora_error::{Error, ErrorSource, ErrorType, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 /// Requests being served right now; graceful shutdown waits for this to reach zero.
 pub static IN_FLIGHT: AtomicUsize = AtomicUsize::new(0);
+
+/// Largest request body kept to read an invalidation rule's JSON field from.
+const MAX_CAPTURED_BODY: usize = 16 * 1024;
 
 struct InFlight;
 impl InFlight {
@@ -36,14 +48,19 @@ pub struct State {
     pub config: Config,
     pub router: Router,
     pub upstreams: Arc<Upstreams>,
+    pub cache: Option<CacheLayer>,
+    pub metrics: Metrics,
 }
 
 impl State {
-    pub fn new(config: Config, upstreams: Arc<Upstreams>) -> Self {
+    pub fn new(config: Config, upstreams: Arc<Upstreams>, metrics: Metrics) -> Self {
+        let cache = config.cache.enabled.then(|| CacheLayer::new(&config));
         State {
             router: Router::new(&config.routes),
             config,
             upstreams,
+            cache,
+            metrics,
         }
     }
 }
@@ -58,12 +75,27 @@ pub struct Ctx {
     pub request_id: String,
     /// Index of the matched route.
     pub route: Option<usize>,
+    pub span_name: String,
     pub pool: Option<Arc<Pool>>,
     /// Address indexes of the pool already tried for this request.
     pub tried: Vec<usize>,
     pub backend: Option<usize>,
     pub upstream_started: Option<Instant>,
     pub upstream_time: Option<Duration>,
+    pub origin_status: Option<u16>,
+    /// The cache may serve or store this request.
+    pub cache_on: bool,
+    /// Why not, for `Cache-Status: fwd=...` (`method`, `request`, `bypass`).
+    pub bypass_kind: Option<&'static str>,
+    pub req_rules: RequestRules,
+    pub no_store_reason: Option<policy::NoStore>,
+    /// Headers of an upstream 304, merged in full into the stored response.
+    pub revalidation_304: Option<ResponseHeader>,
+    pub cache_status: Option<CacheStatus>,
+    pub rules: Vec<usize>,
+    pub captured_body: Option<Vec<u8>>,
+    pub body_bytes: u64,
+    pub error_status: Option<u16>,
     _in_flight: InFlight,
 }
 
@@ -72,6 +104,157 @@ fn host_of(req: &RequestHeader) -> Option<&str> {
         .get(http::header::HOST)
         .and_then(|h| h.to_str().ok())
         .or_else(|| req.uri.host())
+}
+
+fn client_ip(session: &Session) -> Option<std::net::IpAddr> {
+    session
+        .client_addr()
+        .and_then(|a| a.as_inet())
+        .map(|a| a.ip())
+}
+
+/// Fields in the 304 that must not replace the stored ones (framing, hop-by-hop, encoding;
+/// RFC 9111 §3.2).
+const NOT_MERGED: [&str; 10] = [
+    "content-length",
+    "transfer-encoding",
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "upgrade",
+    "content-encoding",
+    "content-range",
+];
+
+/// RFC 9111 §4.3.4: every field of the 304 replaces the stored one (Pingora copies only five).
+fn merge_304(stored: &ResponseHeader, not_modified: &ResponseHeader) -> ResponseHeader {
+    let mut merged = stored.clone();
+    for name in not_modified.headers.keys() {
+        if NOT_MERGED.contains(&name.as_str()) {
+            continue;
+        }
+        merged.remove_header(name);
+        for v in not_modified.headers.get_all(name) {
+            let _ = merged.append_header(name.clone(), v.clone());
+        }
+    }
+    merged
+}
+
+impl Gateway {
+    fn cache(&self) -> Option<&CacheLayer> {
+        self.state.cache.as_ref()
+    }
+
+    async fn respond_json(
+        session: &mut Session,
+        status: u16,
+        request_id: &str,
+        body: serde_json::Value,
+    ) -> Result<()> {
+        let text = body.to_string();
+        let mut resp = ResponseHeader::build(status, Some(5))?;
+        resp.insert_header("content-type", "application/json")?;
+        resp.insert_header("content-length", text.len().to_string())?;
+        resp.insert_header("cache-control", "no-store")?;
+        resp.insert_header(forwarding::REQUEST_ID, request_id)?;
+        session.write_response_header(Box::new(resp), false).await?;
+        session
+            .write_response_body(Some(Bytes::from(text)), true)
+            .await
+    }
+
+    /// `PURGE <url>`: only from allowed addresses or with the token; drops every variant.
+    async fn purge_request(&self, session: &mut Session, ctx: &Ctx) -> Result<()> {
+        let Some(cache) = self.cache() else {
+            return Self::respond_json(
+                session,
+                405,
+                &ctx.request_id,
+                serde_json::json!({"error": "the cache is disabled"}),
+            )
+            .await;
+        };
+        if !purge::authorized(
+            &self.state.config.purge,
+            client_ip(session),
+            session.req_header(),
+        ) {
+            return Self::respond_json(session, 403, &ctx.request_id, serde_json::json!({"error": "PURGE not allowed from this address without the token"})).await;
+        }
+        let soft = session
+            .req_header()
+            .headers
+            .get("x-purge-soft")
+            .is_some_and(|v| v.as_bytes() == b"1");
+        let n = cache
+            .storage
+            .purge_key(&key::cache_key(session.req_header()), soft);
+        self.state.metrics.purged(
+            if soft {
+                "purge_method_soft"
+            } else {
+                "purge_method"
+            },
+            n,
+        );
+        let code = if n > 0 { 200 } else { 404 };
+        Self::respond_json(
+            session,
+            code,
+            &ctx.request_id,
+            serde_json::json!({"purged": n, "soft": soft}),
+        )
+        .await
+    }
+
+    /// Decides the cache status once; every header, label and log field derives from it.
+    fn decide_status(&self, session: &Session, ctx: &mut Ctx) -> (CacheStatus, Details) {
+        let phase = session.cache.phase();
+        let s = CacheStatus::from_phase(phase);
+        ctx.cache_status = Some(s);
+        let now = SystemTime::now();
+        let ttl = session
+            .cache
+            .maybe_cache_meta()
+            .filter(|_| s.built_from_store())
+            .map(|m| {
+                let until = m.fresh_until();
+                match until.duration_since(now) {
+                    Ok(d) => d.as_secs() as i64,
+                    Err(e) => -(e.duration().as_secs() as i64),
+                }
+            });
+        let detail = match phase {
+            CachePhase::StaleUpdating => Some("stale-while-revalidate"),
+            CachePhase::Stale => Some("stale-if-error"),
+            CachePhase::Disabled(r) if ctx.cache_on => {
+                Some(ctx.no_store_reason.map(|n| n.as_str()).unwrap_or(match r {
+                    NoCacheReason::Custom(c) => c,
+                    other => other.as_str(),
+                }))
+            }
+            _ => None,
+        };
+        let stored = matches!(phase, CachePhase::Miss | CachePhase::Expired);
+        let bypass_kind = if s == CacheStatus::Bypass {
+            ctx.bypass_kind.or(Some("bypass"))
+        } else {
+            None
+        };
+        (
+            s,
+            Details {
+                ttl,
+                origin_status: ctx.origin_status,
+                stored,
+                detail,
+                bypass_kind,
+            },
+        )
+    }
 }
 
 #[async_trait]
@@ -83,11 +266,23 @@ impl ProxyHttp for Gateway {
             started: Instant::now(),
             request_id: String::new(),
             route: None,
+            span_name: String::new(),
             pool: None,
             tried: Vec::new(),
             backend: None,
             upstream_started: None,
             upstream_time: None,
+            origin_status: None,
+            cache_on: false,
+            bypass_kind: None,
+            req_rules: RequestRules::default(),
+            no_store_reason: None,
+            revalidation_304: None,
+            cache_status: None,
+            rules: Vec::new(),
+            captured_body: None,
+            body_bytes: 0,
+            error_status: None,
             _in_flight: InFlight::new(),
         }
     }
@@ -95,35 +290,165 @@ impl ProxyHttp for Gateway {
     /// Step 1: identify the request and set the client keep-alive.
     async fn early_request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<()> {
         ctx.request_id = forwarding::request_id(session.req_header());
-        let idle = self.state.config.timeouts.client_idle.as_secs();
-        session.set_keepalive(Some(idle));
+        session.set_keepalive(Some(self.state.config.timeouts.client_idle.as_secs()));
         Ok(())
     }
 
-    /// Step 2: pick the route; no route is a 404 written here.
+    /// Step 2: route, answer PURGE, decide whether the cache takes part, and answer failed
+    /// preconditions from a stored entry.
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
         let req = session.req_header();
         let host = host_of(req).unwrap_or("");
+        let method = req.method.clone();
         let route = self
             .state
             .router
             .route(host, req.uri.path())
-            .map(|r| (r.index, r.pool.clone()));
-        match route {
-            Some((index, pool)) => {
-                ctx.route = Some(index);
-                ctx.pool = self.state.upstreams.get(&pool).cloned();
-                Ok(false)
+            .map(|r| (r.index, r.pool.clone(), r.pattern.clone()));
+        let Some((index, pool, pattern)) = route else {
+            ctx.span_name = format!("{method} (no route)");
+            error_page::respond(session, 404, &ctx.request_id, error_page::detail_for(404)).await?;
+            ctx.error_status = Some(404);
+            return Ok(true);
+        };
+        ctx.route = Some(index);
+        ctx.span_name = format!("{method} {pattern}");
+        ctx.pool = self.state.upstreams.get(&pool).cloned();
+
+        if method.as_str() == "PURGE" {
+            self.purge_request(session, ctx).await?;
+            return Ok(true);
+        }
+        let Some(cache) = self.cache() else {
+            return Ok(false);
+        };
+        let req = session.req_header();
+        ctx.rules = invalidate::matching(&cache.rules, req)
+            .iter()
+            .filter_map(|r| cache.rules.iter().position(|x| std::ptr::eq(x, *r)))
+            .collect();
+        let wants_body = ctx
+            .rules
+            .iter()
+            .any(|i| cache.rules[*i].match_param.is_some());
+        let json = req
+            .headers
+            .get(http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.contains("json"));
+        if wants_body && json {
+            ctx.captured_body = Some(Vec::new());
+        }
+        if !matches!(method, http::Method::GET | http::Method::HEAD) {
+            ctx.bypass_kind = Some("method");
+            return Ok(false);
+        }
+        if !cache.route_enabled(index) {
+            ctx.bypass_kind = Some("bypass");
+            return Ok(false);
+        }
+        ctx.cache_on = true;
+        ctx.req_rules = if cache.config.honor_client_no_cache {
+            policy::request_rules(req)
+        } else {
+            RequestRules {
+                no_store: policy::request_rules(req).no_store,
+                ..Default::default()
             }
-            None => {
-                error_page::respond(session, 404, &ctx.request_id, error_page::detail_for(404))
+        };
+        if conditional::has_preconditions(req) {
+            match cache.storage.peek_meta(&key::cache_key(req)) {
+                Some(meta) if conditional::precondition_failed(req, meta.response_header()) => {
+                    error_page::respond(
+                        session,
+                        412,
+                        &ctx.request_id,
+                        "the stored representation does not match the request's preconditions",
+                    )
                     .await?;
-                Ok(true)
+                    ctx.error_status = Some(412);
+                    ctx.cache_status = Some(CacheStatus::Hit);
+                    return Ok(true);
+                }
+                Some(_) => {}
+                // Nothing stored to judge by: let the origin evaluate If-Match itself.
+                None => {
+                    ctx.cache_on = false;
+                    ctx.bypass_kind = Some("request");
+                }
             }
         }
+        Ok(false)
     }
 
-    /// Step 3: choose an address of the route's pool (round-robin, healthy first).
+    /// Keeps the start of a JSON body an invalidation rule may read its field from.
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        _end: bool,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        if let (Some(buf), Some(b)) = (ctx.captured_body.as_mut(), body.as_ref()) {
+            let room = MAX_CAPTURED_BODY.saturating_sub(buf.len());
+            buf.extend_from_slice(&b[..b.len().min(room)]);
+        }
+        Ok(())
+    }
+
+    /// Step 3 (cache): switch the cache on for this request.
+    fn request_cache_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<()> {
+        if let (true, Some(cache)) = (ctx.cache_on, self.cache()) {
+            cache.enable(session);
+        }
+        Ok(())
+    }
+
+    fn cache_key_callback(&self, session: &Session, _ctx: &mut Ctx) -> Result<CacheKey> {
+        Ok(key::cache_key(session.req_header()))
+    }
+
+    /// A fresh entry is still revalidated when the client asks (`no-cache`, `max-age`, `min-fresh`).
+    async fn cache_hit_filter(
+        &self,
+        _session: &mut Session,
+        meta: &CacheMeta,
+        _hit: &mut HitHandler,
+        is_fresh: bool,
+        ctx: &mut Ctx,
+    ) -> Result<Option<ForcedFreshness>> {
+        if is_fresh && ctx.req_rules.forces_revalidation(meta, SystemTime::now()) {
+            return Ok(Some(ForcedFreshness::ForceExpired));
+        }
+        Ok(None)
+    }
+
+    fn cache_vary_filter(
+        &self,
+        meta: &CacheMeta,
+        _ctx: &mut Ctx,
+        req: &RequestHeader,
+    ) -> Option<pingora_cache::key::HashBinary> {
+        key::variance(meta, req)
+    }
+
+    /// The cache could not answer: `only-if-cached` gets a 504 instead of an origin request.
+    async fn proxy_upstream_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        if ctx.cache_on && ctx.req_rules.only_if_cached {
+            error_page::respond(
+                session,
+                504,
+                &ctx.request_id,
+                "only-if-cached and nothing usable is stored",
+            )
+            .await?;
+            ctx.error_status = Some(504);
+            return Ok(false);
+        }
+        Ok(true)
+    }
+
+    /// Step 4: choose an address of the route's pool (round-robin, healthy first).
     async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
         let pool = ctx
             .pool
@@ -158,6 +483,14 @@ impl ProxyHttp for Gateway {
     ) -> Box<Error> {
         if let (Some(pool), Some(i)) = (&ctx.pool, ctx.backend) {
             pool.report_connect_failure(i);
+            self.state.metrics.upstream_error(
+                &pool.name,
+                if matches!(e.etype(), ErrorType::ConnectTimedout) {
+                    "connect_timeout"
+                } else {
+                    "connect"
+                },
+            );
             ctx.tried.push(i);
             let limit = if session.req_header().method.is_idempotent() {
                 pool.backends.len().max(2)
@@ -174,59 +507,207 @@ impl ProxyHttp for Gateway {
         e
     }
 
-    /// Step 4: the forwarded request carries the request id and `X-Forwarded-*`.
+    /// Step 5: the forwarded request carries the request id and `X-Forwarded-*`.
     async fn upstream_request_filter(
         &self,
         session: &mut Session,
         req: &mut RequestHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
-        let client_ip = session
-            .client_addr()
-            .and_then(|a| a.as_inet())
-            .map(|a| a.ip().to_string());
+        let ip = client_ip(session).map(|a| a.to_string());
         let host = host_of(session.req_header()).map(str::to_string);
-        forwarding::add_forwarded(req, client_ip.as_deref(), host.as_deref(), &ctx.request_id);
+        forwarding::add_forwarded(req, ip.as_deref(), host.as_deref(), &ctx.request_id);
         ctx.upstream_started = Some(Instant::now());
         Ok(())
     }
 
-    /// Step 5: the origin answered.
+    /// Step 6: the origin answered (before anything is cached).
     async fn upstream_response_filter(
         &self,
-        _session: &mut Session,
-        _resp: &mut ResponseHeader,
+        session: &mut Session,
+        resp: &mut ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
         ctx.upstream_time = ctx.upstream_started.map(|t| t.elapsed());
-        if let (Some(pool), Some(i)) = (&ctx.pool, ctx.backend) {
-            pool.report_success(i);
+        ctx.origin_status = Some(resp.status.as_u16());
+        if let Some(pool) = &ctx.pool {
+            if let Some(i) = ctx.backend {
+                pool.report_success(i);
+            }
+            if let Some(t) = ctx.upstream_time {
+                self.state
+                    .metrics
+                    .upstream_response(&pool.name, t.as_secs_f64() * 1000.0);
+            }
+        }
+        if resp.status.as_u16() == 304 && session.cache.phase() == CachePhase::Stale {
+            ctx.revalidation_304 = Some(resp.clone());
         }
         Ok(())
     }
 
-    /// Step 6: every response the client gets carries the request id.
-    async fn response_filter(
+    /// Step 7 (cache): store or not, by RFC 9111 and the route's overrides.
+    fn response_cache_filter(
+        &self,
+        session: &Session,
+        resp: &ResponseHeader,
+        ctx: &mut Ctx,
+    ) -> Result<RespCacheable> {
+        let (Some(cache), Some(route)) = (self.cache(), ctx.route) else {
+            return Ok(RespCacheable::Uncacheable(NoCacheReason::NeverEnabled));
+        };
+        let merged;
+        let resp = match ctx.revalidation_304.take() {
+            Some(nm) => {
+                merged = merge_304(resp, &nm);
+                &merged
+            }
+            None => resp,
+        };
+        let now = SystemTime::now();
+        let Some(rp) = cache.routes.get(route) else {
+            return Ok(RespCacheable::Uncacheable(NoCacheReason::NeverEnabled));
+        };
+        match policy::decide(
+            session.req_header(),
+            resp,
+            rp,
+            &cache.config,
+            ctx.req_rules.no_store,
+            now,
+        ) {
+            Ok(plan) => Ok(RespCacheable::Cacheable(policy::build_meta(
+                &plan, resp, now,
+            ))),
+            Err(why) => {
+                ctx.no_store_reason = Some(why);
+                Ok(RespCacheable::Uncacheable(NoCacheReason::Custom(
+                    why.as_str(),
+                )))
+            }
+        }
+    }
+
+    /// stale-while-revalidate is on whenever the stored response's window allows it (Pingora
+    /// checked that before asking); stale-if-error on upstream failures and 5xx.
+    fn should_serve_stale(
         &self,
         _session: &mut Session,
+        _ctx: &mut Ctx,
+        error: Option<&Error>,
+    ) -> bool {
+        error.is_none_or(|e| e.esource() == &ErrorSource::Upstream)
+    }
+
+    /// Step 8: what the client sees: cache status headers, our `Age`, the request id;
+    /// invalidation after writes happens here, before the client can send its next request.
+    async fn response_filter(
+        &self,
+        session: &mut Session,
         resp: &mut ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
+        let (s, details) = self.decide_status(session, ctx);
+        if s == CacheStatus::Hit && session.cache.lock_duration().is_some() {
+            self.state.metrics.coalesced.inc();
+        }
+        resp.insert_header("x-cache", s.as_str())?;
+        resp.insert_header("cache-status", status::cache_status_header(s, &details))?;
+        let origin_ms = ctx.upstream_time.map(|d| d.as_secs_f64() * 1000.0);
+        resp.insert_header("server-timing", status::server_timing(s, origin_ms))?;
+        if s.built_from_store() {
+            if let Some(meta) = session.cache.maybe_cache_meta() {
+                resp.insert_header("age", meta.age().as_secs().to_string())?;
+            }
+        }
+        for f in policy::TARGETED_FIELDS {
+            resp.remove_header(f);
+        }
         resp.insert_header(forwarding::REQUEST_ID, &ctx.request_id)?;
+
+        if let Some(cache) = self.cache() {
+            let req = session.req_header();
+            if invalidate::is_unsafe(&req.method) || !ctx.rules.is_empty() {
+                let rules: Vec<&invalidate::Rule> = ctx
+                    .rules
+                    .iter()
+                    .filter_map(|i| cache.rules.get(*i))
+                    .collect();
+                let body = ctx.captured_body.as_deref().unwrap_or(&[]);
+                let n = invalidate::after_response(cache.storage, &rules, req, resp, body);
+                self.state.metrics.purged(
+                    if rules.is_empty() {
+                        "unsafe_method"
+                    } else {
+                        "rule"
+                    },
+                    n,
+                );
+            }
+        }
         Ok(())
+    }
+
+    fn response_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        _end: bool,
+        ctx: &mut Ctx,
+    ) -> Result<Option<Duration>> {
+        if let Some(b) = body {
+            ctx.body_bytes += b.len() as u64;
+        }
+        Ok(None)
     }
 
     /// No answer from upstream: 502 or 504 with a body naming the request id.
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
         let code = error_page::status_for(e);
+        if code == 504 {
+            if let Some(pool) = &ctx.pool {
+                self.state.metrics.upstream_error(&pool.name, "timeout");
+            }
+        }
         if code > 0 {
             let _ =
                 error_page::respond(session, code, &ctx.request_id, error_page::detail_for(code))
                     .await;
+            ctx.error_status = Some(code);
         }
         FailToProxy {
             error_code: code,
             can_reuse_downstream: false,
         }
+    }
+
+    /// Last step: count the request (background refreshes apart).
+    async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut Ctx) {
+        let phase_status = CacheStatus::from_phase(session.cache.phase());
+        if session.subrequest_ctx.is_some() {
+            self.state.metrics.background_refresh(phase_status);
+            return;
+        }
+        let s = ctx.cache_status.unwrap_or(phase_status);
+        let status = session
+            .as_downstream()
+            .response_written()
+            .map(|r| r.status.as_u16())
+            .or(ctx.error_status)
+            .unwrap_or(0);
+        let method = session.req_header().method.as_str().to_string();
+        let span_name = if ctx.span_name.is_empty() {
+            format!("{method} (no route)")
+        } else {
+            std::mem::take(&mut ctx.span_name)
+        };
+        self.state.metrics.record_request(&RequestRecord {
+            span_name: &span_name,
+            method: &method,
+            status,
+            cache_status: s,
+            duration_ms: ctx.started.elapsed().as_secs_f64() * 1000.0,
+            body_bytes: ctx.body_bytes,
+        });
     }
 }

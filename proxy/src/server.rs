@@ -22,6 +22,8 @@ use std::time::{Duration, Instant};
 pub enum ServerError {
     #[error(transparent)]
     Upstream(#[from] UpstreamError),
+    #[error("cannot set up metrics: {0}")]
+    Metrics(prometheus::Error),
     #[error("cannot listen on {addr} ({which}): {source}")]
     Bind {
         which: &'static str,
@@ -167,7 +169,8 @@ pub fn run(config: Config, on_bound: impl FnOnce(BoundAddrs)) -> Result<(), Serv
     };
     let mut server = Server::new_with_opt_and_conf(None, conf);
 
-    let state = Arc::new(State::new(config, upstreams.clone()));
+    let metrics = crate::telemetry::metrics::Metrics::new("proxy").map_err(ServerError::Metrics)?;
+    let state = Arc::new(State::new(config, upstreams.clone(), metrics));
     let mut proxy = pingora_proxy::http_proxy_service_with_name(
         &server.configuration,
         Gateway {

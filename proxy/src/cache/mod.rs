@@ -1,5 +1,77 @@
 //! The edge cache: storage, policy, status headers, conditional requests, invalidation, purge.
+//! [`CacheLayer`] holds the process-wide parts Pingora wants as `&'static`.
 
+pub mod conditional;
 pub mod directives;
+pub mod invalidate;
+pub mod key;
 pub mod policy;
+pub mod purge;
+pub mod status;
 pub mod storage;
+
+use crate::config::Config;
+use pingora_cache::lock::{CacheKeyLockImpl, CacheLock};
+use pingora_cache::predictor::{CacheablePredictor, Predictor};
+use pingora_cache::CacheOptionOverrides;
+use pingora_proxy::Session;
+use policy::RoutePolicy;
+use storage::MemStorage;
+
+pub struct CacheLayer {
+    pub storage: &'static MemStorage,
+    lock: &'static CacheKeyLockImpl,
+    /// Remembers keys whose responses were uncacheable, so later requests for them skip the
+    /// lookup and the lock: after one uncacheable fill, waiters are not all released to the
+    /// origin at once again.
+    predictor: &'static (dyn CacheablePredictor + Sync),
+    lock_timeout: std::time::Duration,
+    pub config: crate::config::CacheConfig,
+    /// Per route index.
+    pub routes: Vec<RoutePolicy>,
+    pub rules: Vec<invalidate::Rule>,
+}
+
+impl CacheLayer {
+    /// Leaks the storage, lock and predictor: one per process, alive until exit.
+    pub fn new(cfg: &Config) -> CacheLayer {
+        let c = &cfg.cache;
+        let lock_timeout = c.lock_timeout.get();
+        CacheLayer {
+            storage: MemStorage::leak(
+                c.max_size.bytes() as usize,
+                c.max_object_size.bytes() as usize,
+            ),
+            lock: Box::leak(CacheLock::new_boxed(lock_timeout)),
+            predictor: Box::leak(Box::new(Predictor::<16>::new(256, None))),
+            lock_timeout,
+            config: c.clone(),
+            routes: cfg.routes.iter().map(RoutePolicy::from_route).collect(),
+            rules: cfg
+                .invalidation
+                .iter()
+                .filter_map(invalidate::Rule::new)
+                .collect(),
+        }
+    }
+
+    /// Whether requests on this route may use the cache at all.
+    pub fn route_enabled(&self, route: usize) -> bool {
+        self.config.enabled && self.routes.get(route).is_some_and(|r| r.enabled)
+    }
+
+    pub fn enable(&self, session: &mut Session) {
+        let mut overrides = CacheOptionOverrides::default();
+        overrides.wait_timeout = Some(self.lock_timeout);
+        session.cache.enable(
+            self.storage,
+            None,
+            Some(self.predictor),
+            Some(self.lock),
+            Some(overrides),
+        );
+        session
+            .cache
+            .set_max_file_size_bytes(self.storage.max_object());
+    }
+}

@@ -105,6 +105,12 @@ pub enum Selector {
     Url(String),
     /// URL prefix: `scheme://host/prefix`; or a path prefix (`/api/`) for any host.
     Prefix(String),
+    /// URL prefix whose query has `param=value` (invalidation rules keyed on a user).
+    PrefixWithParam {
+        prefix: String,
+        param: String,
+        value: String,
+    },
     Tag(String),
 }
 
@@ -121,6 +127,15 @@ impl Selector {
             Selector::Url(u) => url == u,
             Selector::Prefix(p) if p.starts_with('/') => path_of(url).starts_with(p.as_str()),
             Selector::Prefix(p) => url.starts_with(p.as_str()),
+            Selector::PrefixWithParam {
+                prefix,
+                param,
+                value,
+            } => {
+                let query = url.split_once('?').map(|(_, q)| q);
+                Selector::Prefix(prefix.clone()).matches(url)
+                    && super::invalidate::query_param(query, param) == Some(value.as_str())
+            }
             Selector::Tag(_) => false,
         }
     }

@@ -1,0 +1,124 @@
+//! Purging on demand: the `PURGE` method on the public listener (only from allowed addresses
+//! or with the token) and `POST /cache/purge` on the admin listener.
+
+use super::storage::Selector;
+use crate::config::PurgeConfig;
+use pingora_http::RequestHeader;
+use serde::Deserialize;
+use std::net::IpAddr;
+
+/// Constant-time comparison, so the token cannot be guessed byte by byte from timings.
+fn same(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+pub fn authorized(cfg: &PurgeConfig, client: Option<IpAddr>, req: &RequestHeader) -> bool {
+    if let Some(token) = cfg.token.as_deref() {
+        let sent = req
+            .headers
+            .get(http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .or_else(|| {
+                req.headers
+                    .get("x-purge-token")
+                    .and_then(|v| v.to_str().ok())
+            });
+        if sent.is_some_and(|s| same(s.trim().as_bytes(), token.as_bytes())) {
+            return true;
+        }
+    }
+    client.is_some_and(|ip| {
+        let ip = match ip {
+            IpAddr::V6(v6) => v6
+                .to_ipv4_mapped()
+                .map(IpAddr::V4)
+                .unwrap_or(IpAddr::V6(v6)),
+            v4 => v4,
+        };
+        cfg.allow_from.contains(&ip)
+    })
+}
+
+/// `POST /cache/purge` body: exactly one of `url`, `prefix`, `tag`; `soft` keeps entries as
+/// stale (served while revalidating) instead of deleting them.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PurgeRequest {
+    pub url: Option<String>,
+    pub prefix: Option<String>,
+    pub tag: Option<String>,
+    #[serde(default)]
+    pub soft: bool,
+}
+
+impl PurgeRequest {
+    pub fn parse(body: &[u8]) -> Result<(Selector, bool), String> {
+        let r: PurgeRequest =
+            serde_json::from_slice(body).map_err(|e| format!("invalid JSON body: {e}"))?;
+        let sel = match (r.url, r.prefix, r.tag) {
+            (Some(u), None, None) => Selector::Url(normalise_url(&u)?),
+            (None, Some(p), None) => Selector::Prefix(normalise_url(&p)?),
+            (None, None, Some(t)) if !t.trim().is_empty() => Selector::Tag(t.trim().to_string()),
+            _ => {
+                return Err("give exactly one of \"url\", \"prefix\" or \"tag\" (non-empty)".into())
+            }
+        };
+        Ok((sel, r.soft))
+    }
+}
+
+/// Paths stay paths (any host); absolute URLs are lower-cased in scheme and host as keys are.
+fn normalise_url(u: &str) -> Result<String, String> {
+    if u.starts_with('/') {
+        return Ok(u.to_string());
+    }
+    let rest = u
+        .strip_prefix("http://")
+        .or_else(|| u.strip_prefix("https://"))
+        .ok_or_else(|| format!("{u:?}: expected a path (/...) or an http(s):// URL"))?;
+    let (host, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    Ok(format!(
+        "http://{}{}",
+        host.to_ascii_lowercase(),
+        if path.is_empty() { "/" } else { path }
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn purge_requests_parse_or_explain() {
+        assert!(
+            matches!(PurgeRequest::parse(br#"{"tag":"user-1"}"#), Ok((Selector::Tag(t), false)) if t == "user-1")
+        );
+        assert!(
+            matches!(PurgeRequest::parse(br#"{"url":"HTTP://H:1/a?b","soft":true}"#), Ok((Selector::Url(u), true)) if u == "http://h:1/a?b")
+        );
+        assert!(PurgeRequest::parse(br#"{"url":"/a","tag":"x"}"#).is_err());
+        assert!(PurgeRequest::parse(br#"{"urll":"/a"}"#).is_err());
+        assert!(PurgeRequest::parse(b"nope").is_err());
+    }
+
+    #[test]
+    fn purge_auth_by_address_or_token() {
+        let cfg = PurgeConfig {
+            allow_from: vec!["10.0.0.1".parse().unwrap()],
+            token: Some("s3cret".into()),
+        };
+        let mut req = RequestHeader::build("PURGE", b"/", None).unwrap();
+        assert!(!authorized(&cfg, Some("10.0.0.2".parse().unwrap()), &req));
+        assert!(authorized(&cfg, Some("10.0.0.1".parse().unwrap()), &req));
+        assert!(authorized(
+            &cfg,
+            Some("::ffff:10.0.0.1".parse().unwrap()),
+            &req
+        ));
+        req.insert_header("authorization", "Bearer s3cret").unwrap();
+        assert!(authorized(&cfg, Some("10.0.0.2".parse().unwrap()), &req));
+        req.insert_header("authorization", "Bearer s3creT").unwrap();
+        assert!(!authorized(&cfg, None, &req));
+    }
+}

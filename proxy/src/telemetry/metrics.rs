@@ -1,0 +1,212 @@
+//! Prometheus metrics (crate `prometheus`, own registry), recorded once per client request in
+//! the gateway's `logging` step and read at scrape time for gauges.
+
+use super::names::*;
+use crate::cache::status::{CacheStatus, ALL};
+use crate::cache::storage::MemStorage;
+use crate::upstream::Upstreams;
+use prometheus::{
+    Encoder, Gauge, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    Opts, Registry, TextEncoder,
+};
+use std::time::Instant;
+
+pub struct Metrics {
+    registry: Registry,
+    service_name: String,
+    span_calls: IntCounterVec,
+    span_duration: HistogramVec,
+    pub cache_hit: IntCounter,
+    pub cache_miss: IntCounter,
+    cache_requests: IntCounterVec,
+    cache_entries: IntGauge,
+    cache_size: IntGauge,
+    cache_capacity: IntGauge,
+    cache_evictions: IntCounter,
+    cache_purged: IntCounterVec,
+    served_bytes: IntCounterVec,
+    pub coalesced: IntCounter,
+    background: IntCounterVec,
+    upstream_duration: HistogramVec,
+    upstream_errors: IntCounterVec,
+    upstream_healthy: GaugeVec,
+    uptime: Gauge,
+    started: Instant,
+}
+
+/// One finished client request, as the metrics see it.
+pub struct RequestRecord<'a> {
+    pub span_name: &'a str,
+    pub method: &'a str,
+    pub status: u16,
+    pub cache_status: CacheStatus,
+    pub duration_ms: f64,
+    pub body_bytes: u64,
+}
+
+fn counter_vec(r: &Registry, n: &MetricName, labels: &[&str]) -> prometheus::Result<IntCounterVec> {
+    let c = IntCounterVec::new(Opts::new(n.name, n.help), labels)?;
+    r.register(Box::new(c.clone()))?;
+    Ok(c)
+}
+fn counter(r: &Registry, n: &MetricName) -> prometheus::Result<IntCounter> {
+    let c = IntCounter::with_opts(Opts::new(n.name, n.help))?;
+    r.register(Box::new(c.clone()))?;
+    Ok(c)
+}
+fn gauge(r: &Registry, n: &MetricName) -> prometheus::Result<IntGauge> {
+    let g = IntGauge::with_opts(Opts::new(n.name, n.help))?;
+    r.register(Box::new(g.clone()))?;
+    Ok(g)
+}
+
+impl Metrics {
+    pub fn new(service_name: &str) -> prometheus::Result<Metrics> {
+        let r = Registry::new();
+        let span_calls = counter_vec(&r, &SPAN_CALLS, &SPAN_LABELS)?;
+        let span_duration = HistogramVec::new(
+            HistogramOpts::new(SPAN_DURATION.name, SPAN_DURATION.help)
+                .buckets(SPAN_BUCKETS_MS.to_vec()),
+            &SPAN_LABELS,
+        )?;
+        r.register(Box::new(span_duration.clone()))?;
+        let upstream_duration = HistogramVec::new(
+            HistogramOpts::new(UPSTREAM_DURATION.name, UPSTREAM_DURATION.help)
+                .buckets(UPSTREAM_BUCKETS_MS.to_vec()),
+            &["pool"],
+        )?;
+        r.register(Box::new(upstream_duration.clone()))?;
+        let upstream_healthy = GaugeVec::new(
+            Opts::new(UPSTREAM_HEALTHY.name, UPSTREAM_HEALTHY.help),
+            &["pool", "address"],
+        )?;
+        r.register(Box::new(upstream_healthy.clone()))?;
+        let uptime = Gauge::with_opts(Opts::new(UPTIME.name, UPTIME.help))?;
+        r.register(Box::new(uptime.clone()))?;
+        let build = IntGauge::with_opts(
+            Opts::new(BUILD_INFO.name, BUILD_INFO.help)
+                .const_label("version", env!("CARGO_PKG_VERSION")),
+        )?;
+        build.set(1);
+        r.register(Box::new(build))?;
+        #[cfg(target_os = "linux")]
+        r.register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        ))?;
+
+        let m = Metrics {
+            service_name: service_name.to_string(),
+            span_calls,
+            span_duration,
+            cache_hit: counter(&r, &CACHE_HIT)?,
+            cache_miss: counter(&r, &CACHE_MISS)?,
+            cache_requests: counter_vec(&r, &CACHE_REQUESTS, &["cache_status"])?,
+            cache_entries: gauge(&r, &CACHE_ENTRIES)?,
+            cache_size: gauge(&r, &CACHE_SIZE)?,
+            cache_capacity: gauge(&r, &CACHE_CAPACITY)?,
+            cache_evictions: counter(&r, &CACHE_EVICTIONS)?,
+            cache_purged: counter_vec(&r, &CACHE_PURGED, &["reason"])?,
+            served_bytes: counter_vec(&r, &CACHE_SERVED_BYTES, &["source"])?,
+            coalesced: counter(&r, &CACHE_COALESCED)?,
+            background: counter_vec(&r, &CACHE_BACKGROUND_REFRESHES, &["outcome"])?,
+            upstream_duration,
+            upstream_errors: counter_vec(&r, &UPSTREAM_ERRORS, &["pool", "kind"])?,
+            upstream_healthy,
+            uptime,
+            started: Instant::now(),
+            registry: r,
+        };
+        // Every cache status appears from the start, so rate() queries have a series at 0.
+        for s in ALL {
+            m.cache_requests.with_label_values(&[s.as_str()]);
+        }
+        for src in ["cache", "origin"] {
+            m.served_bytes.with_label_values(&[src]);
+        }
+        Ok(m)
+    }
+
+    pub fn service_name(&self) -> &str {
+        &self.service_name
+    }
+
+    /// A client request (never a background refresh: those go to [`Self::background_refresh`]).
+    pub fn record_request(&self, r: &RequestRecord<'_>) {
+        let status = r.status.to_string();
+        let status_code = if r.status >= 500 {
+            "STATUS_CODE_ERROR"
+        } else {
+            "STATUS_CODE_UNSET"
+        };
+        let labels = [
+            self.service_name.as_str(),
+            r.span_name,
+            "SPAN_KIND_SERVER",
+            status_code,
+            r.method,
+            status.as_str(),
+            r.cache_status.as_str(),
+        ];
+        self.span_calls.with_label_values(&labels).inc();
+        self.span_duration
+            .with_label_values(&labels)
+            .observe(r.duration_ms);
+        self.cache_requests
+            .with_label_values(&[r.cache_status.as_str()])
+            .inc();
+        if r.cache_status.from_cache() {
+            self.cache_hit.inc();
+            self.served_bytes
+                .with_label_values(&["cache"])
+                .inc_by(r.body_bytes);
+        } else {
+            self.cache_miss.inc();
+            self.served_bytes
+                .with_label_values(&["origin"])
+                .inc_by(r.body_bytes);
+        }
+    }
+
+    pub fn background_refresh(&self, outcome: CacheStatus) {
+        self.background.with_label_values(&[outcome.as_str()]).inc();
+    }
+
+    pub fn purged(&self, reason: &str, n: usize) {
+        self.cache_purged
+            .with_label_values(&[reason])
+            .inc_by(n as u64);
+    }
+
+    pub fn upstream_response(&self, pool: &str, ms: f64) {
+        self.upstream_duration
+            .with_label_values(&[pool])
+            .observe(ms);
+    }
+
+    pub fn upstream_error(&self, pool: &str, kind: &str) {
+        self.upstream_errors.with_label_values(&[pool, kind]).inc();
+    }
+
+    /// Refreshes scrape-time values and renders the text exposition format.
+    pub fn render(&self, storage: Option<&MemStorage>, upstreams: &Upstreams) -> String {
+        if let Some(s) = storage {
+            self.cache_entries.set(s.entries() as i64);
+            self.cache_size.set(s.size() as i64);
+            self.cache_capacity.set(s.capacity() as i64);
+            let ev = s.stats.evictions.load(std::sync::atomic::Ordering::Relaxed);
+            self.cache_evictions
+                .inc_by(ev.saturating_sub(self.cache_evictions.get()));
+        }
+        for pool in upstreams.pools() {
+            for b in &pool.backends {
+                self.upstream_healthy
+                    .with_label_values(&[pool.name.as_str(), &b.addr.to_string()])
+                    .set(if b.healthy() { 1.0 } else { 0.0 });
+            }
+        }
+        self.uptime.set(self.started.elapsed().as_secs_f64());
+        let mut out = Vec::new();
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
+        String::from_utf8(out).unwrap_or_default()
+    }
+}
