@@ -129,8 +129,16 @@ const NOT_MERGED: [&str; 10] = [
 ];
 
 /// RFC 9111 §4.3.4: every field of the 304 replaces the stored one (Pingora copies only five).
+/// A 304 without `Date` is dated now, so the stored `Date` does not make the refreshed entry
+/// look as old as the first fill.
 fn merge_304(stored: &ResponseHeader, not_modified: &ResponseHeader) -> ResponseHeader {
     let mut merged = stored.clone();
+    if !not_modified.headers.contains_key(http::header::DATE) {
+        let _ = merged.insert_header(
+            http::header::DATE,
+            httpdate::fmt_http_date(SystemTime::now()),
+        );
+    }
     for name in not_modified.headers.keys() {
         if NOT_MERGED.contains(&name.as_str()) {
             continue;
@@ -221,10 +229,10 @@ impl Gateway {
             .maybe_cache_meta()
             .filter(|_| s.built_from_store())
             .map(|m| {
-                let until = m.fresh_until();
-                match until.duration_since(now) {
-                    Ok(d) => d.as_secs() as i64,
-                    Err(e) => -(e.duration().as_secs() as i64),
+                // Rounded, so a just-refreshed `max-age=1` reads ttl=1, not 0.
+                match m.fresh_until().duration_since(now) {
+                    Ok(d) => d.as_secs_f64().round() as i64,
+                    Err(e) => -(e.duration().as_secs_f64().round() as i64),
                 }
             });
         let detail = match phase {

@@ -17,6 +17,17 @@ const HEURISTIC_STATUSES: [u16; 11] = [200, 203, 204, 300, 301, 308, 404, 405, 4
 
 const HEURISTIC_CAP: Duration = Duration::from_secs(86_400);
 
+/// Transfer-Encoding goes too: the storage re-frames the body with Content-Length.
+const HOP_BY_HOP: [&str; 7] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
 /// Per-route cache options.
 #[derive(Debug, Clone, Default)]
 pub struct RoutePolicy {
@@ -116,9 +127,13 @@ pub fn initial_age(resp: &ResponseHeader, now: SystemTime) -> Duration {
         .and_then(|v| v.trim().parse::<u64>().ok())
         .map(Duration::from_secs)
         .unwrap_or_default();
+    // Whole seconds, as RFC 9111 counts: `Date` has one-second resolution, so a sub-second
+    // remainder is the clock tick, not age.
     let apparent = header_date(resp, "date")
         .and_then(|d| now.duration_since(d).ok())
+        .map(|d| Duration::from_secs(d.as_secs()))
         .unwrap_or_default();
+
     reported.max(apparent)
 }
 
@@ -245,6 +260,23 @@ pub fn build_meta(plan: &Plan, resp: &ResponseHeader, now: SystemTime) -> CacheM
     let mut h = resp.clone();
     for name in &plan.strip {
         h.remove_header(name.as_str());
+    }
+    // Hop-by-hop fields describe one connection, never the stored response (RFC 9111 §3.1).
+    let listed: Vec<String> = h
+        .headers
+        .get_all(http::header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|t| t.trim().to_ascii_lowercase())
+        .filter(|t| !t.is_empty())
+        .collect();
+    for name in HOP_BY_HOP
+        .iter()
+        .copied()
+        .chain(listed.iter().map(String::as_str))
+    {
+        h.remove_header(name);
     }
     h.remove_header("age");
     if plan.generate_etag {

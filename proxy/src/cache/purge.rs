@@ -73,10 +73,18 @@ fn normalise_url(u: &str) -> Result<String, String> {
     if u.starts_with('/') {
         return Ok(u.to_string());
     }
-    let rest = u
-        .strip_prefix("http://")
-        .or_else(|| u.strip_prefix("https://"))
-        .ok_or_else(|| format!("{u:?}: expected a path (/...) or an http(s):// URL"))?;
+    let lower = u.to_ascii_lowercase();
+    let scheme_len = if lower.starts_with("http://") {
+        7
+    } else if lower.starts_with("https://") {
+        8
+    } else {
+        return Err(format!(
+            "{u:?}: expected a path (/...) or an http(s):// URL"
+        ));
+    };
+    let rest = &u[scheme_len..];
+
     let (host, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
     Ok(format!(
         "http://{}{}",

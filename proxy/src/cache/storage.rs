@@ -353,10 +353,12 @@ impl Storage for MemStorage {
         meta: &CacheMeta,
         _trace: &SpanHandle,
     ) -> Result<MissHandler> {
-        let generate_etag = meta
-            .response_header()
-            .headers
-            .contains_key(GENERATE_ETAG_MARKER);
+        let h = &meta.response_header().headers;
+        // The stored header must frame the stored body by itself: a chunked or close-delimited
+        // origin response gets a Content-Length once the whole body is known.
+        let patch = h.contains_key(GENERATE_ETAG_MARKER)
+            || !h.contains_key(http::header::CONTENT_LENGTH)
+            || h.contains_key(http::header::TRANSFER_ENCODING);
         let (internal, header) = meta.serialize()?;
         Ok(Box::new(Fill {
             storage: self,
@@ -366,7 +368,7 @@ impl Storage for MemStorage {
             tags: tags_of(meta),
             internal,
             header,
-            generate_etag,
+            patch,
             chunks: Vec::new(),
             len: 0,
             too_large: false,
@@ -500,7 +502,8 @@ struct Fill {
     tags: Box<[String]>,
     internal: Vec<u8>,
     header: Vec<u8>,
-    generate_etag: bool,
+    /// The header needs edits once the body is complete (ETag, Content-Length).
+    patch: bool,
     chunks: Vec<Bytes>,
     len: usize,
     too_large: bool,
@@ -545,15 +548,18 @@ impl HandleMiss for Fill {
                 b.freeze()
             }
         };
-        let (internal, header) = if s.generate_etag {
+        let (internal, header) = if s.patch {
             let mut meta = CacheMeta::deserialize(&s.internal, &s.header)?;
             let h = meta.response_header_mut();
-            h.remove_header(GENERATE_ETAG_MARKER);
-            if !h.headers.contains_key(http::header::ETAG) {
+            if h.remove_header(GENERATE_ETAG_MARKER).is_some()
+                && !h.headers.contains_key(http::header::ETAG)
+            {
                 let hash = pingora_cache::key::hash_key(&body);
                 let tag: String = hash.iter().take(12).map(|b| format!("{b:02x}")).collect();
                 h.insert_header(http::header::ETAG, format!("\"{tag}\""))?;
             }
+            h.remove_header(&http::header::TRANSFER_ENCODING);
+            h.insert_header(http::header::CONTENT_LENGTH, body.len().to_string())?;
             meta.serialize()?
         } else {
             (s.internal, s.header)

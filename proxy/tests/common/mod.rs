@@ -299,3 +299,5 @@ pool = "web"
 "#
     )
 }
+
+pub mod scripted;
