@@ -61,6 +61,7 @@ type Handler = dyn Fn(&Seen, usize) -> Reply + Send + Sync;
 pub struct Scripted {
     pub addr: SocketAddr,
     seen: Arc<Mutex<Vec<Seen>>>,
+    accept: Arc<Mutex<Option<tokio::task::JoinHandle<()>>>>,
 }
 
 impl Scripted {
@@ -73,7 +74,7 @@ impl Scripted {
         let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
         let handler: Arc<Handler> = Arc::new(handler);
         let s2 = seen.clone();
-        tokio::spawn(async move {
+        let accept = tokio::spawn(async move {
             loop {
                 let Ok((mut sock, _)) = listener.accept().await else {
                     continue;
@@ -150,7 +151,20 @@ impl Scripted {
                 });
             }
         });
-        Scripted { addr, seen }
+        Scripted {
+            addr,
+            seen,
+            accept: Arc::new(Mutex::new(Some(accept))),
+        }
+    }
+
+    /// Stops listening: new connections are refused from now on.
+    pub async fn stop(&self) {
+        let handle = self.accept.lock().unwrap().take();
+        if let Some(h) = handle {
+            h.abort();
+            let _ = h.await;
+        }
     }
 
     pub fn seen(&self) -> Vec<Seen> {
