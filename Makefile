@@ -5,7 +5,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 APT_PACKAGES := cmake gcc g++ make
 
-.PHONY: all build release demo test deps fmt lint unit clean
+.PHONY: all build release demo test deps test-deps fmt lint unit clean
 
 all: build
 
@@ -25,6 +25,18 @@ deps:
 	fi
 	@command -v $(CARGO) >/dev/null || { echo "cargo not found: install Rust from https://rustup.rs"; exit 1; }
 
+# What the tests drive for real: Prometheus and promtool (Debian package `prometheus`).
+test-deps: deps
+	@if ! command -v prometheus >/dev/null || ! command -v promtool >/dev/null; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing: prometheus (for promtool and the scrape test)"; \
+	    (apt-get install -y --no-install-recommends prometheus || (apt-get update && apt-get install -y --no-install-recommends prometheus)) >/dev/null \
+	      || { echo "could not install prometheus. Run: sudo apt-get install -y prometheus"; exit 1; }; \
+	  else \
+	    echo "missing: prometheus, promtool. Run: sudo apt-get install -y prometheus"; exit 1; \
+	  fi; \
+	fi
+
 build: deps
 	$(CARGO) build
 
@@ -41,7 +53,7 @@ fmt:
 lint: deps
 	$(CARGO) clippy --all-targets -- -D warnings
 
-unit: deps
+unit: test-deps
 	$(CARGO) test --all-targets
 
 test: deps fmt lint unit

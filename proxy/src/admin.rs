@@ -30,20 +30,12 @@ impl Admin {
         let mut pools = serde_json::Map::new();
         let mut ready = true;
         for pool in self.state.upstreams.pools() {
-            let addrs: Vec<_> = pool
-                .backends
-                .iter()
-                .map(|b| json!({"address": b.addr.to_string(), "healthy": b.healthy()}))
-                .collect();
+            let addrs: Vec<_> = pool.backends.iter().map(|b| json!({"address": b.addr.to_string(), "healthy": b.healthy()})).collect();
             let ok = pool.any_healthy();
             ready &= ok;
             pools.insert(pool.name.clone(), json!({"ready": ok, "addresses": addrs}));
         }
-        let status = if ready {
-            StatusCode::OK
-        } else {
-            StatusCode::SERVICE_UNAVAILABLE
-        };
+        let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
         json_response(status, &json!({"ready": ready, "pools": pools}))
     }
 }
@@ -67,21 +59,19 @@ async fn read_body(session: &mut ServerSession) -> Result<Vec<u8>, String> {
     }
 }
 
-const ENDPOINTS: [&str; 5] = [
-    "GET /healthz",
-    "GET /readyz",
-    "GET /metrics",
-    "GET /cache/stats",
-    "POST /cache/purge",
-];
+const ENDPOINTS: [&str; 5] = ["GET /healthz", "GET /readyz", "GET /metrics", "GET /cache/stats", "POST /cache/purge"];
 
 impl Admin {
     fn metrics(&self) -> Response<Vec<u8>> {
         let st = &self.state;
-        let text = st
-            .metrics
-            .render(st.cache.as_ref().map(|c| c.storage), &st.upstreams)
-            .into_bytes();
+        let ext = crate::telemetry::metrics::External {
+            storage: st.cache.as_ref().map(|c| c.storage),
+            upstreams: &st.upstreams,
+            spans: st.tracing.as_ref().map(|t| t.counters.as_ref()),
+            access_log_dropped: st.access_log.dropped.load(std::sync::atomic::Ordering::Relaxed),
+        };
+        let text = st.metrics.render(&ext).into_bytes();
+
         Response::builder()
             .status(StatusCode::OK)
             .header("content-type", "text/plain; version=0.0.4; charset=utf-8")
@@ -116,10 +106,7 @@ impl Admin {
 
     async fn purge(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
         let Some(c) = &self.state.cache else {
-            return json_response(
-                StatusCode::CONFLICT,
-                &json!({"error": "the cache is disabled"}),
-            );
+            return json_response(StatusCode::CONFLICT, &json!({"error": "the cache is disabled"}));
         };
         let body = match read_body(session).await {
             Ok(b) => b,
@@ -128,9 +115,7 @@ impl Admin {
         match crate::cache::purge::PurgeRequest::parse(&body) {
             Ok((sel, soft)) => {
                 let n = c.storage.purge_matching(&sel, soft);
-                self.state
-                    .metrics
-                    .purged(if soft { "api_soft" } else { "api" }, n);
+                self.state.metrics.purged(if soft { "api_soft" } else { "api" }, n);
                 json_response(StatusCode::OK, &json!({"purged": n, "soft": soft}))
             }
             Err(e) => json_response(
@@ -155,14 +140,8 @@ impl ServeHttp for Admin {
             (_, "/healthz" | "/readyz" | "/metrics" | "/cache/stats") => {
                 json_response(StatusCode::METHOD_NOT_ALLOWED, &json!({"error": "use GET"}))
             }
-            (_, "/cache/purge") => json_response(
-                StatusCode::METHOD_NOT_ALLOWED,
-                &json!({"error": "use POST"}),
-            ),
-            _ => json_response(
-                StatusCode::NOT_FOUND,
-                &json!({"error": "not found", "endpoints": ENDPOINTS}),
-            ),
+            (_, "/cache/purge") => json_response(StatusCode::METHOD_NOT_ALLOWED, &json!({"error": "use POST"})),
+            _ => json_response(StatusCode::NOT_FOUND, &json!({"error": "not found", "endpoints": ENDPOINTS})),
         }
     }
 }

@@ -10,11 +10,7 @@ pub const SAMPLE_CONFIG: &str = include_str!("../../config/portier.toml");
 const DEFAULT_CONFIG: &str = "config/portier.toml";
 
 #[derive(Parser, Debug)]
-#[command(
-    name = "portier",
-    version,
-    about = "A caching reverse proxy with built-in observability, on Pingora"
-)]
+#[command(name = "portier", version, about = "A caching reverse proxy with built-in observability, on Pingora")]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -70,12 +66,7 @@ pub fn main() -> ExitCode {
     match cli.command {
         Command::Check { config } => match config::load_file(&config) {
             Ok(c) => {
-                println!(
-                    "{}: OK ({} upstream pools, {} routes)",
-                    config.display(),
-                    c.upstreams.len(),
-                    c.routes.len()
-                );
+                println!("{}: OK ({} upstream pools, {} routes)", config.display(), c.upstreams.len(), c.routes.len());
                 ExitCode::SUCCESS
             }
             Err(problems) => {
@@ -90,20 +81,11 @@ pub fn main() -> ExitCode {
                 ExitCode::from(1)
             }
         },
-        Command::Proxy {
-            listen,
-            upstream,
-            admin,
-        } => match quick_config(&listen, &upstream, &admin) {
+        Command::Proxy { listen, upstream, admin } => match quick_config(&listen, &upstream, &admin) {
             Ok(c) => serve(c),
             Err(e) => fail(e),
         },
-        Command::Demo {
-            listen,
-            origin,
-            admin,
-            config,
-        } => demo(&listen, &origin, &admin, &config),
+        Command::Demo { listen, origin, admin, config } => demo(&listen, &origin, &admin, &config),
     }
 }
 
@@ -120,31 +102,17 @@ fn serve_then(c: Config, on_bound: impl FnOnce(crate::server::BoundAddrs)) -> Ex
 
 /// `portier proxy`: one pool, one catch-all route, every other setting at its default.
 pub fn quick_config(listen: &str, upstream: &str, admin: &str) -> Result<Config, String> {
-    let target = upstream
-        .strip_prefix("http://")
-        .unwrap_or(upstream)
-        .trim_end_matches('/');
+    let target = upstream.strip_prefix("http://").unwrap_or(upstream).trim_end_matches('/');
     if target.contains("://") {
-        return Err(format!(
-            "--upstream {upstream:?}: only http:// upstreams are supported"
-        ));
+        return Err(format!("--upstream {upstream:?}: only http:// upstreams are supported"));
     }
     let target: HostPort = target.parse().map_err(|e| format!("--upstream: {e}"))?;
     let mut c = Config::default();
-    c.listen.public = listen
-        .parse::<ListenAddr>()
-        .map_err(|e| format!("--listen: {e}"))?;
-    c.listen.admin = admin
-        .parse::<ListenAddr>()
-        .map_err(|e| format!("--admin: {e}"))?;
+    c.listen.public = listen.parse::<ListenAddr>().map_err(|e| format!("--listen: {e}"))?;
+    c.listen.admin = admin.parse::<ListenAddr>().map_err(|e| format!("--admin: {e}"))?;
     c.upstreams.insert(
         "upstream".into(),
-        Upstream {
-            addresses: vec![target],
-            health_check: None,
-            max_fails: 2,
-            fail_timeout: config::Duration::from_secs(10),
-        },
+        Upstream { addresses: vec![target], health_check: None, max_fails: 2, fail_timeout: config::Duration::from_secs(10) },
     );
     c.routes.push(Route::new(None, "/*", "upstream"));
     Ok(c)
@@ -170,16 +138,9 @@ fn demo(listen: &str, origin: &str, admin: &str, config_path: &Path) -> ExitCode
     };
     let origin = match crate::demo::Origin::start_in_thread(origin_addr) {
         Ok(o) => o,
-        Err(e) => {
-            return fail(format!(
-                "cannot start the sample origin on {origin_addr}: {e}"
-            ))
-        }
+        Err(e) => return fail(format!("cannot start the sample origin on {origin_addr}: {e}")),
     };
-    let origin_hp = HostPort {
-        host: origin.addr.ip().to_string(),
-        port: origin.addr.port(),
-    };
+    let origin_hp = HostPort { host: origin.addr.ip().to_string(), port: origin.addr.port() };
     for pool in c.upstreams.values_mut() {
         pool.addresses = vec![origin_hp.clone()];
     }

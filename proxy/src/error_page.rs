@@ -7,17 +7,11 @@ use pingora_http::ResponseHeader;
 use pingora_proxy::Session;
 
 pub fn reason(status: u16) -> &'static str {
-    http::StatusCode::from_u16(status)
-        .ok()
-        .and_then(|s| s.canonical_reason())
-        .unwrap_or("Error")
+    http::StatusCode::from_u16(status).ok().and_then(|s| s.canonical_reason()).unwrap_or("Error")
 }
 
 pub fn body(status: u16, detail: &str, request_id: &str) -> String {
-    format!(
-        "{status} {}: {detail} (request id {request_id})\n",
-        reason(status)
-    )
+    format!("{status} {}: {detail} (request id {request_id})\n", reason(status))
 }
 
 /// The status a proxy failure maps to: timeouts are 504, anything else upstream is 502.
@@ -48,12 +42,7 @@ pub fn detail_for(status: u16) -> &'static str {
 }
 
 /// Writes the page unless a response has already started (then the connection is just closed).
-pub async fn respond(
-    session: &mut Session,
-    status: u16,
-    request_id: &str,
-    detail: &str,
-) -> Result<()> {
+pub async fn respond(session: &mut Session, status: u16, request_id: &str, detail: &str) -> Result<()> {
     if session.as_downstream().response_written().is_some() {
         return Ok(());
     }
@@ -64,8 +53,6 @@ pub async fn respond(
     resp.insert_header("cache-control", "no-store")?;
     resp.insert_header(crate::forwarding::REQUEST_ID, request_id)?;
     session.write_response_header(Box::new(resp), false).await?;
-    session
-        .write_response_body(Some(Bytes::from(text)), true)
-        .await?;
+    session.write_response_body(Some(Bytes::from(text)), true).await?;
     Ok(())
 }

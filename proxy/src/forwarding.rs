@@ -10,11 +10,7 @@ pub const REQUEST_ID: &str = "x-request-id";
 /// Portier keeps its id); otherwise makes a new one.
 pub fn request_id(req: &RequestHeader) -> String {
     if let Some(v) = req.headers.get(REQUEST_ID).and_then(|v| v.to_str().ok()) {
-        if !v.is_empty()
-            && v.len() <= 128
-            && v.bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
-        {
+        if !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b)) {
             return v.to_string();
         }
     }
@@ -44,12 +40,7 @@ pub fn new_id() -> String {
 /// Sets `X-Forwarded-For` (the client address; values sent by the client are not trusted and
 /// are replaced, as Caddy does without `trusted_proxies`), `X-Forwarded-Proto`,
 /// `X-Forwarded-Host` and the request id.
-pub fn add_forwarded(
-    req: &mut RequestHeader,
-    client_ip: Option<&str>,
-    host: Option<&str>,
-    request_id: &str,
-) {
+pub fn add_forwarded(req: &mut RequestHeader, client_ip: Option<&str>, host: Option<&str>, request_id: &str) {
     let _ = req.remove_header("x-forwarded-for");
     if let Some(ip) = client_ip {
         let _ = req.insert_header("x-forwarded-for", ip);

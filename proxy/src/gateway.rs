@@ -9,13 +9,15 @@ use crate::config::Config;
 use crate::error_page;
 use crate::forwarding;
 use crate::routing::Router;
+use crate::telemetry::access_log::{AccessLog, AccessRecord};
 use crate::telemetry::metrics::{Metrics, RequestRecord};
+use crate::telemetry::traces::{self, Tracing};
+use opentelemetry::KeyValue;
+
 use crate::upstream::{Pool, Upstreams};
 use async_trait::async_trait;
 use bytes::Bytes;
-use pingora_cache::{
-    CacheKey, CacheMeta, CachePhase, ForcedFreshness, HitHandler, NoCacheReason, RespCacheable,
-};
+use pingora_cache::{CacheKey, CacheMeta, CachePhase, ForcedFreshness, HitHandler, NoCacheReason, RespCacheable};
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_error::{Error, ErrorSource, ErrorType, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
@@ -50,18 +52,15 @@ pub struct State {
     pub upstreams: Arc<Upstreams>,
     pub cache: Option<CacheLayer>,
     pub metrics: Metrics,
+    pub access_log: AccessLog,
+    pub tracing: Option<Tracing>,
 }
 
 impl State {
-    pub fn new(config: Config, upstreams: Arc<Upstreams>, metrics: Metrics) -> Self {
+    pub fn new(config: Config, upstreams: Arc<Upstreams>, metrics: Metrics, tracing: Option<Tracing>) -> Self {
         let cache = config.cache.enabled.then(|| CacheLayer::new(&config));
-        State {
-            router: Router::new(&config.routes),
-            config,
-            upstreams,
-            cache,
-            metrics,
-        }
+        let access_log = AccessLog::new(config.telemetry.access_log.format);
+        State { router: Router::new(&config.routes), config, upstreams, cache, metrics, access_log, tracing }
     }
 }
 
@@ -72,6 +71,10 @@ pub struct Gateway {
 /// Per-request state.
 pub struct Ctx {
     pub started: Instant,
+    pub started_at: SystemTime,
+    /// The server span (and, while the origin is asked, the client span) when tracing is on.
+    pub trace: Option<opentelemetry::Context>,
+    pub upstream_trace: Option<opentelemetry::Context>,
     pub request_id: String,
     /// Index of the matched route.
     pub route: Option<usize>,
@@ -100,17 +103,11 @@ pub struct Ctx {
 }
 
 fn host_of(req: &RequestHeader) -> Option<&str> {
-    req.headers
-        .get(http::header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .or_else(|| req.uri.host())
+    req.headers.get(http::header::HOST).and_then(|h| h.to_str().ok()).or_else(|| req.uri.host())
 }
 
 fn client_ip(session: &Session) -> Option<std::net::IpAddr> {
-    session
-        .client_addr()
-        .and_then(|a| a.as_inet())
-        .map(|a| a.ip())
+    session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip())
 }
 
 /// Fields in the 304 that must not replace the stored ones (framing, hop-by-hop, encoding;
@@ -134,10 +131,7 @@ const NOT_MERGED: [&str; 10] = [
 fn merge_304(stored: &ResponseHeader, not_modified: &ResponseHeader) -> ResponseHeader {
     let mut merged = stored.clone();
     if !not_modified.headers.contains_key(http::header::DATE) {
-        let _ = merged.insert_header(
-            http::header::DATE,
-            httpdate::fmt_http_date(SystemTime::now()),
-        );
+        let _ = merged.insert_header(http::header::DATE, httpdate::fmt_http_date(SystemTime::now()));
     }
     for name in not_modified.headers.keys() {
         if NOT_MERGED.contains(&name.as_str()) {
@@ -156,12 +150,15 @@ impl Gateway {
         self.state.cache.as_ref()
     }
 
-    async fn respond_json(
-        session: &mut Session,
-        status: u16,
-        request_id: &str,
-        body: serde_json::Value,
-    ) -> Result<()> {
+    /// The server span starts when the route (and so the span name) is known; background
+    /// refreshes have no client and get none.
+    fn start_trace(&self, session: &Session, ctx: &mut Ctx) {
+        if let (Some(t), None) = (&self.state.tracing, &session.subrequest_ctx) {
+            ctx.trace = Some(t.server_span(session.req_header(), ctx.span_name.clone(), ctx.started_at));
+        }
+    }
+
+    async fn respond_json(session: &mut Session, status: u16, request_id: &str, body: serde_json::Value) -> Result<()> {
         let text = body.to_string();
         let mut resp = ResponseHeader::build(status, Some(5))?;
         resp.insert_header("content-type", "application/json")?;
@@ -169,53 +166,28 @@ impl Gateway {
         resp.insert_header("cache-control", "no-store")?;
         resp.insert_header(forwarding::REQUEST_ID, request_id)?;
         session.write_response_header(Box::new(resp), false).await?;
-        session
-            .write_response_body(Some(Bytes::from(text)), true)
-            .await
+        session.write_response_body(Some(Bytes::from(text)), true).await
     }
 
     /// `PURGE <url>`: only from allowed addresses or with the token; drops every variant.
     async fn purge_request(&self, session: &mut Session, ctx: &Ctx) -> Result<()> {
         let Some(cache) = self.cache() else {
+            return Self::respond_json(session, 405, &ctx.request_id, serde_json::json!({"error": "the cache is disabled"})).await;
+        };
+        if !purge::authorized(&self.state.config.purge, client_ip(session), session.req_header()) {
             return Self::respond_json(
                 session,
-                405,
+                403,
                 &ctx.request_id,
-                serde_json::json!({"error": "the cache is disabled"}),
+                serde_json::json!({"error": "PURGE not allowed from this address without the token"}),
             )
             .await;
-        };
-        if !purge::authorized(
-            &self.state.config.purge,
-            client_ip(session),
-            session.req_header(),
-        ) {
-            return Self::respond_json(session, 403, &ctx.request_id, serde_json::json!({"error": "PURGE not allowed from this address without the token"})).await;
         }
-        let soft = session
-            .req_header()
-            .headers
-            .get("x-purge-soft")
-            .is_some_and(|v| v.as_bytes() == b"1");
-        let n = cache
-            .storage
-            .purge_key(&key::cache_key(session.req_header()), soft);
-        self.state.metrics.purged(
-            if soft {
-                "purge_method_soft"
-            } else {
-                "purge_method"
-            },
-            n,
-        );
+        let soft = session.req_header().headers.get("x-purge-soft").is_some_and(|v| v.as_bytes() == b"1");
+        let n = cache.storage.purge_key(&key::cache_key(session.req_header()), soft);
+        self.state.metrics.purged(if soft { "purge_method_soft" } else { "purge_method" }, n);
         let code = if n > 0 { 200 } else { 404 };
-        Self::respond_json(
-            session,
-            code,
-            &ctx.request_id,
-            serde_json::json!({"purged": n, "soft": soft}),
-        )
-        .await
+        Self::respond_json(session, code, &ctx.request_id, serde_json::json!({"purged": n, "soft": soft})).await
     }
 
     /// Decides the cache status once; every header, label and log field derives from it.
@@ -224,44 +196,25 @@ impl Gateway {
         let s = CacheStatus::from_phase(phase);
         ctx.cache_status = Some(s);
         let now = SystemTime::now();
-        let ttl = session
-            .cache
-            .maybe_cache_meta()
-            .filter(|_| s.built_from_store())
-            .map(|m| {
-                // Rounded, so a just-refreshed `max-age=1` reads ttl=1, not 0.
-                match m.fresh_until().duration_since(now) {
-                    Ok(d) => d.as_secs_f64().round() as i64,
-                    Err(e) => -(e.duration().as_secs_f64().round() as i64),
-                }
-            });
+        let ttl = session.cache.maybe_cache_meta().filter(|_| s.built_from_store()).map(|m| {
+            // Rounded, so a just-refreshed `max-age=1` reads ttl=1, not 0.
+            match m.fresh_until().duration_since(now) {
+                Ok(d) => d.as_secs_f64().round() as i64,
+                Err(e) => -(e.duration().as_secs_f64().round() as i64),
+            }
+        });
         let detail = match phase {
             CachePhase::StaleUpdating => Some("stale-while-revalidate"),
             CachePhase::Stale => Some("stale-if-error"),
-            CachePhase::Disabled(r) if ctx.cache_on => {
-                Some(ctx.no_store_reason.map(|n| n.as_str()).unwrap_or(match r {
-                    NoCacheReason::Custom(c) => c,
-                    other => other.as_str(),
-                }))
-            }
+            CachePhase::Disabled(r) if ctx.cache_on => Some(ctx.no_store_reason.map(|n| n.as_str()).unwrap_or(match r {
+                NoCacheReason::Custom(c) => c,
+                other => other.as_str(),
+            })),
             _ => None,
         };
         let stored = matches!(phase, CachePhase::Miss | CachePhase::Expired);
-        let bypass_kind = if s == CacheStatus::Bypass {
-            ctx.bypass_kind.or(Some("bypass"))
-        } else {
-            None
-        };
-        (
-            s,
-            Details {
-                ttl,
-                origin_status: ctx.origin_status,
-                stored,
-                detail,
-                bypass_kind,
-            },
-        )
+        let bypass_kind = if s == CacheStatus::Bypass { ctx.bypass_kind.or(Some("bypass")) } else { None };
+        (s, Details { ttl, origin_status: ctx.origin_status, stored, detail, bypass_kind })
     }
 }
 
@@ -272,6 +225,9 @@ impl ProxyHttp for Gateway {
     fn new_ctx(&self) -> Ctx {
         Ctx {
             started: Instant::now(),
+            started_at: SystemTime::now(),
+            trace: None,
+            upstream_trace: None,
             request_id: String::new(),
             route: None,
             span_name: String::new(),
@@ -308,13 +264,10 @@ impl ProxyHttp for Gateway {
         let req = session.req_header();
         let host = host_of(req).unwrap_or("");
         let method = req.method.clone();
-        let route = self
-            .state
-            .router
-            .route(host, req.uri.path())
-            .map(|r| (r.index, r.pool.clone(), r.pattern.clone()));
+        let route = self.state.router.route(host, req.uri.path()).map(|r| (r.index, r.pool.clone(), r.pattern.clone()));
         let Some((index, pool, pattern)) = route else {
             ctx.span_name = format!("{method} (no route)");
+            self.start_trace(session, ctx);
             error_page::respond(session, 404, &ctx.request_id, error_page::detail_for(404)).await?;
             ctx.error_status = Some(404);
             return Ok(true);
@@ -322,6 +275,7 @@ impl ProxyHttp for Gateway {
         ctx.route = Some(index);
         ctx.span_name = format!("{method} {pattern}");
         ctx.pool = self.state.upstreams.get(&pool).cloned();
+        self.start_trace(session, ctx);
 
         if method.as_str() == "PURGE" {
             self.purge_request(session, ctx).await?;
@@ -331,19 +285,10 @@ impl ProxyHttp for Gateway {
             return Ok(false);
         };
         let req = session.req_header();
-        ctx.rules = invalidate::matching(&cache.rules, req)
-            .iter()
-            .filter_map(|r| cache.rules.iter().position(|x| std::ptr::eq(x, *r)))
-            .collect();
-        let wants_body = ctx
-            .rules
-            .iter()
-            .any(|i| cache.rules[*i].match_param.is_some());
-        let json = req
-            .headers
-            .get(http::header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.contains("json"));
+        ctx.rules =
+            invalidate::matching(&cache.rules, req).iter().filter_map(|r| cache.rules.iter().position(|x| std::ptr::eq(x, *r))).collect();
+        let wants_body = ctx.rules.iter().any(|i| cache.rules[*i].match_param.is_some());
+        let json = req.headers.get(http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).is_some_and(|v| v.contains("json"));
         if wants_body && json {
             ctx.captured_body = Some(Vec::new());
         }
@@ -359,10 +304,7 @@ impl ProxyHttp for Gateway {
         ctx.req_rules = if cache.config.honor_client_no_cache {
             policy::request_rules(req)
         } else {
-            RequestRules {
-                no_store: policy::request_rules(req).no_store,
-                ..Default::default()
-            }
+            RequestRules { no_store: policy::request_rules(req).no_store, ..Default::default() }
         };
         if conditional::has_preconditions(req) {
             match cache.storage.peek_meta(&key::cache_key(req)) {
@@ -390,13 +332,7 @@ impl ProxyHttp for Gateway {
     }
 
     /// Keeps the start of a JSON body an invalidation rule may read its field from.
-    async fn request_body_filter(
-        &self,
-        _session: &mut Session,
-        body: &mut Option<Bytes>,
-        _end: bool,
-        ctx: &mut Ctx,
-    ) -> Result<()> {
+    async fn request_body_filter(&self, _session: &mut Session, body: &mut Option<Bytes>, _end: bool, ctx: &mut Ctx) -> Result<()> {
         if let (Some(buf), Some(b)) = (ctx.captured_body.as_mut(), body.as_ref()) {
             let room = MAX_CAPTURED_BODY.saturating_sub(buf.len());
             buf.extend_from_slice(&b[..b.len().min(room)]);
@@ -431,25 +367,14 @@ impl ProxyHttp for Gateway {
         Ok(None)
     }
 
-    fn cache_vary_filter(
-        &self,
-        meta: &CacheMeta,
-        _ctx: &mut Ctx,
-        req: &RequestHeader,
-    ) -> Option<pingora_cache::key::HashBinary> {
+    fn cache_vary_filter(&self, meta: &CacheMeta, _ctx: &mut Ctx, req: &RequestHeader) -> Option<pingora_cache::key::HashBinary> {
         key::variance(meta, req)
     }
 
     /// The cache could not answer: `only-if-cached` gets a 504 instead of an origin request.
     async fn proxy_upstream_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
         if ctx.cache_on && ctx.req_rules.only_if_cached {
-            error_page::respond(
-                session,
-                504,
-                &ctx.request_id,
-                "only-if-cached and nothing usable is stored",
-            )
-            .await?;
+            error_page::respond(session, 504, &ctx.request_id, "only-if-cached and nothing usable is stored").await?;
             ctx.error_status = Some(504);
             return Ok(false);
         }
@@ -458,16 +383,10 @@ impl ProxyHttp for Gateway {
 
     /// Step 4: choose an address of the route's pool (round-robin, healthy first).
     async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
-        let pool = ctx
-            .pool
-            .clone()
-            .ok_or_else(|| Error::explain(ErrorType::HTTPStatus(502), "route has no pool"))?;
-        let i = pool.select(&ctx.tried).ok_or_else(|| {
-            Error::explain(
-                ErrorType::ConnectNoRoute,
-                format!("no address left in pool {}", pool.name),
-            )
-        })?;
+        let pool = ctx.pool.clone().ok_or_else(|| Error::explain(ErrorType::HTTPStatus(502), "route has no pool"))?;
+        let i = pool
+            .select(&ctx.tried)
+            .ok_or_else(|| Error::explain(ErrorType::ConnectNoRoute, format!("no address left in pool {}", pool.name)))?;
         ctx.backend = Some(i);
         let b = &pool.backends[i];
         let t = &self.state.config.timeouts;
@@ -482,29 +401,14 @@ impl ProxyHttp for Gateway {
     /// A failed connect ejects the address after `max_fails` and moves on to the next one.
     /// Nothing reached the origin, so any method may be retried; idempotent ones get a second
     /// try even on a one-address pool (a transient refusal), others only on another address.
-    fn fail_to_connect(
-        &self,
-        session: &mut Session,
-        _peer: &HttpPeer,
-        ctx: &mut Ctx,
-        mut e: Box<Error>,
-    ) -> Box<Error> {
+    fn fail_to_connect(&self, session: &mut Session, _peer: &HttpPeer, ctx: &mut Ctx, mut e: Box<Error>) -> Box<Error> {
         if let (Some(pool), Some(i)) = (&ctx.pool, ctx.backend) {
             pool.report_connect_failure(i);
-            self.state.metrics.upstream_error(
-                &pool.name,
-                if matches!(e.etype(), ErrorType::ConnectTimedout) {
-                    "connect_timeout"
-                } else {
-                    "connect"
-                },
-            );
+            self.state
+                .metrics
+                .upstream_error(&pool.name, if matches!(e.etype(), ErrorType::ConnectTimedout) { "connect_timeout" } else { "connect" });
             ctx.tried.push(i);
-            let limit = if session.req_header().method.is_idempotent() {
-                pool.backends.len().max(2)
-            } else {
-                pool.backends.len()
-            };
+            let limit = if session.req_header().method.is_idempotent() { pool.backends.len().max(2) } else { pool.backends.len() };
             if ctx.tried.len() < limit {
                 if ctx.tried.len() >= pool.backends.len() {
                     ctx.tried.clear();
@@ -516,36 +420,32 @@ impl ProxyHttp for Gateway {
     }
 
     /// Step 5: the forwarded request carries the request id and `X-Forwarded-*`.
-    async fn upstream_request_filter(
-        &self,
-        session: &mut Session,
-        req: &mut RequestHeader,
-        ctx: &mut Ctx,
-    ) -> Result<()> {
+    async fn upstream_request_filter(&self, session: &mut Session, req: &mut RequestHeader, ctx: &mut Ctx) -> Result<()> {
         let ip = client_ip(session).map(|a| a.to_string());
         let host = host_of(session.req_header()).map(str::to_string);
         forwarding::add_forwarded(req, ip.as_deref(), host.as_deref(), &ctx.request_id);
+        if let (Some(t), Some(server)) = (&self.state.tracing, &ctx.trace) {
+            let name = format!("{} {}", req.method, ctx.pool.as_ref().map(|p| p.name.as_str()).unwrap_or("upstream"));
+            ctx.upstream_trace = Some(t.client_span(server, name, req));
+        }
         ctx.upstream_started = Some(Instant::now());
         Ok(())
     }
 
     /// Step 6: the origin answered (before anything is cached).
-    async fn upstream_response_filter(
-        &self,
-        session: &mut Session,
-        resp: &mut ResponseHeader,
-        ctx: &mut Ctx,
-    ) -> Result<()> {
+    async fn upstream_response_filter(&self, session: &mut Session, resp: &mut ResponseHeader, ctx: &mut Ctx) -> Result<()> {
         ctx.upstream_time = ctx.upstream_started.map(|t| t.elapsed());
         ctx.origin_status = Some(resp.status.as_u16());
+        if let Some(cx) = ctx.upstream_trace.take() {
+            let pool = ctx.pool.as_ref().map(|p| p.name.clone()).unwrap_or_default();
+            traces::finish(&cx, resp.status.as_u16(), vec![KeyValue::new("portier.pool", pool)]);
+        }
         if let Some(pool) = &ctx.pool {
             if let Some(i) = ctx.backend {
                 pool.report_success(i);
             }
             if let Some(t) = ctx.upstream_time {
-                self.state
-                    .metrics
-                    .upstream_response(&pool.name, t.as_secs_f64() * 1000.0);
+                self.state.metrics.upstream_response(&pool.name, t.as_secs_f64() * 1000.0);
             }
         }
         if resp.status.as_u16() == 304 && session.cache.phase() == CachePhase::Stale {
@@ -555,12 +455,7 @@ impl ProxyHttp for Gateway {
     }
 
     /// Step 7 (cache): store or not, by RFC 9111 and the route's overrides.
-    fn response_cache_filter(
-        &self,
-        session: &Session,
-        resp: &ResponseHeader,
-        ctx: &mut Ctx,
-    ) -> Result<RespCacheable> {
+    fn response_cache_filter(&self, session: &Session, resp: &ResponseHeader, ctx: &mut Ctx) -> Result<RespCacheable> {
         let (Some(cache), Some(route)) = (self.cache(), ctx.route) else {
             return Ok(RespCacheable::Uncacheable(NoCacheReason::NeverEnabled));
         };
@@ -576,45 +471,24 @@ impl ProxyHttp for Gateway {
         let Some(rp) = cache.routes.get(route) else {
             return Ok(RespCacheable::Uncacheable(NoCacheReason::NeverEnabled));
         };
-        match policy::decide(
-            session.req_header(),
-            resp,
-            rp,
-            &cache.config,
-            ctx.req_rules.no_store,
-            now,
-        ) {
-            Ok(plan) => Ok(RespCacheable::Cacheable(policy::build_meta(
-                &plan, resp, now,
-            ))),
+        match policy::decide(session.req_header(), resp, rp, &cache.config, ctx.req_rules.no_store, now) {
+            Ok(plan) => Ok(RespCacheable::Cacheable(policy::build_meta(&plan, resp, now))),
             Err(why) => {
                 ctx.no_store_reason = Some(why);
-                Ok(RespCacheable::Uncacheable(NoCacheReason::Custom(
-                    why.as_str(),
-                )))
+                Ok(RespCacheable::Uncacheable(NoCacheReason::Custom(why.as_str())))
             }
         }
     }
 
     /// stale-while-revalidate is on whenever the stored response's window allows it (Pingora
     /// checked that before asking); stale-if-error on upstream failures and 5xx.
-    fn should_serve_stale(
-        &self,
-        _session: &mut Session,
-        _ctx: &mut Ctx,
-        error: Option<&Error>,
-    ) -> bool {
+    fn should_serve_stale(&self, _session: &mut Session, _ctx: &mut Ctx, error: Option<&Error>) -> bool {
         error.is_none_or(|e| e.esource() == &ErrorSource::Upstream)
     }
 
     /// Step 8: what the client sees: cache status headers, our `Age`, the request id;
     /// invalidation after writes happens here, before the client can send its next request.
-    async fn response_filter(
-        &self,
-        session: &mut Session,
-        resp: &mut ResponseHeader,
-        ctx: &mut Ctx,
-    ) -> Result<()> {
+    async fn response_filter(&self, session: &mut Session, resp: &mut ResponseHeader, ctx: &mut Ctx) -> Result<()> {
         let (s, details) = self.decide_status(session, ctx);
         if s == CacheStatus::Hit && session.cache.lock_duration().is_some() {
             self.state.metrics.coalesced.inc();
@@ -636,21 +510,10 @@ impl ProxyHttp for Gateway {
         if let Some(cache) = self.cache() {
             let req = session.req_header();
             if invalidate::is_unsafe(&req.method) || !ctx.rules.is_empty() {
-                let rules: Vec<&invalidate::Rule> = ctx
-                    .rules
-                    .iter()
-                    .filter_map(|i| cache.rules.get(*i))
-                    .collect();
+                let rules: Vec<&invalidate::Rule> = ctx.rules.iter().filter_map(|i| cache.rules.get(*i)).collect();
                 let body = ctx.captured_body.as_deref().unwrap_or(&[]);
                 let n = invalidate::after_response(cache.storage, &rules, req, resp, body);
-                self.state.metrics.purged(
-                    if rules.is_empty() {
-                        "unsafe_method"
-                    } else {
-                        "rule"
-                    },
-                    n,
-                );
+                self.state.metrics.purged(if rules.is_empty() { "unsafe_method" } else { "rule" }, n);
             }
         }
         Ok(())
@@ -678,15 +541,10 @@ impl ProxyHttp for Gateway {
             }
         }
         if code > 0 {
-            let _ =
-                error_page::respond(session, code, &ctx.request_id, error_page::detail_for(code))
-                    .await;
+            let _ = error_page::respond(session, code, &ctx.request_id, error_page::detail_for(code)).await;
             ctx.error_status = Some(code);
         }
-        FailToProxy {
-            error_code: code,
-            can_reuse_downstream: false,
-        }
+        FailToProxy { error_code: code, can_reuse_downstream: false }
     }
 
     /// Last step: count the request (background refreshes apart).
@@ -697,25 +555,59 @@ impl ProxyHttp for Gateway {
             return;
         }
         let s = ctx.cache_status.unwrap_or(phase_status);
-        let status = session
-            .as_downstream()
-            .response_written()
-            .map(|r| r.status.as_u16())
-            .or(ctx.error_status)
-            .unwrap_or(0);
+        let status = session.as_downstream().response_written().map(|r| r.status.as_u16()).or(ctx.error_status).unwrap_or(0);
         let method = session.req_header().method.as_str().to_string();
-        let span_name = if ctx.span_name.is_empty() {
-            format!("{method} (no route)")
-        } else {
-            std::mem::take(&mut ctx.span_name)
-        };
+        let span_name = if ctx.span_name.is_empty() { format!("{method} (no route)") } else { std::mem::take(&mut ctx.span_name) };
+        let duration_ms = ctx.started.elapsed().as_secs_f64() * 1000.0;
         self.state.metrics.record_request(&RequestRecord {
             span_name: &span_name,
             method: &method,
             status,
             cache_status: s,
-            duration_ms: ctx.started.elapsed().as_secs_f64() * 1000.0,
+            duration_ms,
             body_bytes: ctx.body_bytes,
         });
+        let pool = ctx.pool.as_ref().map(|p| p.name.clone()).unwrap_or_default();
+        if let Some(cx) = ctx.upstream_trace.take() {
+            // The origin never answered (connect failure, timeout).
+            traces::finish(&cx, 0, vec![KeyValue::new("portier.pool", pool.clone())]);
+        }
+        let trace_id = match &ctx.trace {
+            Some(cx) => traces::trace_id(cx),
+            None => traces::incoming_trace_id(session.req_header()),
+        };
+        if let Some(cx) = ctx.trace.take() {
+            let route = self.state.router.routes().get(ctx.route.unwrap_or(usize::MAX)).map(|r| r.pattern.clone()).unwrap_or_default();
+            traces::finish(
+                &cx,
+                status,
+                vec![
+                    KeyValue::new("http.request.method", method.clone()),
+                    KeyValue::new("http.method", method.clone()),
+                    KeyValue::new("http.route", route),
+                    KeyValue::new("cache.status", s.as_str()),
+                    KeyValue::new("portier.pool", pool),
+                    KeyValue::new("portier.request_id", ctx.request_id.clone()),
+                ],
+            );
+        }
+        if self.state.access_log.enabled() {
+            let req = session.req_header();
+            let route = self.state.router.routes().get(ctx.route.unwrap_or(usize::MAX)).map(|r| r.pattern.as_str()).unwrap_or("");
+            self.state.access_log.log(&AccessRecord {
+                method: &method,
+                host: host_of(req).unwrap_or(""),
+                path: req.uri.path(),
+                route,
+                status,
+                cache_status: s.as_str(),
+                duration_ms,
+                origin_ms: ctx.upstream_time.map(|d| d.as_secs_f64() * 1000.0),
+                bytes: ctx.body_bytes,
+                client: client_ip(session).map(|ip| ip.to_string()),
+                request_id: &ctx.request_id,
+                trace_id: trace_id.as_deref(),
+            });
+        }
     }
 }

@@ -45,29 +45,19 @@ impl CompiledRoute {
             Some(h) => format!("{h}{}", r.path),
             None => r.path.clone(),
         };
-        CompiledRoute {
-            index,
-            pattern,
-            pool: r.pool.clone(),
-            host,
-            path,
-        }
+        CompiledRoute { index, pattern, pool: r.pool.clone(), host, path }
     }
 
     fn matches(&self, host: &str, path: &str) -> bool {
         let host_ok = match &self.host {
             HostMatch::Any => true,
             HostMatch::Exact(h) => host.eq_ignore_ascii_case(h),
-            HostMatch::Suffix(s) => {
-                host.len() > s.len() && host[host.len() - s.len()..].eq_ignore_ascii_case(s)
-            }
+            HostMatch::Suffix(s) => host.len() > s.len() && host[host.len() - s.len()..].eq_ignore_ascii_case(s),
         };
         host_ok
             && match &self.path {
                 PathMatch::Exact(p) => path == p,
-                PathMatch::Prefix(p) => {
-                    path.starts_with(p.as_str()) || (p.ends_with('/') && path == &p[..p.len() - 1])
-                }
+                PathMatch::Prefix(p) => path.starts_with(p.as_str()) || (p.ends_with('/') && path == &p[..p.len() - 1]),
             }
     }
 }
@@ -79,13 +69,7 @@ pub struct Router {
 
 impl Router {
     pub fn new(routes: &[Route]) -> Self {
-        Router {
-            routes: routes
-                .iter()
-                .enumerate()
-                .map(|(i, r)| CompiledRoute::new(i, r))
-                .collect(),
-        }
+        Router { routes: routes.iter().enumerate().map(|(i, r)| CompiledRoute::new(i, r)).collect() }
     }
 
     /// `host` is the request's Host (or `:authority`), with or without a port.
@@ -133,10 +117,6 @@ mod tests {
         assert_eq!(pool("localhost", "/apix"), Some("web"));
         assert_eq!(pool("localhost", "/health"), Some("api"));
         assert_eq!(pool("localhost", "/healthz"), Some("web"));
-        assert_eq!(
-            r.route("localhost", "/api/stats")
-                .map(|r| r.pattern.as_str()),
-            Some("/api/*")
-        );
+        assert_eq!(r.route("localhost", "/api/stats").map(|r| r.pattern.as_str()), Some("/api/*"));
     }
 }

@@ -5,12 +5,12 @@ use crate::admin::Admin;
 use crate::config::Config;
 use crate::gateway::{Gateway, State, IN_FLIGHT};
 use crate::telemetry::events;
+use crate::telemetry::traces::Tracing;
 use crate::upstream::{UpstreamError, Upstreams};
+
 use async_trait::async_trait;
 use pingora_core::server::configuration::ServerConf;
-use pingora_core::server::{
-    ListenFds, RunArgs, Server, ShutdownSignal, ShutdownSignalWatch, ShutdownWatch,
-};
+use pingora_core::server::{ListenFds, RunArgs, Server, ShutdownSignal, ShutdownSignalWatch, ShutdownWatch};
 use pingora_core::services::{ServiceReadyNotifier, ServiceWithDependents};
 use std::net::{SocketAddr, TcpListener};
 use std::os::fd::IntoRawFd;
@@ -22,14 +22,12 @@ use std::time::{Duration, Instant};
 pub enum ServerError {
     #[error(transparent)]
     Upstream(#[from] UpstreamError),
+    #[error(transparent)]
+    Traces(#[from] crate::telemetry::traces::TraceError),
     #[error("cannot set up metrics: {0}")]
     Metrics(prometheus::Error),
     #[error("cannot listen on {addr} ({which}): {source}")]
-    Bind {
-        which: &'static str,
-        addr: SocketAddr,
-        source: std::io::Error,
-    },
+    Bind { which: &'static str, addr: SocketAddr, source: std::io::Error },
 }
 
 /// A listener bound before Pingora starts, so `:0` works and the real port is known (and
@@ -40,11 +38,7 @@ struct Bound {
 }
 
 fn bind(which: &'static str, addr: SocketAddr) -> Result<Bound, ServerError> {
-    let err = |source| ServerError::Bind {
-        which,
-        addr,
-        source,
-    };
+    let err = |source| ServerError::Bind { which, addr, source };
     let listener = TcpListener::bind(addr).map_err(err)?;
     listener.set_nonblocking(true).map_err(err)?;
     let addr = listener.local_addr().map_err(err)?;
@@ -60,13 +54,7 @@ struct PreBound<S> {
 
 #[async_trait]
 impl<S: ServiceWithDependents> ServiceWithDependents for PreBound<S> {
-    async fn start_service(
-        &mut self,
-        fds: Option<ListenFds>,
-        shutdown: ShutdownWatch,
-        per_fd: usize,
-        ready: ServiceReadyNotifier,
-    ) {
+    async fn start_service(&mut self, fds: Option<ListenFds>, shutdown: ShutdownWatch, per_fd: usize, ready: ServiceReadyNotifier) {
         if let Some(table) = &fds {
             let mut t = table.lock();
             for b in self.sockets.drain(..) {
@@ -87,16 +75,14 @@ impl<S: ServiceWithDependents> ServiceWithDependents for PreBound<S> {
 /// as soon as none is left, or when the grace period ends.
 struct GracefulSignals {
     grace: Duration,
+    state: Arc<State>,
 }
 
 #[async_trait]
 impl ShutdownSignalWatch for GracefulSignals {
     async fn recv(&self) -> ShutdownSignal {
         use tokio::signal::unix::{signal, SignalKind};
-        let (Ok(mut term), Ok(mut int)) = (
-            signal(SignalKind::terminate()),
-            signal(SignalKind::interrupt()),
-        ) else {
+        let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
             // Without signal handlers there is no way to be told to stop: wait forever.
             std::future::pending::<()>().await;
             return ShutdownSignal::FastShutdown;
@@ -109,13 +95,10 @@ impl ShutdownSignalWatch for GracefulSignals {
         events::emit(
             "info",
             "shutdown_started",
-            &[
-                ("signal", name),
-                ("in_flight", &in_flight),
-                ("grace_period", &format!("{:?}", self.grace)),
-            ],
+            &[("signal", name), ("in_flight", &in_flight), ("grace_period", &format!("{:?}", self.grace))],
         );
         let grace = self.grace;
+        let state = self.state.clone();
         std::thread::spawn(move || {
             let start = Instant::now();
             // Pingora stops the listeners once this returns; give it a moment before trusting 0.
@@ -124,11 +107,11 @@ impl ShutdownSignalWatch for GracefulSignals {
                 std::thread::sleep(Duration::from_millis(20));
             }
             let left = IN_FLIGHT.load(Ordering::SeqCst).to_string();
-            events::emit(
-                "info",
-                "shutdown_complete",
-                &[("in_flight_abandoned", &left)],
-            );
+            // Hand the last spans to the collector (bounded by the exporter's timeout).
+            if let Some(t) = &state.tracing {
+                t.shutdown();
+            }
+            events::emit("info", "shutdown_complete", &[("in_flight_abandoned", &left)]);
             std::process::exit(0);
         });
         ShutdownSignal::GracefulTerminate
@@ -148,15 +131,10 @@ pub fn run(config: Config, on_bound: impl FnOnce(BoundAddrs)) -> Result<(), Serv
     let upstreams = Arc::new(Upstreams::from_config(&config)?);
     let public = bind("listen.public", config.listen.public.0)?;
     let admin = bind("listen.admin", config.listen.admin.0)?;
-    let addrs = BoundAddrs {
-        public: public.addr,
-        admin: admin.addr,
-    };
+    let addrs = BoundAddrs { public: public.addr, admin: admin.addr };
 
     let threads = match config.server.threads {
-        0 => std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(2),
+        0 => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2),
         n => n,
     };
     let grace = config.server.grace_period.get();
@@ -169,52 +147,30 @@ pub fn run(config: Config, on_bound: impl FnOnce(BoundAddrs)) -> Result<(), Serv
     };
     let mut server = Server::new_with_opt_and_conf(None, conf);
 
-    let metrics = crate::telemetry::metrics::Metrics::new("proxy").map_err(ServerError::Metrics)?;
-    let state = Arc::new(State::new(config, upstreams.clone(), metrics));
-    let mut proxy = pingora_proxy::http_proxy_service_with_name(
-        &server.configuration,
-        Gateway {
-            state: state.clone(),
-        },
-        "portier",
-    );
+    let tel = crate::telemetry::resolve(&config.telemetry, |k| std::env::var(k).ok());
+    let metrics = crate::telemetry::metrics::Metrics::new(&tel.service_name).map_err(ServerError::Metrics)?;
+    // Built before any runtime exists: the OTLP client is a blocking one on its own thread.
+    let tracing = tel.traces.as_ref().map(Tracing::start).transpose()?;
+    let state = Arc::new(State::new(config, upstreams.clone(), metrics, tracing));
+    let mut proxy = pingora_proxy::http_proxy_service_with_name(&server.configuration, Gateway { state: state.clone() }, "portier");
     proxy.add_tcp(&addrs.public.to_string());
-    server.add_service(PreBound {
-        inner: proxy,
-        sockets: vec![public],
-    });
+    server.add_service(PreBound { inner: proxy, sockets: vec![public] });
 
-    let mut admin_svc = pingora_core::services::listening::Service::new(
-        "portier-admin".into(),
-        Admin {
-            state: state.clone(),
-        },
-    );
+    let mut admin_svc = pingora_core::services::listening::Service::new("portier-admin".into(), Admin { state: state.clone() });
     admin_svc.add_tcp(&addrs.admin.to_string());
     admin_svc.threads = Some(1);
-    server.add_service(PreBound {
-        inner: admin_svc,
-        sockets: vec![admin],
-    });
+    server.add_service(PreBound { inner: admin_svc, sockets: vec![admin] });
 
-    server.add_service(pingora_core::services::background::background_service(
-        "health-checks",
-        HealthChecks { upstreams },
-    ));
+    server.add_service(pingora_core::services::background::background_service("health-checks", HealthChecks { upstreams }));
 
     events::emit(
         "info",
         "listening",
-        &[
-            ("public", &addrs.public.to_string()),
-            ("admin", &addrs.admin.to_string()),
-            ("version", env!("CARGO_PKG_VERSION")),
-        ],
+        &[("public", &addrs.public.to_string()), ("admin", &addrs.admin.to_string()), ("version", env!("CARGO_PKG_VERSION"))],
     );
     on_bound(addrs);
-    server.run(RunArgs {
-        shutdown_signal: Box::new(GracefulSignals { grace }),
-    });
+    server.run(RunArgs { shutdown_signal: Box::new(GracefulSignals { grace, state }) });
+
     Ok(())
 }
 

@@ -12,11 +12,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamError {
     #[error("upstreams.{pool}: cannot resolve {addr}: {source}")]
-    Resolve {
-        pool: String,
-        addr: String,
-        source: std::io::Error,
-    },
+    Resolve { pool: String, addr: String, source: std::io::Error },
 }
 
 #[derive(Debug)]
@@ -31,10 +27,7 @@ pub struct Backend {
 }
 
 fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
 impl Backend {
@@ -59,11 +52,7 @@ impl Pool {
             .addresses
             .iter()
             .map(|a| {
-                let sock = a.resolve().map_err(|source| UpstreamError::Resolve {
-                    pool: name.to_string(),
-                    addr: a.to_string(),
-                    source,
-                })?;
+                let sock = a.resolve().map_err(|source| UpstreamError::Resolve { pool: name.to_string(), addr: a.to_string(), source })?;
                 Ok(Backend {
                     addr: a.clone(),
                     sock,
@@ -94,9 +83,7 @@ impl Pool {
         }
         let start = self.next.fetch_add(1, Ordering::Relaxed);
         let candidates = |want_healthy: bool| {
-            (0..n)
-                .map(move |k| (start + k) % n)
-                .find(|i| !tried.contains(i) && (!want_healthy || self.backends[*i].healthy()))
+            (0..n).map(move |k| (start + k) % n).find(|i| !tried.contains(i) && (!want_healthy || self.backends[*i].healthy()))
         };
         candidates(true).or_else(|| candidates(false))
     }
@@ -107,10 +94,7 @@ impl Pool {
         };
         let fails = b.fails.fetch_add(1, Ordering::Relaxed) + 1;
         if self.max_fails > 0 && fails >= self.max_fails {
-            b.ejected_until_ms.store(
-                now_ms() + self.fail_timeout.as_millis() as u64,
-                Ordering::Relaxed,
-            );
+            b.ejected_until_ms.store(now_ms() + self.fail_timeout.as_millis() as u64, Ordering::Relaxed);
             b.fails.store(0, Ordering::Relaxed);
         }
     }
@@ -139,22 +123,14 @@ impl Pool {
                 continue;
             }
             let streak = b.streak.fetch_add(1, Ordering::Relaxed) + 1;
-            let needed = if ok {
-                hc.healthy_after
-            } else {
-                hc.unhealthy_after
-            };
+            let needed = if ok { hc.healthy_after } else { hc.unhealthy_after };
             if streak >= needed {
                 b.up.store(ok, Ordering::Relaxed);
                 b.streak.store(0, Ordering::Relaxed);
                 crate::telemetry::events::emit(
                     if ok { "info" } else { "warn" },
                     "upstream_health_changed",
-                    &[
-                        ("pool", &self.name),
-                        ("address", &b.addr.to_string()),
-                        ("healthy", &ok.to_string()),
-                    ],
+                    &[("pool", &self.name), ("address", &b.addr.to_string()), ("healthy", &ok.to_string())],
                 );
             }
         }
@@ -165,10 +141,7 @@ impl Pool {
 async fn probe(b: &Backend, hc: &HealthCheck) -> bool {
     let fut = async {
         let mut s = tokio::net::TcpStream::connect(b.sock).await?;
-        let req = format!(
-            "GET {} HTTP/1.1\r\nHost: {}\r\nUser-Agent: portier-health-check\r\nConnection: close\r\n\r\n",
-            hc.path, b.addr
-        );
+        let req = format!("GET {} HTTP/1.1\r\nHost: {}\r\nUser-Agent: portier-health-check\r\nConnection: close\r\n\r\n", hc.path, b.addr);
         s.write_all(req.as_bytes()).await?;
         let mut buf = [0u8; 16];
         let mut got = 0;
@@ -182,9 +155,7 @@ async fn probe(b: &Backend, hc: &HealthCheck) -> bool {
         Ok::<_, std::io::Error>(buf[..got].to_vec())
     };
     match tokio::time::timeout(hc.timeout.get(), fut).await {
-        Ok(Ok(head)) => {
-            head.starts_with(b"HTTP/1.") && head.len() >= 12 && matches!(head[9], b'2' | b'3')
-        }
+        Ok(Ok(head)) => head.starts_with(b"HTTP/1.") && head.len() >= 12 && matches!(head[9], b'2' | b'3'),
         _ => false,
     }
 }
@@ -213,10 +184,7 @@ impl Upstreams {
     }
 
     /// Runs the active checks of every pool that has one until `shutdown` flips.
-    pub async fn run_health_checks(
-        self: Arc<Self>,
-        mut shutdown: tokio::sync::watch::Receiver<bool>,
-    ) {
+    pub async fn run_health_checks(self: Arc<Self>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
         let mut tasks = Vec::new();
         for pool in self.pools.values().cloned() {
             let Some(hc) = pool.health_check.clone() else {
@@ -261,11 +229,7 @@ mod tests {
         assert_eq!(picks, vec![0, 1, 2, 0, 1, 2]);
         p.report_connect_failure(1);
         assert!((0..6).all(|_| p.select(&[]).unwrap() != 1));
-        assert_eq!(
-            p.select(&[0, 2]),
-            Some(1),
-            "fails open when only ejected ones are left"
-        );
+        assert_eq!(p.select(&[0, 2]), Some(1), "fails open when only ejected ones are left");
         assert_eq!(p.select(&[0, 1, 2]), None);
     }
 }

@@ -8,8 +8,7 @@ use common::*;
 use std::time::Duration;
 
 async fn fixed(headers: &'static [(&'static str, &'static str)]) -> Scripted {
-    Scripted::start(move |req, n| Reply::new(200, headers, format!("body {} #{n}", req.target)))
-        .await
+    Scripted::start(move |req, n| Reply::new(200, headers, format!("body {} #{n}", req.target))).await
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -20,41 +19,18 @@ async fn miss_then_hit_asks_the_origin_once_with_exact_headers() {
     let first = get(p.public, url).await;
     assert_eq!(first.status, 200);
     assert_eq!(first.header("x-cache"), "MISS");
-    assert_eq!(
-        first.header("cache-status"),
-        "portier; fwd=miss; fwd-status=200; stored"
-    );
-    assert!(
-        first
-            .header("server-timing")
-            .starts_with("cache;desc=\"MISS\", origin;dur="),
-        "{first:?}"
-    );
-    assert_eq!(
-        first.header("cache-control"),
-        "public, max-age=60, stale-while-revalidate=30"
-    );
+    assert_eq!(first.header("cache-status"), "portier; fwd=miss; fwd-status=200; stored");
+    assert!(first.header("server-timing").starts_with("cache;desc=\"MISS\", origin;dur="), "{first:?}");
+    assert_eq!(first.header("cache-control"), "public, max-age=60, stale-while-revalidate=30");
     let etag = first.header("etag").to_string();
 
     let second = get(p.public, url).await;
     assert_eq!(second.status, 200);
     assert_eq!(second.header("x-cache"), "HIT");
     assert_eq!(second.header("server-timing"), "cache;desc=\"HIT\"");
-    assert!(
-        second
-            .header("cache-status")
-            .starts_with("portier; hit; ttl="),
-        "{second:?}"
-    );
-    assert_eq!(
-        second.header("etag"),
-        etag,
-        "the origin's ETag passes through unchanged"
-    );
-    assert_eq!(
-        second.header("cache-control"),
-        "public, max-age=60, stale-while-revalidate=30"
-    );
+    assert!(second.header("cache-status").starts_with("portier; hit; ttl="), "{second:?}");
+    assert_eq!(second.header("etag"), etag, "the origin's ETag passes through unchanged");
+    assert_eq!(second.header("cache-control"), "public, max-age=60, stale-while-revalidate=30");
     assert_eq!(second.body, first.body);
     assert_eq!(api.state.hits(url), 1, "the origin was asked once");
 }
@@ -65,11 +41,7 @@ async fn age_grows_and_counts_the_origins_age() {
     let p = Portier::start(&config_for(o.addr, "", ""));
     let miss = get(p.public, "/a").await;
     assert_eq!(miss.header("x-cache"), "MISS");
-    assert_eq!(
-        miss.header("age"),
-        "10",
-        "a miss passes the origin's Age on"
-    );
+    assert_eq!(miss.header("age"), "10", "a miss passes the origin's Age on");
     let hit = get(p.public, "/a").await;
     let age1: u64 = hit.header("age").parse().unwrap();
     assert!((10..=11).contains(&age1), "{age1}");
@@ -77,17 +49,8 @@ async fn age_grows_and_counts_the_origins_age() {
     let later = get(p.public, "/a").await;
     let age2: u64 = later.header("age").parse().unwrap();
     assert!(age2 >= age1 + 2, "Age grows: {age1} then {age2}");
-    let ttl: i64 = later
-        .header("cache-status")
-        .rsplit("ttl=")
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap();
-    assert!(
-        (47..=48).contains(&ttl),
-        "freshness left counts the origin's age: {ttl}"
-    );
+    let ttl: i64 = later.header("cache-status").rsplit("ttl=").next().unwrap().parse().unwrap();
+    assert!((47..=48).contains(&ttl), "freshness left counts the origin's age: {ttl}");
     assert_eq!(o.count("/a"), 1);
 }
 
@@ -106,51 +69,31 @@ async fn head_is_served_from_a_stored_get() {
 #[tokio::test(flavor = "multi_thread")]
 async fn vary_accept_encoding_keeps_variants_apart_and_vary_star_is_never_served() {
     let o = Scripted::start(|req, _| {
-        let enc = req
-            .header("accept-encoding")
-            .unwrap_or("identity")
-            .to_string();
+        let enc = req.header("accept-encoding").unwrap_or("identity").to_string();
         if req.target == "/star" {
-            return Reply::new(
-                200,
-                &[("cache-control", "max-age=60"), ("vary", "*")],
-                "star",
-            );
+            return Reply::new(200, &[("cache-control", "max-age=60"), ("vary", "*")], "star");
         }
-        Reply::new(
-            200,
-            &[("cache-control", "max-age=60"), ("vary", "Accept-Encoding")],
-            format!("encoded as {enc}"),
-        )
+        Reply::new(200, &[("cache-control", "max-age=60"), ("vary", "Accept-Encoding")], format!("encoded as {enc}"))
     })
     .await;
     let p = Portier::start(&config_for(o.addr, "", ""));
     let gz = [("Accept-Encoding", "gzip, br")];
     let gz2 = [("Accept-Encoding", "br,gzip")];
     let id = [("Accept-Encoding", "identity")];
-    assert_eq!(
-        get_with(p.public, "/v", &gz).await.header("x-cache"),
-        "MISS"
-    );
+    assert_eq!(get_with(p.public, "/v", &gz).await.header("x-cache"), "MISS");
     let r = get_with(p.public, "/v", &id).await;
     assert_eq!(r.header("x-cache"), "MISS", "another variant");
     assert_eq!(r.text(), "encoded as identity");
     let r = get_with(p.public, "/v", &gz2).await;
     assert_eq!(r.header("x-cache"), "HIT", "same variant, tokens reordered");
     assert_eq!(r.text(), "encoded as gzip, br");
-    assert_eq!(
-        get_with(p.public, "/v", &id).await.text(),
-        "encoded as identity"
-    );
+    assert_eq!(get_with(p.public, "/v", &id).await.text(), "encoded as identity");
     assert_eq!(o.count("/v"), 2);
 
     for _ in 0..2 {
         let r = get(p.public, "/star").await;
         assert_eq!(r.header("x-cache"), "BYPASS");
-        assert_eq!(
-            r.header("cache-status"),
-            "portier; fwd=bypass; fwd-status=200; detail=vary-star"
-        );
+        assert_eq!(r.header("cache-status"), "portier; fwd=bypass; fwd-status=200; detail=vary-star");
     }
     assert_eq!(o.count("/star"), 2);
 }
@@ -179,101 +122,55 @@ async fn storage_refusals_and_no_cache() {
     })
     .await;
     let p = Portier::start(&config_for(o.addr, "", ""));
-    for (path, detail) in [
-        ("/no-store", "no-store"),
-        ("/private", "private"),
-        ("/cookie", "set-cookie"),
-        ("/none", "no-freshness"),
-    ] {
+    for (path, detail) in [("/no-store", "no-store"), ("/private", "private"), ("/cookie", "set-cookie"), ("/none", "no-freshness")] {
         for _ in 0..2 {
             let r = get(p.public, path).await;
             assert_eq!(r.header("x-cache"), "BYPASS", "{path}");
-            assert_eq!(
-                r.header("cache-status"),
-                format!("portier; fwd=bypass; fwd-status=200; detail={detail}"),
-                "{path}"
-            );
+            assert_eq!(r.header("cache-status"), format!("portier; fwd=bypass; fwd-status=200; detail={detail}"), "{path}");
         }
         assert_eq!(o.count(path), 2, "{path} reached the origin every time");
     }
     // Set-Cookie reached the client on the uncached response.
-    assert_eq!(
-        get(p.public, "/cookie").await.header("set-cookie"),
-        "session=abc"
-    );
+    assert_eq!(get(p.public, "/cookie").await.header("set-cookie"), "session=abc");
 
     // no-cache: stored, but every use is revalidated (origin answers 304).
     assert_eq!(get(p.public, "/no-cache").await.header("x-cache"), "MISS");
     let r = get(p.public, "/no-cache").await;
     assert_eq!(r.header("x-cache"), "REVALIDATED");
     assert_eq!(r.text(), "n=1", "the stored body, confirmed by 304");
-    assert_eq!(
-        o.last("/no-cache").unwrap().header("if-none-match"),
-        Some("\"v1\"")
-    );
+    assert_eq!(o.last("/no-cache").unwrap().header("if-none-match"), Some("\"v1\""));
     assert_eq!(o.count("/no-cache"), 2);
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn authorization_needs_public_s_maxage_or_must_revalidate() {
     let o = Scripted::start(|req, n| {
-        let cc = if req.target.starts_with("/public") {
-            "public, max-age=60"
-        } else {
-            "max-age=60"
-        };
+        let cc = if req.target.starts_with("/public") { "public, max-age=60" } else { "max-age=60" };
         Reply::new(200, &[("cache-control", cc)], format!("n={n}"))
     })
     .await;
     let p = Portier::start(&config_for(o.addr, "", ""));
     let auth = [("Authorization", "Bearer t")];
     for _ in 0..2 {
-        assert_eq!(
-            get_with(p.public, "/plain", &auth).await.header("x-cache"),
-            "BYPASS"
-        );
+        assert_eq!(get_with(p.public, "/plain", &auth).await.header("x-cache"), "BYPASS");
     }
     assert_eq!(o.count("/plain"), 2);
-    assert_eq!(
-        get_with(p.public, "/public", &auth).await.header("x-cache"),
-        "MISS"
-    );
-    assert_eq!(
-        get_with(p.public, "/public", &auth).await.header("x-cache"),
-        "HIT"
-    );
+    assert_eq!(get_with(p.public, "/public", &auth).await.header("x-cache"), "MISS");
+    assert_eq!(get_with(p.public, "/public", &auth).await.header("x-cache"), "HIT");
     assert_eq!(o.count("/public"), 1);
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn targeted_fields_govern_portier_and_are_not_forwarded() {
     let o = Scripted::start(|req, n| match req.target.as_str() {
-        "/cdn" => Reply::new(
-            200,
-            &[
-                ("cache-control", "no-store"),
-                ("cdn-cache-control", "max-age=60"),
-            ],
-            format!("n={n}"),
-        ),
-        _ => Reply::new(
-            200,
-            &[
-                ("cache-control", "max-age=60"),
-                ("portier-cache-control", "no-store"),
-            ],
-            format!("n={n}"),
-        ),
+        "/cdn" => Reply::new(200, &[("cache-control", "no-store"), ("cdn-cache-control", "max-age=60")], format!("n={n}")),
+        _ => Reply::new(200, &[("cache-control", "max-age=60"), ("portier-cache-control", "no-store")], format!("n={n}")),
     })
     .await;
     let p = Portier::start(&config_for(o.addr, "", ""));
     let r = get(p.public, "/cdn").await;
     assert_eq!(r.header("x-cache"), "MISS");
-    assert_eq!(
-        r.header("cache-control"),
-        "no-store",
-        "the browser still gets the origin's Cache-Control"
-    );
+    assert_eq!(r.header("cache-control"), "no-store", "the browser still gets the origin's Cache-Control");
     assert!(r.opt_header("cdn-cache-control").is_none());
     let r = get(p.public, "/cdn").await;
     assert_eq!(r.header("x-cache"), "HIT");
@@ -285,10 +182,7 @@ async fn targeted_fields_govern_portier_and_are_not_forwarded() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn route_overrides_and_cache_off() {
-    let o = Scripted::start(|_, n| {
-        Reply::new(200, &[("content-type", "text/plain")], format!("n={n}"))
-    })
-    .await;
+    let o = Scripted::start(|_, n| Reply::new(200, &[("content-type", "text/plain")], format!("n={n}"))).await;
     let cfg = format!(
         "[upstreams.o]\naddresses = [\"{a}\"]\n[[routes]]\npath = \"/off/*\"\npool = \"o\"\ncache = false\n[[routes]]\npath = \"/*\"\npool = \"o\"\nttl = \"30s\"\netag = \"generate\"\n",
         a = o.addr
@@ -296,25 +190,15 @@ async fn route_overrides_and_cache_off() {
     let p = Portier::start(&cfg);
     assert_eq!(get(p.public, "/x").await.header("x-cache"), "MISS");
     let hit = get(p.public, "/x").await;
-    assert_eq!(
-        hit.header("x-cache"),
-        "HIT",
-        "route ttl applies when the origin says nothing"
-    );
+    assert_eq!(hit.header("x-cache"), "HIT", "route ttl applies when the origin says nothing");
     let etag = hit.header("etag").to_string();
-    assert!(
-        etag.starts_with('"') && etag.len() == 26,
-        "generated strong ETag: {etag}"
-    );
+    assert!(etag.starts_with('"') && etag.len() == 26, "generated strong ETag: {etag}");
     let nm = get_with(p.public, "/x", &[("If-None-Match", &etag)]).await;
     assert_eq!(nm.status, 304);
     for _ in 0..2 {
         let r = get(p.public, "/off/y").await;
         assert_eq!(r.header("x-cache"), "BYPASS");
-        assert_eq!(
-            r.header("cache-status"),
-            "portier; fwd=bypass; fwd-status=200"
-        );
+        assert_eq!(r.header("cache-status"), "portier; fwd=bypass; fwd-status=200");
     }
     assert_eq!(o.count("/off/y"), 2);
 }

@@ -13,12 +13,7 @@ async fn origin_with_validators() -> Scripted {
     Scripted::start(|_, n| {
         Reply::new(
             200,
-            &[
-                ("cache-control", "max-age=60"),
-                ("etag", "\"v1\""),
-                ("last-modified", LM),
-                ("content-type", "text/plain"),
-            ],
+            &[("cache-control", "max-age=60"), ("etag", "\"v1\""), ("last-modified", LM), ("content-type", "text/plain")],
             format!("n={n}"),
         )
     })
@@ -31,10 +26,7 @@ fn assert_304(r: &Resp, cache: &str) {
     assert_eq!(r.header("cache-control"), "max-age=60");
     assert_eq!(r.header("x-cache"), cache);
     assert!(r.body.is_empty());
-    assert!(
-        r.opt_header("content-type").is_none(),
-        "RFC 9110 §15.4.5: no representation metadata"
-    );
+    assert!(r.opt_header("content-type").is_none(), "RFC 9110 §15.4.5: no representation metadata");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -45,24 +37,13 @@ async fn if_none_match_and_if_modified_since_on_a_hit() {
     for inm in ["\"v1\"", "W/\"v1\"", "\"x\", \"v1\"", "*"] {
         let r = get_with(p.public, "/c", &[("If-None-Match", inm)]).await;
         assert_304(&r, "HIT");
-        assert!(
-            r.opt_header("age").is_some(),
-            "{inm}: Age on a 304 built from the store"
-        );
+        assert!(r.opt_header("age").is_some(), "{inm}: Age on a 304 built from the store");
     }
     let r = get_with(p.public, "/c", &[("If-None-Match", "\"other\"")]).await;
     assert_eq!(r.status, 200);
     assert_eq!(r.text(), "n=1");
-    assert_304(
-        &get_with(p.public, "/c", &[("If-Modified-Since", LM)]).await,
-        "HIT",
-    );
-    let older = get_with(
-        p.public,
-        "/c",
-        &[("If-Modified-Since", "Tue, 20 Oct 2015 07:28:00 GMT")],
-    )
-    .await;
+    assert_304(&get_with(p.public, "/c", &[("If-Modified-Since", LM)]).await, "HIT");
+    let older = get_with(p.public, "/c", &[("If-Modified-Since", "Tue, 20 Oct 2015 07:28:00 GMT")]).await;
     assert_eq!(older.status, 200);
     assert_eq!(o.count("/c"), 1);
 }
@@ -73,10 +54,7 @@ async fn if_none_match_on_a_miss_is_answered_304_and_the_full_response_stored() 
     let p = Portier::start(&config_for(o.addr, "", ""));
     let r = get_with(p.public, "/m", &[("If-None-Match", "\"v1\"")]).await;
     assert_304(&r, "MISS");
-    assert!(
-        o.last("/m").unwrap().header("if-none-match").is_none(),
-        "the origin was asked for the full response"
-    );
+    assert!(o.last("/m").unwrap().header("if-none-match").is_none(), "the origin was asked for the full response");
     let full = get(p.public, "/m").await;
     assert_eq!(full.header("x-cache"), "HIT");
     assert_eq!(full.text(), "n=1");
@@ -88,43 +66,16 @@ async fn failed_preconditions_are_412_from_the_store() {
     let o = origin_with_validators().await;
     let p = Portier::start(&config_for(o.addr, "", ""));
     get(p.public, "/p").await;
-    let r = get_with(
-        p.public,
-        "/p",
-        &[("If-Match", "\"v2\""), ("X-Request-Id", "pre")],
-    )
-    .await;
+    let r = get_with(p.public, "/p", &[("If-Match", "\"v2\""), ("X-Request-Id", "pre")]).await;
     assert_eq!(r.status, 412);
-    assert_eq!(r.text(), "412 Precondition Failed: the stored representation does not match the request's preconditions (request id pre)\n");
     assert_eq!(
-        get_with(p.public, "/p", &[("If-Match", "\"v1\"")])
-            .await
-            .status,
-        200
+        r.text(),
+        "412 Precondition Failed: the stored representation does not match the request's preconditions (request id pre)\n"
     );
-    assert_eq!(
-        get_with(p.public, "/p", &[("If-Match", "W/\"v1\"")])
-            .await
-            .status,
-        412,
-        "If-Match compares strongly"
-    );
-    assert_eq!(
-        get_with(
-            p.public,
-            "/p",
-            &[("If-Unmodified-Since", "Tue, 20 Oct 2015 07:28:00 GMT")]
-        )
-        .await
-        .status,
-        412
-    );
-    assert_eq!(
-        get_with(p.public, "/p", &[("If-Unmodified-Since", LM)])
-            .await
-            .status,
-        200
-    );
+    assert_eq!(get_with(p.public, "/p", &[("If-Match", "\"v1\"")]).await.status, 200);
+    assert_eq!(get_with(p.public, "/p", &[("If-Match", "W/\"v1\"")]).await.status, 412, "If-Match compares strongly");
+    assert_eq!(get_with(p.public, "/p", &[("If-Unmodified-Since", "Tue, 20 Oct 2015 07:28:00 GMT")]).await.status, 412);
+    assert_eq!(get_with(p.public, "/p", &[("If-Unmodified-Since", LM)]).await.status, 200);
     assert_eq!(o.count("/p"), 1);
     // Nothing stored: the origin gets the If-Match and decides.
     get_with(p.public, "/fresh", &[("If-Match", "\"zz\"")]).await;
@@ -137,23 +88,13 @@ async fn revalidation_sends_validators_and_merges_every_header_of_the_304() {
         if req.header("if-none-match") == Some("\"v1\"") {
             return Reply::new(
                 304,
-                &[
-                    ("cache-control", "max-age=1"),
-                    ("etag", "\"v1\""),
-                    ("x-origin-n", &n.to_string()),
-                    ("x-extra", "from-304"),
-                ],
+                &[("cache-control", "max-age=1"), ("etag", "\"v1\""), ("x-origin-n", &n.to_string()), ("x-extra", "from-304")],
                 "",
             );
         }
         Reply::new(
             200,
-            &[
-                ("cache-control", "max-age=1"),
-                ("etag", "\"v1\""),
-                ("x-origin-n", &n.to_string()),
-                ("last-modified", LM),
-            ],
+            &[("cache-control", "max-age=1"), ("etag", "\"v1\""), ("x-origin-n", &n.to_string()), ("last-modified", LM)],
             "stored body",
         )
     })
@@ -164,28 +105,17 @@ async fn revalidation_sends_validators_and_merges_every_header_of_the_304() {
     let r = get(p.public, "/r").await;
 
     assert_eq!(r.header("x-cache"), "REVALIDATED");
-    assert_eq!(
-        r.header("cache-status"),
-        "portier; fwd=stale; fwd-status=304; ttl=1"
-    );
+    assert_eq!(r.header("cache-status"), "portier; fwd=stale; fwd-status=304; ttl=1");
     assert_eq!(r.text(), "stored body");
     let seen = o.last("/r").unwrap();
     assert_eq!(seen.header("if-none-match"), Some("\"v1\""));
     assert_eq!(seen.header("if-modified-since"), Some(LM));
-    assert_eq!(
-        r.header("x-origin-n"),
-        "2",
-        "a custom header of the 304 replaced the stored one"
-    );
+    assert_eq!(r.header("x-origin-n"), "2", "a custom header of the 304 replaced the stored one");
     assert_eq!(r.header("x-extra"), "from-304");
     let hit = get(p.public, "/r").await;
     assert_eq!(hit.header("x-cache"), "HIT");
     assert_eq!(hit.header("x-extra"), "from-304", "the merge was stored");
-    assert_eq!(
-        hit.header("last-modified"),
-        LM,
-        "stored fields the 304 did not send are kept"
-    );
+    assert_eq!(hit.header("last-modified"), LM, "stored fields the 304 did not send are kept");
     assert_eq!(o.count("/r"), 2);
 }
 
@@ -197,18 +127,9 @@ async fn client_no_cache_and_only_if_cached() {
     assert_eq!(r.status, 504);
     assert_eq!(o.count("/n"), 0);
     get(p.public, "/n").await;
-    assert_eq!(
-        get_with(p.public, "/n", &[("Cache-Control", "only-if-cached")])
-            .await
-            .header("x-cache"),
-        "HIT"
-    );
+    assert_eq!(get_with(p.public, "/n", &[("Cache-Control", "only-if-cached")]).await.header("x-cache"), "HIT");
     let r = get_with(p.public, "/n", &[("Cache-Control", "no-cache")]).await;
-    assert_ne!(
-        r.header("x-cache"),
-        "HIT",
-        "client no-cache goes to the origin"
-    );
+    assert_ne!(r.header("x-cache"), "HIT", "client no-cache goes to the origin");
     assert_eq!(o.count("/n"), 2);
     let r = get_with(p.public, "/n", &[("Pragma", "no-cache")]).await;
     assert_ne!(r.header("x-cache"), "HIT");

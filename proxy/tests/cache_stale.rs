@@ -12,18 +12,10 @@ use std::time::{Duration, Instant};
 #[tokio::test(flavor = "multi_thread")]
 async fn swr_serves_stale_at_once_and_refreshes_once_for_twenty_clients() {
     let o = Scripted::start(|req, n| {
-        let h = [
-            ("cache-control", "max-age=1, stale-while-revalidate=30"),
-            ("etag", "\"v1\""),
-        ];
+        let h = [("cache-control", "max-age=1, stale-while-revalidate=30"), ("etag", "\"v1\"")];
         if req.header("if-none-match").is_some() {
             // A slow refresh: clients must not wait for it.
-            return Reply::new(
-                304,
-                &[("cache-control", "max-age=60"), ("etag", "\"v1\"")],
-                "",
-            )
-            .delay(Duration::from_millis(500));
+            return Reply::new(304, &[("cache-control", "max-age=60"), ("etag", "\"v1\"")], "").delay(Duration::from_millis(500));
         }
         Reply::new(200, &h, format!("n={n}"))
     })
@@ -33,9 +25,7 @@ async fn swr_serves_stale_at_once_and_refreshes_once_for_twenty_clients() {
     tokio::time::sleep(Duration::from_millis(2100)).await;
 
     let start = Instant::now();
-    let clients: Vec<_> = (0..20)
-        .map(|_| tokio::spawn(async move { get(p.public, "/s").await }))
-        .collect();
+    let clients: Vec<_> = (0..20).map(|_| tokio::spawn(async move { get(p.public, "/s").await })).collect();
     let mut answers = Vec::new();
     for c in clients {
         answers.push(c.await.unwrap());
@@ -44,19 +34,12 @@ async fn swr_serves_stale_at_once_and_refreshes_once_for_twenty_clients() {
     for r in &answers {
         assert_eq!(r.status, 200);
         assert_eq!(r.header("x-cache"), "STALE", "{r:?}");
-        assert!(
-            r.header("cache-status")
-                .ends_with("detail=stale-while-revalidate"),
-            "{r:?}"
-        );
+        assert!(r.header("cache-status").ends_with("detail=stale-while-revalidate"), "{r:?}");
         assert_eq!(r.text(), "n=1");
         let age: u64 = r.header("age").parse().unwrap();
         assert!(age >= 2);
     }
-    assert!(
-        took < Duration::from_millis(450),
-        "stale answers did not wait for the 500 ms refresh: {took:?}"
-    );
+    assert!(took < Duration::from_millis(450), "stale answers did not wait for the 500 ms refresh: {took:?}");
     // Until the refresh lands, further requests are STALE too (and start no new refresh).
     let mut extra_stale = 0;
     let refreshed = eventually(Duration::from_secs(3), async || {
@@ -68,30 +51,13 @@ async fn swr_serves_stale_at_once_and_refreshes_once_for_twenty_clients() {
     })
     .await;
     assert!(refreshed, "the 304 refreshed the entry");
-    let conditional: Vec<_> = o
-        .seen()
-        .into_iter()
-        .filter(|r| r.target == "/s" && r.header("if-none-match").is_some())
-        .collect();
-    assert_eq!(
-        conditional.len(),
-        1,
-        "exactly one conditional background request"
-    );
+    let conditional: Vec<_> = o.seen().into_iter().filter(|r| r.target == "/s" && r.header("if-none-match").is_some()).collect();
+    assert_eq!(conditional.len(), 1, "exactly one conditional background request");
     assert_eq!(o.count("/s"), 2);
     let metrics = get(p.admin, "/metrics").await.text();
-    assert!(
-        metrics.contains("cache_background_refreshes_total{outcome=\"REVALIDATED\"} 1"),
-        "{metrics}"
-    );
-    let stale_line = format!(
-        "cache_requests_total{{cache_status=\"STALE\"}} {}",
-        20 + extra_stale
-    );
-    assert!(
-        metrics.contains(&stale_line),
-        "background refresh is not a client request: want {stale_line} in {metrics}"
-    );
+    assert!(metrics.contains("cache_background_refreshes_total{outcome=\"REVALIDATED\"} 1"), "{metrics}");
+    let stale_line = format!("cache_requests_total{{cache_status=\"STALE\"}} {}", 20 + extra_stale);
+    assert!(metrics.contains(&stale_line), "background refresh is not a client request: want {stale_line} in {metrics}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -102,11 +68,7 @@ async fn stale_if_error_on_503_within_its_window_only() {
         if f.load(Ordering::SeqCst) {
             return Reply::new(503, &[("content-type", "text/plain")], "down");
         }
-        Reply::new(
-            200,
-            &[("cache-control", "max-age=1, stale-if-error=60")],
-            format!("n={n}"),
-        )
+        Reply::new(200, &[("cache-control", "max-age=1, stale-if-error=60")], format!("n={n}"))
     })
     .await;
     let p = Portier::start(&config_for(o.addr, "", ""));
@@ -116,10 +78,7 @@ async fn stale_if_error_on_503_within_its_window_only() {
     let r = get(p.public, "/e").await;
     assert_eq!(r.status, 200, "{r:?}");
     assert_eq!(r.header("x-cache"), "STALE");
-    assert!(
-        r.header("cache-status").ends_with("detail=stale-if-error"),
-        "{r:?}"
-    );
+    assert!(r.header("cache-status").ends_with("detail=stale-if-error"), "{r:?}");
     assert_eq!(r.text(), "n=1");
     assert_eq!(o.count("/e"), 2, "the origin was asked and failed");
 
@@ -134,35 +93,22 @@ async fn stale_if_error_on_503_within_its_window_only() {
     let p2 = Portier::start(&config_for(short.addr, "", ""));
     get(p2.public, "/x").await;
     tokio::time::sleep(Duration::from_millis(2100)).await;
-    assert_eq!(
-        get(p2.public, "/x").await.status,
-        503,
-        "no stale-if-error: the 503 passes"
-    );
+    assert_eq!(get(p2.public, "/x").await.status, 503, "no stale-if-error: the 503 passes");
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn stale_if_error_when_the_origin_cannot_be_reached() {
-    let o = Scripted::start(|_, n| {
-        Reply::new(200, &[("cache-control", "max-age=1")], format!("n={n}"))
-    })
-    .await;
+    let o = Scripted::start(|_, n| Reply::new(200, &[("cache-control", "max-age=1")], format!("n={n}"))).await;
     // The origin gives no stale-if-error; the route's override does.
     let p = Portier::start(&config_for(o.addr, "stale_if_error = \"60s\"", ""));
     assert_eq!(get(p.public, "/d").await.header("x-cache"), "MISS");
     o.stop().await;
-    assert!(
-        tokio::net::TcpStream::connect(o.addr).await.is_err(),
-        "origin is down"
-    );
+    assert!(tokio::net::TcpStream::connect(o.addr).await.is_err(), "origin is down");
     tokio::time::sleep(Duration::from_millis(2100)).await;
     let r = get(p.public, "/d").await;
     assert_eq!(r.status, 200, "{r:?}");
     assert_eq!(r.header("x-cache"), "STALE");
-    assert!(
-        r.header("cache-status").ends_with("detail=stale-if-error"),
-        "{r:?}"
-    );
+    assert!(r.header("cache-status").ends_with("detail=stale-if-error"), "{r:?}");
     assert_eq!(r.text(), "n=1");
     // A URL never stored has nothing to fall back on.
     assert_eq!(get(p.public, "/never").await.status, 502);
@@ -171,10 +117,7 @@ async fn stale_if_error_when_the_origin_cannot_be_reached() {
 #[tokio::test(flavor = "multi_thread")]
 async fn fifty_cold_requests_make_one_origin_request() {
     let origin_time = Duration::from_millis(300);
-    let o = Scripted::start(move |_, n| {
-        Reply::new(200, &[("cache-control", "max-age=60")], format!("n={n}")).delay(origin_time)
-    })
-    .await;
+    let o = Scripted::start(move |_, n| Reply::new(200, &[("cache-control", "max-age=60")], format!("n={n}")).delay(origin_time)).await;
     let p = Portier::start(&config_for(o.addr, "", ""));
     // Warm the connection path (process, pools) on another URL.
     get(p.public, "/warm").await;
@@ -198,33 +141,21 @@ async fn fifty_cold_requests_make_one_origin_request() {
     }
     assert_eq!(o.count("/cold"), 1, "one origin request for 50 clients");
     assert_eq!(statuses.get("MISS"), Some(&1), "{statuses:?}");
-    assert_eq!(
-        statuses.get("HIT"),
-        Some(&49),
-        "coalesced waiters say HIT: {statuses:?}"
-    );
+    assert_eq!(statuses.get("HIT"), Some(&49), "coalesced waiters say HIT: {statuses:?}");
     println!("slowest of 50 coalesced clients: {slowest:?} (origin takes {origin_time:?})");
-    assert!(
-        slowest <= origin_time + Duration::from_millis(50),
-        "waiters answered when the fill arrived, not on a timer: {slowest:?}"
-    );
+    assert!(slowest <= origin_time + Duration::from_millis(50), "waiters answered when the fill arrived, not on a timer: {slowest:?}");
     let m = get(p.admin, "/metrics").await.text();
     assert!(m.contains("cache_coalesced_total 49"), "{m}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn an_uncacheable_url_is_remembered_and_not_queued_again() {
-    let o = Scripted::start(|_, n| {
-        Reply::new(200, &[("cache-control", "no-store")], format!("n={n}"))
-            .delay(Duration::from_millis(300))
-    })
-    .await;
+    let o =
+        Scripted::start(|_, n| Reply::new(200, &[("cache-control", "no-store")], format!("n={n}")).delay(Duration::from_millis(300))).await;
     let p = Portier::start(&config_for(o.addr, "", ""));
     let wave = |n: usize| async move {
         let start = Instant::now();
-        let hs: Vec<_> = (0..n)
-            .map(|_| tokio::spawn(async move { get(p.public, "/u").await }))
-            .collect();
+        let hs: Vec<_> = (0..n).map(|_| tokio::spawn(async move { get(p.public, "/u").await })).collect();
         for h in hs {
             let r = h.await.unwrap();
             assert_eq!(r.status, 200);
@@ -234,14 +165,7 @@ async fn an_uncacheable_url_is_remembered_and_not_queued_again() {
     };
     let first = wave(10).await;
     let second = wave(10).await;
-    assert_eq!(
-        o.count("/u"),
-        20,
-        "no-store: every request reaches the origin"
-    );
+    assert_eq!(o.count("/u"), 20, "no-store: every request reaches the origin");
     println!("uncacheable URL, 10 concurrent: first wave {first:?}, second wave {second:?}");
-    assert!(
-        second < Duration::from_millis(550),
-        "second wave went straight to the origin in parallel, no lock wait: {second:?}"
-    );
+    assert!(second < Duration::from_millis(550), "second wave went straight to the origin in parallel, no lock wait: {second:?}");
 }

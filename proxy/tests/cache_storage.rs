@@ -9,42 +9,21 @@ use common::*;
 #[tokio::test(flavor = "multi_thread")]
 async fn byte_budget_holds_with_three_times_its_size_inserted() {
     let body = vec![b'x'; 10_000];
-    let o = Scripted::start(move |_, _| {
-        Reply::new(200, &[("cache-control", "max-age=600")], body.clone())
-    })
-    .await;
+    let o = Scripted::start(move |_, _| Reply::new(200, &[("cache-control", "max-age=600")], body.clone())).await;
     let budget = 200_000u64;
-    let p = Portier::start(&config_for(
-        o.addr,
-        "",
-        &format!("[cache]\nmax_size = {budget}\nmax_object_size = \"50KiB\"\n"),
-    ));
+    let p = Portier::start(&config_for(o.addr, "", &format!("[cache]\nmax_size = {budget}\nmax_object_size = \"50KiB\"\n")));
     for i in 0..60 {
         let r = get(p.public, &format!("/obj/{i}")).await;
         assert_eq!(r.body.len(), 10_000);
         let stats = get(p.admin, "/cache/stats").await.json();
-        assert!(
-            stats["bytes"].as_u64().unwrap() <= budget,
-            "over budget after {i}: {stats}"
-        );
+        assert!(stats["bytes"].as_u64().unwrap() <= budget, "over budget after {i}: {stats}");
     }
     let stats = get(p.admin, "/cache/stats").await.json();
     assert_eq!(stats["capacity"], budget);
     assert!(stats["evictions"].as_u64().unwrap() >= 40, "{stats}");
-    assert!(
-        stats["bytes"].as_u64().unwrap() > budget / 2,
-        "the budget is used, not wasted: {stats}"
-    );
-    assert_eq!(
-        get(p.public, "/obj/59").await.header("x-cache"),
-        "HIT",
-        "the newest object stays"
-    );
-    assert_eq!(
-        get(p.public, "/obj/0").await.header("x-cache"),
-        "MISS",
-        "the oldest went"
-    );
+    assert!(stats["bytes"].as_u64().unwrap() > budget / 2, "the budget is used, not wasted: {stats}");
+    assert_eq!(get(p.public, "/obj/59").await.header("x-cache"), "HIT", "the newest object stays");
+    assert_eq!(get(p.public, "/obj/0").await.header("x-cache"), "MISS", "the oldest went");
     let m = get(p.admin, "/metrics").await.text();
     assert!(m.contains(&format!("cache_capacity_bytes {budget}")), "{m}");
 }
@@ -59,11 +38,7 @@ async fn large_objects_stream_through_uncached_and_complete() {
         r
     })
     .await;
-    let p = Portier::start(&config_for(
-        o.addr,
-        "",
-        "[cache]\nmax_object_size = \"100KiB\"\n",
-    ));
+    let p = Portier::start(&config_for(o.addr, "", "[cache]\nmax_object_size = \"100KiB\"\n"));
     for path in ["/big", "/chunked"] {
         for _ in 0..2 {
             let r = get(p.public, path).await;
@@ -91,17 +66,10 @@ async fn a_body_cut_off_mid_way_is_not_stored() {
     for path in ["/cut", "/cut-chunked"] {
         let first = request(p.public, "GET", path, &[], b"").await;
         if let Ok(r) = &first {
-            assert!(
-                r.body.len() < 5000,
-                "{path}: the client did not get a complete-looking body"
-            );
+            assert!(r.body.len() < 5000, "{path}: the client did not get a complete-looking body");
         }
         let second = get(p.public, path).await;
-        assert_eq!(
-            second.header("x-cache"),
-            "MISS",
-            "{path}: nothing was stored from the cut response"
-        );
+        assert_eq!(second.header("x-cache"), "MISS", "{path}: nothing was stored from the cut response");
         assert_eq!(second.body.len(), 5000);
         assert_eq!(get(p.public, path).await.header("x-cache"), "HIT");
     }
@@ -112,13 +80,7 @@ async fn hop_by_hop_fields_are_not_stored() {
     let o = Scripted::start(|_, _| {
         Reply::new(
             200,
-            &[
-                ("cache-control", "max-age=60"),
-                ("connection", "x-hop"),
-                ("x-hop", "1"),
-                ("keep-alive", "timeout=5"),
-                ("x-kept", "yes"),
-            ],
+            &[("cache-control", "max-age=60"), ("connection", "x-hop"), ("x-hop", "1"), ("keep-alive", "timeout=5"), ("x-kept", "yes")],
             "hop",
         )
     })

@@ -38,20 +38,12 @@ pool = "web"
     assert_eq!(get(p.public, "/api/games?username=x").await.status, 200);
     assert_eq!(get(p.public, "/health").await.status, 200);
     assert_eq!(get(p.public, "/assets/app.js").await.status, 200);
-    let r = get_with(
-        p.public,
-        "/api/games?username=t",
-        &[("Host", "a.tenant.test:8080")],
-    )
-    .await;
+    let r = get_with(p.public, "/api/games?username=t", &[("Host", "a.tenant.test:8080")]).await;
     assert_eq!(r.status, 200);
     assert_eq!(api.state.hits("/api/games?username=x"), 1);
     assert_eq!(api.state.hits("/health"), 1);
     assert_eq!(web.state.hits("/assets/app.js"), 1);
-    assert_eq!(
-        api.state.hits("/assets/app.js") + tenant.state.hits("/assets/app.js"),
-        0
-    );
+    assert_eq!(api.state.hits("/assets/app.js") + tenant.state.hits("/assets/app.js"), 0);
     assert_eq!(tenant.state.hits("/api/games?username=t"), 1);
     assert_eq!(api.state.hits("/api/games?username=t"), 0);
 }
@@ -59,18 +51,12 @@ pool = "web"
 #[tokio::test(flavor = "multi_thread")]
 async fn no_route_is_a_404_naming_the_request_id() {
     let api = origin().await;
-    let cfg = format!(
-        "[upstreams.api]\naddresses = [\"{}\"]\n[[routes]]\npath = \"/api/*\"\npool = \"api\"\n",
-        api.addr
-    );
+    let cfg = format!("[upstreams.api]\naddresses = [\"{}\"]\n[[routes]]\npath = \"/api/*\"\npool = \"api\"\n", api.addr);
     let p = Portier::start(&cfg);
     let r = get(p.public, "/nowhere").await;
     assert_eq!(r.status, 404);
     let id = r.header("x-request-id").to_string();
-    assert_eq!(
-        r.text(),
-        format!("404 Not Found: no route matches this request (request id {id})\n")
-    );
+    assert_eq!(r.text(), format!("404 Not Found: no route matches this request (request id {id})\n"));
     assert_eq!(api.state.total(), 0);
 }
 
@@ -78,35 +64,16 @@ async fn no_route_is_a_404_naming_the_request_id() {
 async fn every_method_is_forwarded_with_its_body() {
     let api = origin().await;
     let p = Portier::start(&two_pool_config(api.addr, api.addr));
-    for method in [
-        "GET",
-        "POST",
-        "PUT",
-        "PATCH",
-        "DELETE",
-        "OPTIONS",
-        "REPORT",
-        "FROBNICATE",
-    ] {
+    for method in ["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "REPORT", "FROBNICATE"] {
         let body = format!("body for {method}");
-        let r = request(
-            p.public,
-            method,
-            "/api/echo?q=1",
-            &[("Content-Type", "text/plain")],
-            body.as_bytes(),
-        )
-        .await
-        .unwrap();
+        let r = request(p.public, method, "/api/echo?q=1", &[("Content-Type", "text/plain")], body.as_bytes()).await.unwrap();
         assert_eq!(r.status, 200, "{method}: {r:?}");
         let v = r.json();
         assert_eq!(v["method"], method);
         assert_eq!(v["query"], "q=1");
         assert_eq!(v["body"], body, "{method}");
     }
-    let head = request(p.public, "HEAD", "/api/echo", &[], b"")
-        .await
-        .unwrap();
+    let head = request(p.public, "HEAD", "/api/echo", &[], b"").await.unwrap();
     assert_eq!(head.status, 200);
     assert!(head.body.is_empty());
     assert_eq!(api.state.hits("/api/echo?q=1"), 8);
@@ -116,34 +83,17 @@ async fn every_method_is_forwarded_with_its_body() {
 async fn forwarded_headers_and_request_id() {
     let api = origin().await;
     let p = Portier::start(&two_pool_config(api.addr, api.addr));
-    let r = get_with(
-        p.public,
-        "/api/echo",
-        &[
-            ("Host", "shop.example:8080"),
-            ("X-Forwarded-For", "6.6.6.6"),
-        ],
-    )
-    .await;
+    let r = get_with(p.public, "/api/echo", &[("Host", "shop.example:8080"), ("X-Forwarded-For", "6.6.6.6")]).await;
     let seen = r.json();
     let h = &seen["headers"];
-    assert_eq!(
-        h["x-forwarded-for"], "127.0.0.1",
-        "client-sent XFF is replaced, not trusted"
-    );
+    assert_eq!(h["x-forwarded-for"], "127.0.0.1", "client-sent XFF is replaced, not trusted");
     assert_eq!(h["x-forwarded-proto"], "http");
     assert_eq!(h["x-forwarded-host"], "shop.example:8080");
-    assert_eq!(
-        h["host"], "shop.example:8080",
-        "Host passes through unchanged"
-    );
+    assert_eq!(h["host"], "shop.example:8080", "Host passes through unchanged");
     let id = r.header("x-request-id");
     assert_eq!(id.len(), 32);
     assert!(id.chars().all(|c| c.is_ascii_hexdigit()));
-    assert_eq!(
-        h["x-request-id"], id,
-        "the origin sees the id the client gets back"
-    );
+    assert_eq!(h["x-request-id"], id, "the origin sees the id the client gets back");
 
     let r = get_with(p.public, "/api/echo", &[("X-Request-Id", "trace-abc.123")]).await;
     assert_eq!(r.header("x-request-id"), "trace-abc.123");
@@ -155,51 +105,25 @@ async fn unreachable_upstream_is_a_502_naming_the_request_id() {
     let dead = closed_port();
     let p = Portier::start(&two_pool_config(dead, dead));
     let start = Instant::now();
-    let r = get_with(
-        p.public,
-        "/api/stats/summary?username=demo",
-        &[("X-Request-Id", "req-502")],
-    )
-    .await;
+    let r = get_with(p.public, "/api/stats/summary?username=demo", &[("X-Request-Id", "req-502")]).await;
     assert_eq!(r.status, 502);
     assert_eq!(r.header("x-request-id"), "req-502");
     assert_eq!(r.header("cache-control"), "no-store");
-    assert_eq!(
-        r.text(),
-        "502 Bad Gateway: the upstream could not be reached or sent an invalid response (request id req-502)\n"
-    );
-    assert!(
-        start.elapsed() < Duration::from_secs(3),
-        "no hang: {:?}",
-        start.elapsed()
-    );
+    assert_eq!(r.text(), "502 Bad Gateway: the upstream could not be reached or sent an invalid response (request id req-502)\n");
+    assert!(start.elapsed() < Duration::from_secs(3), "no hang: {:?}", start.elapsed());
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn slow_upstream_is_a_504_after_the_read_timeout() {
     let api = origin().await;
-    let cfg = format!(
-        "[timeouts]\nread = \"300ms\"\n{}",
-        two_pool_config(api.addr, api.addr)
-    );
+    let cfg = format!("[timeouts]\nread = \"300ms\"\n{}", two_pool_config(api.addr, api.addr));
     let p = Portier::start(&cfg);
     let start = Instant::now();
-    let r = get_with(
-        p.public,
-        "/api/slow?ms=3000",
-        &[("X-Request-Id", "req-504")],
-    )
-    .await;
+    let r = get_with(p.public, "/api/slow?ms=3000", &[("X-Request-Id", "req-504")]).await;
     assert_eq!(r.status, 504, "{r:?}");
-    assert_eq!(
-        r.text(),
-        "504 Gateway Timeout: the upstream did not answer in time (request id req-504)\n"
-    );
+    assert_eq!(r.text(), "504 Gateway Timeout: the upstream did not answer in time (request id req-504)\n");
     let took = start.elapsed();
-    assert!(
-        took < Duration::from_millis(2500),
-        "answered after the timeout, not the origin: {took:?}"
-    );
+    assert!(took < Duration::from_millis(2500), "answered after the timeout, not the origin: {took:?}");
     // A GET that timed out is not retried: the origin saw it once.
     assert_eq!(api.state.hits("/api/slow?ms=3000"), 1);
 }
@@ -239,20 +163,13 @@ pool = "other"
     assert_eq!(v["ready"], false);
     assert_eq!(v["pools"]["api"]["ready"], true);
     assert_eq!(v["pools"]["other"]["ready"], false);
-    assert_eq!(
-        v["pools"]["other"]["addresses"][0]["address"],
-        dead.to_string()
-    );
+    assert_eq!(v["pools"]["other"]["addresses"][0]["address"], dead.to_string());
 
     let before = live.state.total();
     for _ in 0..10 {
         assert_eq!(get(p.public, "/api/echo?n=1").await.status, 200);
     }
-    assert_eq!(
-        live.state.hits("/api/echo?n=1"),
-        10,
-        "every request reached the live address"
-    );
+    assert_eq!(live.state.hits("/api/echo?n=1"), 10, "every request reached the live address");
     assert!(live.state.total() - before >= 10);
     assert_eq!(get(p.admin, "/healthz").await.json()["status"], "ok");
 }
@@ -268,9 +185,7 @@ async fn connect_failure_is_retried_on_the_next_address() {
     );
     let p = Portier::start(&cfg);
     for i in 0..6 {
-        let r = request(p.public, "POST", &format!("/api/echo?i={i}"), &[], b"x")
-            .await
-            .unwrap();
+        let r = request(p.public, "POST", &format!("/api/echo?i={i}"), &[], b"x").await.unwrap();
         assert_eq!(r.status, 200, "request {i}: {r:?}");
     }
 }
@@ -279,10 +194,7 @@ async fn connect_failure_is_retried_on_the_next_address() {
 async fn env_overrides_upstream_addresses() {
     let api = origin().await;
     let dead = closed_port();
-    let p = Portier::start_with_env(
-        &two_pool_config(dead, dead),
-        &[("PORTIER_UPSTREAM_API", &api.addr.to_string())],
-    );
+    let p = Portier::start_with_env(&two_pool_config(dead, dead), &[("PORTIER_UPSTREAM_API", &api.addr.to_string())]);
     assert_eq!(get(p.public, "/health").await.status, 200);
     assert_eq!(api.state.hits("/health"), 1);
 }
@@ -290,21 +202,11 @@ async fn env_overrides_upstream_addresses() {
 #[tokio::test(flavor = "multi_thread")]
 async fn sigterm_lets_an_in_flight_request_finish() {
     let api = origin().await;
-    let cfg = format!(
-        "[server]\ngrace_period = \"5s\"\n{}",
-        two_pool_config(api.addr, api.addr)
-    );
+    let cfg = format!("[server]\ngrace_period = \"5s\"\n{}", two_pool_config(api.addr, api.addr));
     let mut p = Portier::start(&cfg);
     let addr = p.public;
-    let slow =
-        tokio::spawn(async move { request(addr, "GET", "/api/slow?ms=1200", &[], b"").await });
-    assert!(
-        eventually(Duration::from_secs(2), async || api
-            .state
-            .hits("/api/slow?ms=1200")
-            == 1)
-        .await
-    );
+    let slow = tokio::spawn(async move { request(addr, "GET", "/api/slow?ms=1200", &[], b"").await });
+    assert!(eventually(Duration::from_secs(2), async || api.state.hits("/api/slow?ms=1200") == 1).await);
     p.signal(libc::SIGTERM);
     let r = slow.await.unwrap().expect("in-flight request completes");
     assert_eq!(r.status, 200);
@@ -318,52 +220,25 @@ async fn sigterm_lets_an_in_flight_request_finish() {
     let (status, lines) = st;
     assert!(status.expect("exits within the grace period").success());
     assert!(
-        lines
-            .iter()
-            .any(|l| l.contains("\"event\":\"shutdown_complete\"")
-                && l.contains("\"in_flight_abandoned\":\"0\"")),
+        lines.iter().any(|l| l.contains("\"event\":\"shutdown_complete\"") && l.contains("\"in_flight_abandoned\":\"0\"")),
         "{lines:?}"
     );
-    assert!(
-        tokio::net::TcpStream::connect(addr).await.is_err(),
-        "no longer accepting"
-    );
+    assert!(tokio::net::TcpStream::connect(addr).await.is_err(), "no longer accepting");
 }
 
 fn check(text: &str) -> (bool, String) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("c.toml");
     std::fs::write(&path, text).unwrap();
-    let out = std::process::Command::new(bin())
-        .arg("check")
-        .arg("--config")
-        .arg(&path)
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    )
+    let out = std::process::Command::new(bin()).arg("check").arg("--config").arg(&path).output().unwrap();
+    (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
 }
 
 #[test]
 fn check_accepts_the_shipped_config() {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../config/portier.toml");
-    let out = std::process::Command::new(bin())
-        .arg("check")
-        .arg("--config")
-        .arg(path)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = std::process::Command::new(bin()).arg("check").arg("--config").arg(path).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(String::from_utf8_lossy(&out.stdout).contains("OK (2 upstream pools, 3 routes)"));
 }
 
@@ -372,38 +247,23 @@ fn check_names_the_key_path_of_each_problem() {
     let base = "[upstreams.api]\naddresses = [\"127.0.0.1:3001\"]\n[[routes]]\npath = \"/api/*\"\npool = \"api\"\n";
     let (ok, out) = check(&format!("{base}[timeouts]\nconect = \"2s\"\n"));
     assert!(!ok);
-    assert!(
-        out.contains("timeouts.conect: unknown field `conect`, expected one of"),
-        "{out}"
-    );
+    assert!(out.contains("timeouts.conect: unknown field `conect`, expected one of"), "{out}");
 
     let (ok, out) = check(&format!("{base}[timeouts]\nread = \"30 seconds\"\n"));
     assert!(!ok);
-    assert!(
-        out.contains("timeouts.read: invalid duration \"30 seconds\""),
-        "{out}"
-    );
+    assert!(out.contains("timeouts.read: invalid duration \"30 seconds\""), "{out}");
 
     let (ok, out) = check(&base.replace("pool = \"api\"", "pool = \"backend\""));
     assert!(!ok);
-    assert!(
-        out.contains("routes[0].pool: unknown upstream \"backend\"; defined pools: api"),
-        "{out}"
-    );
+    assert!(out.contains("routes[0].pool: unknown upstream \"backend\"; defined pools: api"), "{out}");
 
     // Problems in different places are all reported in one run.
-    let all = format!(
-        "{}[timeouts]\nconect = \"2s\"\n[server]\ngrace_period = \"soon\"\n",
-        base.replace("pool = \"api\"", "pool = \"backend\"")
-    );
+    let all =
+        format!("{}[timeouts]\nconect = \"2s\"\n[server]\ngrace_period = \"soon\"\n", base.replace("pool = \"api\"", "pool = \"backend\""));
     let (ok, out) = check(&all);
     assert!(!ok);
     assert!(out.contains(": 3 problems"), "{out}");
-    for key in [
-        "routes[0].pool: ",
-        "timeouts.conect: ",
-        "server.grace_period: invalid duration \"soon\"",
-    ] {
+    for key in ["routes[0].pool: ", "timeouts.conect: ", "server.grace_period: invalid duration \"soon\""] {
         assert!(out.contains(key), "{key} in {out}");
     }
 }

@@ -50,23 +50,12 @@ fn delta_seconds(v: &str) -> Option<u64> {
     if v.is_empty() || !v.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
-    Some(
-        v.parse::<u64>()
-            .unwrap_or(u64::from(u32::MAX))
-            .min(u64::from(u32::MAX)),
-    )
+    Some(v.parse::<u64>().unwrap_or(u64::from(u32::MAX)).min(u64::from(u32::MAX)))
 }
 
 fn field_list(v: Option<&str>) -> Vec<String> {
-    v.map(|v| {
-        v.trim()
-            .trim_matches('"')
-            .split(',')
-            .map(|f| f.trim().to_ascii_lowercase())
-            .filter(|f| !f.is_empty())
-            .collect()
-    })
-    .unwrap_or_default()
+    v.map(|v| v.trim().trim_matches('"').split(',').map(|f| f.trim().to_ascii_lowercase()).filter(|f| !f.is_empty()).collect())
+        .unwrap_or_default()
 }
 
 impl Directives {
@@ -88,14 +77,8 @@ impl Directives {
                 let secs = || value.and_then(delta_seconds);
                 match name.as_str() {
                     "no-store" => d.no_store = true,
-                    "no-cache" => d
-                        .no_cache
-                        .get_or_insert_with(Vec::new)
-                        .extend(field_list(value)),
-                    "private" => d
-                        .private
-                        .get_or_insert_with(Vec::new)
-                        .extend(field_list(value)),
+                    "no-cache" => d.no_cache.get_or_insert_with(Vec::new).extend(field_list(value)),
+                    "private" => d.private.get_or_insert_with(Vec::new).extend(field_list(value)),
                     "public" => d.public = true,
                     "must-revalidate" => d.must_revalidate = true,
                     "proxy-revalidate" => d.proxy_revalidate = true,
@@ -143,17 +126,12 @@ mod tests {
 
     #[test]
     fn parses_the_usual_and_the_odd() {
-        let d = Directives::parse([
-            "public, max-age=60, stale-while-revalidate=30",
-            "s-maxage=\"10\"",
-        ]);
+        let d = Directives::parse(["public, max-age=60, stale-while-revalidate=30", "s-maxage=\"10\""]);
         assert!(d.public);
         assert_eq!(d.max_age, Some(60));
         assert_eq!(d.s_maxage, Some(10));
         assert_eq!(d.stale_while_revalidate, Some(30));
-        let d = Directives::parse([
-            "private=\"set-cookie, x-user\", no-cache=\"x-a\", max-age=abc, max-age=5",
-        ]);
+        let d = Directives::parse(["private=\"set-cookie, x-user\", no-cache=\"x-a\", max-age=abc, max-age=5"]);
         assert_eq!(d.private, Some(vec!["set-cookie".into(), "x-user".into()]));
         assert_eq!(d.no_cache, Some(vec!["x-a".into()]));
         assert_eq!(d.max_age, Some(0), "invalid first value means stale");

@@ -9,10 +9,7 @@ use pingora_http::{RequestHeader, ResponseHeader};
 
 /// Methods after which the RFC requires invalidation (anything not known to be safe).
 pub fn is_unsafe(m: &http::Method) -> bool {
-    !matches!(
-        *m,
-        http::Method::GET | http::Method::HEAD | http::Method::OPTIONS | http::Method::TRACE
-    )
+    !matches!(*m, http::Method::GET | http::Method::HEAD | http::Method::OPTIONS | http::Method::TRACE)
 }
 
 pub fn query_param<'a>(query: Option<&'a str>, name: &str) -> Option<&'a str> {
@@ -39,23 +36,12 @@ impl Rule {
             Some(p) => (p.to_string(), true),
             None => (r.path.clone(), false),
         };
-        Some(Rule {
-            method,
-            path,
-            prefix_match,
-            prefixes: r.prefixes.clone(),
-            match_param: r.match_param.clone(),
-        })
+        Some(Rule { method, path, prefix_match, prefixes: r.prefixes.clone(), match_param: r.match_param.clone() })
     }
 
     pub fn matches(&self, req: &RequestHeader) -> bool {
         let p = req.uri.path();
-        req.method == self.method
-            && if self.prefix_match {
-                p.starts_with(&self.path)
-            } else {
-                p == self.path
-            }
+        req.method == self.method && if self.prefix_match { p.starts_with(&self.path) } else { p == self.path }
     }
 }
 
@@ -80,59 +66,37 @@ fn same_host_target(base: &str, host_prefix: &str, value: &str) -> Option<String
     }
     // An absolute URL counts only on the same host (RFC 9111 §4.4 forbids invalidating
     // another origin on the word of this one).
-    let rest = value
-        .strip_prefix("http://")
-        .or_else(|| value.strip_prefix("https://"))?;
+    let rest = value.strip_prefix("http://").or_else(|| value.strip_prefix("https://"))?;
     let full = format!("http://{rest}");
-    full.starts_with(&format!("{host_prefix}/"))
-        .then_some(full)
-        .filter(|f| f != base)
+    full.starts_with(&format!("{host_prefix}/")).then_some(full).filter(|f| f != base)
 }
 
 /// Runs after the response to `req` is known; returns how many entries were dropped.
-pub fn after_response(
-    storage: &MemStorage,
-    rules: &[&Rule],
-    req: &RequestHeader,
-    resp: &ResponseHeader,
-    body: &[u8],
-) -> usize {
+pub fn after_response(storage: &MemStorage, rules: &[&Rule], req: &RequestHeader, resp: &ResponseHeader, body: &[u8]) -> usize {
     let status = resp.status.as_u16();
     if !(200..400).contains(&status) {
         return 0;
     }
     let url = key::primary(req);
-    let host_prefix = url
-        .find("://")
-        .and_then(|i| url[i + 3..].find('/').map(|j| url[..i + 3 + j].to_string()))
-        .unwrap_or_else(|| url.clone());
+    let host_prefix =
+        url.find("://").and_then(|i| url[i + 3..].find('/').map(|j| url[..i + 3 + j].to_string())).unwrap_or_else(|| url.clone());
     let mut purged = 0;
     if is_unsafe(&req.method) {
         purged += storage.purge_matching(&Selector::Url(url.clone()), false);
         for h in ["location", "content-location"] {
-            if let Some(target) = resp
-                .headers
-                .get(h)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| same_host_target(&url, &host_prefix, v))
-            {
+            if let Some(target) = resp.headers.get(h).and_then(|v| v.to_str().ok()).and_then(|v| same_host_target(&url, &host_prefix, v)) {
                 purged += storage.purge_matching(&Selector::Url(target), false);
             }
         }
     }
     for rule in rules {
-        let value = rule.match_param.as_deref().and_then(|p| {
-            query_param(req.uri.query(), p)
-                .map(str::to_string)
-                .or_else(|| json_field(body, p))
-        });
+        let value =
+            rule.match_param.as_deref().and_then(|p| query_param(req.uri.query(), p).map(str::to_string).or_else(|| json_field(body, p)));
         for prefix in &rule.prefixes {
             let sel = match (&rule.match_param, &value) {
-                (Some(p), Some(v)) => Selector::PrefixWithParam {
-                    prefix: format!("{host_prefix}{prefix}"),
-                    param: p.clone(),
-                    value: v.clone(),
-                },
+                (Some(p), Some(v)) => {
+                    Selector::PrefixWithParam { prefix: format!("{host_prefix}{prefix}"), param: p.clone(), value: v.clone() }
+                }
                 // No value to match on: invalidate the whole prefix rather than serve stale data.
                 _ => Selector::Prefix(format!("{host_prefix}{prefix}")),
             };
@@ -149,26 +113,11 @@ mod tests {
     #[test]
     fn location_targets_stay_on_the_same_host() {
         let base = "http://h:8080/a";
-        assert_eq!(
-            same_host_target(base, "http://h:8080", "/b?x"),
-            Some("http://h:8080/b?x".into())
-        );
-        assert_eq!(
-            same_host_target(base, "http://h:8080", "http://h:8080/c"),
-            Some("http://h:8080/c".into())
-        );
-        assert_eq!(
-            same_host_target(base, "http://h:8080", "http://evil/c"),
-            None
-        );
-        assert_eq!(
-            json_field(br#"{"username":"bob","n":1}"#, "username"),
-            Some("bob".into())
-        );
+        assert_eq!(same_host_target(base, "http://h:8080", "/b?x"), Some("http://h:8080/b?x".into()));
+        assert_eq!(same_host_target(base, "http://h:8080", "http://h:8080/c"), Some("http://h:8080/c".into()));
+        assert_eq!(same_host_target(base, "http://h:8080", "http://evil/c"), None);
+        assert_eq!(json_field(br#"{"username":"bob","n":1}"#, "username"), Some("bob".into()));
         assert_eq!(json_field(b"not json", "username"), None);
-        assert_eq!(
-            query_param(Some("a=1&username=bob"), "username"),
-            Some("bob")
-        );
+        assert_eq!(query_param(Some("a=1&username=bob"), "username"), Some("bob"));
     }
 }

@@ -27,11 +27,7 @@ pub fn cache_key(req: &RequestHeader) -> CacheKey {
 /// are one variant for `Accept-Encoding`.
 fn normalise(name: &str, value: &str) -> Vec<u8> {
     if name.eq_ignore_ascii_case("accept-encoding") {
-        let mut tokens: Vec<String> = value
-            .split(',')
-            .map(|t| t.trim().to_ascii_lowercase())
-            .filter(|t| !t.is_empty())
-            .collect();
+        let mut tokens: Vec<String> = value.split(',').map(|t| t.trim().to_ascii_lowercase()).filter(|t| !t.is_empty()).collect();
         tokens.sort();
         tokens.join(",").into_bytes()
     } else {
@@ -55,12 +51,7 @@ pub fn variance(meta: &CacheMeta, req: &RequestHeader) -> Option<HashBinary> {
     names.dedup();
     let mut vb = VarianceBuilder::new();
     for name in names {
-        let values: Vec<&str> = req
-            .headers
-            .get_all(name.as_str())
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .collect();
+        let values: Vec<&str> = req.headers.get_all(name.as_str()).iter().filter_map(|v| v.to_str().ok()).collect();
         let value = normalise(&name, &values.join(","));
         vb.add_owned_name_value(name, value);
     }
@@ -84,10 +75,7 @@ mod tests {
 
     #[test]
     fn key_has_host_path_query_not_method() {
-        assert_eq!(
-            primary(&req("Example.COM:8080", "/a/b?x=1&y=2", None)),
-            "http://example.com:8080/a/b?x=1&y=2"
-        );
+        assert_eq!(primary(&req("Example.COM:8080", "/a/b?x=1&y=2", None)), "http://example.com:8080/a/b?x=1&y=2");
         let mut head = req("h", "/p", None);
         head.set_method(http::Method::HEAD);
         assert_eq!(primary(&head), primary(&req("h", "/p", None)));

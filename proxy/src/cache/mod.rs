@@ -38,20 +38,13 @@ impl CacheLayer {
         let c = &cfg.cache;
         let lock_timeout = c.lock_timeout.get();
         CacheLayer {
-            storage: MemStorage::leak(
-                c.max_size.bytes() as usize,
-                c.max_object_size.bytes() as usize,
-            ),
+            storage: MemStorage::leak(c.max_size.bytes() as usize, c.max_object_size.bytes() as usize),
             lock: Box::leak(CacheLock::new_boxed(lock_timeout)),
             predictor: Box::leak(Box::new(Predictor::<16>::new(256, None))),
             lock_timeout,
             config: c.clone(),
             routes: cfg.routes.iter().map(RoutePolicy::from_route).collect(),
-            rules: cfg
-                .invalidation
-                .iter()
-                .filter_map(invalidate::Rule::new)
-                .collect(),
+            rules: cfg.invalidation.iter().filter_map(invalidate::Rule::new).collect(),
         }
     }
 
@@ -63,15 +56,7 @@ impl CacheLayer {
     pub fn enable(&self, session: &mut Session) {
         let mut overrides = CacheOptionOverrides::default();
         overrides.wait_timeout = Some(self.lock_timeout);
-        session.cache.enable(
-            self.storage,
-            None,
-            Some(self.predictor),
-            Some(self.lock),
-            Some(overrides),
-        );
-        session
-            .cache
-            .set_max_file_size_bytes(self.storage.max_object());
+        session.cache.enable(self.storage, None, Some(self.predictor), Some(self.lock), Some(overrides));
+        session.cache.set_max_file_size_bytes(self.storage.max_object());
     }
 }

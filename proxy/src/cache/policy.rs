@@ -18,15 +18,7 @@ const HEURISTIC_STATUSES: [u16; 11] = [200, 203, 204, 300, 301, 308, 404, 405, 4
 const HEURISTIC_CAP: Duration = Duration::from_secs(86_400);
 
 /// Transfer-Encoding goes too: the storage re-frames the body with Content-Length.
-const HOP_BY_HOP: [&str; 7] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-];
+const HOP_BY_HOP: [&str; 7] = ["connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding", "upgrade"];
 
 /// Per-route cache options.
 #[derive(Debug, Clone, Default)]
@@ -103,10 +95,7 @@ pub fn response_directives(resp: &ResponseHeader) -> (Directives, bool) {
             return (d, true);
         }
     }
-    (
-        Directives::from_headers(&resp.headers, "cache-control"),
-        false,
-    )
+    (Directives::from_headers(&resp.headers, "cache-control"), false)
 }
 
 fn header_date(h: &ResponseHeader, name: &str) -> Option<SystemTime> {
@@ -129,21 +118,14 @@ pub fn initial_age(resp: &ResponseHeader, now: SystemTime) -> Duration {
         .unwrap_or_default();
     // Whole seconds, as RFC 9111 counts: `Date` has one-second resolution, so a sub-second
     // remainder is the clock tick, not age.
-    let apparent = header_date(resp, "date")
-        .and_then(|d| now.duration_since(d).ok())
-        .map(|d| Duration::from_secs(d.as_secs()))
-        .unwrap_or_default();
+    let apparent =
+        header_date(resp, "date").and_then(|d| now.duration_since(d).ok()).map(|d| Duration::from_secs(d.as_secs())).unwrap_or_default();
 
     reported.max(apparent)
 }
 
 fn has_token(h: &ResponseHeader, name: &str, token: &str) -> bool {
-    h.headers
-        .get_all(name)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|t| t.trim().eq_ignore_ascii_case(token))
+    h.headers.get_all(name).iter().filter_map(|v| v.to_str().ok()).flat_map(|v| v.split(',')).any(|t| t.trim().eq_ignore_ascii_case(token))
 }
 
 /// Decides whether and how to store `resp`, the answer to `req`.
@@ -169,9 +151,7 @@ pub fn decide(
     if d.private.as_ref().is_some_and(Vec::is_empty) {
         return Err(NoStore::Private);
     }
-    if req.headers.contains_key(http::header::AUTHORIZATION)
-        && !(d.public || d.s_maxage.is_some() || d.must_revalidate)
-    {
+    if req.headers.contains_key(http::header::AUTHORIZATION) && !(d.public || d.s_maxage.is_some() || d.must_revalidate) {
         return Err(NoStore::Authorization);
     }
     if has_token(resp, "vary", "*") {
@@ -212,10 +192,7 @@ pub fn decide(
         (None, _) => {
             let lm = header_date(resp, "last-modified");
             let base = header_date(resp, "date").unwrap_or(now);
-            match lm
-                .and_then(|lm| base.duration_since(lm).ok())
-                .filter(|_| cfg.heuristic)
-            {
+            match lm.and_then(|lm| base.duration_since(lm).ok()).filter(|_| cfg.heuristic) {
                 Some(since) => (since / 10).min(HEURISTIC_CAP),
                 // no-cache: store, and revalidate on every use.
                 None if d.no_cache.is_some() => Duration::ZERO,
@@ -223,24 +200,15 @@ pub fn decide(
             }
         }
     };
-    let lifetime = if d.no_cache.as_ref().is_some_and(Vec::is_empty) {
-        Duration::ZERO
-    } else {
-        lifetime
-    };
+    let lifetime = if d.no_cache.as_ref().is_some_and(Vec::is_empty) { Duration::ZERO } else { lifetime };
     // must-revalidate, proxy-revalidate and s-maxage (which implies proxy-revalidate) forbid
     // serving stale; so does no-cache (RFC 9111 §4.2.4).
-    let no_stale = d.must_revalidate
-        || d.proxy_revalidate
-        || d.s_maxage.is_some()
-        || d.no_cache.as_ref().is_some_and(Vec::is_empty);
+    let no_stale = d.must_revalidate || d.proxy_revalidate || d.s_maxage.is_some() || d.no_cache.as_ref().is_some_and(Vec::is_empty);
     let secs = |dir: Option<u64>, fallback: Option<Duration>| -> u32 {
         if no_stale {
             0
         } else {
-            dir.or(fallback.map(|f| f.as_secs()))
-                .unwrap_or(0)
-                .min(u64::from(u32::MAX)) as u32
+            dir.or(fallback.map(|f| f.as_secs())).unwrap_or(0).min(u64::from(u32::MAX)) as u32
         }
     };
     Ok(Plan {
@@ -249,8 +217,7 @@ pub fn decide(
         swr: secs(d.stale_while_revalidate, route.swr),
         sie: secs(d.stale_if_error, route.sie),
         strip,
-        generate_etag: route.etag == EtagMode::Generate
-            && !resp.headers.contains_key(http::header::ETAG),
+        generate_etag: route.etag == EtagMode::Generate && !resp.headers.contains_key(http::header::ETAG),
     })
 }
 
@@ -271,11 +238,7 @@ pub fn build_meta(plan: &Plan, resp: &ResponseHeader, now: SystemTime) -> CacheM
         .map(|t| t.trim().to_ascii_lowercase())
         .filter(|t| !t.is_empty())
         .collect();
-    for name in HOP_BY_HOP
-        .iter()
-        .copied()
-        .chain(listed.iter().map(String::as_str))
-    {
+    for name in HOP_BY_HOP.iter().copied().chain(listed.iter().map(String::as_str)) {
         h.remove_header(name);
     }
     h.remove_header("age");
@@ -309,10 +272,7 @@ pub fn request_rules(req: &RequestHeader) -> RequestRules {
             .get_all("pragma")
             .iter()
             .filter_map(|v| v.to_str().ok())
-            .any(|v| {
-                v.split(',')
-                    .any(|t| t.trim().eq_ignore_ascii_case("no-cache"))
-            });
+            .any(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("no-cache")));
     RequestRules {
         no_store: d.no_store,
         no_cache: d.no_cache.is_some() || pragma_no_cache,
@@ -333,11 +293,7 @@ impl RequestRules {
         if self.max_age.is_some_and(|m| age > m) {
             return true;
         }
-        let left = meta
-            .fresh_until()
-            .duration_since(now)
-            .unwrap_or_default()
-            .as_secs();
+        let left = meta.fresh_until().duration_since(now).unwrap_or_default().as_secs();
         self.min_fresh.is_some_and(|m| left < m)
     }
 }
@@ -361,20 +317,10 @@ mod tests {
         r
     }
     fn route() -> RoutePolicy {
-        RoutePolicy {
-            enabled: true,
-            ..Default::default()
-        }
+        RoutePolicy { enabled: true, ..Default::default() }
     }
     fn go(rq: &[(&str, &str)], status: u16, rs: &[(&str, &str)]) -> Result<Plan, NoStore> {
-        decide(
-            &req(rq),
-            &resp(status, rs),
-            &route(),
-            &CacheConfig::default(),
-            false,
-            SystemTime::now(),
-        )
+        decide(&req(rq), &resp(status, rs), &route(), &CacheConfig::default(), false, SystemTime::now())
     }
     fn life(p: Result<Plan, NoStore>) -> u64 {
         p.unwrap().lifetime.as_secs()
@@ -382,32 +328,14 @@ mod tests {
 
     #[test]
     fn freshness_precedence_s_maxage_max_age_expires() {
-        assert_eq!(
-            life(go(
-                &[],
-                200,
-                &[("cache-control", "max-age=10, s-maxage=20")]
-            )),
-            20
-        );
+        assert_eq!(life(go(&[], 200, &[("cache-control", "max-age=10, s-maxage=20")])), 20);
         assert_eq!(life(go(&[], 200, &[("cache-control", "max-age=10")])), 10);
         let now = SystemTime::now();
         let date = httpdate::fmt_http_date(now);
         let exp = httpdate::fmt_http_date(now + Duration::from_secs(100));
-        assert_eq!(
-            life(go(&[], 200, &[("date", &date), ("expires", &exp)])),
-            100
-        );
-        assert_eq!(
-            life(go(&[], 200, &[("expires", "0")])),
-            0,
-            "invalid Expires = already stale"
-        );
-        assert_eq!(
-            go(&[], 200, &[]),
-            Err(NoStore::NoFreshness),
-            "no default TTL"
-        );
+        assert_eq!(life(go(&[], 200, &[("date", &date), ("expires", &exp)])), 100);
+        assert_eq!(life(go(&[], 200, &[("expires", "0")])), 0, "invalid Expires = already stale");
+        assert_eq!(go(&[], 200, &[]), Err(NoStore::NoFreshness), "no default TTL");
     }
 
     #[test]
@@ -415,90 +343,31 @@ mod tests {
         let now = SystemTime::now();
         let lm = httpdate::fmt_http_date(now - Duration::from_secs(1000));
         let date = httpdate::fmt_http_date(now);
-        assert_eq!(
-            life(go(&[], 200, &[("date", &date), ("last-modified", &lm)])),
-            100
-        );
-        assert_eq!(
-            go(&[], 302, &[("date", &date), ("last-modified", &lm)]),
-            Err(NoStore::Status)
-        );
-        assert_eq!(
-            go(&[], 500, &[("last-modified", &lm)]),
-            Err(NoStore::Status)
-        );
-        assert_eq!(
-            life(go(&[], 500, &[("cache-control", "max-age=5")])),
-            5,
-            "explicit freshness allows any final status"
-        );
+        assert_eq!(life(go(&[], 200, &[("date", &date), ("last-modified", &lm)])), 100);
+        assert_eq!(go(&[], 302, &[("date", &date), ("last-modified", &lm)]), Err(NoStore::Status));
+        assert_eq!(go(&[], 500, &[("last-modified", &lm)]), Err(NoStore::Status));
+        assert_eq!(life(go(&[], 500, &[("cache-control", "max-age=5")])), 5, "explicit freshness allows any final status");
     }
 
     #[test]
     fn storage_refusals() {
-        assert_eq!(
-            go(&[], 200, &[("cache-control", "no-store, max-age=60")]),
-            Err(NoStore::NoStore)
-        );
-        assert_eq!(
-            go(&[], 200, &[("cache-control", "private, max-age=60")]),
-            Err(NoStore::Private)
-        );
-        assert_eq!(
-            go(
-                &[],
-                200,
-                &[("cache-control", "max-age=60"), ("vary", "Accept, *")]
-            ),
-            Err(NoStore::VaryStar)
-        );
-        assert_eq!(
-            go(
-                &[],
-                200,
-                &[("cache-control", "max-age=60"), ("set-cookie", "a=b")]
-            ),
-            Err(NoStore::SetCookie)
-        );
-        assert_eq!(
-            go(&[], 206, &[("cache-control", "max-age=60")]),
-            Err(NoStore::Status)
-        );
+        assert_eq!(go(&[], 200, &[("cache-control", "no-store, max-age=60")]), Err(NoStore::NoStore));
+        assert_eq!(go(&[], 200, &[("cache-control", "private, max-age=60")]), Err(NoStore::Private));
+        assert_eq!(go(&[], 200, &[("cache-control", "max-age=60"), ("vary", "Accept, *")]), Err(NoStore::VaryStar));
+        assert_eq!(go(&[], 200, &[("cache-control", "max-age=60"), ("set-cookie", "a=b")]), Err(NoStore::SetCookie));
+        assert_eq!(go(&[], 206, &[("cache-control", "max-age=60")]), Err(NoStore::Status));
         let auth = [("authorization", "Bearer x")];
-        assert_eq!(
-            go(&auth, 200, &[("cache-control", "max-age=60")]),
-            Err(NoStore::Authorization)
-        );
-        for ok in [
-            "public, max-age=60",
-            "s-maxage=60",
-            "must-revalidate, max-age=60",
-        ] {
+        assert_eq!(go(&auth, 200, &[("cache-control", "max-age=60")]), Err(NoStore::Authorization));
+        for ok in ["public, max-age=60", "s-maxage=60", "must-revalidate, max-age=60"] {
             assert!(go(&auth, 200, &[("cache-control", ok)]).is_ok(), "{ok}");
         }
     }
 
     #[test]
     fn qualified_private_and_set_cookie_strip_fields() {
-        let p = go(
-            &[],
-            200,
-            &[
-                ("cache-control", "max-age=60, private=\"x-user\""),
-                ("x-user", "u"),
-            ],
-        )
-        .unwrap();
+        let p = go(&[], 200, &[("cache-control", "max-age=60, private=\"x-user\""), ("x-user", "u")]).unwrap();
         assert!(p.strip.contains(&"x-user".to_string()));
-        let p = go(
-            &[],
-            200,
-            &[
-                ("cache-control", "max-age=60, no-cache=\"set-cookie\""),
-                ("set-cookie", "a=b"),
-            ],
-        )
-        .unwrap();
+        let p = go(&[], 200, &[("cache-control", "max-age=60, no-cache=\"set-cookie\""), ("set-cookie", "a=b")]).unwrap();
         assert!(p.strip.contains(&"set-cookie".to_string()));
         let mut r = route();
         r.cache_set_cookie = true;
@@ -511,90 +380,29 @@ mod tests {
             SystemTime::now(),
         )
         .unwrap();
-        assert!(
-            p.strip.contains(&"set-cookie".to_string()),
-            "the cookie itself is never stored"
-        );
+        assert!(p.strip.contains(&"set-cookie".to_string()), "the cookie itself is never stored");
     }
 
     #[test]
     fn no_cache_stores_but_always_revalidates_and_forbids_stale() {
-        let p = go(
-            &[],
-            200,
-            &[
-                (
-                    "cache-control",
-                    "no-cache, max-age=60, stale-while-revalidate=30",
-                ),
-                ("etag", "\"a\""),
-            ],
-        )
-        .unwrap();
+        let p = go(&[], 200, &[("cache-control", "no-cache, max-age=60, stale-while-revalidate=30"), ("etag", "\"a\"")]).unwrap();
         assert_eq!(p.lifetime, Duration::ZERO);
         assert_eq!(p.swr, 0);
-        let p = go(
-            &[],
-            200,
-            &[(
-                "cache-control",
-                "max-age=60, must-revalidate, stale-if-error=99",
-            )],
-        )
-        .unwrap();
+        let p = go(&[], 200, &[("cache-control", "max-age=60, must-revalidate, stale-if-error=99")]).unwrap();
         assert_eq!(p.sie, 0);
-        let p = go(
-            &[],
-            200,
-            &[("cache-control", "s-maxage=60, stale-while-revalidate=30")],
-        )
-        .unwrap();
+        let p = go(&[], 200, &[("cache-control", "s-maxage=60, stale-while-revalidate=30")]).unwrap();
         assert_eq!(p.swr, 0, "s-maxage implies proxy-revalidate");
-        let p = go(
-            &[],
-            200,
-            &[(
-                "cache-control",
-                "max-age=60, stale-while-revalidate=30, stale-if-error=40",
-            )],
-        )
-        .unwrap();
+        let p = go(&[], 200, &[("cache-control", "max-age=60, stale-while-revalidate=30, stale-if-error=40")]).unwrap();
         assert_eq!((p.swr, p.sie), (30, 40));
     }
 
     #[test]
     fn targeted_fields_win_over_cache_control() {
-        let p = go(
-            &[],
-            200,
-            &[
-                ("cache-control", "no-store"),
-                ("cdn-cache-control", "max-age=30"),
-            ],
-        )
-        .unwrap();
+        let p = go(&[], 200, &[("cache-control", "no-store"), ("cdn-cache-control", "max-age=30")]).unwrap();
         assert_eq!(p.lifetime.as_secs(), 30);
-        let p = go(
-            &[],
-            200,
-            &[
-                ("cdn-cache-control", "max-age=30"),
-                ("portier-cache-control", "max-age=5"),
-            ],
-        )
-        .unwrap();
+        let p = go(&[], 200, &[("cdn-cache-control", "max-age=30"), ("portier-cache-control", "max-age=5")]).unwrap();
         assert_eq!(p.lifetime.as_secs(), 5);
-        assert_eq!(
-            go(
-                &[],
-                200,
-                &[
-                    ("cache-control", "max-age=60"),
-                    ("cdn-cache-control", "no-store")
-                ]
-            ),
-            Err(NoStore::NoStore)
-        );
+        assert_eq!(go(&[], 200, &[("cache-control", "max-age=60"), ("cdn-cache-control", "no-store")]), Err(NoStore::NoStore));
         assert!(p.strip.contains(&"cdn-cache-control".to_string()));
     }
 
@@ -604,16 +412,7 @@ mod tests {
         let p = go(&[], 200, &[("cache-control", "max-age=60"), ("age", "10")]).unwrap();
         assert_eq!(p.age.as_secs(), 10);
         let date = httpdate::fmt_http_date(now - Duration::from_secs(30));
-        let p = go(
-            &[],
-            200,
-            &[
-                ("cache-control", "max-age=60"),
-                ("age", "10"),
-                ("date", &date),
-            ],
-        )
-        .unwrap();
+        let p = go(&[], 200, &[("cache-control", "max-age=60"), ("age", "10"), ("date", &date)]).unwrap();
         assert!(p.age.as_secs() >= 29);
         let m = build_meta(&p, &resp(200, &[("age", "10")]), now);
         assert!(m.age().as_secs() >= 29);
@@ -626,43 +425,18 @@ mod tests {
         let mut r = route();
         r.ttl = Some(Duration::from_secs(42));
         r.swr = Some(Duration::from_secs(7));
-        let p = decide(
-            &req(&[]),
-            &resp(200, &[]),
-            &r,
-            &CacheConfig::default(),
-            false,
-            SystemTime::now(),
-        )
-        .unwrap();
+        let p = decide(&req(&[]), &resp(200, &[]), &r, &CacheConfig::default(), false, SystemTime::now()).unwrap();
         assert_eq!((p.lifetime.as_secs(), p.swr), (42, 7));
-        let p = decide(
-            &req(&[]),
-            &resp(200, &[("cache-control", "max-age=3")]),
-            &r,
-            &CacheConfig::default(),
-            false,
-            SystemTime::now(),
-        )
-        .unwrap();
+        let p = decide(&req(&[]), &resp(200, &[("cache-control", "max-age=3")]), &r, &CacheConfig::default(), false, SystemTime::now())
+            .unwrap();
         assert_eq!(p.lifetime.as_secs(), 3);
     }
 
     #[test]
     fn request_directives() {
         assert!(request_rules(&req(&[("pragma", "no-cache")])).no_cache);
-        assert!(
-            !request_rules(&req(&[
-                ("pragma", "no-cache"),
-                ("cache-control", "max-age=5")
-            ]))
-            .no_cache,
-            "Cache-Control wins over Pragma"
-        );
-        let r = request_rules(&req(&[(
-            "cache-control",
-            "max-age=0, only-if-cached, no-store",
-        )]));
+        assert!(!request_rules(&req(&[("pragma", "no-cache"), ("cache-control", "max-age=5")])).no_cache, "Cache-Control wins over Pragma");
+        let r = request_rules(&req(&[("cache-control", "max-age=0, only-if-cached, no-store")]));
         assert_eq!(r.max_age, Some(0));
         assert!(r.only_if_cached && r.no_store);
     }

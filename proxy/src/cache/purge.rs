@@ -19,21 +19,14 @@ pub fn authorized(cfg: &PurgeConfig, client: Option<IpAddr>, req: &RequestHeader
             .get(http::header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "))
-            .or_else(|| {
-                req.headers
-                    .get("x-purge-token")
-                    .and_then(|v| v.to_str().ok())
-            });
+            .or_else(|| req.headers.get("x-purge-token").and_then(|v| v.to_str().ok()));
         if sent.is_some_and(|s| same(s.trim().as_bytes(), token.as_bytes())) {
             return true;
         }
     }
     client.is_some_and(|ip| {
         let ip = match ip {
-            IpAddr::V6(v6) => v6
-                .to_ipv4_mapped()
-                .map(IpAddr::V4)
-                .unwrap_or(IpAddr::V6(v6)),
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(IpAddr::V6(v6)),
             v4 => v4,
         };
         cfg.allow_from.contains(&ip)
@@ -54,15 +47,12 @@ pub struct PurgeRequest {
 
 impl PurgeRequest {
     pub fn parse(body: &[u8]) -> Result<(Selector, bool), String> {
-        let r: PurgeRequest =
-            serde_json::from_slice(body).map_err(|e| format!("invalid JSON body: {e}"))?;
+        let r: PurgeRequest = serde_json::from_slice(body).map_err(|e| format!("invalid JSON body: {e}"))?;
         let sel = match (r.url, r.prefix, r.tag) {
             (Some(u), None, None) => Selector::Url(normalise_url(&u)?),
             (None, Some(p), None) => Selector::Prefix(normalise_url(&p)?),
             (None, None, Some(t)) if !t.trim().is_empty() => Selector::Tag(t.trim().to_string()),
-            _ => {
-                return Err("give exactly one of \"url\", \"prefix\" or \"tag\" (non-empty)".into())
-            }
+            _ => return Err("give exactly one of \"url\", \"prefix\" or \"tag\" (non-empty)".into()),
         };
         Ok((sel, r.soft))
     }
@@ -79,18 +69,12 @@ fn normalise_url(u: &str) -> Result<String, String> {
     } else if lower.starts_with("https://") {
         8
     } else {
-        return Err(format!(
-            "{u:?}: expected a path (/...) or an http(s):// URL"
-        ));
+        return Err(format!("{u:?}: expected a path (/...) or an http(s):// URL"));
     };
     let rest = &u[scheme_len..];
 
     let (host, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
-    Ok(format!(
-        "http://{}{}",
-        host.to_ascii_lowercase(),
-        if path.is_empty() { "/" } else { path }
-    ))
+    Ok(format!("http://{}{}", host.to_ascii_lowercase(), if path.is_empty() { "/" } else { path }))
 }
 
 #[cfg(test)]
@@ -99,9 +83,7 @@ mod tests {
 
     #[test]
     fn purge_requests_parse_or_explain() {
-        assert!(
-            matches!(PurgeRequest::parse(br#"{"tag":"user-1"}"#), Ok((Selector::Tag(t), false)) if t == "user-1")
-        );
+        assert!(matches!(PurgeRequest::parse(br#"{"tag":"user-1"}"#), Ok((Selector::Tag(t), false)) if t == "user-1"));
         assert!(
             matches!(PurgeRequest::parse(br#"{"url":"HTTP://H:1/a?b","soft":true}"#), Ok((Selector::Url(u), true)) if u == "http://h:1/a?b")
         );
@@ -112,18 +94,11 @@ mod tests {
 
     #[test]
     fn purge_auth_by_address_or_token() {
-        let cfg = PurgeConfig {
-            allow_from: vec!["10.0.0.1".parse().unwrap()],
-            token: Some("s3cret".into()),
-        };
+        let cfg = PurgeConfig { allow_from: vec!["10.0.0.1".parse().unwrap()], token: Some("s3cret".into()) };
         let mut req = RequestHeader::build("PURGE", b"/", None).unwrap();
         assert!(!authorized(&cfg, Some("10.0.0.2".parse().unwrap()), &req));
         assert!(authorized(&cfg, Some("10.0.0.1".parse().unwrap()), &req));
-        assert!(authorized(
-            &cfg,
-            Some("::ffff:10.0.0.1".parse().unwrap()),
-            &req
-        ));
+        assert!(authorized(&cfg, Some("::ffff:10.0.0.1".parse().unwrap()), &req));
         req.insert_header("authorization", "Bearer s3cret").unwrap();
         assert!(authorized(&cfg, Some("10.0.0.2".parse().unwrap()), &req));
         req.insert_header("authorization", "Bearer s3creT").unwrap();

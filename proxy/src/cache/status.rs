@@ -20,14 +20,8 @@ pub enum CacheStatus {
     Bypass,
 }
 
-pub const ALL: [CacheStatus; 6] = [
-    CacheStatus::Hit,
-    CacheStatus::Miss,
-    CacheStatus::Stale,
-    CacheStatus::Revalidated,
-    CacheStatus::Expired,
-    CacheStatus::Bypass,
-];
+pub const ALL: [CacheStatus; 6] =
+    [CacheStatus::Hit, CacheStatus::Miss, CacheStatus::Stale, CacheStatus::Revalidated, CacheStatus::Expired, CacheStatus::Bypass];
 
 impl CacheStatus {
     pub fn from_phase(phase: CachePhase) -> CacheStatus {
@@ -37,10 +31,7 @@ impl CacheStatus {
             CachePhase::Stale | CachePhase::StaleUpdating => CacheStatus::Stale,
             CachePhase::Revalidated | CachePhase::RevalidatedNoCache(_) => CacheStatus::Revalidated,
             CachePhase::Expired => CacheStatus::Expired,
-            CachePhase::Disabled(_)
-            | CachePhase::Bypass
-            | CachePhase::Uninit
-            | CachePhase::CacheKey => CacheStatus::Bypass,
+            CachePhase::Disabled(_) | CachePhase::Bypass | CachePhase::Uninit | CachePhase::CacheKey => CacheStatus::Bypass,
         }
     }
 
@@ -63,10 +54,7 @@ impl CacheStatus {
 
     /// Whether the response is built from a stored entry (so it carries our `Age`).
     pub fn built_from_store(self) -> bool {
-        matches!(
-            self,
-            CacheStatus::Hit | CacheStatus::Stale | CacheStatus::Revalidated
-        )
+        matches!(self, CacheStatus::Hit | CacheStatus::Stale | CacheStatus::Revalidated)
     }
 }
 
@@ -124,45 +112,15 @@ mod tests {
 
     #[test]
     fn headers_read_as_the_rfc_examples() {
-        let hit = Details {
-            ttl: Some(57),
-            ..Default::default()
-        };
-        assert_eq!(
-            cache_status_header(CacheStatus::Hit, &hit),
-            "portier; hit; ttl=57"
-        );
-        let miss = Details {
-            origin_status: Some(200),
-            stored: true,
-            ..Default::default()
-        };
-        assert_eq!(
-            cache_status_header(CacheStatus::Miss, &miss),
-            "portier; fwd=miss; fwd-status=200; stored"
-        );
-        let reval = Details {
-            origin_status: Some(304),
-            ttl: Some(60),
-            ..Default::default()
-        };
-        assert_eq!(
-            cache_status_header(CacheStatus::Revalidated, &reval),
-            "portier; fwd=stale; fwd-status=304; ttl=60"
-        );
-        let by = Details {
-            origin_status: Some(200),
-            bypass_kind: Some("method"),
-            ..Default::default()
-        };
-        assert_eq!(
-            cache_status_header(CacheStatus::Bypass, &by),
-            "portier; fwd=method; fwd-status=200"
-        );
-        assert_eq!(
-            server_timing(CacheStatus::Miss, Some(12.345)),
-            "cache;desc=\"MISS\", origin;dur=12.3"
-        );
+        let hit = Details { ttl: Some(57), ..Default::default() };
+        assert_eq!(cache_status_header(CacheStatus::Hit, &hit), "portier; hit; ttl=57");
+        let miss = Details { origin_status: Some(200), stored: true, ..Default::default() };
+        assert_eq!(cache_status_header(CacheStatus::Miss, &miss), "portier; fwd=miss; fwd-status=200; stored");
+        let reval = Details { origin_status: Some(304), ttl: Some(60), ..Default::default() };
+        assert_eq!(cache_status_header(CacheStatus::Revalidated, &reval), "portier; fwd=stale; fwd-status=304; ttl=60");
+        let by = Details { origin_status: Some(200), bypass_kind: Some("method"), ..Default::default() };
+        assert_eq!(cache_status_header(CacheStatus::Bypass, &by), "portier; fwd=method; fwd-status=200");
+        assert_eq!(server_timing(CacheStatus::Miss, Some(12.345)), "cache;desc=\"MISS\", origin;dur=12.3");
         assert_eq!(server_timing(CacheStatus::Hit, None), "cache;desc=\"HIT\"");
     }
 }

@@ -11,10 +11,7 @@ use bytes::{Bytes, BytesMut};
 use lru::LruCache;
 use parking_lot::Mutex;
 use pingora_cache::key::{CacheHashKey, CacheKey, HashBinary};
-use pingora_cache::storage::{
-    HandleHit, HandleMiss, HitHandler, MissFinishType, MissHandler, PurgeOutcome, PurgeTarget,
-    PurgeType,
-};
+use pingora_cache::storage::{HandleHit, HandleMiss, HitHandler, MissFinishType, MissHandler, PurgeOutcome, PurgeTarget, PurgeType};
 use pingora_cache::trace::SpanHandle;
 use pingora_cache::{CacheMeta, Storage};
 use pingora_error::{Error, ErrorType, Result};
@@ -88,11 +85,7 @@ impl Inner {
             vs.push(combined);
         }
         for t in e.tags.iter() {
-            self.index
-                .tags
-                .entry(t.clone())
-                .or_default()
-                .insert(combined);
+            self.index.tags.entry(t.clone()).or_default().insert(combined);
         }
         self.lru.put(combined, e);
     }
@@ -115,9 +108,7 @@ pub enum Selector {
 }
 
 fn path_of(url: &str) -> &str {
-    url.find("://")
-        .and_then(|i| url[i + 3..].find('/').map(|j| &url[i + 3 + j..]))
-        .unwrap_or(url)
+    url.find("://").and_then(|i| url[i + 3..].find('/').map(|j| &url[i + 3 + j..])).unwrap_or(url)
 }
 
 impl Selector {
@@ -127,14 +118,9 @@ impl Selector {
             Selector::Url(u) => url == u,
             Selector::Prefix(p) if p.starts_with('/') => path_of(url).starts_with(p.as_str()),
             Selector::Prefix(p) => url.starts_with(p.as_str()),
-            Selector::PrefixWithParam {
-                prefix,
-                param,
-                value,
-            } => {
+            Selector::PrefixWithParam { prefix, param, value } => {
                 let query = url.split_once('?').map(|(_, q)| q);
-                Selector::Prefix(prefix.clone()).matches(url)
-                    && super::invalidate::query_param(query, param) == Some(value.as_str())
+                Selector::Prefix(prefix.clone()).matches(url) && super::invalidate::query_param(query, param) == Some(value.as_str())
             }
             Selector::Tag(_) => false,
         }
@@ -160,11 +146,7 @@ pub struct MemStorage {
 impl MemStorage {
     pub fn new(max_bytes: usize, max_object: usize) -> Self {
         MemStorage {
-            inner: Mutex::new(Inner {
-                lru: LruCache::unbounded(),
-                bytes: 0,
-                index: Index::default(),
-            }),
+            inner: Mutex::new(Inner { lru: LruCache::unbounded(), bytes: 0, index: Index::default() }),
             max_bytes,
             max_object,
             stats: StorageStats::default(),
@@ -199,20 +181,13 @@ impl MemStorage {
             };
             inner.unindex(&k, &old);
             self.stats.evictions.fetch_add(1, Ordering::Relaxed);
-            self.stats
-                .evicted_bytes
-                .fetch_add(old.size as u64, Ordering::Relaxed);
+            self.stats.evicted_bytes.fetch_add(old.size as u64, Ordering::Relaxed);
         }
     }
 
     /// Removes every variant stored under `primary`; returns how many entries went.
     fn remove_primary(inner: &mut Inner, primary: &HashBinary) -> usize {
-        let keys = inner
-            .index
-            .variants
-            .get(primary)
-            .cloned()
-            .unwrap_or_default();
+        let keys = inner.index.variants.get(primary).cloned().unwrap_or_default();
         keys.iter().filter(|k| inner.remove(k).is_some()).count()
     }
 
@@ -240,23 +215,11 @@ impl MemStorage {
     pub fn purge_matching(&self, sel: &Selector, soft: bool) -> usize {
         let mut inner = self.inner.lock();
         let keys: Vec<HashBinary> = match sel {
-            Selector::Tag(t) => inner
-                .index
-                .tags
-                .get(t)
-                .map(|s| s.iter().copied().collect())
-                .unwrap_or_default(),
-            _ => inner
-                .lru
-                .iter()
-                .filter(|(_, e)| sel.matches(&e.url))
-                .map(|(k, _)| *k)
-                .collect(),
+            Selector::Tag(t) => inner.index.tags.get(t).map(|s| s.iter().copied().collect()).unwrap_or_default(),
+            _ => inner.lru.iter().filter(|(_, e)| sel.matches(&e.url)).map(|(k, _)| *k).collect(),
         };
         if soft {
-            keys.iter()
-                .filter(|k| Self::expire_entry(&mut inner, k))
-                .count()
+            keys.iter().filter(|k| Self::expire_entry(&mut inner, k)).count()
         } else {
             keys.iter().filter(|k| inner.remove(k).is_some()).count()
         }
@@ -267,15 +230,8 @@ impl MemStorage {
         let primary = key.primary_bin();
         let mut inner = self.inner.lock();
         if soft {
-            let keys = inner
-                .index
-                .variants
-                .get(&primary)
-                .cloned()
-                .unwrap_or_default();
-            keys.iter()
-                .filter(|k| Self::expire_entry(&mut inner, k))
-                .count()
+            let keys = inner.index.variants.get(&primary).cloned().unwrap_or_default();
+            keys.iter().filter(|k| Self::expire_entry(&mut inner, k)).count()
         } else {
             Self::remove_primary(&mut inner, &primary)
         }
@@ -294,10 +250,7 @@ impl MemStorage {
 }
 
 fn storage_error(what: &str, e: impl std::fmt::Display) -> Box<Error> {
-    Error::explain(
-        ErrorType::InternalError,
-        format!("cache storage: {what}: {e}"),
-    )
+    Error::explain(ErrorType::InternalError, format!("cache storage: {what}: {e}"))
 }
 
 /// Tags from `Cache-Tag` / `Surrogate-Key` (comma or space separated).
@@ -319,40 +272,20 @@ fn tags_of(meta: &CacheMeta) -> Box<[String]> {
 
 #[async_trait::async_trait]
 impl Storage for MemStorage {
-    async fn lookup(
-        &'static self,
-        key: &CacheKey,
-        _trace: &SpanHandle,
-    ) -> Result<Option<(CacheMeta, HitHandler)>> {
+    async fn lookup(&'static self, key: &CacheKey, _trace: &SpanHandle) -> Result<Option<(CacheMeta, HitHandler)>> {
         let found = {
             let mut inner = self.inner.lock();
-            inner
-                .lru
-                .get(&key.combined_bin())
-                .map(|e| (e.internal.clone(), e.header.clone(), e.body.clone()))
+            inner.lru.get(&key.combined_bin()).map(|e| (e.internal.clone(), e.header.clone(), e.body.clone()))
         };
         let Some((i, h, body)) = found else {
             return Ok(None);
         };
         let meta = CacheMeta::deserialize(&i, &h)?;
         let end = body.len();
-        Ok(Some((
-            meta,
-            Box::new(Hit {
-                body,
-                start: 0,
-                end,
-                done: false,
-            }),
-        )))
+        Ok(Some((meta, Box::new(Hit { body, start: 0, end, done: false }))))
     }
 
-    async fn get_miss_handler(
-        &'static self,
-        key: &CacheKey,
-        meta: &CacheMeta,
-        _trace: &SpanHandle,
-    ) -> Result<MissHandler> {
+    async fn get_miss_handler(&'static self, key: &CacheKey, meta: &CacheMeta, _trace: &SpanHandle) -> Result<MissHandler> {
         let h = &meta.response_header().headers;
         // The stored header must frame the stored body by itself: a chunked or close-delimited
         // origin response gets a Content-Length once the whole body is known.
@@ -375,12 +308,7 @@ impl Storage for MemStorage {
         }))
     }
 
-    async fn purge(
-        &'static self,
-        target: PurgeTarget<'_>,
-        _purge_type: PurgeType,
-        _trace: &SpanHandle,
-    ) -> Result<PurgeOutcome> {
+    async fn purge(&'static self, target: PurgeTarget<'_>, _purge_type: PurgeType, _trace: &SpanHandle) -> Result<PurgeOutcome> {
         let key = target.key();
         let mut inner = self.inner.lock();
         // Purging a URL (no variance) must drop every Vary variant, not just the primary slot.
@@ -388,35 +316,18 @@ impl Storage for MemStorage {
             (PurgeTarget::Active(_), None) => Self::remove_primary(&mut inner, &key.primary_bin()),
             _ => usize::from(inner.remove(&key.combined_bin()).is_some()),
         };
-        Ok(if n > 0 {
-            PurgeOutcome::Purged(None)
-        } else {
-            PurgeOutcome::NotFound
-        })
+        Ok(if n > 0 { PurgeOutcome::Purged(None) } else { PurgeOutcome::NotFound })
     }
 
-    async fn expire(
-        &'static self,
-        target: PurgeTarget<'_>,
-        _trace: &SpanHandle,
-    ) -> Result<PurgeOutcome> {
+    async fn expire(&'static self, target: PurgeTarget<'_>, _trace: &SpanHandle) -> Result<PurgeOutcome> {
         let mut inner = self.inner.lock();
         let found = Self::expire_entry(&mut inner, &target.key().combined_bin());
-        Ok(if found {
-            PurgeOutcome::Expired
-        } else {
-            PurgeOutcome::NotFound
-        })
+        Ok(if found { PurgeOutcome::Expired } else { PurgeOutcome::NotFound })
     }
 
     /// Never panics: an entry purged or evicted while a revalidation was in flight is simply
     /// not there any more (`Ok(false)`).
-    async fn update_meta(
-        &'static self,
-        key: &CacheKey,
-        meta: &CacheMeta,
-        _trace: &SpanHandle,
-    ) -> Result<bool> {
+    async fn update_meta(&'static self, key: &CacheKey, meta: &CacheMeta, _trace: &SpanHandle) -> Result<bool> {
         let (i, h) = meta.serialize()?;
         let mut inner = self.inner.lock();
         let Some(e) = inner.lru.peek_mut(&key.combined_bin()) else {
@@ -458,12 +369,7 @@ impl HandleHit for Hit {
         Ok(Some(self.body.slice(self.start..self.end)))
     }
 
-    async fn finish(
-        self: Box<Self>,
-        _storage: &'static (dyn Storage + Sync),
-        _key: &CacheKey,
-        _trace: &SpanHandle,
-    ) -> Result<()> {
+    async fn finish(self: Box<Self>, _storage: &'static (dyn Storage + Sync), _key: &CacheKey, _trace: &SpanHandle) -> Result<()> {
         Ok(())
     }
 
@@ -473,10 +379,7 @@ impl HandleHit for Hit {
 
     fn seek(&mut self, start: usize, end: Option<usize>) -> Result<()> {
         if start >= self.body.len() {
-            return Error::e_explain(
-                ErrorType::InternalError,
-                format!("seek start {start} beyond body of {}", self.body.len()),
-            );
+            return Error::e_explain(ErrorType::InternalError, format!("seek start {start} beyond body of {}", self.body.len()));
         }
         self.start = start;
         self.end = end.map_or(self.body.len(), |e| e.min(self.body.len()));
@@ -528,14 +431,8 @@ impl HandleMiss for Fill {
     async fn finish(self: Box<Self>) -> Result<MissFinishType> {
         let s = *self;
         if s.too_large {
-            s.storage
-                .stats
-                .rejected_too_large
-                .fetch_add(1, Ordering::Relaxed);
-            return Err(storage_error(
-                "not stored",
-                format!("body over max_object_size ({} bytes)", s.storage.max_object),
-            ));
+            s.storage.stats.rejected_too_large.fetch_add(1, Ordering::Relaxed);
+            return Err(storage_error("not stored", format!("body over max_object_size ({} bytes)", s.storage.max_object)));
         }
         let body = match s.chunks.len() {
             0 => Bytes::new(),
@@ -551,9 +448,7 @@ impl HandleMiss for Fill {
         let (internal, header) = if s.patch {
             let mut meta = CacheMeta::deserialize(&s.internal, &s.header)?;
             let h = meta.response_header_mut();
-            if h.remove_header(GENERATE_ETAG_MARKER).is_some()
-                && !h.headers.contains_key(http::header::ETAG)
-            {
+            if h.remove_header(GENERATE_ETAG_MARKER).is_some() && !h.headers.contains_key(http::header::ETAG) {
                 let hash = pingora_cache::key::hash_key(&body);
                 let tag: String = hash.iter().take(12).map(|b| format!("{b:02x}")).collect();
                 h.insert_header(http::header::ETAG, format!("\"{tag}\""))?;
@@ -567,15 +462,7 @@ impl HandleMiss for Fill {
         let size = body.len() + internal.len() + header.len() + s.url.len() + ENTRY_OVERHEAD;
         s.storage.insert(
             s.combined,
-            Entry {
-                internal: internal.into(),
-                header: header.into(),
-                body,
-                primary: s.primary,
-                url: s.url,
-                tags: s.tags,
-                size,
-            },
+            Entry { internal: internal.into(), header: header.into(), body, primary: s.primary, url: s.url, tags: s.tags, size },
         );
         Ok(MissFinishType::Created(size))
     }
@@ -597,24 +484,13 @@ mod tests {
         CacheMeta::new(now + Duration::from_secs(60), now, 0, 0, h)
     }
 
-    async fn fill(
-        s: &'static MemStorage,
-        url: &str,
-        variance: Option<&str>,
-        body: &[u8],
-        tags: &str,
-    ) {
+    async fn fill(s: &'static MemStorage, url: &str, variance: Option<&str>, body: &[u8], tags: &str) {
         let mut key = CacheKey::new(url, "");
         if let Some(v) = variance {
             key.set_variance_key(pingora_cache::key::hash_key(v));
         }
-        let mut m = s
-            .get_miss_handler(&key, &meta(tags), &Span::inactive().handle())
-            .await
-            .unwrap();
-        m.write_body(Bytes::copy_from_slice(body), true)
-            .await
-            .unwrap();
+        let mut m = s.get_miss_handler(&key, &meta(tags), &Span::inactive().handle()).await.unwrap();
+        m.write_body(Bytes::copy_from_slice(body), true).await.unwrap();
         m.finish().await.unwrap();
     }
 
@@ -628,21 +504,9 @@ mod tests {
         assert!(s.entries() < 60);
         assert!(s.stats.evictions.load(Ordering::Relaxed) > 0);
         let k = CacheKey::new("http://h/59", "");
-        assert!(
-            s.lookup(&k, &Span::inactive().handle())
-                .await
-                .unwrap()
-                .is_some(),
-            "newest stays"
-        );
+        assert!(s.lookup(&k, &Span::inactive().handle()).await.unwrap().is_some(), "newest stays");
         let k = CacheKey::new("http://h/0", "");
-        assert!(
-            s.lookup(&k, &Span::inactive().handle())
-                .await
-                .unwrap()
-                .is_none(),
-            "oldest went"
-        );
+        assert!(s.lookup(&k, &Span::inactive().handle()).await.unwrap().is_none(), "oldest went");
     }
 
     #[tokio::test]
@@ -654,14 +518,7 @@ mod tests {
         fill(s, "http://h/other", None, b"o", "").await;
         assert_eq!(s.entries(), 4);
         let key = CacheKey::new("http://h/v", "");
-        let out = s
-            .purge(
-                PurgeTarget::Active(&key.to_compact()),
-                PurgeType::Invalidation,
-                &Span::inactive().handle(),
-            )
-            .await
-            .unwrap();
+        let out = s.purge(PurgeTarget::Active(&key.to_compact()), PurgeType::Invalidation, &Span::inactive().handle()).await.unwrap();
         assert_eq!(out, PurgeOutcome::Purged(None));
         assert_eq!(s.entries(), 1);
         let other = s.size();
@@ -677,48 +534,25 @@ mod tests {
         fill(s, "http://h/api/stats/b?u=2", None, b"b", "user-2, stats").await;
         fill(s, "http://h/api/games?u=1", None, b"c", "user-1").await;
         assert_eq!(s.purge_matching(&Selector::Tag("user-1".into()), false), 2);
-        assert_eq!(
-            s.purge_matching(&Selector::Prefix("/api/stats/".into()), true),
-            1
-        );
+        assert_eq!(s.purge_matching(&Selector::Prefix("/api/stats/".into()), true), 1);
         let k = CacheKey::new("http://h/api/stats/b?u=2", "");
-        let (m, _) = s
-            .lookup(&k, &Span::inactive().handle())
-            .await
-            .unwrap()
-            .unwrap();
-        assert!(
-            !m.is_fresh(SystemTime::now()),
-            "soft purge keeps the entry, stale"
-        );
+        let (m, _) = s.lookup(&k, &Span::inactive().handle()).await.unwrap().unwrap();
+        assert!(!m.is_fresh(SystemTime::now()), "soft purge keeps the entry, stale");
     }
 
     #[tokio::test]
     async fn unfinished_or_oversized_fills_store_nothing_and_update_meta_never_panics() {
         let s = MemStorage::leak(1 << 20, 100);
         let key = CacheKey::new("http://h/cut", "");
-        let mut m = s
-            .get_miss_handler(&key, &meta(""), &Span::inactive().handle())
-            .await
-            .unwrap();
-        m.write_body(Bytes::from_static(b"half"), false)
-            .await
-            .unwrap();
+        let mut m = s.get_miss_handler(&key, &meta(""), &Span::inactive().handle()).await.unwrap();
+        m.write_body(Bytes::from_static(b"half"), false).await.unwrap();
         drop(m);
         assert_eq!(s.entries(), 0);
-        let mut m = s
-            .get_miss_handler(&key, &meta(""), &Span::inactive().handle())
-            .await
-            .unwrap();
-        m.write_body(Bytes::from(vec![0u8; 101]), true)
-            .await
-            .unwrap();
+        let mut m = s.get_miss_handler(&key, &meta(""), &Span::inactive().handle()).await.unwrap();
+        m.write_body(Bytes::from(vec![0u8; 101]), true).await.unwrap();
         assert!(m.finish().await.is_err());
         assert_eq!(s.entries(), 0);
-        assert!(!s
-            .update_meta(&key, &meta(""), &Span::inactive().handle())
-            .await
-            .unwrap());
+        assert!(!s.update_meta(&key, &meta(""), &Span::inactive().handle()).await.unwrap());
     }
 
     #[tokio::test]
@@ -726,16 +560,8 @@ mod tests {
         let s = MemStorage::leak(1 << 20, 1 << 20);
         fill(s, "http://h/z", None, b"zero copy body", "").await;
         let k = CacheKey::new("http://h/z", "");
-        let (_, mut h1) = s
-            .lookup(&k, &Span::inactive().handle())
-            .await
-            .unwrap()
-            .unwrap();
-        let (_, mut h2) = s
-            .lookup(&k, &Span::inactive().handle())
-            .await
-            .unwrap()
-            .unwrap();
+        let (_, mut h1) = s.lookup(&k, &Span::inactive().handle()).await.unwrap().unwrap();
+        let (_, mut h2) = s.lookup(&k, &Span::inactive().handle()).await.unwrap().unwrap();
         let a = h1.read_body().await.unwrap().unwrap();
         let b = h2.read_body().await.unwrap().unwrap();
         assert_eq!(a.as_ptr(), b.as_ptr(), "same allocation");

@@ -23,12 +23,7 @@ pub struct Problems {
 impl fmt::Display for Problems {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let n = self.problems.len();
-        writeln!(
-            f,
-            "{}: {n} problem{}",
-            self.source_name,
-            if n == 1 { "" } else { "s" }
-        )?;
+        writeln!(f, "{}: {n} problem{}", self.source_name, if n == 1 { "" } else { "s" })?;
         for p in &self.problems {
             if p.path.is_empty() {
                 writeln!(f, "  {}: {}", self.source_name, p.message)?;
@@ -46,10 +41,7 @@ struct Collector {
 
 impl Collector {
     fn push(&mut self, path: impl Into<String>, message: impl Into<String>) {
-        self.problems.push(Problem {
-            path: path.into(),
-            message: message.into(),
-        });
+        self.problems.push(Problem { path: path.into(), message: message.into() });
     }
 
     fn section<T: DeserializeOwned>(&mut self, path: &str, value: toml::Value) -> Option<T> {
@@ -74,28 +66,16 @@ pub fn load_file(path: &Path) -> Result<Config, Problems> {
     let name = path.display().to_string();
     let text = std::fs::read_to_string(path).map_err(|e| Problems {
         source_name: name.clone(),
-        problems: vec![Problem {
-            path: String::new(),
-            message: format!("cannot read the file: {e}"),
-        }],
+        problems: vec![Problem { path: String::new(), message: format!("cannot read the file: {e}") }],
     })?;
     load_str(&text, &name, |k| std::env::var(k).ok())
 }
 
 /// Parses `text`; `env` looks up override variables (a closure so tests need not touch the
 /// process environment).
-pub fn load_str(
-    text: &str,
-    source_name: &str,
-    env: impl Fn(&str) -> Option<String>,
-) -> Result<Config, Problems> {
-    let mut c = Collector {
-        problems: Vec::new(),
-    };
-    let fail = |problems| Problems {
-        source_name: source_name.to_string(),
-        problems,
-    };
+pub fn load_str(text: &str, source_name: &str, env: impl Fn(&str) -> Option<String>) -> Result<Config, Problems> {
+    let mut c = Collector { problems: Vec::new() };
+    let fail = |problems| Problems { source_name: source_name.to_string(), problems };
     let table: toml::Table = match text.parse() {
         Ok(t) => t,
         Err(e) => {
@@ -116,6 +96,7 @@ pub fn load_str(
             "timeouts" => cfg.timeouts = c.section(&key, value).unwrap_or_default(),
             "cache" => cfg.cache = c.section(&key, value).unwrap_or_default(),
             "purge" => cfg.purge = c.section(&key, value).unwrap_or_default(),
+            "telemetry" => cfg.telemetry = c.section(&key, value).unwrap_or_default(),
             "invalidation" => match value {
                 toml::Value::Array(rules) => {
                     for (i, r) in rules.into_iter().enumerate() {
@@ -124,10 +105,7 @@ pub fn load_str(
                         }
                     }
                 }
-                _ => c.push(
-                    "invalidation",
-                    "expected an array of tables, e.g. [[invalidation]]",
-                ),
+                _ => c.push("invalidation", "expected an array of tables, e.g. [[invalidation]]"),
             },
             "upstreams" => {
                 saw_upstreams = true;
@@ -140,10 +118,7 @@ pub fn load_str(
                             }
                         }
                     }
-                    _ => c.push(
-                        "upstreams",
-                        "expected a table of named pools, e.g. [upstreams.api]",
-                    ),
+                    _ => c.push("upstreams", "expected a table of named pools, e.g. [upstreams.api]"),
                 }
             }
             "routes" => {
@@ -159,23 +134,14 @@ pub fn load_str(
                     _ => c.push("routes", "expected an array of tables, e.g. [[routes]]"),
                 }
             }
-            other => c.push(
-                other,
-                format!(
-                    "unknown key; allowed top-level keys: {}",
-                    TOP_LEVEL_KEYS.join(", ")
-                ),
-            ),
+            other => c.push(other, format!("unknown key; allowed top-level keys: {}", TOP_LEVEL_KEYS.join(", "))),
         }
     }
     if !saw_upstreams {
         c.push("upstreams", "missing: at least one pool is required, e.g. [upstreams.api] addresses = [\"127.0.0.1:3001\"]");
     }
     if !saw_routes {
-        c.push(
-            "routes",
-            "missing: at least one [[routes]] entry is required",
-        );
+        c.push("routes", "missing: at least one [[routes]] entry is required");
     }
 
     apply_env(&mut cfg, &env, &mut c);
@@ -189,17 +155,11 @@ pub fn load_str(
 
 /// The variable that overrides a pool's addresses: `api` → `PORTIER_UPSTREAM_API`.
 pub fn upstream_env_var(pool: &str) -> String {
-    format!(
-        "PORTIER_UPSTREAM_{}",
-        pool.to_ascii_uppercase().replace('-', "_")
-    )
+    format!("PORTIER_UPSTREAM_{}", pool.to_ascii_uppercase().replace('-', "_"))
 }
 
 fn apply_env(cfg: &mut Config, env: &impl Fn(&str) -> Option<String>, c: &mut Collector) {
-    for (var, slot) in [
-        ("PORTIER_LISTEN_PUBLIC", &mut cfg.listen.public),
-        ("PORTIER_LISTEN_ADMIN", &mut cfg.listen.admin),
-    ] {
+    for (var, slot) in [("PORTIER_LISTEN_PUBLIC", &mut cfg.listen.public), ("PORTIER_LISTEN_ADMIN", &mut cfg.listen.admin)] {
         if let Some(v) = env(var) {
             match v.parse::<ListenAddr>() {
                 Ok(a) => *slot = a,
@@ -210,17 +170,10 @@ fn apply_env(cfg: &mut Config, env: &impl Fn(&str) -> Option<String>, c: &mut Co
     for (name, pool) in cfg.upstreams.iter_mut() {
         let var = upstream_env_var(name);
         if let Some(v) = env(&var) {
-            let parsed: Result<Vec<HostPort>, String> = v
-                .split(',')
-                .filter(|s| !s.trim().is_empty())
-                .map(str::parse)
-                .collect();
+            let parsed: Result<Vec<HostPort>, String> = v.split(',').filter(|s| !s.trim().is_empty()).map(str::parse).collect();
             match parsed {
                 Ok(a) if !a.is_empty() => pool.addresses = a,
-                Ok(_) => c.push(
-                    format!("env {var}"),
-                    "empty: expected host:port[,host:port...]",
-                ),
+                Ok(_) => c.push(format!("env {var}"), "empty: expected host:port[,host:port...]"),
                 Err(e) => c.push(format!("env {var}"), e),
             }
         }
@@ -229,110 +182,75 @@ fn apply_env(cfg: &mut Config, env: &impl Fn(&str) -> Option<String>, c: &mut Co
 
 fn validate(cfg: &Config, declared: &std::collections::BTreeSet<String>, c: &mut Collector) {
     if cfg.listen.public.0 == cfg.listen.admin.0 && cfg.listen.public.0.port() != 0 {
-        c.push(
-            "listen.admin",
-            "must differ from listen.public: the admin API is never served on the public port",
-        );
+        c.push("listen.admin", "must differ from listen.public: the admin API is never served on the public port");
     }
     let t = &cfg.timeouts;
-    for (key, d) in [
-        ("connect", t.connect),
-        ("read", t.read),
-        ("write", t.write),
-        ("upstream_idle", t.upstream_idle),
-    ] {
+    for (key, d) in [("connect", t.connect), ("read", t.read), ("write", t.write), ("upstream_idle", t.upstream_idle)] {
         if d.get().is_zero() {
             c.push(format!("timeouts.{key}"), "must be greater than 0");
         }
     }
     for (name, pool) in &cfg.upstreams {
         if pool.addresses.is_empty() {
-            c.push(
-                format!("upstreams.{name}.addresses"),
-                "must list at least one host:port",
-            );
+            c.push(format!("upstreams.{name}.addresses"), "must list at least one host:port");
         }
         if let Some(hc) = &pool.health_check {
             if !hc.path.starts_with('/') {
-                c.push(
-                    format!("upstreams.{name}.health_check.path"),
-                    "must start with '/'",
-                );
+                c.push(format!("upstreams.{name}.health_check.path"), "must start with '/'");
             }
             if hc.interval.get().is_zero() || hc.timeout.get().is_zero() {
-                c.push(
-                    format!("upstreams.{name}.health_check"),
-                    "interval and timeout must be greater than 0",
-                );
+                c.push(format!("upstreams.{name}.health_check"), "interval and timeout must be greater than 0");
             }
             if hc.unhealthy_after == 0 || hc.healthy_after == 0 {
-                c.push(
-                    format!("upstreams.{name}.health_check"),
-                    "unhealthy_after and healthy_after must be at least 1",
-                );
+                c.push(format!("upstreams.{name}.health_check"), "unhealthy_after and healthy_after must be at least 1");
             }
         }
     }
     if cfg.cache.max_object_size > cfg.cache.max_size {
-        c.push(
-            "cache.max_object_size",
-            format!(
-                "{} is larger than cache.max_size ({})",
-                cfg.cache.max_object_size, cfg.cache.max_size
-            ),
-        );
+        c.push("cache.max_object_size", format!("{} is larger than cache.max_size ({})", cfg.cache.max_object_size, cfg.cache.max_size));
     }
     if cfg.cache.enabled && cfg.cache.max_size.bytes() == 0 {
-        c.push(
-            "cache.max_size",
-            "must be greater than 0 (use cache.enabled = false to turn the cache off)",
-        );
+        c.push("cache.max_size", "must be greater than 0 (use cache.enabled = false to turn the cache off)");
+    }
+    if let Some(r) = cfg.telemetry.traces.sample_ratio {
+        if !(0.0..=1.0).contains(&r) {
+            c.push("telemetry.traces.sample_ratio", format!("{r} is not between 0.0 and 1.0"));
+        }
+    }
+    for (key, url) in [
+        ("telemetry.traces.endpoint", &cfg.telemetry.traces.endpoint),
+        ("telemetry.profiling.pyroscope_url", &cfg.telemetry.profiling.pyroscope_url),
+    ] {
+        if let Some(u) = url {
+            if !(u.starts_with("http://") || u.starts_with("https://")) {
+                c.push(key, format!("{u:?} must be an http:// or https:// URL"));
+            }
+        }
     }
     if cfg.purge.token.as_deref() == Some("") {
-        c.push(
-            "purge.token",
-            "must not be empty (leave it out to allow PURGE only from purge.allow_from)",
-        );
+        c.push("purge.token", "must not be empty (leave it out to allow PURGE only from purge.allow_from)");
     }
     for (i, r) in cfg.invalidation.iter().enumerate() {
         if http::Method::from_bytes(r.method.as_bytes()).is_err() || r.method.is_empty() {
-            c.push(
-                format!("invalidation[{i}].method"),
-                format!("{:?} is not an HTTP method", r.method),
-            );
+            c.push(format!("invalidation[{i}].method"), format!("{:?} is not an HTTP method", r.method));
         }
         if !r.path.starts_with('/') {
             c.push(format!("invalidation[{i}].path"), "must start with '/'");
         }
         if r.prefixes.is_empty() || r.prefixes.iter().any(|p| !p.starts_with('/')) {
-            c.push(
-                format!("invalidation[{i}].prefixes"),
-                "must list at least one path prefix, each starting with '/'",
-            );
+            c.push(format!("invalidation[{i}].prefixes"), "must list at least one path prefix, each starting with '/'");
         }
     }
     for (i, r) in cfg.routes.iter().enumerate() {
         if !r.path.starts_with('/') {
-            c.push(
-                format!("routes[{i}].path"),
-                format!(
-                    "{:?} must start with '/' (e.g. \"/api/*\" or \"/health\")",
-                    r.path
-                ),
-            );
+            c.push(format!("routes[{i}].path"), format!("{:?} must start with '/' (e.g. \"/api/*\" or \"/health\")", r.path));
         } else if r.path[..r.path.len() - 1].contains('*') {
-            c.push(
-                format!("routes[{i}].path"),
-                "'*' is only allowed at the end, as a prefix match",
-            );
+            c.push(format!("routes[{i}].path"), "'*' is only allowed at the end, as a prefix match");
         }
         if let Some(h) = &r.host {
             let bare = h.strip_prefix("*.").unwrap_or(h);
             if bare.is_empty() || bare.contains(['*', '/', ' ']) {
-                c.push(
-                    format!("routes[{i}].host"),
-                    format!("{h:?} is not a host name or *.domain pattern"),
-                );
+                c.push(format!("routes[{i}].host"), format!("{h:?} is not a host name or *.domain pattern"));
             }
         }
         if !declared.contains(&r.pool) {
@@ -342,11 +260,7 @@ fn validate(cfg: &Config, declared: &std::collections::BTreeSet<String>, c: &mut
                 format!(
                     "unknown upstream {:?}; defined pools: {}",
                     r.pool,
-                    if known.is_empty() {
-                        "none".into()
-                    } else {
-                        known.join(", ")
-                    }
+                    if known.is_empty() { "none".into() } else { known.join(", ") }
                 ),
             );
         }

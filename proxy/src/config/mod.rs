@@ -22,6 +22,55 @@ pub struct Config {
     pub cache: CacheConfig,
     pub purge: PurgeConfig,
     pub invalidation: Vec<InvalidationRule>,
+    pub telemetry: Telemetry,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Telemetry {
+    /// `service_name` label of the span metrics and `service.name` of the traces; the
+    /// runbook's queries use `proxy`. `OTEL_SERVICE_NAME` overrides it when this is unset.
+    pub service_name: Option<String>,
+    pub access_log: AccessLogConfig,
+    pub traces: TracesConfig,
+    pub profiling: ProfilingConfig,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Json,
+    Text,
+    Off,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AccessLogConfig {
+    /// One line per request on stdout: `json` (for promtail/Loki), `text`, or `off`.
+    pub format: LogFormat,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TracesConfig {
+    /// OTLP/HTTP endpoint, e.g. `http://otel-collector:4318` (`/v1/traces` is appended).
+    /// Unset: `OTEL_EXPORTER_OTLP_ENDPOINT`; neither: traces are off.
+    pub endpoint: Option<String>,
+    /// Fraction of new traces sampled (parent-based: a sampled `traceparent` is followed).
+    /// Unset: `OTEL_TRACES_SAMPLER`/`OTEL_TRACES_SAMPLER_ARG`, else 1.0.
+    pub sample_ratio: Option<f64>,
+    /// Spans waiting for export beyond this are dropped (and counted), never waited for.
+    pub queue_size: Option<usize>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProfilingConfig {
+    /// Pyroscope server to push CPU profiles to, e.g. `http://pyroscope:4040`.
+    /// Unset: `PYROSCOPE_SERVER_ADDRESS`; neither: no push.
+    pub pyroscope_url: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -35,10 +84,7 @@ pub struct Listen {
 
 impl Default for Listen {
     fn default() -> Self {
-        Listen {
-            public: ListenAddr(([0, 0, 0, 0], 8080).into()),
-            admin: ListenAddr(([127, 0, 0, 1], 9901).into()),
-        }
+        Listen { public: ListenAddr(([0, 0, 0, 0], 8080).into()), admin: ListenAddr(([127, 0, 0, 1], 9901).into()) }
     }
 }
 
@@ -53,10 +99,7 @@ pub struct ServerSection {
 
 impl Default for ServerSection {
     fn default() -> Self {
-        ServerSection {
-            threads: 0,
-            grace_period: Duration::from_secs(10),
-        }
+        ServerSection { threads: 0, grace_period: Duration::from_secs(10) }
     }
 }
 
@@ -238,10 +281,7 @@ pub struct PurgeConfig {
 
 impl Default for PurgeConfig {
     fn default() -> Self {
-        PurgeConfig {
-            allow_from: vec![[127, 0, 0, 1].into(), std::net::Ipv6Addr::LOCALHOST.into()],
-            token: None,
-        }
+        PurgeConfig { allow_from: vec![[127, 0, 0, 1].into(), std::net::Ipv6Addr::LOCALHOST.into()], token: None }
     }
 }
 
@@ -259,13 +299,4 @@ pub struct InvalidationRule {
     pub match_param: Option<String>,
 }
 
-pub const TOP_LEVEL_KEYS: &[&str] = &[
-    "listen",
-    "server",
-    "timeouts",
-    "upstreams",
-    "routes",
-    "cache",
-    "purge",
-    "invalidation",
-];
+pub const TOP_LEVEL_KEYS: &[&str] = &["listen", "server", "timeouts", "upstreams", "routes", "cache", "purge", "invalidation", "telemetry"];

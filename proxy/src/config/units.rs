@@ -25,8 +25,7 @@ impl Duration {
 }
 
 pub const DURATION_HELP: &str = "a duration such as \"500ms\", \"30s\", \"5m\", \"1h\" or \"1d\"";
-pub const SIZE_HELP: &str =
-    "a size such as \"512KiB\", \"256MiB\", \"1GiB\", \"10MB\" or a number of bytes";
+pub const SIZE_HELP: &str = "a size such as \"512KiB\", \"256MiB\", \"1GiB\", \"10MB\" or a number of bytes";
 
 fn split_number(s: &str) -> Option<(u64, &str)> {
     let s = s.trim();
@@ -51,9 +50,7 @@ impl FromStr for Duration {
             "d" => 86_400_000,
             _ => return Err(bad()),
         };
-        n.checked_mul(ms)
-            .map(|v| Duration(StdDuration::from_millis(v)))
-            .ok_or_else(bad)
+        n.checked_mul(ms).map(|v| Duration(StdDuration::from_millis(v))).ok_or_else(bad)
     }
 }
 
@@ -70,8 +67,7 @@ impl fmt::Display for Duration {
 
 impl<'de> Deserialize<'de> for Duration {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)
-            .map_err(|_| de::Error::custom(format!("expected {DURATION_HELP}")))?;
+        let s = String::deserialize(d).map_err(|_| de::Error::custom(format!("expected {DURATION_HELP}")))?;
         s.parse().map_err(de::Error::custom)
     }
 }
@@ -158,15 +154,9 @@ mod tests {
     #[test]
     fn durations_parse() {
         assert_eq!("30s".parse::<Duration>().unwrap(), Duration::from_secs(30));
-        assert_eq!(
-            "1500ms".parse::<Duration>().unwrap(),
-            Duration::from_millis(1500)
-        );
+        assert_eq!("1500ms".parse::<Duration>().unwrap(), Duration::from_millis(1500));
         assert_eq!("2m".parse::<Duration>().unwrap(), Duration::from_secs(120));
-        assert_eq!(
-            "1d".parse::<Duration>().unwrap(),
-            Duration::from_secs(86400)
-        );
+        assert_eq!("1d".parse::<Duration>().unwrap(), Duration::from_secs(86400));
         for bad in ["", "s", "30", "30 sec", "-1s", "1.5s"] {
             assert!(bad.parse::<Duration>().is_err(), "{bad} should be rejected");
         }

@@ -43,10 +43,7 @@ impl OriginState {
 
     /// Requests received for exactly this `path?query` (any method).
     pub fn hits(&self, target: &str) -> u64 {
-        self.by_target
-            .lock()
-            .map(|m| m.get(target).copied().unwrap_or(0))
-            .unwrap_or(0)
+        self.by_target.lock().map(|m| m.get(target).copied().unwrap_or(0)).unwrap_or(0)
     }
 
     /// All requests received.
@@ -58,10 +55,7 @@ impl OriginState {
         let Ok(mut users) = self.users.lock() else {
             return 0;
         };
-        let u = users.entry(user.to_string()).or_insert(User {
-            version: 0,
-            synced_at: SystemTime::now(),
-        });
+        let u = users.entry(user.to_string()).or_insert(User { version: 0, synced_at: SystemTime::now() });
         u.version += 1;
         u.synced_at = SystemTime::now();
         u.version
@@ -94,9 +88,7 @@ impl Origin {
                 let st = st.clone();
                 tokio::spawn(async move {
                     let svc = service_fn(move |req| handle(st.clone(), req));
-                    let _ = http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), svc)
-                        .await;
+                    let _ = http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await;
                 });
             }
         });
@@ -105,35 +97,20 @@ impl Origin {
 
     /// Starts on a runtime of its own, for callers without one (`portier demo`).
     pub fn start_in_thread(addr: SocketAddr) -> std::io::Result<Origin> {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()?;
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
         let origin = rt.block_on(Origin::start(addr))?;
-        std::thread::Builder::new()
-            .name("demo-origin".into())
-            .spawn(move || rt.block_on(std::future::pending::<()>()))?;
+        std::thread::Builder::new().name("demo-origin".into()).spawn(move || rt.block_on(std::future::pending::<()>()))?;
         Ok(origin)
     }
 }
 
 type Resp = Response<Full<Bytes>>;
 
-fn respond(
-    status: StatusCode,
-    ctype: &str,
-    cache_control: &str,
-    body: impl Into<Bytes>,
-) -> Response<Full<Bytes>> {
+fn respond(status: StatusCode, ctype: &str, cache_control: &str, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
     let mut r = Response::new(Full::new(body.into()));
     *r.status_mut() = status;
     let h = r.headers_mut();
-    h.insert(
-        "content-type",
-        ctype
-            .parse()
-            .unwrap_or(http::HeaderValue::from_static("text/plain")),
-    );
+    h.insert("content-type", ctype.parse().unwrap_or(http::HeaderValue::from_static("text/plain")));
     if let Ok(v) = cache_control.parse() {
         h.insert("cache-control", v);
     }
@@ -141,12 +118,7 @@ fn respond(
 }
 
 fn json_resp(status: StatusCode, cache_control: &str, v: serde_json::Value) -> Resp {
-    respond(
-        status,
-        "application/json; charset=utf-8",
-        cache_control,
-        v.to_string(),
-    )
+    respond(status, "application/json; charset=utf-8", cache_control, v.to_string())
 }
 
 fn query_param(query: Option<&str>, key: &str) -> Option<String> {
@@ -158,9 +130,7 @@ fn query_param(query: Option<&str>, key: &str) -> Option<String> {
 
 /// FNV-1a: a stable content hash for the demo's ETags.
 fn fnv(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf29ce484222325u64, |h, b| {
-        (h ^ *b as u64).wrapping_mul(0x100000001b3)
-    })
+    bytes.iter().fold(0xcbf29ce484222325u64, |h, b| (h ^ *b as u64).wrapping_mul(0x100000001b3))
 }
 
 fn summary(user: &str, u: &User) -> serde_json::Value {
@@ -171,15 +141,8 @@ fn summary(user: &str, u: &User) -> serde_json::Value {
            "synced_at": httpdate::fmt_http_date(u.synced_at), "openings": openings})
 }
 
-async fn handle(
-    st: Arc<OriginState>,
-    req: Request<Incoming>,
-) -> Result<Resp, std::convert::Infallible> {
-    let target = req
-        .uri()
-        .path_and_query()
-        .map(|p| p.as_str().to_string())
-        .unwrap_or_else(|| "/".into());
+async fn handle(st: Arc<OriginState>, req: Request<Incoming>) -> Result<Resp, std::convert::Infallible> {
+    let target = req.uri().path_and_query().map(|p| p.as_str().to_string()).unwrap_or_else(|| "/".into());
     st.total.fetch_add(1, Ordering::SeqCst);
     if let Ok(mut m) = st.by_target.lock() {
         *m.entry(target).or_default() += 1;
@@ -187,80 +150,48 @@ async fn handle(
     let method = req.method().clone();
     let path = req.uri().path().to_string();
     let query = req.uri().query().map(str::to_string);
-    let headers: serde_json::Map<String, serde_json::Value> = req
-        .headers()
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").into()))
-        .collect();
-    let body = req
-        .into_body()
-        .collect()
-        .await
-        .map(|b| b.to_bytes())
-        .unwrap_or_default();
+    let headers: serde_json::Map<String, serde_json::Value> =
+        req.headers().iter().map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").into())).collect();
+    let body = req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
     let user = query_param(query.as_deref(), "username");
 
     let resp = match (&method, path.as_str()) {
-        (&Method::GET | &Method::HEAD, "/health") => {
-            json_resp(StatusCode::OK, "no-store", json!({"status": "ok"}))
-        }
+        (&Method::GET | &Method::HEAD, "/health") => json_resp(StatusCode::OK, "no-store", json!({"status": "ok"})),
         (&Method::POST, "/api/sync") => {
             let from_body = serde_json::from_slice::<serde_json::Value>(&body)
                 .ok()
-                .and_then(|v| {
-                    v.get("username")
-                        .and_then(|u| u.as_str())
-                        .map(str::to_string)
-                });
+                .and_then(|v| v.get("username").and_then(|u| u.as_str()).map(str::to_string));
             match user.or(from_body).filter(|u| !u.is_empty()) {
                 Some(u) => {
                     let version = st.sync(&u);
-                    json_resp(
-                        StatusCode::OK,
-                        "no-store",
-                        json!({"synced": u, "version": version}),
-                    )
+                    json_resp(StatusCode::OK, "no-store", json!({"synced": u, "version": version}))
                 }
-                None => json_resp(
-                    StatusCode::BAD_REQUEST,
-                    "no-store",
-                    json!({"error": "username is required"}),
-                ),
+                None => json_resp(StatusCode::BAD_REQUEST, "no-store", json!({"error": "username is required"})),
             }
         }
-        (&Method::GET | &Method::HEAD, "/api/stats/summary") => {
-            match user.as_deref().and_then(|u| st.user(u).map(|d| (u, d))) {
-                None => json_resp(
-                    StatusCode::NOT_FOUND,
-                    "no-store",
-                    json!({"error": "user not synced", "hint": "POST /api/sync?username=..."}),
-                ),
-                Some((u, data)) => {
-                    let text = summary(u, &data).to_string();
-                    let etag = format!("\"{:016x}\"", fnv(text.as_bytes()));
-                    let mut r = respond(
-                        StatusCode::OK,
-                        "application/json; charset=utf-8",
-                        "public, max-age=60, stale-while-revalidate=30",
-                        text,
-                    );
-                    let h = r.headers_mut();
-                    if let Ok(v) = etag.parse() {
-                        h.insert("etag", v);
-                    }
-                    if let Ok(v) = httpdate::fmt_http_date(data.synced_at).parse() {
-                        h.insert("last-modified", v);
-                    }
-                    r
-                }
+        (&Method::GET | &Method::HEAD, "/api/stats/summary") => match user.as_deref().and_then(|u| st.user(u).map(|d| (u, d))) {
+            None => {
+                json_resp(StatusCode::NOT_FOUND, "no-store", json!({"error": "user not synced", "hint": "POST /api/sync?username=..."}))
             }
-        }
+            Some((u, data)) => {
+                let text = summary(u, &data).to_string();
+                let etag = format!("\"{:016x}\"", fnv(text.as_bytes()));
+                let mut r =
+                    respond(StatusCode::OK, "application/json; charset=utf-8", "public, max-age=60, stale-while-revalidate=30", text);
+                let h = r.headers_mut();
+                if let Ok(v) = etag.parse() {
+                    h.insert("etag", v);
+                }
+                if let Ok(v) = httpdate::fmt_http_date(data.synced_at).parse() {
+                    h.insert("last-modified", v);
+                }
+                r
+            }
+        },
         (&Method::GET | &Method::HEAD, "/api/games") => {
             let u = user.unwrap_or_default();
             let version = st.user(&u).map(|d| d.version).unwrap_or(0);
-            let games: Vec<_> = (0..5)
-                .map(|i| json!({"id": format!("{u}-{version}-{i}"), "result": RESULTS[i % 3]}))
-                .collect();
+            let games: Vec<_> = (0..5).map(|i| json!({"id": format!("{u}-{version}-{i}"), "result": RESULTS[i % 3]})).collect();
             json_resp(
                 StatusCode::OK,
                 "public, max-age=2, stale-while-revalidate=30",
@@ -273,30 +204,15 @@ async fn handle(
             json!({"method": method.as_str(), "path": path, "query": query, "headers": headers, "body": String::from_utf8_lossy(&body)}),
         ),
         (&Method::GET, "/api/slow") => {
-            let ms = query_param(query.as_deref(), "ms")
-                .and_then(|m| m.parse().ok())
-                .unwrap_or(1000u64)
-                .min(60_000);
+            let ms = query_param(query.as_deref(), "ms").and_then(|m| m.parse().ok()).unwrap_or(1000u64).min(60_000);
             tokio::time::sleep(Duration::from_millis(ms)).await;
             json_resp(StatusCode::OK, "no-store", json!({"slept_ms": ms}))
         }
-        (&Method::GET | &Method::HEAD, "/") => respond(
-            StatusCode::OK,
-            "text/html; charset=utf-8",
-            "no-cache",
-            INDEX_HTML,
-        ),
-        (&Method::GET | &Method::HEAD, "/assets/app.js") => respond(
-            StatusCode::OK,
-            "text/javascript; charset=utf-8",
-            "public, max-age=31536000, immutable",
-            APP_JS,
-        ),
-        _ => json_resp(
-            StatusCode::NOT_FOUND,
-            "no-store",
-            json!({"error": "not found", "path": path}),
-        ),
+        (&Method::GET | &Method::HEAD, "/") => respond(StatusCode::OK, "text/html; charset=utf-8", "no-cache", INDEX_HTML),
+        (&Method::GET | &Method::HEAD, "/assets/app.js") => {
+            respond(StatusCode::OK, "text/javascript; charset=utf-8", "public, max-age=31536000, immutable", APP_JS)
+        }
+        _ => json_resp(StatusCode::NOT_FOUND, "no-store", json!({"error": "not found", "path": path})),
     };
     Ok(resp)
 }

@@ -5,10 +5,7 @@ use super::names::*;
 use crate::cache::status::{CacheStatus, ALL};
 use crate::cache::storage::MemStorage;
 use crate::upstream::Upstreams;
-use prometheus::{
-    Encoder, Gauge, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
-    Opts, Registry, TextEncoder,
-};
+use prometheus::{Encoder, Gauge, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
 use std::time::Instant;
 
 pub struct Metrics {
@@ -31,7 +28,22 @@ pub struct Metrics {
     upstream_errors: IntCounterVec,
     upstream_healthy: GaugeVec,
     uptime: Gauge,
+    spans_exported: IntCounter,
+    spans_dropped: IntCounter,
+    log_dropped: IntCounter,
     started: Instant,
+}
+
+/// Counters kept elsewhere (storage, tracer, access log), copied in at scrape time.
+pub struct External<'a> {
+    pub storage: Option<&'a MemStorage>,
+    pub upstreams: &'a Upstreams,
+    pub spans: Option<&'a super::traces::SpanCounters>,
+    pub access_log_dropped: u64,
+}
+
+fn sync_counter(c: &IntCounter, total: u64) {
+    c.inc_by(total.saturating_sub(c.get()));
 }
 
 /// One finished client request, as the metrics see it.
@@ -64,35 +76,23 @@ impl Metrics {
     pub fn new(service_name: &str) -> prometheus::Result<Metrics> {
         let r = Registry::new();
         let span_calls = counter_vec(&r, &SPAN_CALLS, &SPAN_LABELS)?;
-        let span_duration = HistogramVec::new(
-            HistogramOpts::new(SPAN_DURATION.name, SPAN_DURATION.help)
-                .buckets(SPAN_BUCKETS_MS.to_vec()),
-            &SPAN_LABELS,
-        )?;
+        let span_duration =
+            HistogramVec::new(HistogramOpts::new(SPAN_DURATION.name, SPAN_DURATION.help).buckets(SPAN_BUCKETS_MS.to_vec()), &SPAN_LABELS)?;
         r.register(Box::new(span_duration.clone()))?;
         let upstream_duration = HistogramVec::new(
-            HistogramOpts::new(UPSTREAM_DURATION.name, UPSTREAM_DURATION.help)
-                .buckets(UPSTREAM_BUCKETS_MS.to_vec()),
+            HistogramOpts::new(UPSTREAM_DURATION.name, UPSTREAM_DURATION.help).buckets(UPSTREAM_BUCKETS_MS.to_vec()),
             &["pool"],
         )?;
         r.register(Box::new(upstream_duration.clone()))?;
-        let upstream_healthy = GaugeVec::new(
-            Opts::new(UPSTREAM_HEALTHY.name, UPSTREAM_HEALTHY.help),
-            &["pool", "address"],
-        )?;
+        let upstream_healthy = GaugeVec::new(Opts::new(UPSTREAM_HEALTHY.name, UPSTREAM_HEALTHY.help), &["pool", "address"])?;
         r.register(Box::new(upstream_healthy.clone()))?;
         let uptime = Gauge::with_opts(Opts::new(UPTIME.name, UPTIME.help))?;
         r.register(Box::new(uptime.clone()))?;
-        let build = IntGauge::with_opts(
-            Opts::new(BUILD_INFO.name, BUILD_INFO.help)
-                .const_label("version", env!("CARGO_PKG_VERSION")),
-        )?;
+        let build = IntGauge::with_opts(Opts::new(BUILD_INFO.name, BUILD_INFO.help).const_label("version", env!("CARGO_PKG_VERSION")))?;
         build.set(1);
         r.register(Box::new(build))?;
         #[cfg(target_os = "linux")]
-        r.register(Box::new(
-            prometheus::process_collector::ProcessCollector::for_self(),
-        ))?;
+        r.register(Box::new(prometheus::process_collector::ProcessCollector::for_self()))?;
 
         let m = Metrics {
             service_name: service_name.to_string(),
@@ -113,6 +113,9 @@ impl Metrics {
             upstream_errors: counter_vec(&r, &UPSTREAM_ERRORS, &["pool", "kind"])?,
             upstream_healthy,
             uptime,
+            spans_exported: counter(&r, &TRACE_SPANS_EXPORTED)?,
+            spans_dropped: counter(&r, &TRACE_SPANS_DROPPED)?,
+            log_dropped: counter(&r, &ACCESS_LOG_DROPPED)?,
             started: Instant::now(),
             registry: r,
         };
@@ -133,37 +136,18 @@ impl Metrics {
     /// A client request (never a background refresh: those go to [`Self::background_refresh`]).
     pub fn record_request(&self, r: &RequestRecord<'_>) {
         let status = r.status.to_string();
-        let status_code = if r.status >= 500 {
-            "STATUS_CODE_ERROR"
-        } else {
-            "STATUS_CODE_UNSET"
-        };
-        let labels = [
-            self.service_name.as_str(),
-            r.span_name,
-            "SPAN_KIND_SERVER",
-            status_code,
-            r.method,
-            status.as_str(),
-            r.cache_status.as_str(),
-        ];
+        let status_code = if r.status >= 500 { "STATUS_CODE_ERROR" } else { "STATUS_CODE_UNSET" };
+        let labels =
+            [self.service_name.as_str(), r.span_name, "SPAN_KIND_SERVER", status_code, r.method, status.as_str(), r.cache_status.as_str()];
         self.span_calls.with_label_values(&labels).inc();
-        self.span_duration
-            .with_label_values(&labels)
-            .observe(r.duration_ms);
-        self.cache_requests
-            .with_label_values(&[r.cache_status.as_str()])
-            .inc();
+        self.span_duration.with_label_values(&labels).observe(r.duration_ms);
+        self.cache_requests.with_label_values(&[r.cache_status.as_str()]).inc();
         if r.cache_status.from_cache() {
             self.cache_hit.inc();
-            self.served_bytes
-                .with_label_values(&["cache"])
-                .inc_by(r.body_bytes);
+            self.served_bytes.with_label_values(&["cache"]).inc_by(r.body_bytes);
         } else {
             self.cache_miss.inc();
-            self.served_bytes
-                .with_label_values(&["origin"])
-                .inc_by(r.body_bytes);
+            self.served_bytes.with_label_values(&["origin"]).inc_by(r.body_bytes);
         }
     }
 
@@ -172,15 +156,11 @@ impl Metrics {
     }
 
     pub fn purged(&self, reason: &str, n: usize) {
-        self.cache_purged
-            .with_label_values(&[reason])
-            .inc_by(n as u64);
+        self.cache_purged.with_label_values(&[reason]).inc_by(n as u64);
     }
 
     pub fn upstream_response(&self, pool: &str, ms: f64) {
-        self.upstream_duration
-            .with_label_values(&[pool])
-            .observe(ms);
+        self.upstream_duration.with_label_values(&[pool]).observe(ms);
     }
 
     pub fn upstream_error(&self, pool: &str, kind: &str) {
@@ -188,20 +168,26 @@ impl Metrics {
     }
 
     /// Refreshes scrape-time values and renders the text exposition format.
-    pub fn render(&self, storage: Option<&MemStorage>, upstreams: &Upstreams) -> String {
-        if let Some(s) = storage {
+    pub fn render(&self, ext: &External<'_>) -> String {
+        let upstreams = ext.upstreams;
+        if let Some(sp) = ext.spans {
+            sync_counter(&self.spans_exported, sp.exported.load(std::sync::atomic::Ordering::Relaxed));
+            sync_counter(&self.spans_dropped, sp.dropped.load(std::sync::atomic::Ordering::Relaxed));
+        }
+        sync_counter(&self.log_dropped, ext.access_log_dropped);
+        if let Some(s) = ext.storage {
             self.cache_entries.set(s.entries() as i64);
             self.cache_size.set(s.size() as i64);
             self.cache_capacity.set(s.capacity() as i64);
-            let ev = s.stats.evictions.load(std::sync::atomic::Ordering::Relaxed);
-            self.cache_evictions
-                .inc_by(ev.saturating_sub(self.cache_evictions.get()));
+            sync_counter(&self.cache_evictions, s.stats.evictions.load(std::sync::atomic::Ordering::Relaxed));
         }
         for pool in upstreams.pools() {
             for b in &pool.backends {
-                self.upstream_healthy
-                    .with_label_values(&[pool.name.as_str(), &b.addr.to_string()])
-                    .set(if b.healthy() { 1.0 } else { 0.0 });
+                self.upstream_healthy.with_label_values(&[pool.name.as_str(), &b.addr.to_string()]).set(if b.healthy() {
+                    1.0
+                } else {
+                    0.0
+                });
             }
         }
         self.uptime.set(self.started.elapsed().as_secs_f64());

@@ -1,6 +1,60 @@
 //! Telemetry: metrics, Portier's own event log (and, as they land, traces, access logs, profiles).
 
+pub mod access_log;
 pub mod events;
 pub mod metrics;
 pub mod names;
 pub mod time;
+pub mod traces;
+
+use crate::config::Telemetry;
+
+/// Telemetry settings after environment fallbacks (config wins when both are set).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Resolved {
+    pub service_name: String,
+    pub traces: Option<traces::TraceSettings>,
+    pub pyroscope_url: Option<String>,
+}
+
+pub fn resolve(cfg: &Telemetry, env: impl Fn(&str) -> Option<String>) -> Resolved {
+    let nonempty = |k: &str| env(k).filter(|v| !v.trim().is_empty());
+    let service_name = cfg.service_name.clone().or_else(|| nonempty("OTEL_SERVICE_NAME")).unwrap_or_else(|| "proxy".into());
+    let endpoint = cfg.traces.endpoint.clone().or_else(|| nonempty("OTEL_EXPORTER_OTLP_ENDPOINT"));
+    let ratio = cfg.traces.sample_ratio.unwrap_or_else(|| {
+        traces::ratio_from_env(nonempty("OTEL_TRACES_SAMPLER").as_deref(), nonempty("OTEL_TRACES_SAMPLER_ARG").as_deref())
+    });
+    Resolved {
+        traces: endpoint.map(|endpoint| traces::TraceSettings {
+            endpoint,
+            service_name: service_name.clone(),
+            ratio,
+            queue_size: cfg.traces.queue_size.unwrap_or(2048).max(1),
+        }),
+        pyroscope_url: cfg.profiling.pyroscope_url.clone().or_else(|| nonempty("PYROSCOPE_SERVER_ADDRESS")),
+        service_name,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn env_fills_what_config_leaves_out() {
+        let env = |k: &str| match k {
+            "OTEL_EXPORTER_OTLP_ENDPOINT" => Some("http://collector:4318".to_string()),
+            "OTEL_SERVICE_NAME" => Some("edge".to_string()),
+            "OTEL_TRACES_SAMPLER" => Some("parentbased_traceidratio".to_string()),
+            "OTEL_TRACES_SAMPLER_ARG" => Some("0.25".to_string()),
+            _ => None,
+        };
+        let r = resolve(&Telemetry::default(), env);
+        assert_eq!(r.service_name, "edge");
+        let t = r.traces.unwrap();
+        assert_eq!((t.endpoint.as_str(), t.ratio), ("http://collector:4318", 0.25));
+        let none = resolve(&Telemetry::default(), |_| None);
+        assert_eq!(none.service_name, "proxy");
+        assert!(none.traces.is_none() && none.pyroscope_url.is_none());
+    }
+}

@@ -12,89 +12,41 @@ const fn m(name: &'static str, help: &'static str) -> MetricName {
     MetricName { name, help }
 }
 
-pub const SPAN_CALLS: MetricName = m(
-    "traces_spanmetrics_calls_total",
-    "Server spans (client requests), as the spanmetrics connector counts them",
-);
-pub const SPAN_DURATION: MetricName = m(
-    "traces_spanmetrics_duration_milliseconds",
-    "Server span duration in milliseconds, as the spanmetrics connector measures it",
-);
-pub const SPAN_LABELS: [&str; 7] = [
-    "service_name",
-    "span_name",
-    "span_kind",
-    "status_code",
-    "http_method",
-    "http_status_code",
-    "cache_status",
-];
+pub const SPAN_CALLS: MetricName =
+    m("traces_spanmetrics_calls_total", "Server spans (client requests), as the spanmetrics connector counts them");
+pub const SPAN_DURATION: MetricName =
+    m("traces_spanmetrics_duration_milliseconds", "Server span duration in milliseconds, as the spanmetrics connector measures it");
+pub const SPAN_LABELS: [&str; 7] =
+    ["service_name", "span_name", "span_kind", "status_code", "http_method", "http_status_code", "cache_status"];
 /// The connector's default explicit buckets, in milliseconds.
-pub const SPAN_BUCKETS_MS: [f64; 16] = [
-    2.0, 4.0, 6.0, 8.0, 10.0, 50.0, 100.0, 200.0, 400.0, 800.0, 1000.0, 1400.0, 2000.0, 5000.0,
-    10000.0, 15000.0,
-];
+pub const SPAN_BUCKETS_MS: [f64; 16] =
+    [2.0, 4.0, 6.0, 8.0, 10.0, 50.0, 100.0, 200.0, 400.0, 800.0, 1000.0, 1400.0, 2000.0, 5000.0, 10000.0, 15000.0];
 
-pub const CACHE_HIT: MetricName = m(
-    "cache_hit_total",
-    "Client requests answered from cache without asking the origin (HIT and STALE)",
-);
-pub const CACHE_MISS: MetricName = m(
-    "cache_miss_total",
-    "Client requests that went to the origin (MISS, EXPIRED, REVALIDATED, BYPASS)",
-);
+pub const CACHE_HIT: MetricName = m("cache_hit_total", "Client requests answered from cache without asking the origin (HIT and STALE)");
+pub const CACHE_MISS: MetricName = m("cache_miss_total", "Client requests that went to the origin (MISS, EXPIRED, REVALIDATED, BYPASS)");
 pub const CACHE_REQUESTS: MetricName = m("cache_requests_total", "Client requests by cache status");
 pub const CACHE_ENTRIES: MetricName = m("cache_entries", "Responses stored in the cache");
-pub const CACHE_SIZE: MetricName = m(
-    "cache_size_bytes",
-    "Bytes used by stored responses (headers, bodies and bookkeeping)",
-);
-pub const CACHE_CAPACITY: MetricName = m(
-    "cache_capacity_bytes",
-    "The cache's byte budget (cache.max_size)",
-);
-pub const CACHE_EVICTIONS: MetricName = m(
-    "cache_evictions_total",
-    "Entries evicted to stay within the byte budget",
-);
-pub const CACHE_PURGED: MetricName = m(
-    "cache_purged_total",
-    "Entries removed or expired by purges and invalidations, by reason",
-);
-pub const CACHE_SERVED_BYTES: MetricName = m(
-    "cache_served_bytes_total",
-    "Response body bytes sent to clients, by source (cache or origin)",
-);
-pub const CACHE_COALESCED: MetricName = m(
-    "cache_coalesced_total",
-    "Requests that waited for another request's origin fetch instead of making their own",
-);
-pub const CACHE_BACKGROUND_REFRESHES: MetricName = m(
-    "cache_background_refreshes_total",
-    "stale-while-revalidate refreshes made in the background, by outcome",
-);
+pub const CACHE_SIZE: MetricName = m("cache_size_bytes", "Bytes used by stored responses (headers, bodies and bookkeeping)");
+pub const CACHE_CAPACITY: MetricName = m("cache_capacity_bytes", "The cache's byte budget (cache.max_size)");
+pub const CACHE_EVICTIONS: MetricName = m("cache_evictions_total", "Entries evicted to stay within the byte budget");
+pub const CACHE_PURGED: MetricName = m("cache_purged_total", "Entries removed or expired by purges and invalidations, by reason");
+pub const CACHE_SERVED_BYTES: MetricName =
+    m("cache_served_bytes_total", "Response body bytes sent to clients, by source (cache or origin)");
+pub const CACHE_COALESCED: MetricName =
+    m("cache_coalesced_total", "Requests that waited for another request's origin fetch instead of making their own");
+pub const CACHE_BACKGROUND_REFRESHES: MetricName =
+    m("cache_background_refreshes_total", "stale-while-revalidate refreshes made in the background, by outcome");
 
-pub const UPSTREAM_DURATION: MetricName = m(
-    "upstream_request_duration_milliseconds",
-    "Time from sending the request upstream to its response header, by pool",
-);
-pub const UPSTREAM_ERRORS: MetricName = m(
-    "upstream_errors_total",
-    "Upstream failures by pool and kind (connect, timeout, other)",
-);
-pub const UPSTREAM_HEALTHY: MetricName = m(
-    "upstream_healthy",
-    "1 when an upstream address is considered healthy, else 0",
-);
-pub const UPSTREAM_BUCKETS_MS: [f64; 14] = [
-    1.0, 2.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0, 30000.0,
-];
+pub const UPSTREAM_DURATION: MetricName =
+    m("upstream_request_duration_milliseconds", "Time from sending the request upstream to its response header, by pool");
+pub const UPSTREAM_ERRORS: MetricName = m("upstream_errors_total", "Upstream failures by pool and kind (connect, timeout, other)");
+pub const UPSTREAM_HEALTHY: MetricName = m("upstream_healthy", "1 when an upstream address is considered healthy, else 0");
+pub const UPSTREAM_BUCKETS_MS: [f64; 14] = [1.0, 2.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0, 30000.0];
 
-pub const UPTIME: MetricName = m(
-    "portier_uptime_seconds",
-    "Seconds since the process started",
-);
-pub const BUILD_INFO: MetricName = m(
-    "portier_build_info",
-    "Always 1; the version label says which Portier runs",
-);
+pub const TRACE_SPANS_EXPORTED: MetricName = m("trace_spans_exported_total", "Spans delivered to the OTLP endpoint");
+pub const TRACE_SPANS_DROPPED: MetricName =
+    m("trace_spans_dropped_total", "Spans dropped because the OTLP endpoint failed or the export queue was full");
+pub const ACCESS_LOG_DROPPED: MetricName = m("access_log_dropped_total", "Access log lines dropped because stdout could not keep up");
+
+pub const UPTIME: MetricName = m("portier_uptime_seconds", "Seconds since the process started");
+pub const BUILD_INFO: MetricName = m("portier_build_info", "Always 1; the version label says which Portier runs");

@@ -13,9 +13,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 pub use portier::demo::Origin;
 
 pub async fn origin() -> Origin {
-    Origin::start("127.0.0.1:0".parse().unwrap())
-        .await
-        .expect("origin starts")
+    Origin::start("127.0.0.1:0".parse().unwrap()).await.expect("origin starts")
 }
 
 /// A port with nothing listening on it (bound, then released).
@@ -56,11 +54,7 @@ impl Portier {
         };
         std::fs::write(&path, text).unwrap();
         let mut cmd = Command::new(bin());
-        cmd.arg("run")
-            .arg("--config")
-            .arg(&path)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
+        cmd.arg("run").arg("--config").arg(&path).stdout(Stdio::piped()).stderr(Stdio::piped());
         for (k, v) in env {
             cmd.env(k, v);
         }
@@ -89,23 +83,13 @@ impl Portier {
             Ok(l) => l,
             Err(_) => {
                 let _ = child.kill();
-                panic!(
-                    "portier did not start; stderr: {:?}",
-                    stderr.lock().unwrap()
-                );
+                panic!("portier did not start; stderr: {:?}", stderr.lock().unwrap());
             }
         };
         let v: serde_json::Value = serde_json::from_str(&line).unwrap();
         let public = v["public"].as_str().unwrap().parse().unwrap();
         let admin = v["admin"].as_str().unwrap().parse().unwrap();
-        Portier {
-            child,
-            public,
-            admin,
-            stdout,
-            stderr,
-            _dir: dir,
-        }
+        Portier { child, public, admin, stdout, stderr, _dir: dir }
     }
 
     pub fn pid(&self) -> i32 {
@@ -152,34 +136,22 @@ pub struct Resp {
 impl Resp {
     /// The value of a header (case-insensitive name); panics with the whole response if absent.
     pub fn header(&self, name: &str) -> &str {
-        self.opt_header(name)
-            .unwrap_or_else(|| panic!("no {name} header in {self:#?}"))
+        self.opt_header(name).unwrap_or_else(|| panic!("no {name} header in {self:#?}"))
     }
     pub fn opt_header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
+        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
     }
     pub fn text(&self) -> String {
         String::from_utf8_lossy(&self.body).into_owned()
     }
     pub fn json(&self) -> serde_json::Value {
-        serde_json::from_slice(&self.body)
-            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text()))
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text()))
     }
 }
 
 /// One request on a fresh connection (`Connection: close`), read to the end.
-pub async fn request(
-    addr: SocketAddr,
-    method: &str,
-    target: &str,
-    headers: &[(&str, &str)],
-    body: &[u8],
-) -> std::io::Result<Resp> {
-    let mut s = tokio::time::timeout(Duration::from_secs(5), tokio::net::TcpStream::connect(addr))
-        .await??;
+pub async fn request(addr: SocketAddr, method: &str, target: &str, headers: &[(&str, &str)], body: &[u8]) -> std::io::Result<Resp> {
+    let mut s = tokio::time::timeout(Duration::from_secs(5), tokio::net::TcpStream::connect(addr)).await??;
     let mut req = format!("{method} {target} HTTP/1.1\r\n");
     if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("host")) {
         req.push_str(&format!("Host: {addr}\r\n"));
@@ -203,40 +175,20 @@ pub async fn get(addr: SocketAddr, target: &str) -> Resp {
 }
 
 pub async fn get_with(addr: SocketAddr, target: &str, headers: &[(&str, &str)]) -> Resp {
-    request(addr, "GET", target, headers, b"")
-        .await
-        .expect("GET")
+    request(addr, "GET", target, headers, b"").await.expect("GET")
 }
 
 fn parse_response(raw: &[u8], head_only: bool) -> std::io::Result<Resp> {
-    let bad = |m: &str| {
-        std::io::Error::new(
-            std::io::ErrorKind::InvalidData,
-            format!("{m}: {:?}", String::from_utf8_lossy(raw)),
-        )
-    };
-    let end = raw
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .ok_or_else(|| bad("no header end"))?;
+    let bad = |m: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, format!("{m}: {:?}", String::from_utf8_lossy(raw)));
+    let end = raw.windows(4).position(|w| w == b"\r\n\r\n").ok_or_else(|| bad("no header end"))?;
     let head = std::str::from_utf8(&raw[..end]).map_err(|_| bad("header not utf-8"))?;
     let mut lines = head.split("\r\n");
     let status_line = lines.next().ok_or_else(|| bad("empty"))?;
-    let status: u16 = status_line
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| bad("status"))?;
-    let headers: Vec<(String, String)> = lines
-        .filter_map(|l| {
-            l.split_once(':')
-                .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
-        })
-        .collect();
+    let status: u16 = status_line.split(' ').nth(1).and_then(|s| s.parse().ok()).ok_or_else(|| bad("status"))?;
+    let headers: Vec<(String, String)> =
+        lines.filter_map(|l| l.split_once(':').map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))).collect();
     let rest = &raw[end + 4..];
-    let chunked = headers
-        .iter()
-        .any(|(k, v)| k.eq_ignore_ascii_case("transfer-encoding") && v.contains("chunked"));
+    let chunked = headers.iter().any(|(k, v)| k.eq_ignore_ascii_case("transfer-encoding") && v.contains("chunked"));
     let body = if head_only || status == 304 || status == 204 {
         Vec::new()
     } else if chunked {
@@ -244,11 +196,7 @@ fn parse_response(raw: &[u8], head_only: bool) -> std::io::Result<Resp> {
     } else {
         rest.to_vec()
     };
-    Ok(Resp {
-        status,
-        headers,
-        body,
-    })
+    Ok(Resp { status, headers, body })
 }
 
 fn dechunk(mut b: &[u8]) -> Option<Vec<u8>> {
@@ -300,4 +248,13 @@ pool = "web"
     )
 }
 
+pub mod otlp;
 pub mod scripted;
+
+/// Reads one sample value from a Prometheus text exposition (`name{labels} value`).
+pub fn metric_value(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}

@@ -16,10 +16,7 @@ pub struct Seen {
 
 impl Seen {
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
+        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
     }
 }
 
@@ -39,10 +36,7 @@ impl Reply {
     pub fn new(status: u16, headers: &[(&str, &str)], body: impl Into<Vec<u8>>) -> Reply {
         Reply {
             status,
-            headers: headers
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
+            headers: headers.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
             body: body.into(),
             delay: Duration::ZERO,
             cut_after: None,
@@ -66,9 +60,7 @@ pub struct Scripted {
 
 impl Scripted {
     /// `handler(request, n)` where `n` counts requests to the same target (1 for the first).
-    pub async fn start(
-        handler: impl Fn(&Seen, usize) -> Reply + Send + Sync + 'static,
-    ) -> Scripted {
+    pub async fn start(handler: impl Fn(&Seen, usize) -> Reply + Send + Sync + 'static) -> Scripted {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
@@ -97,17 +89,9 @@ impl Scripted {
                     let mut first = lines.next().unwrap_or("").split(' ');
                     let method = first.next().unwrap_or("").to_string();
                     let target = first.next().unwrap_or("").to_string();
-                    let headers: Vec<(String, String)> = lines
-                        .filter_map(|l| {
-                            l.split_once(':')
-                                .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
-                        })
-                        .collect();
-                    let req = Seen {
-                        method,
-                        target: target.clone(),
-                        headers,
-                    };
+                    let headers: Vec<(String, String)> =
+                        lines.filter_map(|l| l.split_once(':').map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))).collect();
+                    let req = Seen { method, target: target.clone(), headers };
                     let n = {
                         let mut s = seen.lock().unwrap();
                         s.push(req.clone());
@@ -119,8 +103,7 @@ impl Scripted {
                     for (k, v) in &reply.headers {
                         out.push_str(&format!("{k}: {v}\r\n"));
                     }
-                    let no_body =
-                        req.method == "HEAD" || reply.status == 304 || reply.status == 204;
+                    let no_body = req.method == "HEAD" || reply.status == 304 || reply.status == 204;
                     if reply.chunked {
                         out.push_str("Transfer-Encoding: chunked\r\n");
                     } else if !no_body {
@@ -151,11 +134,7 @@ impl Scripted {
                 });
             }
         });
-        Scripted {
-            addr,
-            seen,
-            accept: Arc::new(Mutex::new(Some(accept))),
-        }
+        Scripted { addr, seen, accept: Arc::new(Mutex::new(Some(accept))) }
     }
 
     /// Stops listening: new connections are refused from now on.
@@ -173,22 +152,11 @@ impl Scripted {
 
     /// Requests received for this exact target.
     pub fn count(&self, target: &str) -> usize {
-        self.seen
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|r| r.target == target)
-            .count()
+        self.seen.lock().unwrap().iter().filter(|r| r.target == target).count()
     }
 
     pub fn last(&self, target: &str) -> Option<Seen> {
-        self.seen
-            .lock()
-            .unwrap()
-            .iter()
-            .rev()
-            .find(|r| r.target == target)
-            .cloned()
+        self.seen.lock().unwrap().iter().rev().find(|r| r.target == target).cloned()
     }
 }
 

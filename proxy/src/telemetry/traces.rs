@@ -1,0 +1,226 @@
+//! OTLP traces: one server span per request, a client child span for the origin request,
+//! W3C `traceparent`/`tracestate` taken from the client and passed to the origin. Export runs
+//! on the SDK's batch thread; when the collector is down or slow, spans are dropped and
+//! counted, and requests never wait.
+
+use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
+use opentelemetry::trace::{SpanKind, Status, TraceContextExt, Tracer as _, TracerProvider as _};
+use opentelemetry::{Context, KeyValue};
+use opentelemetry_sdk::error::OTelSdkResult;
+use opentelemetry_sdk::propagation::TraceContextPropagator;
+use opentelemetry_sdk::trace::{BatchConfigBuilder, BatchSpanProcessor, Sampler, SdkTracerProvider, SpanData, SpanExporter, SpanProcessor};
+use opentelemetry_sdk::Resource;
+use pingora_http::RequestHeader;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+#[derive(Debug, thiserror::Error)]
+pub enum TraceError {
+    #[error("cannot build the OTLP exporter for {endpoint}: {reason}")]
+    Exporter { endpoint: String, reason: String },
+}
+
+/// Span accounting, exported as metrics.
+#[derive(Debug, Default)]
+pub struct SpanCounters {
+    pending: AtomicUsize,
+    pub exported: AtomicU64,
+    pub dropped: AtomicU64,
+}
+
+/// Wraps the OTLP exporter to count what it delivered and what it lost.
+#[derive(Debug)]
+struct CountingExporter<E> {
+    inner: E,
+    counters: Arc<SpanCounters>,
+}
+
+impl<E: SpanExporter> SpanExporter for CountingExporter<E> {
+    async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
+        let n = batch.len();
+        let r = self.inner.export(batch).await;
+        self.counters.pending.fetch_sub(n.min(self.counters.pending.load(Ordering::Relaxed)), Ordering::Relaxed);
+        match &r {
+            Ok(()) => self.counters.exported.fetch_add(n as u64, Ordering::Relaxed),
+            Err(_) => self.counters.dropped.fetch_add(n as u64, Ordering::Relaxed),
+        };
+        r
+    }
+    fn shutdown_with_timeout(&self, t: Duration) -> OTelSdkResult {
+        self.inner.shutdown_with_timeout(t)
+    }
+    fn set_resource(&mut self, r: &Resource) {
+        self.inner.set_resource(r)
+    }
+}
+
+/// Drops (and counts) ended spans beyond the queue size before they reach the batch
+/// processor, so the drop count is exact and nothing ever blocks.
+#[derive(Debug)]
+struct BoundedProcessor {
+    inner: BatchSpanProcessor,
+    counters: Arc<SpanCounters>,
+    limit: usize,
+}
+
+impl SpanProcessor for BoundedProcessor {
+    fn on_start(&self, span: &mut opentelemetry_sdk::trace::Span, cx: &Context) {
+        self.inner.on_start(span, cx)
+    }
+    fn on_end(&self, span: SpanData) {
+        if self.counters.pending.fetch_add(1, Ordering::Relaxed) >= self.limit {
+            self.counters.pending.fetch_sub(1, Ordering::Relaxed);
+            self.counters.dropped.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        self.inner.on_end(span)
+    }
+    fn force_flush(&self) -> OTelSdkResult {
+        self.inner.force_flush()
+    }
+    fn shutdown_with_timeout(&self, t: Duration) -> OTelSdkResult {
+        self.inner.shutdown_with_timeout(t)
+    }
+    fn set_resource(&mut self, r: &Resource) {
+        self.inner.set_resource(r)
+    }
+}
+
+struct HeaderExtractor<'a>(&'a http::HeaderMap);
+impl Extractor for HeaderExtractor<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).and_then(|v| v.to_str().ok())
+    }
+    fn keys(&self) -> Vec<&str> {
+        self.0.keys().map(|k| k.as_str()).collect()
+    }
+}
+
+struct RequestInjector<'a>(&'a mut RequestHeader);
+impl Injector for RequestInjector<'_> {
+    fn set(&mut self, key: &str, value: String) {
+        let _ = self.0.insert_header(key.to_string(), value);
+    }
+}
+
+/// What the sampler and exporter are set to.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TraceSettings {
+    pub endpoint: String,
+    pub service_name: String,
+    pub ratio: f64,
+    pub queue_size: usize,
+}
+
+/// The OTel sampler names (`OTEL_TRACES_SAMPLER`) mapped to a parent-based ratio.
+pub fn ratio_from_env(sampler: Option<&str>, arg: Option<&str>) -> f64 {
+    let arg = arg.and_then(|a| a.trim().parse::<f64>().ok()).filter(|r| (0.0..=1.0).contains(r));
+    match sampler.map(str::trim) {
+        Some("always_off" | "parentbased_always_off") => 0.0,
+        Some("traceidratio" | "parentbased_traceidratio") => arg.unwrap_or(1.0),
+        _ => 1.0,
+    }
+}
+
+pub struct Tracing {
+    provider: SdkTracerProvider,
+    tracer: opentelemetry_sdk::trace::SdkTracer,
+    propagator: TraceContextPropagator,
+    pub counters: Arc<SpanCounters>,
+}
+
+impl Tracing {
+    pub fn start(s: &TraceSettings) -> Result<Tracing, TraceError> {
+        use opentelemetry_otlp::{WithExportConfig, WithHttpConfig};
+        let url = format!("{}/v1/traces", s.endpoint.trim_end_matches('/'));
+        let exporter = opentelemetry_otlp::SpanExporter::builder()
+            .with_http()
+            .with_endpoint(url.clone())
+            .with_timeout(Duration::from_secs(2))
+            .with_headers(Default::default())
+            .build()
+            .map_err(|e| TraceError::Exporter { endpoint: url, reason: e.to_string() })?;
+        let counters = Arc::new(SpanCounters::default());
+        let batch = BatchSpanProcessor::builder(CountingExporter { inner: exporter, counters: counters.clone() })
+            .with_batch_config(
+                BatchConfigBuilder::default().with_max_queue_size(s.queue_size).with_scheduled_delay(Duration::from_millis(500)).build(),
+            )
+            .build();
+        let provider = SdkTracerProvider::builder()
+            .with_resource(Resource::builder().with_service_name(s.service_name.clone()).build())
+            .with_sampler(Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(s.ratio))))
+            .with_span_processor(BoundedProcessor { inner: batch, counters: counters.clone(), limit: s.queue_size })
+            .build();
+        let tracer = provider.tracer("portier");
+        Ok(Tracing { provider, tracer, propagator: TraceContextPropagator::new(), counters })
+    }
+
+    /// Starts the server span, child of the client's `traceparent` when there is one.
+    pub fn server_span(&self, req: &RequestHeader, name: String, start: SystemTime) -> Context {
+        let parent = self.propagator.extract(&HeaderExtractor(&req.headers));
+        let span =
+            self.tracer.span_builder(name).with_kind(SpanKind::Server).with_start_time(start).start_with_context(&self.tracer, &parent);
+        parent.with_span(span)
+    }
+
+    /// Starts the client span for the origin request and writes its `traceparent` (and the
+    /// client's `tracestate`) into the forwarded request, replacing the client's.
+    pub fn client_span(&self, server: &Context, name: String, req: &mut RequestHeader) -> Context {
+        let span = self.tracer.span_builder(name).with_kind(SpanKind::Client).start_with_context(&self.tracer, server);
+        let cx = server.with_span(span);
+        self.propagator.inject_context(&cx, &mut RequestInjector(req));
+        cx
+    }
+
+    pub fn shutdown(&self) {
+        let _ = self.provider.shutdown_with_timeout(Duration::from_secs(2));
+    }
+}
+
+/// Ends a span with the HTTP attributes both semantic-convention generations name, so a
+/// collector's span metrics find `http.status_code` whichever it uses.
+pub fn finish(cx: &Context, status: u16, attrs: Vec<KeyValue>) {
+    let span = cx.span();
+    span.set_attribute(KeyValue::new("http.response.status_code", i64::from(status)));
+    span.set_attribute(KeyValue::new("http.status_code", i64::from(status)));
+    for a in attrs {
+        span.set_attribute(a);
+    }
+    if status >= 500 || status == 0 {
+        span.set_status(Status::error(format!("HTTP {status}")));
+    }
+    span.end();
+}
+
+pub fn trace_id(cx: &Context) -> Option<String> {
+    let sc = cx.span().span_context().clone();
+    sc.is_valid().then(|| sc.trace_id().to_string())
+}
+
+/// The trace id of an incoming `traceparent` (for log correlation when tracing is off).
+pub fn incoming_trace_id(req: &RequestHeader) -> Option<String> {
+    let tp = req.headers.get("traceparent")?.to_str().ok()?;
+    let mut parts = tp.split('-');
+    let (_v, id) = (parts.next()?, parts.next()?);
+    (id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()) && id != "00000000000000000000000000000000")
+        .then(|| id.to_ascii_lowercase())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sampler_env_and_traceparent_parsing() {
+        assert_eq!(ratio_from_env(Some("parentbased_traceidratio"), Some("0.1")), 0.1);
+        assert_eq!(ratio_from_env(Some("always_off"), None), 0.0);
+        assert_eq!(ratio_from_env(Some("traceidratio"), Some("7")), 1.0, "out of range falls back");
+        assert_eq!(ratio_from_env(None, None), 1.0);
+        let mut r = RequestHeader::build("GET", b"/", None).unwrap();
+        r.insert_header("traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01").unwrap();
+        assert_eq!(incoming_trace_id(&r).as_deref(), Some("4bf92f3577b34da6a3ce929d0e0e4736"));
+        r.insert_header("traceparent", "garbage").unwrap();
+        assert_eq!(incoming_trace_id(&r), None);
+    }
+}
