@@ -59,9 +59,41 @@ async fn read_body(session: &mut ServerSession) -> Result<Vec<u8>, String> {
     }
 }
 
-const ENDPOINTS: [&str; 5] = ["GET /healthz", "GET /readyz", "GET /metrics", "GET /cache/stats", "POST /cache/purge"];
+const ENDPOINTS: [&str; 6] =
+    ["GET /healthz", "GET /readyz", "GET /metrics", "GET /cache/stats", "POST /cache/purge", "GET /debug/pprof/profile?seconds=N"];
 
 impl Admin {
+    /// `GET /debug/pprof/profile?seconds=N` (default 30, at most 300): a pprof protobuf.
+    async fn profile(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
+        use crate::telemetry::profiling::{ProfileError, MAX_SECONDS};
+        let query = session.req_header().uri.query().unwrap_or("");
+        let seconds = match crate::cache::invalidate::query_param(Some(query), "seconds") {
+            None => 30,
+            Some(v) => match v.parse::<u64>() {
+                Ok(n) if (1..=MAX_SECONDS).contains(&n) => n,
+                _ => {
+                    return json_response(
+                        StatusCode::BAD_REQUEST,
+                        &json!({"error": format!("seconds must be a whole number from 1 to {MAX_SECONDS}")}),
+                    );
+                }
+            },
+        };
+        match self.state.profiling.cpu_profile(seconds).await {
+            Ok(bytes) => Response::builder()
+                .status(StatusCode::OK)
+                .header("content-type", "application/octet-stream")
+                .header("content-disposition", "attachment; filename=\"profile.pb\"")
+                .header("content-length", bytes.len())
+                .body(bytes)
+                .unwrap_or_default(),
+            Err(e @ (ProfileError::Busy | ProfileError::PushActive)) => {
+                json_response(StatusCode::CONFLICT, &json!({"error": e.to_string()}))
+            }
+            Err(e) => json_response(StatusCode::INTERNAL_SERVER_ERROR, &json!({"error": e.to_string()})),
+        }
+    }
+
     fn metrics(&self) -> Response<Vec<u8>> {
         let st = &self.state;
         let ext = crate::telemetry::metrics::External {
@@ -69,6 +101,7 @@ impl Admin {
             upstreams: &st.upstreams,
             spans: st.tracing.as_ref().map(|t| t.counters.as_ref()),
             access_log_dropped: st.access_log.dropped.load(std::sync::atomic::Ordering::Relaxed),
+            profiles: Some(st.profiling.counters.as_ref()),
         };
         let text = st.metrics.render(&ext).into_bytes();
 
@@ -137,6 +170,7 @@ impl ServeHttp for Admin {
             ("GET", "/metrics") => self.metrics(),
             ("GET", "/cache/stats") => self.cache_stats(),
             ("POST", "/cache/purge") => self.purge(session).await,
+            ("GET", "/debug/pprof/profile") => self.profile(session).await,
             (_, "/healthz" | "/readyz" | "/metrics" | "/cache/stats") => {
                 json_response(StatusCode::METHOD_NOT_ALLOWED, &json!({"error": "use GET"}))
             }

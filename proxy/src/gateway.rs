@@ -54,13 +54,15 @@ pub struct State {
     pub metrics: Metrics,
     pub access_log: AccessLog,
     pub tracing: Option<Tracing>,
+    pub profiling: crate::telemetry::profiling::Profiling,
 }
 
 impl State {
     pub fn new(config: Config, upstreams: Arc<Upstreams>, metrics: Metrics, tracing: Option<Tracing>) -> Self {
         let cache = config.cache.enabled.then(|| CacheLayer::new(&config));
         let access_log = AccessLog::new(config.telemetry.access_log.format);
-        State { router: Router::new(&config.routes), config, upstreams, cache, metrics, access_log, tracing }
+        let profiling = crate::telemetry::profiling::Profiling::new();
+        State { router: Router::new(&config.routes), config, upstreams, cache, metrics, access_log, tracing, profiling }
     }
 }
 

@@ -24,6 +24,9 @@ pub enum ServerError {
     Upstream(#[from] UpstreamError),
     #[error(transparent)]
     Traces(#[from] crate::telemetry::traces::TraceError),
+    #[error(transparent)]
+    Profiling(#[from] crate::telemetry::profiling::ProfileError),
+
     #[error("cannot set up metrics: {0}")]
     Metrics(prometheus::Error),
     #[error("cannot listen on {addr} ({which}): {source}")]
@@ -152,6 +155,11 @@ pub fn run(config: Config, on_bound: impl FnOnce(BoundAddrs)) -> Result<(), Serv
     // Built before any runtime exists: the OTLP client is a blocking one on its own thread.
     let tracing = tel.traces.as_ref().map(Tracing::start).transpose()?;
     let state = Arc::new(State::new(config, upstreams.clone(), metrics, tracing));
+    if let Some(url) = &tel.pyroscope_url {
+        let interval = state.config.telemetry.profiling.upload_interval.map(|d| d.get()).unwrap_or(Duration::from_secs(10));
+        state.profiling.start_push(url, &tel.service_name, interval)?;
+        events::emit("info", "profiling_push_started", &[("url", url), ("application", &tel.service_name)]);
+    }
     let mut proxy = pingora_proxy::http_proxy_service_with_name(&server.configuration, Gateway { state: state.clone() }, "portier");
     proxy.add_tcp(&addrs.public.to_string());
     server.add_service(PreBound { inner: proxy, sockets: vec![public] });

@@ -71,6 +71,8 @@ pub struct ProfilingConfig {
     /// Pyroscope server to push CPU profiles to, e.g. `http://pyroscope:4040`.
     /// Unset: `PYROSCOPE_SERVER_ADDRESS`; neither: no push.
     pub pyroscope_url: Option<String>,
+    /// How often profiles are pushed.
+    pub upload_interval: Option<Duration>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

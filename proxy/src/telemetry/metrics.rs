@@ -31,6 +31,8 @@ pub struct Metrics {
     spans_exported: IntCounter,
     spans_dropped: IntCounter,
     log_dropped: IntCounter,
+    profiles_ok: IntCounter,
+    profiles_failed: IntCounter,
     started: Instant,
 }
 
@@ -40,6 +42,7 @@ pub struct External<'a> {
     pub upstreams: &'a Upstreams,
     pub spans: Option<&'a super::traces::SpanCounters>,
     pub access_log_dropped: u64,
+    pub profiles: Option<&'a super::profiling::ProfileCounters>,
 }
 
 fn sync_counter(c: &IntCounter, total: u64) {
@@ -116,9 +119,13 @@ impl Metrics {
             spans_exported: counter(&r, &TRACE_SPANS_EXPORTED)?,
             spans_dropped: counter(&r, &TRACE_SPANS_DROPPED)?,
             log_dropped: counter(&r, &ACCESS_LOG_DROPPED)?,
+            profiles_ok: IntCounter::with_opts(Opts::new(PROFILES_PUSHED.name, PROFILES_PUSHED.help).const_label("outcome", "ok"))?,
+            profiles_failed: IntCounter::with_opts(Opts::new(PROFILES_PUSHED.name, PROFILES_PUSHED.help).const_label("outcome", "failed"))?,
             started: Instant::now(),
             registry: r,
         };
+        m.registry.register(Box::new(m.profiles_ok.clone()))?;
+        m.registry.register(Box::new(m.profiles_failed.clone()))?;
         // Every cache status appears from the start, so rate() queries have a series at 0.
         for s in ALL {
             m.cache_requests.with_label_values(&[s.as_str()]);
@@ -175,6 +182,10 @@ impl Metrics {
             sync_counter(&self.spans_dropped, sp.dropped.load(std::sync::atomic::Ordering::Relaxed));
         }
         sync_counter(&self.log_dropped, ext.access_log_dropped);
+        if let Some(p) = ext.profiles {
+            sync_counter(&self.profiles_ok, p.pushed.load(std::sync::atomic::Ordering::Relaxed));
+            sync_counter(&self.profiles_failed, p.failed.load(std::sync::atomic::Ordering::Relaxed));
+        }
         if let Some(s) = ext.storage {
             self.cache_entries.set(s.entries() as i64);
             self.cache_size.set(s.size() as i64);

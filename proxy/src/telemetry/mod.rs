@@ -4,6 +4,8 @@ pub mod access_log;
 pub mod events;
 pub mod metrics;
 pub mod names;
+pub mod profiling;
+
 pub mod time;
 pub mod traces;
 

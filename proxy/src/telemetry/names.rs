@@ -48,5 +48,7 @@ pub const TRACE_SPANS_DROPPED: MetricName =
     m("trace_spans_dropped_total", "Spans dropped because the OTLP endpoint failed or the export queue was full");
 pub const ACCESS_LOG_DROPPED: MetricName = m("access_log_dropped_total", "Access log lines dropped because stdout could not keep up");
 
+pub const PROFILES_PUSHED: MetricName = m("profiles_pushed_total", "CPU profiles pushed to Pyroscope, by outcome (ok, failed)");
+
 pub const UPTIME: MetricName = m("portier_uptime_seconds", "Seconds since the process started");
 pub const BUILD_INFO: MetricName = m("portier_build_info", "Always 1; the version label says which Portier runs");

@@ -1,0 +1,196 @@
+//! CPU profiles with the `pprof` crate: continuous push to Pyroscope (application name = the
+//! service name) when a server is configured, and on-demand
+//! `GET /debug/pprof/profile?seconds=N` on the admin listener returning a pprof protobuf.
+//! Both use the process's one SIGPROF profiler, so only one runs at a time.
+//!
+//! The push speaks Pyroscope's `push.v1.PusherService/Push` (Connect protocol, protobuf
+//! body) directly: the `pyroscope` crate vendors its own copy of pprof-rs, whose signal
+//! handler symbol clashes with the `pprof` crate's at link time.
+
+use pprof::protos::Message as _;
+use std::io::{Read, Write};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+pub const MAX_SECONDS: u64 = 300;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProfileError {
+    #[error("a profile is already being taken")]
+    Busy,
+    #[error("continuous profiling to Pyroscope owns the profiler; look at Pyroscope instead")]
+    PushActive,
+    #[error("profiling failed: {0}")]
+    Failed(String),
+    #[error("telemetry.profiling.pyroscope_url {url:?}: {reason}")]
+    BadUrl { url: String, reason: String },
+}
+
+/// Pyroscope's push API messages (`push/v1/push.proto`).
+mod push_proto {
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct PushRequest {
+        #[prost(message, repeated, tag = "1")]
+        pub series: Vec<RawProfileSeries>,
+    }
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct RawProfileSeries {
+        #[prost(message, repeated, tag = "1")]
+        pub labels: Vec<LabelPair>,
+        #[prost(message, repeated, tag = "2")]
+        pub samples: Vec<RawSample>,
+    }
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct LabelPair {
+        #[prost(string, tag = "1")]
+        pub name: String,
+        #[prost(string, tag = "2")]
+        pub value: String,
+    }
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct RawSample {
+        #[prost(bytes = "vec", tag = "1")]
+        pub raw_profile: Vec<u8>,
+        #[prost(string, tag = "2")]
+        pub id: String,
+    }
+}
+
+/// Takes one CPU profile of `duration` (blocking) and returns it as pprof protobuf bytes.
+fn take_profile(duration: Duration) -> Result<Vec<u8>, ProfileError> {
+    let guard = pprof::ProfilerGuardBuilder::default()
+        .frequency(100)
+        .blocklist(&["libc", "libgcc", "pthread", "vdso"])
+        .build()
+        .map_err(|e| ProfileError::Failed(e.to_string()))?;
+    std::thread::sleep(duration);
+    let report = guard.report().build().map_err(|e| ProfileError::Failed(e.to_string()))?;
+    drop(guard);
+    let profile = report.pprof().map_err(|e| ProfileError::Failed(e.to_string()))?;
+    Ok(profile.encode_to_vec())
+}
+
+/// `http://host:port/prefix` → (`host:port`, `/prefix`). Only plain HTTP: Pyroscope sits on
+/// the internal network next to Portier.
+pub fn parse_http_url(url: &str) -> Result<(String, String), ProfileError> {
+    let bad = |reason: &str| ProfileError::BadUrl { url: url.to_string(), reason: reason.to_string() };
+    let rest = url.strip_prefix("http://").ok_or_else(|| bad("only http:// is supported"))?;
+    let (host, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    if host.is_empty() {
+        return Err(bad("no host"));
+    }
+    let host = if host.contains(':') { host.to_string() } else { format!("{host}:80") };
+    Ok((host, path.trim_end_matches('/').to_string()))
+}
+
+fn post(host: &str, path: &str, content_type: &str, body: &[u8]) -> std::io::Result<u16> {
+    use std::net::ToSocketAddrs;
+    let addr = host.to_socket_addrs()?.next().ok_or_else(|| std::io::Error::other(format!("{host} resolves to nothing")))?;
+    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    s.set_write_timeout(Some(Duration::from_secs(5)))?;
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: {content_type}\r\nConnect-Protocol-Version: 1\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    s.write_all(head.as_bytes())?;
+    s.write_all(body)?;
+    let mut buf = [0u8; 12];
+    s.read_exact(&mut buf)?;
+    std::str::from_utf8(&buf[9..12]).ok().and_then(|c| c.parse().ok()).ok_or_else(|| std::io::Error::other("not an HTTP response"))
+}
+
+/// Counters for `/metrics`.
+#[derive(Debug, Default)]
+pub struct ProfileCounters {
+    pub pushed: AtomicU64,
+    pub failed: AtomicU64,
+}
+
+pub struct Profiling {
+    busy: Arc<AtomicBool>,
+    pushing: Arc<AtomicBool>,
+    pub counters: Arc<ProfileCounters>,
+}
+
+impl Profiling {
+    pub fn new() -> Profiling {
+        Profiling { busy: Arc::new(AtomicBool::new(false)), pushing: Arc::new(AtomicBool::new(false)), counters: Arc::default() }
+    }
+
+    /// Profiles continuously in `interval` windows on a thread of its own and pushes each
+    /// window to Pyroscope; a failed push is counted and the next window goes on.
+    pub fn start_push(&self, url: &str, service_name: &str, interval: Duration) -> Result<(), ProfileError> {
+        let (host, prefix) = parse_http_url(url)?;
+        let path = format!("{prefix}/push.v1.PusherService/Push");
+        let (pushing, counters, service) = (self.pushing.clone(), self.counters.clone(), service_name.to_string());
+        pushing.store(true, Ordering::SeqCst);
+        std::thread::Builder::new()
+            .name("pyroscope-push".into())
+            .spawn(move || {
+                let mut n = 0u64;
+                while pushing.load(Ordering::SeqCst) {
+                    let ok = match take_profile(interval) {
+                        Ok(raw) => {
+                            n += 1;
+                            let req = push_proto::PushRequest {
+                                series: vec![push_proto::RawProfileSeries {
+                                    labels: [("__name__", "process_cpu"), ("service_name", service.as_str()), ("__delta__", "false")]
+                                        .iter()
+                                        .map(|(k, v)| push_proto::LabelPair { name: k.to_string(), value: v.to_string() })
+                                        .collect(),
+                                    samples: vec![push_proto::RawSample { raw_profile: raw, id: format!("{n}") }],
+                                }],
+                            };
+                            matches!(post(&host, &path, "application/proto", &prost::Message::encode_to_vec(&req)), Ok(200..=299))
+                        }
+                        Err(_) => false,
+                    };
+                    let c = if ok { &counters.pushed } else { &counters.failed };
+                    c.fetch_add(1, Ordering::Relaxed);
+                }
+            })
+            .map_err(|e| ProfileError::Failed(format!("cannot start the push thread: {e}")))?;
+        Ok(())
+    }
+
+    pub fn push_active(&self) -> bool {
+        self.pushing.load(Ordering::SeqCst)
+    }
+
+    /// Samples the whole process at 100 Hz for `seconds` (1 to 300), as a pprof protobuf.
+    pub async fn cpu_profile(&self, seconds: u64) -> Result<Vec<u8>, ProfileError> {
+        if self.push_active() {
+            return Err(ProfileError::PushActive);
+        }
+        if self.busy.swap(true, Ordering::SeqCst) {
+            return Err(ProfileError::Busy);
+        }
+        let secs = seconds.clamp(1, MAX_SECONDS);
+        // The profiler guard is not Send: it lives on a blocking thread for the duration.
+        let result = tokio::task::spawn_blocking(move || take_profile(Duration::from_secs(secs)))
+            .await
+            .unwrap_or_else(|e| Err(ProfileError::Failed(e.to_string())));
+        self.busy.store(false, Ordering::SeqCst);
+        result
+    }
+}
+
+impl Default for Profiling {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls() {
+        assert_eq!(parse_http_url("http://pyroscope:4040").unwrap(), ("pyroscope:4040".into(), "".into()));
+        assert_eq!(parse_http_url("http://p/x/").unwrap(), ("p:80".into(), "/x".into()));
+        assert!(parse_http_url("https://p").is_err());
+    }
+}

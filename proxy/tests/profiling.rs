@@ -1,0 +1,58 @@
+//! CPU profiles: the admin pprof endpoint returns a real pprof protobuf, and continuous
+//! profiling pushes to a Pyroscope-compatible receiver.
+
+mod common;
+use common::recorder::Recorder;
+use common::*;
+use pprof::protos::Message;
+use std::time::Duration;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn pprof_endpoint_returns_a_cpu_profile() {
+    let api = origin().await;
+    let p = Portier::start(&two_pool_config(api.addr, api.addr));
+    let admin = p.admin;
+    let profile = tokio::spawn(async move { request(admin, "GET", "/debug/pprof/profile?seconds=1", &[], b"").await.unwrap() });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let busy = get(p.admin, "/debug/pprof/profile?seconds=1").await;
+    assert_eq!(busy.status, 409, "one profile at a time: {}", busy.text());
+    // Some work to sample meanwhile.
+    for _ in 0..200 {
+        get(p.public, "/api/stats/summary?username=demo").await;
+    }
+    let r = profile.await.unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.header("content-type"), "application/octet-stream");
+    let prof = pprof::protos::Profile::decode(r.body.as_slice()).expect("a pprof protobuf");
+    assert!(!prof.sample_type.is_empty());
+    assert!(prof.period > 0);
+    assert_eq!(get(p.admin, "/debug/pprof/profile?seconds=0").await.status, 400);
+    assert_eq!(get(p.admin, "/debug/pprof/profile?seconds=abc").await.status, 400);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn profiles_are_pushed_to_pyroscope_with_the_service_name() {
+    let rx = Recorder::start().await;
+    let api = origin().await;
+    let cfg = format!(
+        "[telemetry]\nservice_name = \"proxy\"\n[telemetry.profiling]\npyroscope_url = \"http://{}\"\nupload_interval = \"1s\"\n{}",
+        rx.addr,
+        two_pool_config(api.addr, api.addr)
+    );
+    let p = Portier::start(&cfg);
+    assert!(eventually(Duration::from_secs(6), async || !rx.seen().is_empty()).await, "a profile was pushed");
+    let push = &rx.seen()[0];
+    assert_eq!(push.method, "POST");
+    assert_eq!(push.path, "/push.v1.PusherService/Push");
+    assert_eq!(push.content_type, "application/proto");
+    assert!(push.body.len() > 20);
+    let body = String::from_utf8_lossy(&push.body);
+    assert!(body.contains("service_name") && body.contains("proxy") && body.contains("process_cpu"), "labels in the push");
+    assert!(
+        eventually(Duration::from_secs(3), async || {
+            metric_value(&get(p.admin, "/metrics").await.text(), "profiles_pushed_total{outcome=\"ok\"}").unwrap_or(0.0) >= 1.0
+        })
+        .await
+    );
+    assert_eq!(get(p.admin, "/debug/pprof/profile?seconds=1").await.status, 409, "the push owns the profiler");
+}
