@@ -5,7 +5,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 APT_PACKAGES := cmake gcc g++ make
 
-.PHONY: all build release demo test deps test-deps fmt lint unit clean
+.PHONY: all build release demo test deps test-deps bench fmt lint unit clean
 
 all: build
 
@@ -46,6 +46,11 @@ release: deps
 # Starts the sample origin and Portier on :8080 (admin on 127.0.0.1:9901), prints what to try.
 demo: release
 	./target/release/portier demo
+
+# Benchmarks (not part of `make test`): figures go to benches/README.md.
+bench: deps
+	$(CARGO) build --release -p portier -p portier-benches
+	./target/release/hit-bench --rounds 5 --seconds 4 --connections 32
 
 fmt:
 	$(CARGO) fmt --all -- --check

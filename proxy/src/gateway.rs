@@ -77,6 +77,9 @@ pub struct Ctx {
     /// The server span (and, while the origin is asked, the client span) when tracing is on.
     pub trace: Option<opentelemetry::Context>,
     pub upstream_trace: Option<opentelemetry::Context>,
+    /// Unsampled requests: the trace id for the log, and the `traceparent` for the origin.
+    pub unsampled_trace_id: Option<String>,
+    pub inject_traceparent: Option<String>,
     pub request_id: String,
     /// Index of the matched route.
     pub route: Option<usize>,
@@ -156,7 +159,13 @@ impl Gateway {
     /// refreshes have no client and get none.
     fn start_trace(&self, session: &Session, ctx: &mut Ctx) {
         if let (Some(t), None) = (&self.state.tracing, &session.subrequest_ctx) {
-            ctx.trace = Some(t.server_span(session.req_header(), ctx.span_name.clone(), ctx.started_at));
+            match t.decide(session.req_header()) {
+                traces::Decision::Record => ctx.trace = Some(t.server_span(session.req_header(), ctx.span_name.clone(), ctx.started_at)),
+                traces::Decision::Skip { trace_id, inject } => {
+                    ctx.unsampled_trace_id = Some(trace_id);
+                    ctx.inject_traceparent = inject;
+                }
+            }
         }
     }
 
@@ -230,6 +239,8 @@ impl ProxyHttp for Gateway {
             started_at: SystemTime::now(),
             trace: None,
             upstream_trace: None,
+            unsampled_trace_id: None,
+            inject_traceparent: None,
             request_id: String::new(),
             route: None,
             span_name: String::new(),
@@ -429,6 +440,8 @@ impl ProxyHttp for Gateway {
         if let (Some(t), Some(server)) = (&self.state.tracing, &ctx.trace) {
             let name = format!("{} {}", req.method, ctx.pool.as_ref().map(|p| p.name.as_str()).unwrap_or("upstream"));
             ctx.upstream_trace = Some(t.client_span(server, name, req));
+        } else if let Some(tp) = &ctx.inject_traceparent {
+            req.insert_header("traceparent", tp.as_str())?;
         }
         ctx.upstream_started = Some(Instant::now());
         Ok(())
@@ -439,8 +452,10 @@ impl ProxyHttp for Gateway {
         ctx.upstream_time = ctx.upstream_started.map(|t| t.elapsed());
         ctx.origin_status = Some(resp.status.as_u16());
         if let Some(cx) = ctx.upstream_trace.take() {
-            let pool = ctx.pool.as_ref().map(|p| p.name.clone()).unwrap_or_default();
-            traces::finish(&cx, resp.status.as_u16(), vec![KeyValue::new("portier.pool", pool)]);
+            let pool = &ctx.pool;
+            traces::finish(&cx, resp.status.as_u16(), || {
+                vec![KeyValue::new("portier.pool", pool.as_ref().map(|p| p.name.clone()).unwrap_or_default())]
+            });
         }
         if let Some(pool) = &ctx.pool {
             if let Some(i) = ctx.backend {
@@ -561,37 +576,38 @@ impl ProxyHttp for Gateway {
         let method = session.req_header().method.as_str().to_string();
         let span_name = if ctx.span_name.is_empty() { format!("{method} (no route)") } else { std::mem::take(&mut ctx.span_name) };
         let duration_ms = ctx.started.elapsed().as_secs_f64() * 1000.0;
-        self.state.metrics.record_request(&RequestRecord {
-            span_name: &span_name,
-            method: &method,
-            status,
-            cache_status: s,
-            duration_ms,
-            body_bytes: ctx.body_bytes,
-        });
-        let pool = ctx.pool.as_ref().map(|p| p.name.clone()).unwrap_or_default();
+        if self.state.config.telemetry.metrics {
+            self.state.metrics.record_request(&RequestRecord {
+                span_name: &span_name,
+                method: &method,
+                status,
+                cache_status: s,
+                duration_ms,
+                body_bytes: ctx.body_bytes,
+            });
+        }
+        let pool = || ctx.pool.as_ref().map(|p| p.name.clone()).unwrap_or_default();
         if let Some(cx) = ctx.upstream_trace.take() {
             // The origin never answered (connect failure, timeout).
-            traces::finish(&cx, 0, vec![KeyValue::new("portier.pool", pool.clone())]);
+            traces::finish(&cx, 0, || vec![KeyValue::new("portier.pool", pool())]);
         }
-        let trace_id = match &ctx.trace {
-            Some(cx) => traces::trace_id(cx),
-            None => traces::incoming_trace_id(session.req_header()),
+        let trace_id = match (&ctx.trace, ctx.unsampled_trace_id.take()) {
+            (Some(cx), _) => traces::trace_id(cx),
+            (None, Some(id)) => Some(id),
+            (None, None) => traces::incoming_trace_id(session.req_header()),
         };
         if let Some(cx) = ctx.trace.take() {
-            let route = self.state.router.routes().get(ctx.route.unwrap_or(usize::MAX)).map(|r| r.pattern.clone()).unwrap_or_default();
-            traces::finish(
-                &cx,
-                status,
+            traces::finish(&cx, status, || {
+                let route = self.state.router.routes().get(ctx.route.unwrap_or(usize::MAX)).map(|r| r.pattern.clone()).unwrap_or_default();
                 vec![
                     KeyValue::new("http.request.method", method.clone()),
                     KeyValue::new("http.method", method.clone()),
                     KeyValue::new("http.route", route),
                     KeyValue::new("cache.status", s.as_str()),
-                    KeyValue::new("portier.pool", pool),
+                    KeyValue::new("portier.pool", pool()),
                     KeyValue::new("portier.request_id", ctx.request_id.clone()),
-                ],
-            );
+                ]
+            });
         }
         if self.state.access_log.enabled() {
             let req = session.req_header();

@@ -228,3 +228,25 @@ async fn collector_down_changes_nothing_for_requests_and_drops_are_counted() {
     let m = get(p.admin, "/metrics").await.text();
     assert_eq!(metric_value(&m, "trace_spans_exported_total"), Some(0.0));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn unsampled_requests_still_correlate_edge_and_origin() {
+    let rx = OtlpReceiver::start().await;
+    let api = origin().await;
+    let cfg = format!("[telemetry.traces]\nendpoint = \"http://{}\"\nsample_ratio = 0.0\n{}", rx.addr, two_pool_config(api.addr, api.addr));
+    let p = Portier::start(&cfg);
+    let r = get_with(p.public, "/api/echo", &[("X-Request-Id", "unsampled-1")]).await;
+    let tp = r.json()["headers"]["traceparent"].as_str().expect("an unsampled traceparent for the origin").to_string();
+    let parts: Vec<&str> = tp.split('-').collect();
+    assert_eq!(parts.len(), 4);
+    assert_eq!(parts[3], "00", "not sampled");
+    // A client's sampled flag is followed even at ratio 0.
+    let r = get_with(p.public, "/api/echo", &[("traceparent", TRACEPARENT)]).await;
+    assert!(r.json()["headers"]["traceparent"].as_str().unwrap().starts_with(&format!("00-{TRACE_ID}-")));
+    assert!(eventually(Duration::from_secs(5), async || rx.spans().iter().any(|s| s.trace_id == TRACE_ID)).await);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(rx.spans().iter().all(|s| s.trace_id == TRACE_ID), "the unsampled request exported nothing");
+    let line = p.stdout_lines().into_iter().find(|l| l.contains("\"request_id\":\"unsampled-1\"")).expect("access log line");
+    let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(v["trace_id"], parts[1], "the log has the trace id the origin got");
+}

@@ -25,15 +25,30 @@ pub struct Config {
     pub telemetry: Telemetry,
 }
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Telemetry {
     /// `service_name` label of the span metrics and `service.name` of the traces; the
     /// runbook's queries use `proxy`. `OTEL_SERVICE_NAME` overrides it when this is unset.
     pub service_name: Option<String>,
+    /// Record the per-request series (span metrics, cache request counters). Turning this
+    /// off is for measuring their cost; cache and upstream gauges stay.
+    pub metrics: bool,
     pub access_log: AccessLogConfig,
     pub traces: TracesConfig,
     pub profiling: ProfilingConfig,
+}
+
+impl Default for Telemetry {
+    fn default() -> Self {
+        Telemetry {
+            service_name: None,
+            metrics: true,
+            access_log: AccessLogConfig::default(),
+            traces: TracesConfig::default(),
+            profiling: ProfilingConfig::default(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]

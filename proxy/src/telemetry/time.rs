@@ -7,6 +7,31 @@ pub fn rfc3339_now() -> String {
     rfc3339(SystemTime::now())
 }
 
+/// Appends the current time as RFC 3339 to `out`. The date-and-seconds part is computed once
+/// per second per thread: this runs for every access log line.
+pub fn push_rfc3339_now(out: &mut String) {
+    thread_local! {
+        static LAST: std::cell::RefCell<(u64, String)> = const { std::cell::RefCell::new((u64::MAX, String::new())) };
+    }
+    let d = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+    let secs = d.as_secs();
+    LAST.with(|last| {
+        let mut last = last.borrow_mut();
+        if last.0 != secs {
+            let full = rfc3339(UNIX_EPOCH + std::time::Duration::from_secs(secs));
+            last.1 = full[..19].to_string();
+            last.0 = secs;
+        }
+        out.push_str(&last.1);
+    });
+    let ms = d.subsec_millis();
+    out.push('.');
+    out.push(char::from(b'0' + (ms / 100) as u8));
+    out.push(char::from(b'0' + (ms / 10 % 10) as u8));
+    out.push(char::from(b'0' + (ms % 10) as u8));
+    out.push('Z');
+}
+
 pub fn rfc3339(t: SystemTime) -> String {
     let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
     let secs = d.as_secs();
@@ -39,6 +64,11 @@ mod tests {
         assert_eq!(rfc3339(UNIX_EPOCH), "1970-01-01T00:00:00.000Z");
         let t = UNIX_EPOCH + Duration::from_millis(1_795_792_763_123);
         assert_eq!(rfc3339(t), "2026-11-27T15:19:23.123Z");
+        let mut s = String::new();
+        push_rfc3339_now(&mut s);
+        assert_eq!(s.len(), 24);
+        assert_eq!(&s[..4], &rfc3339_now()[..4]);
+        assert!(s.ends_with('Z'));
         let leap = UNIX_EPOCH + Duration::from_secs(951_782_400); // 2000-02-29
         assert_eq!(&rfc3339(leap)[..10], "2000-02-29");
     }

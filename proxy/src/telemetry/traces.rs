@@ -124,6 +124,7 @@ pub fn ratio_from_env(sampler: Option<&str>, arg: Option<&str>) -> f64 {
 }
 
 pub struct Tracing {
+    ratio: f64,
     provider: SdkTracerProvider,
     tracer: opentelemetry_sdk::trace::SdkTracer,
     propagator: TraceContextPropagator,
@@ -149,11 +150,31 @@ impl Tracing {
             .build();
         let provider = SdkTracerProvider::builder()
             .with_resource(Resource::builder().with_service_name(s.service_name.clone()).build())
-            .with_sampler(Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(s.ratio))))
+            // The ratio is applied by `decide` before any span exists; what reaches the SDK
+            // is to be recorded.
+            .with_sampler(Sampler::ParentBased(Box::new(Sampler::AlwaysOn)))
             .with_span_processor(BoundedProcessor { inner: batch, counters: counters.clone(), limit: s.queue_size })
             .build();
         let tracer = provider.tracer("portier");
-        Ok(Tracing { provider, tracer, propagator: TraceContextPropagator::new(), counters })
+        Ok(Tracing { ratio: s.ratio, provider, tracer, propagator: TraceContextPropagator::new(), counters })
+    }
+
+    /// Head sampling, decided before any SDK span exists so that unsampled requests (most of
+    /// them at a 10% ratio) cost a random number and a header. Parent-based: a client's
+    /// sampled flag is followed; a client's unsampled `traceparent` is forwarded as is; a
+    /// request without one that is not sampled still gets a trace id (and an unsampled
+    /// `traceparent` to the origin) so edge and API logs correlate.
+    pub fn decide(&self, req: &RequestHeader) -> Decision {
+        match parse_traceparent(req) {
+            Some((_, true)) => Decision::Record,
+            Some((id, false)) => Decision::Skip { trace_id: id, inject: None },
+            None if self.ratio >= 1.0 || (rand_u64() as f64) < self.ratio * u64::MAX as f64 => Decision::Record,
+            None => {
+                let id = format!("{:016x}{:016x}", rand_u64(), rand_u64());
+                let inject = format!("00-{id}-{:016x}-00", rand_u64() | 1);
+                Decision::Skip { trace_id: id, inject: Some(inject) }
+            }
+        }
     }
 
     /// Starts the server span, child of the client's `traceparent` when there is one.
@@ -179,9 +200,15 @@ impl Tracing {
 }
 
 /// Ends a span with the HTTP attributes both semantic-convention generations name, so a
-/// collector's span metrics find `http.status_code` whichever it uses.
-pub fn finish(cx: &Context, status: u16, attrs: Vec<KeyValue>) {
+/// collector's span metrics find `http.status_code` whichever it uses. The attributes are
+/// only built for sampled spans.
+pub fn finish(cx: &Context, status: u16, attrs: impl FnOnce() -> Vec<KeyValue>) {
     let span = cx.span();
+    if !span.is_recording() {
+        span.end();
+        return;
+    }
+    let attrs = attrs();
     span.set_attribute(KeyValue::new("http.response.status_code", i64::from(status)));
     span.set_attribute(KeyValue::new("http.status_code", i64::from(status)));
     for a in attrs {
@@ -198,13 +225,52 @@ pub fn trace_id(cx: &Context) -> Option<String> {
     sc.is_valid().then(|| sc.trace_id().to_string())
 }
 
+/// What to do about tracing for one request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    /// Create spans.
+    Record,
+    /// No spans; log `trace_id`, and send `inject` as the origin's `traceparent` if set.
+    Skip { trace_id: String, inject: Option<String> },
+}
+
+/// xorshift64*, seeded per thread: sampling and unsampled ids need speed, not secrecy.
+fn rand_u64() -> u64 {
+    use std::cell::Cell;
+    thread_local! {
+        static STATE: Cell<u64> = Cell::new({
+            use std::hash::{BuildHasher, Hasher};
+            let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+            h.write_u64(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(7));
+            h.finish() | 1
+        });
+    }
+    STATE.with(|s| {
+        let mut x = s.get();
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        s.set(x);
+        x.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    })
+}
+
+/// `(trace id, sampled)` of a valid incoming `traceparent`.
+fn parse_traceparent(req: &RequestHeader) -> Option<(String, bool)> {
+    let tp = req.headers.get("traceparent")?.to_str().ok()?.trim();
+    let mut parts = tp.split('-');
+    let (v, id, span, flags) = (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+    let hex = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_hexdigit()) && s.bytes().any(|b| b != b'0');
+    if v.len() != 2 || v == "ff" || !hex(id, 32) || !hex(span, 16) || flags.len() != 2 {
+        return None;
+    }
+    let flags = u8::from_str_radix(flags, 16).ok()?;
+    Some((id.to_ascii_lowercase(), flags & 1 == 1))
+}
+
 /// The trace id of an incoming `traceparent` (for log correlation when tracing is off).
 pub fn incoming_trace_id(req: &RequestHeader) -> Option<String> {
-    let tp = req.headers.get("traceparent")?.to_str().ok()?;
-    let mut parts = tp.split('-');
-    let (_v, id) = (parts.next()?, parts.next()?);
-    (id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()) && id != "00000000000000000000000000000000")
-        .then(|| id.to_ascii_lowercase())
+    parse_traceparent(req).map(|(id, _)| id)
 }
 
 #[cfg(test)]
@@ -222,5 +288,9 @@ mod tests {
         assert_eq!(incoming_trace_id(&r).as_deref(), Some("4bf92f3577b34da6a3ce929d0e0e4736"));
         r.insert_header("traceparent", "garbage").unwrap();
         assert_eq!(incoming_trace_id(&r), None);
+        r.insert_header("traceparent", "00-00000000000000000000000000000000-00f067aa0ba902b7-01").unwrap();
+        assert_eq!(incoming_trace_id(&r), None, "all-zero trace id is invalid");
+        r.insert_header("traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00").unwrap();
+        assert_eq!(parse_traceparent(&r), Some(("4bf92f3577b34da6a3ce929d0e0e4736".into(), false)));
     }
 }
