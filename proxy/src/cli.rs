@@ -40,6 +40,11 @@ pub enum Command {
         #[arg(long, default_value = "127.0.0.1:9901")]
         admin: String,
     },
+    /// Exit 0 when the admin `/healthz` answers 200 (for container health checks: no curl needed).
+    Healthcheck {
+        #[arg(long, default_value = "127.0.0.1:9901")]
+        admin: String,
+    },
     /// Start the sample origin and Portier in front of it, and print what to try.
     Demo {
         #[arg(long, default_value = "0.0.0.0:8080")]
@@ -86,6 +91,10 @@ pub fn main() -> ExitCode {
             Err(e) => fail(e),
         },
         Command::Demo { listen, origin, admin, config } => demo(&listen, &origin, &admin, &config),
+        Command::Healthcheck { admin } => match healthcheck(&admin) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => fail(format!("unhealthy: {e}")),
+        },
     }
 }
 
@@ -170,4 +179,22 @@ fn demo(listen: &str, origin: &str, admin: &str, config_path: &Path) -> ExitCode
             origin = origin.addr
         );
     })
+}
+
+/// `GET /healthz` on the admin listener, with a short timeout.
+fn healthcheck(admin: &str) -> Result<(), String> {
+    use std::io::{Read, Write};
+    use std::net::ToSocketAddrs;
+    let addr = admin.to_socket_addrs().map_err(|e| format!("{admin}: {e}"))?.next().ok_or_else(|| format!("{admin}: no address"))?;
+    let t = std::time::Duration::from_secs(2);
+    let mut s = std::net::TcpStream::connect_timeout(&addr, t).map_err(|e| format!("{admin}: {e}"))?;
+    s.set_read_timeout(Some(t)).map_err(|e| e.to_string())?;
+    s.write_all(format!("GET /healthz HTTP/1.1\r\nHost: {admin}\r\nConnection: close\r\n\r\n").as_bytes()).map_err(|e| e.to_string())?;
+    let mut head = [0u8; 12];
+    s.read_exact(&mut head).map_err(|e| format!("{admin}: {e}"))?;
+    if &head[9..12] == b"200" {
+        Ok(())
+    } else {
+        Err(format!("{admin}/healthz answered {}", String::from_utf8_lossy(&head[9..12])))
+    }
 }

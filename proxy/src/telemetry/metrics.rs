@@ -142,7 +142,12 @@ impl Metrics {
         // Every cache status appears from the start, so rate() queries have a series at 0.
         for s in ALL {
             m.cache_requests.with_label_values(&[s.as_str()]);
+            m.background.with_label_values(&[s.as_str()]);
         }
+        for reason in PURGE_REASONS {
+            m.cache_purged.with_label_values(&[reason]);
+        }
+
         for src in ["cache", "origin"] {
             m.served_bytes.with_label_values(&[src]);
         }

@@ -32,6 +32,8 @@ pub const CACHE_EVICTIONS: MetricName = m("cache_evictions_total", "Entries evic
 pub const CACHE_PURGED: MetricName = m("cache_purged_total", "Entries removed or expired by purges and invalidations, by reason");
 pub const CACHE_SERVED_BYTES: MetricName =
     m("cache_served_bytes_total", "Response body bytes sent to clients, by source (cache or origin)");
+/// The `reason` values of `cache_purged_total`.
+pub const PURGE_REASONS: [&str; 6] = ["api", "api_soft", "purge_method", "purge_method_soft", "unsafe_method", "rule"];
 pub const CACHE_COALESCED: MetricName =
     m("cache_coalesced_total", "Requests that waited for another request's origin fetch instead of making their own");
 pub const CACHE_BACKGROUND_REFRESHES: MetricName =

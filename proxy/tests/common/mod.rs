@@ -258,4 +258,5 @@ pub fn metric_value(text: &str, series: &str) -> Option<f64> {
         .and_then(|l| l.rsplit(' ').next())
         .and_then(|v| v.parse().ok())
 }
+pub mod prom;
 pub mod recorder;

@@ -1,0 +1,285 @@
+//! The stack around Portier (deploy/ and observability/), tested here without a Docker
+//! engine: every YAML and JSON parses, Compose files match the Compose Specification schema,
+//! the Dockerfile's paths exist, promtool accepts the Prometheus config, the dashboards are
+//! valid Grafana models; then a real Prometheus scrapes `portier demo` under real k6 load,
+//! k6's thresholds pass, every dashboard query naming a Portier series returns data, and the
+//! CSV script turns k6's JSON output into the runbook's CSV.
+
+mod common;
+use common::prom::{query_result, start_prometheus, which};
+use common::*;
+use std::collections::{BTreeSet, HashSet};
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+}
+
+fn files(dir: &Path, exts: &[&str], out: &mut Vec<PathBuf>) {
+    for e in std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()) {
+        if e.is_dir() {
+            files(&e, exts, out);
+        } else if e.extension().and_then(|x| x.to_str()).is_some_and(|x| exts.contains(&x)) {
+            out.push(e);
+        }
+    }
+}
+
+fn dashboards() -> Vec<(PathBuf, serde_json::Value)> {
+    let mut fs = Vec::new();
+    files(&root().join("observability/grafana/provisioning/dashboards"), &["json"], &mut fs);
+    fs.sort();
+    fs.into_iter().map(|f| (f.clone(), serde_json::from_str(&std::fs::read_to_string(&f).unwrap()).unwrap())).collect()
+}
+
+#[test]
+fn every_yaml_and_json_parses_and_compose_files_match_the_schema() {
+    let mut fs = Vec::new();
+    for d in ["deploy", "observability", "config"] {
+        files(&root().join(d), &["yml", "yaml", "json"], &mut fs);
+    }
+    assert!(fs.len() >= 15, "{fs:?}");
+    for f in &fs {
+        let text = std::fs::read_to_string(f).unwrap();
+        if f.extension().unwrap() == "json" {
+            serde_json::from_str::<serde_json::Value>(&text).unwrap_or_else(|e| panic!("{}: {e}", f.display()));
+        } else {
+            serde_yaml::from_str::<serde_yaml::Value>(&text).unwrap_or_else(|e| panic!("{}: {e}", f.display()));
+        }
+    }
+    let script = r#"
+import json, sys, yaml, jsonschema
+schema = json.load(open(sys.argv[1]))
+bad = 0
+for f in sys.argv[2:]:
+    doc = yaml.safe_load(open(f))
+    errors = sorted(jsonschema.Draft201909Validator(schema).iter_errors(doc), key=lambda e: list(e.path))
+    for e in errors:
+        bad += 1
+        print(f"{f}: {'/'.join(map(str, e.path))}: {e.message}")
+sys.exit(1 if bad else 0)
+"#;
+    let compose: Vec<String> = ["docker-compose.yml", "docker-compose.prod.yml", "docker-compose.observability.yml"]
+        .iter()
+        .map(|f| root().join("deploy").join(f).display().to_string())
+        .collect();
+    let out = Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .arg(root().join("deploy/schema/compose-spec.json"))
+        .args(&compose)
+        .output()
+        .expect("python3 runs (make test installs pyyaml and jsonschema)");
+    assert!(out.status.success(), "Compose schema: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+
+    // The runbook's rules: only Grafana has a host port (127.0.0.1), all under the profile,
+    // every image pinned to a version.
+    let obs: serde_yaml::Value = serde_yaml::from_str(&std::fs::read_to_string(&compose[2]).unwrap()).unwrap();
+    for (name, svc) in obs["services"].as_mapping().unwrap() {
+        let name = name.as_str().unwrap();
+        assert_eq!(svc["profiles"][0].as_str(), Some("observability"), "{name}");
+        let image = svc["image"].as_str().unwrap();
+        assert!(image.contains(':') && !image.ends_with(":latest"), "{name}: pinned image, got {image}");
+        match name {
+            "grafana" => assert_eq!(svc["ports"][0].as_str(), Some("127.0.0.1:3000:3000")),
+            _ => assert!(svc.get("ports").is_none(), "{name} publishes no host port"),
+        }
+    }
+    let dev: serde_yaml::Value = serde_yaml::from_str(&std::fs::read_to_string(&compose[0]).unwrap()).unwrap();
+    assert_eq!(dev["services"]["proxy"]["ports"][0].as_str(), Some("8080:8080"));
+    assert_eq!(dev["services"]["proxy"]["environment"]["PORTIER_UPSTREAM_API"].as_str(), Some("api:3001"));
+    assert_eq!(dev["services"]["proxy"]["environment"]["PORTIER_UPSTREAM_WEB"].as_str(), Some("web:5173"));
+}
+
+#[test]
+fn dockerfile_paths_exist() {
+    let text = std::fs::read_to_string(root().join("deploy/Dockerfile")).unwrap();
+    let mut checked = 0;
+    for line in text.lines().map(str::trim).filter(|l| l.starts_with("COPY ") && !l.contains("--from=")) {
+        let parts: Vec<&str> = line.split_whitespace().skip(1).collect();
+        for src in &parts[..parts.len() - 1] {
+            assert!(root().join(src).exists(), "Dockerfile: {line}: {src} does not exist");
+            checked += 1;
+        }
+    }
+    assert!(checked >= 5);
+    assert!(text.contains("HEALTHCHECK") && text.contains("healthcheck") && text.contains("USER 10001"));
+    assert!(text.contains("EXPOSE 8080 9901"));
+    // The health check command the image runs exists and works.
+    let out = Command::new(bin()).args(["healthcheck", "--admin", &closed_port().to_string()]).output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unhealthy"));
+}
+
+#[test]
+fn promtool_accepts_the_prometheus_config() {
+    let out = Command::new(which("promtool"))
+        .args(["check", "config"])
+        .arg(root().join("observability/prometheus/prometheus.yml"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let cfg: serde_yaml::Value =
+        serde_yaml::from_str(&std::fs::read_to_string(root().join("observability/prometheus/prometheus.yml")).unwrap()).unwrap();
+    let targets: Vec<String> = cfg["scrape_configs"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .flat_map(|j| j["static_configs"][0]["targets"].as_sequence().unwrap().iter().map(|t| t.as_str().unwrap().to_string()))
+        .collect();
+    assert_eq!(targets, vec!["proxy:9901", "otel-collector:9464", "localhost:9090"]);
+}
+
+#[test]
+fn dashboards_are_valid_grafana_models() {
+    let ds: serde_yaml::Value = serde_yaml::from_str(
+        &std::fs::read_to_string(root().join("observability/grafana/provisioning/datasources/observability.yml")).unwrap(),
+    )
+    .unwrap();
+    let uids: BTreeSet<String> = ds["datasources"].as_sequence().unwrap().iter().map(|d| d["uid"].as_str().unwrap().to_string()).collect();
+    assert_eq!(uids, ["loki", "prometheus", "pyroscope", "tempo"].iter().map(|s| s.to_string()).collect());
+    let mut seen = HashSet::new();
+    let mut titles = BTreeSet::new();
+    for (f, d) in dashboards() {
+        let name = f.display().to_string();
+        assert!(seen.insert(d["uid"].as_str().unwrap().to_string()), "{name}: duplicate uid");
+        titles.insert(d["title"].as_str().unwrap().to_string());
+        assert!(d["schemaVersion"].is_u64(), "{name}: schemaVersion is a number");
+        assert!(d.get("id").is_none() || d["id"].is_null(), "{name}: no fixed id");
+        let panels = d["panels"].as_array().unwrap();
+        assert!(!panels.is_empty());
+        let mut ids = HashSet::new();
+        for p in panels {
+            assert!(ids.insert(p["id"].as_u64().unwrap()), "{name}: duplicate panel id");
+            assert!(p["type"].as_str().is_some_and(|t| !t.is_empty()), "{name}: panel without type");
+            assert!(p["title"].is_string());
+            for k in ["h", "w", "x", "y"] {
+                assert!(p["gridPos"][k].is_u64(), "{name}: gridPos.{k}");
+            }
+            assert!(uids.contains(p["datasource"]["uid"].as_str().unwrap()), "{name}: unknown datasource");
+            for t in p["targets"].as_array().unwrap() {
+                assert!(t["refId"].is_string() && t["expr"].as_str().is_some_and(|e| !e.is_empty()), "{name}: target");
+                assert!(uids.contains(t["datasource"]["uid"].as_str().unwrap()));
+            }
+        }
+    }
+    let want = ["Edge Cache (Portier)", "Frontend/Web (proxy + API)", "API Node Runtime", "DB/Postgres", "Cache"];
+    for w in want {
+        assert!(titles.contains(w), "dashboard {w:?} in {titles:?}");
+    }
+    // The provider reads the folder Compose mounts the JSON into.
+    let provider = std::fs::read_to_string(root().join("observability/grafana/provisioning/dashboards/observability.yml")).unwrap();
+    assert!(provider.contains("path: /etc/grafana/provisioning/dashboards/json"));
+    let obs = std::fs::read_to_string(root().join("deploy/docker-compose.observability.yml")).unwrap();
+    assert!(obs.contains("../observability/grafana/provisioning:/etc/grafana/provisioning:ro"));
+}
+
+/// Whether a PromQL expression reads a series Portier exports.
+fn names_portier_series(expr: &str) -> bool {
+    expr.contains("service_name=\"proxy\"") || ["cache_", "upstream_"].iter().any(|p| expr.contains(p))
+}
+
+struct Demo {
+    child: std::process::Child,
+    public: std::net::SocketAddr,
+    admin: std::net::SocketAddr,
+}
+impl Drop for Demo {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_demo() -> Demo {
+    let mut child = Command::new(bin())
+        .args(["demo", "--listen", "127.0.0.1:0", "--origin", "127.0.0.1:0", "--admin", "127.0.0.1:0", "--config"])
+        .arg(root().join("config/portier.toml"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let out = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines().map_while(Result::ok) {
+            if line.contains("\"event\":\"listening\"") {
+                let _ = tx.send(line);
+            }
+        }
+    });
+    let v: serde_json::Value = serde_json::from_str(&rx.recv_timeout(Duration::from_secs(20)).expect("demo starts")).unwrap();
+    Demo { child, public: v["public"].as_str().unwrap().parse().unwrap(), admin: v["admin"].as_str().unwrap().parse().unwrap() }
+}
+
+fn k6(script: &str, base: std::net::SocketAddr, env: &[(&str, &str)], json_out: Option<&Path>) -> (bool, String) {
+    let mut cmd = Command::new(which("k6"));
+    cmd.arg("run").arg("--no-color").arg("--quiet");
+    if let Some(p) = json_out {
+        cmd.arg(format!("--out=json={}", p.display()));
+    }
+    cmd.arg(root().join("observability/k6/scripts").join(script))
+        .env("K6_BASE_URL", format!("http://{base}"))
+        .env("K6_NO_USAGE_REPORT", "true");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().expect("k6 runs");
+    (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn k6_passes_and_every_dashboard_query_on_portier_series_returns_data() {
+    let demo = start_demo();
+    let prom = start_prometheus(demo.admin).await;
+    let dir = tempfile::tempdir().unwrap();
+    let public = demo.public;
+
+    let (ok, out) = tokio::task::spawn_blocking(move || k6("smoke.js", public, &[("K6_SMOKE_DURATION", "3s")], None)).await.unwrap();
+    assert!(ok, "k6 smoke.js thresholds:\n{out}");
+    let json = dir.path().join("cache-hit.json");
+    let j2 = json.clone();
+    let (ok, out) =
+        tokio::task::spawn_blocking(move || k6("cache-hit.js", public, &[("K6_CACHE_DURATION", "5s"), ("K6_USERNAME", "demo")], Some(&j2)))
+            .await
+            .unwrap();
+    assert!(ok, "k6 cache-hit.js thresholds and checks:\n{out}");
+    for check in ["first is MISS", "second is HIT", "Age grows", "conditional is 304"] {
+        assert!(out.contains(&format!("✓ {check}")), "{check} in\n{out}");
+    }
+
+    // The runbook's CSV, from k6's JSON output.
+    let csv = dir.path().join("ramp-http_req_duration.csv");
+    let conv = Command::new("python3").arg(root().join("observability/k6/k6_json_to_csv.py")).arg(&json).arg(&csv).output().unwrap();
+    assert!(conv.status.success(), "{}", String::from_utf8_lossy(&conv.stderr));
+    let text = std::fs::read_to_string(&csv).unwrap();
+    let mut lines = text.lines();
+    assert_eq!(lines.next(), Some("\"time\",\"value_ms\""));
+    let rows: Vec<&str> = lines.collect();
+    assert!(rows.len() > 50, "{} rows", rows.len());
+    assert!(rows.iter().all(|r| r.split(',').nth(1).unwrap().trim_matches('"').parse::<f64>().is_ok()));
+
+    tokio::time::sleep(Duration::from_millis(3000)).await;
+    let mut checked = 0;
+    for (f, d) in dashboards() {
+        for p in d["panels"].as_array().unwrap() {
+            for t in p["targets"].as_array().unwrap() {
+                if t["datasource"]["uid"] != "prometheus" {
+                    continue;
+                }
+                let expr = t["expr"].as_str().unwrap();
+                // Every Prometheus query parses (query_result asserts success)...
+                let result = query_result(prom.addr, expr).await;
+                // ...and those reading Portier's series have data.
+                if names_portier_series(expr) {
+                    assert!(!result.as_array().unwrap().is_empty(), "{}: panel {:?}: no data for {expr}", f.display(), p["title"]);
+                    checked += 1;
+                }
+            }
+        }
+    }
+    assert!(checked >= 25, "{checked} Portier queries checked");
+}
