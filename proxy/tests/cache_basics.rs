@@ -202,3 +202,31 @@ async fn route_overrides_and_cache_off() {
     }
     assert_eq!(o.count("/off/y"), 2);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cross_origin_responses_expose_the_cache_headers_to_scripts() {
+    let o = Scripted::start(|req, _| {
+        if req.target == "/cors" {
+            Reply::new(
+                200,
+                &[
+                    ("cache-control", "max-age=60"),
+                    ("access-control-allow-origin", "https://app.example"),
+                    ("access-control-expose-headers", "X-Total"),
+                ],
+                "c",
+            )
+        } else {
+            Reply::new(200, &[("cache-control", "max-age=60")], "s")
+        }
+    })
+    .await;
+    let p = Portier::start(&config_for(o.addr, "", ""));
+    for _ in 0..2 {
+        let r = get_with(p.public, "/cors", &[("Origin", "https://app.example")]).await;
+        assert_eq!(r.header("access-control-expose-headers"), "X-Total, X-Cache, Age, ETag, Cache-Status, Server-Timing, X-Request-Id");
+        assert_eq!(r.header("timing-allow-origin"), "https://app.example");
+    }
+    let same = get(p.public, "/same").await;
+    assert!(same.opt_header("access-control-expose-headers").is_none(), "no CORS, nothing added");
+}

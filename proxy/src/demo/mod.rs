@@ -192,11 +192,13 @@ async fn handle(st: Arc<OriginState>, req: Request<Incoming>) -> Result<Resp, st
             let u = user.unwrap_or_default();
             let version = st.user(&u).map(|d| d.version).unwrap_or(0);
             let games: Vec<_> = (0..5).map(|i| json!({"id": format!("{u}-{version}-{i}"), "result": RESULTS[i % 3]})).collect();
-            json_resp(
-                StatusCode::OK,
-                "public, max-age=2, stale-while-revalidate=30",
-                json!({"username": u, "version": version, "games": games}),
-            )
+            let text = json!({"username": u, "version": version, "games": games}).to_string();
+            let etag = format!("\"{:016x}\"", fnv(text.as_bytes()));
+            let mut r = respond(StatusCode::OK, "application/json; charset=utf-8", "public, max-age=2, stale-while-revalidate=30", text);
+            if let Ok(v) = etag.parse() {
+                r.headers_mut().insert("etag", v);
+            }
+            r
         }
         (_, "/api/echo") => json_resp(
             StatusCode::OK,
@@ -208,7 +210,15 @@ async fn handle(st: Arc<OriginState>, req: Request<Incoming>) -> Result<Resp, st
             tokio::time::sleep(Duration::from_millis(ms)).await;
             json_resp(StatusCode::OK, "no-store", json!({"slept_ms": ms}))
         }
-        (&Method::GET | &Method::HEAD, "/") => respond(StatusCode::OK, "text/html; charset=utf-8", "no-cache", INDEX_HTML),
+        // Browsers revalidate the page every time (max-age=0); Portier keeps it for a minute
+        // (s-maxage), so a reload's revalidation is answered 304 at the edge.
+        (&Method::GET | &Method::HEAD, "/") => {
+            let mut r = respond(StatusCode::OK, "text/html; charset=utf-8", "public, max-age=0, s-maxage=60", INDEX_HTML);
+            if let Ok(v) = format!("\"{:016x}\"", fnv(INDEX_HTML.as_bytes())).parse() {
+                r.headers_mut().insert("etag", v);
+            }
+            r
+        }
         (&Method::GET | &Method::HEAD, "/assets/app.js") => {
             respond(StatusCode::OK, "text/javascript; charset=utf-8", "public, max-age=31536000, immutable", APP_JS)
         }
