@@ -497,7 +497,18 @@ impl ProxyHttp for Gateway {
         let merged;
         let resp = match ctx.revalidation_304.take() {
             Some(nm) => {
-                merged = merge_304(resp, &nm);
+                let mut m = merge_304(resp, &nm);
+                // The stored validators stay: a 304 updates the response it validated, and
+                // Pingora's own merge already copied the 304's ETag.
+                if let Some(stored) = session.cache.maybe_cache_meta() {
+                    for name in ["etag", "content-md5"] {
+                        m.remove_header(name);
+                        for v in stored.response_header().headers.get_all(name) {
+                            let _ = m.append_header(name, v.clone());
+                        }
+                    }
+                }
+                merged = m;
                 &merged
             }
             None => resp,
@@ -577,6 +588,9 @@ impl ProxyHttp for Gateway {
             }
         }
         if code > 0 {
+            // The connection is closed after an error: say so, or a keep-alive client sends
+            // its next request into a closing socket.
+            session.set_keepalive(None);
             let _ = error_page::respond(session, code, &ctx.request_id, error_page::detail_for(code)).await;
             ctx.error_status = Some(code);
         }

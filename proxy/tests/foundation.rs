@@ -267,3 +267,18 @@ fn check_names_the_key_path_of_each_problem() {
         assert!(out.contains(key), "{key} in {out}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn error_pages_announce_that_the_connection_closes() {
+    let dead = closed_port();
+    let p = Portier::start(&two_pool_config(dead, dead));
+    // A keep-alive request (no Connection: close from the client).
+    let mut s = tokio::net::TcpStream::connect(p.public).await.unwrap();
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    s.write_all(b"GET /api/x HTTP/1.1\r\nHost: t\r\n\r\n").await.unwrap();
+    let mut raw = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut raw)).await.unwrap().unwrap();
+    let text = String::from_utf8_lossy(&raw).to_ascii_lowercase();
+    assert!(text.starts_with("http/1.1 502"), "{text}");
+    assert!(text.contains("connection: close"), "the client is told not to reuse the socket: {text}");
+}

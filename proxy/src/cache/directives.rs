@@ -17,6 +17,7 @@ pub struct Directives {
     pub stale_while_revalidate: Option<u64>,
     pub stale_if_error: Option<u64>,
     pub immutable: bool,
+    pub must_understand: bool,
     // request-only
     pub only_if_cached: bool,
     pub max_stale: Option<Option<u64>>,
@@ -99,6 +100,7 @@ impl Directives {
                         }
                     }
                     "immutable" => d.immutable = true,
+                    "must-understand" => d.must_understand = true,
                     "only-if-cached" => d.only_if_cached = true,
                     "max-stale" => {
                         d.max_stale.get_or_insert(secs());

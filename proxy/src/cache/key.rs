@@ -31,7 +31,8 @@ fn normalise(name: &str, value: &str) -> Vec<u8> {
         tokens.sort();
         tokens.join(",").into_bytes()
     } else {
-        value.trim().as_bytes().to_vec()
+        // Field lines combined and whitespace around list items dropped: `a, b` is `a,b`.
+        value.split(',').map(str::trim).collect::<Vec<_>>().join(",").into_bytes()
     }
 }
 
@@ -93,5 +94,17 @@ mod tests {
         assert!(a.is_some());
         assert_eq!(a, b);
         assert_ne!(a, c);
+        let mut h = ResponseHeader::build(200, None).unwrap();
+        h.insert_header("vary", "X-Foo").unwrap();
+        let meta = CacheMeta::new(now, now, 0, 0, h);
+        let with = |v: &[&str]| {
+            let mut r = req("h", "/", None);
+            for x in v {
+                r.append_header("x-foo", *x).unwrap();
+            }
+            variance(&meta, &r)
+        };
+        assert_eq!(with(&["a, b"]), with(&["a,b"]), "whitespace");
+        assert_eq!(with(&["a", "b"]), with(&["a,b"]), "field lines combined");
     }
 }

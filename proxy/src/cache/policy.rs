@@ -9,7 +9,15 @@ use pingora_http::{RequestHeader, ResponseHeader};
 use std::time::{Duration, SystemTime};
 
 /// Portier's own targeted field, then the CDN one (RFC 9213), then `Cache-Control`.
-pub const TARGETED_FIELDS: [&str; 2] = ["portier-cache-control", "cdn-cache-control"];
+/// `Surrogate-Control` (the older Edge Architecture field) comes last. None of them is
+/// forwarded to clients.
+pub const TARGETED_FIELDS: [&str; 3] = ["portier-cache-control", "cdn-cache-control", "surrogate-control"];
+
+/// Status codes Portier understands (RFC 9110), for `must-understand` (RFC 9111 §5.2.2.3).
+const UNDERSTOOD: [u16; 39] = [
+    200, 201, 202, 203, 204, 205, 206, 300, 301, 302, 303, 304, 307, 308, 400, 401, 402, 403, 404, 405, 406, 407, 408, 409, 410, 411, 412,
+    413, 414, 415, 416, 417, 421, 422, 426, 500, 501, 502, 503,
+];
 
 /// Status codes cacheable by default, i.e. heuristically (RFC 9110 §15.1), minus 206 (Portier
 /// stores complete responses only).
@@ -107,15 +115,24 @@ fn header_date(h: &ResponseHeader, name: &str) -> Option<SystemTime> {
     httpdate::parse_http_date(first.to_str().ok()?.trim()).ok()
 }
 
+/// The `Age` field: `Ok(None)` when absent, `Err` when present but not exactly one
+/// non-negative integer (RFC 9111 §5.1: then the response is treated as stale).
+fn reported_age(resp: &ResponseHeader) -> Result<Option<u64>, ()> {
+    let mut lines = resp.headers.get_all("age").iter();
+    let Some(first) = lines.next() else { return Ok(None) };
+    if lines.next().is_some() {
+        return Err(());
+    }
+    let v = first.to_str().map_err(|_| ())?.trim();
+    if v.is_empty() || !v.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(());
+    }
+    Ok(Some(v.parse::<u64>().unwrap_or(u64::from(u32::MAX)).min(u64::from(u32::MAX))))
+}
+
 /// `max(Age, now - Date)`: the apparent and the reported age, whichever is larger.
 pub fn initial_age(resp: &ResponseHeader, now: SystemTime) -> Duration {
-    let reported = resp
-        .headers
-        .get("age")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok())
-        .map(Duration::from_secs)
-        .unwrap_or_default();
+    let reported = Duration::from_secs(reported_age(resp).ok().flatten().unwrap_or(0));
     // Whole seconds, as RFC 9111 counts: `Date` has one-second resolution, so a sub-second
     // remainder is the clock tick, not age.
     let apparent =
@@ -145,7 +162,11 @@ pub fn decide(
         return Err(NoStore::Status);
     }
     let (d, targeted) = response_directives(resp);
-    if d.no_store {
+    // must-understand: store only statuses Portier understands, and then no-store yields.
+    if d.must_understand && !UNDERSTOOD.contains(&status) {
+        return Err(NoStore::Status);
+    }
+    if d.no_store && !d.must_understand {
         return Err(NoStore::NoStore);
     }
     if d.private.as_ref().is_some_and(Vec::is_empty) {
@@ -200,7 +221,8 @@ pub fn decide(
             }
         }
     };
-    let lifetime = if d.no_cache.as_ref().is_some_and(Vec::is_empty) { Duration::ZERO } else { lifetime };
+    // no-cache, or an Age that cannot be parsed: store, but stale from the start.
+    let lifetime = if d.no_cache.as_ref().is_some_and(Vec::is_empty) || reported_age(resp).is_err() { Duration::ZERO } else { lifetime };
     // must-revalidate, proxy-revalidate and s-maxage (which implies proxy-revalidate) forbid
     // serving stale; so does no-cache (RFC 9111 §4.2.4).
     let no_stale = d.must_revalidate || d.proxy_revalidate || d.s_maxage.is_some() || d.no_cache.as_ref().is_some_and(Vec::is_empty);
@@ -418,6 +440,20 @@ mod tests {
         assert!(m.age().as_secs() >= 29);
         assert!(m.fresh_until() <= now + Duration::from_secs(31));
         assert!(m.response_header().headers.get("age").is_none());
+    }
+
+    #[test]
+    fn invalid_age_means_stale_and_must_understand() {
+        for bad in ["abc", "-1", "1.5", "0, 0", "3600 ; x=1"] {
+            let p = go(&[], 200, &[("cache-control", "max-age=3600"), ("age", bad)]).unwrap();
+            assert_eq!(p.lifetime, Duration::ZERO, "Age {bad:?}");
+        }
+        let p = go(&[], 200, &[("cache-control", "max-age=3600"), ("age", "0"), ("age", "0")]).unwrap();
+        assert_eq!(p.lifetime, Duration::ZERO, "two Age lines");
+        assert_eq!(go(&[], 599, &[("cache-control", "max-age=60, must-understand")]), Err(NoStore::Status));
+        assert!(go(&[], 200, &[("cache-control", "max-age=60, must-understand, no-store")]).is_ok(), "understood: no-store yields");
+        let p = go(&[], 200, &[("cache-control", "no-store"), ("surrogate-control", "max-age=30")]).unwrap();
+        assert_eq!(p.lifetime.as_secs(), 30);
     }
 
     #[test]
