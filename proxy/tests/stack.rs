@@ -9,14 +9,9 @@ mod common;
 use common::prom::{query_result, start_prometheus, which};
 use common::*;
 use std::collections::{BTreeSet, HashSet};
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
-
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
-}
 
 fn files(dir: &Path, exts: &[&str], out: &mut Vec<PathBuf>) {
     for e in std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()) {
@@ -182,39 +177,6 @@ fn names_portier_series(expr: &str) -> bool {
     expr.contains("service_name=\"proxy\"") || ["cache_", "upstream_"].iter().any(|p| expr.contains(p))
 }
 
-struct Demo {
-    child: std::process::Child,
-    public: std::net::SocketAddr,
-    admin: std::net::SocketAddr,
-}
-impl Drop for Demo {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start_demo() -> Demo {
-    let mut child = Command::new(bin())
-        .args(["demo", "--listen", "127.0.0.1:0", "--origin", "127.0.0.1:0", "--admin", "127.0.0.1:0", "--config"])
-        .arg(root().join("config/portier.toml"))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let out = child.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(out).lines().map_while(Result::ok) {
-            if line.contains("\"event\":\"listening\"") {
-                let _ = tx.send(line);
-            }
-        }
-    });
-    let v: serde_json::Value = serde_json::from_str(&rx.recv_timeout(Duration::from_secs(20)).expect("demo starts")).unwrap();
-    Demo { child, public: v["public"].as_str().unwrap().parse().unwrap(), admin: v["admin"].as_str().unwrap().parse().unwrap() }
-}
-
 fn k6(script: &str, base: std::net::SocketAddr, env: &[(&str, &str)], json_out: Option<&Path>) -> (bool, String) {
     let mut cmd = Command::new(which("k6"));
     cmd.arg("run").arg("--no-color").arg("--quiet");
@@ -233,7 +195,7 @@ fn k6(script: &str, base: std::net::SocketAddr, env: &[(&str, &str)], json_out: 
 
 #[tokio::test(flavor = "multi_thread")]
 async fn k6_passes_and_every_dashboard_query_on_portier_series_returns_data() {
-    let demo = start_demo();
+    let demo = start_demo(&root().join("config/portier.toml"));
     let prom = start_prometheus(demo.admin).await;
     let dir = tempfile::tempdir().unwrap();
     let public = demo.public;

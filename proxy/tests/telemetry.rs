@@ -66,7 +66,7 @@ async fn exposition_has_the_exact_series_and_counts() {
 
     // promtool: nothing but the millisecond-unit notes the required names bring (the runbook's
     // span-metrics histogram and the upstream histogram keep `_milliseconds`).
-    let mut child = std::process::Command::new(promtool())
+    let mut child = std::process::Command::new(common::prom::which("promtool"))
         .args(["check", "metrics"])
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
@@ -85,20 +85,6 @@ async fn exposition_has_the_exact_series_and_counts() {
             && l.ends_with("use base unit \"seconds\" instead of \"milliseconds\"")),
         "only the unit note is allowed, got: {findings:?}"
     );
-}
-
-pub fn promtool() -> String {
-    which("promtool")
-}
-
-pub fn which(bin: &str) -> String {
-    for dir in std::env::var("PATH").unwrap_or_default().split(':') {
-        let p = std::path::Path::new(dir).join(bin);
-        if p.is_file() {
-            return p.display().to_string();
-        }
-    }
-    panic!("{bin} is not installed: run `make test` (it installs it) or `apt-get install -y prometheus`");
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -16,10 +16,73 @@ pub async fn origin() -> Origin {
     Origin::start("127.0.0.1:0".parse().unwrap()).await.expect("origin starts")
 }
 
-/// A port with nothing listening on it (bound, then released).
+/// A loopback port that refuses connections for the rest of the test process: a socket is
+/// bound to it but never listens (and is never closed), so no other test can be given it.
 pub fn closed_port() -> SocketAddr {
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0);
+        assert!(fd >= 0, "socket");
+        let mut addr: libc::sockaddr_in = std::mem::zeroed();
+        addr.sin_family = libc::AF_INET as libc::sa_family_t;
+        addr.sin_addr.s_addr = u32::from_ne_bytes([127, 0, 0, 1]);
+        let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+        assert_eq!(libc::bind(fd, &addr as *const _ as *const libc::sockaddr, len), 0, "bind");
+        let mut got: libc::sockaddr_in = std::mem::zeroed();
+        let mut got_len = len;
+        assert_eq!(libc::getsockname(fd, &mut got as *mut _ as *mut libc::sockaddr, &mut got_len), 0);
+        SocketAddr::from(([127, 0, 0, 1], u16::from_be(got.sin_port)))
+    }
+}
+
+/// A free loopback port for a server that binds it itself (Prometheus cannot bind port 0).
+pub fn free_port() -> SocketAddr {
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     l.local_addr().unwrap()
+}
+
+/// The repository root (the workspace above `proxy/`).
+pub fn root() -> PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+}
+
+/// A running `portier demo` (sample origin + Portier), its stdout lines kept; killed on drop.
+pub struct Demo {
+    child: Child,
+    pub public: SocketAddr,
+    pub admin: SocketAddr,
+    pub lines: Arc<Mutex<Vec<String>>>,
+}
+
+impl Drop for Demo {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts `portier demo` on port 0 everywhere with this config file.
+pub fn start_demo(config: &std::path::Path) -> Demo {
+    let mut child = Command::new(bin())
+        .args(["demo", "--listen", "127.0.0.1:0", "--origin", "127.0.0.1:0", "--admin", "127.0.0.1:0", "--config"])
+        .arg(config)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("portier demo starts");
+    let out = child.stdout.take().unwrap();
+    let lines = Arc::new(Mutex::new(Vec::new()));
+    let l2 = lines.clone();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines().map_while(Result::ok) {
+            if line.contains("\"event\":\"listening\"") {
+                let _ = tx.send(line.clone());
+            }
+            l2.lock().unwrap().push(line);
+        }
+    });
+    let v: serde_json::Value = serde_json::from_str(&rx.recv_timeout(Duration::from_secs(20)).expect("demo listening")).unwrap();
+    Demo { child, public: v["public"].as_str().unwrap().parse().unwrap(), admin: v["admin"].as_str().unwrap().parse().unwrap(), lines }
 }
 
 /// A running `portier` process; killed on drop.

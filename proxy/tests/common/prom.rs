@@ -36,7 +36,7 @@ pub async fn start_prometheus(target: SocketAddr) -> Prometheus {
     );
     let cfg_path = dir.path().join("prometheus.yml");
     std::fs::write(&cfg_path, cfg).unwrap();
-    let addr = closed_port();
+    let addr = free_port();
     let child = Command::new(which("prometheus"))
         .arg(format!("--config.file={}", cfg_path.display()))
         .arg(format!("--storage.tsdb.path={}", dir.path().join("data").display()))
