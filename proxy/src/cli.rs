@@ -221,6 +221,7 @@ fn demo(listen: &str, origin: &str, admin: &str, config_path: &Path) -> ExitCode
              curl -i -H 'If-None-Match: \"<etag from above>\"' \"http://{public}/api/stats/summary?username=demo\"   # 304\n  \
              curl -i -X POST \"http://{public}/api/sync?username=demo\"      # changes the data (and invalidates it)\n  \
              curl -s http://{admin}/readyz\n  \
+             portier proof http://{public}/api/stats/summary --username demo --invalidate \"POST /api/sync\"   # the whole proof\n  \
              open http://{public}/ in a browser (DevTools > Network shows the headers)\n",
             origin = origin.addr
         );
