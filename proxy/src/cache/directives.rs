@@ -122,6 +122,18 @@ impl Directives {
     }
 }
 
+/// The comma-separated tokens of every line of a list field (`Vary`, `Connection`, ...),
+/// trimmed and lower-cased.
+pub fn field_tokens(h: &http::HeaderMap, name: impl http::header::AsHeaderName) -> Vec<String> {
+    h.get_all(name)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|t| t.trim().to_ascii_lowercase())
+        .filter(|t| !t.is_empty())
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -38,16 +38,7 @@ fn normalise(name: &str, value: &str) -> Vec<u8> {
 
 /// The variance for `req` under the stored response's `Vary` (None when it has none).
 pub fn variance(meta: &CacheMeta, req: &RequestHeader) -> Option<HashBinary> {
-    let mut names: Vec<String> = meta
-        .response_header()
-        .headers
-        .get_all(http::header::VARY)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(|n| n.trim().to_ascii_lowercase())
-        .filter(|n| !n.is_empty())
-        .collect();
+    let mut names = super::directives::field_tokens(&meta.response_header().headers, http::header::VARY);
     names.sort();
     names.dedup();
     let mut vb = VarianceBuilder::new();

@@ -142,7 +142,7 @@ pub fn initial_age(resp: &ResponseHeader, now: SystemTime) -> Duration {
 }
 
 fn has_token(h: &ResponseHeader, name: &str, token: &str) -> bool {
-    h.headers.get_all(name).iter().filter_map(|v| v.to_str().ok()).flat_map(|v| v.split(',')).any(|t| t.trim().eq_ignore_ascii_case(token))
+    super::directives::field_tokens(&h.headers, name).iter().any(|t| t == token)
 }
 
 /// Decides whether and how to store `resp`, the answer to `req`.
@@ -251,15 +251,7 @@ pub fn build_meta(plan: &Plan, resp: &ResponseHeader, now: SystemTime) -> CacheM
         h.remove_header(name.as_str());
     }
     // Hop-by-hop fields describe one connection, never the stored response (RFC 9111 §3.1).
-    let listed: Vec<String> = h
-        .headers
-        .get_all(http::header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(|t| t.trim().to_ascii_lowercase())
-        .filter(|t| !t.is_empty())
-        .collect();
+    let listed = super::directives::field_tokens(&h.headers, http::header::CONNECTION);
     for name in HOP_BY_HOP.iter().copied().chain(listed.iter().map(String::as_str)) {
         h.remove_header(name);
     }
