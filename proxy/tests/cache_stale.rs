@@ -15,7 +15,7 @@ async fn swr_serves_stale_at_once_and_refreshes_once_for_twenty_clients() {
         let h = [("cache-control", "max-age=1, stale-while-revalidate=30"), ("etag", "\"v1\"")];
         if req.header("if-none-match").is_some() {
             // A slow refresh: clients must not wait for it.
-            return Reply::new(304, &[("cache-control", "max-age=60"), ("etag", "\"v1\"")], "").delay(Duration::from_millis(500));
+            return Reply::new(304, &[("cache-control", "max-age=60"), ("etag", "\"v1\"")], "").delay(Duration::from_millis(1500));
         }
         Reply::new(200, &h, format!("n={n}"))
     })
@@ -39,7 +39,7 @@ async fn swr_serves_stale_at_once_and_refreshes_once_for_twenty_clients() {
         let age: u64 = r.header("age").parse().unwrap();
         assert!(age >= 2);
     }
-    assert!(took < Duration::from_millis(450), "stale answers did not wait for the 500 ms refresh: {took:?}");
+    assert!(took < Duration::from_millis(1200), "stale answers did not wait for the 1.5 s refresh: {took:?}");
     // Until the refresh lands, further requests are STALE too (and start no new refresh).
     let mut extra_stale = 0;
     let refreshed = eventually(Duration::from_secs(3), async || {
@@ -131,6 +131,7 @@ async fn fifty_cold_requests_make_one_origin_request() {
         })
         .collect();
     let mut slowest = Duration::ZERO;
+    let mut miss_at = Duration::ZERO;
     let mut statuses = std::collections::HashMap::new();
     for c in clients {
         let (r, at) = c.await.unwrap();
@@ -138,12 +139,19 @@ async fn fifty_cold_requests_make_one_origin_request() {
         assert_eq!(r.text(), "n=1");
         *statuses.entry(r.header("x-cache").to_string()).or_insert(0) += 1;
         slowest = slowest.max(at);
+        if r.header("x-cache") == "MISS" {
+            miss_at = at;
+        }
     }
     assert_eq!(o.count("/cold"), 1, "one origin request for 50 clients");
     assert_eq!(statuses.get("MISS"), Some(&1), "{statuses:?}");
     assert_eq!(statuses.get("HIT"), Some(&49), "coalesced waiters say HIT: {statuses:?}");
-    println!("slowest of 50 coalesced clients: {slowest:?} (origin takes {origin_time:?})");
-    assert!(slowest <= origin_time + Duration::from_millis(50), "waiters answered when the fill arrived, not on a timer: {slowest:?}");
+    println!("slowest of 50 coalesced clients: {slowest:?}, the filling request: {miss_at:?} (origin takes {origin_time:?})");
+    // Waiters are woken by the fill itself, not a polling timer: the last of them is answered
+    // within 50 ms of the request that filled the entry. (The absolute figure depends on how
+    // loaded the machine is; it is printed, and bounded loosely so a timer would still show.)
+    assert!(slowest.saturating_sub(miss_at) <= Duration::from_millis(50), "waiters {slowest:?} vs fill {miss_at:?}");
+    assert!(slowest <= origin_time + Duration::from_millis(250), "{slowest:?}");
     let m = get(p.admin, "/metrics").await.text();
     assert!(m.contains("cache_coalesced_total 49"), "{m}");
 }
@@ -167,5 +175,7 @@ async fn an_uncacheable_url_is_remembered_and_not_queued_again() {
     let second = wave(10).await;
     assert_eq!(o.count("/u"), 20, "no-store: every request reaches the origin");
     println!("uncacheable URL, 10 concurrent: first wave {first:?}, second wave {second:?}");
-    assert!(second < Duration::from_millis(550), "second wave went straight to the origin in parallel, no lock wait: {second:?}");
+    // First wave: the lock holder's answer, then the waiters released to the origin (two origin
+    // times). Second wave: no lock, all in parallel (one origin time).
+    assert!(second < first.mul_f64(0.75), "second wave went straight to the origin in parallel, no lock wait: {second:?} vs {first:?}");
 }
