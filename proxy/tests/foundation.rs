@@ -282,3 +282,34 @@ async fn error_pages_announce_that_the_connection_closes() {
     assert!(text.starts_with("http/1.1 502"), "{text}");
     assert!(text.contains("connection: close"), "the client is told not to reuse the socket: {text}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn quick_proxy_mode_needs_no_config_file() {
+    let api = origin().await;
+    let mut child = std::process::Command::new(bin())
+        .args(["proxy", "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0", "--upstream"])
+        .arg(format!("http://{}", api.addr))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let out = child.stdout.take().unwrap();
+    let line = tokio::task::spawn_blocking(move || {
+        use std::io::BufRead;
+        std::io::BufReader::new(out).lines().map_while(Result::ok).find(|l| l.contains("\"event\":\"listening\""))
+    })
+    .await
+    .unwrap()
+    .expect("listening event");
+    let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+    let public: std::net::SocketAddr = v["public"].as_str().unwrap().parse().unwrap();
+    let r = get(public, "/api/stats/summary?username=demo").await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("x-cache"), "MISS", "the same defaults as a config file: cache on");
+    assert_eq!(get(public, "/api/stats/summary?username=demo").await.header("x-cache"), "HIT");
+    let _ = child.kill();
+    let _ = child.wait();
+    let bad = std::process::Command::new(bin()).args(["proxy", "--upstream", "https://x:1"]).output().unwrap();
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("only http:// upstreams are supported"));
+}
