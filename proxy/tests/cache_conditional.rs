@@ -135,3 +135,17 @@ async fn client_no_cache_and_only_if_cached() {
     assert_ne!(r.header("x-cache"), "HIT");
     assert_eq!(o.count("/n"), 3);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn client_directives_can_be_ignored_by_config() {
+    let o = origin_with_validators().await;
+    let p = Portier::start(&config_for(o.addr, "", "[cache]\nhonor_client_no_cache = false\n"));
+    get(p.public, "/i").await;
+    for h in [("Cache-Control", "no-cache"), ("Cache-Control", "max-age=0"), ("Pragma", "no-cache")] {
+        assert_eq!(get_with(p.public, "/i", &[h]).await.header("x-cache"), "HIT", "{h:?} ignored");
+    }
+    // no-store from the client is still honoured: nothing it gets is stored.
+    get_with(p.public, "/j", &[("Cache-Control", "no-store")]).await;
+    assert_eq!(get(p.public, "/j").await.header("x-cache"), "MISS");
+    assert_eq!(o.count("/i"), 1);
+}

@@ -313,3 +313,14 @@ async fn quick_proxy_mode_needs_no_config_file() {
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("only http:// upstreams are supported"));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn healthcheck_subcommand_reads_the_admin_listener() {
+    let api = origin().await;
+    let p = Portier::start(&two_pool_config(api.addr, api.addr));
+    let out = std::process::Command::new(bin()).args(["healthcheck", "--admin", &p.admin.to_string()]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // The public listener has no /healthz route to the admin API: not healthy by that check.
+    let out = std::process::Command::new(bin()).args(["healthcheck", "--admin", &p.public.to_string()]).output().unwrap();
+    assert!(!out.status.success());
+}
