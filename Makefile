@@ -4,7 +4,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: all build release demo test deps test-deps bench fmt lint unit clean
+.PHONY: all build release demo test deps test-deps bench bench-vs fmt lint unit clean
 
 all: build
 
@@ -50,6 +50,12 @@ demo: release
 bench: deps
 	$(CARGO) build --release -p portier -p portier-benches
 	./target/release/hit-bench --rounds 5 --seconds 4 --connections 32
+
+# Hits against nginx and Varnish on the same CPU (installs nginx-light and varnish).
+bench-vs: deps
+	@command -v nginx >/dev/null && command -v varnishd >/dev/null || { $(call apt_install,nginx-light varnish); }
+	$(CARGO) build --release -p portier -p portier-benches
+	./target/release/vs-bench --rounds 3 --seconds 3 --connections 32
 
 fmt:
 	$(CARGO) fmt --all -- --check

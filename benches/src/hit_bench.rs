@@ -7,13 +7,12 @@
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
-use std::io::{BufRead, BufReader, Read};
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+mod common;
+use common::{load, start_proxy};
 
 struct Args {
     portier: String,
@@ -66,105 +65,6 @@ async fn otlp_sink() -> (SocketAddr, Arc<AtomicU64>) {
         }
     });
     (addr, bytes)
-}
-
-struct Proxy {
-    child: Child,
-    public: SocketAddr,
-    _dir: std::path::PathBuf,
-}
-
-impl Drop for Proxy {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self._dir);
-    }
-}
-
-fn start_proxy(bin: &str, origin: SocketAddr, telemetry: &str, tag: &str) -> Proxy {
-    let dir = std::env::temp_dir().join(format!("portier-bench-{}-{tag}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    let cfg = format!(
-        "[listen]\npublic = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\n[server]\nthreads = 1\n{telemetry}\n[upstreams.api]\naddresses = [\"{origin}\"]\n[[routes]]\npath = \"/*\"\npool = \"api\"\n"
-    );
-    let path = dir.join("portier.toml");
-    std::fs::write(&path, cfg).expect("write config");
-    let mut child = Command::new(bin)
-        .arg("run")
-        .arg("--config")
-        .arg(&path)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot start {bin}: {e} (build it with `cargo build --release`)"));
-    let out = child.stdout.take().expect("stdout");
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let mut reader = BufReader::new(out);
-        let mut line = String::new();
-        while reader.read_line(&mut line).is_ok_and(|n| n > 0) {
-            if line.contains("\"event\":\"listening\"") {
-                let _ = tx.send(line.clone());
-                break;
-            }
-            line.clear();
-        }
-        // Then drain the access log as cheaply as a log collector would: raw reads, discarded.
-        let mut sink = [0u8; 64 * 1024];
-        while reader.read(&mut sink).is_ok_and(|n| n > 0) {}
-    });
-    let line = rx.recv_timeout(Duration::from_secs(20)).expect("portier started");
-    let v: serde_json::Value = serde_json::from_str(&line).expect("listening event");
-    let public = v["public"].as_str().and_then(|s| s.parse().ok()).expect("public address");
-    Proxy { child, public, _dir: dir }
-}
-
-/// Keep-alive connections hammering one cached URL; returns responses per second.
-async fn load(addr: SocketAddr, connections: usize, seconds: u64) -> f64 {
-    let deadline = Instant::now() + Duration::from_secs(seconds);
-    let done = Arc::new(AtomicU64::new(0));
-    let mut tasks = Vec::new();
-    for _ in 0..connections {
-        let done = done.clone();
-        tasks.push(tokio::spawn(async move {
-            let Ok(mut s) = tokio::net::TcpStream::connect(addr).await else { return };
-            let _ = s.set_nodelay(true);
-            let req = b"GET /api/stats/summary?username=demo HTTP/1.1\r\nHost: bench\r\n\r\n";
-            let mut buf = vec![0u8; 64 * 1024];
-            let mut filled = 0usize;
-            while Instant::now() < deadline {
-                if s.write_all(req).await.is_err() {
-                    return;
-                }
-                // Read one response: header, then Content-Length bytes of body.
-                loop {
-                    if let Some(end) = buf[..filled].windows(4).position(|w| w == b"\r\n\r\n") {
-                        let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
-                        let len: usize = head
-                            .lines()
-                            .find_map(|l| l.strip_prefix("content-length:").map(|v| v.trim().parse().unwrap_or(0)))
-                            .unwrap_or(0);
-                        let total = end + 4 + len;
-                        if filled >= total {
-                            buf.copy_within(total..filled, 0);
-                            filled -= total;
-                            break;
-                        }
-                    }
-                    match s.read(&mut buf[filled..]).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => filled += n,
-                    }
-                }
-                done.fetch_add(1, Ordering::Relaxed);
-            }
-        }));
-    }
-    for t in tasks {
-        let _ = t.await;
-    }
-    done.load(Ordering::Relaxed) as f64 / seconds as f64
 }
 
 /// CPU seconds (user + system) the process has used, from /proc (Linux).
