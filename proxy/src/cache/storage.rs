@@ -28,9 +28,57 @@ const ENTRY_OVERHEAD: usize = 160;
 /// storage replaces it with `ETag: "<hash of the body>"` once the whole body is known.
 pub const GENERATE_ETAG_MARKER: &str = "x-portier-generate-etag";
 
+/// A stored meta's fields, kept decoded so a hit rebuilds its `CacheMeta` without
+/// decompressing the header (the serialized form stays the source of truth). Only metas that
+/// `CacheMeta::new` can express exactly get one: provenance equal to creation time, and an
+/// epoch override whenever `updated` differs from `created`.
+struct Decoded {
+    fresh_until: SystemTime,
+    created: SystemTime,
+    swr: u32,
+    sie: u32,
+    variance: Option<HashBinary>,
+    epoch_override: Option<SystemTime>,
+    header: pingora_http::ResponseHeader,
+}
+
+impl Decoded {
+    fn of(meta: &CacheMeta) -> Option<Arc<Decoded>> {
+        let exact = meta.provenance() == meta.created() && (meta.updated() == meta.created() || meta.epoch_override().is_some());
+        exact.then(|| {
+            Arc::new(Decoded {
+                fresh_until: meta.fresh_until(),
+                created: meta.created(),
+                swr: meta.stale_while_revalidate_sec(),
+                sie: meta.stale_if_error_sec(),
+                variance: meta.variance(),
+                epoch_override: meta.epoch_override(),
+                header: meta.response_header().clone(),
+            })
+        })
+    }
+
+    /// Bytes the decoded header holds, counted against the budget like everything stored.
+    fn weight(&self) -> usize {
+        64 + self.header.headers.iter().map(|(k, v)| k.as_str().len() + v.len() + 48).sum::<usize>()
+    }
+
+    fn rebuild(&self) -> CacheMeta {
+        let mut m = CacheMeta::new(self.fresh_until, self.created, self.swr, self.sie, self.header.clone());
+        if let Some(v) = self.variance {
+            m.set_variance_key(v);
+        }
+        if let Some(e) = self.epoch_override {
+            m.set_epoch_override(e);
+        }
+        m
+    }
+}
+
 struct Entry {
     internal: Bytes,
     header: Bytes,
+    decoded: Option<Arc<Decoded>>,
     body: Bytes,
     primary: HashBinary,
     /// `scheme://host/path?query`, for URL and prefix purges.
@@ -52,7 +100,28 @@ struct Inner {
     index: Index,
 }
 
+/// Bytes an entry's meta takes: both serialized parts and the decoded copy.
+fn meta_weight(internal: &[u8], header: &[u8], decoded: &Option<Arc<Decoded>>) -> usize {
+    internal.len() + header.len() + decoded.as_ref().map_or(0, |d| d.weight())
+}
+
 impl Inner {
+    /// Replaces an entry's meta (serialized by the caller, outside the lock), keeping the byte
+    /// accounting exact. False when the entry is gone.
+    fn replace_meta(&mut self, combined: &HashBinary, (i, h): (Vec<u8>, Vec<u8>), decoded: Option<Arc<Decoded>>) -> bool {
+        let new = meta_weight(&i, &h, &decoded);
+        let Some(e) = self.lru.peek_mut(combined) else {
+            return false;
+        };
+        let old = meta_weight(&e.internal, &e.header, &e.decoded);
+        e.internal = i.into();
+        e.header = h.into();
+        e.decoded = decoded;
+        e.size = e.size - old + new;
+        self.bytes = self.bytes - old + new;
+        true
+    }
+
     fn unindex(&mut self, combined: &HashBinary, e: &Entry) {
         self.bytes -= e.size;
         if let Some(v) = self.index.variants.get_mut(&e.primary) {
@@ -193,7 +262,7 @@ impl MemStorage {
 
     /// Marks an entry stale now (it stays for stale-while-revalidate / stale-if-error).
     fn expire_entry(inner: &mut Inner, combined: &HashBinary) -> bool {
-        let Some(e) = inner.lru.peek_mut(combined) else {
+        let Some(e) = inner.lru.peek(combined) else {
             return false;
         };
         let Ok(mut meta) = CacheMeta::deserialize(&e.internal, &e.header) else {
@@ -201,11 +270,7 @@ impl MemStorage {
         };
         meta.expire_at(SystemTime::now());
         match meta.serialize() {
-            Ok((i, h)) => {
-                e.internal = i.into();
-                e.header = h.into();
-                true
-            }
+            Ok(parts) => inner.replace_meta(combined, parts, Decoded::of(&meta)),
             Err(_) => false,
         }
     }
@@ -275,12 +340,15 @@ impl Storage for MemStorage {
     async fn lookup(&'static self, key: &CacheKey, _trace: &SpanHandle) -> Result<Option<(CacheMeta, HitHandler)>> {
         let found = {
             let mut inner = self.inner.lock();
-            inner.lru.get(&key.combined_bin()).map(|e| (e.internal.clone(), e.header.clone(), e.body.clone()))
+            inner.lru.get(&key.combined_bin()).map(|e| (e.internal.clone(), e.header.clone(), e.decoded.clone(), e.body.clone()))
         };
-        let Some((i, h, body)) = found else {
+        let Some((i, h, decoded, body)) = found else {
             return Ok(None);
         };
-        let meta = CacheMeta::deserialize(&i, &h)?;
+        let meta = match decoded {
+            Some(d) => d.rebuild(),
+            None => CacheMeta::deserialize(&i, &h)?,
+        };
         let end = body.len();
         Ok(Some((meta, Box::new(Hit { body, start: 0, end, done: false }))))
     }
@@ -302,6 +370,7 @@ impl Storage for MemStorage {
             internal,
             header,
             patch,
+            decoded: if patch { None } else { Decoded::of(meta) },
             chunks: Vec::new(),
             len: 0,
             too_large: false,
@@ -328,18 +397,9 @@ impl Storage for MemStorage {
     /// Never panics: an entry purged or evicted while a revalidation was in flight is simply
     /// not there any more (`Ok(false)`).
     async fn update_meta(&'static self, key: &CacheKey, meta: &CacheMeta, _trace: &SpanHandle) -> Result<bool> {
-        let (i, h) = meta.serialize()?;
-        let mut inner = self.inner.lock();
-        let Some(e) = inner.lru.peek_mut(&key.combined_bin()) else {
-            return Ok(false);
-        };
-        let old = e.internal.len() + e.header.len();
-        e.internal = i.into();
-        e.header = h.into();
-        let new = e.internal.len() + e.header.len();
-        e.size = e.size + new - old;
-        inner.bytes = inner.bytes + new - old;
-        Ok(true)
+        let parts = meta.serialize()?;
+        let decoded = Decoded::of(meta);
+        Ok(self.inner.lock().replace_meta(&key.combined_bin(), parts, decoded))
     }
 
     fn support_streaming_partial_write(&self) -> bool {
@@ -407,6 +467,7 @@ struct Fill {
     header: Vec<u8>,
     /// The header needs edits once the body is complete (ETag, Content-Length).
     patch: bool,
+    decoded: Option<Arc<Decoded>>,
     chunks: Vec<Bytes>,
     len: usize,
     too_large: bool,
@@ -445,7 +506,7 @@ impl HandleMiss for Fill {
                 b.freeze()
             }
         };
-        let (internal, header) = if s.patch {
+        let (internal_header, decoded) = if s.patch {
             let mut meta = CacheMeta::deserialize(&s.internal, &s.header)?;
             let h = meta.response_header_mut();
             if h.remove_header(GENERATE_ETAG_MARKER).is_some() && !h.headers.contains_key(http::header::ETAG) {
@@ -455,14 +516,15 @@ impl HandleMiss for Fill {
             }
             h.remove_header(&http::header::TRANSFER_ENCODING);
             h.insert_header(http::header::CONTENT_LENGTH, body.len().to_string())?;
-            meta.serialize()?
+            (meta.serialize()?, Decoded::of(&meta))
         } else {
-            (s.internal, s.header)
+            ((s.internal, s.header), s.decoded)
         };
-        let size = body.len() + internal.len() + header.len() + s.url.len() + ENTRY_OVERHEAD;
+        let ((internal, header), decoded) = (internal_header, decoded);
+        let size = body.len() + meta_weight(&internal, &header, &decoded) + s.url.len() + ENTRY_OVERHEAD;
         s.storage.insert(
             s.combined,
-            Entry { internal: internal.into(), header: header.into(), body, primary: s.primary, url: s.url, tags: s.tags, size },
+            Entry { internal: internal.into(), header: header.into(), decoded, body, primary: s.primary, url: s.url, tags: s.tags, size },
         );
         Ok(MissFinishType::Created(size))
     }
@@ -553,6 +615,43 @@ mod tests {
         assert!(m.finish().await.is_err());
         assert_eq!(s.entries(), 0);
         assert!(!s.update_meta(&key, &meta(""), &Span::inactive().handle()).await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn hits_rebuild_the_same_meta_without_decompressing() {
+        let s = MemStorage::leak(1 << 20, 1 << 20);
+        let now = SystemTime::now();
+        let mut h = ResponseHeader::build(200, None).unwrap();
+        h.insert_header("content-length", "4").unwrap();
+        h.insert_header("X-Mixed-Case", "v").unwrap();
+        let mut m = CacheMeta::new(now + Duration::from_secs(60), now, 7, 9, h);
+        m.set_epoch_override(now - Duration::from_secs(5));
+        let mut key = CacheKey::new("http://h/d", "");
+        key.set_variance_key(pingora_cache::key::hash_key("gzip"));
+        m.set_variance_key(pingora_cache::key::hash_key("gzip"));
+        let mut w = s.get_miss_handler(&key, &m, &Span::inactive().handle()).await.unwrap();
+        w.write_body(Bytes::from_static(b"body"), true).await.unwrap();
+        w.finish().await.unwrap();
+        assert!(s.inner.lock().lru.peek(&key.combined_bin()).unwrap().decoded.is_some(), "fast path taken");
+        let (got, _) = s.lookup(&key, &Span::inactive().handle()).await.unwrap().unwrap();
+        let (i, hb) = m.serialize().unwrap();
+        let want = CacheMeta::deserialize(&i, &hb).unwrap();
+        assert_eq!(got.fresh_until(), want.fresh_until());
+        assert_eq!(got.created(), want.created());
+        assert_eq!(got.provenance(), want.provenance());
+        assert_eq!(got.epoch(), want.epoch());
+        assert_eq!(got.age().as_secs(), want.age().as_secs());
+        assert_eq!((got.stale_while_revalidate_sec(), got.stale_if_error_sec()), (7, 9));
+        assert_eq!(got.variance(), want.variance());
+        assert_eq!(got.response_header().headers, want.response_header().headers);
+        let wire = |m: &CacheMeta| {
+            let mut out = Vec::new();
+            for (k, v) in m.response_header().headers.iter() {
+                out.push(format!("{k}: {}", v.to_str().unwrap()));
+            }
+            out
+        };
+        assert_eq!(wire(&got), wire(&want));
     }
 
     #[tokio::test]
