@@ -173,6 +173,11 @@ impl Gateway {
         self.state.cache.as_ref()
     }
 
+    /// The matched route's pattern (`/api/*`), empty when none matched.
+    fn route_pattern(&self, ctx: &Ctx) -> &str {
+        ctx.route.and_then(|i| self.state.router.routes().get(i)).map_or("", |r| r.pattern.as_str())
+    }
+
     /// The server span starts when the route (and so the span name) is known; background
     /// refreshes have no client and get none.
     fn start_trace(&self, session: &Session, ctx: &mut Ctx) {
@@ -316,8 +321,7 @@ impl ProxyHttp for Gateway {
             return Ok(false);
         };
         let req = session.req_header();
-        ctx.rules =
-            invalidate::matching(&cache.rules, req).iter().filter_map(|r| cache.rules.iter().position(|x| std::ptr::eq(x, *r))).collect();
+        ctx.rules = invalidate::matching(&cache.rules, req);
         let wants_body = ctx.rules.iter().any(|i| cache.rules[*i].match_param.is_some());
         let json = req.headers.get(http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).is_some_and(|v| v.contains("json"));
         if wants_body && json {
@@ -631,7 +635,7 @@ impl ProxyHttp for Gateway {
         };
         if let Some(cx) = ctx.trace.take() {
             traces::finish(&cx, status, || {
-                let route = self.state.router.routes().get(ctx.route.unwrap_or(usize::MAX)).map(|r| r.pattern.clone()).unwrap_or_default();
+                let route = self.route_pattern(ctx).to_string();
                 vec![
                     KeyValue::new("http.request.method", method.clone()),
                     KeyValue::new("http.method", method.clone()),
@@ -644,7 +648,7 @@ impl ProxyHttp for Gateway {
         }
         if self.state.access_log.enabled() {
             let req = session.req_header();
-            let route = self.state.router.routes().get(ctx.route.unwrap_or(usize::MAX)).map(|r| r.pattern.as_str()).unwrap_or("");
+            let route = self.route_pattern(ctx);
             self.state.access_log.log(&AccessRecord {
                 method: &method,
                 host: host_of(req).unwrap_or(""),

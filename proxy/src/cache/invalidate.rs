@@ -45,9 +45,9 @@ impl Rule {
     }
 }
 
-/// The rules matching this request (usually none).
-pub fn matching<'a>(rules: &'a [Rule], req: &RequestHeader) -> Vec<&'a Rule> {
-    rules.iter().filter(|r| r.matches(req)).collect()
+/// Indexes of the rules matching this request (usually none).
+pub fn matching(rules: &[Rule], req: &RequestHeader) -> Vec<usize> {
+    rules.iter().enumerate().filter(|(_, r)| r.matches(req)).map(|(i, _)| i).collect()
 }
 
 /// A top-level string (or number) field of a small JSON body.
