@@ -257,7 +257,7 @@ impl MemStorage {
     /// Removes every variant stored under `primary`; returns how many entries went.
     fn remove_primary(inner: &mut Inner, primary: &HashBinary) -> usize {
         let keys = inner.index.variants.get(primary).cloned().unwrap_or_default();
-        keys.iter().filter(|k| inner.remove(k).is_some()).count()
+        Self::purge_keys(inner, &keys, false)
     }
 
     /// Marks an entry stale now (it stays for stale-while-revalidate / stale-if-error).
@@ -283,22 +283,22 @@ impl MemStorage {
             Selector::Tag(t) => inner.index.tags.get(t).map(|s| s.iter().copied().collect()).unwrap_or_default(),
             _ => inner.lru.iter().filter(|(_, e)| sel.matches(&e.url)).map(|(k, _)| *k).collect(),
         };
-        if soft {
-            keys.iter().filter(|k| Self::expire_entry(&mut inner, k)).count()
-        } else {
-            keys.iter().filter(|k| inner.remove(k).is_some()).count()
-        }
+        Self::purge_keys(&mut inner, &keys, soft)
     }
 
     /// Purges one cache key's every variant.
     pub fn purge_key(&self, key: &CacheKey, soft: bool) -> usize {
-        let primary = key.primary_bin();
         let mut inner = self.inner.lock();
+        let keys = inner.index.variants.get(&key.primary_bin()).cloned().unwrap_or_default();
+        Self::purge_keys(&mut inner, &keys, soft)
+    }
+
+    /// Removes (or, `soft`, expires) these entries; returns how many there were.
+    fn purge_keys(inner: &mut Inner, keys: &[HashBinary], soft: bool) -> usize {
         if soft {
-            let keys = inner.index.variants.get(&primary).cloned().unwrap_or_default();
-            keys.iter().filter(|k| Self::expire_entry(&mut inner, k)).count()
+            keys.iter().filter(|k| Self::expire_entry(inner, k)).count()
         } else {
-            Self::remove_primary(&mut inner, &primary)
+            keys.iter().filter(|k| inner.remove(k).is_some()).count()
         }
     }
 
