@@ -4,12 +4,15 @@
 
 use crate::cache::policy::{self, RequestRules};
 use crate::cache::status::{self, CacheStatus, Details};
+use crate::cache::url::CacheUrl;
 use crate::cache::{conditional, invalidate, key, purge, CacheLayer};
 use crate::config::Config;
 use crate::error_page;
 use crate::forwarding;
 use crate::routing::Router;
+use crate::target::{self, Scheme, Target};
 use crate::telemetry::access_log::{AccessLog, AccessRecord};
+use crate::telemetry::method::KnownMethods;
 use crate::telemetry::metrics::{Metrics, RequestRecord};
 use crate::telemetry::traces::{self, Tracing};
 use opentelemetry::KeyValue;
@@ -55,6 +58,7 @@ pub struct State {
     pub access_log: AccessLog,
     pub tracing: Option<Tracing>,
     pub profiling: crate::telemetry::profiling::Profiling,
+    pub methods: KnownMethods,
 }
 
 impl State {
@@ -62,7 +66,10 @@ impl State {
         let cache = config.cache.enabled.then(|| CacheLayer::new(&config));
         let access_log = AccessLog::new(config.telemetry.access_log.format);
         let profiling = crate::telemetry::profiling::Profiling::new();
-        State { router: Router::new(&config.routes), config, upstreams, cache, metrics, access_log, tracing, profiling }
+        let methods = KnownMethods::new(
+            config.invalidation.iter().filter_map(|r| http::Method::from_bytes(r.method.to_ascii_uppercase().as_bytes()).ok()),
+        );
+        State { router: Router::new(&config.routes), config, upstreams, cache, metrics, access_log, tracing, profiling, methods }
     }
 }
 
@@ -81,6 +88,12 @@ pub struct Ctx {
     pub unsampled_trace_id: Option<String>,
     pub inject_traceparent: Option<String>,
     pub request_id: String,
+    /// The checked target; None until `request_filter` accepted it (and for refused requests).
+    pub(crate) target: Option<Target>,
+    /// The cache key's URL, derived from `target`.
+    pub(crate) url: Option<CacheUrl>,
+    /// The method as metrics and spans record it (`_OTHER` for unknown ones).
+    pub method_label: &'static str,
     /// Index of the matched route.
     pub route: Option<usize>,
     pub span_name: String,
@@ -218,10 +231,38 @@ impl Gateway {
             .await;
         }
         let soft = session.req_header().headers.get("x-purge-soft").is_some_and(|v| v.as_bytes() == b"1");
-        let n = cache.storage.purge_key(&key::cache_key(session.req_header()), soft);
+        let n = ctx.url.as_ref().map_or(0, |u| cache.storage.purge_key(&key::cache_key(u), soft));
         self.state.metrics.purged(if soft { "purge_method_soft" } else { "purge_method" }, n);
         let code = if n > 0 { 200 } else { 404 };
         Self::respond_json(session, code, &ctx.request_id, serde_json::json!({"purged": n, "soft": soft})).await
+    }
+
+    /// Checks the request target and Host (see [`crate::target`]) and rewrites the request to
+    /// the checked origin-form target. A refused request gets a 400 and its connection is
+    /// closed; `OPTIONS *` is answered here. `None` means the request has been answered.
+    async fn accept_target(&self, session: &mut Session, ctx: &mut Ctx) -> Result<Option<Target>> {
+        let tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
+        let scheme = if tls { Scheme::Https } else { Scheme::Http };
+        match target::accept(session.req_header_mut(), scheme) {
+            Ok(t) if t.asterisk => {
+                ctx.span_name = format!("{} *", ctx.method_label);
+                self.start_trace(session, ctx);
+                let mut resp = ResponseHeader::build(200, Some(3))?;
+                resp.insert_header("content-length", "0")?;
+                resp.insert_header(forwarding::REQUEST_ID, &ctx.request_id)?;
+                session.write_response_header(Box::new(resp), true).await?;
+                Ok(None)
+            }
+            Ok(t) => Ok(Some(t)),
+            Err(why) => {
+                ctx.span_name = format!("{} (no route)", ctx.method_label);
+                self.start_trace(session, ctx);
+                session.set_keepalive(None);
+                error_page::respond(session, 400, &ctx.request_id, why.0).await?;
+                ctx.error_status = Some(400);
+                Ok(None)
+            }
+        }
     }
 
     /// Decides the cache status once; every header, label and log field derives from it.
@@ -265,6 +306,9 @@ impl ProxyHttp for Gateway {
             unsampled_trace_id: None,
             inject_traceparent: None,
             request_id: String::new(),
+            target: None,
+            url: None,
+            method_label: crate::telemetry::method::OTHER,
             route: None,
             span_name: String::new(),
             pool: None,
@@ -297,19 +341,23 @@ impl ProxyHttp for Gateway {
     /// Step 2: route, answer PURGE, decide whether the cache takes part, and answer failed
     /// preconditions from a stored entry.
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
-        let req = session.req_header();
-        let host = host_of(req).unwrap_or("");
-        let method = req.method.clone();
-        let route = self.state.router.route(host, req.uri.path()).map(|r| (r.index, r.pool.clone(), r.pattern.clone()));
+        let method = session.req_header().method.clone();
+        ctx.method_label = self.state.methods.label(&method);
+        let Some(target) = self.accept_target(session, ctx).await? else {
+            return Ok(true);
+        };
+        let route = self.state.router.route(target.host(), target.path()).map(|r| (r.index, r.pool.clone(), r.pattern.clone()));
+        ctx.url = Some(CacheUrl::of(&target));
+        ctx.target = Some(target);
         let Some((index, pool, pattern)) = route else {
-            ctx.span_name = format!("{method} (no route)");
+            ctx.span_name = format!("{} (no route)", ctx.method_label);
             self.start_trace(session, ctx);
             error_page::respond(session, 404, &ctx.request_id, error_page::detail_for(404)).await?;
             ctx.error_status = Some(404);
             return Ok(true);
         };
         ctx.route = Some(index);
-        ctx.span_name = format!("{method} {pattern}");
+        ctx.span_name = format!("{} {pattern}", ctx.method_label);
         ctx.pool = self.state.upstreams.get(&pool).cloned();
         self.start_trace(session, ctx);
 
@@ -342,7 +390,7 @@ impl ProxyHttp for Gateway {
             RequestRules { no_store: policy::request_rules(req).no_store, ..Default::default() }
         };
         if conditional::has_preconditions(req) {
-            match cache.storage.peek_meta(&key::cache_key(req)) {
+            match ctx.url.as_ref().and_then(|u| cache.storage.peek_meta(&key::cache_key(u))) {
                 Some(meta) if conditional::precondition_failed(req, meta.response_header()) => {
                     error_page::respond(
                         session,
@@ -383,8 +431,11 @@ impl ProxyHttp for Gateway {
         Ok(())
     }
 
-    fn cache_key_callback(&self, session: &Session, _ctx: &mut Ctx) -> Result<CacheKey> {
-        Ok(key::cache_key(session.req_header()))
+    fn cache_key_callback(&self, _session: &Session, ctx: &mut Ctx) -> Result<CacheKey> {
+        // The cache is enabled only after the target was accepted, so this is always set.
+        let url =
+            ctx.url.as_ref().ok_or_else(|| Error::explain(ErrorType::InternalError, "cache key asked before the target was checked"))?;
+        Ok(key::cache_key(url))
     }
 
     /// A fresh entry is still revalidated when the client asks (`no-cache`, `max-age`, `min-fresh`).
@@ -558,12 +609,12 @@ impl ProxyHttp for Gateway {
         expose_cache_headers(resp)?;
         resp.insert_header(forwarding::REQUEST_ID, &ctx.request_id)?;
 
-        if let Some(cache) = self.cache() {
+        if let (Some(cache), Some(url)) = (self.cache(), &ctx.url) {
             let req = session.req_header();
             if invalidate::is_unsafe(&req.method) || !ctx.rules.is_empty() {
                 let rules: Vec<&invalidate::Rule> = ctx.rules.iter().filter_map(|i| cache.rules.get(*i)).collect();
                 let body = ctx.captured_body.as_deref().unwrap_or(&[]);
-                let n = invalidate::after_response(cache.storage, &rules, req, resp, body);
+                let n = invalidate::after_response(cache.storage, &rules, url, req, resp, body);
                 self.state.metrics.purged(if rules.is_empty() { "unsafe_method" } else { "rule" }, n);
             }
         }
@@ -610,13 +661,13 @@ impl ProxyHttp for Gateway {
         }
         let s = ctx.cache_status.unwrap_or(phase_status);
         let status = session.as_downstream().response_written().map(|r| r.status.as_u16()).or(ctx.error_status).unwrap_or(0);
-        let method = session.req_header().method.as_str().to_string();
+        let method = ctx.method_label;
         let span_name = if ctx.span_name.is_empty() { format!("{method} (no route)") } else { std::mem::take(&mut ctx.span_name) };
         let duration_ms = ctx.started.elapsed().as_secs_f64() * 1000.0;
         if self.state.config.telemetry.metrics {
             self.state.metrics.record_request(&RequestRecord {
                 span_name: &span_name,
-                method: &method,
+                method,
                 status,
                 cache_status: s,
                 duration_ms,
@@ -636,23 +687,36 @@ impl ProxyHttp for Gateway {
         if let Some(cx) = ctx.trace.take() {
             traces::finish(&cx, status, || {
                 let route = self.route_pattern(ctx).to_string();
-                vec![
-                    KeyValue::new("http.request.method", method.clone()),
-                    KeyValue::new("http.method", method.clone()),
+                let mut attrs = vec![
+                    KeyValue::new("http.request.method", method),
+                    KeyValue::new("http.method", method),
                     KeyValue::new("http.route", route),
                     KeyValue::new("cache.status", s.as_str()),
                     KeyValue::new("portier.pool", pool()),
                     KeyValue::new("portier.request_id", ctx.request_id.clone()),
-                ]
+                ];
+                if method == crate::telemetry::method::OTHER {
+                    attrs.push(KeyValue::new("http.request.method_original", session.req_header().method.as_str().to_string()));
+                }
+                attrs
             });
         }
         if self.state.access_log.enabled() {
             let req = session.req_header();
             let route = self.route_pattern(ctx);
+            // A refused request logs the target it sent (escaped by the log), not Pingora's `/`.
+            let raw_target;
+            let path = match &ctx.target {
+                Some(t) => t.path(),
+                None => {
+                    raw_target = String::from_utf8_lossy(req.raw_path());
+                    &raw_target
+                }
+            };
             self.state.access_log.log(&AccessRecord {
-                method: &method,
+                method: req.method.as_str(),
                 host: host_of(req).unwrap_or(""),
-                path: req.uri.path(),
+                path,
                 route,
                 status,
                 cache_status: s.as_str(),

@@ -11,5 +11,6 @@ pub mod gateway;
 pub mod proof;
 pub mod routing;
 pub mod server;
+pub mod target;
 pub mod telemetry;
 pub mod upstream;

@@ -127,9 +127,10 @@ impl Directives {
 pub fn field_tokens(h: &http::HeaderMap, name: impl http::header::AsHeaderName) -> Vec<String> {
     h.get_all(name)
         .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(|t| t.trim().to_ascii_lowercase())
+        // Lossy rather than skipped: a `Vary` line with one odd byte must still name the
+        // fields it names, or the response would be stored without its variance.
+        .map(|v| String::from_utf8_lossy(v.as_bytes()))
+        .flat_map(|v| v.split(',').map(|t| t.trim().to_ascii_lowercase()).collect::<Vec<_>>())
         .filter(|t| !t.is_empty())
         .collect()
 }

@@ -2,8 +2,8 @@
 //! `Content-Location` after a 2xx/3xx to an unsafe method) and the configured rules, such
 //! as `POST /api/sync` invalidating `/api/stats/` and `/api/games` for the same `username`.
 
-use super::key;
 use super::storage::{MemStorage, Selector};
+use super::url::CacheUrl;
 use crate::config::InvalidationRule;
 use pingora_http::{RequestHeader, ResponseHeader};
 
@@ -60,31 +60,35 @@ pub fn json_field(body: &[u8], name: &str) -> Option<String> {
     }
 }
 
-fn same_host_target(base: &str, host_prefix: &str, value: &str) -> Option<String> {
+/// A `Location` / `Content-Location` value as a URL on the same origin as `base`, never
+/// `base` itself. An absolute URL counts only on the same origin (RFC 9111 §4.4 forbids
+/// invalidating another origin on the word of this one).
+fn same_host_target(base: &CacheUrl, value: &str) -> Option<String> {
     if value.starts_with('/') {
-        return Some(format!("{host_prefix}{value}"));
+        return super::super::target::origin_form(value.as_bytes()).ok().map(|pq| base.with_path(pq.as_str()));
     }
-    // An absolute URL counts only on the same host (RFC 9111 §4.4 forbids invalidating
-    // another origin on the word of this one).
-    let rest = value.strip_prefix("http://").or_else(|| value.strip_prefix("https://"))?;
-    let full = format!("http://{rest}");
-    full.starts_with(&format!("{host_prefix}/")).then_some(full).filter(|f| f != base)
+    let full = CacheUrl::parse(value).ok()?;
+    (full.origin() == base.origin() && full != *base).then(|| full.into_string())
 }
 
 /// Runs after the response to `req` is known; returns how many entries were dropped.
-pub fn after_response(storage: &MemStorage, rules: &[&Rule], req: &RequestHeader, resp: &ResponseHeader, body: &[u8]) -> usize {
+pub(crate) fn after_response(
+    storage: &MemStorage,
+    rules: &[&Rule],
+    url: &CacheUrl,
+    req: &RequestHeader,
+    resp: &ResponseHeader,
+    body: &[u8],
+) -> usize {
     let status = resp.status.as_u16();
     if !(200..400).contains(&status) {
         return 0;
     }
-    let url = key::primary(req);
-    let host_prefix =
-        url.find("://").and_then(|i| url[i + 3..].find('/').map(|j| url[..i + 3 + j].to_string())).unwrap_or_else(|| url.clone());
     let mut purged = 0;
     if is_unsafe(&req.method) {
-        purged += storage.purge_matching(&Selector::Url(url.clone()), false);
+        purged += storage.purge_matching(&Selector::Url(url.as_str().to_string()), false);
         for h in ["location", "content-location"] {
-            if let Some(target) = resp.headers.get(h).and_then(|v| v.to_str().ok()).and_then(|v| same_host_target(&url, &host_prefix, v)) {
+            if let Some(target) = resp.headers.get(h).and_then(|v| v.to_str().ok()).and_then(|v| same_host_target(url, v)) {
                 purged += storage.purge_matching(&Selector::Url(target), false);
             }
         }
@@ -94,11 +98,9 @@ pub fn after_response(storage: &MemStorage, rules: &[&Rule], req: &RequestHeader
             rule.match_param.as_deref().and_then(|p| query_param(req.uri.query(), p).map(str::to_string).or_else(|| json_field(body, p)));
         for prefix in &rule.prefixes {
             let sel = match (&rule.match_param, &value) {
-                (Some(p), Some(v)) => {
-                    Selector::PrefixWithParam { prefix: format!("{host_prefix}{prefix}"), param: p.clone(), value: v.clone() }
-                }
+                (Some(p), Some(v)) => Selector::PrefixWithParam { prefix: url.with_path(prefix), param: p.clone(), value: v.clone() },
                 // No value to match on: invalidate the whole prefix rather than serve stale data.
-                _ => Selector::Prefix(format!("{host_prefix}{prefix}")),
+                _ => Selector::Prefix(url.with_path(prefix)),
             };
             purged += storage.purge_matching(&sel, false);
         }
@@ -112,10 +114,12 @@ mod tests {
 
     #[test]
     fn location_targets_stay_on_the_same_host() {
-        let base = "http://h:8080/a";
-        assert_eq!(same_host_target(base, "http://h:8080", "/b?x"), Some("http://h:8080/b?x".into()));
-        assert_eq!(same_host_target(base, "http://h:8080", "http://h:8080/c"), Some("http://h:8080/c".into()));
-        assert_eq!(same_host_target(base, "http://h:8080", "http://evil/c"), None);
+        let base = CacheUrl::parse("http://h:8080/a").unwrap();
+        assert_eq!(same_host_target(&base, "/b?x"), Some("http://h:8080/b?x".into()));
+        assert_eq!(same_host_target(&base, "http://H:8080/c"), Some("http://h:8080/c".into()));
+        assert_eq!(same_host_target(&base, "http://h:8080/a"), None, "the request's own URL is purged already");
+        assert_eq!(same_host_target(&base, "http://evil/c"), None);
+        assert_eq!(same_host_target(&base, "http://h:8080@evil/c"), None);
         assert_eq!(json_field(br#"{"username":"bob","n":1}"#, "username"), Some("bob".into()));
         assert_eq!(json_field(b"not json", "username"), None);
         assert_eq!(query_param(Some("a=1&username=bob"), "username"), Some("bob"));

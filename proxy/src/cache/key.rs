@@ -1,50 +1,84 @@
-//! Cache keys: scheme, host, path and query — no method, so GET, HEAD and PURGE share one
-//! entry — and the Vary variance.
+//! Cache keys: the checked request's URL (scheme, authority, path and query; see
+//! [`super::url`]) — no method, so GET, HEAD and PURGE share one entry — and the Vary variance.
 
+use super::url::CacheUrl;
 use pingora_cache::key::HashBinary;
 use pingora_cache::{CacheKey, CacheMeta, VarianceBuilder};
 use pingora_http::RequestHeader;
 
-/// `http://host/path?query`. The host cannot contain `/`, so the framing is unambiguous; the
-/// readable form doubles as the URL that URL and prefix purges match.
-pub fn primary(req: &RequestHeader) -> String {
-    let host = req
-        .headers
-        .get(http::header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .or_else(|| req.uri.authority().map(|a| a.as_str()))
-        .unwrap_or("")
-        .to_ascii_lowercase();
-    let pq = req.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
-    format!("http://{host}{pq}")
+pub(crate) fn cache_key(url: &CacheUrl) -> CacheKey {
+    CacheKey::new(url.as_str(), "")
 }
 
-pub fn cache_key(req: &RequestHeader) -> CacheKey {
-    CacheKey::new(primary(req), "")
-}
+/// Request fields that RFC 9110 defines as comma-separated lists, where field lines may be
+/// combined and whitespace around elements carries no meaning; only these are normalised.
+/// Any other field (Cookie, Authorization, ...) varies on its exact bytes, line by line.
+const LIST_FIELDS: [&str; 5] = ["accept", "accept-charset", "accept-encoding", "accept-language", "te"];
+/// Of those, the ones whose elements are case-insensitive and whose order is not significant.
+const UNORDERED_CASELESS: [&str; 2] = ["accept-encoding", "te"];
 
-/// Header values normalised so equivalent requests share a variant: `gzip, br` and `br,gzip`
-/// are one variant for `Accept-Encoding`.
-fn normalise(name: &str, value: &str) -> Vec<u8> {
-    if name.eq_ignore_ascii_case("accept-encoding") {
-        let mut tokens: Vec<String> = value.split(',').map(|t| t.trim().to_ascii_lowercase()).filter(|t| !t.is_empty()).collect();
-        tokens.sort();
-        tokens.join(",").into_bytes()
-    } else {
-        // Field lines combined and whitespace around list items dropped: `a, b` is `a,b`.
-        value.split(',').map(str::trim).collect::<Vec<_>>().join(",").into_bytes()
+/// The elements of a list field's combined value: split on commas outside quoted strings
+/// (a comma inside `"a,b"` is data), optional whitespace trimmed, empty elements dropped.
+fn list_elements<'a>(lines: impl Iterator<Item = &'a [u8]>) -> Vec<&'a [u8]> {
+    let mut out = Vec::new();
+    for line in lines {
+        let (mut start, mut quoted, mut escaped) = (0, false, false);
+        for (i, &c) in line.iter().enumerate() {
+            if escaped {
+                escaped = false;
+            } else if quoted && c == b'\\' {
+                escaped = true;
+            } else if c == b'"' {
+                quoted = !quoted;
+            } else if c == b',' && !quoted {
+                out.push(line[start..i].trim_ascii());
+                start = i + 1;
+            }
+        }
+        out.push(line[start..].trim_ascii());
     }
+    out.retain(|e| !e.is_empty());
+    out
+}
+
+/// The value a variant is matched on. Present and absent can never be equal (the first byte
+/// differs), an empty field is present, and no byte is ever dropped: a value that is not
+/// visible ASCII varies like any other.
+fn variant_value(name: &str, req: &RequestHeader) -> Vec<u8> {
+    let mut lines = req.headers.get_all(name).iter().map(|v| v.as_bytes()).peekable();
+    if lines.peek().is_none() {
+        return b"absent".to_vec();
+    }
+    let mut value = b"=".to_vec();
+    if LIST_FIELDS.contains(&name) {
+        let mut elements: Vec<Vec<u8>> = list_elements(lines).into_iter().map(<[u8]>::to_vec).collect();
+        if UNORDERED_CASELESS.contains(&name) {
+            elements.iter_mut().for_each(|e| e.make_ascii_lowercase());
+            elements.sort();
+        }
+        // Joined with a byte no field value holds: an element may contain a quoted comma.
+        value.extend_from_slice(&elements.join(&b"\n"[..]));
+    } else {
+        // Line breaks cannot occur in a field value, so separate lines stay distinguishable
+        // from one line holding the same bytes.
+        for (i, line) in lines.enumerate() {
+            if i > 0 {
+                value.push(b'\n');
+            }
+            value.extend_from_slice(line);
+        }
+    }
+    value
 }
 
 /// The variance for `req` under the stored response's `Vary` (None when it has none).
-pub fn variance(meta: &CacheMeta, req: &RequestHeader) -> Option<HashBinary> {
+pub(crate) fn variance(meta: &CacheMeta, req: &RequestHeader) -> Option<HashBinary> {
     let mut names = super::directives::field_tokens(&meta.response_header().headers, http::header::VARY);
     names.sort();
     names.dedup();
     let mut vb = VarianceBuilder::new();
     for name in names {
-        let values: Vec<&str> = req.headers.get_all(name.as_str()).iter().filter_map(|v| v.to_str().ok()).collect();
-        let value = normalise(&name, &values.join(","));
+        let value = variant_value(&name, req);
         vb.add_owned_name_value(name, value);
     }
     vb.finalize()
@@ -56,46 +90,47 @@ mod tests {
     use pingora_http::ResponseHeader;
     use std::time::SystemTime;
 
-    fn req(host: &str, target: &str, ae: Option<&str>) -> RequestHeader {
-        let mut r = RequestHeader::build("GET", target.as_bytes(), None).unwrap();
-        r.insert_header("host", host).unwrap();
-        if let Some(a) = ae {
-            r.insert_header("accept-encoding", a).unwrap();
-        }
-        r
-    }
-
-    #[test]
-    fn key_has_host_path_query_not_method() {
-        assert_eq!(primary(&req("Example.COM:8080", "/a/b?x=1&y=2", None)), "http://example.com:8080/a/b?x=1&y=2");
-        let mut head = req("h", "/p", None);
-        head.set_method(http::Method::HEAD);
-        assert_eq!(primary(&head), primary(&req("h", "/p", None)));
-    }
-
-    #[test]
-    fn vary_normalises_accept_encoding() {
+    fn meta(vary: &str) -> CacheMeta {
         let mut h = ResponseHeader::build(200, None).unwrap();
-        h.insert_header("vary", "Accept-Encoding").unwrap();
+        h.insert_header("vary", vary).unwrap();
         let now = SystemTime::now();
-        let meta = CacheMeta::new(now, now, 0, 0, h);
-        let a = variance(&meta, &req("h", "/", Some("gzip, br")));
-        let b = variance(&meta, &req("h", "/", Some("br,gzip")));
-        let c = variance(&meta, &req("h", "/", Some("gzip")));
-        assert!(a.is_some());
-        assert_eq!(a, b);
-        assert_ne!(a, c);
-        let mut h = ResponseHeader::build(200, None).unwrap();
-        h.insert_header("vary", "X-Foo").unwrap();
-        let meta = CacheMeta::new(now, now, 0, 0, h);
-        let with = |v: &[&str]| {
-            let mut r = req("h", "/", None);
-            for x in v {
-                r.append_header("x-foo", *x).unwrap();
-            }
-            variance(&meta, &r)
-        };
-        assert_eq!(with(&["a, b"]), with(&["a,b"]), "whitespace");
-        assert_eq!(with(&["a", "b"]), with(&["a,b"]), "field lines combined");
+        CacheMeta::new(now, now, 0, 0, h)
+    }
+
+    fn with(meta: &CacheMeta, name: &str, lines: &[&[u8]]) -> Option<HashBinary> {
+        let mut r = RequestHeader::build("GET", b"/", None).unwrap();
+        for v in lines {
+            r.append_header(name.to_string(), http::HeaderValue::from_bytes(v).unwrap()).unwrap();
+        }
+        variance(meta, &r)
+    }
+
+    #[test]
+    fn list_fields_are_normalised() {
+        let m = meta("Accept-Encoding");
+        let ae = |v: &[&[u8]]| with(&m, "accept-encoding", v);
+        assert!(ae(&[b"gzip"]).is_some());
+        assert_eq!(ae(&[b"gzip, br"]), ae(&[b"BR,gzip"]), "order and case");
+        assert_eq!(ae(&[b"gzip", b"br"]), ae(&[b"br,gzip"]), "field lines combined");
+        assert_ne!(ae(&[b"gzip, br"]), ae(&[b"gzip"]));
+        let m = meta("Accept-Language");
+        let al = |v: &[&[u8]]| with(&m, "accept-language", v);
+        assert_eq!(al(&[b"da, en"]), al(&[b"da,en"]), "whitespace around elements");
+        assert_ne!(al(&[b"da, en"]), al(&[b"en, da"]), "order kept where it may matter");
+        assert_ne!(al(&[b"a;x=\"1,2\""]), al(&[b"a;x=\"1", b"2\""]), "a quoted comma is not a separator");
+    }
+
+    #[test]
+    fn other_fields_vary_on_their_exact_bytes() {
+        let m = meta("Cookie");
+        let c = |v: &[&[u8]]| with(&m, "cookie", v);
+        let absent = c(&[]);
+        assert!(absent.is_some(), "a Vary response always has a variance");
+        assert_ne!(c(&[b""]), absent, "empty is not absent");
+        assert_ne!(c(&["session=alice-secret; name=Jos\u{e9}".as_bytes()]), absent, "non-ASCII is never dropped");
+        assert_ne!(c(&[b"name=Jos\xe9"]), c(&[b"name=Jos\xc3\xa9"]));
+        assert_ne!(c(&[b"a=1, b=2"]), c(&[b"a=1,b=2"]), "no whitespace folding outside list fields");
+        assert_ne!(c(&[b"a=1", b"b=2"]), c(&[b"a=1,b=2"]), "two lines are not one");
+        assert_eq!(c(&[b"a=1"]), c(&[b"a=1"]));
     }
 }

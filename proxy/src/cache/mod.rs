@@ -9,6 +9,7 @@ pub mod policy;
 pub mod purge;
 pub mod status;
 pub mod storage;
+pub mod url;
 
 use crate::config::Config;
 use pingora_cache::lock::{CacheKeyLockImpl, CacheLock};

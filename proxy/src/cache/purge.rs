@@ -58,23 +58,13 @@ impl PurgeRequest {
     }
 }
 
-/// Paths stay paths (any host); absolute URLs are lower-cased in scheme and host as keys are.
+/// Paths stay paths (any host); absolute URLs are checked and normalised as request targets
+/// are (scheme and host lower-cased, default port dropped), so they name the key a request gets.
 fn normalise_url(u: &str) -> Result<String, String> {
     if u.starts_with('/') {
-        return Ok(u.to_string());
+        return crate::target::origin_form(u.as_bytes()).map(|pq| pq.as_str().to_string()).map_err(|e| format!("{u:?}: {e}"));
     }
-    let lower = u.to_ascii_lowercase();
-    let scheme_len = if lower.starts_with("http://") {
-        7
-    } else if lower.starts_with("https://") {
-        8
-    } else {
-        return Err(format!("{u:?}: expected a path (/...) or an http(s):// URL"));
-    };
-    let rest = &u[scheme_len..];
-
-    let (host, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
-    Ok(format!("http://{}{}", host.to_ascii_lowercase(), if path.is_empty() { "/" } else { path }))
+    super::url::CacheUrl::parse(u).map(super::url::CacheUrl::into_string).map_err(|e| format!("{u:?}: {e}"))
 }
 
 #[cfg(test)]
@@ -87,6 +77,9 @@ mod tests {
         assert!(
             matches!(PurgeRequest::parse(br#"{"url":"HTTP://H:1/a?b","soft":true}"#), Ok((Selector::Url(u), true)) if u == "http://h:1/a?b")
         );
+        assert!(matches!(PurgeRequest::parse(br#"{"prefix":"http://h:80"}"#), Ok((Selector::Prefix(u), false)) if u == "http://h/"));
+        assert!(PurgeRequest::parse(br#"{"url":"http://v/a/../b"}"#).is_err());
+        assert!(PurgeRequest::parse(br#"{"url":"ftp://h/a"}"#).is_err());
         assert!(PurgeRequest::parse(br#"{"url":"/a","tag":"x"}"#).is_err());
         assert!(PurgeRequest::parse(br#"{"urll":"/a"}"#).is_err());
         assert!(PurgeRequest::parse(b"nope").is_err());

@@ -1,0 +1,339 @@
+//! The request target and `Host`, checked once before anything reads them (RFC 9112 §3.2,
+//! RFC 9110 §7.2). The origin, the route, the cache key and the access log all read the one
+//! [`Target`] this module returns, and the request sent upstream is rewritten to it, so no two
+//! of them can see different requests. Pingora keeps an unparseable target's raw bytes for the
+//! wire while showing `/` to the filters; that gap is what let `GET upload-123.html` poison `/`.
+
+use http::uri::PathAndQuery;
+use pingora_http::RequestHeader;
+use std::fmt;
+use std::net::Ipv6Addr;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Scheme {
+    Http,
+    Https,
+}
+
+impl Scheme {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Scheme::Http => "http",
+            Scheme::Https => "https",
+        }
+    }
+
+    fn default_port(self) -> u16 {
+        match self {
+            Scheme::Http => 80,
+            Scheme::Https => 443,
+        }
+    }
+
+    /// `http://` or `https://` at the start of `b` (case-insensitive): the scheme and the rest.
+    fn strip(b: &[u8]) -> Option<(Scheme, &[u8])> {
+        let starts = |p: &[u8]| b.len() >= p.len() && b[..p.len()].eq_ignore_ascii_case(p);
+        if starts(b"http://") {
+            Some((Scheme::Http, &b[7..]))
+        } else if starts(b"https://") {
+            Some((Scheme::Https, &b[8..]))
+        } else {
+            None
+        }
+    }
+}
+
+/// `uri-host [ ":" port ]`: the host lower-cased, the port dropped when it is the scheme's
+/// default, so `H:80` and `h` are one authority. A host never contains `/`, `?`, `#`, `@` or
+/// whitespace, which is what makes `scheme://authority/path` an unambiguous key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Authority {
+    host: Box<str>,
+    port: Option<u16>,
+}
+
+impl Authority {
+    pub(crate) fn parse(b: &[u8], scheme: Scheme) -> Result<Authority, &'static str> {
+        if b.is_empty() {
+            return Err("empty host");
+        }
+        let (host, port) = if b[0] == b'[' {
+            let close = b.iter().position(|&c| c == b']').ok_or("unclosed IPv6 literal")?;
+            let inner = std::str::from_utf8(&b[1..close]).map_err(|_| "invalid IPv6 literal")?;
+            let ip: Ipv6Addr = inner.parse().map_err(|_| "invalid IPv6 literal")?;
+            let rest = &b[close + 1..];
+            let port = match rest.split_first() {
+                None => None,
+                Some((b':', p)) => Some(p),
+                Some(_) => return Err("unexpected bytes after the IPv6 literal"),
+            };
+            (format!("[{ip}]"), port)
+        } else {
+            let (name, port) = match b.iter().position(|&c| c == b':') {
+                Some(i) => (&b[..i], Some(&b[i + 1..])),
+                None => (b, None),
+            };
+            if name.is_empty() {
+                return Err("empty host");
+            }
+            if !valid_reg_name(name) {
+                return Err("host has a character outside RFC 3986 reg-name");
+            }
+            // ASCII-only after the check above.
+            (String::from_utf8_lossy(name).to_ascii_lowercase(), port)
+        };
+        let port = match port {
+            // `host:` is allowed by the grammar and means the default port.
+            None | Some([]) => None,
+            Some(p) if p.len() <= 5 && p.iter().all(u8::is_ascii_digit) => {
+                let n: u32 = p.iter().fold(0, |acc, d| acc * 10 + u32::from(d - b'0'));
+                Some(u16::try_from(n).map_err(|_| "port out of range")?)
+            }
+            Some(_) => return Err("port is not a number up to 65535"),
+        };
+        Ok(Authority { host: host.into(), port: port.filter(|p| *p != scheme.default_port()) })
+    }
+
+    /// The host alone (`[::1]` keeps its brackets), for routing.
+    pub(crate) fn host(&self) -> &str {
+        &self.host
+    }
+}
+
+impl fmt::Display for Authority {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.port {
+            Some(p) => write!(f, "{}:{p}", self.host),
+            None => f.write_str(&self.host),
+        }
+    }
+}
+
+fn is_unreserved_or_sub_delim(c: u8) -> bool {
+    c.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=".contains(&c)
+}
+
+fn valid_reg_name(b: &[u8]) -> bool {
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'%' if b.get(i + 1..i + 3).is_some_and(|h| h.iter().all(u8::is_ascii_hexdigit)) => i += 3,
+            c if is_unreserved_or_sub_delim(c) => i += 1,
+            _ => return false,
+        }
+    }
+    true
+}
+
+/// What the request asks for, once checked.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Target {
+    pub(crate) scheme: Scheme,
+    /// None only for an HTTP/1.0 request without `Host`.
+    pub(crate) authority: Option<Authority>,
+    /// `OPTIONS *`: about the server, not a resource; answered without an origin.
+    pub(crate) asterisk: bool,
+    pub(crate) path_and_query: PathAndQuery,
+}
+
+impl Target {
+    pub(crate) fn path(&self) -> &str {
+        self.path_and_query.path()
+    }
+
+    pub(crate) fn host(&self) -> &str {
+        self.authority.as_ref().map_or("", Authority::host)
+    }
+}
+
+/// Why a request was refused with 400; the text goes into the error page.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub(crate) struct Refused(pub(crate) &'static str);
+
+/// An origin-form target (`/path?query`): visible ASCII, no fragment, no backslash in the path
+/// (some origins read it as `/`), and no `.` or `..` segment (an origin that resolves them would
+/// serve `/a/../admin` as `/admin` while the route and key saw `/a/`). Returns it as parsed.
+pub(crate) fn origin_form(b: &[u8]) -> Result<PathAndQuery, Refused> {
+    if b.first() != Some(&b'/') {
+        return Err(Refused("the request target must start with / (origin-form)"));
+    }
+    if let Some(c) = b.iter().find(|&&c| !(0x21..0x7f).contains(&c) || c == b'#') {
+        return Err(Refused(if *c == b'#' {
+            "the request target has a fragment (#)"
+        } else {
+            "the request target has a byte that is not visible ASCII"
+        }));
+    }
+    let path = &b[..b.iter().position(|&c| c == b'?').unwrap_or(b.len())];
+    if path.contains(&b'\\') {
+        return Err(Refused("the request path has a backslash"));
+    }
+    if path.split(|&c| c == b'/').any(is_dot_segment) {
+        return Err(Refused("the request path has a . or .. segment"));
+    }
+    PathAndQuery::try_from(b).map_err(|_| Refused("the request target is not a valid URI path"))
+}
+
+/// `.`, `..` and their percent-encoded spellings (`%2e`, `.%2E`, ...).
+fn is_dot_segment(seg: &[u8]) -> bool {
+    let mut dots = 0;
+    let mut i = 0;
+    while i < seg.len() {
+        if seg[i] == b'.' {
+            i += 1;
+        } else if seg[i..].len() >= 3 && seg[i] == b'%' && seg[i + 1] == b'2' && seg[i + 2].eq_ignore_ascii_case(&b'e') {
+            i += 3;
+        } else {
+            return false;
+        }
+        dots += 1;
+    }
+    (1..=2).contains(&dots)
+}
+
+/// The `Host` field: exactly one, valid; absent only before HTTP/1.1.
+fn host_field(req: &RequestHeader, scheme: Scheme) -> Result<Option<Authority>, Refused> {
+    let mut hosts = req.headers.get_all(http::header::HOST).iter();
+    let Some(first) = hosts.next() else {
+        // An HTTP/2 request carries `:authority` in the URI instead of a Host field.
+        if let Some(a) = req.uri.authority() {
+            return Authority::parse(a.as_str().as_bytes(), scheme).map(Some).map_err(Refused);
+        }
+        return if req.version >= http::Version::HTTP_11 { Err(Refused("HTTP/1.1 requests must have a Host")) } else { Ok(None) };
+    };
+    if hosts.next().is_some() {
+        return Err(Refused("more than one Host"));
+    }
+    Authority::parse(first.as_bytes(), scheme).map(Some).map_err(|_| Refused("Host is not uri-host[:port]"))
+}
+
+/// Checks the request's target and `Host` and rewrites the request to origin-form, so what
+/// is sent upstream is exactly what was checked. `scheme` is the connection's.
+pub(crate) fn accept(req: &mut RequestHeader, scheme: Scheme) -> Result<Target, Refused> {
+    let host = host_field(req, scheme)?;
+    let raw = req.raw_path();
+    if raw == b"*" {
+        if req.method != http::Method::OPTIONS {
+            return Err(Refused("only OPTIONS may use the * target"));
+        }
+        return Ok(Target { scheme, authority: host, asterisk: true, path_and_query: PathAndQuery::from_static("/") });
+    }
+    let (authority, path_and_query) = if raw.first() == Some(&b'/') {
+        (host, origin_form(raw)?)
+    } else if let Some((target_scheme, rest)) = Scheme::strip(raw) {
+        // Absolute-form (§3.2.2): the authority must be the connection's scheme and the same
+        // authority as Host, so it cannot name a resource the key does not.
+        if target_scheme != scheme {
+            return Err(Refused("the request target's scheme is not this connection's"));
+        }
+        let end = rest.iter().position(|&c| matches!(c, b'/' | b'?' | b'#')).unwrap_or(rest.len());
+        let (auth, pq) = rest.split_at(end);
+        if auth.contains(&b'@') {
+            return Err(Refused("the request target has userinfo"));
+        }
+        let auth = Authority::parse(auth, scheme).map_err(|_| Refused("the request target's authority is not uri-host[:port]"))?;
+        if host.as_ref().is_some_and(|h| *h != auth) {
+            return Err(Refused("the request target's authority differs from Host"));
+        }
+        let pq = match pq.first() {
+            None => origin_form(b"/")?,
+            Some(b'?') => origin_form(&[b"/", pq].concat())?,
+            Some(_) => origin_form(pq)?,
+        };
+        if host.is_none() {
+            let value = auth.to_string();
+            req.insert_header(http::header::HOST, value).map_err(|_| Refused("the request target's authority is not a Host"))?;
+        }
+        (Some(auth), pq)
+    } else {
+        return Err(Refused("the request target is not origin-form (/path) or an http(s) URL"));
+    };
+    req.set_uri(http::Uri::from(path_and_query.clone()));
+    Ok(Target { scheme, authority, asterisk: false, path_and_query })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(target: &[u8], host: &[&str]) -> RequestHeader {
+        let mut r = RequestHeader::build("GET", target, None).unwrap();
+        for h in host {
+            r.append_header("host", *h).unwrap();
+        }
+        r
+    }
+
+    fn ok(target: &[u8], host: &[&str]) -> (String, String, String) {
+        let mut r = req(target, host);
+        let t = accept(&mut r, Scheme::Http).unwrap_or_else(|e| panic!("{:?}: {e}", String::from_utf8_lossy(target)));
+        let host = r.headers.get("host").map(|h| h.to_str().unwrap().to_string()).unwrap_or_default();
+        (t.authority.map(|a| a.to_string()).unwrap_or_default(), String::from_utf8(r.raw_path().to_vec()).unwrap(), host)
+    }
+
+    #[test]
+    fn origin_and_absolute_form_become_one_origin_form_target() {
+        assert_eq!(
+            ok(b"/a/b?x=1&y=%20", &["Example.COM:8080"]),
+            ("example.com:8080".into(), "/a/b?x=1&y=%20".into(), "Example.COM:8080".into())
+        );
+        assert_eq!(ok(b"/", &["h:80"]).0, "h", "the default port is dropped");
+        assert_eq!(ok(b"/", &["h:"]).0, "h");
+        assert_eq!(ok(b"/", &["[::1]:8080"]).0, "[::1]:8080");
+        assert_eq!(ok(b"http://H:8080/x?q", &["h:8080"]), ("h:8080".into(), "/x?q".into(), "h:8080".into()));
+        assert_eq!(ok(b"HTTP://h?q", &["h"]).1, "/?q");
+        assert_eq!(ok(b"http://h", &["h"]).1, "/");
+        assert_eq!(ok(b"/search?q={a}|b\\c", &["h"]).1, "/search?q={a}|b\\c", "what browsers send raw in a query");
+        assert_eq!(ok(b"/a..b/.c/...", &["h"]).1, "/a..b/.c/...");
+    }
+
+    #[test]
+    fn http10_without_host_takes_the_targets_authority() {
+        let mut r = req(b"http://h:81/x", &[]);
+        r.set_version(http::Version::HTTP_10);
+        let t = accept(&mut r, Scheme::Http).unwrap();
+        assert_eq!(t.authority.unwrap().to_string(), "h:81");
+        assert_eq!(r.headers.get("host").unwrap(), "h:81");
+        let mut r = req(b"/x", &[]);
+        r.set_version(http::Version::HTTP_10);
+        assert_eq!(accept(&mut r, Scheme::Http).unwrap().authority, None);
+    }
+
+    #[test]
+    fn everything_else_is_refused() {
+        let refused = |target: &[u8], host: &[&str]| accept(&mut req(target, host), Scheme::Http).is_err();
+        for t in [
+            &b"upload-123.html"[..],
+            b"../x",
+            b"a:b/c",
+            b"\\\\x",
+            b"%20/x",
+            b"https://h/x",
+            b"ftp://h/x",
+            b"http://u@h/x",
+            b"http://other/x",
+            b"http:///x",
+            b"*",
+            b"h:443",
+            b"/a/../b",
+            b"/a/./b",
+            b"/..",
+            b"/a/%2e%2E/b",
+            b"/a/.%2e",
+            b"/a\\b",
+            b"/caf\xc3\xa9",
+        ] {
+            assert!(refused(t, &["h"]), "{:?} must be refused", String::from_utf8_lossy(t));
+        }
+        for h in ["v/a", "h h", "h:x", "h:65536", "u@h", "", "[::1", "[zz]", "h?", "h#"] {
+            assert!(refused(b"/", &[h]), "Host {h:?} must be refused");
+        }
+        assert!(refused(b"/", &[]), "HTTP/1.1 without Host");
+        assert!(origin_form(b"/a#frag").is_err(), "Pingora drops a fragment; one reaching here is refused");
+        assert!(refused(b"/", &["h", "h"]), "two Host fields");
+        let mut r = RequestHeader::build("OPTIONS", b"*", None).unwrap();
+        r.insert_header("host", "h").unwrap();
+        assert!(accept(&mut r, Scheme::Http).unwrap().asterisk);
+    }
+}
