@@ -2,10 +2,9 @@
 //! runbook's queries, with `service_name="proxy"`, and the hit-ratio query return what the
 //! traffic says they should.
 
-mod common;
-use common::prom::{query, start_prometheus};
-use common::scripted::{config_for, Reply, Scripted};
-use common::*;
+use crate::common::prom::{query, start_prometheus};
+use crate::common::scripted::{config_for, Reply, Scripted};
+use crate::common::*;
 use std::time::{Duration, Instant};
 
 #[tokio::test(flavor = "multi_thread")]

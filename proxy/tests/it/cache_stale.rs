@@ -2,9 +2,8 @@
 //! one background request; stale-if-error covers 503s and a dead origin; concurrent cold
 //! misses make one origin request.
 
-mod common;
-use common::scripted::{config_for, Reply, Scripted};
-use common::*;
+use crate::common::scripted::{config_for, Reply, Scripted};
+use crate::common::*;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};

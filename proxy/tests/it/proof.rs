@@ -2,8 +2,7 @@
 //! off (fails at step 2 with the reason), against a closed port (one-line error); and a real
 //! headless Chromium loading the demo page through Portier, as DevTools shows it.
 
-mod common;
-use common::*;
+use crate::common::*;
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;

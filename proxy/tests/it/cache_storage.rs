@@ -2,9 +2,8 @@
 //! large objects stream through uncached and complete, a body cut off mid-way is not stored,
 //! hop-by-hop fields are not stored.
 
-mod common;
-use common::scripted::{config_for, Reply, Scripted};
-use common::*;
+use crate::common::scripted::{config_for, Reply, Scripted};
+use crate::common::*;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn byte_budget_holds_with_three_times_its_size_inserted() {

@@ -1,9 +1,8 @@
 //! Invalidation and purge: after writes (RFC 9111 §4.4), the `/api/sync` rule (that user
 //! only), tags, soft purge, and `PURGE` refused without the token.
 
-mod common;
-use common::scripted::{config_for, Reply, Scripted};
-use common::*;
+use crate::common::scripted::{config_for, Reply, Scripted};
+use crate::common::*;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn post_invalidates_the_uri_and_same_host_location() {

@@ -5,9 +5,8 @@
 //! k6's thresholds pass, every dashboard query naming a Portier series returns data, and the
 //! CSV script turns k6's JSON output into the runbook's CSV.
 
-mod common;
-use common::prom::{query_result, start_prometheus, which};
-use common::*;
+use crate::common::prom::{query_result, start_prometheus, which};
+use crate::common::*;
 use std::collections::{BTreeSet, HashSet};
 use std::path::{Path, PathBuf};
 use std::process::Command;

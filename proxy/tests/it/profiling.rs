@@ -1,9 +1,8 @@
 //! CPU profiles: the admin pprof endpoint returns a real pprof protobuf, and continuous
 //! profiling pushes to a Pyroscope-compatible receiver.
 
-mod common;
-use common::recorder::Recorder;
-use common::*;
+use crate::common::recorder::Recorder;
+use crate::common::*;
 use pprof::protos::Message;
 use std::time::Duration;
 

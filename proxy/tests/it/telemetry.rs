@@ -2,10 +2,9 @@
 //! verdict on it), OTLP spans in a real receiver with traceparent continuity to the origin,
 //! JSON access logs, and requests unaffected when the collector is down.
 
-mod common;
-use common::otlp::OtlpReceiver;
-use common::scripted::{config_for, Reply, Scripted};
-use common::*;
+use crate::common::otlp::OtlpReceiver;
+use crate::common::scripted::{config_for, Reply, Scripted};
+use crate::common::*;
 use std::time::Duration;
 
 const TRACEPARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
@@ -66,7 +65,7 @@ async fn exposition_has_the_exact_series_and_counts() {
 
     // promtool: nothing but the millisecond-unit notes the required names bring (the runbook's
     // span-metrics histogram and the upstream histogram keep `_milliseconds`).
-    let mut child = std::process::Command::new(common::prom::which("promtool"))
+    let mut child = std::process::Command::new(crate::common::prom::which("promtool"))
         .args(["check", "metrics"])
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())

@@ -1,8 +1,7 @@
 //! The frame: routing, forwarding, request ids, error pages, health checks, config checks,
 //! env overrides and graceful shutdown, each over real sockets.
 
-mod common;
-use common::*;
+use crate::common::*;
 use std::time::{Duration, Instant};
 
 #[tokio::test(flavor = "multi_thread")]

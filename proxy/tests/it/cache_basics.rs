@@ -2,9 +2,8 @@
 //! Vary, and the RFC 9111 refusals (no-store, private, Authorization, Set-Cookie, Vary: *),
 //! no-cache, targeted fields.
 
-mod common;
-use common::scripted::{config_for, Reply, Scripted};
-use common::*;
+use crate::common::scripted::{config_for, Reply, Scripted};
+use crate::common::*;
 use std::time::Duration;
 
 async fn fixed(headers: &'static [(&'static str, &'static str)]) -> Scripted {

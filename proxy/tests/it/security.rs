@@ -2,9 +2,8 @@
 //! request targets that are not origin-form, a `Host` holding `/`, `Vary` on a non-ASCII
 //! cookie, made-up methods. Each case stores nothing and changes nothing for other clients.
 
-mod common;
-use common::scripted::{config_for, Reply, Scripted};
-use common::*;
+use crate::common::scripted::{config_for, Reply, Scripted};
+use crate::common::*;
 use std::time::Duration;
 
 /// An origin that caches everything for a minute and names the target it received.

@@ -2,9 +2,8 @@
 //! If-Modified-Since) on hits and misses, 412 for failed If-Match / If-Unmodified-Since, and
 //! revalidation upstream whose 304 refreshes the entry with all of its headers.
 
-mod common;
-use common::scripted::{config_for, Reply, Scripted};
-use common::*;
+use crate::common::scripted::{config_for, Reply, Scripted};
+use crate::common::*;
 use std::time::Duration;
 
 const LM: &str = "Wed, 21 Oct 2015 07:28:00 GMT";

@@ -1,0 +1,16 @@
+//! Every integration test in one binary, so Pingora is linked once instead of once per file.
+//! Each module starts the sample origin and Portier on port 0 over real sockets; see `common`.
+
+mod cache_basics;
+mod cache_conditional;
+mod cache_invalidation;
+mod cache_stale;
+mod cache_storage;
+mod common;
+mod foundation;
+mod profiling;
+mod prometheus;
+mod proof;
+mod security;
+mod stack;
+mod telemetry;
