@@ -148,7 +148,10 @@ impl Admin {
         match crate::cache::purge::PurgeRequest::parse(&body) {
             Ok((sel, soft)) => {
                 let n = c.storage.purge_matching(&sel, soft);
-                self.state.metrics.purged(if soft { "api_soft" } else { "api" }, n);
+                self.state.metrics.purged(
+                    if soft { crate::telemetry::metrics::PurgeReason::ApiSoft } else { crate::telemetry::metrics::PurgeReason::Api },
+                    n,
+                );
                 json_response(StatusCode::OK, &json!({"purged": n, "soft": soft}))
             }
             Err(e) => json_response(

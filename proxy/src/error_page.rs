@@ -1,6 +1,7 @@
 //! The short answers Portier writes itself (no route, no upstream, timeouts): plain text that
 //! names the request id, never cached.
 
+use crate::cache::status::Outcome;
 use bytes::Bytes;
 use pingora_error::{ErrorType, Result};
 use pingora_http::ResponseHeader;
@@ -42,16 +43,17 @@ pub fn detail_for(status: u16) -> &'static str {
 }
 
 /// Writes the page unless a response has already started (then the connection is just closed).
-pub async fn respond(session: &mut Session, status: u16, request_id: &str, detail: &str) -> Result<()> {
+pub(crate) async fn respond(session: &mut Session, status: u16, request_id: &str, detail: &str, outcome: &Outcome) -> Result<()> {
     if session.as_downstream().response_written().is_some() {
         return Ok(());
     }
     let text = body(status, detail, request_id);
-    let mut resp = ResponseHeader::build(status, Some(6))?;
+    let mut resp = ResponseHeader::build(status, Some(9))?;
     resp.insert_header("content-type", "text/plain; charset=utf-8")?;
     resp.insert_header("content-length", text.len().to_string())?;
     resp.insert_header("cache-control", "no-store")?;
     resp.insert_header(crate::forwarding::REQUEST_ID, request_id)?;
+    outcome.write_headers(&mut resp, None)?;
     session.write_response_header(Box::new(resp), false).await?;
     session.write_response_body(Some(Bytes::from(text)), true).await?;
     Ok(())

@@ -9,6 +9,7 @@ pub mod error_page;
 pub mod forwarding;
 pub mod gateway;
 pub mod proof;
+pub mod response_headers;
 pub mod routing;
 pub mod server;
 pub mod target;

@@ -7,6 +7,7 @@ pub mod invalidate;
 pub mod key;
 pub mod policy;
 pub mod purge;
+pub mod revalidate;
 pub mod status;
 pub mod storage;
 pub mod url;

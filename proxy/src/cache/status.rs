@@ -5,7 +5,7 @@
 use pingora_cache::CachePhase;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum CacheStatus {
+pub(crate) enum CacheStatus {
     /// Served from a fresh stored entry (coalesced waiters too).
     Hit,
     /// Not in cache; fetched (and stored if cacheable).
@@ -20,7 +20,7 @@ pub enum CacheStatus {
     Bypass,
 }
 
-pub const ALL: [CacheStatus; 6] =
+pub(crate) const ALL: [CacheStatus; 6] =
     [CacheStatus::Hit, CacheStatus::Miss, CacheStatus::Stale, CacheStatus::Revalidated, CacheStatus::Expired, CacheStatus::Bypass];
 
 impl CacheStatus {
@@ -48,7 +48,7 @@ impl CacheStatus {
     }
 
     /// Answered without asking the origin (`cache_hit_total`).
-    pub fn from_cache(self) -> bool {
+    pub(crate) fn answered_from_store(self) -> bool {
         matches!(self, CacheStatus::Hit | CacheStatus::Stale)
     }
 
@@ -58,38 +58,172 @@ impl CacheStatus {
     }
 }
 
+/// Why the cache did not take part in a request it could have served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum BypassReason {
+    /// Only GET and HEAD are served from the cache.
+    Method,
+    /// The route says `cache = false`, or the cache is off.
+    Off,
+}
+
+/// What Portier answered itself, without the cache or the origin.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum LocalAnswer {
+    /// The request target or Host was refused (400).
+    Refused,
+    /// No route matches (404).
+    NoRoute,
+    /// `PURGE` (200/404/403/405).
+    Purge,
+    /// `OPTIONS *` (200).
+    ServerOptions,
+    /// `only-if-cached` and nothing usable stored (504).
+    OnlyIfCached,
+}
+
+impl LocalAnswer {
+    fn detail(self) -> &'static str {
+        match self {
+            LocalAnswer::Refused => "refused",
+            LocalAnswer::NoRoute => "no-route",
+            LocalAnswer::Purge => "purge",
+            LocalAnswer::ServerOptions => "server-options",
+            LocalAnswer::OnlyIfCached => "only-if-cached",
+        }
+    }
+}
+
+/// The cache's part in a request, decided once as the request goes and read by the one
+/// function that turns it into a status: [`outcome`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) enum CacheDecision {
+    /// Nothing decided yet (the request ended before routing).
+    #[default]
+    Undecided,
+    /// The cache serves or stores this request.
+    Eligible,
+    /// Eligible, but the response may not be stored (RFC 9111 §3 or the client's `no-store`).
+    NotStored(super::policy::NoStore),
+    Bypass(BypassReason),
+    Answered(LocalAnswer),
+}
+
 /// What `Cache-Status` needs besides the status.
-#[derive(Debug, Clone, Default)]
-pub struct Details {
+#[derive(Debug, Clone, Default, PartialEq)]
+pub(crate) struct Details {
+    /// `hit`: answered from the store.
+    pub(crate) hit: bool,
+    /// `fwd=`: why the request went to the origin (`miss`, `stale`, `method`, `bypass`).
+    pub(crate) fwd: Option<&'static str>,
     /// Remaining freshness in seconds (negative when stale).
-    pub ttl: Option<i64>,
-    pub origin_status: Option<u16>,
-    pub stored: bool,
-    pub detail: Option<&'static str>,
-    /// `fwd=` for bypasses: `method`, `request` or `bypass`.
-    pub bypass_kind: Option<&'static str>,
+    pub(crate) ttl: Option<i64>,
+    pub(crate) origin_status: Option<u16>,
+    pub(crate) stored: bool,
+    pub(crate) detail: Option<&'static str>,
+}
+
+/// The cache status of one response and everything derived from it.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Outcome {
+    pub(crate) status: CacheStatus,
+    pub(crate) details: Details,
+}
+
+/// What the request path knows when the response header is built.
+pub(crate) struct Facts<'a> {
+    pub(crate) decision: CacheDecision,
+    pub(crate) phase: CachePhase,
+    /// The stored entry's meta, when the response is built from one.
+    pub(crate) meta: Option<&'a pingora_cache::CacheMeta>,
+    pub(crate) origin_status: Option<u16>,
+    /// The origin could not be reached or did not answer.
+    pub(crate) upstream_error: Option<&'static str>,
+}
+
+/// The one place a cache status is decided.
+pub(crate) fn outcome(f: &Facts<'_>, now: std::time::SystemTime) -> Outcome {
+    let (status, fwd, detail) = match f.decision {
+        CacheDecision::Answered(a) => {
+            let status = if a == LocalAnswer::OnlyIfCached { CacheStatus::Miss } else { CacheStatus::Bypass };
+            (status, None, Some(a.detail()))
+        }
+        CacheDecision::Bypass(r) => (CacheStatus::Bypass, Some(if r == BypassReason::Method { "method" } else { "bypass" }), None),
+        CacheDecision::Undecided => (CacheStatus::Bypass, Some("bypass"), None),
+        CacheDecision::Eligible | CacheDecision::NotStored(_) => {
+            let status = match CacheStatus::from_phase(f.phase) {
+                // Pingora disables the cache when the origin fails; for the client it was a
+                // miss that could not be filled.
+                CacheStatus::Bypass if f.upstream_error.is_some() => CacheStatus::Miss,
+                s => s,
+            };
+            let detail = match (f.phase, f.decision) {
+                (CachePhase::StaleUpdating, _) => Some("stale-while-revalidate"),
+                (CachePhase::Stale, _) => Some("stale-if-error"),
+                (_, CacheDecision::NotStored(why)) => Some(why.as_str()),
+                // Pingora's own reasons: too large, lock timeout, storage error.
+                (CachePhase::Disabled(r), _) => Some(match r {
+                    pingora_cache::NoCacheReason::Custom(c) => c,
+                    other => other.as_str(),
+                }),
+                _ => None,
+            };
+            let fwd = match status {
+                CacheStatus::Hit | CacheStatus::Stale => None,
+                CacheStatus::Miss => Some("miss"),
+                CacheStatus::Revalidated | CacheStatus::Expired => Some("stale"),
+                CacheStatus::Bypass => Some("bypass"),
+            };
+            (status, fwd, detail)
+        }
+    };
+    let ttl = f.meta.filter(|_| status.built_from_store()).map(|m| match m.fresh_until().duration_since(now) {
+        // Rounded, so a just-refreshed `max-age=1` reads ttl=1, not 0.
+        Ok(d) => d.as_secs_f64().round() as i64,
+        Err(e) => -(e.duration().as_secs_f64().round() as i64),
+    });
+    let stored = matches!(f.decision, CacheDecision::Eligible) && matches!(f.phase, CachePhase::Miss | CachePhase::Expired);
+    Outcome {
+        status,
+        details: Details {
+            hit: status.answered_from_store(),
+            fwd,
+            ttl,
+            origin_status: f.origin_status.filter(|_| !status.answered_from_store()),
+            stored: stored && f.upstream_error.is_none(),
+            detail: f.upstream_error.or(detail),
+        },
+    }
+}
+
+impl Outcome {
+    /// `X-Cache`, `Cache-Status` and `Server-Timing` on a response Portier sends.
+    pub(crate) fn write_headers(&self, resp: &mut pingora_http::ResponseHeader, origin_ms: Option<f64>) -> pingora_error::Result<()> {
+        resp.insert_header("x-cache", self.status.as_str())?;
+        resp.insert_header("cache-status", cache_status_header(&self.details))?;
+        resp.insert_header("server-timing", server_timing(self.status, origin_ms))?;
+        Ok(())
+    }
 }
 
 /// RFC 9211 `Cache-Status`, e.g. `portier; hit; ttl=57`, `portier; fwd=miss; fwd-status=200; stored`.
-pub fn cache_status_header(s: CacheStatus, d: &Details) -> String {
+pub(crate) fn cache_status_header(d: &Details) -> String {
+    use std::fmt::Write as _;
     let mut out = String::from("portier");
-    match s {
-        CacheStatus::Hit | CacheStatus::Stale => out.push_str("; hit"),
-        CacheStatus::Miss => out.push_str("; fwd=miss"),
-        CacheStatus::Revalidated | CacheStatus::Expired => out.push_str("; fwd=stale"),
-        CacheStatus::Bypass => {
-            out.push_str("; fwd=");
-            out.push_str(d.bypass_kind.unwrap_or("bypass"));
-        }
+    if d.hit {
+        out.push_str("; hit");
     }
-    if let (Some(code), false) = (d.origin_status, s.from_cache()) {
-        out.push_str(&format!("; fwd-status={code}"));
+    if let Some(fwd) = d.fwd {
+        let _ = write!(out, "; fwd={fwd}");
     }
-    if d.stored && matches!(s, CacheStatus::Miss | CacheStatus::Expired) {
+    if let Some(code) = d.origin_status {
+        let _ = write!(out, "; fwd-status={code}");
+    }
+    if d.stored {
         out.push_str("; stored");
     }
     if let Some(ttl) = d.ttl {
-        out.push_str(&format!("; ttl={ttl}"));
+        let _ = write!(out, "; ttl={ttl}");
     }
     if let Some(detail) = d.detail {
         out.push_str("; detail=");
@@ -99,7 +233,7 @@ pub fn cache_status_header(s: CacheStatus, d: &Details) -> String {
 }
 
 /// `cache;desc="HIT"`, plus `origin;dur=<ms>` when the origin was asked for this response.
-pub fn server_timing(s: CacheStatus, origin_ms: Option<f64>) -> String {
+pub(crate) fn server_timing(s: CacheStatus, origin_ms: Option<f64>) -> String {
     match origin_ms {
         Some(ms) => format!("cache;desc=\"{}\", origin;dur={ms:.1}", s.as_str()),
         None => format!("cache;desc=\"{}\"", s.as_str()),
@@ -109,17 +243,37 @@ pub fn server_timing(s: CacheStatus, origin_ms: Option<f64>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cache::policy::NoStore;
+
+    fn header(decision: CacheDecision, phase: CachePhase, origin_status: Option<u16>) -> String {
+        let f = Facts { decision, phase, meta: None, origin_status, upstream_error: None };
+        cache_status_header(&outcome(&f, std::time::SystemTime::now()).details)
+    }
 
     #[test]
     fn headers_read_as_the_rfc_examples() {
-        let hit = Details { ttl: Some(57), ..Default::default() };
-        assert_eq!(cache_status_header(CacheStatus::Hit, &hit), "portier; hit; ttl=57");
-        let miss = Details { origin_status: Some(200), stored: true, ..Default::default() };
-        assert_eq!(cache_status_header(CacheStatus::Miss, &miss), "portier; fwd=miss; fwd-status=200; stored");
-        let reval = Details { origin_status: Some(304), ttl: Some(60), ..Default::default() };
-        assert_eq!(cache_status_header(CacheStatus::Revalidated, &reval), "portier; fwd=stale; fwd-status=304; ttl=60");
-        let by = Details { origin_status: Some(200), bypass_kind: Some("method"), ..Default::default() };
-        assert_eq!(cache_status_header(CacheStatus::Bypass, &by), "portier; fwd=method; fwd-status=200");
+        let hit = Details { hit: true, ttl: Some(57), ..Default::default() };
+        assert_eq!(cache_status_header(&hit), "portier; hit; ttl=57");
+        assert_eq!(header(CacheDecision::Eligible, CachePhase::Miss, Some(200)), "portier; fwd=miss; fwd-status=200; stored");
+        assert_eq!(header(CacheDecision::Eligible, CachePhase::Revalidated, Some(304)), "portier; fwd=stale; fwd-status=304");
+        assert_eq!(
+            header(
+                CacheDecision::Bypass(BypassReason::Method),
+                CachePhase::Disabled(pingora_cache::NoCacheReason::NeverEnabled),
+                Some(200)
+            ),
+            "portier; fwd=method; fwd-status=200"
+        );
+        assert_eq!(
+            header(
+                CacheDecision::NotStored(NoStore::Private),
+                CachePhase::Disabled(pingora_cache::NoCacheReason::OriginNotCache),
+                Some(200)
+            ),
+            "portier; fwd=bypass; fwd-status=200; detail=private"
+        );
+        assert_eq!(header(CacheDecision::Answered(LocalAnswer::OnlyIfCached), CachePhase::Miss, None), "portier; detail=only-if-cached");
+        assert_eq!(header(CacheDecision::Answered(LocalAnswer::Purge), CachePhase::Uninit, None), "portier; detail=purge");
         assert_eq!(server_timing(CacheStatus::Miss, Some(12.345)), "cache;desc=\"MISS\", origin;dur=12.3");
         assert_eq!(server_timing(CacheStatus::Hit, None), "cache;desc=\"HIT\"");
     }

@@ -3,6 +3,7 @@
 //! it grows large) and writes it in one go. No request waits on stdout or wakes a thread,
 //! and when stdout cannot keep up, lines beyond the buffer limit are dropped and counted.
 
+use super::RequestSummary as AccessRecord;
 use crate::config::LogFormat;
 use parking_lot::{Condvar, Mutex};
 use std::fmt::Write as _;
@@ -27,22 +28,6 @@ pub struct AccessLog {
     format: LogFormat,
     shared: Option<Arc<Shared>>,
     pub dropped: AtomicU64,
-}
-
-/// One finished request.
-pub struct AccessRecord<'a> {
-    pub method: &'a str,
-    pub host: &'a str,
-    pub path: &'a str,
-    pub route: &'a str,
-    pub status: u16,
-    pub cache_status: &'a str,
-    pub duration_ms: f64,
-    pub origin_ms: Option<f64>,
-    pub bytes: u64,
-    pub client: Option<String>,
-    pub request_id: &'a str,
-    pub trace_id: Option<&'a str>,
 }
 
 impl AccessLog {
@@ -77,22 +62,21 @@ impl AccessLog {
         self.shared.is_some()
     }
 
-    pub fn log(&self, r: &AccessRecord<'_>) {
+    pub(crate) fn log(&self, r: &AccessRecord<'_>) {
         let Some(shared) = &self.shared else { return };
         let line = match self.format {
             LogFormat::Json => json_line(r),
             LogFormat::Text => format!(
-                "{} {} {} {} {} {} {:.1}ms origin={} {}B client={} id={} trace={}\n",
+                "{} {} {} {} {} {} {:.1}ms origin={} {}B id={} trace={}\n",
                 super::time::rfc3339_now(),
-                r.client.as_deref().unwrap_or("-"),
+                r.client.map(|c| c.to_string()).unwrap_or_else(|| "-".into()),
                 r.method,
                 r.path,
                 r.status,
-                r.cache_status,
+                r.cache_status.as_str(),
                 r.duration_ms,
                 r.origin_ms.map(|o| format!("{o:.1}ms")).unwrap_or_else(|| "-".into()),
                 r.bytes,
-                r.client.as_deref().unwrap_or("-"),
                 r.request_id,
                 r.trace_id.unwrap_or("-"),
             ),
@@ -144,14 +128,16 @@ fn json_line(r: &AccessRecord<'_>) -> String {
     o.push_str(",\"route\":");
     push_json_str(&mut o, r.route);
     let _ = write!(o, ",\"status\":{},\"cache_status\":", r.status);
-    push_json_str(&mut o, r.cache_status);
+    push_json_str(&mut o, r.cache_status.as_str());
     let _ = write!(o, ",\"duration_ms\":{:.3}", r.duration_ms);
     if let Some(ms) = r.origin_ms {
         let _ = write!(o, ",\"origin_ms\":{ms:.3}");
     }
     let _ = write!(o, ",\"bytes\":{},\"client\":", r.bytes);
-    match &r.client {
-        Some(c) => push_json_str(&mut o, c),
+    match r.client {
+        Some(c) => {
+            let _ = write!(o, "\"{c}\"");
+        }
         None => o.push_str("null"),
     }
     o.push_str(",\"request_id\":");
@@ -172,11 +158,14 @@ mod tests {
     fn json_lines_parse_and_escape() {
         let r = AccessRecord {
             method: "GET",
+            method_label: "GET",
+            span_name: "GET /*",
             host: "h",
             path: "/a\"b\\c\u{1}",
             route: "/*",
+            pool: "p",
             status: 200,
-            cache_status: "HIT",
+            cache_status: crate::cache::status::CacheStatus::Hit,
             duration_ms: 1.23456,
             origin_ms: None,
             bytes: 5,

@@ -2,6 +2,7 @@
 //! the gateway's `logging` step and read at scrape time for gauges.
 
 use super::names::*;
+use super::RequestSummary as RequestRecord;
 use crate::cache::status::{CacheStatus, ALL};
 use crate::cache::storage::MemStorage;
 use crate::upstream::Upstreams;
@@ -62,14 +63,70 @@ thread_local! {
     static HANDLES: std::cell::RefCell<std::collections::HashMap<u64, Handles>> = std::cell::RefCell::new(std::collections::HashMap::new());
 }
 
-/// One finished client request, as the metrics see it.
-pub struct RequestRecord<'a> {
-    pub span_name: &'a str,
-    pub method: &'a str,
-    pub status: u16,
-    pub cache_status: CacheStatus,
-    pub duration_ms: f64,
-    pub body_bytes: u64,
+/// Why entries were purged: the `reason` label of `cache_purged_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum PurgeReason {
+    Api,
+    ApiSoft,
+    PurgeMethod,
+    PurgeMethodSoft,
+    UnsafeMethod,
+    Rule,
+}
+
+impl PurgeReason {
+    pub(crate) const ALL: [PurgeReason; 6] = [
+        PurgeReason::Api,
+        PurgeReason::ApiSoft,
+        PurgeReason::PurgeMethod,
+        PurgeReason::PurgeMethodSoft,
+        PurgeReason::UnsafeMethod,
+        PurgeReason::Rule,
+    ];
+
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            PurgeReason::Api => "api",
+            PurgeReason::ApiSoft => "api_soft",
+            PurgeReason::PurgeMethod => "purge_method",
+            PurgeReason::PurgeMethodSoft => "purge_method_soft",
+            PurgeReason::UnsafeMethod => "unsafe_method",
+            PurgeReason::Rule => "rule",
+        }
+    }
+}
+
+/// How the origin failed: the `kind` label of `upstream_errors_total`, counted once per failure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum UpstreamErrorKind {
+    /// Refused, unreachable: every connect attempt counts (a retry may follow).
+    Connect,
+    ConnectTimeout,
+    /// Connected, but no answer within `timeouts.read` / `timeouts.write`.
+    Timeout,
+    /// Reset, closed early, or an invalid response.
+    Other,
+}
+
+impl UpstreamErrorKind {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            UpstreamErrorKind::Connect => "connect",
+            UpstreamErrorKind::ConnectTimeout => "connect_timeout",
+            UpstreamErrorKind::Timeout => "timeout",
+            UpstreamErrorKind::Other => "other",
+        }
+    }
+
+    /// The `Cache-Status` detail of the error page.
+    pub(crate) fn detail(self) -> &'static str {
+        match self {
+            UpstreamErrorKind::Connect => "origin-unreachable",
+            UpstreamErrorKind::ConnectTimeout => "origin-connect-timeout",
+            UpstreamErrorKind::Timeout => "origin-timeout",
+            UpstreamErrorKind::Other => "origin-error",
+        }
+    }
 }
 
 fn counter_vec(r: &Registry, n: &MetricName, labels: &[&str]) -> prometheus::Result<IntCounterVec> {
@@ -144,8 +201,8 @@ impl Metrics {
             m.cache_requests.with_label_values(&[s.as_str()]);
             m.background.with_label_values(&[s.as_str()]);
         }
-        for reason in PURGE_REASONS {
-            m.cache_purged.with_label_values(&[reason]);
+        for reason in PurgeReason::ALL {
+            m.cache_purged.with_label_values(&[reason.as_str()]);
         }
 
         for src in ["cache", "origin"] {
@@ -159,13 +216,13 @@ impl Metrics {
     }
 
     /// A client request (never a background refresh: those go to [`Self::background_refresh`]).
-    pub fn record_request(&self, r: &RequestRecord<'_>) {
+    pub(crate) fn record_request(&self, r: &RequestRecord<'_>) {
         let h = self.handles(r);
         h.calls.inc();
         h.duration.observe(r.duration_ms);
         h.by_status.inc();
         h.hit_or_miss.inc();
-        h.served.inc_by(r.body_bytes);
+        h.served.inc_by(r.bytes);
     }
 
     /// The metric children for one label combination, cached per thread: resolving seven
@@ -173,7 +230,7 @@ impl Metrics {
     fn handles(&self, r: &RequestRecord<'_>) -> Handles {
         use std::hash::{Hash, Hasher};
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
-        (self as *const Metrics as usize, r.span_name, r.method, r.status, r.cache_status.as_str()).hash(&mut hasher);
+        (self as *const Metrics as usize, r.span_name, r.method_label, r.status, r.cache_status.as_str()).hash(&mut hasher);
         let key = hasher.finish();
         HANDLES.with(|cache| {
             let mut cache = cache.borrow_mut();
@@ -187,11 +244,11 @@ impl Metrics {
                 r.span_name,
                 "SPAN_KIND_SERVER",
                 status_code,
-                r.method,
+                r.method_label,
                 status.as_str(),
                 r.cache_status.as_str(),
             ];
-            let from_cache = r.cache_status.from_cache();
+            let from_cache = r.cache_status.answered_from_store();
             let h = Handles {
                 calls: self.span_calls.with_label_values(&labels),
                 duration: self.span_duration.with_label_values(&labels),
@@ -209,20 +266,20 @@ impl Metrics {
         })
     }
 
-    pub fn background_refresh(&self, outcome: CacheStatus) {
+    pub(crate) fn background_refresh(&self, outcome: CacheStatus) {
         self.background.with_label_values(&[outcome.as_str()]).inc();
     }
 
-    pub fn purged(&self, reason: &str, n: usize) {
-        self.cache_purged.with_label_values(&[reason]).inc_by(n as u64);
+    pub(crate) fn purged(&self, reason: PurgeReason, n: usize) {
+        self.cache_purged.with_label_values(&[reason.as_str()]).inc_by(n as u64);
     }
 
     pub fn upstream_response(&self, pool: &str, ms: f64) {
         self.upstream_duration.with_label_values(&[pool]).observe(ms);
     }
 
-    pub fn upstream_error(&self, pool: &str, kind: &str) {
-        self.upstream_errors.with_label_values(&[pool, kind]).inc();
+    pub(crate) fn upstream_error(&self, pool: &str, kind: UpstreamErrorKind) {
+        self.upstream_errors.with_label_values(&[pool, kind.as_str()]).inc();
     }
 
     /// Refreshes scrape-time values and renders the text exposition format.

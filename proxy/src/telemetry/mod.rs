@@ -10,7 +10,31 @@ pub mod profiling;
 pub mod time;
 pub mod traces;
 
+use crate::cache::status::CacheStatus;
 use crate::config::Telemetry;
+
+/// One finished client request, built once at the end; the metrics, the access log and the
+/// span all read this.
+pub(crate) struct RequestSummary<'a> {
+    /// As sent (the access log keeps it, escaped).
+    pub(crate) method: &'a str,
+    /// Bounded: `_OTHER` for unknown methods (metrics, span).
+    pub(crate) method_label: &'a str,
+    pub(crate) span_name: &'a str,
+    pub(crate) host: &'a str,
+    pub(crate) path: &'a str,
+    /// The matched route's pattern (`/api/*`), empty when none matched.
+    pub(crate) route: &'a str,
+    pub(crate) pool: &'a str,
+    pub(crate) status: u16,
+    pub(crate) cache_status: CacheStatus,
+    pub(crate) duration_ms: f64,
+    pub(crate) origin_ms: Option<f64>,
+    pub(crate) bytes: u64,
+    pub(crate) client: Option<std::net::IpAddr>,
+    pub(crate) request_id: &'a str,
+    pub(crate) trace_id: Option<&'a str>,
+}
 
 /// Telemetry settings after environment fallbacks (config wins when both are set).
 #[derive(Debug, Clone, PartialEq)]

@@ -32,8 +32,6 @@ pub const CACHE_EVICTIONS: MetricName = m("cache_evictions_total", "Entries evic
 pub const CACHE_PURGED: MetricName = m("cache_purged_total", "Entries removed or expired by purges and invalidations, by reason");
 pub const CACHE_SERVED_BYTES: MetricName =
     m("cache_served_bytes_total", "Response body bytes sent to clients, by source (cache or origin)");
-/// The `reason` values of `cache_purged_total`.
-pub const PURGE_REASONS: [&str; 6] = ["api", "api_soft", "purge_method", "purge_method_soft", "unsafe_method", "rule"];
 pub const CACHE_COALESCED: MetricName =
     m("cache_coalesced_total", "Requests that waited for another request's origin fetch instead of making their own");
 pub const CACHE_BACKGROUND_REFRESHES: MetricName =
@@ -41,7 +39,8 @@ pub const CACHE_BACKGROUND_REFRESHES: MetricName =
 
 pub const UPSTREAM_DURATION: MetricName =
     m("upstream_request_duration_milliseconds", "Time from sending the request upstream to its response header, by pool");
-pub const UPSTREAM_ERRORS: MetricName = m("upstream_errors_total", "Upstream failures by pool and kind (connect, timeout, other)");
+pub const UPSTREAM_ERRORS: MetricName =
+    m("upstream_errors_total", "Upstream failures by pool and kind (connect, connect_timeout, timeout, other)");
 pub const UPSTREAM_HEALTHY: MetricName = m("upstream_healthy", "1 when an upstream address is considered healthy, else 0");
 pub const UPSTREAM_BUCKETS_MS: [f64; 14] = [1.0, 2.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0, 30000.0];
 

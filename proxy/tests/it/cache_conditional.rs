@@ -67,18 +67,50 @@ async fn failed_preconditions_are_412_from_the_store() {
     get(p.public, "/p").await;
     let r = get_with(p.public, "/p", &[("If-Match", "\"v2\""), ("X-Request-Id", "pre")]).await;
     assert_eq!(r.status, 412);
-    assert_eq!(
-        r.text(),
-        "412 Precondition Failed: the stored representation does not match the request's preconditions (request id pre)\n"
-    );
+    assert_eq!(r.header("x-cache"), "HIT", "a 412 answered from the store says so");
+    assert!(r.header("cache-status").starts_with("portier; hit; ttl="), "{r:?}");
+    assert_eq!(r.header("content-length"), "0");
+    assert_eq!(r.header("x-request-id"), "pre");
+    assert!(r.body.is_empty());
     assert_eq!(get_with(p.public, "/p", &[("If-Match", "\"v1\"")]).await.status, 200);
     assert_eq!(get_with(p.public, "/p", &[("If-Match", "W/\"v1\"")]).await.status, 412, "If-Match compares strongly");
     assert_eq!(get_with(p.public, "/p", &[("If-Unmodified-Since", "Tue, 20 Oct 2015 07:28:00 GMT")]).await.status, 412);
     assert_eq!(get_with(p.public, "/p", &[("If-Unmodified-Since", LM)]).await.status, 200);
     assert_eq!(o.count("/p"), 1);
-    // Nothing stored: the origin gets the If-Match and decides.
-    get_with(p.public, "/fresh", &[("If-Match", "\"zz\"")]).await;
-    assert_eq!(o.last("/fresh").unwrap().header("if-match"), Some("\"zz\""));
+    // Nothing stored: the full response is fetched and stored, and the precondition judged
+    // against it.
+    let r = get_with(p.public, "/fresh", &[("If-Match", "\"zz\"")]).await;
+    assert_eq!((r.status, r.header("x-cache")), (412, "MISS"));
+    assert_eq!(o.last("/fresh").unwrap().header("if-match"), None);
+    assert_eq!(get(p.public, "/fresh").await.header("x-cache"), "HIT");
+    assert_eq!(o.count("/fresh"), 1);
+}
+
+/// Bug: the 412 was judged against the primary slot's stored headers, whatever the request's
+/// variant and however stale the entry.
+#[tokio::test(flavor = "multi_thread")]
+async fn preconditions_are_judged_against_the_right_variant_and_a_fresh_response() {
+    let o = Scripted::start(|req, n| {
+        let (etag, cc) = match (req.target.as_str(), req.header("x-v")) {
+            ("/v", Some(v)) => (format!("\"{v}\""), "max-age=60"),
+            ("/v", None) => ("\"none\"".to_string(), "max-age=60"),
+            _ => (format!("\"v{n}\""), "max-age=1"),
+        };
+        Reply::new(200, &[("cache-control", cc), ("etag", &etag), ("vary", "X-V")], format!("{etag} #{n}"))
+    })
+    .await;
+    let p = Portier::start(&config_for(o.addr, "", ""));
+    assert_eq!(get_with(p.public, "/v", &[("X-V", "a")]).await.header("x-cache"), "MISS");
+    let r = get_with(p.public, "/v", &[("X-V", "b"), ("If-Match", "\"b\"")]).await;
+    assert_eq!((r.status, r.header("x-cache"), r.text()), (200, "MISS", "\"b\" #2".to_string()), "variant b, not a's ETag");
+    let r = get_with(p.public, "/v", &[("X-V", "a"), ("If-Match", "\"b\"")]).await;
+    assert_eq!((r.status, r.header("x-cache")), (412, "HIT"));
+
+    assert_eq!(get(p.public, "/s").await.header("etag"), "\"v1\"");
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let r = get_with(p.public, "/s", &[("If-Match", "\"v2\"")]).await;
+    assert_eq!(r.status, 200, "the stale entry's ETag is not the representation's any more: {r:?}");
+    assert_eq!(r.header("etag"), "\"v2\"");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -124,6 +156,7 @@ async fn client_no_cache_and_only_if_cached() {
     let p = Portier::start(&config_for(o.addr, "", ""));
     let r = get_with(p.public, "/n", &[("Cache-Control", "only-if-cached")]).await;
     assert_eq!(r.status, 504);
+    assert_eq!((r.header("x-cache"), r.header("cache-status")), ("MISS", "portier; detail=only-if-cached"));
     assert_eq!(o.count("/n"), 0);
     get(p.public, "/n").await;
     assert_eq!(get_with(p.public, "/n", &[("Cache-Control", "only-if-cached")]).await.header("x-cache"), "HIT");

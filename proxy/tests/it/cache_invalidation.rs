@@ -110,6 +110,7 @@ async fn purge_method_needs_an_allowed_address_or_the_token() {
     assert_eq!(get(p.public, "/x").await.header("x-cache"), "HIT", "refused purges change nothing");
     let r = request(p.public, "PURGE", "/x", &[("Authorization", "Bearer s3cret")], b"").await.unwrap();
     assert_eq!(r.status, 200);
+    assert_eq!((r.header("x-cache"), r.header("cache-status")), ("BYPASS", "portier; detail=purge"));
     assert_eq!(r.json()["purged"], 1);
     assert_eq!(get(p.public, "/x").await.header("x-cache"), "MISS");
     let r = request(p.public, "PURGE", "/nothing", &[("X-Purge-Token", "s3cret")], b"").await.unwrap();

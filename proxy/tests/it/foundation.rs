@@ -54,6 +54,7 @@ async fn no_route_is_a_404_naming_the_request_id() {
     let p = Portier::start(&cfg);
     let r = get(p.public, "/nowhere").await;
     assert_eq!(r.status, 404);
+    assert_eq!((r.header("x-cache"), r.header("cache-status")), ("BYPASS", "portier; detail=no-route"));
     let id = r.header("x-request-id").to_string();
     assert_eq!(r.text(), format!("404 Not Found: no route matches this request (request id {id})\n"));
     assert_eq!(api.state.total(), 0);
@@ -108,6 +109,7 @@ async fn unreachable_upstream_is_a_502_naming_the_request_id() {
     assert_eq!(r.status, 502);
     assert_eq!(r.header("x-request-id"), "req-502");
     assert_eq!(r.header("cache-control"), "no-store");
+    assert_eq!((r.header("x-cache"), r.header("cache-status")), ("MISS", "portier; fwd=miss; detail=origin-unreachable"));
     assert_eq!(r.text(), "502 Bad Gateway: the upstream could not be reached or sent an invalid response (request id req-502)\n");
     assert!(start.elapsed() < Duration::from_secs(3), "no hang: {:?}", start.elapsed());
 }
@@ -121,6 +123,7 @@ async fn slow_upstream_is_a_504_after_the_read_timeout() {
     let r = get_with(p.public, "/api/slow?ms=3000", &[("X-Request-Id", "req-504")]).await;
     assert_eq!(r.status, 504, "{r:?}");
     assert_eq!(r.text(), "504 Gateway Timeout: the upstream did not answer in time (request id req-504)\n");
+    assert_eq!(r.header("cache-status"), "portier; fwd=miss; detail=origin-timeout");
     let took = start.elapsed();
     assert!(took < Duration::from_millis(2500), "answered after the timeout, not the origin: {took:?}");
     // A GET that timed out is not retried: the origin saw it once.
@@ -322,4 +325,61 @@ async fn healthcheck_subcommand_reads_the_admin_listener() {
     // The public listener has no /healthz route to the admin API: not healthy by that check.
     let out = std::process::Command::new(bin()).args(["healthcheck", "--admin", &p.public.to_string()]).output().unwrap();
     assert!(!out.status.success());
+}
+
+/// A listener whose accept queue is full, so a connect to it times out (on loopback).
+fn black_hole() -> (std::net::SocketAddr, Vec<std::net::TcpStream>) {
+    // The socket is never closed: it stays in the listen state for the rest of the process.
+    let addr = unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0);
+        assert!(fd >= 0);
+        let mut a: libc::sockaddr_in = std::mem::zeroed();
+        a.sin_family = libc::AF_INET as libc::sa_family_t;
+        a.sin_addr.s_addr = u32::from_ne_bytes([127, 0, 0, 1]);
+        let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+        assert_eq!(libc::bind(fd, &a as *const _ as *const libc::sockaddr, len), 0);
+        assert_eq!(libc::listen(fd, 0), 0);
+        let mut got: libc::sockaddr_in = std::mem::zeroed();
+        let mut got_len = len;
+        assert_eq!(libc::getsockname(fd, &mut got as *mut _ as *mut libc::sockaddr, &mut got_len), 0);
+        std::net::SocketAddr::from(([127, 0, 0, 1], u16::from_be(got.sin_port)))
+    };
+    // Fill the queue; later SYNs are dropped and connects hang until their timeout.
+    let mut held = Vec::new();
+    for _ in 0..4 {
+        if let Ok(s) = std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)) {
+            held.push(s);
+        }
+    }
+    (addr, held)
+}
+
+/// Bug: a connect timeout that ended a request was counted twice (`connect_timeout` and
+/// `timeout`), and the documented kind `other` was never emitted.
+#[tokio::test(flavor = "multi_thread")]
+async fn each_upstream_failure_is_counted_once_by_kind() {
+    let (hole, _held) = black_hole();
+    // An origin that accepts and hangs up without answering.
+    let rude = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let rude_addr = rude.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = rude.accept().await {
+            drop(s);
+        }
+    });
+    let cfg = format!(
+        "[timeouts]\nconnect = \"200ms\"\n[upstreams.hole]\naddresses = [\"{hole}\"]\n[upstreams.rude]\naddresses = [\"{rude_addr}\"]\n\
+         [[routes]]\npath = \"/hole\"\npool = \"hole\"\n[[routes]]\npath = \"/rude\"\npool = \"rude\"\n"
+    );
+    let p = Portier::start(&cfg);
+    let r = get(p.public, "/hole").await;
+    assert_eq!(r.status, 504, "{r:?}");
+    assert_eq!(r.header("cache-status"), "portier; fwd=miss; detail=origin-connect-timeout");
+    let r = request(p.public, "POST", "/rude", &[], b"x").await.unwrap();
+    assert_eq!(r.status, 502, "{r:?}");
+    let m = get(p.admin, "/metrics").await.text();
+    let v = |kind: &str, pool: &str| metric_value(&m, &format!("upstream_errors_total{{kind=\"{kind}\",pool=\"{pool}\"}}"));
+    assert_eq!(v("connect_timeout", "hole"), Some(2.0), "a GET gets a second try; each try counts once:\n{m}");
+    assert_eq!(v("timeout", "hole"), None, "and nothing else");
+    assert_eq!(v("other", "rude"), Some(1.0), "a hang-up is `other`");
 }

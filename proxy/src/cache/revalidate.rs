@@ -1,0 +1,49 @@
+//! Revalidation: an upstream 304 refreshes the stored response (RFC 9111 §4.3.4).
+
+use pingora_cache::CacheMeta;
+use pingora_http::ResponseHeader;
+use std::time::SystemTime;
+
+/// Fields in the 304 that must not replace the stored ones (framing, hop-by-hop, encoding;
+/// RFC 9111 §3.2).
+const NOT_MERGED: [&str; 10] = [
+    "content-length",
+    "transfer-encoding",
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "upgrade",
+    "content-encoding",
+    "content-range",
+];
+
+/// Every field of the 304 replaces the stored one (Pingora copies only five). A 304 without
+/// `Date` is dated now, so the stored `Date` does not make the refreshed entry look as old as
+/// the first fill. The stored validators stay: a 304 updates the response it validated, and
+/// Pingora's own merge already copied the 304's ETag into `merged_by_pingora`.
+pub(crate) fn merge_304(merged_by_pingora: &ResponseHeader, not_modified: &ResponseHeader, stored: Option<&CacheMeta>) -> ResponseHeader {
+    let mut merged = merged_by_pingora.clone();
+    if !not_modified.headers.contains_key(http::header::DATE) {
+        let _ = merged.insert_header(http::header::DATE, httpdate::fmt_http_date(SystemTime::now()));
+    }
+    for name in not_modified.headers.keys() {
+        if NOT_MERGED.contains(&name.as_str()) {
+            continue;
+        }
+        merged.remove_header(name);
+        for v in not_modified.headers.get_all(name) {
+            let _ = merged.append_header(name.clone(), v.clone());
+        }
+    }
+    if let Some(stored) = stored {
+        for name in ["etag", "content-md5"] {
+            merged.remove_header(name);
+            for v in stored.response_header().headers.get_all(name) {
+                let _ = merged.append_header(name, v.clone());
+            }
+        }
+    }
+    merged
+}

@@ -1,0 +1,119 @@
+//! Per-request state, grouped by the part of the request path that owns it.
+
+use crate::cache::policy::RequestRules;
+use crate::cache::status::{CacheDecision, Outcome};
+use crate::cache::url::CacheUrl;
+use crate::target::Target;
+use crate::upstream::Pool;
+use pingora_http::ResponseHeader;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+/// Requests being served right now; graceful shutdown waits for this to reach zero.
+pub static IN_FLIGHT: AtomicUsize = AtomicUsize::new(0);
+
+pub(crate) struct InFlight(());
+impl InFlight {
+    fn new() -> Self {
+        IN_FLIGHT.fetch_add(1, Ordering::SeqCst);
+        InFlight(())
+    }
+}
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        IN_FLIGHT.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// What was asked, once checked.
+#[derive(Default)]
+pub(crate) struct RequestPart {
+    /// None until `request_filter` accepted the target (and for refused requests).
+    pub(crate) target: Option<Target>,
+    /// The cache key's URL, derived from `target`.
+    pub(crate) url: Option<CacheUrl>,
+    /// The method as metrics and spans record it (`_OTHER` for unknown ones).
+    pub(crate) method_label: &'static str,
+    pub(crate) id: String,
+}
+
+/// Where it goes.
+#[derive(Default)]
+pub(crate) struct RoutePart {
+    /// Index of the matched route.
+    pub(crate) index: Option<usize>,
+    pub(crate) span_name: String,
+    pub(crate) pool: Option<Arc<Pool>>,
+}
+
+/// The origin's side.
+#[derive(Default)]
+pub(crate) struct UpstreamPart {
+    /// Address indexes of the pool already tried for this request.
+    pub(crate) tried: Vec<usize>,
+    pub(crate) connect_attempts: usize,
+    pub(crate) backend: Option<usize>,
+    pub(crate) started: Option<Instant>,
+    pub(crate) time: Option<Duration>,
+    pub(crate) status: Option<u16>,
+}
+
+/// The cache's side.
+#[derive(Default)]
+pub(crate) struct CachePart {
+    pub(crate) decision: CacheDecision,
+    pub(crate) rules: RequestRules,
+    /// Headers of an upstream 304, merged in full into the stored response.
+    pub(crate) revalidation_304: Option<ResponseHeader>,
+    /// `If-Match` / `If-Unmodified-Since` failed against the response about to be sent.
+    pub(crate) precondition_failed: bool,
+    /// Set once, where the response header is built; everything else reads it.
+    pub(crate) outcome: Option<Outcome>,
+    /// Invalidation rules matching this request, and the start of its body they may read.
+    pub(crate) invalidation_rules: Vec<usize>,
+    pub(crate) captured_body: Option<Vec<u8>>,
+}
+
+/// Tracing state.
+#[derive(Default)]
+pub(crate) struct TracePart {
+    /// The server span when this request is sampled.
+    pub(crate) server: Option<opentelemetry::Context>,
+    /// The client span while the origin is asked.
+    pub(crate) upstream: Option<opentelemetry::Context>,
+    /// Unsampled requests: the trace id for the log, and the `traceparent` for the origin.
+    pub(crate) unsampled_trace_id: Option<String>,
+    pub(crate) inject_traceparent: Option<String>,
+}
+
+pub struct Ctx {
+    pub(crate) started: Instant,
+    pub(crate) started_at: SystemTime,
+    pub(crate) request: RequestPart,
+    pub(crate) route: RoutePart,
+    pub(crate) upstream: UpstreamPart,
+    pub(crate) cache: CachePart,
+    pub(crate) trace: TracePart,
+    pub(crate) body_bytes: u64,
+    /// The status Portier answered with itself (error pages, PURGE), when it did.
+    pub(crate) local_status: Option<u16>,
+    _in_flight: InFlight,
+}
+
+impl Default for Ctx {
+    fn default() -> Self {
+        Ctx {
+            started: Instant::now(),
+            started_at: SystemTime::now(),
+            request: RequestPart { method_label: crate::telemetry::method::OTHER, ..Default::default() },
+            route: RoutePart::default(),
+            upstream: UpstreamPart::default(),
+            cache: CachePart::default(),
+            trace: TracePart::default(),
+            body_bytes: 0,
+            local_status: None,
+            _in_flight: InFlight::new(),
+        }
+    }
+}

@@ -1,0 +1,85 @@
+//! The last step: one summary of the request feeds the metrics, the span and the access log.
+
+use super::request::client_ip;
+use super::{Ctx, Gateway};
+use crate::cache::status::CacheStatus;
+use crate::telemetry::method::OTHER;
+use crate::telemetry::{traces, RequestSummary};
+use opentelemetry::KeyValue;
+use pingora_proxy::Session;
+
+impl Gateway {
+    pub(super) fn finish(&self, session: &mut Session, ctx: &mut Ctx) {
+        let phase_status = CacheStatus::from_phase(session.cache.phase());
+        if session.subrequest_ctx.is_some() {
+            self.state.metrics.background_refresh(phase_status);
+            return;
+        }
+        if let Some(cx) = ctx.trace.upstream.take() {
+            // The origin never answered (connect failure, timeout).
+            let pool = ctx.route.pool.as_ref().map(|p| p.name.clone()).unwrap_or_default();
+            traces::finish(&cx, 0, || vec![KeyValue::new("portier.pool", pool)]);
+        }
+        let req = session.req_header();
+        let trace_id = match (&ctx.trace.server, ctx.trace.unsampled_trace_id.take()) {
+            (Some(cx), _) => traces::trace_id(cx),
+            (None, Some(id)) => Some(id),
+            (None, None) => traces::incoming_trace_id(req),
+        };
+        // A refused request logs the target it sent (escaped by the log), not Pingora's `/`.
+        let raw_target;
+        let path = match &ctx.request.target {
+            Some(t) => t.path(),
+            None => {
+                raw_target = String::from_utf8_lossy(req.raw_path());
+                &raw_target
+            }
+        };
+        let no_route;
+        let span_name = if ctx.route.span_name.is_empty() {
+            no_route = format!("{} (no route)", ctx.request.method_label);
+            &no_route
+        } else {
+            &ctx.route.span_name
+        };
+        let summary = RequestSummary {
+            method: req.method.as_str(),
+            method_label: ctx.request.method_label,
+            span_name,
+            host: ctx.request.target.as_ref().map_or("", |t| t.host()),
+            path,
+            route: ctx.route.index.and_then(|i| self.state.router.routes().get(i)).map_or("", |r| r.pattern.as_str()),
+            pool: ctx.route.pool.as_ref().map_or("", |p| p.name.as_str()),
+            status: session.as_downstream().response_written().map(|r| r.status.as_u16()).or(ctx.local_status).unwrap_or(0),
+            cache_status: ctx.cache.outcome.as_ref().map_or(phase_status, |o| o.status),
+            duration_ms: ctx.started.elapsed().as_secs_f64() * 1000.0,
+            origin_ms: ctx.upstream.time.map(|d| d.as_secs_f64() * 1000.0),
+            bytes: ctx.body_bytes,
+            client: client_ip(session),
+            request_id: &ctx.request.id,
+            trace_id: trace_id.as_deref(),
+        };
+        if self.state.config.telemetry.metrics {
+            self.state.metrics.record_request(&summary);
+        }
+        if let Some(cx) = ctx.trace.server.take() {
+            traces::finish(&cx, summary.status, || span_attributes(&summary));
+        }
+        self.state.access_log.log(&summary);
+    }
+}
+
+fn span_attributes(s: &RequestSummary<'_>) -> Vec<KeyValue> {
+    let mut attrs = vec![
+        KeyValue::new("http.request.method", s.method_label.to_string()),
+        KeyValue::new("http.method", s.method_label.to_string()),
+        KeyValue::new("http.route", s.route.to_string()),
+        KeyValue::new("cache.status", s.cache_status.as_str()),
+        KeyValue::new("portier.pool", s.pool.to_string()),
+        KeyValue::new("portier.request_id", s.request_id.to_string()),
+    ];
+    if s.method_label == OTHER {
+        attrs.push(KeyValue::new("http.request.method_original", s.method.to_string()));
+    }
+    attrs
+}

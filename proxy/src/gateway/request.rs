@@ -1,0 +1,210 @@
+//! The request phase: identify, check the target, route, answer PURGE, plan the cache's part.
+
+use super::{Ctx, Gateway};
+use crate::cache::policy::{self, RequestRules};
+use crate::cache::status::{BypassReason, CacheDecision, LocalAnswer};
+use crate::cache::url::CacheUrl;
+use crate::cache::{invalidate, key, purge};
+use crate::error_page;
+use crate::forwarding;
+use crate::target::{self, Scheme};
+use crate::telemetry::metrics::PurgeReason;
+use crate::telemetry::traces;
+use bytes::Bytes;
+use pingora_cache::{CacheKey, CacheMeta};
+use pingora_error::{Error, ErrorType, Result};
+use pingora_http::ResponseHeader;
+use pingora_proxy::Session;
+use std::time::SystemTime;
+
+/// Largest request body kept to read an invalidation rule's JSON field from.
+const MAX_CAPTURED_BODY: usize = 16 * 1024;
+
+pub(super) fn client_ip(session: &Session) -> Option<std::net::IpAddr> {
+    session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip())
+}
+
+impl Gateway {
+    /// The request id and the client keep-alive.
+    pub(super) fn identify(&self, session: &mut Session, ctx: &mut Ctx) {
+        ctx.request.id = forwarding::request_id(session.req_header());
+        ctx.request.method_label = self.state.methods.label(&session.req_header().method);
+        session.set_keepalive(Some(self.state.config.timeouts.client_idle.as_secs()));
+    }
+
+    /// The server span starts when the route (and so the span name) is known; background
+    /// refreshes have no client and get none.
+    fn start_trace(&self, session: &Session, ctx: &mut Ctx, span_name: String) {
+        ctx.route.span_name = span_name;
+        if let (Some(t), None) = (&self.state.tracing, &session.subrequest_ctx) {
+            match t.decide(session.req_header()) {
+                traces::Decision::Record => {
+                    ctx.trace.server = Some(t.server_span(session.req_header(), ctx.route.span_name.clone(), ctx.started_at))
+                }
+                traces::Decision::Skip { trace_id, inject } => {
+                    ctx.trace.unsampled_trace_id = Some(trace_id);
+                    ctx.trace.inject_traceparent = inject;
+                }
+            }
+        }
+    }
+
+    /// Answers a request Portier serves itself, with the cache headers every response gets.
+    pub(super) async fn answer_locally(
+        &self,
+        session: &mut Session,
+        ctx: &mut Ctx,
+        answer: LocalAnswer,
+        code: u16,
+        detail: &str,
+    ) -> Result<()> {
+        ctx.cache.decision = CacheDecision::Answered(answer);
+        ctx.local_status = Some(code);
+        let outcome = self.outcome(session, ctx);
+        error_page::respond(session, code, &ctx.request.id, detail, &outcome).await
+    }
+
+    /// Checks the request target and Host (see [`crate::target`]) and rewrites the request to
+    /// the checked origin-form target. A refused request gets a 400 and its connection is
+    /// closed; `OPTIONS *` is answered here. True when the request has been answered.
+    pub(super) async fn accept_target(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        let tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
+        let scheme = if tls { Scheme::Https } else { Scheme::Http };
+        match target::accept(session.req_header_mut(), scheme) {
+            Ok(t) if t.asterisk => {
+                self.start_trace(session, ctx, format!("{} *", ctx.request.method_label));
+                ctx.cache.decision = CacheDecision::Answered(LocalAnswer::ServerOptions);
+                ctx.local_status = Some(200);
+                let mut resp = ResponseHeader::build(200, Some(5))?;
+                resp.insert_header("content-length", "0")?;
+                resp.insert_header(forwarding::REQUEST_ID, &ctx.request.id)?;
+                self.outcome(session, ctx).write_headers(&mut resp, None)?;
+                session.write_response_header(Box::new(resp), true).await?;
+                Ok(true)
+            }
+            Ok(t) => {
+                ctx.request.url = Some(CacheUrl::of(&t));
+                ctx.request.target = Some(t);
+                Ok(false)
+            }
+            Err(why) => {
+                self.start_trace(session, ctx, format!("{} (no route)", ctx.request.method_label));
+                session.set_keepalive(None);
+                self.answer_locally(session, ctx, LocalAnswer::Refused, 400, why.0).await?;
+                Ok(true)
+            }
+        }
+    }
+
+    /// Picks the route and its pool; no route is a 404. True when answered.
+    pub(super) async fn route(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        let Some(t) = &ctx.request.target else { return Ok(true) };
+        let Some(r) = self.state.router.route(t.host(), t.path()) else {
+            self.start_trace(session, ctx, format!("{} (no route)", ctx.request.method_label));
+            self.answer_locally(session, ctx, LocalAnswer::NoRoute, 404, error_page::detail_for(404)).await?;
+            return Ok(true);
+        };
+        ctx.route.index = Some(r.index);
+        ctx.route.pool = self.state.upstreams.get(&r.pool).cloned();
+        let span_name = format!("{} {}", ctx.request.method_label, r.pattern);
+        self.start_trace(session, ctx, span_name);
+        Ok(false)
+    }
+
+    /// `PURGE <url>`: only from allowed addresses or with the token; drops every variant.
+    pub(super) async fn answer_purge(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        if session.req_header().method.as_str() != "PURGE" {
+            return Ok(false);
+        }
+        let (code, body) = match (self.cache(), &ctx.request.url) {
+            (Some(cache), Some(url)) => {
+                if purge::authorized(&self.state.config.purge, client_ip(session), session.req_header()) {
+                    let soft = session.req_header().headers.get("x-purge-soft").is_some_and(|v| v.as_bytes() == b"1");
+                    let n = cache.storage.purge_key(&key::cache_key(url), soft);
+                    self.state.metrics.purged(if soft { PurgeReason::PurgeMethodSoft } else { PurgeReason::PurgeMethod }, n);
+                    (if n > 0 { 200 } else { 404 }, serde_json::json!({"purged": n, "soft": soft}))
+                } else {
+                    (403, serde_json::json!({"error": "PURGE not allowed from this address without the token"}))
+                }
+            }
+            _ => (405, serde_json::json!({"error": "the cache is disabled"})),
+        };
+        ctx.cache.decision = CacheDecision::Answered(LocalAnswer::Purge);
+        ctx.local_status = Some(code);
+        let text = body.to_string();
+        let mut resp = ResponseHeader::build(code, Some(6))?;
+        resp.insert_header("content-type", "application/json")?;
+        resp.insert_header("content-length", text.len().to_string())?;
+        resp.insert_header("cache-control", "no-store")?;
+        resp.insert_header(forwarding::REQUEST_ID, &ctx.request.id)?;
+        self.outcome(session, ctx).write_headers(&mut resp, None)?;
+        session.write_response_header(Box::new(resp), false).await?;
+        session.write_response_body(Some(Bytes::from(text)), true).await?;
+        Ok(true)
+    }
+
+    /// Decides whether the cache takes part, and which invalidation rules apply.
+    pub(super) fn plan_cache(&self, session: &Session, ctx: &mut Ctx) {
+        let (Some(cache), Some(route)) = (self.cache(), ctx.route.index) else {
+            ctx.cache.decision = CacheDecision::Bypass(BypassReason::Off);
+            return;
+        };
+        let req = session.req_header();
+        ctx.cache.invalidation_rules = invalidate::matching(&cache.rules, req);
+        let wants_body = ctx.cache.invalidation_rules.iter().any(|i| cache.rules[*i].match_param.is_some());
+        let json = req.headers.get(http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).is_some_and(|v| v.contains("json"));
+        if wants_body && json {
+            ctx.cache.captured_body = Some(Vec::new());
+        }
+        ctx.cache.decision = if !matches!(req.method, http::Method::GET | http::Method::HEAD) {
+            CacheDecision::Bypass(BypassReason::Method)
+        } else if !cache.route_enabled(route) {
+            CacheDecision::Bypass(BypassReason::Off)
+        } else {
+            CacheDecision::Eligible
+        };
+        let rules = policy::request_rules(req);
+        ctx.cache.rules =
+            if cache.config.honor_client_no_cache { rules } else { RequestRules { no_store: rules.no_store, ..Default::default() } };
+    }
+
+    /// Switches Pingora's cache on for an eligible request.
+    pub(super) fn enable_cache(&self, session: &mut Session, ctx: &Ctx) {
+        if let (CacheDecision::Eligible, Some(cache)) = (ctx.cache.decision, self.cache()) {
+            cache.enable(session);
+        }
+    }
+
+    /// `only-if-cached` and the cache could not answer: a 504 instead of an origin request.
+    /// True when answered.
+    pub(super) async fn answer_only_if_cached(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        if !(ctx.cache.decision == CacheDecision::Eligible && ctx.cache.rules.only_if_cached) {
+            return Ok(false);
+        }
+        self.answer_locally(session, ctx, LocalAnswer::OnlyIfCached, 504, "only-if-cached and nothing usable is stored").await?;
+        Ok(true)
+    }
+}
+
+/// Keeps the start of a JSON body an invalidation rule may read its field from.
+pub(super) fn capture_body(ctx: &mut Ctx, body: Option<&Bytes>) {
+    if let (Some(buf), Some(b)) = (ctx.cache.captured_body.as_mut(), body) {
+        let room = MAX_CAPTURED_BODY.saturating_sub(buf.len());
+        buf.extend_from_slice(&b[..b.len().min(room)]);
+    }
+}
+
+pub(super) fn cache_key(ctx: &Ctx) -> Result<CacheKey> {
+    // The cache is enabled only after the target was accepted, so this is always set.
+    let url = ctx
+        .request
+        .url
+        .as_ref()
+        .ok_or_else(|| Error::explain(ErrorType::InternalError, "cache key asked before the target was checked"))?;
+    Ok(key::cache_key(url))
+}
+
+/// A fresh entry is still revalidated when the client asks (`no-cache`, `max-age`, `min-fresh`).
+pub(super) fn client_forces_revalidation(ctx: &Ctx, meta: &CacheMeta, is_fresh: bool) -> bool {
+    is_fresh && ctx.cache.rules.forces_revalidation(meta, SystemTime::now())
+}

@@ -1,0 +1,174 @@
+//! The response phase: whether to store, the cache status headers, preconditions, stale
+//! serving, invalidation after writes, and the answer when the origin failed.
+
+use super::{Ctx, Gateway};
+use crate::cache::status::{CacheDecision, CacheStatus, Facts, Outcome};
+use crate::cache::{conditional, invalidate, policy, revalidate};
+use crate::error_page;
+use crate::forwarding;
+use crate::response_headers;
+use crate::telemetry::metrics::{PurgeReason, UpstreamErrorKind};
+use bytes::Bytes;
+use pingora_cache::{NoCacheReason, RespCacheable};
+use pingora_error::{Error, ErrorSource, ErrorType, Result};
+use pingora_http::ResponseHeader;
+use pingora_proxy::{FailToProxy, Session};
+use std::time::SystemTime;
+
+impl Gateway {
+    /// The cache status of this response, decided here once and kept in `ctx` for the log,
+    /// the metrics and the span.
+    pub(super) fn outcome(&self, session: &Session, ctx: &mut Ctx) -> Outcome {
+        let phase = session.cache.phase();
+        let facts = Facts {
+            decision: ctx.cache.decision,
+            phase,
+            meta: session.cache.maybe_cache_meta(),
+            origin_status: ctx.upstream.status,
+            upstream_error: None,
+        };
+        let o = crate::cache::status::outcome(&facts, SystemTime::now());
+        ctx.cache.outcome = Some(o.clone());
+        o
+    }
+
+    /// Store or not, by RFC 9111 and the route's overrides.
+    pub(super) fn storage_plan(&self, session: &Session, resp: &ResponseHeader, ctx: &mut Ctx) -> RespCacheable {
+        let (Some(cache), Some(route)) = (self.cache(), ctx.route.index) else {
+            return RespCacheable::Uncacheable(NoCacheReason::NeverEnabled);
+        };
+        let merged;
+        let resp = match ctx.cache.revalidation_304.take() {
+            Some(nm) => {
+                merged = revalidate::merge_304(resp, &nm, session.cache.maybe_cache_meta());
+                &merged
+            }
+            None => resp,
+        };
+        let Some(rp) = cache.routes.get(route) else {
+            return RespCacheable::Uncacheable(NoCacheReason::NeverEnabled);
+        };
+        let now = SystemTime::now();
+        match policy::decide(session.req_header(), resp, rp, &cache.config, ctx.cache.rules.no_store, now) {
+            Ok(plan) => RespCacheable::Cacheable(policy::build_meta(&plan, resp, now)),
+            Err(why) => {
+                ctx.cache.decision = CacheDecision::NotStored(why);
+                RespCacheable::Uncacheable(NoCacheReason::Custom(why.as_str()))
+            }
+        }
+    }
+
+    /// What the client sees: cache status headers, `Age` from the store, the request id.
+    pub(super) fn status_headers(&self, session: &Session, resp: &mut ResponseHeader, ctx: &mut Ctx) -> Result<()> {
+        let o = self.outcome(session, ctx);
+        if o.status == CacheStatus::Hit && session.cache.lock_duration().is_some() {
+            self.state.metrics.coalesced.inc();
+        }
+        o.write_headers(resp, ctx.upstream.time.map(|d| d.as_secs_f64() * 1000.0))?;
+        if o.status.built_from_store() {
+            if let Some(meta) = session.cache.maybe_cache_meta() {
+                resp.insert_header("age", meta.age().as_secs().to_string())?;
+            }
+        }
+        if ctx.cache.precondition_failed {
+            // Pingora made this a header-only 304; the answer is a 412 without a body.
+            resp.set_status(412)?;
+            resp.insert_header("content-length", "0")?;
+        }
+        for f in policy::TARGETED_FIELDS {
+            resp.remove_header(f);
+        }
+        response_headers::expose_cache_headers(resp)?;
+        resp.insert_header(forwarding::REQUEST_ID, &ctx.request.id)?;
+        Ok(())
+    }
+
+    /// Invalidation after writes (RFC 9111 §4.4) and by rule, before the client can send its
+    /// next request.
+    pub(super) fn invalidate_after(&self, session: &Session, resp: &ResponseHeader, ctx: &Ctx) {
+        let (Some(cache), Some(url)) = (self.cache(), &ctx.request.url) else { return };
+        let req = session.req_header();
+        if invalidate::is_unsafe(&req.method) || !ctx.cache.invalidation_rules.is_empty() {
+            let rules: Vec<&invalidate::Rule> = ctx.cache.invalidation_rules.iter().filter_map(|i| cache.rules.get(*i)).collect();
+            let body = ctx.cache.captured_body.as_deref().unwrap_or(&[]);
+            let n = invalidate::after_response(cache.storage, &rules, url, req, resp, body);
+            self.state.metrics.purged(if rules.is_empty() { PurgeReason::UnsafeMethod } else { PurgeReason::Rule }, n);
+        }
+    }
+
+    /// The origin could not be reached or did not answer: 502 or 504, counted once.
+    pub(super) async fn answer_failure(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
+        let code = error_page::status_for(e);
+        let upstream_kind = match e.esource() {
+            ErrorSource::Upstream => Some(UpstreamErrorKind::of(e.etype())),
+            _ => None,
+        };
+        if let (Some(pool), Some(kind)) = (&ctx.route.pool, upstream_kind) {
+            // A connect failure was counted where it happened, in `connect_failed`.
+            if !kind.is_connect() {
+                self.state.metrics.upstream_error(&pool.name, kind);
+            }
+        }
+        if code > 0 {
+            // The connection is closed after an error: say so, or a keep-alive client sends
+            // its next request into a closing socket.
+            session.set_keepalive(None);
+            ctx.local_status = Some(code);
+            let facts = Facts {
+                decision: ctx.cache.decision,
+                phase: session.cache.phase(),
+                meta: None,
+                origin_status: None,
+                upstream_error: upstream_kind.map(|k| k.detail()),
+            };
+            let o = crate::cache::status::outcome(&facts, SystemTime::now());
+            ctx.cache.outcome = Some(o.clone());
+            let _ = error_page::respond(session, code, &ctx.request.id, error_page::detail_for(code), &o).await;
+        }
+        FailToProxy { error_code: code, can_reuse_downstream: false }
+    }
+}
+
+/// `If-Match` / `If-Unmodified-Since` (RFC 9110 §13.2.2, evaluated first) fail with 412,
+/// against the response actually about to be sent: a fresh hit of the right variant, or
+/// the origin's answer. Otherwise Pingora's `If-None-Match` / `If-Modified-Since` → 304.
+pub(super) fn answer_preconditions(session: &Session, resp: &ResponseHeader, ctx: &mut Ctx) -> bool {
+    let req = session.req_header();
+    if resp.status.is_success() && conditional::has_preconditions(req) && conditional::precondition_failed(req, resp) {
+        ctx.cache.precondition_failed = true;
+        return true;
+    }
+    pingora_core::protocols::http::conditional_filter::not_modified_filter(req, resp)
+}
+
+/// stale-while-revalidate whenever the stored response's window allows it (Pingora checked
+/// that before asking); stale-if-error on upstream failures and 5xx.
+pub(super) fn may_serve_stale(_session: &Session, error: Option<&Error>) -> bool {
+    error.is_none_or(|e| e.esource() == &ErrorSource::Upstream)
+}
+
+/// Counts body bytes sent; a 412 made from a response sends none of its body.
+pub(super) fn count_body(ctx: &mut Ctx, body: &mut Option<Bytes>) {
+    if ctx.cache.precondition_failed {
+        *body = None;
+    }
+    if let Some(b) = body {
+        ctx.body_bytes += b.len() as u64;
+    }
+}
+
+impl UpstreamErrorKind {
+    fn of(t: &ErrorType) -> UpstreamErrorKind {
+        use ErrorType::*;
+        match t {
+            ConnectTimedout => UpstreamErrorKind::ConnectTimeout,
+            ConnectRefused | ConnectNoRoute | ConnectError | BindError | ConnectProxyFailure => UpstreamErrorKind::Connect,
+            ReadTimedout | WriteTimedout => UpstreamErrorKind::Timeout,
+            _ => UpstreamErrorKind::Other,
+        }
+    }
+
+    fn is_connect(self) -> bool {
+        matches!(self, UpstreamErrorKind::Connect | UpstreamErrorKind::ConnectTimeout)
+    }
+}

@@ -1,0 +1,97 @@
+//! The upstream phase: choose an address, forward the request, take the origin's answer.
+
+use super::request::client_ip;
+use super::{Ctx, Gateway};
+use crate::forwarding;
+use crate::telemetry::metrics::UpstreamErrorKind;
+use crate::telemetry::traces;
+use opentelemetry::KeyValue;
+use pingora_cache::CachePhase;
+use pingora_core::upstreams::peer::HttpPeer;
+use pingora_error::{Error, ErrorType, Result};
+use pingora_http::{RequestHeader, ResponseHeader};
+use pingora_proxy::Session;
+use std::time::Instant;
+
+impl Gateway {
+    /// Round-robin over the route's pool, healthy addresses first.
+    pub(super) fn choose_peer(&self, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
+        let pool = ctx.route.pool.clone().ok_or_else(|| Error::explain(ErrorType::HTTPStatus(502), "route has no pool"))?;
+        let i = pool
+            .select(&ctx.upstream.tried)
+            .ok_or_else(|| Error::explain(ErrorType::ConnectNoRoute, format!("no address left in pool {}", pool.name)))?;
+        ctx.upstream.backend = Some(i);
+        let b = &pool.backends[i];
+        let t = &self.state.config.timeouts;
+        let mut peer = HttpPeer::new(b.sock, false, String::new());
+        peer.options.connection_timeout = Some(t.connect.get());
+        peer.options.read_timeout = Some(t.read.get());
+        peer.options.write_timeout = Some(t.write.get());
+        peer.options.idle_timeout = Some(t.upstream_idle.get());
+        Ok(Box::new(peer))
+    }
+
+    /// A failed connect ejects the address after `max_fails` and moves on to the next one.
+    /// Nothing reached the origin, so any method may be retried; idempotent ones get a second
+    /// try even on a one-address pool (a transient refusal), others only on another address.
+    pub(super) fn connect_failed(&self, session: &Session, ctx: &mut Ctx, mut e: Box<Error>) -> Box<Error> {
+        if let (Some(pool), Some(i)) = (&ctx.route.pool, ctx.upstream.backend) {
+            pool.report_connect_failure(i);
+            let kind = if matches!(e.etype(), ErrorType::ConnectTimedout) {
+                UpstreamErrorKind::ConnectTimeout
+            } else {
+                UpstreamErrorKind::Connect
+            };
+            self.state.metrics.upstream_error(&pool.name, kind);
+            ctx.upstream.tried.push(i);
+            ctx.upstream.connect_attempts += 1;
+            let limit = if session.req_header().method.is_idempotent() { pool.backends.len().max(2) } else { pool.backends.len() };
+            // Counted apart from `tried`, which is cleared to allow the same address again.
+            if ctx.upstream.connect_attempts < limit {
+                if ctx.upstream.tried.len() >= pool.backends.len() {
+                    ctx.upstream.tried.clear();
+                }
+                e.set_retry(true);
+            }
+        }
+        e
+    }
+
+    /// The forwarded request carries the request id, `X-Forwarded-*` and the trace context.
+    pub(super) fn forward(&self, session: &Session, req: &mut RequestHeader, ctx: &mut Ctx) -> Result<()> {
+        let ip = client_ip(session).map(|a| a.to_string());
+        let host = req.headers.get(http::header::HOST).and_then(|h| h.to_str().ok()).map(str::to_string);
+        forwarding::add_forwarded(req, ip.as_deref(), host.as_deref(), &ctx.request.id);
+        if let (Some(t), Some(server)) = (&self.state.tracing, &ctx.trace.server) {
+            let name = format!("{} {}", ctx.request.method_label, ctx.route.pool.as_ref().map(|p| p.name.as_str()).unwrap_or("upstream"));
+            ctx.trace.upstream = Some(t.client_span(server, name, req));
+        } else if let Some(tp) = &ctx.trace.inject_traceparent {
+            req.insert_header("traceparent", tp.as_str())?;
+        }
+        ctx.upstream.started = Some(Instant::now());
+        Ok(())
+    }
+
+    /// The origin answered (before anything is cached).
+    pub(super) fn origin_answered(&self, session: &Session, resp: &ResponseHeader, ctx: &mut Ctx) {
+        ctx.upstream.time = ctx.upstream.started.map(|t| t.elapsed());
+        ctx.upstream.status = Some(resp.status.as_u16());
+        if let Some(cx) = ctx.trace.upstream.take() {
+            let pool = &ctx.route.pool;
+            traces::finish(&cx, resp.status.as_u16(), || {
+                vec![KeyValue::new("portier.pool", pool.as_ref().map(|p| p.name.clone()).unwrap_or_default())]
+            });
+        }
+        if let Some(pool) = &ctx.route.pool {
+            if let Some(i) = ctx.upstream.backend {
+                pool.report_success(i);
+            }
+            if let Some(t) = ctx.upstream.time {
+                self.state.metrics.upstream_response(&pool.name, t.as_secs_f64() * 1000.0);
+            }
+        }
+        if resp.status.as_u16() == 304 && session.cache.phase() == CachePhase::Stale {
+            ctx.cache.revalidation_304 = Some(resp.clone());
+        }
+    }
+}

@@ -1,0 +1,22 @@
+//! Headers Portier adds to or removes from every response it sends, whatever the source.
+
+use pingora_error::Result;
+use pingora_http::ResponseHeader;
+
+/// The headers that prove the cache, readable by a cross-origin page's script.
+const EXPOSED: &str = "X-Cache, Age, ETag, Cache-Status, Server-Timing, X-Request-Id";
+
+/// On a CORS response (the origin set `Access-Control-Allow-Origin`), lets the page's script
+/// read the cache headers and DevTools show `Server-Timing` for the cross-origin call.
+pub(crate) fn expose_cache_headers(resp: &mut ResponseHeader) -> Result<()> {
+    let Some(allow) = resp.headers.get(http::header::ACCESS_CONTROL_ALLOW_ORIGIN).cloned() else { return Ok(()) };
+    let merged = match resp.headers.get(http::header::ACCESS_CONTROL_EXPOSE_HEADERS).and_then(|v| v.to_str().ok()) {
+        Some(existing) if !existing.trim().is_empty() => format!("{existing}, {EXPOSED}"),
+        _ => EXPOSED.to_string(),
+    };
+    resp.insert_header(http::header::ACCESS_CONTROL_EXPOSE_HEADERS, merged)?;
+    if !resp.headers.contains_key("timing-allow-origin") {
+        resp.insert_header("timing-allow-origin", allow)?;
+    }
+    Ok(())
+}
