@@ -217,7 +217,7 @@ mod tests {
             addresses: addrs.iter().map(|a| a.parse().unwrap()).collect(),
             health_check: None,
             max_fails,
-            fail_timeout: crate::config::Duration::from_secs(10),
+            fail_timeout: crate::config::HumanDuration::from_secs(10),
         };
         Pool::new("t", &cfg).unwrap()
     }

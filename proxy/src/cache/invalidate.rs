@@ -23,25 +23,18 @@ pub fn query_param<'a>(query: Option<&'a str>, name: &str) -> Option<&'a str> {
 #[derive(Debug, Clone)]
 pub struct Rule {
     method: http::Method,
-    path: String,
-    prefix_match: bool,
+    path: crate::config::PathPattern,
     prefixes: Vec<String>,
     pub match_param: Option<String>,
 }
 
 impl Rule {
-    pub fn new(r: &InvalidationRule) -> Option<Rule> {
-        let method = http::Method::from_bytes(r.method.to_ascii_uppercase().as_bytes()).ok()?;
-        let (path, prefix_match) = match r.path.strip_suffix('*') {
-            Some(p) => (p.to_string(), true),
-            None => (r.path.clone(), false),
-        };
-        Some(Rule { method, path, prefix_match, prefixes: r.prefixes.clone(), match_param: r.match_param.clone() })
+    pub fn new(r: &InvalidationRule) -> Rule {
+        Rule { method: r.method.0.clone(), path: r.path.clone(), prefixes: r.prefixes.clone(), match_param: r.match_param.clone() }
     }
 
     pub fn matches(&self, req: &RequestHeader) -> bool {
-        let p = req.uri.path();
-        req.method == self.method && if self.prefix_match { p.starts_with(&self.path) } else { p == self.path }
+        req.method == self.method && self.path.matches(req.uri.path())
     }
 }
 

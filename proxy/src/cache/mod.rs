@@ -42,11 +42,13 @@ impl CacheLayer {
         CacheLayer {
             storage: MemStorage::leak(c.max_size.bytes() as usize, c.max_object_size.bytes() as usize),
             lock: Box::leak(CacheLock::new_boxed(lock_timeout)),
-            predictor: Box::leak(Box::new(Predictor::<16>::new(256, None))),
+            // Only what the response says is remembered: a client's `no-store` or an
+            // `Authorization` request must not make the URL skip the lock for everyone.
+            predictor: Box::leak(Box::new(Predictor::<16>::new(256, Some(policy::NoStore::is_request_side)))),
             lock_timeout,
             config: c.clone(),
             routes: cfg.routes.iter().map(RoutePolicy::from_route).collect(),
-            rules: cfg.invalidation.iter().filter_map(invalidate::Rule::new).collect(),
+            rules: cfg.invalidation.iter().map(invalidate::Rule::new).collect(),
         }
     }
 

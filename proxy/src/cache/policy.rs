@@ -66,6 +66,12 @@ pub enum NoStore {
 }
 
 impl NoStore {
+    /// For Pingora's predictor: reasons that come from the request, not the response (another
+    /// client's request for the same URL may be stored), are not remembered.
+    pub(crate) fn is_request_side(reason: &'static str) -> bool {
+        [NoStore::RequestNoStore, NoStore::Authorization].iter().any(|r| r.as_str() == reason)
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             NoStore::Status => "status",

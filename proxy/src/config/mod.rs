@@ -3,11 +3,13 @@
 
 mod address;
 mod load;
+mod pattern;
 mod units;
 
 pub use address::{HostPort, ListenAddr};
 pub use load::{load_file, load_str, Problem, Problems};
-pub use units::{ByteSize, Duration};
+pub use pattern::{HostPattern, Method, PathPattern};
+pub use units::{ByteSize, HumanDuration};
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -87,7 +89,7 @@ pub struct ProfilingConfig {
     /// Unset: `PYROSCOPE_SERVER_ADDRESS`; neither: no push.
     pub pyroscope_url: Option<String>,
     /// How often profiles are pushed.
-    pub upload_interval: Option<Duration>,
+    pub upload_interval: Option<HumanDuration>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -111,12 +113,12 @@ pub struct ServerSection {
     /// Worker threads for the public listener; 0 means one per CPU.
     pub threads: usize,
     /// On SIGTERM/SIGINT, how long in-flight requests may take to finish.
-    pub grace_period: Duration,
+    pub grace_period: HumanDuration,
 }
 
 impl Default for ServerSection {
     fn default() -> Self {
-        ServerSection { threads: 0, grace_period: Duration::from_secs(10) }
+        ServerSection { threads: 0, grace_period: HumanDuration::from_secs(10) }
     }
 }
 
@@ -124,26 +126,26 @@ impl Default for ServerSection {
 #[serde(deny_unknown_fields, default)]
 pub struct Timeouts {
     /// TCP connect to an upstream address.
-    pub connect: Duration,
+    pub connect: HumanDuration,
     /// Waiting for the upstream's response headers and between body reads.
-    pub read: Duration,
+    pub read: HumanDuration,
     /// Writing the request to the upstream.
-    pub write: Duration,
+    pub write: HumanDuration,
     /// How long an unused upstream keep-alive connection is kept. Shorter than the 5 s
     /// Node.js closes idle sockets after, so Portier never reuses a socket the origin is closing.
-    pub upstream_idle: Duration,
+    pub upstream_idle: HumanDuration,
     /// How long an idle client keep-alive connection is kept.
-    pub client_idle: Duration,
+    pub client_idle: HumanDuration,
 }
 
 impl Default for Timeouts {
     fn default() -> Self {
         Timeouts {
-            connect: Duration::from_secs(2),
-            read: Duration::from_secs(30),
-            write: Duration::from_secs(30),
-            upstream_idle: Duration::from_secs(4),
-            client_idle: Duration::from_secs(60),
+            connect: HumanDuration::from_secs(2),
+            read: HumanDuration::from_secs(30),
+            write: HumanDuration::from_secs(30),
+            upstream_idle: HumanDuration::from_secs(4),
+            client_idle: HumanDuration::from_secs(60),
         }
     }
 }
@@ -161,14 +163,14 @@ pub struct Upstream {
     pub max_fails: u32,
     /// How long a passively ejected address is skipped.
     #[serde(default = "default_fail_timeout")]
-    pub fail_timeout: Duration,
+    pub fail_timeout: HumanDuration,
 }
 
 fn default_max_fails() -> u32 {
     2
 }
-fn default_fail_timeout() -> Duration {
-    Duration::from_secs(10)
+fn default_fail_timeout() -> HumanDuration {
+    HumanDuration::from_secs(10)
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -176,8 +178,8 @@ fn default_fail_timeout() -> Duration {
 pub struct HealthCheck {
     /// Path requested with GET; a 2xx or 3xx answer means healthy.
     pub path: String,
-    pub interval: Duration,
-    pub timeout: Duration,
+    pub interval: HumanDuration,
+    pub timeout: HumanDuration,
     /// Consecutive failures before an address is marked down.
     pub unhealthy_after: u32,
     /// Consecutive successes before a down address is marked up again.
@@ -188,8 +190,8 @@ impl Default for HealthCheck {
     fn default() -> Self {
         HealthCheck {
             path: "/health".into(),
-            interval: Duration::from_secs(5),
-            timeout: Duration::from_secs(1),
+            interval: HumanDuration::from_secs(5),
+            timeout: HumanDuration::from_secs(1),
             unhealthy_after: 1,
             healthy_after: 1,
         }
@@ -201,9 +203,9 @@ impl Default for HealthCheck {
 pub struct Route {
     /// Host to match (`example.com` or `*.example.com`); absent = any host.
     #[serde(default)]
-    pub host: Option<String>,
+    pub host: Option<HostPattern>,
     /// `/api/*` matches the prefix `/api/` (and `/api` itself); anything else is an exact path.
-    pub path: String,
+    pub path: PathPattern,
     /// The upstream pool that serves this route.
     pub pool: String,
     /// `false` turns the cache off for this route (every response says `X-Cache: BYPASS`).
@@ -211,13 +213,13 @@ pub struct Route {
     pub cache: bool,
     /// Freshness for responses whose origin sends none (no `max-age`, `s-maxage`, `Expires`).
     #[serde(default)]
-    pub ttl: Option<Duration>,
+    pub ttl: Option<HumanDuration>,
     /// stale-while-revalidate window when the origin gives none.
     #[serde(default)]
-    pub stale_while_revalidate: Option<Duration>,
+    pub stale_while_revalidate: Option<HumanDuration>,
     /// stale-if-error window when the origin gives none.
     #[serde(default)]
-    pub stale_if_error: Option<Duration>,
+    pub stale_if_error: Option<HumanDuration>,
     /// `"generate"`: give cacheable responses without an ETag a strong one (hash of the body).
     #[serde(default)]
     pub etag: EtagMode,
@@ -232,10 +234,10 @@ fn yes() -> bool {
 
 impl Route {
     /// A route with every cache option at its default.
-    pub fn new(host: Option<&str>, path: &str, pool: &str) -> Route {
+    pub fn new(host: Option<HostPattern>, path: PathPattern, pool: &str) -> Route {
         Route {
-            host: host.map(str::to_string),
-            path: path.to_string(),
+            host,
+            path,
             pool: pool.to_string(),
             cache: true,
             ttl: None,
@@ -266,7 +268,7 @@ pub struct CacheConfig {
     /// Larger responses stream through uncached.
     pub max_object_size: ByteSize,
     /// How long concurrent misses for one key wait for the first one's response.
-    pub lock_timeout: Duration,
+    pub lock_timeout: HumanDuration,
     /// Heuristic freshness (10% of the time since `Last-Modified`, at most a day) for
     /// responses without explicit freshness, where RFC 9111 §4.2.2 allows it.
     pub heuristic: bool,
@@ -280,7 +282,7 @@ impl Default for CacheConfig {
             enabled: true,
             max_size: ByteSize::mib(256),
             max_object_size: ByteSize::mib(8),
-            lock_timeout: Duration::from_secs(10),
+            lock_timeout: HumanDuration::from_secs(10),
             heuristic: true,
             honor_client_no_cache: true,
         }
@@ -308,9 +310,9 @@ impl Default for PurgeConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct InvalidationRule {
-    pub method: String,
+    pub method: Method,
     /// Exact path, or a prefix ending in `*`.
-    pub path: String,
+    pub path: PathPattern,
     pub prefixes: Vec<String>,
     #[serde(default)]
     pub match_param: Option<String>,

@@ -7,14 +7,14 @@ use std::time::Duration as StdDuration;
 
 /// A duration written as a number and a unit: `ms`, `s`, `m`, `h`, `d` (e.g. `"1500ms"`, `"30s"`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
-pub struct Duration(pub StdDuration);
+pub struct HumanDuration(pub StdDuration);
 
-impl Duration {
+impl HumanDuration {
     pub const fn from_secs(s: u64) -> Self {
-        Duration(StdDuration::from_secs(s))
+        HumanDuration(StdDuration::from_secs(s))
     }
     pub const fn from_millis(ms: u64) -> Self {
-        Duration(StdDuration::from_millis(ms))
+        HumanDuration(StdDuration::from_millis(ms))
     }
     pub fn get(self) -> StdDuration {
         self.0
@@ -37,7 +37,7 @@ fn split_number(s: &str) -> Option<(u64, &str)> {
     Some((n, s[end..].trim()))
 }
 
-impl FromStr for Duration {
+impl FromStr for HumanDuration {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let bad = || format!("invalid duration {s:?}: expected {DURATION_HELP}");
@@ -50,11 +50,11 @@ impl FromStr for Duration {
             "d" => 86_400_000,
             _ => return Err(bad()),
         };
-        n.checked_mul(ms).map(|v| Duration(StdDuration::from_millis(v))).ok_or_else(bad)
+        n.checked_mul(ms).map(|v| HumanDuration(StdDuration::from_millis(v))).ok_or_else(bad)
     }
 }
 
-impl fmt::Display for Duration {
+impl fmt::Display for HumanDuration {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let ms = self.0.as_millis();
         if ms % 1000 != 0 {
@@ -65,14 +65,14 @@ impl fmt::Display for Duration {
     }
 }
 
-impl<'de> Deserialize<'de> for Duration {
+impl<'de> Deserialize<'de> for HumanDuration {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d).map_err(|_| de::Error::custom(format!("expected {DURATION_HELP}")))?;
         s.parse().map_err(de::Error::custom)
     }
 }
 
-impl Serialize for Duration {
+impl Serialize for HumanDuration {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.collect_str(self)
     }
@@ -153,12 +153,12 @@ mod tests {
 
     #[test]
     fn durations_parse() {
-        assert_eq!("30s".parse::<Duration>().unwrap(), Duration::from_secs(30));
-        assert_eq!("1500ms".parse::<Duration>().unwrap(), Duration::from_millis(1500));
-        assert_eq!("2m".parse::<Duration>().unwrap(), Duration::from_secs(120));
-        assert_eq!("1d".parse::<Duration>().unwrap(), Duration::from_secs(86400));
+        assert_eq!("30s".parse::<HumanDuration>().unwrap(), HumanDuration::from_secs(30));
+        assert_eq!("1500ms".parse::<HumanDuration>().unwrap(), HumanDuration::from_millis(1500));
+        assert_eq!("2m".parse::<HumanDuration>().unwrap(), HumanDuration::from_secs(120));
+        assert_eq!("1d".parse::<HumanDuration>().unwrap(), HumanDuration::from_secs(86400));
         for bad in ["", "s", "30", "30 sec", "-1s", "1.5s"] {
-            assert!(bad.parse::<Duration>().is_err(), "{bad} should be rejected");
+            assert!(bad.parse::<HumanDuration>().is_err(), "{bad} should be rejected");
         }
     }
 

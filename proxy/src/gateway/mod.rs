@@ -47,9 +47,7 @@ impl State {
         let cache = config.cache.enabled.then(|| CacheLayer::new(&config));
         let access_log = AccessLog::new(config.telemetry.access_log.format);
         let profiling = crate::telemetry::profiling::Profiling::new();
-        let methods = KnownMethods::new(
-            config.invalidation.iter().filter_map(|r| http::Method::from_bytes(r.method.to_ascii_uppercase().as_bytes()).ok()),
-        );
+        let methods = KnownMethods::new(config.invalidation.iter().map(|r| r.method.0.clone()));
         State { router: Router::new(&config.routes), config, upstreams, cache, metrics, access_log, tracing, profiling, methods }
     }
 }

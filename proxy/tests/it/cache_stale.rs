@@ -178,3 +178,31 @@ async fn an_uncacheable_url_is_remembered_and_not_queued_again() {
     // times). Second wave: no lock, all in parallel (one origin time).
     assert!(second < first.mul_f64(0.75), "second wave went straight to the origin in parallel, no lock wait: {second:?} vs {first:?}");
 }
+
+/// Bug: a client's `no-store` (and an `Authorization` request) reached Pingora's predictor as
+/// an uncacheable reason, so the URL was bypassed for everyone after that.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_request_directive_never_changes_what_other_clients_get() {
+    let o = Scripted::start(|req, n| {
+        Reply::new(200, &[("cache-control", "max-age=60")], format!("{} #{n}", req.target))
+            .delay(Duration::from_millis(if req.target == "/slow" { 300 } else { 0 }))
+    })
+    .await;
+    let p = Portier::start(&config_for(o.addr, "", ""));
+    for (path, h) in [("/ns", ("Cache-Control", "no-store")), ("/auth", ("Authorization", "Bearer x"))] {
+        let r = get_with(p.public, path, &[h]).await;
+        assert_eq!(r.header("x-cache"), "BYPASS", "{path}");
+        assert_eq!(get(p.public, path).await.header("x-cache"), "MISS", "{path}: the next client stores it");
+        assert_eq!(get(p.public, path).await.header("x-cache"), "HIT", "{path}");
+    }
+    // After a no-store request, concurrent plain clients are still coalesced into one fill
+    // (the predictor would have let them all skip the cache lock).
+    assert_eq!(get_with(p.public, "/slow", &[("Cache-Control", "no-store")]).await.header("x-cache"), "BYPASS");
+    let public = p.public;
+    let tasks: Vec<_> = (0..4).map(|_| tokio::spawn(async move { get(public, "/slow").await })).collect();
+    for t in tasks {
+        assert_eq!(t.await.unwrap().status, 200);
+    }
+    assert_eq!(o.count("/slow"), 2, "the no-store request and one fill for the four others");
+    assert_eq!(get(p.public, "/slow").await.header("x-cache"), "HIT");
+}

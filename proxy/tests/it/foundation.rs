@@ -383,3 +383,22 @@ async fn each_upstream_failure_is_counted_once_by_kind() {
     assert_eq!(v("timeout", "hole"), None, "and nothing else");
     assert_eq!(v("other", "rude"), Some(1.0), "a hang-up is `other`");
 }
+
+/// Bug: a route path ending in a multi-byte character panicked at config load (byte slicing).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_route_path_with_non_ascii_characters_loads_and_matches_the_encoded_path() {
+    let web = origin().await;
+    let api = origin().await;
+    let cfg = format!(
+        "[upstreams.web]\naddresses = [\"{}\"]\n[upstreams.api]\naddresses = [\"{}\"]\n\
+         [[routes]]\npath = \"/caf\u{e9}\"\npool = \"api\"\n[[routes]]\npath = \"/*\"\npool = \"web\"\n",
+        web.addr, api.addr
+    );
+    let (ok, out) = check(&format!("[listen]\npublic = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\n{cfg}"));
+    assert!(ok, "{out}");
+    let p = Portier::start(&cfg);
+    let r = get(p.public, "/caf%C3%A9").await;
+    assert_eq!(r.status, 404, "the demo origin has no such page, but the api pool was asked: {r:?}");
+    assert_eq!(api.state.total(), 1);
+    assert_eq!(web.state.total(), 0);
+}

@@ -1,0 +1,188 @@
+//! Config values that are patterns or protocol tokens, parsed once at load time (through
+//! `FromStr`, so a bad one is a config error with its key path) and matched at run time
+//! without re-parsing.
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::str::FromStr;
+
+/// A route or rule path: `/health` (exact) or `/api/*` (the prefix `/api/`, and `/api` itself).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct PathPattern {
+    /// Without the trailing `*`.
+    path: String,
+    prefix: bool,
+}
+
+impl FromStr for PathPattern {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        if !s.starts_with('/') {
+            return Err(format!("{s:?} must start with '/' (e.g. \"/api/*\" or \"/health\")"));
+        }
+        let (path, prefix) = match s.strip_suffix('*') {
+            Some(p) => (p, true),
+            None => (s, false),
+        };
+        if path.contains('*') {
+            return Err(format!("{s:?}: '*' is only allowed at the end, as a prefix match"));
+        }
+        // Requests arrive percent-encoded (a target is visible ASCII), so `/café` is compared
+        // as browsers send it: `/caf%C3%A9`.
+        let mut encoded = String::with_capacity(path.len());
+        for b in path.bytes() {
+            if (0x21..0x7f).contains(&b) {
+                encoded.push(char::from(b));
+            } else {
+                encoded.push_str(&format!("%{b:02X}"));
+            }
+        }
+        Ok(PathPattern { path: encoded, prefix })
+    }
+}
+
+impl TryFrom<String> for PathPattern {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        s.parse()
+    }
+}
+
+impl From<PathPattern> for String {
+    fn from(p: PathPattern) -> String {
+        p.to_string()
+    }
+}
+
+impl fmt::Display for PathPattern {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.path)?;
+        if self.prefix {
+            f.write_str("*")?;
+        }
+        Ok(())
+    }
+}
+
+impl PathPattern {
+    /// `/*`: every path.
+    pub fn everything() -> PathPattern {
+        PathPattern { path: "/".into(), prefix: true }
+    }
+
+    pub fn matches(&self, path: &str) -> bool {
+        if !self.prefix {
+            return path == self.path;
+        }
+        path.starts_with(self.path.as_str()) || self.path.strip_suffix('/').is_some_and(|bare| path == bare)
+    }
+}
+
+/// A route's host: `example.com` or `*.example.com` (any subdomain, not the domain itself),
+/// lower-cased.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub enum HostPattern {
+    Exact(String),
+    /// `.example.com`, the suffix a matching host ends with.
+    Suffix(String),
+}
+
+impl FromStr for HostPattern {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let lower = s.to_ascii_lowercase();
+        let (bare, wildcard) = match lower.strip_prefix("*.") {
+            Some(rest) => (rest, true),
+            None => (lower.as_str(), false),
+        };
+        let ok = !bare.is_empty() && bare.bytes().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_'));
+        if !ok {
+            return Err(format!("{s:?} is not a host name or *.domain pattern"));
+        }
+        Ok(if wildcard { HostPattern::Suffix(format!(".{bare}")) } else { HostPattern::Exact(bare.to_string()) })
+    }
+}
+
+impl TryFrom<String> for HostPattern {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        s.parse()
+    }
+}
+
+impl From<HostPattern> for String {
+    fn from(h: HostPattern) -> String {
+        h.to_string()
+    }
+}
+
+impl fmt::Display for HostPattern {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            HostPattern::Exact(h) => f.write_str(h),
+            HostPattern::Suffix(s) => write!(f, "*{s}"),
+        }
+    }
+}
+
+impl HostPattern {
+    /// `host` without its port, as the checked request target gives it (lower-case).
+    pub fn matches(&self, host: &str) -> bool {
+        match self {
+            HostPattern::Exact(h) => host.eq_ignore_ascii_case(h),
+            HostPattern::Suffix(s) => host.len() > s.len() && host[host.len() - s.len()..].eq_ignore_ascii_case(s),
+        }
+    }
+}
+
+/// An HTTP method in config; written in any case, stored upper-case (`post` is `POST`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct Method(pub http::Method);
+
+impl FromStr for Method {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        if s.is_empty() {
+            return Err("\"\" is not an HTTP method".into());
+        }
+        http::Method::from_bytes(s.to_ascii_uppercase().as_bytes()).map(Method).map_err(|_| format!("{s:?} is not an HTTP method"))
+    }
+}
+
+impl TryFrom<String> for Method {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        s.parse()
+    }
+}
+
+impl From<Method> for String {
+    fn from(m: Method) -> String {
+        m.0.to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn patterns_parse_once_and_match() {
+        let p: PathPattern = "/api/*".parse().unwrap();
+        assert!(p.matches("/api/x") && p.matches("/api") && !p.matches("/apix"));
+        let e: PathPattern = "/health".parse().unwrap();
+        assert!(e.matches("/health") && !e.matches("/healthz"));
+        assert!("/caf\u{e9}".parse::<PathPattern>().unwrap().matches("/caf%C3%A9"), "a multi-byte last character is a path like any other");
+        assert!("/caf\u{e9}/*".parse::<PathPattern>().unwrap().matches("/caf%C3%A9/x"));
+        assert!("/a*b".parse::<PathPattern>().is_err());
+        assert!("api".parse::<PathPattern>().is_err());
+        let h: HostPattern = "*.Example.com".parse().unwrap();
+        assert!(h.matches("a.example.com") && !h.matches("example.com"));
+        assert!("ex ample".parse::<HostPattern>().is_err() && "a/b".parse::<HostPattern>().is_err());
+        assert_eq!("post".parse::<Method>().unwrap().0, http::Method::POST);
+        assert!("P OST".parse::<Method>().is_err());
+    }
+}
