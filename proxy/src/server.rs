@@ -109,13 +109,16 @@ impl ShutdownSignalWatch for GracefulSignals {
             while IN_FLIGHT.load(Ordering::SeqCst) > 0 && start.elapsed() < grace {
                 std::thread::sleep(Duration::from_millis(20));
             }
-            let left = IN_FLIGHT.load(Ordering::SeqCst).to_string();
+            let left = IN_FLIGHT.load(Ordering::SeqCst);
             // Hand the last spans to the collector (bounded by the exporter's timeout).
             if let Some(t) = &state.tracing {
                 t.shutdown();
             }
-            events::emit("info", "shutdown_complete", &[("in_flight_abandoned", &left)]);
-            std::process::exit(0);
+            state.access_log.flush();
+            let level = if left == 0 { "info" } else { "warn" };
+            events::emit(level, "shutdown_complete", &[("in_flight_abandoned", &left.to_string())]);
+            // Requests cut off at the end of the grace period are a failed shutdown.
+            std::process::exit(if left == 0 { 0 } else { 1 });
         });
         ShutdownSignal::GracefulTerminate
     }

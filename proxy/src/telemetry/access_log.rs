@@ -58,6 +58,16 @@ impl AccessLog {
         AccessLog { format, shared: shared.flatten(), dropped: AtomicU64::new(0) }
     }
 
+    /// Writes what is buffered now, on the caller's thread: the process is about to exit and
+    /// the writer thread's next round may never come.
+    pub(crate) fn flush(&self) {
+        let Some(shared) = &self.shared else { return };
+        let pending = std::mem::take(&mut *shared.buf.lock());
+        let mut out = std::io::stdout().lock();
+        let _ = out.write_all(&pending);
+        let _ = out.flush();
+    }
+
     pub fn enabled(&self) -> bool {
         self.shared.is_some()
     }

@@ -122,3 +122,24 @@ async fn purge_method_needs_an_allowed_address_or_the_token() {
     get(p2.public, "/y").await;
     assert_eq!(request(p2.public, "PURGE", "/y", &[], b"").await.unwrap().status, 200);
 }
+
+/// Bug: the host of a `Location` after a write was compared as sent, while keys are
+/// lower-cased, so `http://EXAMPLE.org/x` never invalidated `/x`.
+#[tokio::test(flavor = "multi_thread")]
+async fn location_after_a_write_invalidates_whatever_the_hosts_case() {
+    let o = Scripted::start(|req, n| {
+        if req.method == "POST" {
+            return Reply::new(201, &[("location", "http://EXAMPLE.org/x")], "created");
+        }
+        Reply::new(200, &[("cache-control", "max-age=60")], format!("{} #{n}", req.target))
+    })
+    .await;
+    let p = Portier::start(&config_for(o.addr, "", ""));
+    let host = [("Host", "example.org")];
+    assert_eq!(get_with(p.public, "/x", &host).await.header("x-cache"), "MISS");
+    assert_eq!(get_with(p.public, "/x", &host).await.header("x-cache"), "HIT");
+    let r = request(p.public, "POST", "/y", &[("Host", "Example.ORG")], b"{}").await.unwrap();
+    assert_eq!(r.status, 201);
+    let r = get_with(p.public, "/x", &host).await;
+    assert_eq!((r.header("x-cache"), r.text()), ("MISS", "/x #2".to_string()));
+}

@@ -225,7 +225,29 @@ async fn sigterm_lets_an_in_flight_request_finish() {
         lines.iter().any(|l| l.contains("\"event\":\"shutdown_complete\"") && l.contains("\"in_flight_abandoned\":\"0\"")),
         "{lines:?}"
     );
+    assert!(
+        lines.iter().any(|l| l.contains("\"event\":\"request\"") && l.contains("\"path\":\"/api/slow\"")),
+        "the last request's access log line is written before exit: {lines:?}"
+    );
     assert!(tokio::net::TcpStream::connect(addr).await.is_err(), "no longer accepting");
+}
+
+/// Bug: the process exited with status 0 even when it abandoned requests at the end of the
+/// grace period.
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_exits_non_zero_when_requests_are_abandoned() {
+    let api = origin().await;
+    let cfg = format!("[server]\ngrace_period = \"300ms\"\n{}", two_pool_config(api.addr, api.addr));
+    let mut p = Portier::start(&cfg);
+    let addr = p.public;
+    let slow = tokio::spawn(async move { request(addr, "GET", "/api/slow?ms=4000", &[], b"").await });
+    assert!(eventually(Duration::from_secs(2), async || api.state.hits("/api/slow?ms=4000") == 1).await);
+    p.signal(libc::SIGTERM);
+    let (status, lines) = tokio::task::spawn_blocking(move || (p.wait_exit(Duration::from_secs(5)), p.stdout_lines())).await.unwrap();
+    let status = status.expect("exits at the end of the grace period");
+    assert_eq!(status.code(), Some(1), "{lines:?}");
+    assert!(lines.iter().any(|l| l.contains("\"in_flight_abandoned\":\"1\"")), "{lines:?}");
+    slow.abort();
 }
 
 fn check(text: &str) -> (bool, String) {
