@@ -67,7 +67,7 @@ impl Admin {
     async fn profile(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
         use crate::telemetry::profiling::{ProfileError, MAX_SECONDS};
         let query = session.req_header().uri.query().unwrap_or("");
-        let seconds = match crate::cache::invalidate::query_param(Some(query), "seconds") {
+        let seconds = match crate::cache::url::query_param(Some(query), "seconds") {
             None => 30,
             Some(v) => match v.parse::<u64>() {
                 Ok(n) if (1..=MAX_SECONDS).contains(&n) => n,

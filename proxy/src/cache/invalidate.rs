@@ -2,7 +2,9 @@
 //! `Content-Location` after a 2xx/3xx to an unsafe method) and the configured rules, such
 //! as `POST /api/sync` invalidating `/api/stats/` and `/api/games` for the same `username`.
 
-use super::storage::{MemStorage, Selector};
+use super::purge::Selector;
+use super::storage::MemStorage;
+use super::url::query_param;
 use super::url::CacheUrl;
 use crate::config::InvalidationRule;
 use pingora_http::{RequestHeader, ResponseHeader};
@@ -10,13 +12,6 @@ use pingora_http::{RequestHeader, ResponseHeader};
 /// Methods after which the RFC requires invalidation (anything not known to be safe).
 pub fn is_unsafe(m: &http::Method) -> bool {
     !matches!(*m, http::Method::GET | http::Method::HEAD | http::Method::OPTIONS | http::Method::TRACE)
-}
-
-pub fn query_param<'a>(query: Option<&'a str>, name: &str) -> Option<&'a str> {
-    query?.split('&').find_map(|kv| {
-        let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
-        (k == name).then_some(v)
-    })
 }
 
 /// A configured rule, ready to match.

@@ -1,11 +1,43 @@
 //! Purging on demand: the `PURGE` method on the public listener (only from allowed addresses
 //! or with the token) and `POST /cache/purge` on the admin listener.
 
-use super::storage::Selector;
+use super::url::path_of;
 use crate::config::PurgeConfig;
 use pingora_http::RequestHeader;
 use serde::Deserialize;
 use std::net::IpAddr;
+
+/// What a purge removes.
+#[derive(Debug, Clone)]
+pub enum Selector {
+    /// Exact URL: `scheme://host/path?query`; or a path+query (`/a?b`) for any host.
+    Url(String),
+    /// URL prefix: `scheme://host/prefix`; or a path prefix (`/api/`) for any host.
+    Prefix(String),
+    /// URL prefix whose query has `param=value` (invalidation rules keyed on a user).
+    PrefixWithParam {
+        prefix: String,
+        param: String,
+        value: String,
+    },
+    Tag(String),
+}
+
+impl Selector {
+    pub(crate) fn matches(&self, url: &str) -> bool {
+        match self {
+            Selector::Url(u) if u.starts_with('/') => path_of(url) == u,
+            Selector::Url(u) => url == u,
+            Selector::Prefix(p) if p.starts_with('/') => path_of(url).starts_with(p.as_str()),
+            Selector::Prefix(p) => url.starts_with(p.as_str()),
+            Selector::PrefixWithParam { prefix, param, value } => {
+                let query = url.split_once('?').map(|(_, q)| q);
+                Selector::Prefix(prefix.clone()).matches(url) && super::url::query_param(query, param) == Some(value.as_str())
+            }
+            Selector::Tag(_) => false,
+        }
+    }
+}
 
 /// Constant-time comparison, so the token cannot be guessed byte by byte from timings.
 fn same(a: &[u8], b: &[u8]) -> bool {

@@ -5,8 +5,11 @@
 //! Why LRU and not TinyUFO: TinyUFO weights are `u16`, so a byte budget needs scaled units,
 //! and its admission filter can refuse a freshly filled object that readers wait for. A strict
 //! LRU with exact byte accounting is predictable and testable; one mutex guards it because
-//! every operation under it is O(1) except the rare prefix/tag purge scans.
+//! every operation under it is O(1) or, for purges, costs what it matches (ordered indexes by
+//! URL and by path), and soft purges rewrite metas outside it.
 
+use super::purge::Selector;
+use super::url::path_of;
 use bytes::{Bytes, BytesMut};
 use lru::LruCache;
 use parking_lot::Mutex;
@@ -16,7 +19,8 @@ use pingora_cache::trace::SpanHandle;
 use pingora_cache::{CacheMeta, Storage};
 use pingora_error::{Error, ErrorType, Result};
 use std::any::Any;
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::ops::Bound;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -87,11 +91,46 @@ struct Entry {
     size: usize,
 }
 
+/// What purges look entries up by, so a purge costs what it matches instead of a scan of
+/// the whole cache under the lock.
 #[derive(Default)]
 struct Index {
     /// primary key → every stored variant (combined keys), the primary slot included.
     variants: HashMap<HashBinary, Vec<HashBinary>>,
     tags: HashMap<String, HashSet<HashBinary>>,
+    /// `scheme://host/path?query` → primary key, ordered for URL-prefix purges.
+    by_url: BTreeMap<Arc<str>, HashBinary>,
+    /// (`/path?query`, primary key) → URL, ordered for path and path-prefix purges on any host.
+    by_path: BTreeMap<(Box<str>, HashBinary), Arc<str>>,
+}
+
+impl Index {
+    /// Primary keys whose URL `sel` selects (not tags).
+    fn primaries(&self, sel: &Selector) -> Vec<HashBinary> {
+        let by_path = |p: &str, exact: bool| -> Vec<(Arc<str>, HashBinary)> {
+            self.by_path
+                .range((Bound::Included((Box::<str>::from(p), [0u8; 16])), Bound::Unbounded))
+                .take_while(|((path, _), _)| if exact { &**path == p } else { path.starts_with(p) })
+                .map(|((_, k), u)| (u.clone(), *k))
+                .collect()
+        };
+        let by_url_prefix = |p: &str| -> Vec<(Arc<str>, HashBinary)> {
+            self.by_url
+                .range::<str, _>((Bound::Included(p), Bound::Unbounded))
+                .take_while(|(u, _)| u.starts_with(p))
+                .map(|(u, k)| (u.clone(), *k))
+                .collect()
+        };
+        let candidates = match sel {
+            Selector::Url(u) if u.starts_with('/') => by_path(u, true),
+            Selector::Url(u) => self.by_url.get_key_value(u.as_str()).map(|(u, k)| (u.clone(), *k)).into_iter().collect(),
+            Selector::Prefix(p) | Selector::PrefixWithParam { prefix: p, .. } if p.starts_with('/') => by_path(p, false),
+            Selector::Prefix(p) | Selector::PrefixWithParam { prefix: p, .. } => by_url_prefix(p),
+            Selector::Tag(_) => Vec::new(),
+        };
+        // The ranges select by prefix; the selector has the last word (a query parameter).
+        candidates.into_iter().filter(|(u, _)| sel.matches(u)).map(|(_, k)| k).collect()
+    }
 }
 
 struct Inner {
@@ -128,6 +167,8 @@ impl Inner {
             v.retain(|k| k != combined);
             if v.is_empty() {
                 self.index.variants.remove(&e.primary);
+                self.index.by_url.remove(&e.url);
+                self.index.by_path.remove(&(Box::from(path_of(&e.url)), e.primary));
             }
         }
         for t in e.tags.iter() {
@@ -150,6 +191,10 @@ impl Inner {
         self.remove(&combined);
         self.bytes += e.size;
         let vs = self.index.variants.entry(e.primary).or_default();
+        if vs.is_empty() {
+            self.index.by_url.insert(e.url.clone(), e.primary);
+            self.index.by_path.insert((Box::from(path_of(&e.url)), e.primary), e.url.clone());
+        }
         if !vs.contains(&combined) {
             vs.push(combined);
         }
@@ -157,42 +202,6 @@ impl Inner {
             self.index.tags.entry(t.clone()).or_default().insert(combined);
         }
         self.lru.put(combined, e);
-    }
-}
-
-/// What a purge removes.
-#[derive(Debug, Clone)]
-pub enum Selector {
-    /// Exact URL: `scheme://host/path?query`; or a path+query (`/a?b`) for any host.
-    Url(String),
-    /// URL prefix: `scheme://host/prefix`; or a path prefix (`/api/`) for any host.
-    Prefix(String),
-    /// URL prefix whose query has `param=value` (invalidation rules keyed on a user).
-    PrefixWithParam {
-        prefix: String,
-        param: String,
-        value: String,
-    },
-    Tag(String),
-}
-
-fn path_of(url: &str) -> &str {
-    url.find("://").and_then(|i| url[i + 3..].find('/').map(|j| &url[i + 3 + j..])).unwrap_or(url)
-}
-
-impl Selector {
-    fn matches(&self, url: &str) -> bool {
-        match self {
-            Selector::Url(u) if u.starts_with('/') => path_of(url) == u,
-            Selector::Url(u) => url == u,
-            Selector::Prefix(p) if p.starts_with('/') => path_of(url).starts_with(p.as_str()),
-            Selector::Prefix(p) => url.starts_with(p.as_str()),
-            Selector::PrefixWithParam { prefix, param, value } => {
-                let query = url.split_once('?').map(|(_, q)| q);
-                Selector::Prefix(prefix.clone()).matches(url) && super::invalidate::query_param(query, param) == Some(value.as_str())
-            }
-            Selector::Tag(_) => false,
-        }
     }
 }
 
@@ -254,50 +263,62 @@ impl MemStorage {
         }
     }
 
-    /// Removes every variant stored under `primary`; returns how many entries went.
-    fn remove_primary(inner: &mut Inner, primary: &HashBinary) -> usize {
-        let keys = inner.index.variants.get(primary).cloned().unwrap_or_default();
-        Self::purge_keys(inner, &keys, false)
-    }
-
-    /// Marks an entry stale now (it stays for stale-while-revalidate / stale-if-error).
-    fn expire_entry(inner: &mut Inner, combined: &HashBinary) -> bool {
-        let Some(e) = inner.lru.peek(combined) else {
-            return false;
+    /// Marks entries stale now (they stay for stale-while-revalidate / stale-if-error).
+    /// Metas are rewritten outside the lock, so hits never wait for the (de)serialisation;
+    /// an entry refilled meanwhile keeps its new meta. Returns how many were expired.
+    fn expire_keys(&self, keys: &[HashBinary]) -> usize {
+        let read: Vec<(HashBinary, Bytes, Bytes)> = {
+            let inner = self.inner.lock();
+            keys.iter().filter_map(|k| inner.lru.peek(k).map(|e| (*k, e.internal.clone(), e.header.clone()))).collect()
         };
-        let Ok(mut meta) = CacheMeta::deserialize(&e.internal, &e.header) else {
-            return false;
-        };
-        meta.expire_at(SystemTime::now());
-        match meta.serialize() {
-            Ok(parts) => inner.replace_meta(combined, parts, Decoded::of(&meta)),
-            Err(_) => false,
+        let now = SystemTime::now();
+        /// The key, the meta bytes read (to see a refill), the expired meta serialized.
+        type Rewritten = (HashBinary, Bytes, (Vec<u8>, Vec<u8>), Option<Arc<Decoded>>);
+        let rewritten: Vec<Rewritten> = read
+            .into_iter()
+            .filter_map(|(k, i, h)| {
+                let mut meta = CacheMeta::deserialize(&i, &h).ok()?;
+                meta.expire_at(now);
+                let parts = meta.serialize().ok()?;
+                Some((k, i, parts, Decoded::of(&meta)))
+            })
+            .collect();
+        let mut inner = self.inner.lock();
+        let mut n = 0;
+        for (k, old, parts, decoded) in rewritten {
+            let unchanged = inner.lru.peek(&k).is_some_and(|e| e.internal.as_ptr() == old.as_ptr());
+            if unchanged && inner.replace_meta(&k, parts, decoded) {
+                n += 1;
+            }
         }
+        n
     }
 
     /// Purges what `sel` selects, every Vary variant included. `soft` marks entries stale
     /// instead of removing them. Returns the number of entries affected.
     pub fn purge_matching(&self, sel: &Selector, soft: bool) -> usize {
-        let mut inner = self.inner.lock();
-        let keys: Vec<HashBinary> = match sel {
-            Selector::Tag(t) => inner.index.tags.get(t).map(|s| s.iter().copied().collect()).unwrap_or_default(),
-            _ => inner.lru.iter().filter(|(_, e)| sel.matches(&e.url)).map(|(k, _)| *k).collect(),
+        let keys: Vec<HashBinary> = {
+            let inner = self.inner.lock();
+            match sel {
+                Selector::Tag(t) => inner.index.tags.get(t).map(|s| s.iter().copied().collect()).unwrap_or_default(),
+                _ => inner.index.primaries(sel).iter().filter_map(|p| inner.index.variants.get(p)).flatten().copied().collect(),
+            }
         };
-        Self::purge_keys(&mut inner, &keys, soft)
+        self.purge_keys(&keys, soft)
     }
 
     /// Purges one cache key's every variant.
-    pub fn purge_key(&self, key: &CacheKey, soft: bool) -> usize {
-        let mut inner = self.inner.lock();
-        let keys = inner.index.variants.get(&key.primary_bin()).cloned().unwrap_or_default();
-        Self::purge_keys(&mut inner, &keys, soft)
+    pub fn purge_key(&self, key: &impl CacheHashKey, soft: bool) -> usize {
+        let keys = self.inner.lock().index.variants.get(&key.primary_bin()).cloned().unwrap_or_default();
+        self.purge_keys(&keys, soft)
     }
 
     /// Removes (or, `soft`, expires) these entries; returns how many there were.
-    fn purge_keys(inner: &mut Inner, keys: &[HashBinary], soft: bool) -> usize {
+    fn purge_keys(&self, keys: &[HashBinary], soft: bool) -> usize {
         if soft {
-            keys.iter().filter(|k| Self::expire_entry(inner, k)).count()
+            self.expire_keys(keys)
         } else {
+            let mut inner = self.inner.lock();
             keys.iter().filter(|k| inner.remove(k).is_some()).count()
         }
     }
@@ -379,18 +400,16 @@ impl Storage for MemStorage {
 
     async fn purge(&'static self, target: PurgeTarget<'_>, _purge_type: PurgeType, _trace: &SpanHandle) -> Result<PurgeOutcome> {
         let key = target.key();
-        let mut inner = self.inner.lock();
         // Purging a URL (no variance) must drop every Vary variant, not just the primary slot.
         let n = match (target, key.variance_bin()) {
-            (PurgeTarget::Active(_), None) => Self::remove_primary(&mut inner, &key.primary_bin()),
-            _ => usize::from(inner.remove(&key.combined_bin()).is_some()),
+            (PurgeTarget::Active(_), None) => self.purge_key(key, false),
+            _ => usize::from(self.inner.lock().remove(&key.combined_bin()).is_some()),
         };
         Ok(if n > 0 { PurgeOutcome::Purged(None) } else { PurgeOutcome::NotFound })
     }
 
     async fn expire(&'static self, target: PurgeTarget<'_>, _trace: &SpanHandle) -> Result<PurgeOutcome> {
-        let mut inner = self.inner.lock();
-        let found = Self::expire_entry(&mut inner, &target.key().combined_bin());
+        let found = self.expire_keys(&[target.key().combined_bin()]) > 0;
         Ok(if found { PurgeOutcome::Expired } else { PurgeOutcome::NotFound })
     }
 
@@ -521,7 +540,7 @@ impl HandleMiss for Fill {
             ((s.internal, s.header), s.decoded)
         };
         let ((internal, header), decoded) = (internal_header, decoded);
-        let size = body.len() + meta_weight(&internal, &header, &decoded) + s.url.len() + ENTRY_OVERHEAD;
+        let size = body.len() + meta_weight(&internal, &header, &decoded) + s.url.len() + path_of(&s.url).len() + ENTRY_OVERHEAD;
         s.storage.insert(
             s.combined,
             Entry { internal: internal.into(), header: header.into(), decoded, body, primary: s.primary, url: s.url, tags: s.tags, size },
@@ -587,6 +606,28 @@ mod tests {
         s.purge_matching(&Selector::Url("/other".into()), false);
         assert_eq!(s.entries(), 0);
         assert_eq!(s.size(), 0, "all bytes freed (other was {other})");
+    }
+
+    #[tokio::test]
+    async fn purges_find_entries_through_the_indexes_and_keep_them_in_step() {
+        let s = MemStorage::leak(1 << 20, 1 << 20);
+        fill(s, "http://h/api/stats/a?username=bob", None, b"1", "").await;
+        fill(s, "http://h/api/stats/a?username=bob", Some("gzip"), b"2", "").await;
+        fill(s, "http://h/api/stats/b?username=amy", None, b"3", "").await;
+        fill(s, "http://h/api/statsx", None, b"4", "").await;
+        fill(s, "http://g/api/stats/a?username=bob", None, b"5", "").await;
+        let sel = |prefix: &str, v: &str| Selector::PrefixWithParam { prefix: prefix.into(), param: "username".into(), value: v.into() };
+        assert_eq!(s.purge_matching(&sel("http://h/api/stats/", "bob"), false), 2, "both variants, that user, that host");
+        assert_eq!(s.purge_matching(&sel("http://h/api/stats/", "bob"), false), 0, "the index forgot them");
+        assert_eq!(s.purge_matching(&Selector::Prefix("http://h/api/stats/".into()), false), 1);
+        assert_eq!(s.purge_matching(&Selector::Url("/api/stats/a?username=bob".into()), false), 1, "any host: g's entry");
+        assert_eq!(s.purge_matching(&Selector::Url("http://h/api/statsx".into()), true), 1, "soft");
+        assert_eq!(s.entries(), 1, "a soft purge keeps the entry");
+        fill(s, "http://h/api/statsx", None, b"6", "").await;
+        assert_eq!(s.purge_matching(&Selector::Prefix("/api/".into()), false), 1);
+        assert_eq!((s.entries(), s.size()), (0, 0));
+        let inner = s.inner.lock();
+        assert!(inner.index.by_url.is_empty() && inner.index.by_path.is_empty() && inner.index.variants.is_empty());
     }
 
     #[tokio::test]

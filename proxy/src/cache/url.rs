@@ -76,6 +76,19 @@ impl fmt::Display for CacheUrl {
     }
 }
 
+/// The `/path?query` part of a stored URL string.
+pub(crate) fn path_of(url: &str) -> &str {
+    url.find("://").and_then(|i| url[i + 3..].find('/').map(|j| &url[i + 3 + j..])).unwrap_or(url)
+}
+
+/// The value of `name` in a query string (`a=1&username=bob`), as written.
+pub(crate) fn query_param<'a>(query: Option<&'a str>, name: &str) -> Option<&'a str> {
+    query?.split('&').find_map(|kv| {
+        let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+        (k == name).then_some(v)
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
