@@ -121,24 +121,23 @@ fn header_date(h: &ResponseHeader, name: &str) -> Option<SystemTime> {
     httpdate::parse_http_date(first.to_str().ok()?.trim()).ok()
 }
 
-/// The `Age` field: `Ok(None)` when absent, `Err` when present but not exactly one
-/// non-negative integer (RFC 9111 §5.1: then the response is treated as stale).
-fn reported_age(resp: &ResponseHeader) -> Result<Option<u64>, ()> {
-    let mut lines = resp.headers.get_all("age").iter();
-    let Some(first) = lines.next() else { return Ok(None) };
-    if lines.next().is_some() {
-        return Err(());
+/// The `Age` field (RFC 9111 §5.1): the first member of the first line; a value that is not
+/// a non-negative integer is ignored as if absent. 2^31 and more mean "older than anything",
+/// capped there.
+fn reported_age(resp: &ResponseHeader) -> Option<u64> {
+    const CAP: u64 = 1 << 31;
+    let first = resp.headers.get_all("age").iter().next()?;
+    let member = first.as_bytes().split(|&b| b == b',').next()?.trim_ascii();
+    if member.is_empty() || !member.iter().all(u8::is_ascii_digit) {
+        return None;
     }
-    let v = first.to_str().map_err(|_| ())?.trim();
-    if v.is_empty() || !v.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(());
-    }
-    Ok(Some(v.parse::<u64>().unwrap_or(u64::from(u32::MAX)).min(u64::from(u32::MAX))))
+    // All digits: parsing fails only on overflow, which is past the cap anyway.
+    Some(std::str::from_utf8(member).ok()?.parse::<u64>().map_or(CAP, |v| v.min(CAP)))
 }
 
 /// `max(Age, now - Date)`: the apparent and the reported age, whichever is larger.
 pub fn initial_age(resp: &ResponseHeader, now: SystemTime) -> Duration {
-    let reported = Duration::from_secs(reported_age(resp).ok().flatten().unwrap_or(0));
+    let reported = Duration::from_secs(reported_age(resp).unwrap_or(0));
     // Whole seconds, as RFC 9111 counts: `Date` has one-second resolution, so a sub-second
     // remainder is the clock tick, not age.
     let apparent =
@@ -227,8 +226,8 @@ pub fn decide(
             }
         }
     };
-    // no-cache, or an Age that cannot be parsed: store, but stale from the start.
-    let lifetime = if d.no_cache.as_ref().is_some_and(Vec::is_empty) || reported_age(resp).is_err() { Duration::ZERO } else { lifetime };
+    // no-cache: store, but stale from the start.
+    let lifetime = if d.no_cache.as_ref().is_some_and(Vec::is_empty) { Duration::ZERO } else { lifetime };
     // must-revalidate, proxy-revalidate and s-maxage (which implies proxy-revalidate) forbid
     // serving stale; so does no-cache (RFC 9111 §4.2.4).
     let no_stale = d.must_revalidate || d.proxy_revalidate || d.s_maxage.is_some() || d.no_cache.as_ref().is_some_and(Vec::is_empty);
@@ -265,7 +264,9 @@ pub fn build_meta(plan: &Plan, resp: &ResponseHeader, now: SystemTime) -> CacheM
     if plan.generate_etag {
         let _ = h.insert_header(super::storage::GENERATE_ETAG_MARKER, "1");
     }
-    let born = now.checked_sub(plan.age).unwrap_or(now);
+    // Not before 1970: a meta dated earlier cannot be serialized, and an Age that large
+    // (2^31 s) only has to mean "stale".
+    let born = now.checked_sub(plan.age).map_or(SystemTime::UNIX_EPOCH, |b| b.max(SystemTime::UNIX_EPOCH));
     let fresh_until = born + plan.lifetime;
     let mut meta = CacheMeta::new(fresh_until, now, plan.swr, plan.sie, h);
     meta.set_epoch_override(born);
@@ -441,13 +442,20 @@ mod tests {
     }
 
     #[test]
-    fn invalid_age_means_stale_and_must_understand() {
-        for bad in ["abc", "-1", "1.5", "0, 0", "3600 ; x=1"] {
+    fn age_is_the_first_member_and_an_invalid_one_is_ignored_and_must_understand() {
+        let age = |v: &[&str]| {
+            let h: Vec<(&str, &str)> = std::iter::once(("cache-control", "max-age=3600")).chain(v.iter().map(|a| ("age", *a))).collect();
+            go(&[], 200, &h).unwrap().age.as_secs()
+        };
+        for bad in ["abc", "-1", "1.5", "", "3600 ; x=1"] {
+            assert_eq!(age(&[bad]), 0, "Age {bad:?} is ignored");
             let p = go(&[], 200, &[("cache-control", "max-age=3600"), ("age", bad)]).unwrap();
-            assert_eq!(p.lifetime, Duration::ZERO, "Age {bad:?}");
+            assert_eq!(p.lifetime.as_secs(), 3600, "Age {bad:?} does not make the response stale");
         }
-        let p = go(&[], 200, &[("cache-control", "max-age=3600"), ("age", "0"), ("age", "0")]).unwrap();
-        assert_eq!(p.lifetime, Duration::ZERO, "two Age lines");
+        assert_eq!(age(&["5, 100"]), 5, "a list uses its first member");
+        assert_eq!(age(&["7", "100"]), 7, "several lines use the first");
+        assert_eq!(age(&["2147483648"]), 1 << 31);
+        assert_eq!(age(&["99999999999999999999999"]), 1 << 31, "past u64 is still just very old");
         assert_eq!(go(&[], 599, &[("cache-control", "max-age=60, must-understand")]), Err(NoStore::Status));
         assert!(go(&[], 200, &[("cache-control", "max-age=60, must-understand, no-store")]).is_ok(), "understood: no-store yields");
         let p = go(&[], 200, &[("cache-control", "no-store"), ("surrogate-control", "max-age=30")]).unwrap();

@@ -229,3 +229,33 @@ async fn cross_origin_responses_expose_the_cache_headers_to_scripts() {
     let same = get(p.public, "/same").await;
     assert!(same.opt_header("access-control-expose-headers").is_none(), "no CORS, nothing added");
 }
+
+/// RFC 9111 §5.1: a list `Age` uses its first member, an invalid one is ignored (the response
+/// is not stale for it), and 2^31 or more means stale.
+#[tokio::test(flavor = "multi_thread")]
+async fn age_first_member_invalid_ignored_huge_is_stale() {
+    let o = Scripted::start(|req, n| {
+        let age = match req.target.as_str() {
+            "/list" => "5, 100",
+            "/bad" => "abc",
+            _ => "2147483648",
+        };
+        Reply::new(200, &[("cache-control", "max-age=60"), ("age", age)], format!("{} #{n}", req.target))
+    })
+    .await;
+    let p = Portier::start(&config_for(o.addr, "", ""));
+    for path in ["/list", "/bad", "/huge"] {
+        let r = get(p.public, path).await;
+        assert_eq!(r.header("x-cache"), "MISS", "{path}: {r:?}");
+    }
+    let list = get(p.public, "/list").await;
+    assert_eq!(list.header("x-cache"), "HIT");
+    let a: u64 = list.header("age").parse().unwrap();
+    assert!((5..=6).contains(&a), "the first member: {a}");
+    let bad = get(p.public, "/bad").await;
+    assert_eq!(bad.header("x-cache"), "HIT", "an invalid Age is ignored, not stale");
+    assert!(bad.header("age").parse::<u64>().unwrap() <= 1);
+    assert_ne!(get(p.public, "/huge").await.header("x-cache"), "HIT", "2^31 means stale");
+    assert_eq!((o.count("/list"), o.count("/bad")), (1, 1));
+    assert_eq!(o.count("/huge"), 2);
+}
