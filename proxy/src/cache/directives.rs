@@ -120,6 +120,44 @@ impl Directives {
     pub fn from_headers(h: &http::HeaderMap, name: &str) -> Directives {
         Directives::parse(h.get_all(name).iter().filter_map(|v| v.to_str().ok()))
     }
+
+    /// An RFC 9213 targeted field (`CDN-Cache-Control`, `Portier-Cache-Control`): a Structured
+    /// Field Dictionary (RFC 9651), parsed with `sfv`. A field that does not parse as a whole
+    /// is ignored (`present` false), so `Cache-Control` governs instead. Members that are not
+    /// the expected type (`max-age=?1`, `no-store=3`) are ignored one by one.
+    pub fn from_targeted(h: &http::HeaderMap, name: &str) -> Directives {
+        let lines: Vec<&[u8]> = h.get_all(name).iter().map(|v| v.as_bytes()).collect();
+        if lines.is_empty() {
+            return Directives::default();
+        }
+        // The combined field value (RFC 9110 §5.3), as RFC 9651 §4.2 parses several lines.
+        let combined = lines.join(&b", "[..]);
+        let Ok(dict) = sfv::Parser::new(&combined).parse::<sfv::Dictionary>() else {
+            return Directives::default();
+        };
+        let mut d = Directives { present: true, ..Default::default() };
+        for (key, entry) in &dict {
+            let sfv::ListEntry::Item(item) = entry else { continue };
+            let flag = item.bare_item.as_boolean() == Some(true);
+            let seconds = item.bare_item.as_integer().and_then(|i| u64::try_from(i64::from(i)).ok()).map(|v| v.min(u64::from(u32::MAX)));
+            match key.as_str() {
+                "no-store" => d.no_store |= flag,
+                "no-cache" if flag => d.no_cache = Some(Vec::new()),
+                "private" if flag => d.private = Some(Vec::new()),
+                "public" => d.public |= flag,
+                "must-revalidate" => d.must_revalidate |= flag,
+                "proxy-revalidate" => d.proxy_revalidate |= flag,
+                "immutable" => d.immutable |= flag,
+                "must-understand" => d.must_understand |= flag,
+                "max-age" => d.max_age = d.max_age.or(seconds),
+                "s-maxage" => d.s_maxage = d.s_maxage.or(seconds),
+                "stale-while-revalidate" => d.stale_while_revalidate = d.stale_while_revalidate.or(seconds),
+                "stale-if-error" => d.stale_if_error = d.stale_if_error.or(seconds),
+                _ => {}
+            }
+        }
+        d
+    }
 }
 
 /// The comma-separated tokens of every line of a list field (`Vary`, `Connection`, ...),
@@ -138,6 +176,27 @@ pub fn field_tokens(h: &http::HeaderMap, name: impl http::header::AsHeaderName) 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn targeted_fields_are_structured_dictionaries() {
+        let h = |v: &[&str]| {
+            let mut m = http::HeaderMap::new();
+            for x in v {
+                m.append("cdn-cache-control", http::HeaderValue::from_str(x).unwrap());
+            }
+            Directives::from_targeted(&m, "cdn-cache-control")
+        };
+        let d = h(&["max-age=60, stale-while-revalidate=30", "must-revalidate"]);
+        assert!(d.present && d.must_revalidate);
+        assert_eq!((d.max_age, d.stale_while_revalidate), (Some(60), Some(30)));
+        assert!(h(&["no-store"]).no_store);
+        assert_eq!(h(&["max-age=\"60\""]).max_age, None, "a string is not an integer");
+        for broken in ["max-age=60,", "max-age=60;;", "Max-Age=60", "max-age=6 0"] {
+            assert!(!h(&[broken]).present, "{broken:?} fails as a whole and is ignored");
+        }
+        assert_eq!(h(&["max-age=-5"]).max_age, None);
+        assert!(!h(&[]).present);
+    }
 
     #[test]
     fn parses_the_usual_and_the_odd() {

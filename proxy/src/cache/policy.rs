@@ -9,9 +9,12 @@ use pingora_http::{RequestHeader, ResponseHeader};
 use std::time::{Duration, SystemTime};
 
 /// Portier's own targeted field, then the CDN one (RFC 9213), then `Cache-Control`.
-/// `Surrogate-Control` (the older Edge Architecture field) comes last. None of them is
-/// forwarded to clients.
+/// `Surrogate-Control` (the older Edge Architecture field) comes last.
 pub const TARGETED_FIELDS: [&str; 3] = ["portier-cache-control", "cdn-cache-control", "surrogate-control"];
+
+/// The fields addressed to Portier alone, removed before the response goes on.
+/// `CDN-Cache-Control` addresses every CDN on the path and is forwarded (RFC 9213 §2.1).
+pub const OWN_FIELDS: [&str; 2] = ["portier-cache-control", "surrogate-control"];
 
 /// Status codes Portier understands (RFC 9110), for `must-understand` (RFC 9111 §5.2.2.3).
 const UNDERSTOOD: [u16; 39] = [
@@ -104,7 +107,9 @@ pub struct Plan {
 /// value wins and then `Cache-Control` and `Expires` are ignored (RFC 9213 §2.2).
 pub fn response_directives(resp: &ResponseHeader) -> (Directives, bool) {
     for f in TARGETED_FIELDS {
-        let d = Directives::from_headers(&resp.headers, f);
+        // Surrogate-Control predates Structured Fields and keeps the Cache-Control syntax.
+        let d =
+            if f == "surrogate-control" { Directives::from_headers(&resp.headers, f) } else { Directives::from_targeted(&resp.headers, f) };
         if d.present {
             return (d, true);
         }
@@ -183,7 +188,7 @@ pub fn decide(
     if has_token(resp, "vary", "*") {
         return Err(NoStore::VaryStar);
     }
-    let mut strip: Vec<String> = TARGETED_FIELDS.iter().map(|s| s.to_string()).collect();
+    let mut strip: Vec<String> = OWN_FIELDS.iter().map(|s| s.to_string()).collect();
     strip.extend(d.private.iter().flatten().cloned());
     strip.extend(d.no_cache.iter().flatten().cloned());
     if resp.headers.contains_key(http::header::SET_COOKIE) {
