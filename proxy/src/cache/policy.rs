@@ -247,7 +247,7 @@ pub fn decide(
         lifetime,
         age: initial_age(resp, now),
         swr: secs(d.stale_while_revalidate, route.swr),
-        sie: secs(d.stale_if_error, route.sie),
+        sie: secs(d.stale_if_error, route.sie.or(Some(cfg.stale_if_error.get()))),
         strip,
         generate_etag: route.etag == EtagMode::Generate && !resp.headers.contains_key(http::header::ETAG),
     })
@@ -429,7 +429,8 @@ mod tests {
         let p = go(&[], 200, &[("cdn-cache-control", "max-age=30"), ("portier-cache-control", "max-age=5")]).unwrap();
         assert_eq!(p.lifetime.as_secs(), 5);
         assert_eq!(go(&[], 200, &[("cache-control", "max-age=60"), ("cdn-cache-control", "no-store")]), Err(NoStore::NoStore));
-        assert!(p.strip.contains(&"cdn-cache-control".to_string()));
+        assert!(p.strip.contains(&"portier-cache-control".to_string()));
+        assert!(!p.strip.contains(&"cdn-cache-control".to_string()), "stored and forwarded for the CDNs after Portier");
     }
 
     #[test]

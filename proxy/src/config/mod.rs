@@ -274,6 +274,11 @@ pub struct CacheConfig {
     pub heuristic: bool,
     /// Honour client `Cache-Control: no-cache` / `max-age` / `Pragma: no-cache` by revalidating.
     pub honor_client_no_cache: bool,
+    /// When the origin refuses, resets, times out or answers 5xx, a stored response this
+    /// far past its freshness is served stale (RFC 9111 §4.2.4), unless it says
+    /// `must-revalidate`, `proxy-revalidate`, `no-cache` or `s-maxage`. The response's own
+    /// `stale-if-error` and the route's `stale_if_error` come first; `"0s"` turns it off.
+    pub stale_if_error: HumanDuration,
 }
 
 impl Default for CacheConfig {
@@ -285,6 +290,7 @@ impl Default for CacheConfig {
             lock_timeout: HumanDuration::from_secs(10),
             heuristic: true,
             honor_client_no_cache: true,
+            stale_if_error: HumanDuration::from_secs(3600),
         }
     }
 }

@@ -89,10 +89,40 @@ async fn stale_if_error_on_503_within_its_window_only() {
         Reply::new(200, &[("cache-control", "max-age=1")], "once")
     })
     .await;
-    let p2 = Portier::start(&config_for(short.addr, "", ""));
+    let p2 = Portier::start(&config_for(short.addr, "", "[cache]\nstale_if_error = \"0s\"\n"));
     get(p2.public, "/x").await;
     tokio::time::sleep(Duration::from_millis(2100)).await;
-    assert_eq!(get(p2.public, "/x").await.status, 503, "no stale-if-error: the 503 passes");
+    assert_eq!(get(p2.public, "/x").await.status, 503, "no stale-if-error anywhere: the 503 passes");
+}
+
+/// RFC 9111 §4.2.4: with the origin gone, a stored response is served stale by default
+/// (cache.stale_if_error, 1h), unless it forbids it (must-revalidate, s-maxage, ...).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_dead_origin_gets_stale_copies_by_default_unless_the_response_forbids_it() {
+    let o = Scripted::start(|req, n| {
+        let cc = if req.target == "/strict" {
+            "max-age=1, must-revalidate"
+        } else if req.target == "/shared" {
+            "max-age=1, s-maxage=1"
+        } else {
+            "max-age=1"
+        };
+        Reply::new(200, &[("cache-control", cc)], format!("{} #{n}", req.target))
+    })
+    .await;
+    let p = Portier::start(&config_for(o.addr, "", ""));
+    for path in ["/plain", "/strict", "/shared"] {
+        assert_eq!(get(p.public, path).await.header("x-cache"), "MISS");
+    }
+    o.stop().await;
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let r = get(p.public, "/plain").await;
+    assert_eq!((r.status, r.header("x-cache"), r.text()), (200, "STALE", "/plain #1".to_string()), "{r:?}");
+    assert!(r.header("cache-status").ends_with("detail=stale-if-error"), "{r:?}");
+    for path in ["/strict", "/shared"] {
+        let r = get(p.public, path).await;
+        assert_eq!(r.status, 502, "{path} forbids serving stale: {r:?}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
