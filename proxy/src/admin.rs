@@ -118,20 +118,20 @@ impl Admin {
             return json_response(StatusCode::OK, &json!({"enabled": false}));
         };
         let m = &self.state.metrics;
-        let s = c.storage;
+        let s = c.storage.stats();
         let (hits, misses) = (m.cache_hit.get(), m.cache_miss.get());
         json_response(
             StatusCode::OK,
             &json!({
                 "enabled": true,
-                "entries": s.entries(),
-                "bytes": s.size(),
-                "capacity": s.capacity(),
-                "max_object_size": s.max_object(),
+                "entries": s.entries,
+                "bytes": s.bytes,
+                "capacity": s.capacity,
+                "max_object_size": s.max_object,
                 "hits": hits,
                 "misses": misses,
                 "hit_ratio": if hits + misses > 0 { hits as f64 / (hits + misses) as f64 } else { 0.0 },
-                "evictions": s.stats.evictions.load(std::sync::atomic::Ordering::Relaxed),
+                "evictions": s.evictions,
                 "coalesced": m.coalesced.get(),
             }),
         )

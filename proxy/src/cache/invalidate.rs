@@ -3,7 +3,7 @@
 //! as `POST /api/sync` invalidating `/api/stats/` and `/api/games` for the same `username`.
 
 use super::purge::Selector;
-use super::storage::MemStorage;
+use super::store::Store;
 use super::url::query_param;
 use super::url::CacheUrl;
 use crate::config::InvalidationRule;
@@ -61,7 +61,7 @@ fn same_host_target(base: &CacheUrl, value: &str) -> Option<String> {
 
 /// Runs after the response to `req` is known; returns how many entries were dropped.
 pub(crate) fn after_response(
-    storage: &MemStorage,
+    storage: &dyn Store,
     rules: &[&Rule],
     url: &CacheUrl,
     req: &RequestHeader,

@@ -10,6 +10,7 @@ pub mod purge;
 pub mod revalidate;
 pub mod status;
 pub mod storage;
+pub mod store;
 pub mod url;
 
 use crate::config::Config;
@@ -19,15 +20,18 @@ use pingora_cache::CacheOptionOverrides;
 use pingora_proxy::Session;
 use policy::RoutePolicy;
 use storage::MemStorage;
+use store::Store;
 
 pub struct CacheLayer {
-    pub storage: &'static MemStorage,
+    /// Where entries live (the in-memory store by default).
+    pub storage: &'static dyn Store,
     lock: &'static CacheKeyLockImpl,
     /// Remembers keys whose responses were uncacheable, so later requests for them skip the
     /// lookup and the lock: after one uncacheable fill, waiters are not all released to the
     /// origin at once again.
     predictor: &'static (dyn CacheablePredictor + Sync),
     lock_timeout: std::time::Duration,
+    max_object: usize,
     pub config: crate::config::CacheConfig,
     /// Per route index.
     pub routes: Vec<RoutePolicy>,
@@ -46,6 +50,7 @@ impl CacheLayer {
             // `Authorization` request must not make the URL skip the lock for everyone.
             predictor: Box::leak(Box::new(Predictor::<16>::new(256, Some(policy::NoStore::is_request_side)))),
             lock_timeout,
+            max_object: c.max_object_size.bytes() as usize,
             config: c.clone(),
             routes: cfg.routes.iter().map(RoutePolicy::from_route).collect(),
             rules: cfg.invalidation.iter().map(invalidate::Rule::new).collect(),
@@ -61,6 +66,6 @@ impl CacheLayer {
         let mut overrides = CacheOptionOverrides::default();
         overrides.wait_timeout = Some(self.lock_timeout);
         session.cache.enable(self.storage, None, Some(self.predictor), Some(self.lock), Some(overrides));
-        session.cache.set_max_file_size_bytes(self.storage.max_object());
+        session.cache.set_max_file_size_bytes(self.max_object);
     }
 }

@@ -308,7 +308,7 @@ impl MemStorage {
     }
 
     /// Purges one cache key's every variant.
-    pub fn purge_key(&self, key: &impl CacheHashKey, soft: bool) -> usize {
+    pub fn purge_key(&self, key: &(impl CacheHashKey + ?Sized), soft: bool) -> usize {
         let keys = self.inner.lock().index.variants.get(&key.primary_bin()).cloned().unwrap_or_default();
         self.purge_keys(&keys, soft)
     }
@@ -322,16 +322,26 @@ impl MemStorage {
             keys.iter().filter(|k| inner.remove(k).is_some()).count()
         }
     }
+}
 
-    /// The stored meta for a key's primary slot, without touching LRU order (for request
-    /// preconditions evaluated before Pingora's lookup).
-    pub fn peek_meta(&self, key: &CacheKey) -> Option<CacheMeta> {
-        let (i, h) = {
-            let inner = self.inner.lock();
-            let e = inner.lru.peek(&key.combined_bin())?;
-            (e.internal.clone(), e.header.clone())
-        };
-        CacheMeta::deserialize(&i, &h).ok()
+impl super::store::Store for MemStorage {
+    fn purge_matching(&self, sel: &Selector, soft: bool) -> usize {
+        MemStorage::purge_matching(self, sel, soft)
+    }
+
+    fn purge_key(&self, key: &dyn CacheHashKey, soft: bool) -> usize {
+        MemStorage::purge_key(self, key, soft)
+    }
+
+    fn stats(&self) -> super::store::StoreStats {
+        let inner = self.inner.lock();
+        super::store::StoreStats {
+            entries: inner.lru.len(),
+            bytes: inner.bytes,
+            capacity: self.max_bytes,
+            max_object: self.max_object,
+            evictions: self.stats.evictions.load(Ordering::Relaxed),
+        }
     }
 }
 

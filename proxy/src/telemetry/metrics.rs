@@ -4,7 +4,7 @@
 use super::names::*;
 use super::RequestSummary as RequestRecord;
 use crate::cache::status::{CacheStatus, ALL};
-use crate::cache::storage::MemStorage;
+use crate::cache::store::Store;
 use crate::upstream::Upstreams;
 use prometheus::{Encoder, Gauge, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
 use std::time::Instant;
@@ -39,7 +39,7 @@ pub struct Metrics {
 
 /// Counters kept elsewhere (storage, tracer, access log), copied in at scrape time.
 pub struct External<'a> {
-    pub storage: Option<&'a MemStorage>,
+    pub storage: Option<&'a dyn Store>,
     pub upstreams: &'a Upstreams,
     pub spans: Option<&'a super::traces::SpanCounters>,
     pub access_log_dropped: u64,
@@ -294,11 +294,11 @@ impl Metrics {
             sync_counter(&self.profiles_ok, p.pushed.load(std::sync::atomic::Ordering::Relaxed));
             sync_counter(&self.profiles_failed, p.failed.load(std::sync::atomic::Ordering::Relaxed));
         }
-        if let Some(s) = ext.storage {
-            self.cache_entries.set(s.entries() as i64);
-            self.cache_size.set(s.size() as i64);
-            self.cache_capacity.set(s.capacity() as i64);
-            sync_counter(&self.cache_evictions, s.stats.evictions.load(std::sync::atomic::Ordering::Relaxed));
+        if let Some(s) = ext.storage.map(|s| s.stats()) {
+            self.cache_entries.set(s.entries as i64);
+            self.cache_size.set(s.bytes as i64);
+            self.cache_capacity.set(s.capacity as i64);
+            sync_counter(&self.cache_evictions, s.evictions);
         }
         for pool in upstreams.pools() {
             for b in &pool.backends {
