@@ -1,17 +1,17 @@
 //! Portier: a caching reverse proxy with built-in observability, on Pingora.
 
-pub mod admin;
-pub mod cache;
+pub(crate) mod admin;
+pub(crate) mod cache;
 pub mod cli;
-pub mod config;
+pub(crate) mod config;
 pub mod demo;
-pub mod error_page;
-pub mod forwarding;
-pub mod gateway;
-pub mod proof;
-pub mod response_headers;
-pub mod routing;
-pub mod server;
-pub mod target;
-pub mod telemetry;
-pub mod upstream;
+pub(crate) mod error_page;
+pub(crate) mod forwarding;
+pub(crate) mod gateway;
+pub(crate) mod proof;
+pub(crate) mod response_headers;
+pub(crate) mod routing;
+pub(crate) mod server;
+pub(crate) mod target;
+pub(crate) mod telemetry;
+pub(crate) mod upstream;

@@ -236,16 +236,12 @@ impl MemStorage {
         Box::leak(Box::new(Self::new(max_bytes, max_object)))
     }
 
-    pub fn capacity(&self) -> usize {
-        self.max_bytes
-    }
-    pub fn max_object(&self) -> usize {
-        self.max_object
-    }
-    pub fn size(&self) -> usize {
+    #[cfg(test)]
+    fn size(&self) -> usize {
         self.inner.lock().bytes
     }
-    pub fn entries(&self) -> usize {
+    #[cfg(test)]
+    fn entries(&self) -> usize {
         self.inner.lock().lru.len()
     }
 

@@ -7,7 +7,7 @@ mod pattern;
 mod units;
 
 pub use address::{HostPort, ListenAddr};
-pub use load::{load_file, load_str, Problem, Problems};
+pub use load::{load_file, load_str};
 pub use pattern::{HostPattern, Method, PathPattern};
 pub use units::{ByteSize, HumanDuration};
 

@@ -68,10 +68,6 @@ impl AccessLog {
         let _ = out.flush();
     }
 
-    pub fn enabled(&self) -> bool {
-        self.shared.is_some()
-    }
-
     pub(crate) fn log(&self, r: &AccessRecord<'_>) {
         let Some(shared) = &self.shared else { return };
         let line = match self.format {

@@ -211,10 +211,6 @@ impl Metrics {
         Ok(m)
     }
 
-    pub fn service_name(&self) -> &str {
-        &self.service_name
-    }
-
     /// A client request (never a background refresh: those go to [`Self::background_refresh`]).
     pub(crate) fn record_request(&self, r: &RequestRecord<'_>) {
         let h = self.handles(r);
