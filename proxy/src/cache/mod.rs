@@ -48,7 +48,7 @@ impl CacheLayer {
             lock: Box::leak(CacheLock::new_boxed(lock_timeout)),
             // Only what the response says is remembered: a client's `no-store` or an
             // `Authorization` request must not make the URL skip the lock for everyone.
-            predictor: Box::leak(Box::new(Predictor::<16>::new(256, Some(policy::NoStore::is_request_side)))),
+            predictor: Box::leak(Box::new(Predictor::<16>::new(256, Some(policy::Unstorable::is_request_side)))),
             lock_timeout,
             max_object: c.max_object_size.bytes() as usize,
             config: c.clone(),

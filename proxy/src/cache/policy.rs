@@ -57,7 +57,7 @@ impl RoutePolicy {
 
 /// Why a response is not stored; also the `detail` in `Cache-Status`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum NoStore {
+pub enum Unstorable {
     Status,
     NoStore,
     Private,
@@ -68,23 +68,23 @@ pub enum NoStore {
     RequestNoStore,
 }
 
-impl NoStore {
+impl Unstorable {
     /// For Pingora's predictor: reasons that come from the request, not the response (another
     /// client's request for the same URL may be stored), are not remembered.
     pub(crate) fn is_request_side(reason: &'static str) -> bool {
-        [NoStore::RequestNoStore, NoStore::Authorization].iter().any(|r| r.as_str() == reason)
+        [Unstorable::RequestNoStore, Unstorable::Authorization].iter().any(|r| r.as_str() == reason)
     }
 
     pub fn as_str(self) -> &'static str {
         match self {
-            NoStore::Status => "status",
-            NoStore::NoStore => "no-store",
-            NoStore::Private => "private",
-            NoStore::Authorization => "authorization",
-            NoStore::SetCookie => "set-cookie",
-            NoStore::VaryStar => "vary-star",
-            NoStore::NoFreshness => "no-freshness",
-            NoStore::RequestNoStore => "request-no-store",
+            Unstorable::Status => "status",
+            Unstorable::NoStore => "no-store",
+            Unstorable::Private => "private",
+            Unstorable::Authorization => "authorization",
+            Unstorable::SetCookie => "set-cookie",
+            Unstorable::VaryStar => "vary-star",
+            Unstorable::NoFreshness => "no-freshness",
+            Unstorable::RequestNoStore => "request-no-store",
         }
     }
 }
@@ -163,30 +163,30 @@ pub fn decide(
     cfg: &CacheConfig,
     request_no_store: bool,
     now: SystemTime,
-) -> Result<Plan, NoStore> {
+) -> Result<Plan, Unstorable> {
     if request_no_store {
-        return Err(NoStore::RequestNoStore);
+        return Err(Unstorable::RequestNoStore);
     }
     let status = resp.status.as_u16();
     if !(200..600).contains(&status) || status == 206 || status == 304 {
-        return Err(NoStore::Status);
+        return Err(Unstorable::Status);
     }
     let (d, targeted) = response_directives(resp);
     // must-understand: store only statuses Portier understands, and then no-store yields.
     if d.must_understand && !UNDERSTOOD.contains(&status) {
-        return Err(NoStore::Status);
+        return Err(Unstorable::Status);
     }
     if d.no_store && !d.must_understand {
-        return Err(NoStore::NoStore);
+        return Err(Unstorable::NoStore);
     }
     if d.private.as_ref().is_some_and(Vec::is_empty) {
-        return Err(NoStore::Private);
+        return Err(Unstorable::Private);
     }
     if req.headers.contains_key(http::header::AUTHORIZATION) && !(d.public || d.s_maxage.is_some() || d.must_revalidate) {
-        return Err(NoStore::Authorization);
+        return Err(Unstorable::Authorization);
     }
     if has_token(resp, "vary", "*") {
-        return Err(NoStore::VaryStar);
+        return Err(Unstorable::VaryStar);
     }
     let mut strip: Vec<String> = OWN_FIELDS.iter().map(|s| s.to_string()).collect();
     strip.extend(d.private.iter().flatten().cloned());
@@ -194,7 +194,7 @@ pub fn decide(
     if resp.headers.contains_key(http::header::SET_COOKIE) {
         let qualified = strip.iter().any(|f| f == "set-cookie");
         if !route.cache_set_cookie && !qualified {
-            return Err(NoStore::SetCookie);
+            return Err(Unstorable::SetCookie);
         }
         strip.push("set-cookie".into());
     }
@@ -219,7 +219,7 @@ pub fn decide(
     let lifetime = match (explicit, route.ttl) {
         (Some(t), _) => t,
         (None, Some(t)) if heuristic_ok => t,
-        (None, _) if !heuristic_ok => return Err(NoStore::Status),
+        (None, _) if !heuristic_ok => return Err(Unstorable::Status),
         (None, _) => {
             let lm = header_date(resp, "last-modified");
             let base = header_date(resp, "date").unwrap_or(now);
@@ -227,7 +227,7 @@ pub fn decide(
                 Some(since) => (since / 10).min(HEURISTIC_CAP),
                 // no-cache: store, and revalidate on every use.
                 None if d.no_cache.is_some() => Duration::ZERO,
-                None => return Err(NoStore::NoFreshness),
+                None => return Err(Unstorable::NoFreshness),
             }
         }
     };
@@ -345,10 +345,10 @@ mod tests {
     fn route() -> RoutePolicy {
         RoutePolicy { enabled: true, ..Default::default() }
     }
-    fn go(rq: &[(&str, &str)], status: u16, rs: &[(&str, &str)]) -> Result<Plan, NoStore> {
+    fn go(rq: &[(&str, &str)], status: u16, rs: &[(&str, &str)]) -> Result<Plan, Unstorable> {
         decide(&req(rq), &resp(status, rs), &route(), &CacheConfig::default(), false, SystemTime::now())
     }
-    fn life(p: Result<Plan, NoStore>) -> u64 {
+    fn life(p: Result<Plan, Unstorable>) -> u64 {
         p.unwrap().lifetime.as_secs()
     }
 
@@ -361,7 +361,7 @@ mod tests {
         let exp = httpdate::fmt_http_date(now + Duration::from_secs(100));
         assert_eq!(life(go(&[], 200, &[("date", &date), ("expires", &exp)])), 100);
         assert_eq!(life(go(&[], 200, &[("expires", "0")])), 0, "invalid Expires = already stale");
-        assert_eq!(go(&[], 200, &[]), Err(NoStore::NoFreshness), "no default TTL");
+        assert_eq!(go(&[], 200, &[]), Err(Unstorable::NoFreshness), "no default TTL");
     }
 
     #[test]
@@ -370,20 +370,20 @@ mod tests {
         let lm = httpdate::fmt_http_date(now - Duration::from_secs(1000));
         let date = httpdate::fmt_http_date(now);
         assert_eq!(life(go(&[], 200, &[("date", &date), ("last-modified", &lm)])), 100);
-        assert_eq!(go(&[], 302, &[("date", &date), ("last-modified", &lm)]), Err(NoStore::Status));
-        assert_eq!(go(&[], 500, &[("last-modified", &lm)]), Err(NoStore::Status));
+        assert_eq!(go(&[], 302, &[("date", &date), ("last-modified", &lm)]), Err(Unstorable::Status));
+        assert_eq!(go(&[], 500, &[("last-modified", &lm)]), Err(Unstorable::Status));
         assert_eq!(life(go(&[], 500, &[("cache-control", "max-age=5")])), 5, "explicit freshness allows any final status");
     }
 
     #[test]
     fn storage_refusals() {
-        assert_eq!(go(&[], 200, &[("cache-control", "no-store, max-age=60")]), Err(NoStore::NoStore));
-        assert_eq!(go(&[], 200, &[("cache-control", "private, max-age=60")]), Err(NoStore::Private));
-        assert_eq!(go(&[], 200, &[("cache-control", "max-age=60"), ("vary", "Accept, *")]), Err(NoStore::VaryStar));
-        assert_eq!(go(&[], 200, &[("cache-control", "max-age=60"), ("set-cookie", "a=b")]), Err(NoStore::SetCookie));
-        assert_eq!(go(&[], 206, &[("cache-control", "max-age=60")]), Err(NoStore::Status));
+        assert_eq!(go(&[], 200, &[("cache-control", "no-store, max-age=60")]), Err(Unstorable::NoStore));
+        assert_eq!(go(&[], 200, &[("cache-control", "private, max-age=60")]), Err(Unstorable::Private));
+        assert_eq!(go(&[], 200, &[("cache-control", "max-age=60"), ("vary", "Accept, *")]), Err(Unstorable::VaryStar));
+        assert_eq!(go(&[], 200, &[("cache-control", "max-age=60"), ("set-cookie", "a=b")]), Err(Unstorable::SetCookie));
+        assert_eq!(go(&[], 206, &[("cache-control", "max-age=60")]), Err(Unstorable::Status));
         let auth = [("authorization", "Bearer x")];
-        assert_eq!(go(&auth, 200, &[("cache-control", "max-age=60")]), Err(NoStore::Authorization));
+        assert_eq!(go(&auth, 200, &[("cache-control", "max-age=60")]), Err(Unstorable::Authorization));
         for ok in ["public, max-age=60", "s-maxage=60", "must-revalidate, max-age=60"] {
             assert!(go(&auth, 200, &[("cache-control", ok)]).is_ok(), "{ok}");
         }
@@ -428,7 +428,7 @@ mod tests {
         assert_eq!(p.lifetime.as_secs(), 30);
         let p = go(&[], 200, &[("cdn-cache-control", "max-age=30"), ("portier-cache-control", "max-age=5")]).unwrap();
         assert_eq!(p.lifetime.as_secs(), 5);
-        assert_eq!(go(&[], 200, &[("cache-control", "max-age=60"), ("cdn-cache-control", "no-store")]), Err(NoStore::NoStore));
+        assert_eq!(go(&[], 200, &[("cache-control", "max-age=60"), ("cdn-cache-control", "no-store")]), Err(Unstorable::NoStore));
         assert!(p.strip.contains(&"portier-cache-control".to_string()));
         assert!(!p.strip.contains(&"cdn-cache-control".to_string()), "stored and forwarded for the CDNs after Portier");
     }
@@ -462,7 +462,7 @@ mod tests {
         assert_eq!(age(&["7", "100"]), 7, "several lines use the first");
         assert_eq!(age(&["2147483648"]), 1 << 31);
         assert_eq!(age(&["99999999999999999999999"]), 1 << 31, "past u64 is still just very old");
-        assert_eq!(go(&[], 599, &[("cache-control", "max-age=60, must-understand")]), Err(NoStore::Status));
+        assert_eq!(go(&[], 599, &[("cache-control", "max-age=60, must-understand")]), Err(Unstorable::Status));
         assert!(go(&[], 200, &[("cache-control", "max-age=60, must-understand, no-store")]).is_ok(), "understood: no-store yields");
         let p = go(&[], 200, &[("cache-control", "no-store"), ("surrogate-control", "max-age=30")]).unwrap();
         assert_eq!(p.lifetime.as_secs(), 30);

@@ -104,7 +104,7 @@ pub(crate) enum CacheDecision {
     /// The cache serves or stores this request.
     Eligible,
     /// Eligible, but the response may not be stored (RFC 9111 §3 or the client's `no-store`).
-    NotStored(super::policy::NoStore),
+    NotStored(super::policy::Unstorable),
     Bypass(BypassReason),
     Answered(LocalAnswer),
 }
@@ -243,7 +243,7 @@ pub(crate) fn server_timing(s: CacheStatus, origin_ms: Option<f64>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cache::policy::NoStore;
+    use crate::cache::policy::Unstorable;
 
     fn header(decision: CacheDecision, phase: CachePhase, origin_status: Option<u16>) -> String {
         let f = Facts { decision, phase, meta: None, origin_status, upstream_error: None };
@@ -266,7 +266,7 @@ mod tests {
         );
         assert_eq!(
             header(
-                CacheDecision::NotStored(NoStore::Private),
+                CacheDecision::NotStored(Unstorable::Private),
                 CachePhase::Disabled(pingora_cache::NoCacheReason::OriginNotCache),
                 Some(200)
             ),
