@@ -6,11 +6,14 @@ use serde::de::DeserializeOwned;
 use std::fmt;
 use std::path::Path;
 
-/// One thing wrong with a config: where (`upstreams.api.addresses[0]`) and why.
+/// One thing wrong with a config: where (`upstreams.api.addresses[0]`, and the line and
+/// column when the key is in the file) and why.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Problem {
     pub path: String,
     pub message: String,
+    /// 1-based line and column of the key (or of its closest parent in the file).
+    pub at: Option<(usize, usize)>,
 }
 
 /// Every problem found in one config source.
@@ -25,10 +28,14 @@ impl fmt::Display for Problems {
         let n = self.problems.len();
         writeln!(f, "{}: {n} problem{}", self.source_name, if n == 1 { "" } else { "s" })?;
         for p in &self.problems {
+            write!(f, "  {}", self.source_name)?;
+            if let Some((line, col)) = p.at {
+                write!(f, ":{line}:{col}")?;
+            }
             if p.path.is_empty() {
-                writeln!(f, "  {}: {}", self.source_name, p.message)?;
+                writeln!(f, ": {}", p.message)?;
             } else {
-                writeln!(f, "  {}: {}: {}", self.source_name, p.path, p.message)?;
+                writeln!(f, ": {}: {}", p.path, p.message)?;
             }
         }
         Ok(())
@@ -41,7 +48,7 @@ struct Collector {
 
 impl Collector {
     fn push(&mut self, path: impl Into<String>, message: impl Into<String>) {
-        self.problems.push(Problem { path: path.into(), message: message.into() });
+        self.problems.push(Problem { path: path.into(), message: message.into(), at: None });
     }
 
     fn section<T: DeserializeOwned>(&mut self, path: &str, value: toml::Value) -> Option<T> {
@@ -66,7 +73,7 @@ pub fn load_file(path: &Path) -> Result<Config, Problems> {
     let name = path.display().to_string();
     let text = std::fs::read_to_string(path).map_err(|e| Problems {
         source_name: name.clone(),
-        problems: vec![Problem { path: String::new(), message: format!("cannot read the file: {e}") }],
+        problems: vec![Problem { path: String::new(), message: format!("cannot read the file: {e}"), at: None }],
     })?;
     load_str(&text, &name, |k| std::env::var(k).ok())
 }
@@ -149,8 +156,44 @@ pub fn load_str(text: &str, source_name: &str, env: impl Fn(&str) -> Option<Stri
     if c.problems.is_empty() {
         Ok(cfg)
     } else {
+        if let Ok(doc) = toml::de::DeTable::parse(text) {
+            for p in &mut c.problems {
+                p.at = locate(doc.get_ref(), &p.path).map(|offset| line_col(text, offset));
+            }
+        }
         Err(fail(c.problems))
     }
+}
+
+/// The byte offset of the key at `path` (`routes[1].path`), or of its deepest parent found.
+fn locate(doc: &toml::de::DeTable<'_>, path: &str) -> Option<usize> {
+    use toml::de::DeValue;
+    let mut table = Some(doc);
+    let mut array: Option<&[toml::Spanned<DeValue<'_>>]> = None;
+    let mut found = None;
+    'walk: for segment in path.split('.') {
+        let (name, indexes) = segment.split_once('[').map_or((segment, ""), |(n, rest)| (n, rest));
+        if !name.is_empty() {
+            let Some((k, v)) = table.and_then(|t| t.iter().find(|(k, _)| k.get_ref() == name)) else { break };
+            found = Some(k.span().start);
+            table = v.get_ref().as_table();
+            array = v.get_ref().as_array().map(|a| &a[..]);
+        }
+        for i in indexes.split('[').filter_map(|x| x.trim_end_matches(']').parse::<usize>().ok()) {
+            let Some(v) = array.and_then(|a| a.get(i)) else { break 'walk };
+            found = Some(v.span().start);
+            table = v.get_ref().as_table();
+            array = v.get_ref().as_array().map(|a| &a[..]);
+        }
+    }
+    found
+}
+
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let col = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, col)
 }
 
 /// The variable that overrides a pool's addresses: `api` → `PORTIER_UPSTREAM_API`.
@@ -294,6 +337,12 @@ mod tests {
         assert!(paths.contains(&"upstreams.api.adresses"), "{e}");
         assert!(paths.contains(&"routes[0].pool"), "{e}");
         assert!(e.to_string().contains("unknown upstream \"apii\""), "{e}");
+        let at = |path: &str| e.problems.iter().find(|p| p.path == path).and_then(|p| p.at);
+        assert_eq!(at("colour"), Some((2, 13)), "{e}");
+        assert_eq!(at("timeouts.connect"), Some((4, 13)));
+        assert_eq!(at("upstreams.api.adresses"), Some((7, 13)));
+        assert_eq!(at("routes[0].pool"), Some((10, 13)));
+        assert!(e.to_string().contains("bad.toml:4:13: timeouts.connect: "), "{e}");
     }
 
     #[test]

@@ -287,8 +287,8 @@ fn check_names_the_key_path_of_each_problem() {
     let (ok, out) = check(&all);
     assert!(!ok);
     assert!(out.contains(": 3 problems"), "{out}");
-    for key in ["routes[0].pool: ", "timeouts.conect: ", "server.grace_period: invalid duration \"soon\""] {
-        assert!(out.contains(key), "{key} in {out}");
+    for key in [":5:1: routes[0].pool: ", ":7:1: timeouts.conect: ", ":9:1: server.grace_period: invalid duration \"soon\""] {
+        assert!(out.contains(key), "line, column and key path {key} in {out}");
     }
 }
 
