@@ -230,18 +230,12 @@ fn demo(listen: &str, origin: &str, admin: &str, config_path: &Path) -> ExitCode
 
 /// `GET /healthz` on the admin listener, with a short timeout.
 fn healthcheck(admin: &str) -> Result<(), String> {
-    use std::io::{Read, Write};
-    use std::net::ToSocketAddrs;
-    let addr = admin.to_socket_addrs().map_err(|e| format!("{admin}: {e}"))?.next().ok_or_else(|| format!("{admin}: no address"))?;
-    let t = std::time::Duration::from_secs(2);
-    let mut s = std::net::TcpStream::connect_timeout(&addr, t).map_err(|e| format!("{admin}: {e}"))?;
-    s.set_read_timeout(Some(t)).map_err(|e| e.to_string())?;
-    s.write_all(format!("GET /healthz HTTP/1.1\r\nHost: {admin}\r\nConnection: close\r\n\r\n").as_bytes()).map_err(|e| e.to_string())?;
-    let mut head = [0u8; 12];
-    s.read_exact(&mut head).map_err(|e| format!("{admin}: {e}"))?;
-    if &head[9..12] == b"200" {
+    use crate::http_client::{send_blocking, Request};
+    let req = Request { method: "GET", target: "/healthz", host: admin, headers: &[], body: b"" };
+    let head = send_blocking(admin, &req, std::time::Duration::from_secs(2)).map_err(|e| format!("{admin}: {e}"))?;
+    if head.status == 200 {
         Ok(())
     } else {
-        Err(format!("{admin}/healthz answered {}", String::from_utf8_lossy(&head[9..12])))
+        Err(format!("{admin}/healthz answered {}", head.status))
     }
 }

@@ -3,8 +3,6 @@
 //! as a person reads it, or as JSON or Markdown for a report.
 
 use serde::Serialize;
-use std::io::{Read, Write};
-use std::net::{TcpStream, ToSocketAddrs};
 use std::time::Duration;
 
 /// The headers that prove the cache, in the order they are shown.
@@ -90,41 +88,17 @@ impl Exchange {
 }
 
 fn send(t: &Target, method: &str, path: &str, extra: &[(&str, &str)]) -> Result<Exchange, ProofError> {
-    let addr_s = t.authority();
-    let addr = addr_s
-        .to_socket_addrs()
-        .map_err(|e| ProofError::Connect { addr: addr_s.clone(), reason: e.to_string() })?
-        .next()
-        .ok_or_else(|| ProofError::Connect { addr: addr_s.clone(), reason: "no address".into() })?;
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
-        .map_err(|e| ProofError::Connect { addr: addr_s.clone(), reason: e.to_string() })?;
-    let io = |e: std::io::Error| ProofError::Io { addr: addr_s.clone(), reason: e.to_string() };
-    s.set_read_timeout(Some(Duration::from_secs(30))).map_err(io)?;
-    let mut req =
-        format!("{method} {path} HTTP/1.1\r\nHost: {addr_s}\r\nUser-Agent: portier-proof/{}\r\nAccept: */*\r\n", env!("CARGO_PKG_VERSION"));
-    for (k, v) in extra {
-        req.push_str(&format!("{k}: {v}\r\n"));
-    }
-    if method != "GET" && method != "HEAD" {
-        req.push_str("Content-Length: 0\r\n");
-    }
-    req.push_str("Connection: close\r\n\r\n");
-    s.write_all(req.as_bytes()).map_err(io)?;
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw).map_err(io)?;
-    let end = raw
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .ok_or_else(|| ProofError::Io { addr: addr_s.clone(), reason: "the answer is not HTTP".into() })?;
-    let head = String::from_utf8_lossy(&raw[..end]).to_string();
-    let mut lines = head.split("\r\n");
-    let status = lines
-        .next()
-        .and_then(|l| l.split(' ').nth(1))
-        .and_then(|c| c.parse().ok())
-        .ok_or_else(|| ProofError::Io { addr: addr_s.clone(), reason: "no HTTP status line".into() })?;
-    let headers = lines.filter_map(|l| l.split_once(':')).map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string())).collect();
-    Ok(Exchange { request: format!("{method} {}", path), status, headers })
+    let addr = t.authority();
+    let mut headers = vec![("Accept", "*/*")];
+    headers.extend_from_slice(extra);
+    let req = crate::http_client::Request { method, target: path, host: &addr, headers: &headers, body: b"" };
+    let head = crate::http_client::send_blocking(&addr, &req, Duration::from_secs(30)).map_err(|e| match e.kind() {
+        std::io::ErrorKind::InvalidData | std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::TimedOut => {
+            ProofError::Io { addr: addr.clone(), reason: e.to_string() }
+        }
+        _ => ProofError::Connect { addr: addr.clone(), reason: e.to_string() },
+    })?;
+    Ok(Exchange { request: format!("{method} {path}"), status: head.status, headers: head.headers })
 }
 
 #[derive(Debug, Clone, Serialize)]

@@ -7,7 +7,6 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamError {
@@ -139,25 +138,9 @@ impl Pool {
 
 /// GET the health path; 2xx or 3xx within the timeout is healthy.
 async fn probe(b: &Backend, hc: &HealthCheck) -> bool {
-    let fut = async {
-        let mut s = tokio::net::TcpStream::connect(b.sock).await?;
-        let req = format!("GET {} HTTP/1.1\r\nHost: {}\r\nUser-Agent: portier-health-check\r\nConnection: close\r\n\r\n", hc.path, b.addr);
-        s.write_all(req.as_bytes()).await?;
-        let mut buf = [0u8; 16];
-        let mut got = 0;
-        while got < 12 {
-            let n = s.read(&mut buf[got..]).await?;
-            if n == 0 {
-                break;
-            }
-            got += n;
-        }
-        Ok::<_, std::io::Error>(buf[..got].to_vec())
-    };
-    match tokio::time::timeout(hc.timeout.get(), fut).await {
-        Ok(Ok(head)) => head.starts_with(b"HTTP/1.") && head.len() >= 12 && matches!(head[9], b'2' | b'3'),
-        _ => false,
-    }
+    let host = b.addr.to_string();
+    let req = crate::http_client::Request { method: "GET", target: &hc.path, host: &host, headers: &[], body: b"" };
+    crate::http_client::send(b.sock, &req, hc.timeout.get()).await.is_ok_and(|h| (200..400).contains(&h.status))
 }
 
 /// Every pool, by name.

@@ -8,7 +8,6 @@
 //! handler symbol clashes with the `pprof` crate's at link time.
 
 use pprof::protos::Message as _;
-use std::io::{Read, Write};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -85,20 +84,9 @@ pub fn parse_http_url(url: &str) -> Result<(String, String), ProfileError> {
 }
 
 fn post(host: &str, path: &str, content_type: &str, body: &[u8]) -> std::io::Result<u16> {
-    use std::net::ToSocketAddrs;
-    let addr = host.to_socket_addrs()?.next().ok_or_else(|| std::io::Error::other(format!("{host} resolves to nothing")))?;
-    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
-    s.set_read_timeout(Some(Duration::from_secs(5)))?;
-    s.set_write_timeout(Some(Duration::from_secs(5)))?;
-    let head = format!(
-        "POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: {content_type}\r\nConnect-Protocol-Version: 1\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    );
-    s.write_all(head.as_bytes())?;
-    s.write_all(body)?;
-    let mut buf = [0u8; 12];
-    s.read_exact(&mut buf)?;
-    std::str::from_utf8(&buf[9..12]).ok().and_then(|c| c.parse().ok()).ok_or_else(|| std::io::Error::other("not an HTTP response"))
+    let headers = [("Content-Type", content_type), ("Connect-Protocol-Version", "1")];
+    let req = crate::http_client::Request { method: "POST", target: path, host, headers: &headers, body };
+    crate::http_client::send_blocking(host, &req, Duration::from_secs(5)).map(|h| h.status)
 }
 
 /// Counters for `/metrics`.
