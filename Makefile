@@ -50,6 +50,7 @@ demo: release
 bench: deps
 	$(CARGO) build --release -p portier -p portier-benches
 	./target/release/hit-bench --rounds 5 --seconds 4 --connections 32
+	./target/release/purge-bench --entries 50000 --seconds 3
 
 # Hits against nginx and Varnish on the same CPU (installs nginx-light and varnish).
 bench-vs: deps

@@ -1,4 +1,5 @@
 //! Shared by the benchmarks: starting a release `portier` and the keep-alive load generator.
+#![allow(dead_code)] // each benchmark binary uses part of this module
 
 use std::io::{BufRead, BufReader, Read};
 use std::net::SocketAddr;

@@ -44,7 +44,9 @@ impl CacheLayer {
         let c = &cfg.cache;
         let lock_timeout = c.lock_timeout.get();
         CacheLayer {
-            storage: MemStorage::leak(c.max_size.bytes() as usize, c.max_object_size.bytes() as usize),
+            storage: MemStorage::new(c.max_size.bytes() as usize, c.max_object_size.bytes() as usize)
+                .indexing_params(cfg.invalidation.iter().filter_map(|r| r.match_param.clone()))
+                .leak(),
             lock: Box::leak(CacheLock::new_boxed(lock_timeout)),
             // Only what the response says is remembered: a client's `no-store` or an
             // `Authorization` request must not make the URL skip the lock for everyone.

@@ -102,6 +102,10 @@ struct Index {
     by_url: BTreeMap<Arc<str>, HashBinary>,
     /// (`/path?query`, primary key) → URL, ordered for path and path-prefix purges on any host.
     by_path: BTreeMap<(Box<str>, HashBinary), Arc<str>>,
+    /// Query parameters that invalidation rules match on (`username`): (name, value) → the
+    /// URLs that carry it, so a rule's purge for one user does not walk every user's entries.
+    params: Box<[Box<str>]>,
+    by_param: HashMap<(Box<str>, Box<str>), HashMap<HashBinary, Arc<str>>>,
 }
 
 impl Index {
@@ -122,14 +126,55 @@ impl Index {
                 .collect()
         };
         let candidates = match sel {
+            Selector::PrefixWithParam { param, value, .. } if self.params.iter().any(|p| **p == **param) => self
+                .by_param
+                .get(&(Box::from(param.as_str()), Box::from(value.as_str())))
+                .map(|m| m.iter().map(|(k, u)| (u.clone(), *k)).collect())
+                .unwrap_or_default(),
             Selector::Url(u) if u.starts_with('/') => by_path(u, true),
             Selector::Url(u) => self.by_url.get_key_value(u.as_str()).map(|(u, k)| (u.clone(), *k)).into_iter().collect(),
             Selector::Prefix(p) | Selector::PrefixWithParam { prefix: p, .. } if p.starts_with('/') => by_path(p, false),
             Selector::Prefix(p) | Selector::PrefixWithParam { prefix: p, .. } => by_url_prefix(p),
             Selector::Tag(_) => Vec::new(),
         };
-        // The ranges select by prefix; the selector has the last word (a query parameter).
+        // The indexes narrow the search; the selector has the last word.
         candidates.into_iter().filter(|(u, _)| sel.matches(u)).map(|(_, k)| k).collect()
+    }
+
+    /// The (name, value) pairs of `url`'s query that are indexed.
+    fn indexed_params(&self, url: &str) -> Vec<(Box<str>, Box<str>)> {
+        if self.params.is_empty() {
+            return Vec::new();
+        }
+        let query = url.split_once('?').map_or("", |(_, q)| q);
+        query
+            .split('&')
+            .filter_map(|kv| {
+                let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+                self.params.iter().any(|p| **p == *k).then(|| (Box::from(k), Box::from(v)))
+            })
+            .collect()
+    }
+
+    fn add(&mut self, primary: HashBinary, url: &Arc<str>) {
+        self.by_url.insert(url.clone(), primary);
+        self.by_path.insert((Box::from(path_of(url)), primary), url.clone());
+        for pair in self.indexed_params(url) {
+            self.by_param.entry(pair).or_default().insert(primary, url.clone());
+        }
+    }
+
+    fn forget(&mut self, primary: &HashBinary, url: &str) {
+        self.by_url.remove(url);
+        self.by_path.remove(&(Box::from(path_of(url)), *primary));
+        for pair in self.indexed_params(url) {
+            if let Some(m) = self.by_param.get_mut(&pair) {
+                m.remove(primary);
+                if m.is_empty() {
+                    self.by_param.remove(&pair);
+                }
+            }
+        }
     }
 }
 
@@ -167,8 +212,7 @@ impl Inner {
             v.retain(|k| k != combined);
             if v.is_empty() {
                 self.index.variants.remove(&e.primary);
-                self.index.by_url.remove(&e.url);
-                self.index.by_path.remove(&(Box::from(path_of(&e.url)), e.primary));
+                self.index.forget(&e.primary, &e.url);
             }
         }
         for t in e.tags.iter() {
@@ -187,16 +231,18 @@ impl Inner {
         Some(e)
     }
 
-    fn insert(&mut self, combined: HashBinary, e: Entry) {
+    fn insert(&mut self, combined: HashBinary, mut e: Entry) {
         self.remove(&combined);
+        // What the parameter index holds for this URL counts against the budget too.
+        e.size += self.index.indexed_params(&e.url).iter().map(|(k, v)| k.len() + v.len() + 64).sum::<usize>();
         self.bytes += e.size;
         let vs = self.index.variants.entry(e.primary).or_default();
-        if vs.is_empty() {
-            self.index.by_url.insert(e.url.clone(), e.primary);
-            self.index.by_path.insert((Box::from(path_of(&e.url)), e.primary), e.url.clone());
-        }
+        let first = vs.is_empty();
         if !vs.contains(&combined) {
             vs.push(combined);
+        }
+        if first {
+            self.index.add(e.primary, &e.url);
         }
         for t in e.tags.iter() {
             self.index.tags.entry(t.clone()).or_default().insert(combined);
@@ -231,9 +277,18 @@ impl MemStorage {
         }
     }
 
+    /// Also index these query parameters (the `match_param` of invalidation rules).
+    pub fn indexing_params(self, names: impl IntoIterator<Item = String>) -> Self {
+        let mut names: Vec<Box<str>> = names.into_iter().map(Box::from).collect();
+        names.sort();
+        names.dedup();
+        self.inner.lock().index.params = names.into_boxed_slice();
+        self
+    }
+
     /// Leaked on purpose: Pingora's cache wants `&'static` storage, and there is one per process.
-    pub fn leak(max_bytes: usize, max_object: usize) -> &'static MemStorage {
-        Box::leak(Box::new(Self::new(max_bytes, max_object)))
+    pub fn leak(self) -> &'static MemStorage {
+        Box::leak(Box::new(self))
     }
 
     #[cfg(test)]
@@ -583,7 +638,7 @@ mod tests {
 
     #[tokio::test]
     async fn budget_holds_and_lru_evicts_oldest() {
-        let s = MemStorage::leak(20_000, 8_000);
+        let s = MemStorage::new(20_000, 8_000).leak();
         for i in 0..60 {
             fill(s, &format!("http://h/{i}"), None, &[b'x'; 1000], "").await;
             assert!(s.size() <= 20_000, "over budget after {i}: {}", s.size());
@@ -598,7 +653,7 @@ mod tests {
 
     #[tokio::test]
     async fn purge_removes_every_variant_and_frees_bytes() {
-        let s = MemStorage::leak(1 << 20, 1 << 20);
+        let s = MemStorage::new(1 << 20, 1 << 20).leak();
         fill(s, "http://h/v", None, b"primary", "").await;
         fill(s, "http://h/v", Some("gzip"), b"gzip", "").await;
         fill(s, "http://h/v", Some("br"), b"br", "").await;
@@ -616,29 +671,34 @@ mod tests {
 
     #[tokio::test]
     async fn purges_find_entries_through_the_indexes_and_keep_them_in_step() {
-        let s = MemStorage::leak(1 << 20, 1 << 20);
-        fill(s, "http://h/api/stats/a?username=bob", None, b"1", "").await;
-        fill(s, "http://h/api/stats/a?username=bob", Some("gzip"), b"2", "").await;
-        fill(s, "http://h/api/stats/b?username=amy", None, b"3", "").await;
-        fill(s, "http://h/api/statsx", None, b"4", "").await;
-        fill(s, "http://g/api/stats/a?username=bob", None, b"5", "").await;
-        let sel = |prefix: &str, v: &str| Selector::PrefixWithParam { prefix: prefix.into(), param: "username".into(), value: v.into() };
-        assert_eq!(s.purge_matching(&sel("http://h/api/stats/", "bob"), false), 2, "both variants, that user, that host");
-        assert_eq!(s.purge_matching(&sel("http://h/api/stats/", "bob"), false), 0, "the index forgot them");
-        assert_eq!(s.purge_matching(&Selector::Prefix("http://h/api/stats/".into()), false), 1);
-        assert_eq!(s.purge_matching(&Selector::Url("/api/stats/a?username=bob".into()), false), 1, "any host: g's entry");
-        assert_eq!(s.purge_matching(&Selector::Url("http://h/api/statsx".into()), true), 1, "soft");
-        assert_eq!(s.entries(), 1, "a soft purge keeps the entry");
-        fill(s, "http://h/api/statsx", None, b"6", "").await;
-        assert_eq!(s.purge_matching(&Selector::Prefix("/api/".into()), false), 1);
-        assert_eq!((s.entries(), s.size()), (0, 0));
-        let inner = s.inner.lock();
-        assert!(inner.index.by_url.is_empty() && inner.index.by_path.is_empty() && inner.index.variants.is_empty());
+        for indexed in [false, true] {
+            let names = if indexed { vec!["username".to_string()] } else { Vec::new() };
+            let s = MemStorage::new(1 << 20, 1 << 20).indexing_params(names).leak();
+            fill(s, "http://h/api/stats/a?username=bob", None, b"1", "").await;
+            fill(s, "http://h/api/stats/a?username=bob", Some("gzip"), b"2", "").await;
+            fill(s, "http://h/api/stats/b?username=amy", None, b"3", "").await;
+            fill(s, "http://h/api/statsx", None, b"4", "").await;
+            fill(s, "http://g/api/stats/a?username=bob", None, b"5", "").await;
+            let sel =
+                |prefix: &str, v: &str| Selector::PrefixWithParam { prefix: prefix.into(), param: "username".into(), value: v.into() };
+            assert_eq!(s.purge_matching(&sel("http://h/api/stats/", "bob"), false), 2, "both variants, that user, that host");
+            assert_eq!(s.purge_matching(&sel("http://h/api/stats/", "bob"), false), 0, "the index forgot them");
+            assert_eq!(s.purge_matching(&Selector::Prefix("http://h/api/stats/".into()), false), 1);
+            assert_eq!(s.purge_matching(&Selector::Url("/api/stats/a?username=bob".into()), false), 1, "any host: g's entry");
+            assert_eq!(s.purge_matching(&Selector::Url("http://h/api/statsx".into()), true), 1, "soft");
+            assert_eq!(s.entries(), 1, "a soft purge keeps the entry");
+            fill(s, "http://h/api/statsx", None, b"6", "").await;
+            assert_eq!(s.purge_matching(&Selector::Prefix("/api/".into()), false), 1);
+            assert_eq!((s.entries(), s.size()), (0, 0), "indexed: {indexed}");
+            let inner = s.inner.lock();
+            let i = &inner.index;
+            assert!(i.by_url.is_empty() && i.by_path.is_empty() && i.variants.is_empty() && i.by_param.is_empty());
+        }
     }
 
     #[tokio::test]
     async fn tags_prefixes_and_soft_purge() {
-        let s = MemStorage::leak(1 << 20, 1 << 20);
+        let s = MemStorage::new(1 << 20, 1 << 20).leak();
         fill(s, "http://h/api/stats/a?u=1", None, b"a", "user-1 stats").await;
         fill(s, "http://h/api/stats/b?u=2", None, b"b", "user-2, stats").await;
         fill(s, "http://h/api/games?u=1", None, b"c", "user-1").await;
@@ -651,7 +711,7 @@ mod tests {
 
     #[tokio::test]
     async fn unfinished_or_oversized_fills_store_nothing_and_update_meta_never_panics() {
-        let s = MemStorage::leak(1 << 20, 100);
+        let s = MemStorage::new(1 << 20, 100).leak();
         let key = CacheKey::new("http://h/cut", "");
         let mut m = s.get_miss_handler(&key, &meta(""), &Span::inactive().handle()).await.unwrap();
         m.write_body(Bytes::from_static(b"half"), false).await.unwrap();
@@ -666,7 +726,7 @@ mod tests {
 
     #[tokio::test]
     async fn hits_rebuild_the_same_meta_without_decompressing() {
-        let s = MemStorage::leak(1 << 20, 1 << 20);
+        let s = MemStorage::new(1 << 20, 1 << 20).leak();
         let now = SystemTime::now();
         let mut h = ResponseHeader::build(200, None).unwrap();
         h.insert_header("content-length", "4").unwrap();
@@ -703,7 +763,7 @@ mod tests {
 
     #[tokio::test]
     async fn hits_share_the_stored_bytes() {
-        let s = MemStorage::leak(1 << 20, 1 << 20);
+        let s = MemStorage::new(1 << 20, 1 << 20).leak();
         fill(s, "http://h/z", None, b"zero copy body", "").await;
         let k = CacheKey::new("http://h/z", "");
         let (_, mut h1) = s.lookup(&k, &Span::inactive().handle()).await.unwrap().unwrap();
