@@ -91,6 +91,9 @@ struct Entry {
     size: usize,
 }
 
+/// A query parameter's name and value, as written in the URL.
+type ParamPair = (Box<str>, Box<str>);
+
 /// What purges look entries up by, so a purge costs what it matches instead of a scan of
 /// the whole cache under the lock.
 #[derive(Default)]
@@ -105,7 +108,7 @@ struct Index {
     /// Query parameters that invalidation rules match on (`username`): (name, value) → the
     /// URLs that carry it, so a rule's purge for one user does not walk every user's entries.
     params: Box<[Box<str>]>,
-    by_param: HashMap<(Box<str>, Box<str>), HashMap<HashBinary, Arc<str>>>,
+    by_param: HashMap<ParamPair, HashMap<HashBinary, Arc<str>>>,
 }
 
 impl Index {
@@ -142,7 +145,7 @@ impl Index {
     }
 
     /// The (name, value) pairs of `url`'s query that are indexed.
-    fn indexed_params(&self, url: &str) -> Vec<(Box<str>, Box<str>)> {
+    fn indexed_params(&self, url: &str) -> Vec<ParamPair> {
         if self.params.is_empty() {
             return Vec::new();
         }
