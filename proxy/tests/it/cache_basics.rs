@@ -268,3 +268,26 @@ async fn age_first_member_invalid_ignored_huge_is_stale() {
     assert_eq!((o.count("/list"), o.count("/bad")), (1, 1));
     assert_eq!(o.count("/huge"), 2);
 }
+
+/// RFC 9110 §6.6.1: the origin's `Date` is forwarded, and a response served from the store
+/// keeps the stored `Date` (its age is told by `Age`). Pingora 0.9 overwrote it with now;
+/// Portier carries a one-line patch (vendor/README.md).
+#[tokio::test(flavor = "multi_thread")]
+async fn date_is_the_origins_and_a_hit_keeps_the_stored_one() {
+    let date = httpdate::fmt_http_date(std::time::SystemTime::now() - Duration::from_secs(30));
+    let d2 = date.clone();
+    let o = Scripted::start(move |_, n| Reply::new(200, &[("cache-control", "max-age=600"), ("date", &d2)], format!("#{n}"))).await;
+    let p = Portier::start(&config_for(o.addr, "", ""));
+    let miss = get(p.public, "/d").await;
+    assert_eq!((miss.header("x-cache"), miss.header("date")), ("MISS", date.as_str()));
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let hit = get(p.public, "/d").await;
+    assert_eq!((hit.header("x-cache"), hit.header("date")), ("HIT", date.as_str()), "the stored Date, not now");
+    let age: u64 = hit.header("age").parse().unwrap();
+    assert!((30..=33).contains(&age), "Age tells how old it is: {age}");
+    // Portier's own answers get a Date of now.
+    let r = get_with(p.public, "/", &[("Host", "bad/host")]).await;
+    assert_eq!(r.status, 400);
+    let own = httpdate::parse_http_date(r.header("date")).unwrap();
+    assert!(std::time::SystemTime::now().duration_since(own).unwrap_or_default() < Duration::from_secs(3));
+}
