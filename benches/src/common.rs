@@ -27,31 +27,7 @@ pub async fn load(addr: SocketAddr, connections: usize, seconds: u64) -> f64 {
                 if s.write_all(req).await.is_err() {
                     return;
                 }
-                let mut closed = false;
-                // Read one response: header, then Content-Length bytes of body.
-                loop {
-                    if let Some(end) = buf[..filled].windows(4).position(|w| w == b"\r\n\r\n") {
-                        let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
-                        let len: usize = head
-                            .lines()
-                            .find_map(|l| l.strip_prefix("content-length:").map(|v| v.trim().parse().unwrap_or(0)))
-                            .unwrap_or(0);
-                        let total = end + 4 + len;
-                        if filled >= total {
-                            buf.copy_within(total..filled, 0);
-                            filled -= total;
-                            break;
-                        }
-                    }
-                    match s.read(&mut buf[filled..]).await {
-                        Ok(0) | Err(_) => {
-                            closed = true;
-                            break;
-                        }
-                        Ok(n) => filled += n,
-                    }
-                }
-                if closed {
+                if !read_response(&mut s, &mut buf, &mut filled).await {
                     // The server ended the keep-alive connection (e.g. nginx after
                     // keepalive_requests): open another, as a client would.
                     reconnects += 1;
@@ -72,6 +48,28 @@ pub async fn load(addr: SocketAddr, connections: usize, seconds: u64) -> f64 {
         let _ = t.await;
     }
     done.load(Ordering::Relaxed) as f64 / seconds as f64
+}
+
+/// Reads one response (head, then `Content-Length` bytes of body) from a keep-alive
+/// connection; bytes of the next response stay in `buf`. False when the connection closed.
+pub async fn read_response(s: &mut tokio::net::TcpStream, buf: &mut [u8], filled: &mut usize) -> bool {
+    loop {
+        if let Some(end) = buf[..*filled].windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+            let len: usize =
+                head.lines().find_map(|l| l.strip_prefix("content-length:").map(|v| v.trim().parse().unwrap_or(0))).unwrap_or(0);
+            let total = end + 4 + len;
+            if *filled >= total {
+                buf.copy_within(total..*filled, 0);
+                *filled -= total;
+                return true;
+            }
+        }
+        match s.read(&mut buf[*filled..]).await {
+            Ok(0) | Err(_) => return false,
+            Ok(n) => *filled += n,
+        }
+    }
 }
 
 pub struct Proxy {

@@ -9,10 +9,10 @@
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 
 mod common;
-use common::start_proxy;
+use common::{read_response, start_proxy};
 
 struct Args {
     portier: String,
@@ -59,22 +59,8 @@ async fn exchanges(addr: SocketAddr, req: Vec<u8>, deadline: Instant, pace: Opti
         if s.write_all(&req).await.is_err() {
             return out;
         }
-        loop {
-            if let Some(end) = buf[..filled].windows(4).position(|w| w == b"\r\n\r\n") {
-                let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
-                let len: usize =
-                    head.lines().find_map(|l| l.strip_prefix("content-length:").map(|v| v.trim().parse().unwrap_or(0))).unwrap_or(0);
-                let total = end + 4 + len;
-                if filled >= total {
-                    buf.copy_within(total..filled, 0);
-                    filled -= total;
-                    break;
-                }
-            }
-            match s.read(&mut buf[filled..]).await {
-                Ok(0) | Err(_) => return out,
-                Ok(n) => filled += n,
-            }
+        if !read_response(&mut s, &mut buf, &mut filled).await {
+            return out;
         }
         out.push(start.elapsed());
     }
@@ -127,31 +113,14 @@ async fn main() {
         fills.push(tokio::spawn(async move {
             let Ok(mut s) = tokio::net::TcpStream::connect(addr).await else { return };
             let mut buf = vec![0u8; 64 * 1024];
+            let mut filled = 0;
             for i in c * per..(c + 1) * per {
                 if Instant::now() > fill_deadline {
                     return;
                 }
                 let req = format!("GET /api/stats/summary?username=demo&n={i} HTTP/1.1\r\nHost: bench\r\n\r\n");
-                if s.write_all(req.as_bytes()).await.is_err() {
+                if s.write_all(req.as_bytes()).await.is_err() || !read_response(&mut s, &mut buf, &mut filled).await {
                     return;
-                }
-                let mut filled = 0;
-                loop {
-                    let Ok(n) = s.read(&mut buf[filled..]).await else { return };
-                    if n == 0 {
-                        return;
-                    }
-                    filled += n;
-                    if let Some(end) = buf[..filled].windows(4).position(|w| w == b"\r\n\r\n") {
-                        let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
-                        let len: usize = head
-                            .lines()
-                            .find_map(|l| l.strip_prefix("content-length:").map(|v| v.trim().parse().unwrap_or(0)))
-                            .unwrap_or(0);
-                        if filled >= end + 4 + len {
-                            break;
-                        }
-                    }
                 }
             }
         }));
