@@ -65,6 +65,13 @@ pub enum Command {
         #[arg(long, default_value = "127.0.0.1:9901")]
         admin: String,
     },
+    /// Read a password on standard input and print its bcrypt hash, for a route's
+    /// `basic_auth.users` (the format `caddy hash-password` and `htpasswd -B` write).
+    HashPassword {
+        /// bcrypt cost (4 to 31): each step doubles the time to check a password.
+        #[arg(long, default_value_t = 12)]
+        cost: u32,
+    },
     /// Start the sample origin and Portier in front of it, and print what to try.
     Demo {
         #[arg(long, default_value = "0.0.0.0:8080")]
@@ -137,6 +144,7 @@ pub fn main() -> ExitCode {
                 Err(e) => fail(e),
             }
         }
+        Command::HashPassword { cost } => hash_password(cost),
         Command::Healthcheck { admin } => match healthcheck(&admin) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => fail(format!("unhealthy: {e}")),
@@ -226,6 +234,24 @@ fn demo(listen: &str, origin: &str, admin: &str, config_path: &Path) -> ExitCode
             origin = origin.addr
         );
     })
+}
+
+fn hash_password(cost: u32) -> ExitCode {
+    let mut line = String::new();
+    if let Err(e) = std::io::stdin().read_line(&mut line) {
+        return fail(format!("cannot read the password on standard input: {e}"));
+    }
+    let password = line.trim_end_matches(['\r', '\n']);
+    if password.is_empty() {
+        return fail("empty password (write it on standard input, e.g. `echo -n 's3cret' | portier hash-password`)");
+    }
+    match bcrypt::hash(password, cost) {
+        Ok(h) => {
+            println!("{h}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(format!("cannot hash: {e}")),
+    }
 }
 
 /// `GET /healthz` on the admin listener, with a short timeout.

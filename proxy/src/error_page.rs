@@ -38,12 +38,22 @@ pub fn detail_for(status: u16) -> &'static str {
         502 => "the upstream could not be reached or sent an invalid response",
         404 => "no route matches this request",
         400 => "the request is malformed",
+        401 => "this route needs a user name and password",
+        403 => "this route does not accept requests from this address",
         _ => "the request failed",
     }
 }
 
 /// Writes the page unless a response has already started (then the connection is just closed).
-pub(crate) async fn respond(session: &mut Session, status: u16, request_id: &str, detail: &str, outcome: &Outcome) -> Result<()> {
+/// `extra` fields go on the page too (`WWW-Authenticate` on a 401).
+pub(crate) async fn respond(
+    session: &mut Session,
+    status: u16,
+    request_id: &str,
+    detail: &str,
+    outcome: &Outcome,
+    extra: &[(&'static str, &str)],
+) -> Result<()> {
     if session.as_downstream().response_written().is_some() {
         return Ok(());
     }
@@ -54,6 +64,9 @@ pub(crate) async fn respond(session: &mut Session, status: u16, request_id: &str
     resp.insert_header("cache-control", "no-store")?;
     resp.insert_header(crate::forwarding::REQUEST_ID, request_id)?;
     outcome.write_headers(&mut resp, None)?;
+    for (k, v) in extra {
+        resp.insert_header(*k, *v)?;
+    }
     session.write_response_header(Box::new(resp), false).await?;
     session.write_response_body(Some(Bytes::from(text)), true).await?;
     Ok(())

@@ -1,5 +1,6 @@
 //! Portier: a caching reverse proxy with built-in observability, on Pingora.
 
+pub(crate) mod access;
 pub(crate) mod admin;
 pub(crate) mod cache;
 pub mod cli;

@@ -74,6 +74,10 @@ pub(crate) enum LocalAnswer {
     Refused,
     /// No route matches (404).
     NoRoute,
+    /// The route refuses the client's address (403).
+    Forbidden,
+    /// The route wants a user name and password (401).
+    Unauthorized,
     /// `PURGE` (200/404/403/405).
     Purge,
     /// `OPTIONS *` (200).
@@ -87,6 +91,8 @@ impl LocalAnswer {
         match self {
             LocalAnswer::Refused => "refused",
             LocalAnswer::NoRoute => "no-route",
+            LocalAnswer::Forbidden => "forbidden",
+            LocalAnswer::Unauthorized => "unauthorized",
             LocalAnswer::Purge => "purge",
             LocalAnswer::ServerOptions => "server-options",
             LocalAnswer::OnlyIfCached => "only-if-cached",

@@ -279,6 +279,9 @@ fn validate(cfg: &Config, declared: &std::collections::BTreeSet<String>, c: &mut
         }
     }
     for (i, r) in cfg.routes.iter().enumerate() {
+        if r.basic_auth.as_ref().is_some_and(|b| b.users.is_empty()) {
+            c.push(format!("routes[{i}].basic_auth.users"), "must name at least one user = \"<bcrypt hash>\"");
+        }
         if !declared.contains(&r.pool) {
             let known: Vec<&str> = declared.iter().map(String::as_str).collect();
             c.push(

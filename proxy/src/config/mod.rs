@@ -8,7 +8,7 @@ mod units;
 
 pub use address::{HostPort, ListenAddr};
 pub use load::{load_file, load_str};
-pub use pattern::{HostPattern, Method, PathPattern};
+pub use pattern::{BcryptHash, Cidr, HostPattern, Method, PathPattern};
 pub use units::{ByteSize, HumanDuration};
 
 use serde::{Deserialize, Serialize};
@@ -114,11 +114,14 @@ pub struct ServerSection {
     pub threads: usize,
     /// On SIGTERM/SIGINT, how long in-flight requests may take to finish.
     pub grace_period: HumanDuration,
+    /// Peers (load balancers) whose `X-Forwarded-For` names the real client: for requests
+    /// from them, allow/deny rules, logs and `X-Forwarded-For` use the address they report.
+    pub trusted_proxies: Vec<Cidr>,
 }
 
 impl Default for ServerSection {
     fn default() -> Self {
-        ServerSection { threads: 0, grace_period: HumanDuration::from_secs(10) }
+        ServerSection { threads: 0, grace_period: HumanDuration::from_secs(10), trusted_proxies: Vec::new() }
     }
 }
 
@@ -226,6 +229,29 @@ pub struct Route {
     /// Store responses that carry `Set-Cookie` (the cookie itself is never stored).
     #[serde(default)]
     pub cache_set_cookie: bool,
+    /// HTTP Basic authentication, checked before the cache.
+    #[serde(default)]
+    pub basic_auth: Option<BasicAuth>,
+    /// Client addresses allowed on this route (empty: everyone), answered 403 otherwise.
+    #[serde(default)]
+    pub allow: Vec<Cidr>,
+    /// Client addresses refused on this route (403), even when `allow` lists them.
+    #[serde(default)]
+    pub deny: Vec<Cidr>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BasicAuth {
+    /// Shown by the browser's login prompt.
+    #[serde(default = "default_realm")]
+    pub realm: String,
+    /// User name → bcrypt hash.
+    pub users: BTreeMap<String, BcryptHash>,
+}
+
+fn default_realm() -> String {
+    "restricted".into()
 }
 
 fn yes() -> bool {
@@ -245,6 +271,9 @@ impl Route {
             stale_if_error: None,
             etag: EtagMode::Origin,
             cache_set_cookie: false,
+            basic_auth: None,
+            allow: Vec::new(),
+            deny: Vec::new(),
         }
     }
 }

@@ -165,6 +165,78 @@ impl From<Method> for String {
     }
 }
 
+/// A client address range: `203.0.113.0/24`, `2001:db8::/32`, or one address (`198.51.100.17`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct Cidr(pub ipnet::IpNet);
+
+impl FromStr for Cidr {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let s = s.trim();
+        if let Ok(net) = s.parse::<ipnet::IpNet>() {
+            return Ok(Cidr(net.trunc()));
+        }
+        s.parse::<std::net::IpAddr>()
+            .map(|ip| Cidr(ipnet::IpNet::from(ip)))
+            .map_err(|_| format!("{s:?} is not an IP address or CIDR range (e.g. \"203.0.113.0/24\")"))
+    }
+}
+
+impl TryFrom<String> for Cidr {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        s.parse()
+    }
+}
+
+impl From<Cidr> for String {
+    fn from(c: Cidr) -> String {
+        c.0.to_string()
+    }
+}
+
+impl Cidr {
+    /// IPv4-mapped IPv6 clients (`::ffff:10.0.0.1`) match IPv4 ranges.
+    pub fn contains(&self, ip: std::net::IpAddr) -> bool {
+        let ip = match ip {
+            std::net::IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, std::net::IpAddr::V4),
+            v4 => v4,
+        };
+        self.0.contains(&ip)
+    }
+}
+
+/// A bcrypt hash (`$2a$`, `$2b$` or `$2y$`), as `caddy hash-password` and
+/// `portier hash-password` write them; checked at load time.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct BcryptHash(pub String);
+
+impl FromStr for BcryptHash {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let known = ["$2a$", "$2b$", "$2y$"].iter().any(|p| s.starts_with(p));
+        if !known || s.parse::<bcrypt::HashParts>().is_err() {
+            return Err("not a bcrypt hash ($2a$/$2b$/$2y$, 60 characters): make one with `portier hash-password`".into());
+        }
+        Ok(BcryptHash(s.to_string()))
+    }
+}
+
+impl TryFrom<String> for BcryptHash {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        s.parse()
+    }
+}
+
+impl From<BcryptHash> for String {
+    fn from(h: BcryptHash) -> String {
+        h.0
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -184,5 +256,14 @@ mod tests {
         assert!("ex ample".parse::<HostPattern>().is_err() && "a/b".parse::<HostPattern>().is_err());
         assert_eq!("post".parse::<Method>().unwrap().0, http::Method::POST);
         assert!("P OST".parse::<Method>().is_err());
+        let c: Cidr = "203.0.113.9/24".parse().unwrap();
+        assert!(c.contains("203.0.113.200".parse().unwrap()) && !c.contains("203.0.114.1".parse().unwrap()));
+        let one: Cidr = "127.0.0.2".parse().unwrap();
+        assert!(one.contains("::ffff:127.0.0.2".parse().unwrap()) && !one.contains("127.0.0.1".parse().unwrap()));
+        assert!("2001:db8::/32".parse::<Cidr>().unwrap().contains("2001:db8::1".parse().unwrap()));
+        assert!("10.0.0.0/33".parse::<Cidr>().is_err() && "ten".parse::<Cidr>().is_err());
+        let caddy = "$2a$14$Zkx19XLiW6VYouLHR5NmfOFU0z2GTNmpkT/5qqR7hx4IjWJPDhjvG";
+        assert!(caddy.parse::<BcryptHash>().is_ok(), "Caddy's documented example hash");
+        assert!("$1$abc".parse::<BcryptHash>().is_err() && "plain".parse::<BcryptHash>().is_err());
     }
 }

@@ -36,6 +36,8 @@ pub(crate) struct RequestPart {
     /// The method as metrics and spans record it (`_OTHER` for unknown ones).
     pub(crate) method_label: &'static str,
     pub(crate) id: String,
+    /// The client's address: the peer's, or what a trusted proxy reports.
+    pub(crate) client: Option<std::net::IpAddr>,
 }
 
 /// Where it goes.

@@ -1,6 +1,5 @@
 //! The last step: one summary of the request feeds the metrics, the span and the access log.
 
-use super::request::client_ip;
 use super::{Ctx, Gateway};
 use crate::cache::status::CacheStatus;
 use crate::telemetry::method::OTHER;
@@ -55,7 +54,7 @@ impl Gateway {
             duration_ms: ctx.started.elapsed().as_secs_f64() * 1000.0,
             origin_ms: ctx.upstream.time.map(|d| d.as_secs_f64() * 1000.0),
             bytes: ctx.body_bytes,
-            client: client_ip(session),
+            client: ctx.request.client,
             request_id: &ctx.request.id,
             trace_id: trace_id.as_deref(),
         };

@@ -40,6 +40,8 @@ pub struct State {
     pub(crate) tracing: Option<Tracing>,
     pub(crate) profiling: crate::telemetry::profiling::Profiling,
     pub(crate) methods: KnownMethods,
+    /// Per route index: its address rules and password.
+    pub(crate) access: Vec<crate::access::RouteAccess>,
 }
 
 impl State {
@@ -48,7 +50,8 @@ impl State {
         let access_log = AccessLog::new(config.telemetry.access_log.format);
         let profiling = crate::telemetry::profiling::Profiling::new();
         let methods = KnownMethods::new(config.invalidation.iter().map(|r| r.method.0.clone()));
-        State { router: Router::new(&config.routes), config, upstreams, cache, metrics, access_log, tracing, profiling, methods }
+        let access = config.routes.iter().map(crate::access::RouteAccess::new).collect();
+        State { router: Router::new(&config.routes), config, upstreams, cache, metrics, access_log, tracing, profiling, methods, access }
     }
 }
 
@@ -77,7 +80,11 @@ impl ProxyHttp for Gateway {
 
     /// Returns true when Portier answered the request itself.
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
-        if self.accept_target(session, ctx).await? || self.route(session, ctx).await? || self.answer_purge(session, ctx).await? {
+        if self.accept_target(session, ctx).await?
+            || self.route(session, ctx).await?
+            || self.check_access(session, ctx).await?
+            || self.answer_purge(session, ctx).await?
+        {
             return Ok(true);
         }
         self.plan_cache(session, ctx);
@@ -129,8 +136,8 @@ impl ProxyHttp for Gateway {
         self.connect_failed(session, ctx, e)
     }
 
-    async fn upstream_request_filter(&self, session: &mut Session, req: &mut RequestHeader, ctx: &mut Ctx) -> Result<()> {
-        self.forward(session, req, ctx)
+    async fn upstream_request_filter(&self, _session: &mut Session, req: &mut RequestHeader, ctx: &mut Ctx) -> Result<()> {
+        self.forward(req, ctx)
     }
 
     async fn upstream_response_filter(&self, session: &mut Session, resp: &mut ResponseHeader, ctx: &mut Ctx) -> Result<()> {

@@ -1,6 +1,7 @@
 //! The request phase: identify, check the target, route, answer PURGE, plan the cache's part.
 
 use super::{Ctx, Gateway};
+use crate::access;
 use crate::cache::policy::{self, RequestRules};
 use crate::cache::status::{BypassReason, CacheDecision, LocalAnswer};
 use crate::cache::url::CacheUrl;
@@ -20,7 +21,7 @@ use std::time::SystemTime;
 /// Largest request body kept to read an invalidation rule's JSON field from.
 const MAX_CAPTURED_BODY: usize = 16 * 1024;
 
-pub(super) fn client_ip(session: &Session) -> Option<std::net::IpAddr> {
+fn peer_ip(session: &Session) -> Option<std::net::IpAddr> {
     session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip())
 }
 
@@ -28,6 +29,7 @@ impl Gateway {
     /// The request id and the client keep-alive.
     pub(super) fn identify(&self, session: &mut Session, ctx: &mut Ctx) {
         ctx.request.id = forwarding::request_id(session.req_header());
+        ctx.request.client = access::client_address(peer_ip(session), session.req_header(), &self.state.config.server.trusted_proxies);
         ctx.request.method_label = self.state.methods.label(&session.req_header().method);
         session.set_keepalive(Some(self.state.config.timeouts.client_idle.as_secs()));
     }
@@ -57,11 +59,12 @@ impl Gateway {
         answer: LocalAnswer,
         code: u16,
         detail: &str,
+        extra: &[(&'static str, &str)],
     ) -> Result<()> {
         ctx.cache.decision = CacheDecision::Answered(answer);
         ctx.local_status = Some(code);
         let outcome = self.outcome(session, ctx);
-        error_page::respond(session, code, &ctx.request.id, detail, &outcome).await
+        error_page::respond(session, code, &ctx.request.id, detail, &outcome, extra).await
     }
 
     /// Checks the request target and Host (see [`crate::target`]) and rewrites the request to
@@ -90,7 +93,7 @@ impl Gateway {
             Err(why) => {
                 self.start_trace(session, ctx, format!("{} (no route)", ctx.request.method_label));
                 session.set_keepalive(None);
-                self.answer_locally(session, ctx, LocalAnswer::Refused, 400, why.0).await?;
+                self.answer_locally(session, ctx, LocalAnswer::Refused, 400, why.0, &[]).await?;
                 Ok(true)
             }
         }
@@ -101,7 +104,7 @@ impl Gateway {
         let Some(t) = &ctx.request.target else { return Ok(true) };
         let Some(r) = self.state.router.route(t.host(), t.path()) else {
             self.start_trace(session, ctx, format!("{} (no route)", ctx.request.method_label));
-            self.answer_locally(session, ctx, LocalAnswer::NoRoute, 404, error_page::detail_for(404)).await?;
+            self.answer_locally(session, ctx, LocalAnswer::NoRoute, 404, error_page::detail_for(404), &[]).await?;
             return Ok(true);
         };
         ctx.route.index = Some(r.index);
@@ -111,6 +114,32 @@ impl Gateway {
         Ok(false)
     }
 
+    /// The route's address rules and password, before anything else (the cache included)
+    /// sees the request. True when refused (answered).
+    pub(super) async fn check_access(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        let Some(rules) = ctx.route.index.and_then(|i| self.state.access.get(i)) else { return Ok(false) };
+        match rules.verdict(ctx.request.client, session.req_header()) {
+            access::Verdict::Allowed => Ok(false),
+            access::Verdict::Forbidden => {
+                self.answer_locally(session, ctx, LocalAnswer::Forbidden, 403, error_page::detail_for(403), &[]).await?;
+                Ok(true)
+            }
+            access::Verdict::Unauthorized { realm } => {
+                let challenge = format!("Basic realm=\"{}\", charset=\"UTF-8\"", realm.replace(['"', '\\'], ""));
+                self.answer_locally(
+                    session,
+                    ctx,
+                    LocalAnswer::Unauthorized,
+                    401,
+                    error_page::detail_for(401),
+                    &[("www-authenticate", &challenge)],
+                )
+                .await?;
+                Ok(true)
+            }
+        }
+    }
+
     /// `PURGE <url>`: only from allowed addresses or with the token; drops every variant.
     pub(super) async fn answer_purge(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
         if session.req_header().method.as_str() != "PURGE" {
@@ -118,7 +147,7 @@ impl Gateway {
         }
         let (code, body) = match (self.cache(), &ctx.request.url) {
             (Some(cache), Some(url)) => {
-                if purge::authorized(&self.state.config.purge, client_ip(session), session.req_header()) {
+                if purge::authorized(&self.state.config.purge, ctx.request.client, session.req_header()) {
                     let soft = session.req_header().headers.get("x-purge-soft").is_some_and(|v| v.as_bytes() == b"1");
                     let n = cache.storage.purge_key(&key::cache_key(url), soft);
                     self.state.metrics.purged(if soft { PurgeReason::PurgeMethodSoft } else { PurgeReason::PurgeMethod }, n);
@@ -181,7 +210,7 @@ impl Gateway {
         if !(ctx.cache.decision == CacheDecision::Eligible && ctx.cache.rules.only_if_cached) {
             return Ok(false);
         }
-        self.answer_locally(session, ctx, LocalAnswer::OnlyIfCached, 504, "only-if-cached and nothing usable is stored").await?;
+        self.answer_locally(session, ctx, LocalAnswer::OnlyIfCached, 504, "only-if-cached and nothing usable is stored", &[]).await?;
         Ok(true)
     }
 }

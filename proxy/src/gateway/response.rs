@@ -123,7 +123,7 @@ impl Gateway {
             };
             let o = crate::cache::status::outcome(&facts, SystemTime::now());
             ctx.cache.outcome = Some(o.clone());
-            let _ = error_page::respond(session, code, &ctx.request.id, error_page::detail_for(code), &o).await;
+            let _ = error_page::respond(session, code, &ctx.request.id, error_page::detail_for(code), &o, &[]).await;
         }
         FailToProxy { error_code: code, can_reuse_downstream: false }
     }

@@ -1,6 +1,5 @@
 //! The upstream phase: choose an address, forward the request, take the origin's answer.
 
-use super::request::client_ip;
 use super::{Ctx, Gateway};
 use crate::forwarding;
 use crate::telemetry::metrics::UpstreamErrorKind;
@@ -58,8 +57,8 @@ impl Gateway {
     }
 
     /// The forwarded request carries the request id, `X-Forwarded-*` and the trace context.
-    pub(super) fn forward(&self, session: &Session, req: &mut RequestHeader, ctx: &mut Ctx) -> Result<()> {
-        let ip = client_ip(session).map(|a| a.to_string());
+    pub(super) fn forward(&self, req: &mut RequestHeader, ctx: &mut Ctx) -> Result<()> {
+        let ip = ctx.request.client.map(|a| a.to_string());
         let host = req.headers.get(http::header::HOST).and_then(|h| h.to_str().ok()).map(str::to_string);
         forwarding::add_forwarded(req, ip.as_deref(), host.as_deref(), &ctx.request.id);
         if let (Some(t), Some(server)) = (&self.state.tracing, &ctx.trace.server) {

@@ -264,6 +264,9 @@ fn check_accepts_the_shipped_config() {
     let out = std::process::Command::new(bin()).arg("check").arg("--config").arg(path).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(String::from_utf8_lossy(&out.stdout).contains("OK (2 upstream pools, 3 routes)"));
+    let grafana = concat!(env!("CARGO_MANIFEST_DIR"), "/../config/public-grafana.toml");
+    let out = std::process::Command::new(bin()).arg("check").arg("--config").arg(grafana).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }
 
 #[test]
@@ -397,7 +400,7 @@ async fn each_upstream_failure_is_counted_once_by_kind() {
     let r = get(p.public, "/hole").await;
     assert_eq!(r.status, 504, "{r:?}");
     assert_eq!(r.header("cache-status"), "portier; fwd=miss; detail=origin-connect-timeout");
-    let r = request(p.public, "POST", "/rude", &[], b"x").await.unwrap();
+    let r = get(p.public, "/rude").await;
     assert_eq!(r.status, 502, "{r:?}");
     let m = get(p.admin, "/metrics").await.text();
     let v = |kind: &str, pool: &str| metric_value(&m, &format!("upstream_errors_total{{kind=\"{kind}\",pool=\"{pool}\"}}"));

@@ -1,6 +1,7 @@
 //! Every integration test in one binary, so Pingora is linked once instead of once per file.
 //! Each module starts the sample origin and Portier on port 0 over real sockets; see `common`.
 
+mod access;
 mod cache_basics;
 mod cache_conditional;
 mod cache_invalidation;

@@ -214,7 +214,21 @@ impl Resp {
 
 /// One request on a fresh connection (`Connection: close`), read to the end.
 pub async fn request(addr: SocketAddr, method: &str, target: &str, headers: &[(&str, &str)], body: &[u8]) -> std::io::Result<Resp> {
-    let mut s = tokio::time::timeout(Duration::from_secs(5), tokio::net::TcpStream::connect(addr)).await??;
+    request_from("127.0.0.1".parse().unwrap(), addr, method, target, headers, body).await
+}
+
+/// [`request`] from a chosen loopback source address (`127.0.0.2` for allow/deny tests).
+pub async fn request_from(
+    source: std::net::IpAddr,
+    addr: SocketAddr,
+    method: &str,
+    target: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> std::io::Result<Resp> {
+    let sock = tokio::net::TcpSocket::new_v4()?;
+    sock.bind(SocketAddr::new(source, 0))?;
+    let mut s = tokio::time::timeout(Duration::from_secs(5), sock.connect(addr)).await??;
     let mut req = format!("{method} {target} HTTP/1.1\r\n");
     if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("host")) {
         req.push_str(&format!("Host: {addr}\r\n"));
