@@ -4,6 +4,7 @@ pub(crate) mod access;
 pub(crate) mod admin;
 pub(crate) mod cache;
 pub mod cli;
+pub(crate) mod compression;
 pub(crate) mod config;
 pub mod demo;
 pub(crate) mod error_page;

@@ -2,6 +2,7 @@
 //! [`super::url`]) — no method, so GET, HEAD and PURGE share one entry — and the Vary variance.
 
 use super::url::CacheUrl;
+use crate::config::Coding;
 use pingora_cache::key::HashBinary;
 use pingora_cache::{CacheKey, CacheMeta, VarianceBuilder};
 use pingora_http::RequestHeader;
@@ -71,14 +72,22 @@ fn variant_value(name: &str, req: &RequestHeader) -> Vec<u8> {
     value
 }
 
-/// The variance for `req` under the stored response's `Vary` (None when it has none).
-pub(crate) fn variance(meta: &CacheMeta, req: &RequestHeader) -> Option<HashBinary> {
-    let mut names = super::directives::field_tokens(&meta.response_header().headers, http::header::VARY);
+/// The variance for `req` under the stored response's `Vary` (None when it has none). For a
+/// response Portier compresses, `Accept-Encoding` varies on the negotiated `coding` alone, so
+/// every spelling of the header maps to one of four variants.
+pub(crate) fn variance(meta: &CacheMeta, req: &RequestHeader, coding: Option<Coding>) -> Option<HashBinary> {
+    let headers = &meta.response_header().headers;
+    let mut names = super::directives::field_tokens(headers, http::header::VARY);
     names.sort();
     names.dedup();
+    let portier_encodes = headers.contains_key(crate::compression::MARKER);
     let mut vb = VarianceBuilder::new();
     for name in names {
-        let value = variant_value(&name, req);
+        let value = if portier_encodes && name == "accept-encoding" {
+            format!("coding={}", coding.map_or("identity", Coding::as_str)).into_bytes()
+        } else {
+            variant_value(&name, req)
+        };
         vb.add_owned_name_value(name, value);
     }
     vb.finalize()
@@ -102,7 +111,7 @@ mod tests {
         for v in lines {
             r.append_header(name.to_string(), http::HeaderValue::from_bytes(v).unwrap()).unwrap();
         }
-        variance(meta, &r)
+        variance(meta, &r, None)
     }
 
     #[test]

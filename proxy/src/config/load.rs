@@ -102,6 +102,7 @@ pub fn load_str(text: &str, source_name: &str, env: impl Fn(&str) -> Option<Stri
             "server" => cfg.server = c.section(&key, value).unwrap_or_default(),
             "timeouts" => cfg.timeouts = c.section(&key, value).unwrap_or_default(),
             "cache" => cfg.cache = c.section(&key, value).unwrap_or_default(),
+            "compression" => cfg.compression = c.section(&key, value).unwrap_or_default(),
             "purge" => cfg.purge = c.section(&key, value).unwrap_or_default(),
             "telemetry" => cfg.telemetry = c.section(&key, value).unwrap_or_default(),
             "invalidation" => match value {
@@ -276,6 +277,13 @@ fn validate(cfg: &Config, declared: &std::collections::BTreeSet<String>, c: &mut
     for (i, r) in cfg.invalidation.iter().enumerate() {
         if r.prefixes.is_empty() || r.prefixes.iter().any(|p| !p.starts_with('/')) {
             c.push(format!("invalidation[{i}].prefixes"), "must list at least one path prefix, each starting with '/'");
+        }
+    }
+    let z = &cfg.compression;
+    for (key, level, range) in [("gzip_level", z.gzip_level, 1..=9), ("br_level", z.br_level, 1..=11), ("zstd_level", z.zstd_level, 1..=22)]
+    {
+        if !range.contains(&level) {
+            c.push(format!("compression.{key}"), format!("{level} is out of range {}..={}", range.start(), range.end()));
         }
     }
     for (i, r) in cfg.routes.iter().enumerate() {

@@ -22,6 +22,7 @@ pub struct Config {
     pub upstreams: BTreeMap<String, Upstream>,
     pub routes: Vec<Route>,
     pub cache: CacheConfig,
+    pub compression: CompressionConfig,
     pub purge: PurgeConfig,
     pub invalidation: Vec<InvalidationRule>,
     pub telemetry: Telemetry,
@@ -229,6 +230,10 @@ pub struct Route {
     /// Store responses that carry `Set-Cookie` (the cookie itself is never stored).
     #[serde(default)]
     pub cache_set_cookie: bool,
+    /// Codings offered for text responses, in the server's order of preference; `[]` turns
+    /// compression off on this route.
+    #[serde(default = "default_codings")]
+    pub compress: Vec<Coding>,
     /// HTTP Basic authentication, checked before the cache.
     #[serde(default)]
     pub basic_auth: Option<BasicAuth>,
@@ -248,6 +253,10 @@ pub struct BasicAuth {
     pub realm: String,
     /// User name → bcrypt hash.
     pub users: BTreeMap<String, BcryptHash>,
+}
+
+fn default_codings() -> Vec<Coding> {
+    vec![Coding::Zstd, Coding::Br, Coding::Gzip]
 }
 
 fn default_realm() -> String {
@@ -271,6 +280,7 @@ impl Route {
             stale_if_error: None,
             etag: EtagMode::Origin,
             cache_set_cookie: false,
+            compress: default_codings(),
             basic_auth: None,
             allow: Vec::new(),
             deny: Vec::new(),
@@ -353,4 +363,42 @@ pub struct InvalidationRule {
     pub match_param: Option<String>,
 }
 
-pub const TOP_LEVEL_KEYS: &[&str] = &["listen", "server", "timeouts", "upstreams", "routes", "cache", "purge", "invalidation", "telemetry"];
+pub const TOP_LEVEL_KEYS: &[&str] =
+    &["listen", "server", "timeouts", "upstreams", "routes", "cache", "compression", "purge", "invalidation", "telemetry"];
+
+/// A content coding Portier can produce.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Coding {
+    Zstd,
+    Br,
+    Gzip,
+}
+
+impl Coding {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Coding::Zstd => "zstd",
+            Coding::Br => "br",
+            Coding::Gzip => "gzip",
+        }
+    }
+}
+
+/// How responses are compressed (which codings, per route: `compress`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CompressionConfig {
+    /// Bodies smaller than this (by `Content-Length`) are sent as they are.
+    pub min_size: ByteSize,
+    /// Levels for responses compressed as they pass (chosen by benches/ compress-bench).
+    pub gzip_level: u32,
+    pub br_level: u32,
+    pub zstd_level: u32,
+}
+
+impl Default for CompressionConfig {
+    fn default() -> Self {
+        CompressionConfig { min_size: ByteSize(1024), gzip_level: 6, br_level: 5, zstd_level: 3 }
+    }
+}

@@ -77,6 +77,15 @@ pub(crate) struct CachePart {
     pub(crate) captured_body: Option<Vec<u8>>,
 }
 
+/// Compression of this response (see [`crate::compression`]).
+#[derive(Default)]
+pub(crate) struct CompressPart {
+    /// What the client's `Accept-Encoding` and the route's `compress` agree on.
+    pub(crate) coding: Option<crate::config::Coding>,
+    /// Set while the origin's body is being compressed on its way to the cache.
+    pub(crate) encoder: Option<crate::compression::Encoder>,
+}
+
 /// Tracing state.
 #[derive(Default)]
 pub(crate) struct TracePart {
@@ -96,6 +105,7 @@ pub struct Ctx {
     pub(crate) route: RoutePart,
     pub(crate) upstream: UpstreamPart,
     pub(crate) cache: CachePart,
+    pub(crate) compress: CompressPart,
     pub(crate) trace: TracePart,
     pub(crate) body_bytes: u64,
     /// The status Portier answered with itself (error pages, PURGE), when it did.
@@ -112,6 +122,7 @@ impl Default for Ctx {
             route: RoutePart::default(),
             upstream: UpstreamPart::default(),
             cache: CachePart::default(),
+            compress: CompressPart::default(),
             trace: TracePart::default(),
             body_bytes: 0,
             local_status: None,

@@ -54,6 +54,12 @@ impl Gateway {
             duration_ms: ctx.started.elapsed().as_secs_f64() * 1000.0,
             origin_ms: ctx.upstream.time.map(|d| d.as_secs_f64() * 1000.0),
             bytes: ctx.body_bytes,
+            encoding: session
+                .as_downstream()
+                .response_written()
+                .and_then(|r| r.headers.get(http::header::CONTENT_ENCODING))
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or(""),
             client: ctx.request.client,
             request_id: &ctx.request.id,
             trace_id: trace_id.as_deref(),

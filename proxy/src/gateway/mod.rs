@@ -116,8 +116,8 @@ impl ProxyHttp for Gateway {
         Ok(request::client_forces_revalidation(ctx, meta, is_fresh).then_some(ForcedFreshness::ForceExpired))
     }
 
-    fn cache_vary_filter(&self, meta: &CacheMeta, _ctx: &mut Ctx, req: &RequestHeader) -> Option<pingora_cache::key::HashBinary> {
-        crate::cache::key::variance(meta, req)
+    fn cache_vary_filter(&self, meta: &CacheMeta, ctx: &mut Ctx, req: &RequestHeader) -> Option<pingora_cache::key::HashBinary> {
+        crate::cache::key::variance(meta, req, ctx.compress.coding)
     }
 
     fn cache_not_modified_filter(&self, session: &Session, resp: &ResponseHeader, ctx: &mut Ctx) -> Result<bool> {
@@ -143,6 +143,17 @@ impl ProxyHttp for Gateway {
     async fn upstream_response_filter(&self, session: &mut Session, resp: &mut ResponseHeader, ctx: &mut Ctx) -> Result<()> {
         self.origin_answered(session, resp, ctx);
         Ok(())
+    }
+
+    fn upstream_response_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        end: bool,
+        ctx: &mut Ctx,
+    ) -> Result<Option<Duration>> {
+        self.compress_body(body, end, ctx)?;
+        Ok(None)
     }
 
     fn response_cache_filter(&self, session: &Session, resp: &ResponseHeader, ctx: &mut Ctx) -> Result<RespCacheable> {

@@ -109,6 +109,8 @@ impl Gateway {
         };
         ctx.route.index = Some(r.index);
         ctx.route.pool = self.state.upstreams.get(&r.pool).cloned();
+        let codings = self.state.config.routes.get(r.index).map_or(&[][..], |c| &c.compress[..]);
+        ctx.compress.coding = crate::compression::negotiate(session.req_header(), codings);
         let span_name = format!("{} {}", ctx.request.method_label, r.pattern);
         self.start_trace(session, ctx, span_name);
         Ok(false)

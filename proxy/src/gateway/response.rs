@@ -75,8 +75,8 @@ impl Gateway {
             resp.set_status(412)?;
             resp.insert_header("content-length", "0")?;
         }
-        for f in policy::OWN_FIELDS {
-            resp.remove_header(f);
+        for f in policy::OWN_FIELDS.iter().chain(&[crate::compression::MARKER]) {
+            resp.remove_header(*f);
         }
         response_headers::expose_cache_headers(resp)?;
         resp.insert_header(forwarding::REQUEST_ID, &ctx.request.id)?;

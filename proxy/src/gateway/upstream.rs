@@ -56,8 +56,14 @@ impl Gateway {
         e
     }
 
-    /// The forwarded request carries the request id, `X-Forwarded-*` and the trace context.
+    /// The forwarded request carries the request id, `X-Forwarded-*` and the trace context;
+    /// a revalidation names the origin's own validator, not an encoded variant's.
     pub(super) fn forward(&self, req: &mut RequestHeader, ctx: &mut Ctx) -> Result<()> {
+        for name in [http::header::IF_NONE_MATCH, http::header::IF_MATCH] {
+            if let Some(tag) = req.headers.get(&name).and_then(|v| v.to_str().ok()).and_then(crate::compression::origin_etag) {
+                req.insert_header(name, tag)?;
+            }
+        }
         let ip = ctx.request.client.map(|a| a.to_string());
         let host = req.headers.get(http::header::HOST).and_then(|h| h.to_str().ok()).map(str::to_string);
         forwarding::add_forwarded(req, ip.as_deref(), host.as_deref(), &ctx.request.id);
@@ -71,8 +77,10 @@ impl Gateway {
         Ok(())
     }
 
-    /// The origin answered (before anything is cached).
-    pub(super) fn origin_answered(&self, session: &Session, resp: &ResponseHeader, ctx: &mut Ctx) {
+    /// The origin answered (before anything is cached). A textual response is made the
+    /// variant of the negotiated coding here, so what the cache stores is already encoded.
+    pub(super) fn origin_answered(&self, session: &Session, resp: &mut ResponseHeader, ctx: &mut Ctx) {
+        self.start_compression(session, resp, ctx);
         ctx.upstream.time = ctx.upstream.started.map(|t| t.elapsed());
         ctx.upstream.status = Some(resp.status.as_u16());
         if let Some(cx) = ctx.trace.upstream.take() {
@@ -92,5 +100,42 @@ impl Gateway {
         if resp.status.as_u16() == 304 && session.cache.phase() == CachePhase::Stale {
             ctx.cache.revalidation_304 = Some(resp.clone());
         }
+    }
+}
+
+impl Gateway {
+    fn start_compression(&self, session: &Session, resp: &mut ResponseHeader, ctx: &mut Ctx) {
+        let Some(route) = ctx.route.index.and_then(|i| self.state.config.routes.get(i)) else { return };
+        let z = &self.state.config.compression;
+        if route.compress.is_empty()
+            || !crate::compression::eligible(resp, z)
+            || session.req_header().method == http::Method::HEAD && !session.cache.enabled()
+        {
+            return;
+        }
+        // Long-lived assets are compressed once for good: the highest level pays off.
+        let immutable = crate::cache::directives::field_tokens(&resp.headers, http::header::CACHE_CONTROL).iter().any(|t| t == "immutable");
+        let level = match (ctx.compress.coding, immutable) {
+            (Some(crate::config::Coding::Gzip), true) => 9,
+            (Some(crate::config::Coding::Br), true) => 11,
+            (Some(crate::config::Coding::Zstd), true) => 19,
+            (Some(crate::config::Coding::Gzip), false) => z.gzip_level,
+            (Some(crate::config::Coding::Br), false) => z.br_level,
+            (Some(crate::config::Coding::Zstd), false) => z.zstd_level,
+            (None, _) => 0,
+        };
+        ctx.compress.encoder = crate::compression::prepare(resp, ctx.compress.coding, level);
+    }
+
+    /// Compresses the origin's body chunk by chunk, before the cache sees it.
+    pub(super) fn compress_body(&self, body: &mut Option<bytes::Bytes>, end: bool, ctx: &mut Ctx) -> Result<()> {
+        let Some(enc) = ctx.compress.encoder.as_mut() else { return Ok(()) };
+        enc.encode(body, end)?;
+        if end {
+            let (before, after) = enc.sizes();
+            let route = ctx.route.index.and_then(|i| self.state.router.routes().get(i)).map_or("", |r| r.pattern.as_str());
+            self.state.metrics.compressed(route, enc.coding.as_str(), before, after);
+        }
+        Ok(())
     }
 }

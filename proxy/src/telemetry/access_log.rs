@@ -144,7 +144,9 @@ fn json_line(r: &AccessRecord<'_>) -> String {
     if let Some(ms) = r.origin_ms {
         let _ = write!(o, ",\"origin_ms\":{ms:.3}");
     }
-    let _ = write!(o, ",\"bytes\":{},\"client\":", r.bytes);
+    let _ = write!(o, ",\"bytes\":{},\"encoding\":", r.bytes);
+    push_json_str(&mut o, r.encoding);
+    o.push_str(",\"client\":");
     match r.client {
         Some(c) => {
             let _ = write!(o, "\"{c}\"");
@@ -180,6 +182,7 @@ mod tests {
             duration_ms: 1.23456,
             origin_ms: None,
             bytes: 5,
+            encoding: "zstd",
             client: None,
             request_id: "id",
             trace_id: Some("t"),
@@ -193,6 +196,7 @@ mod tests {
         assert_eq!(v["path"], "/a\"b\\c\u{1}");
         assert_eq!(v["duration_ms"], 1.235);
         assert!(v["client"].is_null());
+        assert_eq!(v["encoding"], "zstd");
         assert!(v.get("origin_ms").is_none());
         assert_eq!(v["trace_id"], "t");
     }

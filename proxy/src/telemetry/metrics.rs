@@ -24,6 +24,7 @@ pub struct Metrics {
     cache_purged: IntCounterVec,
     served_bytes: IntCounterVec,
     pub coalesced: IntCounter,
+    compression_bytes: IntCounterVec,
     background: IntCounterVec,
     upstream_duration: HistogramVec,
     upstream_errors: IntCounterVec,
@@ -181,6 +182,7 @@ impl Metrics {
             cache_purged: counter_vec(&r, &CACHE_PURGED, &["reason"])?,
             served_bytes: counter_vec(&r, &CACHE_SERVED_BYTES, &["source"])?,
             coalesced: counter(&r, &CACHE_COALESCED)?,
+            compression_bytes: counter_vec(&r, &COMPRESSION_BYTES, &["route", "encoding", "stage"])?,
             background: counter_vec(&r, &CACHE_BACKGROUND_REFRESHES, &["outcome"])?,
             upstream_duration,
             upstream_errors: counter_vec(&r, &UPSTREAM_ERRORS, &["pool", "kind"])?,
@@ -272,6 +274,12 @@ impl Metrics {
 
     pub fn upstream_response(&self, pool: &str, ms: f64) {
         self.upstream_duration.with_label_values(&[pool]).observe(ms);
+    }
+
+    /// One compressed body: `before` bytes in, `after` bytes out.
+    pub(crate) fn compressed(&self, route: &str, encoding: &str, before: usize, after: usize) {
+        self.compression_bytes.with_label_values(&[route, encoding, "in"]).inc_by(before as u64);
+        self.compression_bytes.with_label_values(&[route, encoding, "out"]).inc_by(after as u64);
     }
 
     pub(crate) fn upstream_error(&self, pool: &str, kind: UpstreamErrorKind) {

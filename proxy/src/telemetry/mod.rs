@@ -31,6 +31,8 @@ pub(crate) struct RequestSummary<'a> {
     pub(crate) duration_ms: f64,
     pub(crate) origin_ms: Option<f64>,
     pub(crate) bytes: u64,
+    /// The response's `Content-Encoding` (empty for identity).
+    pub(crate) encoding: &'a str,
     pub(crate) client: Option<std::net::IpAddr>,
     pub(crate) request_id: &'a str,
     pub(crate) trace_id: Option<&'a str>,

@@ -37,6 +37,11 @@ pub const CACHE_COALESCED: MetricName =
 pub const CACHE_BACKGROUND_REFRESHES: MetricName =
     m("cache_background_refreshes_total", "stale-while-revalidate refreshes made in the background, by outcome");
 
+pub const COMPRESSION_BYTES: MetricName = m(
+    "compression_bytes_total",
+    "Response body bytes compressed on their way into the cache, by route, encoding and stage (in: before, out: after)",
+);
+
 pub const UPSTREAM_DURATION: MetricName =
     m("upstream_request_duration_milliseconds", "Time from sending the request upstream to its response header, by pool");
 pub const UPSTREAM_ERRORS: MetricName =

@@ -8,6 +8,7 @@ mod cache_invalidation;
 mod cache_stale;
 mod cache_storage;
 mod common;
+mod compression;
 mod foundation;
 mod profiling;
 mod prometheus;

@@ -171,6 +171,7 @@ async fn access_log_lines_are_json_with_every_field() {
         "duration_ms",
         "origin_ms",
         "bytes",
+        "encoding",
         "client",
         "request_id",
         "trace_id",
@@ -185,6 +186,7 @@ async fn access_log_lines_are_json_with_every_field() {
     assert_eq!(lines[1]["cache_status"], "HIT");
     assert!(lines[1]["origin_ms"].is_null(), "a hit never asked the origin");
     assert_eq!(lines[1]["bytes"], a["bytes"]);
+    assert_eq!(a["encoding"], "", "no Accept-Encoding: identity");
 
     let off = Portier::start(&format!("[telemetry.access_log]\nformat = \"off\"\n{}", two_pool_config(api.addr, api.addr)));
     get(off.public, "/health").await;

@@ -1,0 +1,279 @@
+//! Compression that works with the cache. A text response is compressed once, on its way
+//! from the origin into the cache, for the one coding the client's `Accept-Encoding` and the
+//! route's preference agree on; the cache stores each coding as its own Vary variant (at most
+//! four per URL whatever the spelling of `Accept-Encoding`), so a hit is never compressed
+//! again. Each encoded variant gets its own strong validator (`"abc"` → `"abc-zstd"`).
+
+use crate::config::{Coding, CompressionConfig};
+use bytes::Bytes;
+use parking_lot::Mutex;
+use pingora_http::{RequestHeader, ResponseHeader};
+use std::io::{self, Write};
+use std::sync::Arc;
+
+/// Stored with a response Portier made compressible, so the Vary variance of
+/// `Accept-Encoding` is the negotiated coding, not the header's spelling; never sent on.
+pub(crate) const MARKER: &str = "x-portier-compressible";
+
+/// The coding for this request: the highest `q` among the route's codings, ties broken by
+/// the route's order; `None` for identity.
+pub(crate) fn negotiate(req: &RequestHeader, prefs: &[Coding]) -> Option<Coding> {
+    let mut q_of: Vec<(String, f32)> = Vec::new();
+    for v in req.headers.get_all(http::header::ACCEPT_ENCODING) {
+        let Ok(v) = v.to_str() else { continue };
+        for item in v.split(',') {
+            let mut parts = item.split(';');
+            let name = parts.next().unwrap_or("").trim().to_ascii_lowercase();
+            if name.is_empty() {
+                continue;
+            }
+            let q = parts
+                .filter_map(|p| p.trim().strip_prefix("q=").or_else(|| p.trim().strip_prefix("Q=")))
+                .find_map(|q| q.trim().parse::<f32>().ok())
+                .unwrap_or(1.0)
+                .clamp(0.0, 1.0);
+            q_of.push((name, q));
+        }
+    }
+    let q = |name: &str| q_of.iter().find(|(n, _)| n == name).or_else(|| q_of.iter().find(|(n, _)| n == "*")).map_or(0.0, |(_, q)| *q);
+    let mut best: Option<(Coding, f32)> = None;
+    for c in prefs {
+        let cq = q(c.as_str());
+        if cq > 0.0 && best.is_none_or(|(_, bq)| cq > bq) {
+            best = Some((*c, cq));
+        }
+    }
+    best.map(|(c, _)| c)
+}
+
+/// Media types worth compressing: text, and the structured and script formats served as
+/// `application/*` (fonts that are not already compressed too). WOFF, images, video and
+/// archives are compressed already.
+fn compressible_type(content_type: &str) -> bool {
+    let t = content_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    t.starts_with("text/")
+        || t.ends_with("+json")
+        || t.ends_with("+xml")
+        || matches!(
+            t.as_str(),
+            "application/json"
+                | "application/javascript"
+                | "application/x-javascript"
+                | "application/ecmascript"
+                | "application/xml"
+                | "application/wasm"
+                | "application/manifest+json"
+                | "image/svg+xml"
+                | "image/x-icon"
+                | "font/ttf"
+                | "font/otf"
+                | "application/vnd.ms-fontobject"
+        )
+}
+
+/// Whether Portier may compress this response: a complete, not yet encoded, textual 200
+/// that does not forbid transformation and is not known to be small.
+pub(crate) fn eligible(resp: &ResponseHeader, cfg: &CompressionConfig) -> bool {
+    let h = &resp.headers;
+    let no_transform = super::cache::directives::field_tokens(h, http::header::CACHE_CONTROL).iter().any(|t| t == "no-transform");
+    let small = h
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .is_some_and(|n| n < cfg.min_size.0);
+    resp.status.as_u16() == 200
+        && !h.contains_key(http::header::CONTENT_ENCODING)
+        && !h.contains_key(http::header::CONTENT_RANGE)
+        && h.get(http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).is_some_and(compressible_type)
+        && !no_transform
+        && !small
+}
+
+/// `"abc"` → `"abc-zstd"`; weak validators stay as they are (the variants are equivalent).
+fn suffixed_etag(etag: &str, c: Coding) -> Option<String> {
+    let inner = etag.strip_prefix('"')?.strip_suffix('"')?;
+    Some(format!("\"{inner}-{}\"", c.as_str()))
+}
+
+/// The strong ETag of `etag` without a coding suffix Portier added, for revalidating with
+/// the origin (which only knows its own validator).
+pub(crate) fn origin_etag(etag: &str) -> Option<String> {
+    let inner = etag.strip_prefix('"')?.strip_suffix('"')?;
+    [Coding::Zstd, Coding::Br, Coding::Gzip]
+        .iter()
+        .find_map(|c| inner.strip_suffix(&format!("-{}", c.as_str())))
+        .map(|base| format!("\"{base}\""))
+}
+
+/// Marks an eligible response as varying on the coding and, when `coding` is one, turns its
+/// header into the encoded variant's. The body is then fed to the returned [`Encoder`].
+pub(crate) fn prepare(resp: &mut ResponseHeader, coding: Option<Coding>, level: u32) -> Option<Encoder> {
+    let vary = super::cache::directives::field_tokens(&resp.headers, http::header::VARY);
+    if !vary.iter().any(|v| v == "accept-encoding") {
+        let _ = resp.append_header(http::header::VARY, "Accept-Encoding");
+    }
+    let _ = resp.insert_header(MARKER, "1");
+    let coding = coding?;
+    let encoder = Encoder::new(coding, level).ok()?;
+    let _ = resp.insert_header(http::header::CONTENT_ENCODING, coding.as_str());
+    resp.remove_header(&http::header::CONTENT_LENGTH);
+    if let Some(tag) = resp.headers.get(http::header::ETAG).and_then(|v| v.to_str().ok()).and_then(|e| suffixed_etag(e, coding)) {
+        let _ = resp.insert_header(http::header::ETAG, tag);
+    }
+    Some(encoder)
+}
+
+/// Where an encoder writes; drained after every chunk.
+#[derive(Clone, Default)]
+struct Sink(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Sink {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0.lock().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+enum Writer {
+    Gzip(flate2::write::GzEncoder<Sink>),
+    Br(Box<brotli::CompressorWriter<Sink>>),
+    Zstd(zstd::stream::write::Encoder<'static, Sink>),
+}
+
+/// A body being compressed. Own encoders rather than Pingora's: its brotli encoder flushes
+/// but never ends the stream, which strict decoders refuse.
+pub(crate) struct Encoder {
+    // A Mutex only because the zstd encoder is not Sync; one request uses it at a time.
+    writer: Mutex<Option<Writer>>,
+    sink: Sink,
+    pub(crate) coding: Coding,
+    bytes_in: usize,
+    bytes_out: usize,
+}
+
+impl Encoder {
+    fn new(coding: Coding, level: u32) -> io::Result<Encoder> {
+        let sink = Sink::default();
+        let writer = match coding {
+            Coding::Gzip => Writer::Gzip(flate2::write::GzEncoder::new(sink.clone(), flate2::Compression::new(level.min(9)))),
+            // 4 KiB buffer, 22-bit window (4 MiB): the brotli defaults browsers expect.
+            Coding::Br => Writer::Br(Box::new(brotli::CompressorWriter::new(sink.clone(), 4096, level.min(11), 22))),
+            Coding::Zstd => Writer::Zstd(zstd::stream::write::Encoder::new(sink.clone(), level.min(22) as i32)?),
+        };
+        Ok(Encoder { writer: Mutex::new(Some(writer)), sink, coding, bytes_in: 0, bytes_out: 0 })
+    }
+
+    /// Compresses one chunk (`None` when the origin sent none); ends the stream at the end.
+    pub(crate) fn encode(&mut self, body: &mut Option<Bytes>, end: bool) -> pingora_error::Result<()> {
+        use pingora_error::OrErr;
+        let input = body.take().unwrap_or_default();
+        self.bytes_in += input.len();
+        let mut slot = self.writer.lock();
+        let result = match slot.as_mut() {
+            Some(Writer::Gzip(w)) => w.write_all(&input),
+            Some(Writer::Br(w)) => w.write_all(&input),
+            Some(Writer::Zstd(w)) => w.write_all(&input),
+            None => Ok(()),
+        };
+        result.or_err(pingora_error::ErrorType::InternalError, "compressing the response body")?;
+        if end {
+            let finished = match slot.take() {
+                Some(Writer::Gzip(w)) => w.finish().map(drop),
+                // Dropping the writer ends the brotli stream (its last meta-block).
+                Some(Writer::Br(w)) => {
+                    drop(w.into_inner());
+                    Ok(())
+                }
+                Some(Writer::Zstd(w)) => w.finish().map(drop),
+                None => Ok(()),
+            };
+            finished.or_err(pingora_error::ErrorType::InternalError, "ending the compressed body")?;
+        }
+        let out = std::mem::take(&mut *self.sink.0.lock());
+        self.bytes_out += out.len();
+        *body = (!out.is_empty()).then(|| Bytes::from(out));
+        Ok(())
+    }
+
+    /// Bytes in and out so far.
+    pub(crate) fn sizes(&self) -> (usize, usize) {
+        (self.bytes_in, self.bytes_out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(ae: &[&str]) -> RequestHeader {
+        let mut r = RequestHeader::build("GET", b"/", None).unwrap();
+        for a in ae {
+            r.append_header("accept-encoding", *a).unwrap();
+        }
+        r
+    }
+
+    #[test]
+    fn one_coding_per_request_whatever_the_spelling() {
+        let all = [Coding::Zstd, Coding::Br, Coding::Gzip];
+        assert_eq!(negotiate(&req(&["gzip, deflate, br, zstd"]), &all), Some(Coding::Zstd));
+        assert_eq!(negotiate(&req(&["gzip, deflate, br"]), &all), Some(Coding::Br));
+        assert_eq!(negotiate(&req(&["GZIP"]), &all), Some(Coding::Gzip));
+        assert_eq!(negotiate(&req(&["br;q=0.5, gzip"]), &all), Some(Coding::Gzip), "q wins over preference");
+        assert_eq!(negotiate(&req(&["zstd;q=0, *"]), &all), Some(Coding::Br));
+        assert_eq!(negotiate(&req(&["identity"]), &all), None);
+        assert_eq!(negotiate(&req(&[]), &all), None);
+        assert_eq!(negotiate(&req(&["gzip", "br"]), &[Coding::Gzip, Coding::Br]), Some(Coding::Gzip), "route order");
+        assert_eq!(negotiate(&req(&["br"]), &[]), None);
+    }
+
+    #[test]
+    fn every_coding_round_trips_in_chunks() {
+        use std::io::Read;
+        let text: Vec<u8> = (0..2000).flat_map(|i| format!("line {i} of text\n").into_bytes()).collect();
+        for coding in [Coding::Gzip, Coding::Br, Coding::Zstd] {
+            let mut e = Encoder::new(coding, 5).unwrap();
+            let mut out = Vec::new();
+            let chunks: Vec<&[u8]> = text.chunks(7000).collect();
+            for (i, c) in chunks.iter().enumerate() {
+                let mut b = Some(Bytes::copy_from_slice(c));
+                e.encode(&mut b, i + 1 == chunks.len()).unwrap();
+                out.extend_from_slice(&b.unwrap_or_default());
+            }
+            let mut back = Vec::new();
+            match coding {
+                Coding::Gzip => flate2::read::GzDecoder::new(&out[..]).read_to_end(&mut back).map(drop).unwrap(),
+                Coding::Br => brotli::Decompressor::new(&out[..], 4096).read_to_end(&mut back).map(drop).unwrap(),
+                Coding::Zstd => back = zstd::decode_all(&out[..]).unwrap(),
+            }
+            assert_eq!(back, text, "{coding:?}");
+            assert_eq!(e.sizes(), (text.len(), out.len()));
+        }
+    }
+
+    #[test]
+    fn only_textual_unencoded_large_enough_responses() {
+        let cfg = CompressionConfig::default();
+        let resp = |h: &[(&str, &str)]| {
+            let mut r = ResponseHeader::build(200, None).unwrap();
+            for (k, v) in h {
+                r.append_header(k.to_string(), *v).unwrap();
+            }
+            r
+        };
+        assert!(eligible(&resp(&[("content-type", "application/javascript; charset=utf-8")]), &cfg));
+        assert!(eligible(&resp(&[("content-type", "text/html"), ("content-length", "4096")]), &cfg));
+        assert!(!eligible(&resp(&[("content-type", "text/html"), ("content-length", "100")]), &cfg));
+        assert!(!eligible(&resp(&[("content-type", "image/png")]), &cfg));
+        assert!(!eligible(&resp(&[("content-type", "font/woff2")]), &cfg));
+        assert!(!eligible(&resp(&[("content-type", "text/css"), ("content-encoding", "gzip")]), &cfg));
+        assert!(!eligible(&resp(&[("content-type", "text/css"), ("cache-control", "max-age=60, no-transform")]), &cfg));
+        assert_eq!(suffixed_etag("\"abc\"", Coding::Br).as_deref(), Some("\"abc-br\""));
+        assert_eq!(suffixed_etag("W/\"abc\"", Coding::Br), None);
+        assert_eq!(origin_etag("\"abc-zstd\"").as_deref(), Some("\"abc\""));
+        assert_eq!(origin_etag("\"abc\""), None);
+    }
+}
