@@ -11,6 +11,11 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Keep-alive connections hammering one cached URL; returns responses per second.
 pub async fn load(addr: SocketAddr, connections: usize, seconds: u64) -> f64 {
+    load_with(addr, connections, seconds, b"GET /api/stats/summary?username=demo HTTP/1.1\r\nHost: bench\r\n\r\n").await
+}
+
+/// [`load`] sending `req` (a whole request head) over and over.
+pub async fn load_with(addr: SocketAddr, connections: usize, seconds: u64, req: &'static [u8]) -> f64 {
     let deadline = Instant::now() + Duration::from_secs(seconds);
     let done = Arc::new(AtomicU64::new(0));
     let mut tasks = Vec::new();
@@ -20,7 +25,6 @@ pub async fn load(addr: SocketAddr, connections: usize, seconds: u64) -> f64 {
             let Ok(mut s) = tokio::net::TcpStream::connect(addr).await else { return };
             let _ = s.set_nodelay(true);
             let mut reconnects = 0;
-            let req = b"GET /api/stats/summary?username=demo HTTP/1.1\r\nHost: bench\r\n\r\n";
             let mut buf = vec![0u8; 64 * 1024];
             let mut filled = 0usize;
             while Instant::now() < deadline {
@@ -52,7 +56,7 @@ pub async fn load(addr: SocketAddr, connections: usize, seconds: u64) -> f64 {
 
 /// Reads one response (head, then `Content-Length` bytes of body) from a keep-alive
 /// connection; bytes of the next response stay in `buf`. False when the connection closed.
-pub async fn read_response(s: &mut tokio::net::TcpStream, buf: &mut [u8], filled: &mut usize) -> bool {
+pub async fn read_response(s: &mut tokio::net::TcpStream, buf: &mut Vec<u8>, filled: &mut usize) -> bool {
     loop {
         if let Some(end) = buf[..*filled].windows(4).position(|w| w == b"\r\n\r\n") {
             let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
@@ -64,6 +68,10 @@ pub async fn read_response(s: &mut tokio::net::TcpStream, buf: &mut [u8], filled
                 *filled -= total;
                 return true;
             }
+        }
+        if *filled == buf.len() {
+            // A response larger than the buffer (a 100 KB script): grow it.
+            buf.resize(buf.len() * 2, 0);
         }
         match s.read(&mut buf[*filled..]).await {
             Ok(0) | Err(_) => return false,
