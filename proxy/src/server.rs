@@ -29,6 +29,8 @@ pub enum ServerError {
 
     #[error("cannot set up metrics: {0}")]
     Metrics(prometheus::Error),
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
     #[error("cannot listen on {addr} ({which}): {source}")]
     Bind { which: &'static str, addr: SocketAddr, source: std::io::Error },
 }
@@ -129,15 +131,30 @@ impl ShutdownSignalWatch for GracefulSignals {
 pub struct BoundAddrs {
     pub public: SocketAddr,
     pub admin: SocketAddr,
+    /// The HTTPS listener, when `[tls]` is configured.
+    pub tls: Option<SocketAddr>,
 }
 
 /// Builds everything and blocks until shutdown. `on_bound` runs once the listeners are bound,
 /// with their real addresses.
-pub fn run(config: Config, on_bound: impl FnOnce(BoundAddrs)) -> Result<(), ServerError> {
+pub fn run(mut config: Config, on_bound: impl FnOnce(BoundAddrs)) -> Result<(), ServerError> {
     let upstreams = Arc::new(Upstreams::from_config(&config)?);
     let public = bind("listen.public", config.listen.public.0)?;
     let admin = bind("listen.admin", config.listen.admin.0)?;
-    let addrs = BoundAddrs { public: public.addr, admin: admin.addr };
+    let tls = match &config.tls {
+        Some(t) => {
+            let (store, certs) = crate::tls::CertStore::load(t)?;
+            crate::tls::announce(&certs, "tls_certificates_loaded");
+            let bound = bind("tls.listen", t.listen.0)?;
+            Some((Arc::new(store), bound))
+        }
+        None => None,
+    };
+    let addrs = BoundAddrs { public: public.addr, admin: admin.addr, tls: tls.as_ref().map(|(_, b)| b.addr) };
+    // The redirect to HTTPS names the port actually bound (`:0` in the config is not a port).
+    if let (Some(t), Some(addr)) = (config.tls.as_mut(), addrs.tls) {
+        t.listen = crate::config::ListenAddr(addr);
+    }
 
     let threads = match config.server.threads {
         0 => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2),
@@ -165,7 +182,19 @@ pub fn run(config: Config, on_bound: impl FnOnce(BoundAddrs)) -> Result<(), Serv
     }
     let mut proxy = pingora_proxy::http_proxy_service_with_name(&server.configuration, Gateway { state: state.clone() }, "portier");
     proxy.add_tcp(&addrs.public.to_string());
-    server.add_service(PreBound { inner: proxy, sockets: vec![public] });
+    let mut sockets = vec![public];
+    if let (Some((store, bound)), Some(t)) = (tls, &state.config.tls) {
+        let mut settings = pingora_core::listeners::tls::TlsSettings::intermediate("", "")
+            .map_err(|e| ServerError::Tls(crate::tls::TlsError::Read { path: "tls".into(), reason: e.to_string() }))?;
+        settings.set_cert_resolver(store.clone());
+        if t.http2 {
+            settings.enable_h2();
+        }
+        proxy.add_tls_with_settings(&bound.addr.to_string(), None, settings);
+        sockets.push(bound);
+        store.reload_on_sighup();
+    }
+    server.add_service(PreBound { inner: proxy, sockets });
 
     let mut admin_svc = pingora_core::services::listening::Service::new("portier-admin".into(), Admin { state: state.clone() });
     admin_svc.add_tcp(&addrs.admin.to_string());
@@ -177,7 +206,12 @@ pub fn run(config: Config, on_bound: impl FnOnce(BoundAddrs)) -> Result<(), Serv
     events::emit(
         "info",
         "listening",
-        &[("public", &addrs.public.to_string()), ("admin", &addrs.admin.to_string()), ("version", env!("CARGO_PKG_VERSION"))],
+        &[
+            ("public", &addrs.public.to_string()),
+            ("admin", &addrs.admin.to_string()),
+            ("tls", &addrs.tls.map(|a| a.to_string()).unwrap_or_default()),
+            ("version", env!("CARGO_PKG_VERSION")),
+        ],
     );
     on_bound(addrs);
     server.run(RunArgs { shutdown_signal: Box::new(GracefulSignals { grace, state }) });

@@ -82,6 +82,8 @@ pub(crate) enum LocalAnswer {
     Purge,
     /// `OPTIONS *` (200).
     ServerOptions,
+    /// Plain HTTP sent to HTTPS (308, `tls.redirect_http`).
+    RedirectToHttps,
     /// `only-if-cached` and nothing usable stored (504).
     OnlyIfCached,
 }
@@ -95,6 +97,7 @@ impl LocalAnswer {
             LocalAnswer::Unauthorized => "unauthorized",
             LocalAnswer::Purge => "purge",
             LocalAnswer::ServerOptions => "server-options",
+            LocalAnswer::RedirectToHttps => "redirect-https",
             LocalAnswer::OnlyIfCached => "only-if-cached",
         }
     }

@@ -103,6 +103,7 @@ pub fn load_str(text: &str, source_name: &str, env: impl Fn(&str) -> Option<Stri
             "timeouts" => cfg.timeouts = c.section(&key, value).unwrap_or_default(),
             "cache" => cfg.cache = c.section(&key, value).unwrap_or_default(),
             "compression" => cfg.compression = c.section(&key, value).unwrap_or_default(),
+            "tls" => cfg.tls = c.section(&key, value),
             "purge" => cfg.purge = c.section(&key, value).unwrap_or_default(),
             "telemetry" => cfg.telemetry = c.section(&key, value).unwrap_or_default(),
             "invalidation" => match value {
@@ -277,6 +278,19 @@ fn validate(cfg: &Config, declared: &std::collections::BTreeSet<String>, c: &mut
     for (i, r) in cfg.invalidation.iter().enumerate() {
         if r.prefixes.is_empty() || r.prefixes.iter().any(|p| !p.starts_with('/')) {
             c.push(format!("invalidation[{i}].prefixes"), "must list at least one path prefix, each starting with '/'");
+        }
+    }
+    if let Some(t) = &cfg.tls {
+        if t.certificates.is_empty() {
+            c.push("tls.certificates", "list at least one { cert = \"...pem\", key = \"...pem\" }");
+        }
+        for (i, files) in t.certificates.iter().enumerate() {
+            if let Err(e) = crate::tls::load_pair(files) {
+                c.push(format!("tls.certificates[{i}]"), e.to_string());
+            }
+        }
+        if t.listen.0.port() != 0 && (t.listen.0 == cfg.listen.public.0 || t.listen.0 == cfg.listen.admin.0) {
+            c.push("tls.listen", "must differ from listen.public and listen.admin");
         }
     }
     let z = &cfg.compression;

@@ -23,6 +23,7 @@ pub struct Config {
     pub routes: Vec<Route>,
     pub cache: CacheConfig,
     pub compression: CompressionConfig,
+    pub tls: Option<TlsConfig>,
     pub purge: PurgeConfig,
     pub invalidation: Vec<InvalidationRule>,
     pub telemetry: Telemetry,
@@ -364,7 +365,35 @@ pub struct InvalidationRule {
 }
 
 pub const TOP_LEVEL_KEYS: &[&str] =
-    &["listen", "server", "timeouts", "upstreams", "routes", "cache", "compression", "purge", "invalidation", "telemetry"];
+    &["listen", "server", "timeouts", "upstreams", "routes", "cache", "compression", "tls", "purge", "invalidation", "telemetry"];
+
+/// HTTPS: a TLS listener beside the plain one, HTTP/2 by ALPN.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// Where HTTPS is served, e.g. `0.0.0.0:8443`.
+    pub listen: ListenAddr,
+    /// PEM files; the one whose names match the client's SNI is served, else the first.
+    /// Reloaded from disk on SIGHUP.
+    pub certificates: Vec<CertificateFiles>,
+    /// Offer HTTP/2 (ALPN `h2`) next to HTTP/1.1.
+    #[serde(default = "yes")]
+    pub http2: bool,
+    /// Answer plain-HTTP requests with a 308 to the same URL over HTTPS.
+    #[serde(default)]
+    pub redirect_http: bool,
+    /// `Strict-Transport-Security` on HTTPS responses, e.g. `"max-age=31536000"`.
+    #[serde(default)]
+    pub hsts: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CertificateFiles {
+    /// Certificate chain (leaf first).
+    pub cert: std::path::PathBuf,
+    pub key: std::path::PathBuf,
+}
 
 /// A content coding Portier can produce.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]

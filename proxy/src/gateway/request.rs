@@ -86,9 +86,21 @@ impl Gateway {
                 Ok(true)
             }
             Ok(t) => {
+                let redirect = self.https_location(&t);
                 ctx.request.url = Some(CacheUrl::of(&t));
                 ctx.request.target = Some(t);
-                Ok(false)
+                let Some(location) = redirect else { return Ok(false) };
+                self.start_trace(session, ctx, format!("{} (redirect)", ctx.request.method_label));
+                self.answer_locally(
+                    session,
+                    ctx,
+                    LocalAnswer::RedirectToHttps,
+                    308,
+                    "this site is served over HTTPS",
+                    &[("location", &location)],
+                )
+                .await?;
+                Ok(true)
             }
             Err(why) => {
                 self.start_trace(session, ctx, format!("{} (no route)", ctx.request.method_label));
@@ -97,6 +109,17 @@ impl Gateway {
                 Ok(true)
             }
         }
+    }
+
+    /// With `tls.redirect_http`, where a plain-HTTP request goes instead.
+    fn https_location(&self, t: &target::Target) -> Option<String> {
+        let tls = self.state.config.tls.as_ref().filter(|c| c.redirect_http)?;
+        if t.scheme != Scheme::Http || t.host().is_empty() {
+            return None;
+        }
+        let port = tls.listen.0.port();
+        let port = if port == 443 { String::new() } else { format!(":{port}") };
+        Some(format!("https://{}{port}{}", t.host(), t.path_and_query))
     }
 
     /// Picks the route and its pool; no route is a 404. True when answered.

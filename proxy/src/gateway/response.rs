@@ -79,6 +79,10 @@ impl Gateway {
             resp.remove_header(*f);
         }
         response_headers::expose_cache_headers(resp)?;
+        let https = ctx.request.target.as_ref().is_some_and(|t| t.scheme == crate::target::Scheme::Https);
+        if let (true, Some(hsts)) = (https, self.state.config.tls.as_ref().and_then(|t| t.hsts.as_deref())) {
+            resp.insert_header("strict-transport-security", hsts)?;
+        }
         resp.insert_header(forwarding::REQUEST_ID, &ctx.request.id)?;
         Ok(())
     }

@@ -66,7 +66,8 @@ impl Gateway {
         }
         let ip = ctx.request.client.map(|a| a.to_string());
         let host = req.headers.get(http::header::HOST).and_then(|h| h.to_str().ok()).map(str::to_string);
-        forwarding::add_forwarded(req, ip.as_deref(), host.as_deref(), &ctx.request.id);
+        let proto = ctx.request.target.as_ref().map_or("http", |t| t.scheme.as_str());
+        forwarding::add_forwarded(req, ip.as_deref(), host.as_deref(), proto, &ctx.request.id);
         if let (Some(t), Some(server)) = (&self.state.tracing, &ctx.trace.server) {
             let name = format!("{} {}", ctx.request.method_label, ctx.route.pool.as_ref().map(|p| p.name.as_str()).unwrap_or("upstream"));
             ctx.trace.upstream = Some(t.client_span(server, name, req));

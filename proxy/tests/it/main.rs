@@ -16,3 +16,4 @@ mod proof;
 mod security;
 mod stack;
 mod telemetry;
+mod tls;

@@ -90,6 +90,8 @@ pub struct Portier {
     pub child: Child,
     pub public: SocketAddr,
     pub admin: SocketAddr,
+    /// The HTTPS listener, when the config has `[tls]`.
+    pub tls: Option<SocketAddr>,
     /// Every stdout line (JSON events and access log lines).
     pub stdout: Arc<Mutex<Vec<String>>>,
     pub stderr: Arc<Mutex<Vec<String>>>,
@@ -152,7 +154,8 @@ impl Portier {
         let v: serde_json::Value = serde_json::from_str(&line).unwrap();
         let public = v["public"].as_str().unwrap().parse().unwrap();
         let admin = v["admin"].as_str().unwrap().parse().unwrap();
-        Portier { child, public, admin, stdout, stderr, _dir: dir }
+        let tls = v["tls"].as_str().and_then(|t| t.parse().ok());
+        Portier { child, public, admin, tls, stdout, stderr, _dir: dir }
     }
 
     pub fn pid(&self) -> i32 {

@@ -1,0 +1,112 @@
+//! HTTPS over real sockets with real curl: HTTP/2 by ALPN, certificates chosen by SNI,
+//! reloaded on SIGHUP, the real scheme in X-Forwarded-Proto and the cache key, HSTS, the
+//! redirect from plain HTTP, and `portier check` on a key that does not match.
+
+use crate::common::scripted::{Reply, Scripted};
+use crate::common::*;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+struct Pair {
+    cert: PathBuf,
+    key: PathBuf,
+}
+
+fn make(dir: &Path, name: &str, hosts: &[&str]) -> Pair {
+    let c = rcgen::generate_simple_self_signed(hosts.iter().map(|h| h.to_string()).collect::<Vec<_>>()).unwrap();
+    let pair = Pair { cert: dir.join(format!("{name}.pem")), key: dir.join(format!("{name}.key")) };
+    std::fs::write(&pair.cert, c.cert.pem()).unwrap();
+    std::fs::write(&pair.key, c.signing_key.serialize_pem()).unwrap();
+    pair
+}
+
+/// curl over HTTPS, trusting `ca`, with `host` resolved to the TLS listener: (status line, headers and body).
+fn curl(tls: std::net::SocketAddr, host: &str, ca: &Path, path: &str) -> (bool, String) {
+    let out = Command::new("curl")
+        .args(["--http2", "-sS", "-i", "--max-time", "10", "--cacert"])
+        .arg(ca)
+        .arg("--resolve")
+        .arg(format!("{host}:{}:127.0.0.1", tls.port()))
+        .arg(format!("https://{host}:{}{path}", tls.port()))
+        .output()
+        .expect("curl runs (make test installs it)");
+    (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+}
+
+fn config(origin: std::net::SocketAddr, a: &Pair, b: &Pair) -> String {
+    format!(
+        "[tls]\nlisten = \"127.0.0.1:0\"\nredirect_http = true\nhsts = \"max-age=31536000\"\ncertificates = [\n  {{ cert = \"{}\", key = \"{}\" }},\n  {{ cert = \"{}\", key = \"{}\" }},\n]\n\
+         [upstreams.o]\naddresses = [\"{origin}\"]\n[[routes]]\npath = \"/*\"\npool = \"o\"\n",
+        a.cert.display(),
+        a.key.display(),
+        b.cert.display(),
+        b.key.display()
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn https_with_http2_sni_reload_hsts_and_redirect() {
+    let o = Scripted::start(|req, n| {
+        Reply::new(
+            200,
+            &[("cache-control", "max-age=60")],
+            format!("{} proto={} #{n}", req.target, req.header("x-forwarded-proto").unwrap_or("-")),
+        )
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let a = make(dir.path(), "a", &["localhost"]);
+    let b = make(dir.path(), "b", &["other.test"]);
+    let p = Portier::start(&config(o.addr, &a, &b));
+    let tls = p.tls.expect("the listening event names the TLS address");
+
+    let (ok, out) = tokio::task::spawn_blocking(move || curl(tls, "localhost", &a.cert, "/x")).await.unwrap();
+    assert!(ok, "{out}");
+    assert!(out.starts_with("HTTP/2 200"), "HTTP/2 by ALPN: {out}");
+    assert!(out.contains("x-cache: MISS") && out.contains("strict-transport-security: max-age=31536000"), "{out}");
+    assert!(out.ends_with("/x proto=https #1"), "the origin is told the real scheme: {out}");
+    let a = Pair { cert: dir.path().join("a.pem"), key: dir.path().join("a.key") };
+    let a_cert = a.cert.clone();
+    let (_, out) = tokio::task::spawn_blocking(move || curl(tls, "localhost", &a_cert, "/x")).await.unwrap();
+    assert!(out.contains("x-cache: HIT"), "{out}");
+    // The other certificate is chosen by SNI (curl trusts only b for other.test).
+    let b_cert = b.cert.clone();
+    let (ok, out) = tokio::task::spawn_blocking(move || curl(tls, "other.test", &b_cert, "/y")).await.unwrap();
+    assert!(ok && out.starts_with("HTTP/2 200"), "{out}");
+
+    // Plain HTTP: the key is another (http) entry, no HSTS, and redirect_http sends it over.
+    let r = get_with(p.public, "/x?q=1", &[("Host", "localhost")]).await;
+    assert_eq!(r.status, 308);
+    assert_eq!(r.header("location"), format!("https://localhost:{}/x?q=1", tls.port()));
+    assert!(r.opt_header("strict-transport-security").is_none());
+
+    // SIGHUP reloads the files: a new certificate for localhost is served at once.
+    let fresh = make(dir.path(), "a", &["localhost"]);
+    let old = make(dir.path(), "old", &["localhost"]);
+    p.signal(libc::SIGHUP);
+    let served_new = eventually(Duration::from_secs(5), async || {
+        let ca = fresh.cert.clone();
+        tokio::task::spawn_blocking(move || curl(tls, "localhost", &ca, "/x").0).await.unwrap()
+    })
+    .await;
+    assert!(served_new, "the reloaded certificate is served");
+    let ca = old.cert.clone();
+    assert!(!tokio::task::spawn_blocking(move || curl(tls, "localhost", &ca, "/x").0).await.unwrap());
+    assert!(p.stdout_lines().iter().any(|l| l.contains("tls_certificates_reloaded")));
+    assert_eq!(o.count("/x"), 1, "HTTPS hits came from the cache");
+}
+
+#[test]
+fn check_names_a_certificate_whose_key_does_not_match() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = make(dir.path(), "a", &["localhost"]);
+    let b = make(dir.path(), "b", &["other.test"]);
+    let bad = Pair { cert: a.cert.clone(), key: b.key.clone() };
+    let cfg = dir.path().join("c.toml");
+    std::fs::write(&cfg, config("127.0.0.1:9".parse().unwrap(), &bad, &b)).unwrap();
+    let out = Command::new(bin()).arg("check").arg("--config").arg(&cfg).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(text.contains("tls.certificates[0]: ") && text.contains("b.key: the private key does not go with the certificate"), "{text}");
+}
