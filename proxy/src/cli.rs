@@ -175,7 +175,13 @@ pub fn quick_config(listen: &str, upstream: &str, admin: &str) -> Result<Config,
     c.listen.admin = admin.parse::<ListenAddr>().map_err(|e| format!("--admin: {e}"))?;
     c.upstreams.insert(
         "upstream".into(),
-        Upstream { addresses: vec![target], health_check: None, max_fails: 2, fail_timeout: config::HumanDuration::from_secs(10) },
+        Upstream {
+            addresses: vec![target],
+            health_check: None,
+            max_fails: 2,
+            fail_timeout: config::HumanDuration::from_secs(10),
+            tls: None,
+        },
     );
     c.routes.push(Route::new(None, config::PathPattern::everything(), "upstream"));
     Ok(c)

@@ -57,28 +57,50 @@ fn parse_head(raw: &[u8]) -> io::Result<Head> {
 
 /// Sends `req` to `addr` and reads the response head, all within `timeout`.
 pub(crate) async fn send(addr: SocketAddr, req: &Request<'_>, timeout: Duration) -> io::Result<Head> {
+    send_over(addr, None, req, timeout).await
+}
+
+/// [`send`], over TLS when `tls` gives a client configuration and the server name.
+pub(crate) async fn send_over(
+    addr: SocketAddr,
+    tls: Option<(std::sync::Arc<rustls::ClientConfig>, &str)>,
+    req: &Request<'_>,
+    timeout: Duration,
+) -> io::Result<Head> {
     let exchange = async {
-        let mut s = tokio::net::TcpStream::connect(addr).await?;
-        s.write_all(&encode(req)).await?;
-        let mut raw = Vec::with_capacity(1024);
-        let mut buf = [0u8; 4096];
-        loop {
-            if let Some(end) = raw.windows(4).position(|w| w == b"\r\n\r\n") {
-                return parse_head(&raw[..end]);
+        let tcp = tokio::net::TcpStream::connect(addr).await?;
+        match tls {
+            Some((config, name)) => {
+                let name = rustls::pki_types::ServerName::try_from(name.to_string())
+                    .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+                let stream = tokio_rustls::TlsConnector::from(config).connect(name, tcp).await?;
+                exchange_on(stream, req).await
             }
-            if raw.len() > MAX_HEAD {
-                return Err(io::Error::new(io::ErrorKind::InvalidData, "response head too large"));
-            }
-            let n = s.read(&mut buf).await?;
-            if n == 0 {
-                return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "closed before the end of the response head"));
-            }
-            raw.extend_from_slice(&buf[..n]);
+            None => exchange_on(tcp, req).await,
         }
     };
     tokio::time::timeout(timeout, exchange)
         .await
         .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, format!("no answer within {timeout:?}")))?
+}
+
+async fn exchange_on(mut s: impl tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin, req: &Request<'_>) -> io::Result<Head> {
+    s.write_all(&encode(req)).await?;
+    let mut raw = Vec::with_capacity(1024);
+    let mut buf = [0u8; 4096];
+    loop {
+        if let Some(end) = raw.windows(4).position(|w| w == b"\r\n\r\n") {
+            return parse_head(&raw[..end]);
+        }
+        if raw.len() > MAX_HEAD {
+            return Err(io::Error::new(io::ErrorKind::InvalidData, "response head too large"));
+        }
+        let n = s.read(&mut buf).await?;
+        if n == 0 {
+            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "closed before the end of the response head"));
+        }
+        raw.extend_from_slice(&buf[..n]);
+    }
 }
 
 /// [`send`] for callers outside a runtime (the command line, the profile pusher's thread);

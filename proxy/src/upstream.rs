@@ -12,6 +12,112 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 pub enum UpstreamError {
     #[error("upstreams.{pool}: cannot resolve {addr}: {source}")]
     Resolve { pool: String, addr: String, source: std::io::Error },
+    #[error("upstreams.{pool}.tls.ca: {reason}")]
+    Ca { pool: String, reason: String },
+}
+
+/// How a pool talks TLS to its addresses.
+pub struct PoolTls {
+    /// Server name to send and verify; None: each address's host.
+    pub sni: Option<String>,
+    pub verify: bool,
+    /// CAs to trust instead of the system's, for Pingora's connector.
+    pub ca: Option<Arc<pingora_core::protocols::tls::CaType>>,
+    /// The same for the health checks' client.
+    pub client: Arc<rustls::ClientConfig>,
+}
+
+impl std::fmt::Debug for PoolTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PoolTls").field("sni", &self.sni).field("verify", &self.verify).finish()
+    }
+}
+
+impl PoolTls {
+    fn new(pool: &str, cfg: &crate::config::UpstreamTls) -> Result<PoolTls, UpstreamError> {
+        use rustls::pki_types::pem::PemObject;
+        let err = |reason: String| UpstreamError::Ca { pool: pool.to_string(), reason };
+        let ders: Vec<rustls::pki_types::CertificateDer<'static>> = match &cfg.ca {
+            Some(path) => {
+                let pem = std::fs::read(path).map_err(|e| err(format!("{}: {e}", path.display())))?;
+                let certs: Vec<_> = rustls::pki_types::CertificateDer::pem_slice_iter(&pem).filter_map(Result::ok).collect();
+                if certs.is_empty() {
+                    return Err(err(format!("{}: no certificate in the file", path.display())));
+                }
+                certs
+            }
+            None => Vec::new(),
+        };
+        let mut roots = rustls::RootCertStore::empty();
+        if ders.is_empty() {
+            roots.extend(webpki_roots_or_native());
+        } else {
+            for d in &ders {
+                roots.add(d.clone()).map_err(|e| err(e.to_string()))?;
+            }
+        }
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| err(e.to_string()))?;
+        let client = if cfg.verify {
+            builder.with_root_certificates(roots).with_no_client_auth()
+        } else {
+            builder.dangerous().with_custom_certificate_verifier(Arc::new(NoVerify(provider))).with_no_client_auth()
+        };
+        let ca = (!ders.is_empty()).then(|| {
+            let wrapped: Vec<pingora_core::utils::tls::WrappedX509> =
+                ders.iter().map(|d| pingora_core::utils::tls::WrappedX509::new(d.to_vec(), pingora_core::utils::tls::parse_x509)).collect();
+            Arc::from(wrapped)
+        });
+        Ok(PoolTls { sni: cfg.sni.clone(), verify: cfg.verify, ca, client: Arc::new(client) })
+    }
+}
+
+/// The system's trust store, for health checks of pools without their own `ca`.
+fn webpki_roots_or_native() -> Vec<rustls::pki_types::TrustAnchor<'static>> {
+    let mut store = rustls::RootCertStore::empty();
+    for c in pingora_rustls::load_native_certs().unwrap_or_default() {
+        let _ = store.add(c);
+    }
+    store.roots
+}
+
+/// `verify = false`: accept any certificate (an origin with a self-signed one on a private
+/// network); signatures are still checked so the handshake means something.
+#[derive(Debug)]
+struct NoVerify(Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for NoVerify {
+    fn verify_server_cert(
+        &self,
+        _end: &rustls::pki_types::CertificateDer<'_>,
+        _intermediates: &[rustls::pki_types::CertificateDer<'_>],
+        _name: &rustls::pki_types::ServerName<'_>,
+        _ocsp: &[u8],
+        _now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+    }
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+    }
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
 }
 
 #[derive(Debug)]
@@ -43,6 +149,8 @@ pub struct Pool {
     max_fails: u32,
     fail_timeout: Duration,
     pub health_check: Option<HealthCheck>,
+    /// TLS to the addresses, when the pool says `tls`.
+    pub tls: Option<PoolTls>,
 }
 
 impl Pool {
@@ -69,7 +177,13 @@ impl Pool {
             max_fails: cfg.max_fails,
             fail_timeout: cfg.fail_timeout.get(),
             health_check: cfg.health_check.clone(),
+            tls: cfg.tls.as_ref().map(|t| PoolTls::new(name, t)).transpose()?,
         })
+    }
+
+    /// The server name for TLS to `b` (the pool's `sni`, else the address's host).
+    pub fn sni_for<'a>(&'a self, b: &'a Backend) -> &'a str {
+        self.tls.as_ref().and_then(|t| t.sni.as_deref()).unwrap_or(&b.addr.host)
     }
 
     /// Next healthy address not in `tried`, round-robin. When every address is down the pool
@@ -113,7 +227,7 @@ impl Pool {
         // Few addresses per pool, each probe bounded by the check timeout: probing in turn is enough.
         let mut results = Vec::with_capacity(self.backends.len());
         for b in &self.backends {
-            results.push(probe(b, hc).await);
+            results.push(probe(b, hc, self.tls.as_ref().map(|t| (t.client.clone(), self.sni_for(b)))).await);
         }
         for (b, ok) in self.backends.iter().zip(results) {
             let was_up = b.up.load(Ordering::Relaxed);
@@ -137,10 +251,10 @@ impl Pool {
 }
 
 /// GET the health path; 2xx or 3xx within the timeout is healthy.
-async fn probe(b: &Backend, hc: &HealthCheck) -> bool {
+async fn probe(b: &Backend, hc: &HealthCheck, tls: Option<(Arc<rustls::ClientConfig>, &str)>) -> bool {
     let host = b.addr.to_string();
     let req = crate::http_client::Request { method: "GET", target: &hc.path, host: &host, headers: &[], body: b"" };
-    crate::http_client::send(b.sock, &req, hc.timeout.get()).await.is_ok_and(|h| (200..400).contains(&h.status))
+    crate::http_client::send_over(b.sock, tls, &req, hc.timeout.get()).await.is_ok_and(|h| (200..400).contains(&h.status))
 }
 
 /// Every pool, by name.
@@ -201,6 +315,7 @@ mod tests {
             health_check: None,
             max_fails,
             fail_timeout: crate::config::HumanDuration::from_secs(10),
+            tls: None,
         };
         Pool::new("t", &cfg).unwrap()
     }

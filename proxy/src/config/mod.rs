@@ -169,6 +169,23 @@ pub struct Upstream {
     /// How long a passively ejected address is skipped.
     #[serde(default = "default_fail_timeout")]
     pub fail_timeout: HumanDuration,
+    /// Talk TLS to these addresses (health checks too).
+    #[serde(default)]
+    pub tls: Option<UpstreamTls>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamTls {
+    /// Server name sent (SNI) and verified; default: the address's host.
+    #[serde(default)]
+    pub sni: Option<String>,
+    /// Verify the origin's certificate and name (default true).
+    #[serde(default = "yes")]
+    pub verify: bool,
+    /// PEM file of the CAs to trust instead of the system's.
+    #[serde(default)]
+    pub ca: Option<std::path::PathBuf>,
 }
 
 fn default_max_fails() -> u32 {

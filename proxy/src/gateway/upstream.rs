@@ -22,7 +22,16 @@ impl Gateway {
         ctx.upstream.backend = Some(i);
         let b = &pool.backends[i];
         let t = &self.state.config.timeouts;
-        let mut peer = HttpPeer::new(b.sock, false, String::new());
+        let mut peer = match &pool.tls {
+            Some(tls) => {
+                let mut p = HttpPeer::new(b.sock, true, pool.sni_for(b).to_string());
+                p.options.verify_cert = tls.verify;
+                p.options.verify_hostname = tls.verify;
+                p.options.ca = tls.ca.clone();
+                p
+            }
+            None => HttpPeer::new(b.sock, false, String::new()),
+        };
         peer.options.connection_timeout = Some(t.connect.get());
         peer.options.read_timeout = Some(t.read.get());
         peer.options.write_timeout = Some(t.write.get());
