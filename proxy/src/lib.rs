@@ -1,6 +1,7 @@
 //! Portier: a caching reverse proxy with built-in observability, on Pingora.
 
 pub(crate) mod access;
+pub(crate) mod acme;
 pub(crate) mod admin;
 pub(crate) mod cache;
 pub mod cli;

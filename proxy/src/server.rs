@@ -192,6 +192,9 @@ pub fn run(mut config: Config, on_bound: impl FnOnce(BoundAddrs)) -> Result<(), 
         }
         proxy.add_tls_with_settings(&bound.addr.to_string(), None, settings);
         sockets.push(bound);
+        if let Some(acme) = &t.acme {
+            crate::acme::start(acme.clone(), store.clone(), state.challenges.clone());
+        }
         store.reload_on_sighup();
     }
     server.add_service(PreBound { inner: proxy, sockets });

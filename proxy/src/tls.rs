@@ -38,15 +38,22 @@ pub(crate) struct Loaded {
 pub(crate) fn load_pair(files: &CertificateFiles) -> Result<Loaded, TlsError> {
     let show = |p: &Path| p.display().to_string();
     let read = |p: &Path| std::fs::read(p).map_err(|e| TlsError::Read { path: show(p), reason: e.to_string() });
-    let cert_pem = read(&files.cert)?;
-    let key_pem = read(&files.key)?;
-    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&cert_pem).filter_map(Result::ok).collect();
-    let leaf = chain.first().ok_or_else(|| TlsError::NoCertificate { path: show(&files.cert) })?;
+    parse(&read(&files.cert)?, &read(&files.key)?, &show(&files.cert), &show(&files.key))
+}
+
+/// [`load_pair`] for PEM already in memory (ACME answers, placeholders).
+pub(crate) fn loaded_from_pem(cert_pem: &[u8], key_pem: &[u8]) -> Result<Loaded, TlsError> {
+    parse(cert_pem, key_pem, "certificate", "key")
+}
+
+fn parse(cert_pem: &[u8], key_pem: &[u8], cert_name: &str, key_name: &str) -> Result<Loaded, TlsError> {
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(cert_pem).filter_map(Result::ok).collect();
+    let leaf = chain.first().ok_or_else(|| TlsError::NoCertificate { path: cert_name.to_string() })?;
     let (_, parsed) = x509_parser::parse_x509_certificate(leaf.as_ref())
-        .map_err(|e| TlsError::BadCertificate { path: show(&files.cert), reason: e.to_string() })?;
+        .map_err(|e| TlsError::BadCertificate { path: cert_name.to_string(), reason: e.to_string() })?;
     let not_after = UNIX_EPOCH + Duration::from_secs(u64::try_from(parsed.validity().not_after.timestamp()).unwrap_or(0));
     if let Ok(ago) = SystemTime::now().duration_since(not_after) {
-        return Err(TlsError::Expired { path: show(&files.cert), days: ago.as_secs() / 86_400 });
+        return Err(TlsError::Expired { path: cert_name.to_string(), days: ago.as_secs() / 86_400 });
     }
     let mut names: Vec<String> = parsed
         .subject_alternative_name()
@@ -64,9 +71,9 @@ pub(crate) fn load_pair(files: &CertificateFiles) -> Result<Loaded, TlsError> {
         })
         .unwrap_or_default();
     names.dedup();
-    let key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| TlsError::Read { path: show(&files.key), reason: e.to_string() })?;
+    let key = PrivateKeyDer::from_pem_slice(key_pem).map_err(|e| TlsError::Read { path: key_name.to_string(), reason: e.to_string() })?;
     let certified = CertifiedKey::from_der(chain, key, &rustls::crypto::ring::default_provider())
-        .map_err(|e| TlsError::KeyMismatch { path: show(&files.key), reason: e.to_string() })?;
+        .map_err(|e| TlsError::KeyMismatch { path: key_name.to_string(), reason: e.to_string() })?;
     Ok(Loaded { key: Arc::new(certified), names, not_after })
 }
 
@@ -83,12 +90,14 @@ fn covers(pattern: &str, host: &str) -> bool {
 pub(crate) struct CertStore {
     current: ArcSwap<Vec<(Vec<String>, Arc<CertifiedKey>)>>,
     files: Vec<CertificateFiles>,
+    /// The ACME certificate (or its placeholder), kept apart from the files SIGHUP reloads.
+    managed: arc_swap::ArcSwapOption<(Vec<String>, Arc<CertifiedKey>)>,
 }
 
 impl CertStore {
     /// Loads every certificate; returns the store and each certificate's names and days left.
     pub(crate) fn load(cfg: &TlsConfig) -> Result<(CertStore, Vec<(String, u64)>), TlsError> {
-        let store = CertStore { current: ArcSwap::from_pointee(Vec::new()), files: cfg.certificates.clone() };
+        let store = CertStore { current: ArcSwap::from_pointee(Vec::new()), files: cfg.certificates.clone(), managed: Default::default() };
         let summary = store.reload()?;
         Ok((store, summary))
     }
@@ -102,6 +111,12 @@ impl CertStore {
             loaded.iter().map(|l| (l.names.join(" "), l.not_after.duration_since(now).unwrap_or_default().as_secs() / 86_400)).collect();
         self.current.store(Arc::new(loaded.into_iter().map(|l| (l.names, l.key)).collect()));
         Ok(summary)
+    }
+
+    /// Serves this certificate for its names (and when nothing else matches), replacing the
+    /// previous one.
+    pub(crate) fn set_managed(&self, l: Loaded) {
+        self.managed.store(Some(Arc::new((l.names, l.key))));
     }
 
     /// Reloads on every SIGHUP, on a thread of its own, for the life of the process.
@@ -135,10 +150,12 @@ pub(crate) fn announce(certs: &[(String, u64)], event: &str) {
 impl ResolvesServerCert for CertStore {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
         let certs = self.current.load();
+        let managed = self.managed.load();
+        let all = managed.iter().map(|m| &**m).chain(certs.iter());
         let sni = hello.server_name().map(str::to_ascii_lowercase);
-        sni.and_then(|host| certs.iter().find(|(names, _)| names.iter().any(|n| covers(n, &host))))
-            .or_else(|| certs.first())
-            .map(|(_, k)| k.clone())
+        let matching = sni.and_then(|host| all.clone().find(|(names, _)| names.iter().any(|n| covers(n, &host))));
+        let mut all = all;
+        matching.or_else(|| all.next()).map(|(_, k)| k.clone())
     }
 }
 

@@ -84,6 +84,8 @@ pub(crate) enum LocalAnswer {
     ServerOptions,
     /// Plain HTTP sent to HTTPS (308, `tls.redirect_http`).
     RedirectToHttps,
+    /// An ACME HTTP-01 challenge (200).
+    AcmeChallenge,
     /// `only-if-cached` and nothing usable stored (504).
     OnlyIfCached,
 }
@@ -98,6 +100,7 @@ impl LocalAnswer {
             LocalAnswer::Purge => "purge",
             LocalAnswer::ServerOptions => "server-options",
             LocalAnswer::RedirectToHttps => "redirect-https",
+            LocalAnswer::AcmeChallenge => "acme-challenge",
             LocalAnswer::OnlyIfCached => "only-if-cached",
         }
     }

@@ -281,8 +281,19 @@ fn validate(cfg: &Config, declared: &std::collections::BTreeSet<String>, c: &mut
         }
     }
     if let Some(t) = &cfg.tls {
-        if t.certificates.is_empty() {
-            c.push("tls.certificates", "list at least one { cert = \"...pem\", key = \"...pem\" }");
+        if t.certificates.is_empty() && t.acme.is_none() {
+            c.push("tls.certificates", "list at least one { cert = \"...pem\", key = \"...pem\" }, or set tls.acme");
+        }
+        if let Some(a) = &t.acme {
+            if a.domains.is_empty() {
+                c.push("tls.acme.domains", "name at least one domain the certificate is for");
+            }
+            if !a.email.contains('@') {
+                c.push("tls.acme.email", format!("{:?} is not an email address", a.email));
+            }
+            if !a.directory.starts_with("https://") {
+                c.push("tls.acme.directory", "must be an https:// URL");
+            }
         }
         for (i, files) in t.certificates.iter().enumerate() {
             if let Err(e) = crate::tls::load_pair(files) {

@@ -391,7 +391,8 @@ pub struct TlsConfig {
     /// Where HTTPS is served, e.g. `0.0.0.0:8443`.
     pub listen: ListenAddr,
     /// PEM files; the one whose names match the client's SNI is served, else the first.
-    /// Reloaded from disk on SIGHUP.
+    /// Reloaded from disk on SIGHUP. May be empty when `acme` provides the certificate.
+    #[serde(default)]
     pub certificates: Vec<CertificateFiles>,
     /// Offer HTTP/2 (ALPN `h2`) next to HTTP/1.1.
     #[serde(default = "yes")]
@@ -402,6 +403,41 @@ pub struct TlsConfig {
     /// `Strict-Transport-Security` on HTTPS responses, e.g. `"max-age=31536000"`.
     #[serde(default)]
     pub hsts: Option<String>,
+    /// Certificates obtained and renewed automatically (HTTP-01 on the public listener).
+    #[serde(default)]
+    pub acme: Option<AcmeConfig>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AcmeConfig {
+    /// Contact for the CA (expiry notices).
+    pub email: String,
+    /// The names the certificate covers; each must reach this Portier on port 80.
+    pub domains: Vec<String>,
+    /// The CA's directory URL (default: Let's Encrypt).
+    #[serde(default = "letsencrypt")]
+    pub directory: String,
+    /// Where the account, certificate and key are kept (restarts reuse them).
+    #[serde(default = "acme_storage")]
+    pub storage: std::path::PathBuf,
+    /// PEM of the CA that serves the directory over HTTPS, when it is not publicly trusted
+    /// (a test CA such as Pebble).
+    #[serde(default)]
+    pub directory_ca: Option<std::path::PathBuf>,
+    /// Renew when the certificate has less than this left.
+    #[serde(default = "thirty_days")]
+    pub renew_before: HumanDuration,
+}
+
+fn letsencrypt() -> String {
+    "https://acme-v02.api.letsencrypt.org/directory".into()
+}
+fn acme_storage() -> std::path::PathBuf {
+    "acme".into()
+}
+fn thirty_days() -> HumanDuration {
+    HumanDuration::from_secs(30 * 86_400)
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -42,6 +42,8 @@ pub struct State {
     pub(crate) methods: KnownMethods,
     /// Per route index: its address rules and password.
     pub(crate) access: Vec<crate::access::RouteAccess>,
+    /// Pending ACME HTTP-01 answers.
+    pub(crate) challenges: Arc<crate::acme::Challenges>,
 }
 
 impl State {
@@ -51,7 +53,20 @@ impl State {
         let profiling = crate::telemetry::profiling::Profiling::new();
         let methods = KnownMethods::new(config.invalidation.iter().map(|r| r.method.0.clone()));
         let access = config.routes.iter().map(crate::access::RouteAccess::new).collect();
-        State { router: Router::new(&config.routes), config, upstreams, cache, metrics, access_log, tracing, profiling, methods, access }
+        let challenges = Arc::default();
+        State {
+            router: Router::new(&config.routes),
+            config,
+            upstreams,
+            cache,
+            metrics,
+            access_log,
+            tracing,
+            profiling,
+            methods,
+            access,
+            challenges,
+        }
     }
 }
 

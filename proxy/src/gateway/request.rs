@@ -86,6 +86,20 @@ impl Gateway {
                 Ok(true)
             }
             Ok(t) => {
+                // Before the redirect: a CA validates HTTP-01 over plain HTTP.
+                if let Some(key_auth) = self.state.challenges.answer(t.path()) {
+                    self.start_trace(session, ctx, format!("{} (acme)", ctx.request.method_label));
+                    ctx.cache.decision = CacheDecision::Answered(LocalAnswer::AcmeChallenge);
+                    ctx.local_status = Some(200);
+                    let mut resp = ResponseHeader::build(200, Some(5))?;
+                    resp.insert_header("content-type", "application/octet-stream")?;
+                    resp.insert_header("content-length", key_auth.len().to_string())?;
+                    resp.insert_header("cache-control", "no-store")?;
+                    self.outcome(session, ctx).write_headers(&mut resp, None)?;
+                    session.write_response_header(Box::new(resp), false).await?;
+                    session.write_response_body(Some(Bytes::from(key_auth)), true).await?;
+                    return Ok(true);
+                }
                 let redirect = self.https_location(&t);
                 ctx.request.url = Some(CacheUrl::of(&t));
                 ctx.request.target = Some(t);

@@ -2,6 +2,7 @@
 //! Each module starts the sample origin and Portier on port 0 over real sockets; see `common`.
 
 mod access;
+mod acme;
 mod cache_basics;
 mod cache_conditional;
 mod cache_invalidation;
