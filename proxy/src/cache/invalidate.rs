@@ -59,7 +59,15 @@ fn same_host_target(base: &CacheUrl, value: &str) -> Option<String> {
     (full.origin() == base.origin() && full != *base).then(|| full.into_string())
 }
 
-/// Runs after the response to `req` is known; returns how many entries were dropped.
+/// What an invalidation did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Invalidated {
+    pub(crate) purged: usize,
+    /// Rules that matched but could not read their parameter, so purged nothing.
+    pub(crate) skipped: usize,
+}
+
+/// Runs after the response to `req` is known.
 pub(crate) fn after_response(
     storage: &dyn Store,
     rules: &[&Rule],
@@ -67,12 +75,13 @@ pub(crate) fn after_response(
     req: &RequestHeader,
     resp: &ResponseHeader,
     body: &[u8],
-) -> usize {
+) -> Invalidated {
     let status = resp.status.as_u16();
     if !(200..400).contains(&status) {
-        return 0;
+        return Invalidated::default();
     }
     let mut purged = 0;
+    let mut skipped = 0;
     if is_unsafe(&req.method) {
         purged += storage.purge_matching(&Selector::Url(url.as_str().to_string()), false);
         for h in ["location", "content-location"] {
@@ -84,16 +93,22 @@ pub(crate) fn after_response(
     for rule in rules {
         let value =
             rule.match_param.as_deref().and_then(|p| query_param(req.uri.query(), p).map(str::to_string).or_else(|| json_field(body, p)));
+        if rule.match_param.is_some() && value.is_none() {
+            // The parameter cannot be read (absent, a body that is not JSON, or past the part
+            // kept): purge nothing. Purging the whole prefix would let any client empty
+            // every user's entries with one request.
+            skipped += 1;
+            continue;
+        }
         for prefix in &rule.prefixes {
             let sel = match (&rule.match_param, &value) {
                 (Some(p), Some(v)) => Selector::PrefixWithParam { prefix: url.with_path(prefix), param: p.clone(), value: v.clone() },
-                // No value to match on: invalidate the whole prefix rather than serve stale data.
                 _ => Selector::Prefix(url.with_path(prefix)),
             };
             purged += storage.purge_matching(&sel, false);
         }
     }
-    purged
+    Invalidated { purged, skipped }
 }
 
 #[cfg(test)]

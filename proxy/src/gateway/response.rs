@@ -95,8 +95,9 @@ impl Gateway {
         if invalidate::is_unsafe(&req.method) || !ctx.cache.invalidation_rules.is_empty() {
             let rules: Vec<&invalidate::Rule> = ctx.cache.invalidation_rules.iter().filter_map(|i| cache.rules.get(*i)).collect();
             let body = ctx.cache.captured_body.as_deref().unwrap_or(&[]);
-            let n = invalidate::after_response(cache.storage, &rules, url, req, resp, body);
-            self.state.metrics.purged(if rules.is_empty() { PurgeReason::UnsafeMethod } else { PurgeReason::Rule }, n);
+            let done = invalidate::after_response(cache.storage, &rules, url, req, resp, body);
+            self.state.metrics.purged(if rules.is_empty() { PurgeReason::UnsafeMethod } else { PurgeReason::Rule }, done.purged);
+            self.state.metrics.invalidation_skipped.inc_by(done.skipped as u64);
         }
     }
 

@@ -32,6 +32,10 @@ pub const CACHE_EVICTIONS: MetricName = m("cache_evictions_total", "Entries evic
 pub const CACHE_PURGED: MetricName = m("cache_purged_total", "Entries removed or expired by purges and invalidations, by reason");
 pub const CACHE_SERVED_BYTES: MetricName =
     m("cache_served_bytes_total", "Response body bytes sent to clients, by source (cache or origin)");
+pub const CACHE_INVALIDATION_SKIPPED: MetricName = m(
+    "cache_invalidation_skipped_total",
+    "Invalidation rules that matched a request but could not read its parameter, and so purged nothing",
+);
 pub const CACHE_COALESCED: MetricName =
     m("cache_coalesced_total", "Requests that waited for another request's origin fetch instead of making their own");
 pub const CACHE_BACKGROUND_REFRESHES: MetricName =

@@ -143,3 +143,27 @@ async fn location_after_a_write_invalidates_whatever_the_hosts_case() {
     let r = get_with(p.public, "/x", &host).await;
     assert_eq!((r.header("x-cache"), r.text()), ("MISS", "/x #2".to_string()));
 }
+
+/// Bug: a rule whose parameter could not be read (no username, a body that is not JSON)
+/// purged the whole prefix for every user: any client could empty the cache with one request.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rule_without_its_parameter_purges_nothing() {
+    let o = Scripted::start(|req, n| match req.method.as_str() {
+        "POST" => Reply::new(200, &[], "synced"),
+        _ => Reply::new(200, &[("cache-control", "max-age=60")], format!("{} #{n}", req.target)),
+    })
+    .await;
+    let rule = "[[invalidation]]\nmethod = \"POST\"\npath = \"/api/sync\"\nprefixes = [\"/api/stats/\"]\nmatch_param = \"username\"\n";
+    let p = Portier::start(&config_for(o.addr, "", rule));
+    let url = "/api/stats/summary?username=demo";
+    get(p.public, url).await;
+    assert_eq!(get(p.public, url).await.header("x-cache"), "HIT");
+    for (headers, body) in [(vec![], &b""[..]), (vec![("Content-Type", "text/plain")], &b"username=demo"[..])] {
+        assert_eq!(request(p.public, "POST", "/api/sync", &headers, body).await.unwrap().status, 200);
+        assert_eq!(get(p.public, url).await.header("x-cache"), "HIT", "demo's entry stays");
+    }
+    let m = get(p.admin, "/metrics").await.text();
+    assert_eq!(metric_value(&m, "cache_invalidation_skipped_total"), Some(2.0));
+    assert_eq!(request(p.public, "POST", "/api/sync?username=demo", &[], b"").await.unwrap().status, 200);
+    assert_eq!(get(p.public, url).await.header("x-cache"), "MISS", "with the parameter the rule still works");
+}
