@@ -37,10 +37,29 @@ pub fn new_id() -> String {
     format!("{a:016x}{b:016x}")
 }
 
+/// Request fields that frameworks read as the URL, scheme, host or method instead of the
+/// request line. They are not part of the cache key, so a client sending one could make the
+/// origin answer for another resource and have that stored for everyone (web cache
+/// poisoning). Portier removes them; the ones it sets itself (`X-Forwarded-*`) it rewrites.
+pub const UNKEYED_OVERRIDES: [&str; 9] = [
+    "forwarded",
+    "x-forwarded-scheme",
+    "x-forwarded-port",
+    "x-forwarded-prefix",
+    "x-original-url",
+    "x-rewrite-url",
+    "x-http-method-override",
+    "x-http-method",
+    "x-method-override",
+];
+
 /// Sets `X-Forwarded-For` (the client address; values sent by the client are not trusted and
 /// are replaced, as Caddy does without `trusted_proxies`), `X-Forwarded-Proto`,
 /// `X-Forwarded-Host` and the request id.
 pub fn add_forwarded(req: &mut RequestHeader, client_ip: Option<&str>, host: Option<&str>, proto: &str, request_id: &str) {
+    for name in UNKEYED_OVERRIDES {
+        let _ = req.remove_header(name);
+    }
     let _ = req.remove_header("x-forwarded-for");
     if let Some(ip) = client_ip {
         let _ = req.insert_header("x-forwarded-for", ip);

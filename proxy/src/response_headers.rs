@@ -3,6 +3,10 @@
 use pingora_error::Result;
 use pingora_http::ResponseHeader;
 
+/// Fields meant for Portier that stay inside: tags purges select by (they would tell clients
+/// how responses are grouped, e.g. per user) and the compression marker.
+pub(crate) const INTERNAL: [&str; 3] = ["cache-tag", "surrogate-key", crate::compression::MARKER];
+
 /// The headers that prove the cache, readable by a cross-origin page's script.
 const EXPOSED: &str = "X-Cache, Age, ETag, Cache-Status, Server-Timing, X-Request-Id";
 

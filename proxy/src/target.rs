@@ -208,9 +208,28 @@ fn host_field(req: &RequestHeader, scheme: Scheme) -> Result<Option<Authority>, 
     Authority::parse(first.as_bytes(), scheme).map(Some).map_err(|_| Refused("Host is not uri-host[:port]"))
 }
 
+/// `Content-Length` next to `Transfer-Encoding` (RFC 9112 §6.1): the two can disagree on
+/// where the body ends (request smuggling). Pingora itself drops the `Content-Length` and
+/// closes such connections; this refuses one that reaches Portier another way.
+fn framing(req: &RequestHeader) -> Result<(), Refused> {
+    let h = &req.headers;
+    if h.contains_key(http::header::TRANSFER_ENCODING) && h.contains_key(http::header::CONTENT_LENGTH) {
+        return Err(Refused("Content-Length and Transfer-Encoding together"));
+    }
+    Ok(())
+}
+
+/// Whether the request announces a body (`Transfer-Encoding`, or a `Content-Length` other than 0).
+pub(crate) fn has_body(req: &RequestHeader) -> bool {
+    let h = &req.headers;
+    h.contains_key(http::header::TRANSFER_ENCODING)
+        || h.get_all(http::header::CONTENT_LENGTH).iter().any(|v| v.to_str().ok().and_then(|v| v.trim().parse::<u64>().ok()) != Some(0))
+}
+
 /// Checks the request's target and `Host` and rewrites the request to origin-form, so what
 /// is sent upstream is exactly what was checked. `scheme` is the connection's.
 pub(crate) fn accept(req: &mut RequestHeader, scheme: Scheme) -> Result<Target, Refused> {
+    framing(req)?;
     let host = host_field(req, scheme)?;
     let raw = req.raw_path();
     if raw == b"*" {
@@ -330,6 +349,17 @@ mod tests {
             assert!(refused(b"/", &[h]), "Host {h:?} must be refused");
         }
         assert!(refused(b"/", &[]), "HTTP/1.1 without Host");
+        let mut fat = req(b"/", &["h"]);
+        fat.insert_header("content-length", "5").unwrap();
+        assert!(has_body(&fat), "a GET with a body");
+        let mut zero = req(b"/", &["h"]);
+        zero.insert_header("content-length", "0").unwrap();
+        assert!(!has_body(&zero), "Content-Length: 0 is no body");
+        let mut both = RequestHeader::build("POST", b"/", None).unwrap();
+        both.insert_header("host", "h").unwrap();
+        both.insert_header("content-length", "5").unwrap();
+        both.insert_header("transfer-encoding", "chunked").unwrap();
+        assert!(accept(&mut both, Scheme::Http).is_err(), "CL and TE together");
         assert!(origin_form(b"/a#frag").is_err(), "Pingora drops a fragment; one reaching here is refused");
         assert!(refused(b"/", &["h", "h"]), "two Host fields");
         let mut r = RequestHeader::build("OPTIONS", b"*", None).unwrap();

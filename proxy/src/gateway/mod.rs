@@ -103,7 +103,7 @@ impl ProxyHttp for Gateway {
             return Ok(true);
         }
         self.plan_cache(session, ctx);
-        Ok(false)
+        self.refuse_fat_get(session, ctx).await
     }
 
     async fn request_body_filter(&self, _session: &mut Session, body: &mut Option<Bytes>, _end: bool, ctx: &mut Ctx) -> Result<()> {

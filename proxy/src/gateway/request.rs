@@ -31,7 +31,12 @@ impl Gateway {
         ctx.request.id = forwarding::request_id(session.req_header());
         ctx.request.client = access::client_address(peer_ip(session), session.req_header(), &self.state.config.server.trusted_proxies);
         ctx.request.method_label = self.state.methods.label(&session.req_header().method);
-        session.set_keepalive(Some(self.state.config.timeouts.client_idle.as_secs()));
+        // Only where Pingora keeps the connection: it has turned keep-alive off for requests
+        // that must close (Content-Length beside Transfer-Encoding, `Connection: close`,
+        // HTTP/1.0 without keep-alive), and that must stand.
+        if session.get_keepalive().is_some() {
+            session.set_keepalive(Some(self.state.config.timeouts.client_idle.as_secs()));
+        }
     }
 
     /// The server span starts when the route (and so the span name) is known; background
@@ -234,6 +239,18 @@ impl Gateway {
         let rules = policy::request_rules(req);
         ctx.cache.rules =
             if cache.config.honor_client_no_cache { rules } else { RequestRules { no_store: rules.no_store, ..Default::default() } };
+    }
+
+    /// A body on a GET or HEAD the cache takes part in: refused, since the stored answer would
+    /// depend on a body that is not in the key ("fat GET" poisoning), and the cache lock
+    /// would be held while it arrives. True when answered.
+    pub(super) async fn refuse_fat_get(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        if ctx.cache.decision != CacheDecision::Eligible || !target::has_body(session.req_header()) {
+            return Ok(false);
+        }
+        session.set_keepalive(None);
+        self.answer_locally(session, ctx, LocalAnswer::Refused, 400, "a GET or HEAD served from the cache carries no body", &[]).await?;
+        Ok(true)
     }
 
     /// Switches Pingora's cache on for an eligible request.

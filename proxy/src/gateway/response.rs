@@ -75,7 +75,7 @@ impl Gateway {
             resp.set_status(412)?;
             resp.insert_header("content-length", "0")?;
         }
-        for f in policy::OWN_FIELDS.iter().chain(&[crate::compression::MARKER]) {
+        for f in policy::OWN_FIELDS.iter().chain(&response_headers::INTERNAL) {
             resp.remove_header(*f);
         }
         response_headers::expose_cache_headers(resp)?;

@@ -64,7 +64,8 @@ async fn no_route_is_a_404_naming_the_request_id() {
 async fn every_method_is_forwarded_with_its_body() {
     let api = origin().await;
     let p = Portier::start(&two_pool_config(api.addr, api.addr));
-    for method in ["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "REPORT", "FROBNICATE"] {
+    // GET too, but not with a body on a cached route: see security::unkeyed_inputs_never_change_what_is_stored.
+    for method in ["POST", "PUT", "PATCH", "DELETE", "OPTIONS", "REPORT", "FROBNICATE"] {
         let body = format!("body for {method}");
         let r = request(p.public, method, "/api/echo?q=1", &[("Content-Type", "text/plain")], body.as_bytes()).await.unwrap();
         assert_eq!(r.status, 200, "{method}: {r:?}");
@@ -76,7 +77,9 @@ async fn every_method_is_forwarded_with_its_body() {
     let head = request(p.public, "HEAD", "/api/echo", &[], b"").await.unwrap();
     assert_eq!(head.status, 200);
     assert!(head.body.is_empty());
-    assert_eq!(api.state.hits("/api/echo?q=1"), 8);
+    let fat = request(p.public, "GET", "/api/echo?q=1", &[("Content-Type", "text/plain")], b"body").await.unwrap();
+    assert_eq!(fat.status, 400, "a GET with a body on a cached route");
+    assert_eq!(api.state.hits("/api/echo?q=1"), 7);
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -134,3 +134,84 @@ async fn made_up_methods_do_not_grow_the_metrics() {
     let logged = eventually(Duration::from_secs(5), async || p.stdout_lines().join("\n").contains(r#""method":"M00039XYZ""#)).await;
     assert!(logged, "the access log keeps the method as sent");
 }
+
+/// Unkeyed inputs from web-cache-poisoning research: fields frameworks read as the URL,
+/// host, scheme or method never reach the origin, so a stored response is what a plain
+/// request gets; a GET with a body and Content-Length beside Transfer-Encoding are refused.
+#[tokio::test(flavor = "multi_thread")]
+async fn unkeyed_inputs_never_change_what_is_stored() {
+    let o = Scripted::start(|req, n| {
+        let seen: Vec<String> = req
+            .headers
+            .iter()
+            .filter(|(k, _)| {
+                let k = k.to_ascii_lowercase();
+                k.starts_with("x-original")
+                    || k.starts_with("x-rewrite")
+                    || k.contains("override")
+                    || k == "forwarded"
+                    || k == "x-forwarded-scheme"
+                    || k == "x-http-method"
+            })
+            .map(|(k, v)| format!("{k}={v}"))
+            .chain(req.header("x-forwarded-host").map(|h| format!("xfh={h}")))
+            .collect();
+        Reply::new(200, &[("cache-control", "max-age=60"), ("cache-tag", "page")], format!("{} {:?} #{n}", req.target, seen))
+    })
+    .await;
+    let p = Portier::start(&config_for(o.addr, "", ""));
+    let host = p.public.to_string();
+    let attack = [
+        ("X-Original-URL", "/admin"),
+        ("X-Rewrite-URL", "/admin"),
+        ("X-HTTP-Method-Override", "DELETE"),
+        ("X-Forwarded-Host", "evil.example"),
+        ("X-Forwarded-Scheme", "nothttps"),
+        ("Forwarded", "host=evil.example;proto=http"),
+    ];
+    let r = get_with(p.public, "/page", &attack).await;
+    assert_eq!(r.text(), format!("/page [\"xfh={host}\"] #1"), "the origin saw none of them, and its own X-Forwarded-Host");
+    assert!(r.opt_header("cache-tag").is_none(), "tags stay inside");
+    let plain = get(p.public, "/page").await;
+    assert_eq!((plain.header("x-cache"), plain.text()), ("HIT", r.text()));
+
+    // A body on GET: refused before the cache.
+    let fat = request(p.public, "GET", "/page2", &[], b"{\"q\":1}").await.unwrap();
+    assert_eq!(fat.status, 400, "{fat:?}");
+    assert_eq!(o.count("/page2"), 0);
+
+    // Content-Length with Transfer-Encoding (RFC 9112 §6.1): Pingora drops the Content-Length
+    // (the origin sees chunked framing only) and Portier keeps the connection closing after
+    // the answer, as the RFC requires (it used to turn keep-alive back on).
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(p.public).await.unwrap();
+    s.write_all(format!("POST /p HTTP/1.1\r\nHost: {host}\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut raw = Vec::new();
+    let closed = tokio::time::timeout(std::time::Duration::from_secs(5), s.read_to_end(&mut raw)).await.is_ok();
+    let text = String::from_utf8_lossy(&raw);
+    assert!(closed, "the connection is closed after the answer: {text}");
+    assert!(text.to_ascii_lowercase().contains("connection: close"), "{text}");
+    assert_eq!(o.last("/p").and_then(|r| r.header("content-length").map(str::to_string)), None, "no Content-Length next to chunked");
+
+    // Tags still work for purges even though clients never see them.
+    let r = request(p.admin, "POST", "/cache/purge", &[], br#"{"tag":"page"}"#).await.unwrap();
+    assert_eq!(r.json()["purged"], 1);
+}
+
+/// RFC 9112 §9.3: an HTTP/1.0 request without `Connection: keep-alive` is answered on a
+/// connection that then closes (Portier used to answer `keep-alive` and hold it open).
+#[tokio::test(flavor = "multi_thread")]
+async fn http10_without_keep_alive_is_closed_after_the_answer() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let o = echo_origin().await;
+    let p = Portier::start(&config_for(o.addr, "", ""));
+    let mut s = tokio::net::TcpStream::connect(p.public).await.unwrap();
+    s.write_all(format!("GET /old HTTP/1.0\r\nHost: {}\r\n\r\n", p.public).as_bytes()).await.unwrap();
+    let mut raw = Vec::new();
+    let closed = tokio::time::timeout(std::time::Duration::from_secs(5), s.read_to_end(&mut raw)).await.is_ok();
+    let text = String::from_utf8_lossy(&raw).to_ascii_lowercase();
+    assert!(closed, "closed after the answer: {text}");
+    assert!(text.contains("200") && !text.contains("connection: keep-alive"), "{text}");
+}
