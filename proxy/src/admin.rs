@@ -63,6 +63,35 @@ const ENDPOINTS: [&str; 6] =
     ["GET /healthz", "GET /readyz", "GET /metrics", "GET /cache/stats", "POST /cache/purge", "GET /debug/pprof/profile?seconds=N"];
 
 impl Admin {
+    /// Purges and profiles change state or cost CPU: with `listen.admin_token` they need it as
+    /// a bearer token; without one they answer only when the admin listener is loopback-only
+    /// (in a container it listens on 0.0.0.0 for Prometheus, and /metrics stays open).
+    /// `Some` is the refusal to send.
+    fn guard(&self, session: &ServerSession) -> Option<Response<Vec<u8>>> {
+        let listen = &self.state.config.listen;
+        match &listen.admin_token {
+            Some(token) => {
+                let sent = session
+                    .req_header()
+                    .headers
+                    .get(http::header::AUTHORIZATION)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.strip_prefix("Bearer "))
+                    .unwrap_or("");
+                if crate::cache::purge::same(sent.trim().as_bytes(), token.as_bytes()) {
+                    None
+                } else {
+                    Some(json_response(StatusCode::UNAUTHORIZED, &json!({"error": "send Authorization: Bearer <listen.admin_token>"})))
+                }
+            }
+            None if listen.admin.0.ip().is_loopback() => None,
+            None => Some(json_response(
+                StatusCode::FORBIDDEN,
+                &json!({"error": "the admin listener is not loopback-only: set listen.admin_token (or PORTIER_ADMIN_TOKEN) to use this"}),
+            )),
+        }
+    }
+
     /// `GET /debug/pprof/profile?seconds=N` (default 30, at most 300): a pprof protobuf.
     async fn profile(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
         use crate::telemetry::profiling::{ProfileError, MAX_SECONDS};
@@ -172,8 +201,14 @@ impl ServeHttp for Admin {
             ("GET" | "HEAD", "/readyz") => self.readiness(),
             ("GET", "/metrics") => self.metrics(),
             ("GET", "/cache/stats") => self.cache_stats(),
-            ("POST", "/cache/purge") => self.purge(session).await,
-            ("GET", "/debug/pprof/profile") => self.profile(session).await,
+            ("POST", "/cache/purge") => match self.guard(session) {
+                None => self.purge(session).await,
+                Some(refusal) => refusal,
+            },
+            ("GET", "/debug/pprof/profile") => match self.guard(session) {
+                None => self.profile(session).await,
+                Some(refusal) => refusal,
+            },
             (_, "/healthz" | "/readyz" | "/metrics" | "/cache/stats") => {
                 json_response(StatusCode::METHOD_NOT_ALLOWED, &json!({"error": "use GET"}))
             }

@@ -204,6 +204,9 @@ pub fn upstream_env_var(pool: &str) -> String {
 }
 
 fn apply_env(cfg: &mut Config, env: &impl Fn(&str) -> Option<String>, c: &mut Collector) {
+    if let Some(t) = env("PORTIER_ADMIN_TOKEN").filter(|t| !t.trim().is_empty()) {
+        cfg.listen.admin_token = Some(t);
+    }
     for (var, slot) in [("PORTIER_LISTEN_PUBLIC", &mut cfg.listen.public), ("PORTIER_LISTEN_ADMIN", &mut cfg.listen.admin)] {
         if let Some(v) = env(var) {
             match v.parse::<ListenAddr>() {

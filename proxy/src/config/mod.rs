@@ -101,11 +101,15 @@ pub struct Listen {
     pub public: ListenAddr,
     /// The admin listener (health, readiness, metrics, cache API). Never the public one.
     pub admin: ListenAddr,
+    /// Bearer token for the admin endpoints that change state or cost CPU (purge, pprof).
+    /// Without one they answer only on a loopback admin address. `PORTIER_ADMIN_TOKEN` too.
+    #[serde(default)]
+    pub admin_token: Option<String>,
 }
 
 impl Default for Listen {
     fn default() -> Self {
-        Listen { public: ListenAddr(([0, 0, 0, 0], 8080).into()), admin: ListenAddr(([127, 0, 0, 1], 9901).into()) }
+        Listen { public: ListenAddr(([0, 0, 0, 0], 8080).into()), admin: ListenAddr(([127, 0, 0, 1], 9901).into()), admin_token: None }
     }
 }
 

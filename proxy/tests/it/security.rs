@@ -215,3 +215,31 @@ async fn http10_without_keep_alive_is_closed_after_the_answer() {
     assert!(closed, "closed after the answer: {text}");
     assert!(text.contains("200") && !text.contains("connection: keep-alive"), "{text}");
 }
+
+/// The admin API's purge and profiles: a bearer token when `listen.admin_token` is set, and
+/// refused outright on an admin listener that is not loopback-only without one; health and
+/// metrics stay open.
+#[tokio::test(flavor = "multi_thread")]
+async fn admin_purge_and_profiles_need_the_token_beyond_loopback() {
+    let o = echo_origin().await;
+    let body = br#"{"url":"/x"}"#;
+    let with_token = Portier::start(&format!(
+        "[listen]\npublic = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\nadmin_token = \"t0k\"\n{}",
+        config_for(o.addr, "", "")
+    ));
+    let r = request(with_token.admin, "POST", "/cache/purge", &[], body).await.unwrap();
+    assert_eq!(r.status, 401);
+    let r = request(with_token.admin, "POST", "/cache/purge", &[("Authorization", "Bearer wrong")], body).await.unwrap();
+    assert_eq!(r.status, 401);
+    let r = request(with_token.admin, "POST", "/cache/purge", &[("Authorization", "Bearer t0k")], body).await.unwrap();
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(get(with_token.admin, "/debug/pprof/profile?seconds=1").await.status, 401);
+
+    let open = Portier::start(&format!("[listen]\npublic = \"127.0.0.1:0\"\nadmin = \"0.0.0.0:0\"\n{}", config_for(o.addr, "", "")));
+    let admin = std::net::SocketAddr::from(([127, 0, 0, 1], open.admin.port()));
+    let r = request(admin, "POST", "/cache/purge", &[], body).await.unwrap();
+    assert_eq!(r.status, 403, "no token on a public admin listener: refused");
+    assert!(r.text().contains("admin_token"));
+    assert_eq!(get(admin, "/metrics").await.status, 200, "metrics stay open for Prometheus");
+    assert_eq!(get(admin, "/healthz").await.status, 200);
+}
