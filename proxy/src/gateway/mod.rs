@@ -139,6 +139,10 @@ impl ProxyHttp for Gateway {
         Ok(response::answer_preconditions(session, resp, ctx))
     }
 
+    fn range_header_filter(&self, session: &mut Session, resp: &mut ResponseHeader, _ctx: &mut Ctx) -> pingora_proxy::RangeType {
+        response::ranges(session, resp)
+    }
+
     async fn proxy_upstream_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
         Ok(!self.answer_only_if_cached(session, ctx).await?)
     }

@@ -177,3 +177,41 @@ impl UpstreamErrorKind {
         matches!(self, UpstreamErrorKind::Connect | UpstreamErrorKind::ConnectTimeout)
     }
 }
+
+/// Pingora's range handling, except that a range no byte satisfies is a 416 (RFC 9110
+/// §14.1.3): `bytes=-0`, a range past the end, or any range of an empty body, which Pingora
+/// turned into `bytes 100-99/100`, or `bytes 0-18446744073709551615/0` (an overflow that
+/// panics in a debug build).
+pub(super) fn ranges(session: &Session, resp: &mut ResponseHeader) -> pingora_proxy::RangeType {
+    use pingora_proxy::{range_header_filter, RangeType};
+    let length = resp.headers.get(http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).unwrap_or("").trim().to_string();
+    let total: Option<usize> = length.parse().ok();
+    let req = session.req_header();
+    let asks_range = req.headers.contains_key(http::header::RANGE) && matches!(req.method, http::Method::GET | http::Method::HEAD);
+    if asks_range && resp.status == 200 && total == Some(0) {
+        return not_satisfiable(resp, 0);
+    }
+    let t = range_header_filter(req, resp, Some(200));
+    let Some(total) = total else { return t };
+    let empty = |r: &std::ops::Range<usize>| r.start >= r.end || r.end > total;
+    let unsatisfiable = match &t {
+        RangeType::Single(r) => empty(r),
+        RangeType::Multi(m) => m.ranges.iter().all(empty),
+        _ => false,
+    };
+    if unsatisfiable {
+        not_satisfiable(resp, total)
+    } else {
+        t
+    }
+}
+
+fn not_satisfiable(resp: &mut ResponseHeader, total: usize) -> pingora_proxy::RangeType {
+    let _ = resp.set_status(416);
+    let _ = resp.insert_header(http::header::CONTENT_LENGTH, "0");
+    for h in [http::header::ACCEPT_RANGES, http::header::CONTENT_TYPE, http::header::CONTENT_ENCODING, http::header::TRANSFER_ENCODING] {
+        resp.remove_header(&h);
+    }
+    let _ = resp.insert_header(http::header::CONTENT_RANGE, format!("bytes */{total}"));
+    pingora_proxy::RangeType::Invalid
+}

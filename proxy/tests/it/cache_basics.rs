@@ -291,3 +291,26 @@ async fn date_is_the_origins_and_a_hit_keeps_the_stored_one() {
     let own = httpdate::parse_http_date(r.header("date")).unwrap();
     assert!(std::time::SystemTime::now().duration_since(own).unwrap_or_default() < Duration::from_secs(3));
 }
+
+/// RFC 9110 §14.1.3: a range no byte satisfies is a 416 with `Content-Range: bytes */length`
+/// (Pingora answered `bytes 100-99/100` for `bytes=-0` and `bytes 0-18446744073709551615/0`
+/// for `bytes=-1` on an empty body); satisfiable ones still get a 206.
+#[tokio::test(flavor = "multi_thread")]
+async fn unsatisfiable_ranges_are_416() {
+    let o = Scripted::start(|req, _| {
+        let body = if req.target == "/empty" { String::new() } else { "x".repeat(100) };
+        Reply::new(200, &[("cache-control", "max-age=60"), ("content-type", "application/octet-stream")], body)
+    })
+    .await;
+    let p = Portier::start(&config_for(o.addr, "", ""));
+    for path in ["/empty", "/hundred"] {
+        get(p.public, path).await;
+    }
+    for (path, range, length) in [("/empty", "bytes=-1", "0"), ("/hundred", "bytes=-0", "100"), ("/hundred", "bytes=200-", "100")] {
+        let r = get_with(p.public, path, &[("Range", range)]).await;
+        assert_eq!(r.status, 416, "{path} {range}: {r:?}");
+        assert_eq!(r.header("content-range"), format!("bytes */{length}"), "{path} {range}");
+    }
+    let r = get_with(p.public, "/hundred", &[("Range", "bytes=-10")]).await;
+    assert_eq!((r.status, r.header("content-range"), r.body.len()), (206, "bytes 90-99/100", 10));
+}
