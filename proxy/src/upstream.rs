@@ -10,11 +10,12 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamError {
-    #[error("upstreams.{pool}: cannot resolve {addr}: {source}")]
-    Resolve { pool: String, addr: String, source: std::io::Error },
     #[error("upstreams.{pool}.tls.ca: {reason}")]
     Ca { pool: String, reason: String },
 }
+
+/// How often upstream host names are resolved again.
+const RESOLVE_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// How a pool talks TLS to its addresses.
 pub struct PoolTls {
@@ -123,7 +124,9 @@ impl rustls::client::danger::ServerCertVerifier for NoVerify {
 #[derive(Debug)]
 pub struct Backend {
     pub addr: HostPort,
-    pub sock: SocketAddr,
+    /// The address `addr` resolves to now; None while the name does not resolve (Compose
+    /// starts containers in any order). Names are resolved again every few seconds.
+    sock: parking_lot::RwLock<Option<SocketAddr>>,
     /// Result of the active health check (true when there is no check).
     up: AtomicBool,
     streak: AtomicU32,
@@ -137,7 +140,35 @@ fn now_ms() -> u64 {
 
 impl Backend {
     pub fn healthy(&self) -> bool {
-        self.up.load(Ordering::Relaxed) && self.ejected_until_ms.load(Ordering::Relaxed) <= now_ms()
+        self.sock().is_some() && self.up.load(Ordering::Relaxed) && self.ejected_until_ms.load(Ordering::Relaxed) <= now_ms()
+    }
+
+    pub fn sock(&self) -> Option<SocketAddr> {
+        *self.sock.read()
+    }
+
+    /// Resolves a host name again (IP literals never change); says when the address moved.
+    async fn re_resolve(&self, pool: &str) {
+        if self.addr.host.parse::<std::net::IpAddr>().is_ok() {
+            return;
+        }
+        let target = format!("{}:{}", self.addr.host, self.addr.port);
+        let now = tokio::net::lookup_host(target).await.ok().and_then(|mut a| a.next());
+        let before = self.sock();
+        // A failed lookup keeps the last known address: DNS hiccups are not outages.
+        *self.sock.write() = now.or(before);
+        if now.is_some() && now != before {
+            crate::telemetry::events::emit(
+                "info",
+                "upstream_address_changed",
+                &[
+                    ("pool", pool),
+                    ("address", &self.addr.to_string()),
+                    ("from", &before.map(|s| s.to_string()).unwrap_or_else(|| "unresolved".into())),
+                    ("to", &now.map(|s| s.to_string()).unwrap_or_default()),
+                ],
+            );
+        }
     }
 }
 
@@ -155,21 +186,25 @@ pub struct Pool {
 
 impl Pool {
     pub fn new(name: &str, cfg: &Upstream) -> Result<Pool, UpstreamError> {
-        let backends = cfg
+        let backends: Vec<Backend> = cfg
             .addresses
             .iter()
             .map(|a| {
-                let sock = a.resolve().map_err(|source| UpstreamError::Resolve { pool: name.to_string(), addr: a.to_string(), source })?;
-                Ok(Backend {
+                // A name that does not resolve yet is an address that is down until it does.
+                let sock = a.resolve().ok();
+                if sock.is_none() {
+                    crate::telemetry::events::emit("warn", "upstream_unresolved", &[("pool", name), ("address", &a.to_string())]);
+                }
+                Backend {
                     addr: a.clone(),
-                    sock,
+                    sock: parking_lot::RwLock::new(sock),
                     up: AtomicBool::new(true),
                     streak: AtomicU32::new(0),
                     fails: AtomicU32::new(0),
                     ejected_until_ms: AtomicU64::new(0),
-                })
+                }
             })
-            .collect::<Result<Vec<_>, _>>()?;
+            .collect();
         Ok(Pool {
             name: name.to_string(),
             backends,
@@ -195,8 +230,12 @@ impl Pool {
             return None;
         }
         let start = self.next.fetch_add(1, Ordering::Relaxed);
+        // Fail open over addresses that resolve; an unresolved one cannot be tried at all.
         let candidates = |want_healthy: bool| {
-            (0..n).map(move |k| (start + k) % n).find(|i| !tried.contains(i) && (!want_healthy || self.backends[*i].healthy()))
+            (0..n).map(move |k| (start + k) % n).find(|i| {
+                let b = &self.backends[*i];
+                !tried.contains(i) && b.sock().is_some() && (!want_healthy || b.healthy())
+            })
         };
         candidates(true).or_else(|| candidates(false))
     }
@@ -254,7 +293,8 @@ impl Pool {
 async fn probe(b: &Backend, hc: &HealthCheck, tls: Option<(Arc<rustls::ClientConfig>, &str)>) -> bool {
     let host = b.addr.to_string();
     let req = crate::http_client::Request { method: "GET", target: &hc.path, host: &host, headers: &[], body: b"" };
-    crate::http_client::send_over(b.sock, tls, &req, hc.timeout.get()).await.is_ok_and(|h| (200..400).contains(&h.status))
+    let Some(sock) = b.sock() else { return false };
+    crate::http_client::send_over(sock, tls, &req, hc.timeout.get()).await.is_ok_and(|h| (200..400).contains(&h.status))
 }
 
 /// Every pool, by name.
@@ -283,6 +323,22 @@ impl Upstreams {
     /// Runs the active checks of every pool that has one until `shutdown` flips.
     pub async fn run_health_checks(self: Arc<Self>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
         let mut tasks = Vec::new();
+        // Names are resolved again every few seconds: a recreated container gets a new IP.
+        let pools: Vec<Arc<Pool>> = self.pools.values().cloned().collect();
+        let mut stop = shutdown.clone();
+        tasks.push(tokio::spawn(async move {
+            loop {
+                for pool in &pools {
+                    for b in &pool.backends {
+                        b.re_resolve(&pool.name).await;
+                    }
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(RESOLVE_EVERY) => {}
+                    _ = stop.changed() => return,
+                }
+            }
+        }));
         for pool in self.pools.values().cloned() {
             let Some(hc) = pool.health_check.clone() else {
                 continue;

@@ -21,16 +21,18 @@ impl Gateway {
             .ok_or_else(|| Error::explain(ErrorType::ConnectNoRoute, format!("no address left in pool {}", pool.name)))?;
         ctx.upstream.backend = Some(i);
         let b = &pool.backends[i];
+        // `select` only picks resolved addresses; one that stopped resolving since is a 502.
+        let sock = b.sock().ok_or_else(|| Error::explain(ErrorType::ConnectNoRoute, format!("{} does not resolve", b.addr)))?;
         let t = &self.state.config.timeouts;
         let mut peer = match &pool.tls {
             Some(tls) => {
-                let mut p = HttpPeer::new(b.sock, true, pool.sni_for(b).to_string());
+                let mut p = HttpPeer::new(sock, true, pool.sni_for(b).to_string());
                 p.options.verify_cert = tls.verify;
                 p.options.verify_hostname = tls.verify;
                 p.options.ca = tls.ca.clone();
                 p
             }
-            None => HttpPeer::new(b.sock, false, String::new()),
+            None => HttpPeer::new(sock, false, String::new()),
         };
         peer.options.connection_timeout = Some(t.connect.get());
         peer.options.read_timeout = Some(t.read.get());

@@ -430,3 +430,29 @@ async fn a_route_path_with_non_ascii_characters_loads_and_matches_the_encoded_pa
     assert_eq!(api.state.total(), 1);
     assert_eq!(web.state.total(), 0);
 }
+
+/// Compose starts containers in any order: an upstream name that does not resolve yet must
+/// not stop Portier. That address is down (and `/readyz` says so) until it resolves; names
+/// are resolved again every few seconds, so a recreated container's new address is picked up.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unresolvable_upstream_name_is_down_not_fatal() {
+    let api = origin().await;
+    let cfg = format!(
+        "[upstreams.api]\naddresses = [\"portier-unresolved.invalid:3001\", \"{}\"]\n[upstreams.ghost]\naddresses = [\"portier-unresolved.invalid:80\"]\n\
+         [[routes]]\npath = \"/ghost\"\npool = \"ghost\"\n[[routes]]\npath = \"/*\"\npool = \"api\"\n",
+        api.addr
+    );
+    let p = Portier::start(&cfg);
+    for _ in 0..3 {
+        assert_eq!(get(p.public, "/health").await.status, 200, "the resolvable address serves");
+    }
+    let r = get(p.public, "/ghost").await;
+    assert_eq!(r.status, 502, "{r:?}");
+    let ready = get(p.admin, "/readyz").await;
+    assert_eq!(ready.status, 503);
+    let v = ready.json();
+    assert_eq!(v["pools"]["api"]["ready"], true);
+    assert_eq!(v["pools"]["api"]["addresses"][0]["healthy"], false, "{v}");
+    assert_eq!(v["pools"]["ghost"]["ready"], false);
+    assert!(p.stdout_lines().iter().any(|l| l.contains("upstream_unresolved") && l.contains("portier-unresolved.invalid:3001")));
+}
