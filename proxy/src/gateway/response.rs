@@ -60,6 +60,16 @@ impl Gateway {
 
     /// What the client sees: cache status headers, `Age` from the store, the request id.
     pub(super) fn status_headers(&self, session: &Session, resp: &mut ResponseHeader, ctx: &mut Ctx) -> Result<()> {
+        // Portier speaks its own HTTP version (RFC 9110 §2.5), whatever the origin's status line said.
+        resp.set_version(http::Version::HTTP_11);
+        // An interim response (103 Early Hints) is not the response: no cache status on it.
+        if resp.status.is_informational() {
+            return Ok(());
+        }
+        // A 204 has no content, so no Content-Length either (RFC 9110 §8.6).
+        if resp.status == 204 {
+            resp.remove_header(&http::header::CONTENT_LENGTH);
+        }
         let o = self.outcome(session, ctx);
         if o.status == CacheStatus::Hit && session.cache.lock_duration().is_some() {
             self.state.metrics.coalesced.inc();

@@ -243,3 +243,48 @@ async fn admin_purge_and_profiles_need_the_token_beyond_loopback() {
     assert_eq!(get(admin, "/metrics").await.status, 200, "metrics stay open for Prometheus");
     assert_eq!(get(admin, "/healthz").await.status, 200);
 }
+
+/// Responses: Portier's own HTTP version on the status line whatever the origin's (RFC 9110
+/// §2.5), no `Content-Length` on a 204 (§8.6), and no cache status on an interim 103.
+#[tokio::test(flavor = "multi_thread")]
+async fn status_line_204_and_interim_responses() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let origin = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 4096];
+                let n = s.read(&mut buf).await.unwrap_or(0);
+                let req = String::from_utf8_lossy(&buf[..n]).to_string();
+                let answer: &[u8] = if req.starts_with("GET /old") {
+                    b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\nCache-Control: no-store\r\n\r\nok"
+                } else if req.starts_with("GET /empty") {
+                    b"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\nCache-Control: no-store\r\n\r\n"
+                } else {
+                    b"HTTP/1.1 103 Early Hints\r\nLink: </app.js>; rel=preload\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\nCache-Control: no-store\r\n\r\nhi"
+                };
+                let _ = s.write_all(answer).await;
+                let _ = s.shutdown().await;
+            });
+        }
+    });
+    let p = Portier::start(&config_for(origin, "", ""));
+    let raw = |path: &'static str| async move {
+        let mut s = tokio::net::TcpStream::connect(p.public).await.unwrap();
+        s.write_all(format!("GET {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n", p.public).as_bytes()).await.unwrap();
+        let mut out = Vec::new();
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), s.read_to_end(&mut out)).await;
+        String::from_utf8_lossy(&out).to_ascii_lowercase()
+    };
+    let old = raw("/old").await;
+    assert!(old.starts_with("http/1.1 200"), "{old}");
+    let empty = raw("/empty").await;
+    assert!(empty.starts_with("http/1.1 204") && !empty.contains("content-length"), "{empty}");
+    let hints = raw("/hints").await;
+    let (interim, rest) = hints.split_once("\r\n\r\n").unwrap();
+    if interim.starts_with("http/1.1 103") {
+        assert!(!interim.contains("x-cache") && !interim.contains("cache-status"), "{interim}");
+    }
+    assert!(rest.contains("x-cache: bypass") || interim.contains("x-cache: bypass"), "{hints}");
+}
