@@ -31,7 +31,7 @@ impl Scheme {
     }
 
     /// `http://` or `https://` at the start of `b` (case-insensitive): the scheme and the rest.
-    fn strip(b: &[u8]) -> Option<(Scheme, &[u8])> {
+    pub(crate) fn strip(b: &[u8]) -> Option<(Scheme, &[u8])> {
         let starts = |p: &[u8]| b.len() >= p.len() && b[..p.len()].eq_ignore_ascii_case(p);
         if starts(b"http://") {
             Some((Scheme::Http, &b[7..]))
@@ -175,6 +175,20 @@ pub(crate) fn origin_form(b: &[u8]) -> Result<PathAndQuery, Refused> {
     PathAndQuery::try_from(b).map_err(|_| Refused("the request target is not a valid URI path"))
 }
 
+/// What follows `scheme://`, split where the authority ends (at `/`, `?`, `#` or the end).
+pub(crate) fn split_authority(rest: &[u8]) -> (&[u8], &[u8]) {
+    rest.split_at(rest.iter().position(|&c| matches!(c, b'/' | b'?' | b'#')).unwrap_or(rest.len()))
+}
+
+/// The path and query after an authority as origin-form: empty is `/`, `?q` is `/?q`.
+pub(crate) fn rooted_origin_form(pq: &[u8]) -> Result<PathAndQuery, Refused> {
+    match pq.first() {
+        None => origin_form(b"/"),
+        Some(b'?') => origin_form(&[b"/", pq].concat()),
+        Some(_) => origin_form(pq),
+    }
+}
+
 /// `.`, `..` and their percent-encoded spellings (`%2e`, `.%2E`, ...).
 fn is_dot_segment(seg: &[u8]) -> bool {
     let mut dots = 0;
@@ -246,8 +260,7 @@ pub(crate) fn accept(req: &mut RequestHeader, scheme: Scheme) -> Result<Target, 
         if target_scheme != scheme {
             return Err(Refused("the request target's scheme is not this connection's"));
         }
-        let end = rest.iter().position(|&c| matches!(c, b'/' | b'?' | b'#')).unwrap_or(rest.len());
-        let (auth, pq) = rest.split_at(end);
+        let (auth, pq) = split_authority(rest);
         if auth.contains(&b'@') {
             return Err(Refused("the request target has userinfo"));
         }
@@ -255,11 +268,7 @@ pub(crate) fn accept(req: &mut RequestHeader, scheme: Scheme) -> Result<Target, 
         if host.as_ref().is_some_and(|h| *h != auth) {
             return Err(Refused("the request target's authority differs from Host"));
         }
-        let pq = match pq.first() {
-            None => origin_form(b"/")?,
-            Some(b'?') => origin_form(&[b"/", pq].concat())?,
-            Some(_) => origin_form(pq)?,
-        };
+        let pq = rooted_origin_form(pq)?;
         if host.is_none() {
             let value = auth.to_string();
             req.insert_header(http::header::HOST, value).map_err(|_| Refused("the request target's authority is not a Host"))?;

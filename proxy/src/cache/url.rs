@@ -33,21 +33,10 @@ impl CacheUrl {
 
     /// An absolute `http(s)://authority/path?query` URL, checked as a request target would be.
     pub(crate) fn parse(u: &str) -> Result<CacheUrl, Refused> {
-        let b = u.as_bytes();
-        let scheme = if b.len() >= 8 && b[..8].eq_ignore_ascii_case(b"https://") { Scheme::Https } else { Scheme::Http };
-        let rest = match scheme {
-            Scheme::Https => &b[8..],
-            Scheme::Http if b.len() >= 7 && b[..7].eq_ignore_ascii_case(b"http://") => &b[7..],
-            Scheme::Http => return Err(Refused("expected an http(s):// URL")),
-        };
-        let end = rest.iter().position(|&c| matches!(c, b'/' | b'?' | b'#')).unwrap_or(rest.len());
-        let (auth, pq) = rest.split_at(end);
+        let (scheme, rest) = Scheme::strip(u.as_bytes()).ok_or(Refused("expected an http(s):// URL"))?;
+        let (auth, pq) = target::split_authority(rest);
         let auth = Authority::parse(auth, scheme).map_err(Refused)?;
-        let pq = match pq.first() {
-            None => target::origin_form(b"/")?,
-            Some(b'?') => target::origin_form(&[b"/", pq].concat())?,
-            Some(_) => target::origin_form(pq)?,
-        };
+        let pq = target::rooted_origin_form(pq)?;
         Ok(Self::build(scheme, Some(&auth), pq.as_str()))
     }
 
