@@ -54,20 +54,39 @@ pub(crate) async fn respond(
     outcome: &Outcome,
     extra: &[(&'static str, &str)],
 ) -> Result<()> {
+    let text = Bytes::from(body(status, detail, request_id));
+    write(session, status, Some("text/plain; charset=utf-8"), text, request_id, outcome, extra).await
+}
+
+/// Any answer Portier writes itself (error pages, PURGE, `OPTIONS *`, ACME challenges): never
+/// stored, with the request id and the cache status headers. Nothing is written once a
+/// response has started.
+pub(crate) async fn write(
+    session: &mut Session,
+    status: u16,
+    content_type: Option<&str>,
+    body: Bytes,
+    request_id: &str,
+    outcome: &Outcome,
+    extra: &[(&'static str, &str)],
+) -> Result<()> {
     if session.as_downstream().response_written().is_some() {
         return Ok(());
     }
-    let text = body(status, detail, request_id);
     let mut resp = ResponseHeader::build(status, Some(9))?;
-    resp.insert_header("content-type", "text/plain; charset=utf-8")?;
-    resp.insert_header("content-length", text.len().to_string())?;
+    if let Some(ct) = content_type {
+        resp.insert_header("content-type", ct)?;
+    }
+    resp.insert_header("content-length", body.len().to_string())?;
     resp.insert_header("cache-control", "no-store")?;
     resp.insert_header(crate::forwarding::REQUEST_ID, request_id)?;
     outcome.write_headers(&mut resp, None)?;
     for (k, v) in extra {
         resp.insert_header(*k, *v)?;
     }
+    if body.is_empty() {
+        return session.write_response_header(Box::new(resp), true).await;
+    }
     session.write_response_header(Box::new(resp), false).await?;
-    session.write_response_body(Some(Bytes::from(text)), true).await?;
-    Ok(())
+    session.write_response_body(Some(body), true).await
 }

@@ -14,7 +14,6 @@ use crate::telemetry::traces;
 use bytes::Bytes;
 use pingora_cache::{CacheKey, CacheMeta};
 use pingora_error::{Error, ErrorType, Result};
-use pingora_http::ResponseHeader;
 use pingora_proxy::Session;
 use std::time::SystemTime;
 
@@ -66,10 +65,26 @@ impl Gateway {
         detail: &str,
         extra: &[(&'static str, &str)],
     ) -> Result<()> {
+        let text = Bytes::from(error_page::body(code, detail, &ctx.request.id));
+        self.answer(session, ctx, answer, code, Some("text/plain; charset=utf-8"), text, extra).await
+    }
+
+    /// [`Self::answer_locally`] with a body of its own (PURGE's JSON, an ACME key authorization).
+    #[allow(clippy::too_many_arguments)]
+    async fn answer(
+        &self,
+        session: &mut Session,
+        ctx: &mut Ctx,
+        answer: LocalAnswer,
+        code: u16,
+        content_type: Option<&str>,
+        body: Bytes,
+        extra: &[(&'static str, &str)],
+    ) -> Result<()> {
         ctx.cache.decision = CacheDecision::Answered(answer);
         ctx.local_status = Some(code);
         let outcome = self.outcome(session, ctx);
-        error_page::respond(session, code, &ctx.request.id, detail, &outcome, extra).await
+        error_page::write(session, code, content_type, body, &ctx.request.id, &outcome, extra).await
     }
 
     /// Checks the request target and Host (see [`crate::target`]) and rewrites the request to
@@ -81,28 +96,15 @@ impl Gateway {
         match target::accept(session.req_header_mut(), scheme) {
             Ok(t) if t.asterisk => {
                 self.start_trace(session, ctx, format!("{} *", ctx.request.method_label));
-                ctx.cache.decision = CacheDecision::Answered(LocalAnswer::ServerOptions);
-                ctx.local_status = Some(200);
-                let mut resp = ResponseHeader::build(200, Some(5))?;
-                resp.insert_header("content-length", "0")?;
-                resp.insert_header(forwarding::REQUEST_ID, &ctx.request.id)?;
-                self.outcome(session, ctx).write_headers(&mut resp, None)?;
-                session.write_response_header(Box::new(resp), true).await?;
+                self.answer(session, ctx, LocalAnswer::ServerOptions, 200, None, Bytes::new(), &[]).await?;
                 Ok(true)
             }
             Ok(t) => {
                 // Before the redirect: a CA validates HTTP-01 over plain HTTP.
                 if let Some(key_auth) = self.state.challenges.answer(t.path()) {
                     self.start_trace(session, ctx, format!("{} (acme)", ctx.request.method_label));
-                    ctx.cache.decision = CacheDecision::Answered(LocalAnswer::AcmeChallenge);
-                    ctx.local_status = Some(200);
-                    let mut resp = ResponseHeader::build(200, Some(5))?;
-                    resp.insert_header("content-type", "application/octet-stream")?;
-                    resp.insert_header("content-length", key_auth.len().to_string())?;
-                    resp.insert_header("cache-control", "no-store")?;
-                    self.outcome(session, ctx).write_headers(&mut resp, None)?;
-                    session.write_response_header(Box::new(resp), false).await?;
-                    session.write_response_body(Some(Bytes::from(key_auth)), true).await?;
+                    let body = Bytes::from(key_auth);
+                    self.answer(session, ctx, LocalAnswer::AcmeChallenge, 200, Some("application/octet-stream"), body, &[]).await?;
                     return Ok(true);
                 }
                 let redirect = self.https_location(&t);
@@ -202,17 +204,7 @@ impl Gateway {
             }
             _ => (405, serde_json::json!({"error": "the cache is disabled"})),
         };
-        ctx.cache.decision = CacheDecision::Answered(LocalAnswer::Purge);
-        ctx.local_status = Some(code);
-        let text = body.to_string();
-        let mut resp = ResponseHeader::build(code, Some(6))?;
-        resp.insert_header("content-type", "application/json")?;
-        resp.insert_header("content-length", text.len().to_string())?;
-        resp.insert_header("cache-control", "no-store")?;
-        resp.insert_header(forwarding::REQUEST_ID, &ctx.request.id)?;
-        self.outcome(session, ctx).write_headers(&mut resp, None)?;
-        session.write_response_header(Box::new(resp), false).await?;
-        session.write_response_body(Some(Bytes::from(text)), true).await?;
+        self.answer(session, ctx, LocalAnswer::Purge, code, Some("application/json"), Bytes::from(body.to_string()), &[]).await?;
         Ok(true)
     }
 
