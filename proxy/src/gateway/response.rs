@@ -19,13 +19,17 @@ impl Gateway {
     /// The cache status of this response, decided here once and kept in `ctx` for the log,
     /// the metrics and the span.
     pub(super) fn outcome(&self, session: &Session, ctx: &mut Ctx) -> Outcome {
-        let phase = session.cache.phase();
+        self.outcome_after(session, ctx, None)
+    }
+
+    /// [`Self::outcome`] when the origin failed (`upstream_error` is the `Cache-Status` detail).
+    fn outcome_after(&self, session: &Session, ctx: &mut Ctx, upstream_error: Option<&'static str>) -> Outcome {
         let facts = Facts {
             decision: ctx.cache.decision,
-            phase,
+            phase: session.cache.phase(),
             meta: session.cache.maybe_cache_meta(),
             origin_status: ctx.upstream.status,
-            upstream_error: None,
+            upstream_error,
         };
         let o = crate::cache::status::outcome(&facts, SystemTime::now());
         ctx.cache.outcome = Some(o.clone());
@@ -129,15 +133,7 @@ impl Gateway {
             // its next request into a closing socket.
             session.set_keepalive(None);
             ctx.local_status = Some(code);
-            let facts = Facts {
-                decision: ctx.cache.decision,
-                phase: session.cache.phase(),
-                meta: None,
-                origin_status: None,
-                upstream_error: upstream_kind.map(|k| k.detail()),
-            };
-            let o = crate::cache::status::outcome(&facts, SystemTime::now());
-            ctx.cache.outcome = Some(o.clone());
+            let o = self.outcome_after(session, ctx, upstream_kind.map(|k| k.detail()));
             let _ = error_page::respond(session, code, &ctx.request.id, error_page::detail_for(code), &o, &[]).await;
         }
         FailToProxy { error_code: code, can_reuse_downstream: false }
