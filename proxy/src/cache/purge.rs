@@ -56,13 +56,7 @@ pub fn authorized(cfg: &PurgeConfig, client: Option<IpAddr>, req: &RequestHeader
             return true;
         }
     }
-    client.is_some_and(|ip| {
-        let ip = match ip {
-            IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(IpAddr::V6(v6)),
-            v4 => v4,
-        };
-        cfg.allow_from.contains(&ip)
-    })
+    client.is_some_and(|ip| cfg.allow_from.contains(&crate::config::unmapped(ip)))
 }
 
 /// `POST /cache/purge` body: exactly one of `url`, `prefix`, `tag`; `soft` keeps entries as

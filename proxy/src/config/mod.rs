@@ -8,7 +8,7 @@ mod units;
 
 pub use address::{HostPort, ListenAddr};
 pub use load::{load_file, load_str};
-pub use pattern::{BcryptHash, Cidr, HostPattern, Method, PathPattern};
+pub use pattern::{unmapped, BcryptHash, Cidr, HostPattern, Method, PathPattern};
 pub use units::{ByteSize, HumanDuration};
 
 use serde::{Deserialize, Serialize};

@@ -42,19 +42,6 @@ impl FromStr for PathPattern {
     }
 }
 
-impl TryFrom<String> for PathPattern {
-    type Error = String;
-    fn try_from(s: String) -> Result<Self, String> {
-        s.parse()
-    }
-}
-
-impl From<PathPattern> for String {
-    fn from(p: PathPattern) -> String {
-        p.to_string()
-    }
-}
-
 impl fmt::Display for PathPattern {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.path)?;
@@ -105,19 +92,6 @@ impl FromStr for HostPattern {
     }
 }
 
-impl TryFrom<String> for HostPattern {
-    type Error = String;
-    fn try_from(s: String) -> Result<Self, String> {
-        s.parse()
-    }
-}
-
-impl From<HostPattern> for String {
-    fn from(h: HostPattern) -> String {
-        h.to_string()
-    }
-}
-
 impl fmt::Display for HostPattern {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -152,19 +126,6 @@ impl FromStr for Method {
     }
 }
 
-impl TryFrom<String> for Method {
-    type Error = String;
-    fn try_from(s: String) -> Result<Self, String> {
-        s.parse()
-    }
-}
-
-impl From<Method> for String {
-    fn from(m: Method) -> String {
-        m.0.to_string()
-    }
-}
-
 /// A client address range: `203.0.113.0/24`, `2001:db8::/32`, or one address (`198.51.100.17`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
@@ -183,27 +144,19 @@ impl FromStr for Cidr {
     }
 }
 
-impl TryFrom<String> for Cidr {
-    type Error = String;
-    fn try_from(s: String) -> Result<Self, String> {
-        s.parse()
-    }
-}
-
-impl From<Cidr> for String {
-    fn from(c: Cidr) -> String {
-        c.0.to_string()
-    }
-}
-
 impl Cidr {
     /// IPv4-mapped IPv6 clients (`::ffff:10.0.0.1`) match IPv4 ranges.
     pub fn contains(&self, ip: std::net::IpAddr) -> bool {
-        let ip = match ip {
-            std::net::IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, std::net::IpAddr::V4),
-            v4 => v4,
-        };
-        self.0.contains(&ip)
+        self.0.contains(&unmapped(ip))
+    }
+}
+
+/// An IPv4-mapped IPv6 address (`::ffff:10.0.0.1`, how a dual-stack listener sees IPv4
+/// clients) as the IPv4 address it is; any other address as it is.
+pub fn unmapped(ip: std::net::IpAddr) -> std::net::IpAddr {
+    match ip {
+        std::net::IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, std::net::IpAddr::V4),
+        v4 => v4,
     }
 }
 
@@ -224,18 +177,32 @@ impl FromStr for BcryptHash {
     }
 }
 
-impl TryFrom<String> for BcryptHash {
-    type Error = String;
-    fn try_from(s: String) -> Result<Self, String> {
-        s.parse()
-    }
+/// Config values read from TOML strings through `FromStr` and written back as strings
+/// (serde's `try_from = "String"` and `into = "String"`).
+macro_rules! string_form {
+    ($($t:ty => $to_string:expr),* $(,)?) => {$(
+        impl TryFrom<String> for $t {
+            type Error = String;
+            fn try_from(s: String) -> Result<Self, String> {
+                s.parse()
+            }
+        }
+
+        impl From<$t> for String {
+            fn from(v: $t) -> String {
+                $to_string(v)
+            }
+        }
+    )*};
 }
 
-impl From<BcryptHash> for String {
-    fn from(h: BcryptHash) -> String {
-        h.0
-    }
-}
+string_form!(
+    PathPattern => |p: PathPattern| p.to_string(),
+    HostPattern => |h: HostPattern| h.to_string(),
+    Method => |m: Method| m.0.to_string(),
+    Cidr => |c: Cidr| c.0.to_string(),
+    BcryptHash => |h: BcryptHash| h.0,
+);
 
 #[cfg(test)]
 mod tests {
