@@ -51,7 +51,7 @@ impl PoolTls {
         };
         let mut roots = rustls::RootCertStore::empty();
         if ders.is_empty() {
-            roots.extend(webpki_roots_or_native());
+            roots.extend(native_roots());
         } else {
             for d in &ders {
                 roots.add(d.clone()).map_err(|e| err(e.to_string()))?;
@@ -76,7 +76,7 @@ impl PoolTls {
 }
 
 /// The system's trust store, for health checks of pools without their own `ca`.
-fn webpki_roots_or_native() -> Vec<rustls::pki_types::TrustAnchor<'static>> {
+fn native_roots() -> Vec<rustls::pki_types::TrustAnchor<'static>> {
     let mut store = rustls::RootCertStore::empty();
     for c in pingora_rustls::load_native_certs().unwrap_or_default() {
         let _ = store.add(c);
