@@ -35,6 +35,9 @@ impl Gateway {
         // HTTP/1.0 without keep-alive), and that must stand.
         if session.get_keepalive().is_some() {
             session.set_keepalive(Some(self.state.config.timeouts.client_idle.as_secs()));
+            // RFC 9112 §9.3.2: requests a client sent ahead are answered in order (Pingora
+            // otherwise answers the first and closes, dropping the rest).
+            session.as_downstream_mut().set_pipelining_enabled(true);
         }
     }
 

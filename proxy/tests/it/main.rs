@@ -11,6 +11,7 @@ mod cache_storage;
 mod common;
 mod compression;
 mod foundation;
+mod hardening;
 mod lighthouse;
 mod profiling;
 mod prometheus;
