@@ -131,6 +131,7 @@ impl Admin {
             spans: st.tracing.as_ref().map(|t| t.counters.as_ref()),
             access_log_dropped: st.access_log.dropped.load(std::sync::atomic::Ordering::Relaxed),
             profiles: Some(st.profiling.counters.as_ref()),
+            connections: Some(st.connections.as_ref()),
         };
         let text = st.metrics.render(&ext).into_bytes();
 

@@ -38,6 +38,7 @@ pub fn detail_for(status: u16) -> &'static str {
         502 => "the upstream could not be reached or sent an invalid response",
         404 => "no route matches this request",
         400 => "the request is malformed",
+        413 => "the request body is larger than this route accepts",
         401 => "this route needs a user name and password",
         403 => "this route does not accept requests from this address",
         _ => "the request failed",

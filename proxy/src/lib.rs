@@ -12,6 +12,7 @@ pub(crate) mod error_page;
 pub(crate) mod forwarding;
 pub(crate) mod gateway;
 pub(crate) mod http_client;
+pub(crate) mod limits;
 pub(crate) mod proof;
 pub(crate) mod response_headers;
 pub(crate) mod routing;

@@ -181,6 +181,9 @@ pub fn run(mut config: Config, on_bound: impl FnOnce(BoundAddrs)) -> Result<(), 
         events::emit("info", "profiling_push_started", &[("url", url), ("application", &tel.service_name)]);
     }
     let mut proxy = pingora_proxy::http_proxy_service_with_name(&server.configuration, Gateway { state: state.clone() }, "portier");
+    if let Some(app) = proxy.app_logic_mut() {
+        app.server_options = Some(crate::limits::server_options(&state.config.limits, state.connections.clone()));
+    }
     proxy.add_tcp(&addrs.public.to_string());
     let mut sockets = vec![public];
     if let (Some((store, bound)), Some(t)) = (tls, &state.config.tls) {

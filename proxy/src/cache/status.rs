@@ -88,6 +88,10 @@ pub(crate) enum LocalAnswer {
     AcmeChallenge,
     /// `only-if-cached` and nothing usable stored (504).
     OnlyIfCached,
+    /// A request head or body over a limit (413, 414, 431).
+    TooLarge,
+    /// Too many requests in flight from the client's address (503).
+    Busy,
 }
 
 impl LocalAnswer {
@@ -102,6 +106,8 @@ impl LocalAnswer {
             LocalAnswer::RedirectToHttps => "redirect-https",
             LocalAnswer::AcmeChallenge => "acme-challenge",
             LocalAnswer::OnlyIfCached => "only-if-cached",
+            LocalAnswer::TooLarge => "too-large",
+            LocalAnswer::Busy => "busy",
         }
     }
 }

@@ -101,6 +101,7 @@ pub fn load_str(text: &str, source_name: &str, env: impl Fn(&str) -> Option<Stri
             "listen" => cfg.listen = c.section(&key, value).unwrap_or_default(),
             "server" => cfg.server = c.section(&key, value).unwrap_or_default(),
             "timeouts" => cfg.timeouts = c.section(&key, value).unwrap_or_default(),
+            "limits" => cfg.limits = c.section(&key, value).unwrap_or_default(),
             "cache" => cfg.cache = c.section(&key, value).unwrap_or_default(),
             "compression" => cfg.compression = c.section(&key, value).unwrap_or_default(),
             "tls" => cfg.tls = c.section(&key, value),
@@ -237,6 +238,21 @@ fn validate(cfg: &Config, declared: &std::collections::BTreeSet<String>, c: &mut
         if d.get().is_zero() {
             c.push(format!("timeouts.{key}"), "must be greater than 0");
         }
+    }
+    let l = &cfg.limits;
+    if l.max_header_count == 0 || l.max_header_count > super::PARSER_MAX_HEADER_COUNT {
+        c.push("limits.max_header_count", format!("{} is out of range 1..={}", l.max_header_count, super::PARSER_MAX_HEADER_COUNT));
+    }
+    for (key, size) in [("max_uri", l.max_uri), ("max_header", l.max_header), ("max_headers", l.max_headers)] {
+        if size.bytes() < 256 {
+            c.push(format!("limits.{key}"), format!("{size} is too small for ordinary requests (at least 256 bytes)"));
+        }
+    }
+    if l.head_timeout.get().is_zero() {
+        c.push("limits.head_timeout", "must be greater than 0");
+    }
+    if l.max_requests_per_client == 0 {
+        c.push("limits.max_requests_per_client", "must be at least 1");
     }
     for (name, pool) in &cfg.upstreams {
         if pool.addresses.is_empty() {

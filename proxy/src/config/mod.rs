@@ -19,6 +19,7 @@ pub struct Config {
     pub listen: Listen,
     pub server: ServerSection,
     pub timeouts: Timeouts,
+    pub limits: Limits,
     pub upstreams: BTreeMap<String, Upstream>,
     pub routes: Vec<Route>,
     pub cache: CacheConfig,
@@ -128,6 +129,51 @@ pub struct ServerSection {
 impl Default for ServerSection {
     fn default() -> Self {
         ServerSection { threads: 0, grace_period: HumanDuration::from_secs(10), trusted_proxies: Vec::new() }
+    }
+}
+
+/// What one client may send or hold, each refused with its own status.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Length of the request target (414).
+    pub max_uri: ByteSize,
+    /// One header field, name and value (431).
+    pub max_header: ByteSize,
+    /// All header fields together (431).
+    pub max_headers: ByteSize,
+    /// Number of header fields (431); Pingora's parser stops at 256.
+    pub max_header_count: usize,
+    /// The whole request head, counted from its first byte (408, then the connection
+    /// closes): a client sending a byte at a time cannot hold a connection (slowloris).
+    pub head_timeout: HumanDuration,
+    /// Request body on a route that sets no `max_body` (413).
+    pub max_body: ByteSize,
+    /// Connections served at once on the public listeners (beyond: 503 and close); 0 means
+    /// three quarters of the process's open-file limit, so sockets to origins remain.
+    pub max_connections: usize,
+    /// Requests in flight at once from one client address (beyond: 503).
+    pub max_requests_per_client: usize,
+    /// What `Retry-After` says on those 503s.
+    pub retry_after: HumanDuration,
+}
+
+/// Pingora's HTTP/1 parser refuses more header fields than this whatever the configuration.
+pub const PARSER_MAX_HEADER_COUNT: usize = 256;
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_uri: ByteSize(8 * 1024),
+            max_header: ByteSize(8 * 1024),
+            max_headers: ByteSize(32 * 1024),
+            max_header_count: 100,
+            head_timeout: HumanDuration::from_secs(10),
+            max_body: ByteSize::mib(10),
+            max_connections: 0,
+            max_requests_per_client: 256,
+            retry_after: HumanDuration::from_secs(1),
+        }
     }
 }
 
@@ -265,6 +311,9 @@ pub struct Route {
     /// Client addresses refused on this route (403), even when `allow` lists them.
     #[serde(default)]
     pub deny: Vec<Cidr>,
+    /// Largest request body accepted on this route (413); `limits.max_body` when absent.
+    #[serde(default)]
+    pub max_body: Option<ByteSize>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -306,6 +355,7 @@ impl Route {
             basic_auth: None,
             allow: Vec::new(),
             deny: Vec::new(),
+            max_body: None,
         }
     }
 }
@@ -386,7 +436,7 @@ pub struct InvalidationRule {
 }
 
 pub const TOP_LEVEL_KEYS: &[&str] =
-    &["listen", "server", "timeouts", "upstreams", "routes", "cache", "compression", "tls", "purge", "invalidation", "telemetry"];
+    &["listen", "server", "timeouts", "limits", "upstreams", "routes", "cache", "compression", "tls", "purge", "invalidation", "telemetry"];
 
 /// HTTPS: a TLS listener beside the plain one, HTTP/2 by ALPN.
 #[derive(Debug, Clone, Serialize, Deserialize)]

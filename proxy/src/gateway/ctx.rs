@@ -38,6 +38,11 @@ pub(crate) struct RequestPart {
     pub(crate) id: String,
     /// The client's address: the peer's, or what a trusted proxy reports.
     pub(crate) client: Option<std::net::IpAddr>,
+    /// This request's place among its client's requests in flight.
+    pub(crate) slot: Option<crate::limits::ClientSlot>,
+    /// The route's body limit and what has been read of the body so far.
+    pub(crate) max_body: u64,
+    pub(crate) body_read: u64,
 }
 
 /// Where it goes.

@@ -44,6 +44,9 @@ pub struct State {
     pub(crate) access: Vec<crate::access::RouteAccess>,
     /// Pending ACME HTTP-01 answers.
     pub(crate) challenges: Arc<crate::acme::Challenges>,
+    pub(crate) client_slots: Arc<crate::limits::ClientSlots>,
+    /// Open client connections, counted by Pingora's accept loop against `limits.max_connections`.
+    pub(crate) connections: Arc<pingora_core::apps::ConnectionLimit>,
 }
 
 impl State {
@@ -54,6 +57,8 @@ impl State {
         let methods = KnownMethods::new(config.invalidation.iter().map(|r| r.method.0.clone()));
         let access = config.routes.iter().map(crate::access::RouteAccess::new).collect();
         let challenges = Arc::default();
+        let client_slots = crate::limits::ClientSlots::new(config.limits.max_requests_per_client);
+        let connections = crate::limits::connection_gate(&config.limits);
         State {
             router: Router::new(&config.routes),
             config,
@@ -66,6 +71,8 @@ impl State {
             methods,
             access,
             challenges,
+            client_slots,
+            connections,
         }
     }
 }
@@ -95,9 +102,11 @@ impl ProxyHttp for Gateway {
 
     /// Returns true when Portier answered the request itself.
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
-        if self.accept_target(session, ctx).await?
+        if self.check_limits(session, ctx).await?
+            || self.accept_target(session, ctx).await?
             || self.route(session, ctx).await?
             || self.check_access(session, ctx).await?
+            || self.check_body_size(session, ctx).await?
             || self.answer_purge(session, ctx).await?
         {
             return Ok(true);
@@ -107,6 +116,7 @@ impl ProxyHttp for Gateway {
     }
 
     async fn request_body_filter(&self, _session: &mut Session, body: &mut Option<Bytes>, _end: bool, ctx: &mut Ctx) -> Result<()> {
+        request::count_request_body(ctx, body.as_ref())?;
         request::capture_body(ctx, body.as_ref());
         Ok(())
     }

@@ -8,6 +8,7 @@ use crate::cache::url::CacheUrl;
 use crate::cache::{invalidate, key, purge};
 use crate::error_page;
 use crate::forwarding;
+use crate::limits;
 use crate::target::{self, Scheme};
 use crate::telemetry::metrics::PurgeReason;
 use crate::telemetry::traces;
@@ -133,6 +134,44 @@ impl Gateway {
                 Ok(true)
             }
         }
+    }
+
+    /// The request head's size (414/431) and the client's requests in flight (503), before
+    /// anything reads the request. True when refused (answered).
+    pub(super) async fn check_limits(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        let limits = &self.state.config.limits;
+        if let Err(too_large) = limits::check_head(session.req_header(), limits) {
+            self.state.metrics.limited(if too_large.status == 414 { "uri" } else { "headers" });
+            self.start_trace(session, ctx, format!("{} (refused)", ctx.request.method_label));
+            session.set_keepalive(None);
+            self.answer_locally(session, ctx, LocalAnswer::TooLarge, too_large.status, too_large.detail, &[]).await?;
+            return Ok(true);
+        }
+        let Some(ip) = ctx.request.client else { return Ok(false) };
+        ctx.request.slot = self.state.client_slots.acquire(ip);
+        if ctx.request.slot.is_some() {
+            return Ok(false);
+        }
+        self.state.metrics.limited("requests_per_client");
+        self.start_trace(session, ctx, format!("{} (busy)", ctx.request.method_label));
+        let retry = limits.retry_after.as_secs().max(1).to_string();
+        let detail = "too many requests in flight from this address";
+        self.answer_locally(session, ctx, LocalAnswer::Busy, 503, detail, &[("retry-after", &retry)]).await?;
+        Ok(true)
+    }
+
+    /// A declared body larger than the route accepts is refused before the origin sees it;
+    /// a chunked one is cut off by [`count_request_body`] when it gets there.
+    pub(super) async fn check_body_size(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        let route = ctx.route.index.and_then(|i| self.state.config.routes.get(i));
+        ctx.request.max_body = route.and_then(|r| r.max_body).unwrap_or(self.state.config.limits.max_body).bytes();
+        if !limits::declared_body_too_large(session.req_header(), ctx.request.max_body) {
+            return Ok(false);
+        }
+        self.state.metrics.limited("body");
+        session.set_keepalive(None);
+        self.answer_locally(session, ctx, LocalAnswer::TooLarge, 413, error_page::detail_for(413), &[]).await?;
+        Ok(true)
     }
 
     /// With `tls.redirect_http`, where a plain-HTTP request goes instead.
@@ -264,6 +303,15 @@ impl Gateway {
         self.answer_locally(session, ctx, LocalAnswer::OnlyIfCached, 504, "only-if-cached and nothing usable is stored", &[]).await?;
         Ok(true)
     }
+}
+
+/// Refuses (413) a body that grows past the route's limit while it streams.
+pub(super) fn count_request_body(ctx: &mut Ctx, body: Option<&Bytes>) -> Result<()> {
+    ctx.request.body_read += body.map_or(0, |b| b.len() as u64);
+    if ctx.request.body_read > ctx.request.max_body {
+        return Error::e_explain(ErrorType::HTTPStatus(413), "request body over the route's max_body");
+    }
+    Ok(())
 }
 
 /// Keeps the start of a JSON body an invalidation rule may read its field from.

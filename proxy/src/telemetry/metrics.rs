@@ -30,6 +30,8 @@ pub struct Metrics {
     upstream_duration: HistogramVec,
     upstream_errors: IntCounterVec,
     upstream_healthy: GaugeVec,
+    limits_refused: IntCounterVec,
+    connections_open: IntGauge,
     uptime: Gauge,
     spans_exported: IntCounter,
     spans_dropped: IntCounter,
@@ -46,7 +48,11 @@ pub struct External<'a> {
     pub spans: Option<&'a super::traces::SpanCounters>,
     pub access_log_dropped: u64,
     pub profiles: Option<&'a super::profiling::ProfileCounters>,
+    pub connections: Option<&'a pingora_core::apps::ConnectionLimit>,
 }
+
+/// The `limit` label values of `limits_refused_total`.
+const LIMITS: [&str; 5] = ["uri", "headers", "body", "requests_per_client", "connections"];
 
 fn sync_counter(c: &IntCounter, total: u64) {
     c.inc_by(total.saturating_sub(c.get()));
@@ -189,6 +195,8 @@ impl Metrics {
             upstream_duration,
             upstream_errors: counter_vec(&r, &UPSTREAM_ERRORS, &["pool", "kind"])?,
             upstream_healthy,
+            limits_refused: counter_vec(&r, &LIMITS_REFUSED, &["limit"])?,
+            connections_open: gauge(&r, &CONNECTIONS_OPEN)?,
             uptime,
             spans_exported: counter(&r, &TRACE_SPANS_EXPORTED)?,
             spans_dropped: counter(&r, &TRACE_SPANS_DROPPED)?,
@@ -211,6 +219,9 @@ impl Metrics {
 
         for src in ["cache", "origin"] {
             m.served_bytes.with_label_values(&[src]);
+        }
+        for limit in LIMITS {
+            m.limits_refused.with_label_values(&[limit]);
         }
         Ok(m)
     }
@@ -284,6 +295,11 @@ impl Metrics {
         self.compression_bytes.with_label_values(&[route, encoding, "out"]).inc_by(after as u64);
     }
 
+    /// A request refused by a `[limits]` setting (one of [`LIMITS`]).
+    pub(crate) fn limited(&self, limit: &'static str) {
+        self.limits_refused.with_label_values(&[limit]).inc();
+    }
+
     pub(crate) fn upstream_error(&self, pool: &str, kind: UpstreamErrorKind) {
         self.upstream_errors.with_label_values(&[pool, kind.as_str()]).inc();
     }
@@ -296,6 +312,10 @@ impl Metrics {
             sync_counter(&self.spans_dropped, sp.dropped.load(std::sync::atomic::Ordering::Relaxed));
         }
         sync_counter(&self.log_dropped, ext.access_log_dropped);
+        if let Some(c) = ext.connections {
+            self.connections_open.set(c.open() as i64);
+            sync_counter(&self.limits_refused.with_label_values(&["connections"]), c.refused());
+        }
         if let Some(p) = ext.profiles {
             sync_counter(&self.profiles_ok, p.pushed.load(std::sync::atomic::Ordering::Relaxed));
             sync_counter(&self.profiles_failed, p.failed.load(std::sync::atomic::Ordering::Relaxed));

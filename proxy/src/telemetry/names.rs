@@ -60,5 +60,11 @@ pub const ACCESS_LOG_DROPPED: MetricName = m("access_log_dropped_total", "Access
 
 pub const PROFILES_PUSHED: MetricName = m("profiles_pushed_total", "CPU profiles pushed to Pyroscope, by outcome (ok, failed)");
 
+pub const LIMITS_REFUSED: MetricName = m(
+    "limits_refused_total",
+    "Requests and connections refused for going over a [limits] setting, by limit (uri, headers, body, requests_per_client, connections)",
+);
+pub const CONNECTIONS_OPEN: MetricName = m("connections_open", "Client connections open on the public listeners");
+
 pub const UPTIME: MetricName = m("portier_uptime_seconds", "Seconds since the process started");
 pub const BUILD_INFO: MetricName = m("portier_build_info", "Always 1; the version label says which Portier runs");

@@ -33,3 +33,132 @@ async fn pipelined_requests_are_answered_in_order() {
     let (one, two, three) = (text.find("/one #").unwrap(), text.find("/two #").unwrap(), text.find("/three #").unwrap());
     assert!(one < two && two < three, "{text}");
 }
+
+/// RFC 9110 §15.5.15 and RFC 6585 §5: a target or header section over the limits gets 414 or
+/// 431, with the cache status and request id, and never reaches the origin; past Pingora's
+/// own parser limit (256 fields) too.
+#[tokio::test(flavor = "multi_thread")]
+async fn oversized_heads_get_414_and_431() {
+    let o = echo_origin().await;
+    let p = Portier::start(&config_for(o.addr, "", ""));
+    let r = get(p.public, &format!("/{}", "a".repeat(9000))).await;
+    assert_eq!((r.status, r.header("x-cache"), r.header("cache-status")), (414, "BYPASS", "portier; detail=too-large"), "{r:?}");
+    assert!(r.text().contains(r.header("x-request-id")), "{r:?}");
+
+    let big = "v".repeat(70 * 1024);
+    assert_eq!(get_with(p.public, "/", &[("x-big", &big)]).await.status, 431);
+    let quarter = "v".repeat(7 * 1024);
+    let five: Vec<(&str, &str)> = ["x-a", "x-b", "x-c", "x-d", "x-e"].iter().map(|k| (*k, quarter.as_str())).collect();
+    assert_eq!(get_with(p.public, "/", &five).await.status, 431, "35 KiB of fields, each under 8 KiB");
+    for count in [150, 300] {
+        let names: Vec<String> = (0..count).map(|i| format!("x-n{i}")).collect();
+        let fields: Vec<(&str, &str)> = names.iter().map(|n| (n.as_str(), "1")).collect();
+        let r = get_with(p.public, "/", &fields).await;
+        assert_eq!(r.status, 431, "{count} fields: {r:?}");
+    }
+    assert!(o.seen().is_empty(), "nothing reached the origin: {:?}", o.seen().len());
+    assert_eq!(get(p.public, "/fine").await.status, 200);
+    let m = get(p.admin, "/metrics").await.text();
+    assert_eq!(metric_value(&m, r#"limits_refused_total{limit="uri"}"#), Some(1.0), "{m}");
+    assert_eq!(metric_value(&m, r#"limits_refused_total{limit="headers"}"#), Some(3.0), "the 300-field one is Pingora's");
+}
+
+/// Slowloris: a head sent a byte at a time is cut off at `limits.head_timeout` with a 408
+/// and a close, however steadily the bytes come.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_head_sent_byte_by_byte_is_cut_off_at_the_head_timeout() {
+    let o = echo_origin().await;
+    let p = Portier::start(&config_for(o.addr, "", "[limits]\nhead_timeout = \"1s\"\n"));
+    let mut s = tokio::net::TcpStream::connect(p.public).await.unwrap();
+    let started = std::time::Instant::now();
+    let head = format!("GET / HTTP/1.1\r\nHost: {}\r\nX-Slow: {}\r\n\r\n", p.public, "s".repeat(100));
+    let mut refused_after = None;
+    for b in head.as_bytes() {
+        if s.write_all(&[*b]).await.is_err() {
+            break;
+        }
+        let mut buf = [0u8; 512];
+        if let Ok(Ok(n)) = tokio::time::timeout(Duration::from_millis(100), s.read(&mut buf)).await {
+            let text = String::from_utf8_lossy(&buf[..n]).to_string();
+            assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+            assert!(text.to_ascii_lowercase().contains("connection: close"), "{text}");
+            refused_after = Some(started.elapsed());
+            break;
+        }
+    }
+    let after = refused_after.expect("a 408 before the head was complete");
+    assert!(after >= Duration::from_millis(900) && after < Duration::from_secs(3), "{after:?}");
+    assert!(o.seen().is_empty());
+    // An ordinary request is unaffected.
+    assert_eq!(get(p.public, "/").await.status, 200);
+}
+
+/// `limits.max_connections`: connections past the limit are answered 503 with
+/// `Retry-After` and closed; a closed connection frees its place.
+#[tokio::test(flavor = "multi_thread")]
+async fn connections_past_the_limit_get_503_with_retry_after() {
+    let o = echo_origin().await;
+    let p = Portier::start(&config_for(o.addr, "", "[limits]\nmax_connections = 3\nretry_after = \"2s\"\n"));
+    let mut idle = Vec::new();
+    for _ in 0..3 {
+        idle.push(tokio::net::TcpStream::connect(p.public).await.unwrap());
+    }
+    let counted =
+        eventually(Duration::from_secs(5), async || metric_value(&get(p.admin, "/metrics").await.text(), "connections_open") == Some(3.0))
+            .await;
+    assert!(counted, "three idle connections are counted");
+    let r = get(p.public, "/").await;
+    assert_eq!((r.status, r.header("retry-after")), (503, "2"), "{r:?}");
+    assert!(r.header("connection").eq_ignore_ascii_case("close"));
+    idle.pop();
+    let freed = eventually(Duration::from_secs(5), async || get(p.public, "/").await.status == 200).await;
+    assert!(freed, "a closed connection frees its place");
+    let m = get(p.admin, "/metrics").await.text();
+    // At least the one above; a retry racing the close may have been refused too.
+    assert!(metric_value(&m, r#"limits_refused_total{limit="connections"}"#) >= Some(1.0), "{m}");
+}
+
+/// `limits.max_requests_per_client`: a client address with that many requests in flight
+/// gets 503 with `Retry-After`; another address is served meanwhile.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_past_its_requests_in_flight_gets_503() {
+    let o = Scripted::start(|_, _| Reply::new(200, &[("cache-control", "no-store")], "slow").delay(Duration::from_millis(1500))).await;
+    let p = Portier::start(&config_for(o.addr, "", "[limits]\nmax_requests_per_client = 2\n"));
+    let addr = p.public;
+    let slow: Vec<_> = (0..2).map(|i| tokio::spawn(async move { get(addr, &format!("/slow{i}")).await.status })).collect();
+    let busy = eventually(Duration::from_secs(5), async || o.seen().len() == 2).await;
+    assert!(busy, "two requests in flight");
+    let r = get(p.public, "/third").await;
+    assert_eq!((r.status, r.header("retry-after"), r.header("cache-status")), (503, "1", "portier; detail=busy"), "{r:?}");
+    let other = request_from("127.0.0.2".parse().unwrap(), p.public, "GET", "/other", &[], b"").await.unwrap();
+    assert_eq!(other.status, 200, "another address is not limited");
+    for s in slow {
+        assert_eq!(s.await.unwrap(), 200);
+    }
+    assert_eq!(get(p.public, "/after").await.status, 200, "the places were given back");
+    assert_eq!(o.count("/third"), 0);
+}
+
+/// A body over the route's `max_body` is refused with 413: at once when `Content-Length`
+/// says so (the origin never sees it), and when a chunked body grows past it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_body_over_the_route_limit_gets_413() {
+    let o = echo_origin().await;
+    let p = Portier::start(&config_for(o.addr, "max_body = \"1KiB\"", ""));
+    let r = request(p.public, "POST", "/upload", &[], &[b'x'; 2000]).await.unwrap();
+    assert_eq!((r.status, r.header("cache-status")), (413, "portier; detail=too-large"), "{r:?}");
+    assert_eq!(o.count("/upload"), 0);
+    let r = request(p.public, "POST", "/small", &[], &[b'x'; 1000]).await.unwrap();
+    assert_eq!(r.status, 200);
+
+    let mut s = tokio::net::TcpStream::connect(p.public).await.unwrap();
+    let chunk = "x".repeat(600);
+    let head = format!("POST /chunked HTTP/1.1\r\nHost: {}\r\nTransfer-Encoding: chunked\r\n\r\n", p.public);
+    s.write_all(head.as_bytes()).await.unwrap();
+    for _ in 0..3 {
+        let _ = s.write_all(format!("258\r\n{chunk}\r\n").as_bytes()).await;
+    }
+    let _ = s.write_all(b"0\r\n\r\n").await;
+    let text = read_all(&mut s, Duration::from_secs(5)).await;
+    assert!(text.starts_with("HTTP/1.1 413"), "{text}");
+}

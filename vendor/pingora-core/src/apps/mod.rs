@@ -89,6 +89,81 @@ pub struct HttpServerOptions {
     ///
     /// Default: `None`
     pub h2_idle_timeout: Option<Duration>,
+
+    /// Portier: deadline for a whole HTTP/1 request head, counted from its first byte.
+    pub head_timeout: Option<Duration>,
+
+    /// Portier: open connections this service serves at once; the ones beyond are answered
+    /// 503 with `Retry-After` and closed.
+    pub connection_limit: Option<Arc<ConnectionLimit>>,
+}
+
+/// Portier: counts a service's open connections against a maximum.
+#[derive(Debug)]
+pub struct ConnectionLimit {
+    max: usize,
+    retry_after_secs: u64,
+    open: std::sync::atomic::AtomicUsize,
+    refused: std::sync::atomic::AtomicU64,
+}
+
+impl ConnectionLimit {
+    pub fn new(max: usize, retry_after_secs: u64) -> Self {
+        ConnectionLimit {
+            max,
+            retry_after_secs,
+            open: Default::default(),
+            refused: Default::default(),
+        }
+    }
+
+    /// Connections being served now.
+    pub fn open(&self) -> usize {
+        self.open.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Connections answered 503 because `max` were open.
+    pub fn refused(&self) -> u64 {
+        self.refused.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn acquire(self: &Arc<Self>) -> Option<ConnectionSlot> {
+        use std::sync::atomic::Ordering;
+        let taken = self
+            .open
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < self.max).then_some(n + 1)
+            })
+            .is_ok();
+        if taken {
+            Some(ConnectionSlot(self.clone()))
+        } else {
+            self.refused.fetch_add(1, Ordering::Relaxed);
+            None
+        }
+    }
+
+    /// Reads the request head briefly (closing on unread bytes would reset the connection
+    /// and lose the answer), then answers 503 and closes.
+    async fn refuse(&self, stream: Stream) {
+        let mut session = ServerSession::new_http1(stream);
+        session.set_keepalive(None);
+        let read = pingora_timeout::timeout(Duration::from_secs(1), session.read_request()).await;
+        if matches!(read, Ok(Ok(true))) {
+            let mut resp = ServerSession::generate_error(503);
+            let _ = resp.insert_header("Retry-After", self.retry_after_secs.to_string());
+            let _ = session.write_error_response(resp, bytes::Bytes::new()).await;
+        }
+        session.shutdown().await;
+    }
+}
+
+struct ConnectionSlot(Arc<ConnectionLimit>);
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+    }
 }
 
 /// Settings persisted across HTTP/1.x keepalive requests on the same downstream connection.
@@ -267,6 +342,19 @@ where
         mut stream: Stream,
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
+        let _slot = match self.server_options().and_then(|o| o.connection_limit.as_ref()) {
+            Some(limit) => match limit.acquire() {
+                Some(slot) => Some(slot),
+                None => {
+                    if !matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
+                        limit.refuse(stream).await;
+                    }
+                    return None;
+                }
+            },
+            None => None,
+        };
+        let head_timeout = self.server_options().and_then(|o| o.head_timeout);
         let mut h2c = self.server_options().as_ref().map_or(false, |o| o.h2c);
         let custom = self
             .server_options()
@@ -356,6 +444,7 @@ where
                 self.server_options()
                     .and_then(|opts| opts.keepalive_request_limit),
             );
+            session.set_head_timeout(head_timeout);
 
             let mut result = self.process_new_http(session, shutdown).await;
             while let Some((stream, persistent_settings)) = result.map(|r| r.consume()) {
@@ -363,6 +452,7 @@ where
                 if let Some(persistent_settings) = persistent_settings {
                     persistent_settings.apply_to_session(&mut session);
                 }
+                session.set_head_timeout(head_timeout);
 
                 result = self.process_new_http(session, shutdown).await;
             }

@@ -333,6 +333,13 @@ impl Session {
         }
     }
 
+    /// Portier: see [`HttpSession::set_head_timeout`]. Noop for h2 and subrequest.
+    pub fn set_head_timeout(&mut self, timeout: Option<Duration>) {
+        if let Self::H1(s) = self {
+            s.set_head_timeout(timeout);
+        }
+    }
+
     /// Set the number of times the upstream connection connection for this
     /// session can be reused via keepalive. Noop for h2 and subrequest
     pub fn set_keepalive_reuses_remaining(&mut self, reuses: Option<u32>) {
@@ -608,6 +615,11 @@ impl Session {
 
     /// Send error response to client using a pre-generated error message and custom body.
     pub async fn respond_error_with_body(&mut self, error: u16, body: Bytes) -> Result<()> {
+        // Portier: a head refused for its size or slowness says so (431, 408), not just 400.
+        let error = match self {
+            Self::H1(s) if error == 400 => s.head_refusal().unwrap_or(error),
+            _ => error,
+        };
         let mut resp = Self::generate_error(error);
         if !body.is_empty() {
             // error responses have a default content-length of zero

@@ -103,6 +103,10 @@ pub struct HttpSession {
     keepalive_timeout: KeepaliveStatus,
     read_timeout: Option<Duration>,
     write_timeout: Option<Duration>,
+    /// Portier: how long the whole request head may take once its first byte arrived.
+    head_timeout: Option<Duration>,
+    /// Portier: the status a refused request head is answered with instead of 400.
+    head_refusal: Option<u16>,
     /// How long to wait to make downstream session reusable, if body needs to be drained.
     total_drain_timeout: Option<Duration>,
     /// A copy of the response that is already written to the client
@@ -188,6 +192,8 @@ impl HttpSession {
             request_header: None,
             read_timeout: Some(Duration::from_secs(60)),
             write_timeout: None,
+            head_timeout: None,
+            head_refusal: None,
             total_drain_timeout: None,
             body_bytes_sent: 0,
             body_bytes_read: 0,
@@ -304,11 +310,16 @@ impl HttpSession {
         let mut already_read = buf.len();
         let mut skip_next_read = already_read != 0;
         let mut detached_suffix = None;
+        let mut head_deadline = None;
         loop {
+            if head_deadline.is_none() && already_read > 0 {
+                head_deadline = self.head_timeout.map(|t| tokio::time::Instant::now() + t);
+            }
             if already_read > MAX_HEADER_SIZE {
                 /* NOTE: this check only blocks second read. The first large read is allowed
                 since the buf is already allocated. The goal is to avoid slowly bloating
                 this buffer */
+                self.head_refusal = Some(431);
                 return Error::e_explain(
                     InvalidHTTPHeader,
                     format!("Request header larger than {MAX_HEADER_SIZE}"),
@@ -321,12 +332,29 @@ impl HttpSession {
             // subsequent read_buf() would block for data that may never come
             // (the client already pipelined everything it had to send for
             // this request and is waiting for our response).
-            if skip_next_read {
-                skip_next_read = false;
-            } else if let Some(n) = self.read_request_buf(&mut buf, already_read).await? {
-                already_read += n;
-            } else {
-                return Ok(None);
+            let read = match head_deadline {
+                _ if skip_next_read => None,
+                Some(deadline) => {
+                    let read = self.read_request_buf(&mut buf, already_read);
+                    match tokio::time::timeout_at(deadline, read).await {
+                        Ok(read) => Some(read),
+                        Err(_) => {
+                            self.head_refusal = Some(408);
+                            return Error::e_explain(
+                                InvalidHTTPHeader,
+                                "request head not complete within the head timeout",
+                            );
+                        }
+                    }
+                }
+                None => Some(self.read_request_buf(&mut buf, already_read).await),
+            };
+            match read {
+                None => skip_next_read = false,
+                Some(read) => match read? {
+                    Some(n) => already_read += n,
+                    None => return Ok(None),
+                },
             }
 
             // Use loop as GOTO to retry escaped request buffer, not a real loop
@@ -463,6 +491,9 @@ impl HttpSession {
                             }
                         }
                         _ => {
+                            if e == httparse::Error::TooManyHeaders {
+                                self.head_refusal = Some(431);
+                            }
                             debug!("Invalid request header from {:?}", self.underlying_stream);
                             buf.truncate(MAX_ERR_BUF_LEN);
                             return Error::e_because(
@@ -1341,6 +1372,18 @@ impl HttpSession {
     /// Gets the downstream read timeout.
     pub fn get_read_timeout(&self) -> Option<Duration> {
         self.read_timeout
+    }
+
+    /// Portier: a deadline for the whole request head, counted from its first byte, so a
+    /// client sending a byte at a time cannot hold the connection (slowloris). Answered 408.
+    pub fn set_head_timeout(&mut self, timeout: Option<Duration>) {
+        self.head_timeout = timeout;
+    }
+
+    /// Portier: the status to answer a refused request head with (408, 414, 431), when it
+    /// is more precise than 400.
+    pub fn head_refusal(&self) -> Option<u16> {
+        self.head_refusal
     }
 
     /// Sets the downstream write timeout. This will trigger if we're unable
