@@ -10,7 +10,8 @@ use serde_json::json;
 use std::sync::Arc;
 
 pub struct Admin {
-    pub state: Arc<State>,
+    pub(crate) live: Arc<arc_swap::ArcSwap<State>>,
+    pub(crate) reloader: Arc<crate::reload::Reloader>,
 }
 
 pub fn json_response(status: StatusCode, body: &serde_json::Value) -> Response<Vec<u8>> {
@@ -29,7 +30,7 @@ impl Admin {
     fn readiness(&self) -> Response<Vec<u8>> {
         let mut pools = serde_json::Map::new();
         let mut ready = true;
-        for pool in self.state.upstreams.pools() {
+        for pool in self.state().upstreams.pools() {
             let addrs: Vec<_> = pool.backends.iter().map(|b| json!({"address": b.addr.to_string(), "healthy": b.healthy()})).collect();
             let ok = pool.any_healthy();
             ready &= ok;
@@ -59,16 +60,42 @@ async fn read_body(session: &mut ServerSession) -> Result<Vec<u8>, String> {
     }
 }
 
-const ENDPOINTS: [&str; 6] =
-    ["GET /healthz", "GET /readyz", "GET /metrics", "GET /cache/stats", "POST /cache/purge", "GET /debug/pprof/profile?seconds=N"];
+const ENDPOINTS: [&str; 7] = [
+    "GET /healthz",
+    "GET /readyz",
+    "GET /metrics",
+    "GET /cache/stats",
+    "POST /cache/purge",
+    "POST /config/reload",
+    "GET /debug/pprof/profile?seconds=N",
+];
 
 impl Admin {
+    /// The state new requests get (swapped by a reload).
+    fn state(&self) -> Arc<State> {
+        self.live.load_full()
+    }
+
+    /// `POST /config/reload`: 200 with the keys that need a restart to change, 422 with every
+    /// problem of an invalid file (the running configuration stays).
+    async fn reload(&self) -> Response<Vec<u8>> {
+        let reloader = self.reloader.clone();
+        let result = tokio::task::spawn_blocking(move || reloader.reload()).await;
+        match result {
+            Ok(Ok(kept)) => json_response(StatusCode::OK, &json!({"reloaded": true, "restart_needed_for": kept})),
+            Ok(Err(e @ crate::reload::ReloadError::NoFile)) => json_response(StatusCode::CONFLICT, &json!({"error": e.to_string()})),
+            Ok(Err(e)) => json_response(StatusCode::UNPROCESSABLE_ENTITY, &json!({"reloaded": false, "error": e.to_string()})),
+            Err(e) => json_response(StatusCode::INTERNAL_SERVER_ERROR, &json!({"error": e.to_string()})),
+        }
+    }
+
     /// Purges and profiles change state or cost CPU: with `listen.admin_token` they need it as
     /// a bearer token; without one they answer only when the admin listener is loopback-only
     /// (in a container it listens on 0.0.0.0 for Prometheus, and /metrics stays open).
     /// `Some` is the refusal to send.
     fn guard(&self, session: &ServerSession) -> Option<Response<Vec<u8>>> {
-        let listen = &self.state.config.listen;
+        let st = self.state();
+        let listen = &st.config.listen;
         match &listen.admin_token {
             Some(token) => {
                 let sent = session
@@ -108,7 +135,7 @@ impl Admin {
                 }
             },
         };
-        match self.state.profiling.cpu_profile(seconds).await {
+        match self.state().profiling.cpu_profile(seconds).await {
             Ok(bytes) => Response::builder()
                 .status(StatusCode::OK)
                 .header("content-type", "application/octet-stream")
@@ -124,7 +151,7 @@ impl Admin {
     }
 
     fn metrics(&self) -> Response<Vec<u8>> {
-        let st = &self.state;
+        let st = self.state();
         let ext = crate::telemetry::metrics::External {
             storage: st.cache.as_ref().map(|c| c.storage),
             upstreams: &st.upstreams,
@@ -144,10 +171,11 @@ impl Admin {
     }
 
     fn cache_stats(&self) -> Response<Vec<u8>> {
-        let Some(c) = &self.state.cache else {
+        let st = self.state();
+        let Some(c) = &st.cache else {
             return json_response(StatusCode::OK, &json!({"enabled": false}));
         };
-        let m = &self.state.metrics;
+        let m = &st.metrics;
         let s = c.storage.stats();
         let (hits, misses) = (m.cache_hit.get(), m.cache_miss.get());
         json_response(
@@ -168,7 +196,8 @@ impl Admin {
     }
 
     async fn purge(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
-        let Some(c) = &self.state.cache else {
+        let st = self.state();
+        let Some(c) = &st.cache else {
             return json_response(StatusCode::CONFLICT, &json!({"error": "the cache is disabled"}));
         };
         let body = match read_body(session).await {
@@ -178,7 +207,7 @@ impl Admin {
         match crate::cache::purge::PurgeRequest::parse(&body) {
             Ok((sel, soft)) => {
                 let n = c.storage.purge_matching(&sel, soft);
-                self.state.metrics.purged(
+                st.metrics.purged(
                     if soft { crate::telemetry::metrics::PurgeReason::ApiSoft } else { crate::telemetry::metrics::PurgeReason::Api },
                     n,
                 );
@@ -206,6 +235,10 @@ impl ServeHttp for Admin {
                 None => self.purge(session).await,
                 Some(refusal) => refusal,
             },
+            ("POST", "/config/reload") => match self.guard(session) {
+                None => self.reload().await,
+                Some(refusal) => refusal,
+            },
             ("GET", "/debug/pprof/profile") => match self.guard(session) {
                 None => self.profile(session).await,
                 Some(refusal) => refusal,
@@ -213,7 +246,7 @@ impl ServeHttp for Admin {
             (_, "/healthz" | "/readyz" | "/metrics" | "/cache/stats") => {
                 json_response(StatusCode::METHOD_NOT_ALLOWED, &json!({"error": "use GET"}))
             }
-            (_, "/cache/purge") => json_response(StatusCode::METHOD_NOT_ALLOWED, &json!({"error": "use POST"})),
+            (_, "/cache/purge" | "/config/reload") => json_response(StatusCode::METHOD_NOT_ALLOWED, &json!({"error": "use POST"})),
             _ => json_response(StatusCode::NOT_FOUND, &json!({"error": "not found", "endpoints": ENDPOINTS})),
         }
     }

@@ -60,6 +60,17 @@ pub enum Command {
         #[arg(long, value_enum, default_value = "text")]
         format: ProofFormat,
     },
+    /// Ask the running Portier to read its configuration file again (as SIGHUP does): prints
+    /// the keys that need a restart to change, or every problem of an invalid file (exit 1;
+    /// the running configuration stays).
+    Reload {
+        #[arg(long, default_value = "127.0.0.1:9901")]
+        admin: String,
+        /// `listen.admin_token`, when the running Portier has one (default: the
+        /// `PORTIER_ADMIN_TOKEN` environment variable).
+        #[arg(long)]
+        token: Option<String>,
+    },
     /// Exit 0 when the admin `/healthz` answers 200 (for container health checks: no curl needed).
     Healthcheck {
         #[arg(long, default_value = "127.0.0.1:9901")]
@@ -114,14 +125,14 @@ pub fn main() -> ExitCode {
             }
         },
         Command::Run { config } => match config::load_file(&config) {
-            Ok(c) => serve(c),
+            Ok(c) => serve(c, Some(config)),
             Err(problems) => {
                 eprint!("{problems}");
                 ExitCode::from(1)
             }
         },
         Command::Proxy { listen, upstream, admin } => match quick_config(&listen, &upstream, &admin) {
-            Ok(c) => serve(c),
+            Ok(c) => serve(c, None),
             Err(e) => fail(e),
         },
         Command::Demo { listen, origin, admin, config } => demo(&listen, &origin, &admin, &config),
@@ -145,6 +156,13 @@ pub fn main() -> ExitCode {
             }
         }
         Command::HashPassword { cost } => hash_password(cost),
+        Command::Reload { admin, token } => match reload(&admin, token.or_else(|| std::env::var("PORTIER_ADMIN_TOKEN").ok()).as_deref()) {
+            Ok(text) => {
+                println!("{text}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail(e),
+        },
         Command::Healthcheck { admin } => match healthcheck(&admin) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => fail(format!("unhealthy: {e}")),
@@ -152,12 +170,12 @@ pub fn main() -> ExitCode {
     }
 }
 
-fn serve(c: Config) -> ExitCode {
-    serve_then(c, |_| {})
+fn serve(c: Config, source: Option<PathBuf>) -> ExitCode {
+    serve_then(c, source, |_| {})
 }
 
-fn serve_then(c: Config, on_bound: impl FnOnce(crate::server::BoundAddrs)) -> ExitCode {
-    match crate::server::run(c, on_bound) {
+fn serve_then(c: Config, source: Option<PathBuf>, on_bound: impl FnOnce(crate::server::BoundAddrs)) -> ExitCode {
+    match crate::server::run(c, source, on_bound) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => fail(e),
     }
@@ -221,7 +239,8 @@ fn demo(listen: &str, origin: &str, admin: &str, config_path: &Path) -> ExitCode
         (Err(e), _) => return fail(format!("--listen: {e}")),
         (_, Err(e)) => return fail(format!("--admin: {e}")),
     }
-    serve_then(c, move |bound| {
+    // The demo rewrites the file's pools to the sample origin: there is no file to reload.
+    serve_then(c, None, move |bound| {
         let public = match bound.public {
             a if a.ip().is_unspecified() => format!("localhost:{}", a.port()),
             a => a.to_string(),
@@ -261,6 +280,23 @@ fn hash_password(cost: u32) -> ExitCode {
 }
 
 /// `GET /healthz` on the admin listener, with a short timeout.
+fn reload(admin: &str, token: Option<&str>) -> Result<String, String> {
+    use crate::http_client::{send_blocking, Request};
+    let bearer = token.map(|t| format!("Bearer {t}"));
+    let headers: Vec<(&str, &str)> = bearer.iter().map(|b| ("authorization", b.as_str())).collect();
+    let req = Request { method: "POST", target: "/config/reload", host: admin, headers: &headers, body: b"" };
+    let resp = send_blocking(admin, &req, std::time::Duration::from_secs(30)).map_err(|e| format!("{admin}: {e}"))?;
+    let body: serde_json::Value = serde_json::from_slice(&resp.body).unwrap_or_default();
+    match (resp.status, body["restart_needed_for"].as_array()) {
+        (200, Some(kept)) if kept.is_empty() => Ok("reloaded".into()),
+        (200, Some(kept)) => {
+            let keys: Vec<&str> = kept.iter().filter_map(|k| k.as_str()).collect();
+            Ok(format!("reloaded; these keep their running value until a restart: {}", keys.join(", ")))
+        }
+        (status, _) => Err(format!("reload refused ({status}): {}", body["error"].as_str().unwrap_or("no reason given"))),
+    }
+}
+
 fn healthcheck(admin: &str) -> Result<(), String> {
     use crate::http_client::{send_blocking, Request};
     let req = Request { method: "GET", target: "/healthz", host: admin, headers: &[], body: b"" };

@@ -1,6 +1,7 @@
 //! The one small HTTP/1.1 client Portier uses for itself: health checks, the `healthcheck`
-//! command, profile pushes and `portier proof`. One request per connection
-//! (`Connection: close`), and only the response head is read: none of them needs a body.
+//! command, `portier reload`, profile pushes and `portier proof`. One request per connection
+//! (`Connection: close`); the response head is read, and a small body with a
+//! `Content-Length` (the admin API's JSON answers).
 
 use std::io;
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -17,15 +18,19 @@ pub(crate) struct Request<'a> {
     pub(crate) body: &'a [u8],
 }
 
-/// The response head: status and fields (names lower-cased).
+/// The response head: status and fields (names lower-cased), and the body when it is small.
 #[derive(Debug, Clone)]
 pub(crate) struct Head {
     pub(crate) status: u16,
     pub(crate) headers: Vec<(String, String)>,
+    /// Empty unless `Content-Length` said at most [`MAX_BODY`] bytes.
+    pub(crate) body: Vec<u8>,
 }
 
 /// Longest response head read; past it the answer is not one these callers expect.
 const MAX_HEAD: usize = 64 * 1024;
+/// Largest body read: the admin API's answers, not pages.
+const MAX_BODY: usize = 64 * 1024;
 
 fn encode(r: &Request<'_>) -> Vec<u8> {
     let mut head =
@@ -52,7 +57,7 @@ fn parse_head(raw: &[u8]) -> io::Result<Head> {
     }
     let status = status_line.split(' ').nth(1).and_then(|c| c.parse().ok()).ok_or_else(|| bad("no status code"))?;
     let headers = lines.filter_map(|l| l.split_once(':')).map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string())).collect();
-    Ok(Head { status, headers })
+    Ok(Head { status, headers, body: Vec::new() })
 }
 
 /// Sends `req` to `addr` and reads the response head, all within `timeout`.
@@ -90,7 +95,21 @@ async fn exchange_on(mut s: impl tokio::io::AsyncRead + tokio::io::AsyncWrite + 
     let mut buf = [0u8; 4096];
     loop {
         if let Some(end) = raw.windows(4).position(|w| w == b"\r\n\r\n") {
-            return parse_head(&raw[..end]);
+            let mut head = parse_head(&raw[..end])?;
+            let declared = head.headers.iter().find(|(k, _)| k == "content-length").and_then(|(_, v)| v.parse::<usize>().ok());
+            if let Some(len) = declared.filter(|n| *n <= MAX_BODY && req.method != "HEAD") {
+                let mut body = raw.split_off(end + 4);
+                while body.len() < len {
+                    let n = s.read(&mut buf).await?;
+                    if n == 0 {
+                        break;
+                    }
+                    body.extend_from_slice(&buf[..n]);
+                }
+                body.truncate(len);
+                head.body = body;
+            }
+            return Ok(head);
         }
         if raw.len() > MAX_HEAD {
             return Err(io::Error::new(io::ErrorKind::InvalidData, "response head too large"));

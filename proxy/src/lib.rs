@@ -14,6 +14,7 @@ pub(crate) mod gateway;
 pub(crate) mod http_client;
 pub(crate) mod limits;
 pub(crate) mod proof;
+pub(crate) mod reload;
 pub(crate) mod response_headers;
 pub(crate) mod routing;
 pub(crate) mod server;

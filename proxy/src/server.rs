@@ -137,7 +137,8 @@ pub struct BoundAddrs {
 
 /// Builds everything and blocks until shutdown. `on_bound` runs once the listeners are bound,
 /// with their real addresses.
-pub fn run(mut config: Config, on_bound: impl FnOnce(BoundAddrs)) -> Result<(), ServerError> {
+/// `source` is the file `config` came from: what a reload reads again (none for `portier proxy`).
+pub fn run(mut config: Config, source: Option<std::path::PathBuf>, on_bound: impl FnOnce(BoundAddrs)) -> Result<(), ServerError> {
     let upstreams = Arc::new(Upstreams::from_config(&config)?);
     let public = bind("listen.public", config.listen.public.0)?;
     let admin = bind("listen.admin", config.listen.admin.0)?;
@@ -180,7 +181,11 @@ pub fn run(mut config: Config, on_bound: impl FnOnce(BoundAddrs)) -> Result<(), 
         state.profiling.start_push(url, &tel.service_name, interval)?;
         events::emit("info", "profiling_push_started", &[("url", url), ("application", &tel.service_name)]);
     }
-    let mut proxy = pingora_proxy::http_proxy_service_with_name(&server.configuration, Gateway { state: state.clone() }, "portier");
+    let live = Arc::new(arc_swap::ArcSwap::new(state.clone()));
+    let certs = tls.as_ref().map(|(store, _)| store.clone());
+    let reloader = Arc::new(crate::reload::Reloader::new(source, live.clone(), certs));
+    reloader.clone().reload_on_sighup();
+    let mut proxy = pingora_proxy::http_proxy_service_with_name(&server.configuration, Gateway { live: live.clone() }, "portier");
     if let Some(app) = proxy.app_logic_mut() {
         app.server_options = Some(crate::limits::server_options(&state.config.limits, state.connections.clone()));
     }
@@ -198,16 +203,16 @@ pub fn run(mut config: Config, on_bound: impl FnOnce(BoundAddrs)) -> Result<(), 
         if let Some(acme) = &t.acme {
             crate::acme::start(acme.clone(), store.clone(), state.challenges.clone());
         }
-        store.reload_on_sighup();
     }
     server.add_service(PreBound { inner: proxy, sockets });
 
-    let mut admin_svc = pingora_core::services::listening::Service::new("portier-admin".into(), Admin { state: state.clone() });
+    let mut admin_svc =
+        pingora_core::services::listening::Service::new("portier-admin".into(), Admin { live: live.clone(), reloader: reloader.clone() });
     admin_svc.add_tcp(&addrs.admin.to_string());
     admin_svc.threads = Some(1);
     server.add_service(PreBound { inner: admin_svc, sockets: vec![admin] });
 
-    server.add_service(pingora_core::services::background::background_service("health-checks", HealthChecks { upstreams }));
+    server.add_service(pingora_core::services::background::background_service("health-checks", HealthChecks { live, reloader }));
 
     events::emit(
         "info",
@@ -225,13 +230,27 @@ pub fn run(mut config: Config, on_bound: impl FnOnce(BoundAddrs)) -> Result<(), 
     Ok(())
 }
 
+/// Checks the pools of the live state; after a reload, the new ones.
 struct HealthChecks {
-    upstreams: Arc<Upstreams>,
+    live: Arc<arc_swap::ArcSwap<State>>,
+    reloader: Arc<crate::reload::Reloader>,
 }
 
 #[async_trait]
 impl pingora_core::services::background::BackgroundService for HealthChecks {
-    async fn start(&self, shutdown: ShutdownWatch) {
-        self.upstreams.clone().run_health_checks(shutdown).await;
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        loop {
+            let (stop, stopped) = tokio::sync::watch::channel(false);
+            let checks = tokio::spawn(self.live.load().upstreams.clone().run_health_checks(stopped));
+            let done = tokio::select! {
+                _ = shutdown.changed() => true,
+                _ = self.reloader.swapped.notified() => false,
+            };
+            let _ = stop.send(true);
+            let _ = checks.await;
+            if done {
+                return;
+            }
+        }
     }
 }

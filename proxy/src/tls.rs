@@ -119,23 +119,11 @@ impl CertStore {
         self.managed.store(Some(Arc::new((l.names, l.key))));
     }
 
-    /// Reloads on every SIGHUP, on a thread of its own, for the life of the process.
-    pub(crate) fn reload_on_sighup(self: Arc<Self>) {
-        let spawned = std::thread::Builder::new().name("tls-reload".into()).spawn(move || {
-            let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else { return };
-            rt.block_on(async move {
-                use tokio::signal::unix::{signal, SignalKind};
-                let Ok(mut hup) = signal(SignalKind::hangup()) else { return };
-                while hup.recv().await.is_some() {
-                    match self.reload() {
-                        Ok(certs) => announce(&certs, "tls_certificates_reloaded"),
-                        Err(e) => crate::telemetry::events::emit("warn", "tls_reload_failed", &[("error", &e.to_string())]),
-                    }
-                }
-            });
-        });
-        if let Err(e) = spawned {
-            crate::telemetry::events::emit("warn", "tls_reload_unavailable", &[("error", &e.to_string())]);
+    /// Reads the certificate files again and says what was loaded, or why not.
+    pub(crate) fn reload_announced(&self) {
+        match self.reload() {
+            Ok(certs) => announce(&certs, "tls_certificates_reloaded"),
+            Err(e) => crate::telemetry::events::emit("warn", "tls_reload_failed", &[("error", &e.to_string())]),
         }
     }
 }

@@ -182,6 +182,9 @@ pub struct Pool {
     pub health_check: Option<HealthCheck>,
     /// TLS to the addresses, when the pool says `tls`.
     pub tls: Option<PoolTls>,
+    /// The pool's configuration as written: a reload keeps a pool whose text is unchanged,
+    /// with its health and ejections.
+    written: String,
 }
 
 impl Pool {
@@ -213,6 +216,7 @@ impl Pool {
             fail_timeout: cfg.fail_timeout.get(),
             health_check: cfg.health_check.clone(),
             tls: cfg.tls.as_ref().map(|t| PoolTls::new(name, t)).transpose()?,
+            written: written(cfg),
         })
     }
 
@@ -297,6 +301,10 @@ async fn probe(b: &Backend, hc: &HealthCheck, tls: Option<(Arc<rustls::ClientCon
     crate::http_client::send_over(sock, tls, &req, hc.timeout.get()).await.is_ok_and(|h| (200..400).contains(&h.status))
 }
 
+fn written(cfg: &Upstream) -> String {
+    toml::to_string(cfg).unwrap_or_default()
+}
+
 /// Every pool, by name.
 #[derive(Debug, Default)]
 pub struct Upstreams {
@@ -308,6 +316,20 @@ impl Upstreams {
         let mut pools = BTreeMap::new();
         for (name, u) in &cfg.upstreams {
             pools.insert(name.clone(), Arc::new(Pool::new(name, u)?));
+        }
+        Ok(Upstreams { pools })
+    }
+
+    /// The pools of a reloaded configuration: an unchanged pool is the same pool (health,
+    /// ejections and connections kept), a changed or new one starts afresh.
+    pub fn reconfigured(&self, cfg: &Config) -> Result<Upstreams, UpstreamError> {
+        let mut pools = BTreeMap::new();
+        for (name, u) in &cfg.upstreams {
+            let pool = match self.pools.get(name) {
+                Some(old) if old.written == written(u) => old.clone(),
+                _ => Arc::new(Pool::new(name, u)?),
+            };
+            pools.insert(name.clone(), pool);
         }
         Ok(Upstreams { pools })
     }

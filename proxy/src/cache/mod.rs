@@ -59,6 +59,25 @@ impl CacheLayer {
         }
     }
 
+    /// The same storage, lock and predictor (the stored entries stay) under a reloaded
+    /// configuration's routes, rules and policy. Sizes and the lock timeout stay as started.
+    pub fn reconfigured(&self, cfg: &Config) -> CacheLayer {
+        let mut config = cfg.cache.clone();
+        config.max_size = self.config.max_size;
+        config.max_object_size = self.config.max_object_size;
+        config.lock_timeout = self.config.lock_timeout;
+        CacheLayer {
+            storage: self.storage,
+            lock: self.lock,
+            predictor: self.predictor,
+            lock_timeout: self.lock_timeout,
+            max_object: self.max_object,
+            config,
+            routes: cfg.routes.iter().map(RoutePolicy::from_route).collect(),
+            rules: cfg.invalidation.iter().map(invalidate::Rule::new).collect(),
+        }
+    }
+
     /// Whether requests on this route may use the cache at all.
     pub fn route_enabled(&self, route: usize) -> bool {
         self.config.enabled && self.routes.get(route).is_some_and(|r| r.enabled)

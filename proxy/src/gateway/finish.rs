@@ -1,17 +1,17 @@
 //! The last step: one summary of the request feeds the metrics, the span and the access log.
 
-use super::{Ctx, Gateway};
+use super::{Ctx, State};
 use crate::cache::status::CacheStatus;
 use crate::telemetry::method::OTHER;
 use crate::telemetry::{traces, RequestSummary};
 use opentelemetry::KeyValue;
 use pingora_proxy::Session;
 
-impl Gateway {
+impl State {
     pub(super) fn finish(&self, session: &mut Session, ctx: &mut Ctx) {
         let phase_status = CacheStatus::from_phase(session.cache.phase());
         if session.subrequest_ctx.is_some() {
-            self.state.metrics.background_refresh(phase_status);
+            self.metrics.background_refresh(phase_status);
             return;
         }
         if let Some(cx) = ctx.trace.upstream.take() {
@@ -47,7 +47,7 @@ impl Gateway {
             span_name,
             host: ctx.request.target.as_ref().map_or("", |t| t.host()),
             path,
-            route: ctx.route.index.and_then(|i| self.state.router.routes().get(i)).map_or("", |r| r.pattern.as_str()),
+            route: ctx.route.index.and_then(|i| self.router.routes().get(i)).map_or("", |r| r.pattern.as_str()),
             pool: ctx.route.pool.as_ref().map_or("", |p| p.name.as_str()),
             status: session.as_downstream().response_written().map(|r| r.status.as_u16()).or(ctx.local_status).unwrap_or(0),
             cache_status: ctx.cache.outcome.as_ref().map_or(phase_status, |o| o.status),
@@ -64,13 +64,13 @@ impl Gateway {
             request_id: &ctx.request.id,
             trace_id: trace_id.as_deref(),
         };
-        if self.state.config.telemetry.metrics {
-            self.state.metrics.record_request(&summary);
+        if self.config.telemetry.metrics {
+            self.metrics.record_request(&summary);
         }
         if let Some(cx) = ctx.trace.server.take() {
             traces::finish(&cx, summary.status, || span_attributes(&summary));
         }
-        self.state.access_log.log(&summary);
+        self.access_log.log(&summary);
     }
 }
 

@@ -29,16 +29,18 @@ use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 use std::sync::Arc;
 use std::time::Duration;
 
-/// Everything a request may need, built once at start-up.
+/// Everything a request may need. Built at start-up and again by each configuration reload
+/// ([`State::reconfigured`]); what outlives a reload (the cache's storage, telemetry,
+/// connection counts) is shared between the two.
 pub struct State {
     pub(crate) config: Config,
     pub(crate) router: Router,
     pub(crate) upstreams: Arc<Upstreams>,
     pub(crate) cache: Option<CacheLayer>,
-    pub(crate) metrics: Metrics,
-    pub(crate) access_log: AccessLog,
-    pub(crate) tracing: Option<Tracing>,
-    pub(crate) profiling: crate::telemetry::profiling::Profiling,
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) access_log: Arc<AccessLog>,
+    pub(crate) tracing: Option<Arc<Tracing>>,
+    pub(crate) profiling: Arc<crate::telemetry::profiling::Profiling>,
     pub(crate) methods: KnownMethods,
     /// Per route index: its address rules and password.
     pub(crate) access: Vec<crate::access::RouteAccess>,
@@ -49,18 +51,56 @@ pub struct State {
     pub(crate) connections: Arc<pingora_core::apps::ConnectionLimit>,
 }
 
+/// What outlives a configuration reload.
+struct Shared {
+    metrics: Arc<Metrics>,
+    access_log: Arc<AccessLog>,
+    tracing: Option<Arc<Tracing>>,
+    profiling: Arc<crate::telemetry::profiling::Profiling>,
+    challenges: Arc<crate::acme::Challenges>,
+    connections: Arc<pingora_core::apps::ConnectionLimit>,
+}
+
 impl State {
     pub(crate) fn new(config: Config, upstreams: Arc<Upstreams>, metrics: Metrics, tracing: Option<Tracing>) -> Self {
         let cache = config.cache.enabled.then(|| CacheLayer::new(&config));
-        let access_log = AccessLog::new(config.telemetry.access_log.format);
-        let profiling = crate::telemetry::profiling::Profiling::new();
-        let methods = KnownMethods::new(config.invalidation.iter().map(|r| r.method.0.clone()));
-        let access = config.routes.iter().map(crate::access::RouteAccess::new).collect();
-        let challenges = Arc::default();
-        let client_slots = crate::limits::ClientSlots::new(config.limits.max_requests_per_client);
-        let connections = crate::limits::connection_gate(&config.limits);
+        let shared = Shared {
+            metrics: Arc::new(metrics),
+            access_log: Arc::new(AccessLog::new(config.telemetry.access_log.format)),
+            tracing: tracing.map(Arc::new),
+            profiling: Arc::new(crate::telemetry::profiling::Profiling::new()),
+            challenges: Arc::default(),
+            connections: crate::limits::connection_gate(&config.limits),
+        };
+        State::build(config, upstreams, cache, shared)
+    }
+
+    /// The state for a reloaded configuration: new routes, pools, rules and limits; the same
+    /// cache contents, telemetry and connection counts.
+    pub(crate) fn reconfigured(&self, config: Config, upstreams: Arc<Upstreams>) -> Self {
+        let cache = match (&self.cache, config.cache.enabled) {
+            (_, false) => None,
+            (Some(old), true) => Some(old.reconfigured(&config)),
+            (None, true) => Some(CacheLayer::new(&config)),
+        };
+        let shared = Shared {
+            metrics: self.metrics.clone(),
+            access_log: self.access_log.clone(),
+            tracing: self.tracing.clone(),
+            profiling: self.profiling.clone(),
+            challenges: self.challenges.clone(),
+            connections: self.connections.clone(),
+        };
+        State::build(config, upstreams, cache, shared)
+    }
+
+    fn build(config: Config, upstreams: Arc<Upstreams>, cache: Option<CacheLayer>, shared: Shared) -> Self {
+        let Shared { metrics, access_log, tracing, profiling, challenges, connections } = shared;
         State {
             router: Router::new(&config.routes),
+            methods: KnownMethods::new(config.invalidation.iter().map(|r| r.method.0.clone())),
+            access: config.routes.iter().map(crate::access::RouteAccess::new).collect(),
+            client_slots: crate::limits::ClientSlots::new(config.limits.max_requests_per_client),
             config,
             upstreams,
             cache,
@@ -68,65 +108,75 @@ impl State {
             access_log,
             tracing,
             profiling,
-            methods,
-            access,
             challenges,
-            client_slots,
             connections,
         }
     }
 }
 
+/// The state requests start with; `portier reload` and SIGHUP swap it, and a request keeps the
+/// one it started with to its end (its route index means the same thing throughout).
 pub struct Gateway {
-    pub(crate) state: Arc<State>,
+    pub(crate) live: Arc<arc_swap::ArcSwap<State>>,
 }
 
-impl Gateway {
+impl State {
     fn cache(&self) -> Option<&CacheLayer> {
-        self.state.cache.as_ref()
+        self.cache.as_ref()
     }
+}
+
+/// Pingora's per-request context: the state pinned for this request and the request's own part.
+pub struct Pinned {
+    state: Arc<State>,
+    ctx: Ctx,
 }
 
 #[async_trait]
 impl ProxyHttp for Gateway {
-    type CTX = Ctx;
+    type CTX = Pinned;
 
-    fn new_ctx(&self) -> Ctx {
-        Ctx::default()
+    fn new_ctx(&self) -> Pinned {
+        Pinned { state: self.live.load_full(), ctx: Ctx::default() }
     }
 
-    async fn early_request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<()> {
-        self.identify(session, ctx);
+    async fn early_request_filter(&self, session: &mut Session, p: &mut Pinned) -> Result<()> {
+        let Pinned { state, ctx } = p;
+        state.identify(session, ctx);
         Ok(())
     }
 
     /// Returns true when Portier answered the request itself.
-    async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
-        if self.check_limits(session, ctx).await?
-            || self.accept_target(session, ctx).await?
-            || self.route(session, ctx).await?
-            || self.check_access(session, ctx).await?
-            || self.check_body_size(session, ctx).await?
-            || self.answer_purge(session, ctx).await?
+    async fn request_filter(&self, session: &mut Session, p: &mut Pinned) -> Result<bool> {
+        let Pinned { state, ctx } = p;
+        if state.check_limits(session, ctx).await?
+            || state.accept_target(session, ctx).await?
+            || state.route(session, ctx).await?
+            || state.check_access(session, ctx).await?
+            || state.check_body_size(session, ctx).await?
+            || state.answer_purge(session, ctx).await?
         {
             return Ok(true);
         }
-        self.plan_cache(session, ctx);
-        self.refuse_fat_get(session, ctx).await
+        state.plan_cache(session, ctx);
+        state.refuse_fat_get(session, ctx).await
     }
 
-    async fn request_body_filter(&self, _session: &mut Session, body: &mut Option<Bytes>, _end: bool, ctx: &mut Ctx) -> Result<()> {
+    async fn request_body_filter(&self, _session: &mut Session, body: &mut Option<Bytes>, _end: bool, p: &mut Pinned) -> Result<()> {
+        let Pinned { ctx, .. } = p;
         request::count_request_body(ctx, body.as_ref())?;
         request::capture_body(ctx, body.as_ref());
         Ok(())
     }
 
-    fn request_cache_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<()> {
-        self.enable_cache(session, ctx);
+    fn request_cache_filter(&self, session: &mut Session, p: &mut Pinned) -> Result<()> {
+        let Pinned { state, ctx } = p;
+        state.enable_cache(session, ctx);
         Ok(())
     }
 
-    fn cache_key_callback(&self, _session: &Session, ctx: &mut Ctx) -> Result<CacheKey> {
+    fn cache_key_callback(&self, _session: &Session, p: &mut Pinned) -> Result<CacheKey> {
+        let Pinned { ctx, .. } = p;
         request::cache_key(ctx)
     }
 
@@ -136,41 +186,49 @@ impl ProxyHttp for Gateway {
         meta: &CacheMeta,
         _hit: &mut HitHandler,
         is_fresh: bool,
-        ctx: &mut Ctx,
+        p: &mut Pinned,
     ) -> Result<Option<ForcedFreshness>> {
+        let Pinned { ctx, .. } = p;
         Ok(request::client_forces_revalidation(ctx, meta, is_fresh).then_some(ForcedFreshness::ForceExpired))
     }
 
-    fn cache_vary_filter(&self, meta: &CacheMeta, ctx: &mut Ctx, req: &RequestHeader) -> Option<pingora_cache::key::HashBinary> {
+    fn cache_vary_filter(&self, meta: &CacheMeta, p: &mut Pinned, req: &RequestHeader) -> Option<pingora_cache::key::HashBinary> {
+        let Pinned { ctx, .. } = p;
         crate::cache::key::variance(meta, req, ctx.compress.coding)
     }
 
-    fn cache_not_modified_filter(&self, session: &Session, resp: &ResponseHeader, ctx: &mut Ctx) -> Result<bool> {
+    fn cache_not_modified_filter(&self, session: &Session, resp: &ResponseHeader, p: &mut Pinned) -> Result<bool> {
+        let Pinned { ctx, .. } = p;
         Ok(response::answer_preconditions(session, resp, ctx))
     }
 
-    fn range_header_filter(&self, session: &mut Session, resp: &mut ResponseHeader, _ctx: &mut Ctx) -> pingora_proxy::RangeType {
+    fn range_header_filter(&self, session: &mut Session, resp: &mut ResponseHeader, _p: &mut Pinned) -> pingora_proxy::RangeType {
         response::ranges(session, resp)
     }
 
-    async fn proxy_upstream_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
-        Ok(!self.answer_only_if_cached(session, ctx).await?)
+    async fn proxy_upstream_filter(&self, session: &mut Session, p: &mut Pinned) -> Result<bool> {
+        let Pinned { state, ctx } = p;
+        Ok(!state.answer_only_if_cached(session, ctx).await?)
     }
 
-    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
-        self.choose_peer(ctx)
+    async fn upstream_peer(&self, _session: &mut Session, p: &mut Pinned) -> Result<Box<HttpPeer>> {
+        let Pinned { state, ctx } = p;
+        state.choose_peer(ctx)
     }
 
-    fn fail_to_connect(&self, session: &mut Session, _peer: &HttpPeer, ctx: &mut Ctx, e: Box<Error>) -> Box<Error> {
-        self.connect_failed(session, ctx, e)
+    fn fail_to_connect(&self, session: &mut Session, _peer: &HttpPeer, p: &mut Pinned, e: Box<Error>) -> Box<Error> {
+        let Pinned { state, ctx } = p;
+        state.connect_failed(session, ctx, e)
     }
 
-    async fn upstream_request_filter(&self, _session: &mut Session, req: &mut RequestHeader, ctx: &mut Ctx) -> Result<()> {
-        self.forward(req, ctx)
+    async fn upstream_request_filter(&self, _session: &mut Session, req: &mut RequestHeader, p: &mut Pinned) -> Result<()> {
+        let Pinned { state, ctx } = p;
+        state.forward(req, ctx)
     }
 
-    async fn upstream_response_filter(&self, session: &mut Session, resp: &mut ResponseHeader, ctx: &mut Ctx) -> Result<()> {
-        self.origin_answered(session, resp, ctx);
+    async fn upstream_response_filter(&self, session: &mut Session, resp: &mut ResponseHeader, p: &mut Pinned) -> Result<()> {
+        let Pinned { state, ctx } = p;
+        state.origin_answered(session, resp, ctx);
         Ok(())
     }
 
@@ -179,23 +237,26 @@ impl ProxyHttp for Gateway {
         _session: &mut Session,
         body: &mut Option<Bytes>,
         end: bool,
-        ctx: &mut Ctx,
+        p: &mut Pinned,
     ) -> Result<Option<Duration>> {
-        self.compress_body(body, end, ctx)?;
+        let Pinned { state, ctx } = p;
+        state.compress_body(body, end, ctx)?;
         Ok(None)
     }
 
-    fn response_cache_filter(&self, session: &Session, resp: &ResponseHeader, ctx: &mut Ctx) -> Result<RespCacheable> {
-        Ok(self.storage_plan(session, resp, ctx))
+    fn response_cache_filter(&self, session: &Session, resp: &ResponseHeader, p: &mut Pinned) -> Result<RespCacheable> {
+        let Pinned { state, ctx } = p;
+        Ok(state.storage_plan(session, resp, ctx))
     }
 
-    fn should_serve_stale(&self, session: &mut Session, _ctx: &mut Ctx, error: Option<&Error>) -> bool {
+    fn should_serve_stale(&self, session: &mut Session, _p: &mut Pinned, error: Option<&Error>) -> bool {
         response::may_serve_stale(session, error)
     }
 
-    async fn response_filter(&self, session: &mut Session, resp: &mut ResponseHeader, ctx: &mut Ctx) -> Result<()> {
-        self.status_headers(session, resp, ctx)?;
-        self.invalidate_after(session, resp, ctx);
+    async fn response_filter(&self, session: &mut Session, resp: &mut ResponseHeader, p: &mut Pinned) -> Result<()> {
+        let Pinned { state, ctx } = p;
+        state.status_headers(session, resp, ctx)?;
+        state.invalidate_after(session, resp, ctx);
         Ok(())
     }
 
@@ -204,17 +265,20 @@ impl ProxyHttp for Gateway {
         _session: &mut Session,
         body: &mut Option<Bytes>,
         _end: bool,
-        ctx: &mut Ctx,
+        p: &mut Pinned,
     ) -> Result<Option<Duration>> {
+        let Pinned { ctx, .. } = p;
         response::count_body(ctx, body);
         Ok(None)
     }
 
-    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
-        self.answer_failure(session, e, ctx).await
+    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, p: &mut Pinned) -> FailToProxy {
+        let Pinned { state, ctx } = p;
+        state.answer_failure(session, e, ctx).await
     }
 
-    async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut Ctx) {
-        self.finish(session, ctx);
+    async fn logging(&self, session: &mut Session, _e: Option<&Error>, p: &mut Pinned) {
+        let Pinned { state, ctx } = p;
+        state.finish(session, ctx);
     }
 }

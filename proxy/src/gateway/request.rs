@@ -1,6 +1,6 @@
 //! The request phase: identify, check the target, route, answer PURGE, plan the cache's part.
 
-use super::{Ctx, Gateway};
+use super::{Ctx, State};
 use crate::access;
 use crate::cache::policy::{self, RequestRules};
 use crate::cache::status::{BypassReason, CacheDecision, LocalAnswer};
@@ -25,17 +25,17 @@ fn peer_ip(session: &Session) -> Option<std::net::IpAddr> {
     session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip())
 }
 
-impl Gateway {
+impl State {
     /// The request id and the client keep-alive.
     pub(super) fn identify(&self, session: &mut Session, ctx: &mut Ctx) {
         ctx.request.id = forwarding::request_id(session.req_header());
-        ctx.request.client = access::client_address(peer_ip(session), session.req_header(), &self.state.config.server.trusted_proxies);
-        ctx.request.method_label = self.state.methods.label(&session.req_header().method);
+        ctx.request.client = access::client_address(peer_ip(session), session.req_header(), &self.config.server.trusted_proxies);
+        ctx.request.method_label = self.methods.label(&session.req_header().method);
         // Only where Pingora keeps the connection: it has turned keep-alive off for requests
         // that must close (Content-Length beside Transfer-Encoding, `Connection: close`,
         // HTTP/1.0 without keep-alive), and that must stand.
         if session.get_keepalive().is_some() {
-            session.set_keepalive(Some(self.state.config.timeouts.client_idle.as_secs()));
+            session.set_keepalive(Some(self.config.timeouts.client_idle.as_secs()));
             // RFC 9112 §9.3.2: requests a client sent ahead are answered in order (Pingora
             // otherwise answers the first and closes, dropping the rest).
             session.as_downstream_mut().set_pipelining_enabled(true);
@@ -46,7 +46,7 @@ impl Gateway {
     /// refreshes have no client and get none.
     fn start_trace(&self, session: &Session, ctx: &mut Ctx, span_name: String) {
         ctx.route.span_name = span_name;
-        if let (Some(t), None) = (&self.state.tracing, &session.subrequest_ctx) {
+        if let (Some(t), None) = (&self.tracing, &session.subrequest_ctx) {
             match t.decide(session.req_header()) {
                 traces::Decision::Record => {
                     ctx.trace.server = Some(t.server_span(session.req_header(), ctx.route.span_name.clone(), ctx.started_at))
@@ -105,7 +105,7 @@ impl Gateway {
             }
             Ok(t) => {
                 // Before the redirect: a CA validates HTTP-01 over plain HTTP.
-                if let Some(key_auth) = self.state.challenges.answer(t.path()) {
+                if let Some(key_auth) = self.challenges.answer(t.path()) {
                     self.start_trace(session, ctx, format!("{} (acme)", ctx.request.method_label));
                     let body = Bytes::from(key_auth);
                     self.answer(session, ctx, LocalAnswer::AcmeChallenge, 200, Some("application/octet-stream"), body, &[]).await?;
@@ -139,20 +139,20 @@ impl Gateway {
     /// The request head's size (414/431) and the client's requests in flight (503), before
     /// anything reads the request. True when refused (answered).
     pub(super) async fn check_limits(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
-        let limits = &self.state.config.limits;
+        let limits = &self.config.limits;
         if let Err(too_large) = limits::check_head(session.req_header(), limits) {
-            self.state.metrics.limited(if too_large.status == 414 { "uri" } else { "headers" });
+            self.metrics.limited(if too_large.status == 414 { "uri" } else { "headers" });
             self.start_trace(session, ctx, format!("{} (refused)", ctx.request.method_label));
             session.set_keepalive(None);
             self.answer_locally(session, ctx, LocalAnswer::TooLarge, too_large.status, too_large.detail, &[]).await?;
             return Ok(true);
         }
         let Some(ip) = ctx.request.client else { return Ok(false) };
-        ctx.request.slot = self.state.client_slots.acquire(ip);
+        ctx.request.slot = self.client_slots.acquire(ip);
         if ctx.request.slot.is_some() {
             return Ok(false);
         }
-        self.state.metrics.limited("requests_per_client");
+        self.metrics.limited("requests_per_client");
         self.start_trace(session, ctx, format!("{} (busy)", ctx.request.method_label));
         let retry = limits.retry_after.as_secs().max(1).to_string();
         let detail = "too many requests in flight from this address";
@@ -163,12 +163,12 @@ impl Gateway {
     /// A declared body larger than the route accepts is refused before the origin sees it;
     /// a chunked one is cut off by [`count_request_body`] when it gets there.
     pub(super) async fn check_body_size(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
-        let route = ctx.route.index.and_then(|i| self.state.config.routes.get(i));
-        ctx.request.max_body = route.and_then(|r| r.max_body).unwrap_or(self.state.config.limits.max_body).bytes();
+        let route = ctx.route.index.and_then(|i| self.config.routes.get(i));
+        ctx.request.max_body = route.and_then(|r| r.max_body).unwrap_or(self.config.limits.max_body).bytes();
         if !limits::declared_body_too_large(session.req_header(), ctx.request.max_body) {
             return Ok(false);
         }
-        self.state.metrics.limited("body");
+        self.metrics.limited("body");
         session.set_keepalive(None);
         self.answer_locally(session, ctx, LocalAnswer::TooLarge, 413, error_page::detail_for(413), &[]).await?;
         Ok(true)
@@ -176,7 +176,7 @@ impl Gateway {
 
     /// With `tls.redirect_http`, where a plain-HTTP request goes instead.
     fn https_location(&self, t: &target::Target) -> Option<String> {
-        let tls = self.state.config.tls.as_ref().filter(|c| c.redirect_http)?;
+        let tls = self.config.tls.as_ref().filter(|c| c.redirect_http)?;
         if t.scheme != Scheme::Http || t.host().is_empty() {
             return None;
         }
@@ -188,14 +188,14 @@ impl Gateway {
     /// Picks the route and its pool; no route is a 404. True when answered.
     pub(super) async fn route(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
         let Some(t) = &ctx.request.target else { return Ok(true) };
-        let Some(r) = self.state.router.route(t.host(), t.path()) else {
+        let Some(r) = self.router.route(t.host(), t.path()) else {
             self.start_trace(session, ctx, format!("{} (no route)", ctx.request.method_label));
             self.answer_locally(session, ctx, LocalAnswer::NoRoute, 404, error_page::detail_for(404), &[]).await?;
             return Ok(true);
         };
         ctx.route.index = Some(r.index);
-        ctx.route.pool = self.state.upstreams.get(&r.pool).cloned();
-        let codings = self.state.config.routes.get(r.index).map_or(&[][..], |c| &c.compress[..]);
+        ctx.route.pool = self.upstreams.get(&r.pool).cloned();
+        let codings = self.config.routes.get(r.index).map_or(&[][..], |c| &c.compress[..]);
         ctx.compress.coding = crate::compression::negotiate(session.req_header(), codings);
         let span_name = format!("{} {}", ctx.request.method_label, r.pattern);
         self.start_trace(session, ctx, span_name);
@@ -205,7 +205,7 @@ impl Gateway {
     /// The route's address rules and password, before anything else (the cache included)
     /// sees the request. True when refused (answered).
     pub(super) async fn check_access(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
-        let Some(rules) = ctx.route.index.and_then(|i| self.state.access.get(i)) else { return Ok(false) };
+        let Some(rules) = ctx.route.index.and_then(|i| self.access.get(i)) else { return Ok(false) };
         match rules.verdict(ctx.request.client, session.req_header()) {
             access::Verdict::Allowed => Ok(false),
             access::Verdict::Forbidden => {
@@ -235,10 +235,10 @@ impl Gateway {
         }
         let (code, body) = match (self.cache(), &ctx.request.url) {
             (Some(cache), Some(url)) => {
-                if purge::authorized(&self.state.config.purge, ctx.request.client, session.req_header()) {
+                if purge::authorized(&self.config.purge, ctx.request.client, session.req_header()) {
                     let soft = session.req_header().headers.get("x-purge-soft").is_some_and(|v| v.as_bytes() == b"1");
                     let n = cache.storage.purge_key(&key::cache_key(url), soft);
-                    self.state.metrics.purged(if soft { PurgeReason::PurgeMethodSoft } else { PurgeReason::PurgeMethod }, n);
+                    self.metrics.purged(if soft { PurgeReason::PurgeMethodSoft } else { PurgeReason::PurgeMethod }, n);
                     (if n > 0 { 200 } else { 404 }, serde_json::json!({"purged": n, "soft": soft}))
                 } else {
                     (403, serde_json::json!({"error": "PURGE not allowed from this address without the token"}))

@@ -1,7 +1,7 @@
 //! The response phase: whether to store, the cache status headers, preconditions, stale
 //! serving, invalidation after writes, and the answer when the origin failed.
 
-use super::{Ctx, Gateway};
+use super::{Ctx, State};
 use crate::cache::status::{CacheDecision, CacheStatus, Facts, Outcome};
 use crate::cache::{conditional, invalidate, policy, revalidate};
 use crate::error_page;
@@ -15,7 +15,7 @@ use pingora_http::ResponseHeader;
 use pingora_proxy::{FailToProxy, Session};
 use std::time::SystemTime;
 
-impl Gateway {
+impl State {
     /// The cache status of this response, decided here once and kept in `ctx` for the log,
     /// the metrics and the span.
     pub(super) fn outcome(&self, session: &Session, ctx: &mut Ctx) -> Outcome {
@@ -76,7 +76,7 @@ impl Gateway {
         }
         let o = self.outcome(session, ctx);
         if o.status == CacheStatus::Hit && session.cache.lock_duration().is_some() {
-            self.state.metrics.coalesced.inc();
+            self.metrics.coalesced.inc();
         }
         o.write_headers(resp, ctx.upstream.time.map(|d| d.as_secs_f64() * 1000.0))?;
         if o.status.built_from_store() {
@@ -94,7 +94,7 @@ impl Gateway {
         }
         response_headers::expose_cache_headers(resp)?;
         let https = ctx.request.target.as_ref().is_some_and(|t| t.scheme == crate::target::Scheme::Https);
-        if let (true, Some(hsts)) = (https, self.state.config.tls.as_ref().and_then(|t| t.hsts.as_deref())) {
+        if let (true, Some(hsts)) = (https, self.config.tls.as_ref().and_then(|t| t.hsts.as_deref())) {
             resp.insert_header("strict-transport-security", hsts)?;
         }
         resp.insert_header(forwarding::REQUEST_ID, &ctx.request.id)?;
@@ -110,8 +110,8 @@ impl Gateway {
             let rules: Vec<&invalidate::Rule> = ctx.cache.invalidation_rules.iter().filter_map(|i| cache.rules.get(*i)).collect();
             let body = ctx.cache.captured_body.as_deref().unwrap_or(&[]);
             let done = invalidate::after_response(cache.storage, &rules, url, req, resp, body);
-            self.state.metrics.purged(if rules.is_empty() { PurgeReason::UnsafeMethod } else { PurgeReason::Rule }, done.purged);
-            self.state.metrics.invalidation_skipped.inc_by(done.skipped as u64);
+            self.metrics.purged(if rules.is_empty() { PurgeReason::UnsafeMethod } else { PurgeReason::Rule }, done.purged);
+            self.metrics.invalidation_skipped.inc_by(done.skipped as u64);
         }
     }
 
@@ -125,7 +125,7 @@ impl Gateway {
         if let (Some(pool), Some(kind)) = (&ctx.route.pool, upstream_kind) {
             // A connect failure was counted where it happened, in `connect_failed`.
             if !kind.is_connect() {
-                self.state.metrics.upstream_error(&pool.name, kind);
+                self.metrics.upstream_error(&pool.name, kind);
             }
         }
         if code > 0 {

@@ -1,6 +1,6 @@
 //! The upstream phase: choose an address, forward the request, take the origin's answer.
 
-use super::{Ctx, Gateway};
+use super::{Ctx, State};
 use crate::forwarding;
 use crate::telemetry::metrics::UpstreamErrorKind;
 use crate::telemetry::traces;
@@ -12,7 +12,7 @@ use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::Session;
 use std::time::Instant;
 
-impl Gateway {
+impl State {
     /// Round-robin over the route's pool, healthy addresses first.
     pub(super) fn choose_peer(&self, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
         let pool = ctx.route.pool.clone().ok_or_else(|| Error::explain(ErrorType::HTTPStatus(502), "route has no pool"))?;
@@ -23,7 +23,7 @@ impl Gateway {
         let b = &pool.backends[i];
         // `select` only picks resolved addresses; one that stopped resolving since is a 502.
         let sock = b.sock().ok_or_else(|| Error::explain(ErrorType::ConnectNoRoute, format!("{} does not resolve", b.addr)))?;
-        let t = &self.state.config.timeouts;
+        let t = &self.config.timeouts;
         let mut peer = match &pool.tls {
             Some(tls) => {
                 let mut p = HttpPeer::new(sock, true, pool.sni_for(b).to_string());
@@ -52,7 +52,7 @@ impl Gateway {
             } else {
                 UpstreamErrorKind::Connect
             };
-            self.state.metrics.upstream_error(&pool.name, kind);
+            self.metrics.upstream_error(&pool.name, kind);
             ctx.upstream.tried.push(i);
             ctx.upstream.connect_attempts += 1;
             let limit = if session.req_header().method.is_idempotent() { pool.backends.len().max(2) } else { pool.backends.len() };
@@ -79,7 +79,7 @@ impl Gateway {
         let host = req.headers.get(http::header::HOST).and_then(|h| h.to_str().ok()).map(str::to_string);
         let proto = ctx.request.target.as_ref().map_or("http", |t| t.scheme.as_str());
         forwarding::add_forwarded(req, ip.as_deref(), host.as_deref(), proto, &ctx.request.id);
-        if let (Some(t), Some(server)) = (&self.state.tracing, &ctx.trace.server) {
+        if let (Some(t), Some(server)) = (&self.tracing, &ctx.trace.server) {
             let name = format!("{} {}", ctx.request.method_label, ctx.route.pool.as_ref().map(|p| p.name.as_str()).unwrap_or("upstream"));
             ctx.trace.upstream = Some(t.client_span(server, name, req));
         } else if let Some(tp) = &ctx.trace.inject_traceparent {
@@ -106,7 +106,7 @@ impl Gateway {
                 pool.report_success(i);
             }
             if let Some(t) = ctx.upstream.time {
-                self.state.metrics.upstream_response(&pool.name, t.as_secs_f64() * 1000.0);
+                self.metrics.upstream_response(&pool.name, t.as_secs_f64() * 1000.0);
             }
         }
         if resp.status.as_u16() == 304 && session.cache.phase() == CachePhase::Stale {
@@ -115,10 +115,10 @@ impl Gateway {
     }
 }
 
-impl Gateway {
+impl State {
     fn start_compression(&self, session: &Session, resp: &mut ResponseHeader, ctx: &mut Ctx) {
-        let Some(route) = ctx.route.index.and_then(|i| self.state.config.routes.get(i)) else { return };
-        let z = &self.state.config.compression;
+        let Some(route) = ctx.route.index.and_then(|i| self.config.routes.get(i)) else { return };
+        let z = &self.config.compression;
         if route.compress.is_empty()
             || !crate::compression::eligible(resp, z)
             || session.req_header().method == http::Method::HEAD && !session.cache.enabled()
@@ -145,8 +145,8 @@ impl Gateway {
         enc.encode(body, end)?;
         if end {
             let (before, after) = enc.sizes();
-            let route = ctx.route.index.and_then(|i| self.state.router.routes().get(i)).map_or("", |r| r.pattern.as_str());
-            self.state.metrics.compressed(route, enc.coding.as_str(), before, after);
+            let route = ctx.route.index.and_then(|i| self.router.routes().get(i)).map_or("", |r| r.pattern.as_str());
+            self.metrics.compressed(route, enc.coding.as_str(), before, after);
         }
         Ok(())
     }

@@ -16,6 +16,7 @@ mod lighthouse;
 mod profiling;
 mod prometheus;
 mod proof;
+mod reload;
 mod security;
 mod stack;
 mod telemetry;

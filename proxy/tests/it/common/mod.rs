@@ -158,6 +158,11 @@ impl Portier {
         Portier { child, public, admin, tls, stdout, stderr, _dir: dir }
     }
 
+    /// The file it was started with: rewrite it and reload to change the configuration.
+    pub fn config_path(&self) -> PathBuf {
+        self._dir.path().join("portier.toml")
+    }
+
     pub fn pid(&self) -> i32 {
         self.child.id() as i32
     }
