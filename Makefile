@@ -4,7 +4,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: all build release demo test deps toolchain test-deps bench bench-vs fmt lint unit clean
+.PHONY: all build release demo test deps toolchain test-deps bench bench-vs fuzz fmt lint unit clean
 
 all: build
 
@@ -72,6 +72,20 @@ bench-vs: deps
 	@command -v nginx >/dev/null && command -v varnishd >/dev/null || { $(call apt_install,nginx-light varnish); }
 	$(CARGO) build --release -p portier -p portier-benches
 	./target/release/vs-bench --rounds 3 --seconds 3 --connections 32
+
+# Fuzzes every parser Portier writes or configures (fuzz/fuzz_targets: request heads, response
+# heads, directive lists, cache URLs, invalidation and purge bodies, config files) for
+# FUZZ_SECONDS each, with cargo-fuzz on the nightly toolchain. Not part of `make test` (the
+# sanitizer build alone takes minutes); the property tests in proxy/src/fuzzing.rs are.
+FUZZ_SECONDS ?= 30
+FUZZ_TARGETS := request_head response_head directives cache_url invalidation_body config
+fuzz: deps
+	@rustup toolchain list 2>/dev/null | grep -q '^nightly' || { echo "the nightly toolchain is missing. Run: rustup toolchain install nightly"; exit 1; }
+	@command -v cargo-fuzz >/dev/null || { echo "installing: cargo-fuzz"; $(CARGO) install cargo-fuzz --locked; }
+	cd fuzz && for t in $(FUZZ_TARGETS); do \
+	  $(CARGO) +nightly fuzz run -O $$t -- -max_total_time=$(FUZZ_SECONDS) 2>&1 | grep -E '^Done|SUMMARY|panicked|crash-' ; \
+	  [ "$${PIPESTATUS[0]}" = 0 ] || { echo "fuzz target $$t failed: see fuzz/artifacts/$$t"; exit 1; }; \
+	done
 
 fmt:
 	$(CARGO) fmt --all -- --check

@@ -10,6 +10,8 @@ pub(crate) mod config;
 pub mod demo;
 pub(crate) mod error_page;
 pub(crate) mod forwarding;
+#[doc(hidden)]
+pub mod fuzzing;
 pub(crate) mod gateway;
 pub(crate) mod http_client;
 pub(crate) mod limits;
