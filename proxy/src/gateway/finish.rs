@@ -8,7 +8,7 @@ use opentelemetry::KeyValue;
 use pingora_proxy::Session;
 
 impl State {
-    pub(super) fn finish(&self, session: &mut Session, ctx: &mut Ctx) {
+    pub(super) fn finish(&self, session: &mut Session, ctx: &mut Ctx, error: Option<&pingora_error::Error>) {
         let phase_status = CacheStatus::from_phase(session.cache.phase());
         if session.subrequest_ctx.is_some() {
             self.metrics.background_refresh(phase_status);
@@ -63,6 +63,7 @@ impl State {
             client: ctx.request.client,
             request_id: &ctx.request.id,
             trace_id: trace_id.as_deref(),
+            stored: error.is_none() && ctx.cache.outcome.as_ref().is_some_and(|o| o.details.stored),
         };
         if self.config.telemetry.metrics {
             self.metrics.record_request(&summary);

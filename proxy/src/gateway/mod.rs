@@ -277,8 +277,8 @@ impl ProxyHttp for Gateway {
         state.answer_failure(session, e, ctx).await
     }
 
-    async fn logging(&self, session: &mut Session, _e: Option<&Error>, p: &mut Pinned) {
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, p: &mut Pinned) {
         let Pinned { state, ctx } = p;
-        state.finish(session, ctx);
+        state.finish(session, ctx, e);
     }
 }

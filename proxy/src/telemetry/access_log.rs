@@ -144,7 +144,7 @@ fn json_line(r: &AccessRecord<'_>) -> String {
     if let Some(ms) = r.origin_ms {
         let _ = write!(o, ",\"origin_ms\":{ms:.3}");
     }
-    let _ = write!(o, ",\"bytes\":{},\"encoding\":", r.bytes);
+    let _ = write!(o, ",\"stored\":{},\"bytes\":{},\"encoding\":", r.stored, r.bytes);
     push_json_str(&mut o, r.encoding);
     o.push_str(",\"client\":");
     match r.client {
@@ -186,6 +186,7 @@ mod tests {
             client: None,
             request_id: "id",
             trace_id: Some("t"),
+            stored: false,
         };
         let mut text = AccessRecord { client: Some("10.1.2.3".parse().unwrap()), ..r };
         text.path = "/p";

@@ -36,6 +36,9 @@ pub(crate) struct RequestSummary<'a> {
     pub(crate) client: Option<std::net::IpAddr>,
     pub(crate) request_id: &'a str,
     pub(crate) trace_id: Option<&'a str>,
+    /// The response went into the cache, whole: a fill cut off mid-way is not stored even
+    /// though its `Cache-Status` (sent before the body) announced `stored`.
+    pub(crate) stored: bool,
 }
 
 /// Telemetry settings after environment fallbacks (config wins when both are set).

@@ -72,6 +72,19 @@ async fn a_body_cut_off_mid_way_is_not_stored() {
         assert_eq!(second.body.len(), 5000);
         assert_eq!(get(p.public, path).await.header("x-cache"), "HIT");
     }
+    // Its `Cache-Status` went out before the body was cut, but the log says what happened.
+    let stored_flags = |path: &str| -> Vec<bool> {
+        p.stdout_lines()
+            .iter()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|v| v["event"] == "request" && v["path"] == path && v["cache_status"] == "MISS")
+            .map(|v| v["stored"].as_bool().unwrap_or(true))
+            .collect()
+    };
+    let logged = eventually(std::time::Duration::from_secs(5), async || stored_flags("/cut-chunked").len() == 2).await;
+    assert!(logged, "{:?}", p.stdout_lines());
+    assert_eq!(stored_flags("/cut"), [false, true]);
+    assert_eq!(stored_flags("/cut-chunked"), [false, true]);
 }
 
 #[tokio::test(flavor = "multi_thread")]
