@@ -5,8 +5,10 @@ use pingora_http::ResponseHeader;
 use std::time::SystemTime;
 
 /// Fields in the 304 that must not replace the stored ones (framing, hop-by-hop, encoding;
-/// RFC 9111 §3.2).
-const NOT_MERGED: [&str; 10] = [
+/// RFC 9111 §3.2), and `Set-Cookie`: a cookie on a 304 is for the client whose request
+/// revalidated ([`cookies_for_client`]), never for the stored response everyone gets.
+const NOT_MERGED: [&str; 11] = [
+    "set-cookie",
     "content-length",
     "transfer-encoding",
     "connection",
@@ -18,6 +20,11 @@ const NOT_MERGED: [&str; 10] = [
     "content-encoding",
     "content-range",
 ];
+
+/// The 304's `Set-Cookie` fields, passed on to the client that made the request.
+pub(crate) fn cookies_for_client(not_modified: &ResponseHeader) -> Vec<http::HeaderValue> {
+    not_modified.headers.get_all(http::header::SET_COOKIE).iter().cloned().collect()
+}
 
 /// Every field of the 304 replaces the stored one (Pingora copies only five). A 304 without
 /// `Date` is dated now, so the stored `Date` does not make the refreshed entry look as old as

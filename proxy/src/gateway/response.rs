@@ -44,6 +44,7 @@ impl State {
         let merged;
         let resp = match ctx.cache.revalidation_304.take() {
             Some(nm) => {
+                ctx.cache.cookies_for_client = revalidate::cookies_for_client(&nm);
                 merged = revalidate::merge_304(resp, &nm, session.cache.maybe_cache_meta());
                 &merged
             }
@@ -96,6 +97,9 @@ impl State {
         let https = ctx.request.target.as_ref().is_some_and(|t| t.scheme == crate::target::Scheme::Https);
         if let (true, Some(hsts)) = (https, self.config.tls.as_ref().and_then(|t| t.hsts.as_deref())) {
             resp.insert_header("strict-transport-security", hsts)?;
+        }
+        for cookie in ctx.cache.cookies_for_client.drain(..) {
+            resp.append_header(http::header::SET_COOKIE, cookie)?;
         }
         resp.insert_header(forwarding::REQUEST_ID, &ctx.request.id)?;
         Ok(())

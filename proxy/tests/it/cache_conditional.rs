@@ -181,3 +181,26 @@ async fn client_directives_can_be_ignored_by_config() {
     assert_eq!(get(p.public, "/j").await.header("x-cache"), "MISS");
     assert_eq!(o.count("/i"), 1);
 }
+
+/// A `Set-Cookie` on the origin's 304 (a session renewed while revalidating) reaches the
+/// client whose request revalidated, and is never stored for anyone else.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_set_cookie_on_a_revalidation_304_reaches_that_client_only() {
+    let o = Scripted::start(|req, _| {
+        if req.header("if-none-match") == Some("\"v1\"") {
+            return Reply::new(304, &[("cache-control", "max-age=1"), ("etag", "\"v1\""), ("set-cookie", "session=renewed; Path=/")], "");
+        }
+        Reply::new(200, &[("cache-control", "max-age=1"), ("etag", "\"v1\"")], "stored body")
+    })
+    .await;
+    let p = Portier::start(&config_for(o.addr, "", ""));
+    assert_eq!(get(p.public, "/c").await.header("x-cache"), "MISS");
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let r = get(p.public, "/c").await;
+    assert_eq!((r.header("x-cache"), r.text()), ("REVALIDATED", "stored body".to_string()));
+    assert_eq!(r.opt_header("set-cookie"), Some("session=renewed; Path=/"), "{r:?}");
+    let hit = get(p.public, "/c").await;
+    assert_eq!(hit.header("x-cache"), "HIT");
+    assert_eq!(hit.opt_header("set-cookie"), None, "the cookie was not stored");
+    assert_eq!(o.count("/c"), 2);
+}
