@@ -3,7 +3,7 @@
 
 use crate::admin::Admin;
 use crate::config::Config;
-use crate::gateway::{Gateway, State, IN_FLIGHT};
+use crate::gateway::{Gateway, State, DRAINING, IN_FLIGHT};
 use crate::telemetry::events;
 use crate::telemetry::traces::Tracing;
 use crate::upstream::{UpstreamError, Upstreams};
@@ -96,6 +96,7 @@ impl ShutdownSignalWatch for GracefulSignals {
             _ = term.recv() => "SIGTERM",
             _ = int.recv() => "SIGINT",
         };
+        DRAINING.store(true, Ordering::SeqCst);
         let in_flight = IN_FLIGHT.load(Ordering::SeqCst).to_string();
         events::emit(
             "info",

@@ -13,6 +13,10 @@ use std::time::{Duration, Instant, SystemTime};
 /// Requests being served right now; graceful shutdown waits for this to reach zero.
 pub static IN_FLIGHT: AtomicUsize = AtomicUsize::new(0);
 
+/// Set on SIGTERM/SIGINT: every answer from then on says `Connection: close`, so keep-alive
+/// clients open their next connection elsewhere instead of sending into a closing socket.
+pub static DRAINING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 pub(crate) struct InFlight(());
 impl InFlight {
     fn new() -> Self {

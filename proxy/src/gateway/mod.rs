@@ -9,7 +9,7 @@ mod request;
 mod response;
 mod upstream;
 
-pub use ctx::{Ctx, IN_FLIGHT};
+pub use ctx::{Ctx, DRAINING, IN_FLIGHT};
 
 use crate::cache::CacheLayer;
 use crate::config::Config;
@@ -255,6 +255,9 @@ impl ProxyHttp for Gateway {
 
     async fn response_filter(&self, session: &mut Session, resp: &mut ResponseHeader, p: &mut Pinned) -> Result<()> {
         let Pinned { state, ctx } = p;
+        if DRAINING.load(std::sync::atomic::Ordering::Relaxed) {
+            session.set_keepalive(None);
+        }
         state.status_headers(session, resp, ctx)?;
         state.invalidate_after(session, resp, ctx);
         Ok(())

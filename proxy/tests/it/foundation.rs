@@ -235,6 +235,37 @@ async fn sigterm_lets_an_in_flight_request_finish() {
     assert!(tokio::net::TcpStream::connect(addr).await.is_err(), "no longer accepting");
 }
 
+/// Keep-alive clients with requests in flight at SIGTERM get their answers, each saying
+/// `Connection: close`, and then the close: none is left sending into a dead socket.
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_tells_keep_alive_clients_to_close() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let api = origin().await;
+    let cfg = format!("[server]\ngrace_period = \"5s\"\n{}", two_pool_config(api.addr, api.addr));
+    let p = Portier::start(&cfg);
+    let mut conns = Vec::new();
+    for i in 0..3 {
+        let mut s = tokio::net::TcpStream::connect(p.public).await.unwrap();
+        // A first exchange proves the connection is kept alive.
+        s.write_all(format!("GET /health HTTP/1.1\r\nHost: {}\r\n\r\n", p.public).as_bytes()).await.unwrap();
+        let mut buf = vec![0u8; 4096];
+        let n = s.read(&mut buf).await.unwrap();
+        let first = String::from_utf8_lossy(&buf[..n]).to_ascii_lowercase();
+        assert!(first.starts_with("http/1.1 200") && first.contains("connection: keep-alive"), "{first}");
+        s.write_all(format!("GET /api/slow?ms=800&c={i} HTTP/1.1\r\nHost: {}\r\n\r\n", p.public).as_bytes()).await.unwrap();
+        conns.push(s);
+    }
+    assert!(eventually(Duration::from_secs(3), async || (0..3).all(|i| api.state.hits(&format!("/api/slow?ms=800&c={i}")) == 1)).await);
+    p.signal(libc::SIGTERM);
+    for mut s in conns {
+        let mut out = Vec::new();
+        let closed = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out)).await;
+        let text = String::from_utf8_lossy(&out).to_ascii_lowercase();
+        assert!(closed.is_ok(), "the server closed after the answer: {text}");
+        assert!(text.starts_with("http/1.1 200") && text.contains("connection: close"), "{text}");
+    }
+}
+
 /// Bug: the process exited with status 0 even when it abandoned requests at the end of the
 /// grace period.
 #[tokio::test(flavor = "multi_thread")]
