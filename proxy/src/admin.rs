@@ -135,7 +135,9 @@ impl Admin {
                 }
             },
         };
-        match self.state().profiling.cpu_profile(seconds).await {
+        // The request has no body: reading completes only when the client closes.
+        let client_gone = async { while let Ok(Some(_)) = session.read_body_or_idle(true).await {} };
+        match self.state().profiling.cpu_profile(seconds, client_gone).await {
             Ok(bytes) => Response::builder()
                 .status(StatusCode::OK)
                 .header("content-type", "application/octet-stream")

@@ -22,6 +22,8 @@ pub enum ProfileError {
     PushActive,
     #[error("profiling failed: {0}")]
     Failed(String),
+    #[error("the client went away; profiling stopped")]
+    Abandoned,
     #[error("telemetry.profiling.pyroscope_url {url:?}: {reason}")]
     BadUrl { url: String, reason: String },
 }
@@ -57,13 +59,16 @@ mod push_proto {
 }
 
 /// Takes one CPU profile of `duration` (blocking) and returns it as pprof protobuf bytes.
-fn take_profile(duration: Duration) -> Result<Vec<u8>, ProfileError> {
+/// Samples for `duration`, or until `stop` says (or is dropped): then nothing is reported.
+fn take_profile(duration: Duration, stop: std::sync::mpsc::Receiver<()>) -> Result<Vec<u8>, ProfileError> {
     let guard = pprof::ProfilerGuardBuilder::default()
         .frequency(100)
         .blocklist(&["libc", "libgcc", "pthread", "vdso"])
         .build()
         .map_err(|e| ProfileError::Failed(e.to_string()))?;
-    std::thread::sleep(duration);
+    if !matches!(stop.recv_timeout(duration), Err(std::sync::mpsc::RecvTimeoutError::Timeout)) {
+        return Err(ProfileError::Abandoned);
+    }
     let report = guard.report().build().map_err(|e| ProfileError::Failed(e.to_string()))?;
     drop(guard);
     let profile = report.pprof().map_err(|e| ProfileError::Failed(e.to_string()))?;
@@ -119,7 +124,9 @@ impl Profiling {
             .spawn(move || {
                 let mut n = 0u64;
                 while pushing.load(Ordering::SeqCst) {
-                    let ok = match take_profile(interval) {
+                    // Nothing stops a pushed profile early: the sender is held, never used.
+                    let (_held, never) = std::sync::mpsc::channel();
+                    let ok = match take_profile(interval, never) {
                         Ok(raw) => {
                             n += 1;
                             let req = push_proto::PushRequest {
@@ -148,20 +155,38 @@ impl Profiling {
     }
 
     /// Samples the whole process at 100 Hz for `seconds` (1 to 300), as a pprof protobuf.
-    pub async fn cpu_profile(&self, seconds: u64) -> Result<Vec<u8>, ProfileError> {
+    /// A CPU profile of `seconds`, cut short (and the profiler freed for others) as soon as
+    /// `client_gone` completes.
+    pub async fn cpu_profile(&self, seconds: u64, client_gone: impl std::future::Future<Output = ()>) -> Result<Vec<u8>, ProfileError> {
         if self.push_active() {
             return Err(ProfileError::PushActive);
         }
         if self.busy.swap(true, Ordering::SeqCst) {
             return Err(ProfileError::Busy);
         }
+        struct Release<'a>(&'a AtomicBool);
+        impl Drop for Release<'_> {
+            fn drop(&mut self) {
+                self.0.store(false, Ordering::SeqCst);
+            }
+        }
+        let _release = Release(&self.busy);
         let secs = seconds.clamp(1, MAX_SECONDS);
+        let (stop, stopped) = std::sync::mpsc::channel();
         // The profiler guard is not Send: it lives on a blocking thread for the duration.
-        let result = tokio::task::spawn_blocking(move || take_profile(Duration::from_secs(secs)))
-            .await
-            .unwrap_or_else(|e| Err(ProfileError::Failed(e.to_string())));
-        self.busy.store(false, Ordering::SeqCst);
-        result
+        let mut sampling = tokio::task::spawn_blocking(move || take_profile(Duration::from_secs(secs), stopped));
+        let finished = tokio::select! {
+            r = &mut sampling => Some(r),
+            _ = client_gone => None,
+        };
+        let result = match finished {
+            Some(r) => r,
+            None => {
+                let _ = stop.send(());
+                sampling.await
+            }
+        };
+        result.unwrap_or_else(|e| Err(ProfileError::Failed(e.to_string())))
     }
 }
 

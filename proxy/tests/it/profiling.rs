@@ -55,3 +55,19 @@ async fn profiles_are_pushed_to_pyroscope_with_the_service_name() {
     );
     assert_eq!(get(p.admin, "/debug/pprof/profile?seconds=1").await.status, 409, "the push owns the profiler");
 }
+
+/// A profile whose client went away stops at once and frees the profiler (it used to run
+/// on for its whole duration, answering 409 to everyone else).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_profile_whose_client_left_stops_and_frees_the_profiler() {
+    use tokio::io::AsyncWriteExt;
+    let api = origin().await;
+    let p = Portier::start(&two_pool_config(api.addr, api.addr));
+    let mut s = tokio::net::TcpStream::connect(p.admin).await.unwrap();
+    s.write_all(format!("GET /debug/pprof/profile?seconds=60 HTTP/1.1\r\nHost: {}\r\n\r\n", p.admin).as_bytes()).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(get(p.admin, "/debug/pprof/profile?seconds=1").await.status, 409, "the first one runs");
+    drop(s);
+    let freed = eventually(Duration::from_secs(5), async || get(p.admin, "/debug/pprof/profile?seconds=1").await.status == 200).await;
+    assert!(freed, "the abandoned profile stopped and the profiler is free again");
+}
