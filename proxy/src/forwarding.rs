@@ -53,16 +53,34 @@ pub const UNKEYED_OVERRIDES: [&str; 9] = [
     "x-method-override",
 ];
 
-/// Sets `X-Forwarded-For` (the client address; values sent by the client are not trusted and
-/// are replaced, as Caddy does without `trusted_proxies`), `X-Forwarded-Proto`,
-/// `X-Forwarded-Host` and the request id.
+/// A field with `_` that reads as a forwarding or override field once `_` becomes `-`:
+/// CGI-style servers (PHP, WSGI, Rack) map `X_Forwarded_For` and `X-Forwarded-For` to the
+/// same variable, so a client could pass its own through Portier's (nginx drops every
+/// underscored field by default; Portier drops these).
+fn disguised(name: &str) -> bool {
+    if !name.contains('_') {
+        return false;
+    }
+    let dashed = name.replace('_', "-").to_ascii_lowercase();
+    dashed.starts_with("x-forwarded-") || dashed == "x-real-ip" || dashed == REQUEST_ID || UNKEYED_OVERRIDES.contains(&dashed.as_str())
+}
+
+/// Sets `X-Forwarded-For` and `X-Real-IP` (the client address; values sent by the client are
+/// not trusted and are replaced, as Caddy does without `trusted_proxies`),
+/// `X-Forwarded-Proto`, `X-Forwarded-Host` and the request id.
 pub fn add_forwarded(req: &mut RequestHeader, client_ip: Option<&str>, host: Option<&str>, proto: &str, request_id: &str) {
     for name in UNKEYED_OVERRIDES {
         let _ = req.remove_header(name);
     }
+    let underscored: Vec<http::HeaderName> = req.headers.keys().filter(|k| disguised(k.as_str())).cloned().collect();
+    for name in underscored {
+        let _ = req.remove_header(&name);
+    }
     let _ = req.remove_header("x-forwarded-for");
+    let _ = req.remove_header("x-real-ip");
     if let Some(ip) = client_ip {
         let _ = req.insert_header("x-forwarded-for", ip);
+        let _ = req.insert_header("x-real-ip", ip);
     }
     let _ = req.insert_header("x-forwarded-proto", proto);
     if let Some(h) = host.filter(|h| HeaderValue::from_str(h).is_ok()) {

@@ -151,10 +151,14 @@ async fn unkeyed_inputs_never_change_what_is_stored() {
                     || k.contains("override")
                     || k == "forwarded"
                     || k == "x-forwarded-scheme"
+                    || k == "x-forwarded-port"
+                    || k == "x-forwarded-prefix"
                     || k == "x-http-method"
+                    || k.contains('_')
             })
             .map(|(k, v)| format!("{k}={v}"))
             .chain(req.header("x-forwarded-host").map(|h| format!("xfh={h}")))
+            .chain(req.header("x-real-ip").map(|h| format!("xri={h}")))
             .collect();
         Reply::new(200, &[("cache-control", "max-age=60"), ("cache-tag", "page")], format!("{} {:?} #{n}", req.target, seen))
     })
@@ -168,9 +172,18 @@ async fn unkeyed_inputs_never_change_what_is_stored() {
         ("X-Forwarded-Host", "evil.example"),
         ("X-Forwarded-Scheme", "nothttps"),
         ("Forwarded", "host=evil.example;proto=http"),
+        ("X-Forwarded-Port", "1"),
+        ("X-Forwarded-Prefix", "/evil"),
+        ("X-Real-IP", "6.6.6.6"),
+        ("X_Forwarded_For", "6.6.6.6"),
+        ("X_Forwarded_Host", "evil.example"),
     ];
     let r = get_with(p.public, "/page", &attack).await;
-    assert_eq!(r.text(), format!("/page [\"xfh={host}\"] #1"), "the origin saw none of them, and its own X-Forwarded-Host");
+    assert_eq!(
+        r.text(),
+        format!("/page [\"xfh={host}\", \"xri=127.0.0.1\"] #1"),
+        "the origin saw none of them, and Portier's own X-Forwarded-Host and X-Real-IP"
+    );
     assert!(r.opt_header("cache-tag").is_none(), "tags stay inside");
     let plain = get(p.public, "/page").await;
     assert_eq!((plain.header("x-cache"), plain.text()), ("HIT", r.text()));
