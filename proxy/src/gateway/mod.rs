@@ -258,6 +258,7 @@ impl ProxyHttp for Gateway {
         if DRAINING.load(std::sync::atomic::Ordering::Relaxed) {
             session.set_keepalive(None);
         }
+        response::frame_for_http10(session, resp);
         state.status_headers(session, resp, ctx)?;
         state.invalidate_after(session, resp, ctx);
         Ok(())

@@ -40,6 +40,12 @@ impl State {
             // otherwise answers the first and closes, dropping the rest).
             session.as_downstream_mut().set_pipelining_enabled(true);
         }
+        // RFC 9110 §15.2: no interim (1xx) responses to an HTTP/1.0 client.
+        if session.req_header().version == http::Version::HTTP_10 {
+            if let pingora_core::protocols::http::ServerSession::H1(h1) = session.as_downstream_mut() {
+                h1.set_ignore_info_resp(true);
+            }
+        }
     }
 
     /// The server span starts when the route (and so the span name) is known; background

@@ -156,6 +156,15 @@ pub(super) fn answer_preconditions(session: &Session, resp: &ResponseHeader, ctx
     pingora_core::protocols::http::conditional_filter::not_modified_filter(req, resp)
 }
 
+/// RFC 9112 §6.1: an HTTP/1.0 client does not know chunked framing. A body of unknown length
+/// (Pingora chunks it for HTTP/1.1) goes to it delimited by the close of the connection.
+pub(super) fn frame_for_http10(session: &mut Session, resp: &mut ResponseHeader) {
+    if session.req_header().version == http::Version::HTTP_10 && resp.headers.contains_key(http::header::TRANSFER_ENCODING) {
+        resp.remove_header(&http::header::TRANSFER_ENCODING);
+        session.set_keepalive(None);
+    }
+}
+
 /// stale-while-revalidate whenever the stored response's window allows it (Pingora checked
 /// that before asking); stale-if-error on upstream failures and 5xx.
 pub(super) fn may_serve_stale(_session: &Session, error: Option<&Error>) -> bool {
