@@ -91,3 +91,25 @@ pub(crate) async fn write(
     session.write_response_header(Box::new(resp), false).await?;
     session.write_response_body(Some(body), true).await
 }
+
+/// Lingering close (RFC 9112 §9.6): after an answer sent before the request body was read,
+/// the rest of the body is read and dropped, for a while, so that closing does not reset
+/// the connection (a reset makes the client's kernel discard the answer it has not read).
+pub(crate) async fn linger(session: &mut Session) {
+    const LINGER: std::time::Duration = std::time::Duration::from_secs(2);
+    const AT_MOST: usize = 16 << 20;
+    let downstream = session.as_downstream_mut();
+    if downstream.is_body_done() {
+        return;
+    }
+    let drain = async {
+        let mut dropped = 0;
+        while let Ok(Some(chunk)) = downstream.read_request_body().await {
+            dropped += chunk.len();
+            if dropped > AT_MOST {
+                break;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(LINGER, drain).await;
+}

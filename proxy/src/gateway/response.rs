@@ -139,6 +139,7 @@ impl State {
             ctx.local_status = Some(code);
             let o = self.outcome_after(session, ctx, upstream_kind.map(|k| k.detail()));
             let _ = error_page::respond(session, code, &ctx.request.id, error_page::detail_for(code), &o, &[]).await;
+            error_page::linger(session).await;
         }
         FailToProxy { error_code: code, can_reuse_downstream: false }
     }

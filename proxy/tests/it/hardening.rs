@@ -322,3 +322,39 @@ async fn http10_clients_get_no_chunked_body_and_no_interim_response() {
         assert!(text.ends_with("\r\n\r\nuntil the end"), "{path}: the body as sent: {text}");
     }
 }
+
+/// Lingering close: a POST whose origin cannot be reached gets its 502 even while the
+/// client is still sending the body (closing with unread bytes would reset the connection
+/// and the client would lose the answer).
+#[tokio::test(flavor = "multi_thread")]
+async fn an_error_answered_before_the_body_was_read_still_reaches_the_client() {
+    let p = Portier::start(&config_for(closed_port(), "", "[timeouts]\nconnect = \"200ms\"\n"));
+    let mut got = std::collections::BTreeMap::<String, usize>::new();
+    for _ in 0..10 {
+        let s = tokio::net::TcpStream::connect(p.public).await.unwrap();
+        let (mut rd, mut wr) = s.into_split();
+        let body = vec![b'x'; 4 << 20];
+        let head = format!("POST /upload HTTP/1.1\r\nHost: {}\r\nContent-Length: {}\r\n\r\n", p.public, body.len());
+        let writer = tokio::spawn(async move {
+            let _ = wr.write_all(head.as_bytes()).await;
+            for chunk in body.chunks(64 * 1024) {
+                if wr.write_all(chunk).await.is_err() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            wr
+        });
+        let mut out = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(10), rd.read_to_end(&mut out)).await;
+        let text = String::from_utf8_lossy(&out);
+        let key = match read {
+            Ok(Ok(_)) if text.starts_with("HTTP/1.1 502") => "502".to_string(),
+            Ok(Err(e)) if out.is_empty() => format!("error: {:?}", e.kind()),
+            other => format!("{other:?}: {}", text.lines().next().unwrap_or("")),
+        };
+        *got.entry(key).or_default() += 1;
+        let _ = writer.await;
+    }
+    assert_eq!(got, std::collections::BTreeMap::from([("502".to_string(), 10)]), "every client read its 502");
+}
