@@ -83,7 +83,16 @@ pub async fn read_response(s: &mut tokio::net::TcpStream, buf: &mut Vec<u8>, fil
 pub struct Proxy {
     pub child: Child,
     pub public: SocketAddr,
+    pub admin: SocketAddr,
     _dir: std::path::PathBuf,
+}
+
+impl Proxy {
+    /// Resident memory of the proxy process, in KiB (Linux `/proc`).
+    pub fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap_or_default();
+        status.lines().find_map(|l| l.strip_prefix("VmRSS:")).and_then(|v| v.trim().trim_end_matches(" kB").parse().ok()).unwrap_or(0)
+    }
 }
 
 impl Drop for Proxy {
@@ -129,5 +138,6 @@ pub fn start_proxy(bin: &str, origin: SocketAddr, telemetry: &str, tag: &str) ->
     let line = rx.recv_timeout(Duration::from_secs(20)).expect("portier started");
     let v: serde_json::Value = serde_json::from_str(&line).expect("listening event");
     let public = v["public"].as_str().and_then(|s| s.parse().ok()).expect("public address");
-    Proxy { child, public, _dir: dir }
+    let admin = v["admin"].as_str().and_then(|s| s.parse().ok()).expect("admin address");
+    Proxy { child, public, admin, _dir: dir }
 }

@@ -106,3 +106,58 @@ async fn hop_by_hop_fields_are_not_stored() {
     assert!(hit.opt_header("keep-alive").is_none(), "{hit:?}");
     assert_eq!(hit.header("content-length"), "3");
 }
+
+/// The byte budget counts what entries really hold: filled with four times more small
+/// responses than fit, the process grows by about the budget, not a multiple of it (each
+/// 1.8 KB entry used to pin the 8 KB buffer its header was read into, uncounted).
+#[tokio::test(flavor = "multi_thread")]
+async fn resident_memory_follows_the_byte_budget() {
+    let body = vec![b'j'; 1800];
+    let o = Scripted::start(move |_, n| {
+        Reply::new(
+            200,
+            &[
+                ("content-type", "application/json; charset=utf-8"),
+                ("cache-control", "public, max-age=600"),
+                ("etag", &format!("\"e{n}\"")),
+                ("vary", "Accept-Encoding"),
+                ("x-powered-by", "Fastify"),
+            ],
+            body.clone(),
+        )
+    })
+    .await;
+    let p = Portier::start(&config_for(
+        o.addr,
+        "compress = []",
+        "[cache]\nmax_size = \"8MiB\"\nmax_object_size = \"1MiB\"\n[telemetry.access_log]\nformat = \"off\"\n",
+    ));
+    let rss = |pid: i32| -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        status.lines().find_map(|l| l.strip_prefix("VmRSS:")).and_then(|v| v.trim().trim_end_matches(" kB").parse().ok()).unwrap_or(0)
+    };
+    for i in 0..50 {
+        get(p.public, &format!("/warm/{i}")).await;
+    }
+    let before = rss(p.pid());
+    let addr = p.public;
+    let tasks: Vec<_> = (0..4)
+        .map(|c| {
+            tokio::spawn(async move {
+                for i in 0..3000 {
+                    let r = get(addr, &format!("/item/{c}/{i}")).await;
+                    assert_eq!(r.status, 200);
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let stats = get(p.admin, "/cache/stats").await.json();
+    let after = rss(p.pid());
+    let grown_mib = after.saturating_sub(before) as f64 / 1024.0;
+    eprintln!("12,000 fills into 8 MiB: {} entries, {} evictions, resident +{grown_mib:.1} MiB", stats["entries"], stats["evictions"]);
+    assert!(stats["evictions"].as_u64().unwrap_or(0) > 6000, "the budget was exceeded many times over: {stats}");
+    assert!(grown_mib < 8.0 * 1.25 + 6.0, "resident memory grew {grown_mib:.1} MiB for an 8 MiB budget");
+}
