@@ -157,6 +157,9 @@ pub(crate) struct Facts<'a> {
     pub(crate) origin_status: Option<u16>,
     /// The origin could not be reached or did not answer.
     pub(crate) upstream_error: Option<&'static str>,
+    /// A stale entry served without asking the origin, because every address of its pool is
+    /// down (stale-if-error on an error already known).
+    pub(crate) origin_down: bool,
 }
 
 /// The one place a cache status is decided.
@@ -173,11 +176,13 @@ pub(crate) fn outcome(f: &Facts<'_>, now: std::time::SystemTime) -> Outcome {
                 // Pingora disables the cache when the origin fails; for the client it was a
                 // miss that could not be filled.
                 CacheStatus::Bypass if f.upstream_error.is_some() => CacheStatus::Miss,
+                CacheStatus::Hit if f.origin_down => CacheStatus::Stale,
                 s => s,
             };
             let detail = match (f.phase, f.decision) {
                 (CachePhase::StaleUpdating, _) => Some("stale-while-revalidate"),
                 (CachePhase::Stale, _) => Some("stale-if-error"),
+                (CachePhase::Hit, _) if f.origin_down => Some("stale-if-error"),
                 (_, CacheDecision::NotStored(why)) => Some(why.as_str()),
                 // Pingora's own reasons: too large, lock timeout, storage error.
                 (CachePhase::Disabled(r), _) => Some(match r {
@@ -264,7 +269,7 @@ mod tests {
     use crate::cache::policy::Unstorable;
 
     fn header(decision: CacheDecision, phase: CachePhase, origin_status: Option<u16>) -> String {
-        let f = Facts { decision, phase, meta: None, origin_status, upstream_error: None };
+        let f = Facts { decision, phase, meta: None, origin_status, upstream_error: None, origin_down: false };
         cache_status_header(&outcome(&f, std::time::SystemTime::now()).details)
     }
 

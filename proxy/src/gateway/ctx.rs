@@ -77,6 +77,8 @@ pub(crate) struct CachePart {
     pub(crate) rules: RequestRules,
     /// Headers of an upstream 304, merged in full into the stored response.
     pub(crate) revalidation_304: Option<ResponseHeader>,
+    /// The stored entry is served stale without asking the origin: its pool is down.
+    pub(crate) stale_while_origin_down: bool,
     /// `Set-Cookie` fields of that 304: for this client's answer, not for the store.
     pub(crate) cookies_for_client: Vec<http::HeaderValue>,
     /// `If-Match` / `If-Unmodified-Since` failed against the response about to be sent.

@@ -189,7 +189,7 @@ impl ProxyHttp for Gateway {
         p: &mut Pinned,
     ) -> Result<Option<ForcedFreshness>> {
         let Pinned { ctx, .. } = p;
-        Ok(request::client_forces_revalidation(ctx, meta, is_fresh).then_some(ForcedFreshness::ForceExpired))
+        Ok(request::hit_freshness(ctx, meta, is_fresh))
     }
 
     fn cache_vary_filter(&self, meta: &CacheMeta, p: &mut Pinned, req: &RequestHeader) -> Option<pingora_cache::key::HashBinary> {

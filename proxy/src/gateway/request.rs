@@ -13,7 +13,7 @@ use crate::target::{self, Scheme};
 use crate::telemetry::metrics::PurgeReason;
 use crate::telemetry::traces;
 use bytes::Bytes;
-use pingora_cache::{CacheKey, CacheMeta};
+use pingora_cache::{CacheKey, CacheMeta, ForcedFreshness};
 use pingora_error::{Error, ErrorType, Result};
 use pingora_proxy::Session;
 use std::time::SystemTime;
@@ -338,7 +338,20 @@ pub(super) fn cache_key(ctx: &Ctx) -> Result<CacheKey> {
     Ok(key::cache_key(url))
 }
 
-/// A fresh entry is still revalidated when the client asks (`no-cache`, `max-age`, `min-fresh`).
-pub(super) fn client_forces_revalidation(ctx: &Ctx, meta: &CacheMeta, is_fresh: bool) -> bool {
-    is_fresh && ctx.cache.rules.forces_revalidation(meta, SystemTime::now())
+/// How a found entry is used. A fresh one is still revalidated when the client asks
+/// (`no-cache`, `max-age`, `min-fresh`). A stale one whose pool is down (health checks or
+/// ejections) is served at once where stale-if-error allows: asking the origin would only
+/// fail, and concurrent requests would queue on the cache lock behind each failure until
+/// Pingora gave up on them with a 502.
+pub(super) fn hit_freshness(ctx: &mut Ctx, meta: &CacheMeta, is_fresh: bool) -> Option<ForcedFreshness> {
+    let now = SystemTime::now();
+    if is_fresh {
+        return ctx.cache.rules.forces_revalidation(meta, now).then_some(ForcedFreshness::ForceExpired);
+    }
+    let pool_down = ctx.route.pool.as_ref().is_some_and(|p| !p.any_healthy());
+    if pool_down && meta.serve_stale_if_error(now) && !ctx.cache.rules.forces_revalidation(meta, now) {
+        ctx.cache.stale_while_origin_down = true;
+        return Some(ForcedFreshness::ForceFresh);
+    }
+    None
 }

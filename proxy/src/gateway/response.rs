@@ -30,6 +30,7 @@ impl State {
             meta: session.cache.maybe_cache_meta(),
             origin_status: ctx.upstream.status,
             upstream_error,
+            origin_down: ctx.cache.stale_while_origin_down,
         };
         let o = crate::cache::status::outcome(&facts, SystemTime::now());
         ctx.cache.outcome = Some(o.clone());

@@ -236,3 +236,31 @@ async fn a_request_directive_never_changes_what_other_clients_get() {
     assert_eq!(o.count("/slow"), 2, "the no-store request and one fill for the four others");
     assert_eq!(get(p.public, "/slow").await.header("x-cache"), "HIT");
 }
+
+/// stale-if-error holds for every client while the origin is down, not only for the one
+/// whose request failed: concurrent requests used to queue on the cache lock behind each
+/// failed revalidation until Pingora gave up on them with a 502 (125 of 320 here).
+#[tokio::test(flavor = "multi_thread")]
+async fn stale_if_error_holds_for_concurrent_clients_while_the_origin_is_down() {
+    use crate::common::scripted::{Reply, Scripted};
+    let origin = Scripted::start(|_, _| Reply::new(200, &[("cache-control", "max-age=1")], "ok")).await;
+    let cfg = format!(
+        "[upstreams.o]\naddresses = [\"{}\"]\nhealth_check = {{ path = \"/health\", interval = \"1s\", timeout = \"500ms\" }}\n[[routes]]\npath = \"/*\"\npool = \"o\"\n",
+        origin.addr
+    );
+    let p = Portier::start(&cfg);
+    assert_eq!(get(p.public, "/cached").await.status, 200);
+    origin.stop().await;
+    let addr = p.public;
+    let mut seen = std::collections::BTreeMap::<(u16, String), usize>::new();
+    for _ in 0..30 {
+        let tasks: Vec<_> = (0..8).map(|_| tokio::spawn(async move { get(addr, "/cached").await })).collect();
+        for t in tasks {
+            let r = t.await.unwrap();
+            *seen.entry((r.status, r.header("x-cache").to_string())).or_default() += 1;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(seen.keys().all(|(status, _)| *status == 200), "{seen:?}");
+    assert!(seen.get(&(200, "STALE".to_string())).copied().unwrap_or(0) > 100, "{seen:?}");
+}

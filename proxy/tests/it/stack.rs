@@ -244,3 +244,88 @@ async fn k6_passes_and_every_dashboard_query_on_portier_series_returns_data() {
     }
     assert!(checked >= 25, "{checked} Portier queries checked");
 }
+
+/// The runbook's resilience test, reproduced: under k6, the origin stops for two seconds and
+/// comes back where it was. Cached URLs answer 200 throughout (stale-if-error), uncached ones
+/// get fast gateway errors naming the request id, and traffic recovers within one
+/// health-check interval of the origin's return.
+#[tokio::test(flavor = "multi_thread")]
+async fn k6_resilience_origin_restarted_mid_run() {
+    use crate::common::scripted::{Reply, Scripted};
+    let handler = |req: &crate::common::scripted::Seen, _: usize| {
+        let cc = if req.target.starts_with("/cached") { "max-age=1" } else { "no-store" };
+        Reply::new(200, &[("cache-control", cc)], "ok")
+    };
+    let origin = Scripted::start(handler).await;
+    let addr = origin.addr;
+    let cfg = format!(
+        "[upstreams.o]\naddresses = [\"{addr}\"]\nhealth_check = {{ path = \"/health\", interval = \"1s\", timeout = \"500ms\" }}\n[[routes]]\npath = \"/*\"\npool = \"o\"\n[telemetry.access_log]\nformat = \"off\"\n"
+    );
+    let p = Portier::start(&cfg);
+    assert_eq!(get(p.public, "/cached").await.status, 200);
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("k6.json");
+    let (public, json2) = (p.public, json.clone());
+    let run = tokio::task::spawn_blocking(move || {
+        let env = [("K6_CACHED_PATH", "/cached"), ("K6_LIVE_PATH", "/live"), ("K6_RESILIENCE_DURATION", "8s"), ("K6_RESILIENCE_VUS", "8")];
+        k6("resilience.js", public, &env, Some(&json2))
+    });
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    origin.stop().await;
+    let stopped = std::time::SystemTime::now();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let _back = Scripted::start_at(addr, handler).await;
+    let restarted = std::time::SystemTime::now();
+    let (ok, out) = run.await.unwrap();
+
+    // Every `live` request, with its time and status, from k6's own output.
+    let mut live = Vec::new();
+    let mut cached = (0usize, 0usize);
+    let mut cached_failed = std::collections::BTreeMap::<u16, usize>::new();
+    for line in std::fs::read_to_string(&json).unwrap().lines() {
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else { continue };
+        if v["type"] != "Point" || v["metric"] != "http_reqs" {
+            continue;
+        }
+        let (tags, time) = (&v["data"]["tags"], v["data"]["time"].as_str().unwrap_or(""));
+        let status: u16 = tags["status"].as_str().and_then(|s| s.parse().ok()).unwrap_or(0);
+        let at = rfc3339(time);
+        match tags["name"].as_str() {
+            Some("live") => live.push((at, status)),
+            Some("cached") => {
+                cached.0 += 1;
+                cached.1 += usize::from(status == 200);
+                if status != 200 {
+                    *cached_failed.entry(status).or_default() += 1;
+                }
+            }
+            _ => {}
+        }
+    }
+    let failures: Vec<_> = live.iter().filter(|(_, s)| *s != 200).collect();
+    let last_failure = failures.iter().map(|(t, _)| *t).max();
+    let recovered_after = last_failure.map(|t| t.duration_since(restarted).unwrap_or_default());
+    eprintln!(
+        "resilience: cached {}/{} answered 200 (others: {cached_failed:?}); live {} requests, {} failed ({:?}); origin down {:?}; last failure {:?} after the restart",
+        cached.1,
+        cached.0,
+        live.len(),
+        failures.len(),
+        failures.iter().map(|(_, s)| *s).collect::<std::collections::BTreeSet<_>>(),
+        restarted.duration_since(stopped).unwrap_or_default(),
+        recovered_after
+    );
+    assert!(ok, "k6 thresholds (cached_ok == 1, failure_answered == 1, failure_duration p99 < 1 s):\n{out}");
+    assert_eq!(cached.0, cached.1, "every cached request answered 200");
+    assert!(!failures.is_empty(), "the outage was seen by uncached requests");
+    assert!(
+        recovered_after.unwrap_or_default() <= Duration::from_millis(1500),
+        "recovered within one health-check interval: {recovered_after:?}"
+    );
+    assert!(live.iter().rev().take(20).all(|(_, s)| *s == 200), "the end of the run is all 200");
+}
+
+/// k6's RFC 3339 timestamps (`2026-11-29T19:01:02.123456789Z`, or with an offset).
+fn rfc3339(t: &str) -> std::time::SystemTime {
+    time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339).map(Into::into).unwrap_or(std::time::UNIX_EPOCH)
+}

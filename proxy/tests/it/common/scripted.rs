@@ -61,7 +61,12 @@ pub struct Scripted {
 impl Scripted {
     /// `handler(request, n)` where `n` counts requests to the same target (1 for the first).
     pub async fn start(handler: impl Fn(&Seen, usize) -> Reply + Send + Sync + 'static) -> Scripted {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Self::start_at("127.0.0.1:0".parse().unwrap(), handler).await
+    }
+
+    /// [`Self::start`] on a chosen address (an origin restarted where it was).
+    pub async fn start_at(addr: SocketAddr, handler: impl Fn(&Seen, usize) -> Reply + Send + Sync + 'static) -> Scripted {
+        let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
         let handler: Arc<Handler> = Arc::new(handler);
