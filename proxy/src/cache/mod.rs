@@ -3,6 +3,7 @@
 
 pub mod conditional;
 pub mod directives;
+pub(crate) mod failed_fills;
 pub mod invalidate;
 pub mod key;
 pub mod policy;
@@ -36,6 +37,8 @@ pub struct CacheLayer {
     /// Per route index.
     pub routes: Vec<RoutePolicy>,
     pub rules: Vec<invalidate::Rule>,
+    /// Fills that just failed, to answer the clients coalesced on them at once.
+    pub(crate) failed_fills: std::sync::Arc<failed_fills::FailedFills>,
 }
 
 impl CacheLayer {
@@ -56,6 +59,7 @@ impl CacheLayer {
             config: c.clone(),
             routes: cfg.routes.iter().map(RoutePolicy::from_route).collect(),
             rules: cfg.invalidation.iter().map(invalidate::Rule::new).collect(),
+            failed_fills: std::sync::Arc::default(),
         }
     }
 
@@ -75,6 +79,7 @@ impl CacheLayer {
             config,
             routes: cfg.routes.iter().map(RoutePolicy::from_route).collect(),
             rules: cfg.invalidation.iter().map(invalidate::Rule::new).collect(),
+            failed_fills: self.failed_fills.clone(),
         }
     }
 

@@ -208,7 +208,7 @@ impl ProxyHttp for Gateway {
 
     async fn proxy_upstream_filter(&self, session: &mut Session, p: &mut Pinned) -> Result<bool> {
         let Pinned { state, ctx } = p;
-        Ok(!state.answer_only_if_cached(session, ctx).await?)
+        Ok(!(state.answer_failed_fill(session, ctx).await? || state.answer_only_if_cached(session, ctx).await?))
     }
 
     async fn upstream_peer(&self, _session: &mut Session, p: &mut Pinned) -> Result<Box<HttpPeer>> {

@@ -13,6 +13,7 @@ use crate::target::{self, Scheme};
 use crate::telemetry::metrics::PurgeReason;
 use crate::telemetry::traces;
 use bytes::Bytes;
+use pingora_cache::key::CacheHashKey as _;
 use pingora_cache::{CacheKey, CacheMeta, ForcedFreshness};
 use pingora_error::{Error, ErrorType, Result};
 use pingora_proxy::Session;
@@ -298,6 +299,24 @@ impl State {
         if let (CacheDecision::Eligible, Some(cache)) = (ctx.cache.decision, self.cache()) {
             cache.enable(session);
         }
+    }
+
+    /// A client that waited on another request's fill, which the origin just failed, gets that
+    /// failure at once (see [`crate::cache::failed_fills`]). True when answered.
+    pub(super) async fn answer_failed_fill(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        let waited = session.cache.lock_duration().is_some();
+        let (Some(cache), true) = (self.cache(), waited && ctx.cache.decision == CacheDecision::Eligible) else { return Ok(false) };
+        // A miss, or a waiter Pingora gave up on after its lock retries (each answered client
+        // releases the lock again).
+        if !matches!(session.cache.phase(), pingora_cache::CachePhase::Miss | pingora_cache::CachePhase::Disabled(_)) {
+            return Ok(false);
+        }
+        let Some(failure) = cache.failed_fills.recent(&cache_key(ctx)?.primary_bin()) else { return Ok(false) };
+        session.set_keepalive(None);
+        ctx.local_status = Some(failure.status);
+        let o = self.outcome_with_error(session, ctx, failure.detail);
+        error_page::respond(session, failure.status, &ctx.request.id, error_page::detail_for(failure.status), &o, &[]).await?;
+        Ok(true)
     }
 
     /// `only-if-cached` and the cache could not answer: a 504 instead of an origin request.

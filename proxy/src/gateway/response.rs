@@ -9,6 +9,7 @@ use crate::forwarding;
 use crate::response_headers;
 use crate::telemetry::metrics::{PurgeReason, UpstreamErrorKind};
 use bytes::Bytes;
+use pingora_cache::key::CacheHashKey as _;
 use pingora_cache::{NoCacheReason, RespCacheable};
 use pingora_error::{Error, ErrorSource, ErrorType, Result};
 use pingora_http::ResponseHeader;
@@ -20,6 +21,11 @@ impl State {
     /// the metrics and the span.
     pub(super) fn outcome(&self, session: &Session, ctx: &mut Ctx) -> Outcome {
         self.outcome_after(session, ctx, None)
+    }
+
+    /// [`Self::outcome`] for an origin failure this request did not see itself.
+    pub(super) fn outcome_with_error(&self, session: &Session, ctx: &mut Ctx, detail: &'static str) -> Outcome {
+        self.outcome_after(session, ctx, Some(detail))
     }
 
     /// [`Self::outcome`] when the origin failed (`upstream_error` is the `Cache-Status` detail).
@@ -131,6 +137,19 @@ impl State {
             // A connect failure was counted where it happened, in `connect_failed`.
             if !kind.is_connect() {
                 self.metrics.upstream_error(&pool.name, kind);
+            }
+        }
+        if let (Some(kind), Some(cache), true) = (
+            upstream_kind,
+            self.cache(),
+            matches!(session.cache.phase(), pingora_cache::CachePhase::Miss | pingora_cache::CachePhase::Disabled(_)),
+        ) {
+            if ctx.cache.decision == CacheDecision::Eligible && matches!(code, 502 | 504) {
+                if let Ok(key) = super::request::cache_key(ctx) {
+                    cache
+                        .failed_fills
+                        .record(key.primary_bin(), crate::cache::failed_fills::Failure { status: code, detail: kind.detail() });
+                }
             }
         }
         if code > 0 {

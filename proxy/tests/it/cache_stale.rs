@@ -264,3 +264,49 @@ async fn stale_if_error_holds_for_concurrent_clients_while_the_origin_is_down() 
     assert!(seen.keys().all(|(status, _)| *status == 200), "{seen:?}");
     assert!(seen.get(&(200, "STALE".to_string())).copied().unwrap_or(0) > 100, "{seen:?}");
 }
+
+/// Clients coalesced on one fill all get an answer, promptly, when the origin fails it:
+/// by hanging up, or by not answering within the read timeout. Each waiter used to become
+/// the next writer and wait for the origin again: the last of ten got its 504 after four
+/// read timeouts, and the origin saw ten requests.
+#[tokio::test(flavor = "multi_thread")]
+async fn coalesced_clients_of_a_failed_fill_all_get_an_answer() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let origin = listener.local_addr().unwrap();
+    let requests = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = requests.clone();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 4096];
+                let n = s.read(&mut buf).await.unwrap_or(0);
+                if String::from_utf8_lossy(&buf[..n]).starts_with("GET /silent") {
+                    tokio::time::sleep(Duration::from_secs(30)).await;
+                }
+                let _ = s.shutdown().await; // /hangup: read the request, answer nothing
+            });
+        }
+    });
+    let p = Portier::start(&config_for(origin, "", "[timeouts]\nread = \"1s\"\n"));
+    for (path, want) in [("/hangup", 502), ("/silent", 504)] {
+        let started = std::time::Instant::now();
+        let addr = p.public;
+        let tasks: Vec<_> = (0..10).map(|_| tokio::spawn(async move { get(addr, path).await.status })).collect();
+        let mut statuses = Vec::new();
+        for t in tasks {
+            statuses.push(t.await.unwrap());
+        }
+        let took = started.elapsed();
+        eprintln!(
+            "{path}: 10 coalesced clients answered {statuses:?} in {took:?}; origin connections so far {}",
+            requests.load(std::sync::atomic::Ordering::SeqCst)
+        );
+        assert!(statuses.iter().all(|s| *s == want), "{path}: {statuses:?}");
+        // One read timeout (1 s) for the whole group, not one per client in turn.
+        assert!(took < Duration::from_millis(1800), "{path}: the last answer took {took:?}");
+    }
+    let asked = requests.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(asked <= 4, "the waiters did not each ask the origin again: {asked} origin connections for 20 clients");
+}
