@@ -161,3 +161,28 @@ async fn resident_memory_follows_the_byte_budget() {
     assert!(stats["evictions"].as_u64().unwrap_or(0) > 6000, "the budget was exceeded many times over: {stats}");
     assert!(grown_mib < 8.0 * 1.25 + 6.0, "resident memory grew {grown_mib:.1} MiB for an 8 MiB budget");
 }
+
+/// A body over `max_object_size` streams through at constant memory: 64 MiB through a
+/// 1 MiB object limit grows the process's peak resident memory by a few MiB, not by the
+/// body (Pingora's file-size limit, given `max_object_size`, refuses it from its
+/// `Content-Length`).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_large_body_streams_through_at_constant_memory() {
+    let big = vec![b'z'; 64 << 20];
+    let o = Scripted::start(move |_, _| Reply::new(200, &[("cache-control", "max-age=600")], big.clone())).await;
+    let p = Portier::start(&config_for(o.addr, "compress = []", "[cache]\nmax_object_size = \"1MiB\"\n"));
+    let peak = |pid: i32| -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        status.lines().find_map(|l| l.strip_prefix("VmHWM:")).and_then(|v| v.trim().trim_end_matches(" kB").parse().ok()).unwrap_or(0)
+    };
+    assert_eq!(get(p.public, "/warm").await.status, 200);
+    let before = peak(p.pid());
+    for _ in 0..2 {
+        let r = get(p.public, "/big").await;
+        assert_eq!((r.status, r.body.len()), (200, 64 << 20));
+        assert_ne!(r.header("x-cache"), "HIT");
+    }
+    let grown = peak(p.pid()).saturating_sub(before) as f64 / 1024.0;
+    eprintln!("two 64 MiB bodies through a 1 MiB object limit: peak resident +{grown:.1} MiB");
+    assert!(grown < 8.0, "peak resident memory grew {grown:.1} MiB");
+}
