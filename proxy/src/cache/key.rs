@@ -7,8 +7,14 @@ use pingora_cache::key::HashBinary;
 use pingora_cache::{CacheKey, CacheMeta, VarianceBuilder};
 use pingora_http::RequestHeader;
 
+/// The key's hash is computed here once: Pingora asks for it at the lookup, the lock and the
+/// predictor, and `CacheKey` hashes (blake2) anew on each call unless given the result.
 pub(crate) fn cache_key(url: &CacheUrl) -> CacheKey {
-    CacheKey::new(url.as_str(), "")
+    use pingora_cache::key::CacheHashKey;
+    let mut key = CacheKey::new(url.as_str(), "");
+    let hash = key.primary_bin();
+    key.set_primary_bin_override(hash);
+    key
 }
 
 /// Request fields that RFC 9110 defines as comma-separated lists, where field lines may be

@@ -76,7 +76,7 @@ pub(crate) struct CachePart {
     pub(crate) decision: CacheDecision,
     pub(crate) rules: RequestRules,
     /// Headers of an upstream 304, merged in full into the stored response.
-    pub(crate) revalidation_304: Option<ResponseHeader>,
+    pub(crate) revalidation_304: Option<Box<ResponseHeader>>,
     /// The stored entry is served stale without asking the origin: its pool is down.
     pub(crate) stale_while_origin_down: bool,
     /// `Set-Cookie` fields of that 304: for this client's answer, not for the store.
@@ -96,7 +96,7 @@ pub(crate) struct CompressPart {
     /// What the client's `Accept-Encoding` and the route's `compress` agree on.
     pub(crate) coding: Option<crate::config::Coding>,
     /// Set while the origin's body is being compressed on its way to the cache.
-    pub(crate) encoder: Option<crate::compression::Encoder>,
+    pub(crate) encoder: Option<Box<crate::compression::Encoder>>,
 }
 
 /// Tracing state.

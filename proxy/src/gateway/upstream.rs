@@ -116,7 +116,7 @@ impl State {
             }
         }
         if resp.status.as_u16() == 304 && session.cache.phase() == CachePhase::Stale {
-            ctx.cache.revalidation_304 = Some(resp.clone());
+            ctx.cache.revalidation_304 = Some(Box::new(resp.clone()));
         }
     }
 }
@@ -142,7 +142,8 @@ impl State {
             (Some(crate::config::Coding::Zstd), false) => z.zstd_level,
             (None, _) => 0,
         };
-        ctx.compress.encoder = crate::compression::prepare(resp, ctx.compress.coding, level);
+        // Boxed: most requests compress nothing, and the request's state is moved whole.
+        ctx.compress.encoder = crate::compression::prepare(resp, ctx.compress.coding, level).map(Box::new);
     }
 
     /// Compresses the origin's body chunk by chunk, before the cache sees it.

@@ -297,7 +297,7 @@ fn check_accepts_the_shipped_config() {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../config/portier.toml");
     let out = std::process::Command::new(bin()).arg("check").arg("--config").arg(path).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert!(String::from_utf8_lossy(&out.stdout).contains("OK (2 upstream pools, 3 routes)"));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("OK (3 upstream pools, 4 routes)"));
     let grafana = concat!(env!("CARGO_MANIFEST_DIR"), "/../config/public-grafana.toml");
     let out = std::process::Command::new(bin()).arg("check").arg("--config").arg(grafana).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));

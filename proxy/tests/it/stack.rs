@@ -127,6 +127,37 @@ fn promtool_accepts_the_prometheus_config() {
     assert_eq!(targets, vec!["proxy:9901", "otel-collector:9464", "localhost:9090"]);
 }
 
+/// The runbook's `nodejs_*{service_name="api"}` queries need the Collector to turn resource
+/// attributes into labels; and the Collector must export what Prometheus scrapes.
+#[test]
+fn the_collector_labels_metrics_with_their_service_name() {
+    let cfg: serde_yaml::Value =
+        serde_yaml::from_str(&std::fs::read_to_string(root().join("observability/otel-collector/config.yml")).unwrap()).unwrap();
+    let prom = &cfg["exporters"]["prometheus"];
+    assert_eq!(prom["endpoint"].as_str(), Some("0.0.0.0:9464"));
+    assert_eq!(prom["resource_to_telemetry_conversion"]["enabled"].as_bool(), Some(true), "{prom:?}");
+}
+
+/// The shipped config routes the Astro landing by host, before the catch-all web route.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_landing_page_is_routed_by_host() {
+    use crate::common::scripted::{Reply, Scripted};
+    let (web, landing) = (
+        Scripted::start(|_, _| Reply::new(200, &[("cache-control", "no-store")], "web")).await,
+        Scripted::start(|_, _| Reply::new(200, &[("cache-control", "no-store")], "landing")).await,
+    );
+    let text = std::fs::read_to_string(root().join("config/portier.toml"))
+        .unwrap()
+        .replace("127.0.0.1:5173", &web.addr.to_string())
+        .replace("127.0.0.1:4321", &landing.addr.to_string())
+        .replace("0.0.0.0:8080", "127.0.0.1:0")
+        .replace("127.0.0.1:9901", "127.0.0.1:0");
+    let p = Portier::start(&text);
+    let r = get_with(p.public, "/", &[("Host", "landing.localhost:8080")]).await;
+    assert_eq!((r.status, r.text()), (200, "landing".to_string()));
+    assert_eq!(get(p.public, "/").await.text(), "web");
+}
+
 #[test]
 fn dashboards_are_valid_grafana_models() {
     let ds: serde_yaml::Value = serde_yaml::from_str(
