@@ -7,7 +7,6 @@ use crate::common::*;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 async fn named_origin(name: &'static str) -> Scripted {
     Scripted::start(move |req, _| {
@@ -21,34 +20,6 @@ fn config(public: std::net::SocketAddr, admin: std::net::SocketAddr, origin: std
     format!(
         "[listen]\npublic = \"{public}\"\nadmin = \"{admin}\"\n[upstreams.o]\naddresses = [\"{origin}\"]\n{extra_route}\n[[routes]]\npath = \"/*\"\npool = \"o\"\n"
     )
-}
-
-/// One keep-alive GET on `s`; the status and body, or None when the connection failed.
-async fn keep_alive_get(s: &mut tokio::net::TcpStream, host: std::net::SocketAddr, path: &str) -> Option<(u16, String)> {
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: {host}\r\n\r\n").as_bytes()).await.ok()?;
-    let mut raw = Vec::new();
-    let mut buf = [0u8; 4096];
-    let head_end = loop {
-        if let Some(i) = raw.windows(4).position(|w| w == b"\r\n\r\n") {
-            break i + 4;
-        }
-        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await.ok()?.ok()?;
-        if n == 0 {
-            return None;
-        }
-        raw.extend_from_slice(&buf[..n]);
-    };
-    let head = String::from_utf8_lossy(&raw[..head_end]).to_ascii_lowercase();
-    let status = head.get(9..12)?.parse().ok()?;
-    let len: usize = head.lines().find_map(|l| l.strip_prefix("content-length:")).and_then(|v| v.trim().parse().ok())?;
-    while raw.len() < head_end + len {
-        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await.ok()?.ok()?;
-        if n == 0 {
-            return None;
-        }
-        raw.extend_from_slice(&buf[..n]);
-    }
-    Some((status, String::from_utf8_lossy(&raw[head_end..head_end + len]).to_string()))
 }
 
 fn portier_reload(p: &Portier) -> std::process::Output {

@@ -345,3 +345,31 @@ pub fn metric_value(text: &str, series: &str) -> Option<f64> {
 }
 pub mod prom;
 pub mod recorder;
+
+/// One keep-alive GET on `s`; the status and body, or None when the connection failed.
+pub async fn keep_alive_get(s: &mut tokio::net::TcpStream, host: std::net::SocketAddr, path: &str) -> Option<(u16, String)> {
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: {host}\r\n\r\n").as_bytes()).await.ok()?;
+    let mut raw = Vec::new();
+    let mut buf = [0u8; 4096];
+    let head_end = loop {
+        if let Some(i) = raw.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await.ok()?.ok()?;
+        if n == 0 {
+            return None;
+        }
+        raw.extend_from_slice(&buf[..n]);
+    };
+    let head = String::from_utf8_lossy(&raw[..head_end]).to_ascii_lowercase();
+    let status = head.get(9..12)?.parse().ok()?;
+    let len: usize = head.lines().find_map(|l| l.strip_prefix("content-length:")).and_then(|v| v.trim().parse().ok())?;
+    while raw.len() < head_end + len {
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await.ok()?.ok()?;
+        if n == 0 {
+            return None;
+        }
+        raw.extend_from_slice(&buf[..n]);
+    }
+    Some((status, String::from_utf8_lossy(&raw[head_end..head_end + len]).to_string()))
+}
