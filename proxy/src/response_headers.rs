@@ -3,9 +3,18 @@
 use pingora_error::Result;
 use pingora_http::ResponseHeader;
 
-/// Fields meant for Portier that stay inside: tags purges select by (they would tell clients
-/// how responses are grouped, e.g. per user) and the compression marker.
-pub(crate) const INTERNAL: [&str; 3] = ["cache-tag", "surrogate-key", crate::compression::MARKER];
+/// Removed from every response: Portier's own control fields (`Portier-Cache-Control`,
+/// `Surrogate-Control`, see [`crate::cache::policy::OWN_FIELDS`]) and the fields that stay
+/// inside: tags purges select by (they would tell clients how responses are grouped, e.g.
+/// per user) and the compression marker. As parsed names: removing by `&str` parses the
+/// name again on every response.
+pub(crate) static NEVER_SENT: [http::HeaderName; 5] = [
+    http::HeaderName::from_static("portier-cache-control"),
+    http::HeaderName::from_static("surrogate-control"),
+    http::HeaderName::from_static("cache-tag"),
+    http::HeaderName::from_static("surrogate-key"),
+    http::HeaderName::from_static(crate::compression::MARKER),
+];
 
 /// The headers that prove the cache, readable by a cross-origin page's script.
 const EXPOSED: &str = "X-Cache, Age, ETag, Cache-Status, Server-Timing, X-Request-Id";
@@ -23,4 +32,14 @@ pub(crate) fn expose_cache_headers(resp: &mut ResponseHeader) -> Result<()> {
         resp.insert_header("timing-allow-origin", allow)?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn never_sent_is_own_fields_and_internal() {
+        let names: Vec<&str> = super::NEVER_SENT.iter().map(|n| n.as_str()).collect();
+        assert_eq!(names[..2], crate::cache::policy::OWN_FIELDS);
+        assert_eq!(names[2..], ["cache-tag", "surrogate-key", crate::compression::MARKER]);
+    }
 }

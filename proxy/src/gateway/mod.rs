@@ -129,7 +129,9 @@ impl State {
 /// Pingora's per-request context: the state pinned for this request and the request's own part.
 pub struct Pinned {
     state: Arc<State>,
-    ctx: Ctx,
+    /// Boxed: Pingora moves the whole request future (this included) into a box per
+    /// request, and copies every byte of it; a pointer is cheaper to move than the context.
+    ctx: Box<Ctx>,
 }
 
 #[async_trait]
@@ -137,7 +139,7 @@ impl ProxyHttp for Gateway {
     type CTX = Pinned;
 
     fn new_ctx(&self) -> Pinned {
-        Pinned { state: self.live.load_full(), ctx: Ctx::default() }
+        Pinned { state: self.live.load_full(), ctx: Box::default() }
     }
 
     async fn early_request_filter(&self, session: &mut Session, p: &mut Pinned) -> Result<()> {

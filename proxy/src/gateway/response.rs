@@ -97,8 +97,8 @@ impl State {
             resp.set_status(412)?;
             resp.insert_header("content-length", "0")?;
         }
-        for f in policy::OWN_FIELDS.iter().chain(&response_headers::INTERNAL) {
-            resp.remove_header(*f);
+        for f in &response_headers::NEVER_SENT {
+            resp.remove_header(f);
         }
         response_headers::expose_cache_headers(resp)?;
         let https = ctx.request.target.as_ref().is_some_and(|t| t.scheme == crate::target::Scheme::Https);
