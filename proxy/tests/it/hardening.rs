@@ -295,22 +295,12 @@ async fn mutated_requests_crash_nothing_hang_nothing_and_leak_nothing() {
 /// the origin delimits by closing reaches it the same way) nor an interim 1xx response.
 #[tokio::test(flavor = "multi_thread")]
 async fn http10_clients_get_no_chunked_body_and_no_interim_response() {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let origin = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let mut buf = vec![0u8; 4096];
-                let n = s.read(&mut buf).await.unwrap_or(0);
-                let req = String::from_utf8_lossy(&buf[..n]).to_string();
-                let hints: &[u8] =
-                    if req.starts_with("GET /hints") { b"HTTP/1.1 103 Early Hints\r\nLink: </a.js>; rel=preload\r\n\r\n" } else { b"" };
-                let _ = s.write_all(hints).await;
-                let _ = s.write_all(b"HTTP/1.1 200 OK\r\nCache-Control: no-store\r\nConnection: close\r\n\r\nuntil the end").await;
-                let _ = s.shutdown().await;
-            });
-        }
-    });
+    let origin = raw_origin(|req| {
+        let hints: &[u8] =
+            if req.starts_with("GET /hints") { b"HTTP/1.1 103 Early Hints\r\nLink: </a.js>; rel=preload\r\n\r\n" } else { b"" };
+        [hints, b"HTTP/1.1 200 OK\r\nCache-Control: no-store\r\nConnection: close\r\n\r\nuntil the end"].concat()
+    })
+    .await;
     let p = Portier::start(&config_for(origin, "", ""));
     for path in ["/close-delimited", "/hints"] {
         let mut s = tokio::net::TcpStream::connect(p.public).await.unwrap();

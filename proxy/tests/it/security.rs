@@ -262,26 +262,17 @@ async fn admin_purge_and_profiles_need_the_token_beyond_loopback() {
 #[tokio::test(flavor = "multi_thread")]
 async fn status_line_204_and_interim_responses() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let origin = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let mut buf = vec![0u8; 4096];
-                let n = s.read(&mut buf).await.unwrap_or(0);
-                let req = String::from_utf8_lossy(&buf[..n]).to_string();
-                let answer: &[u8] = if req.starts_with("GET /old") {
-                    b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\nCache-Control: no-store\r\n\r\nok"
-                } else if req.starts_with("GET /empty") {
-                    b"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\nCache-Control: no-store\r\n\r\n"
-                } else {
-                    b"HTTP/1.1 103 Early Hints\r\nLink: </app.js>; rel=preload\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\nCache-Control: no-store\r\n\r\nhi"
-                };
-                let _ = s.write_all(answer).await;
-                let _ = s.shutdown().await;
-            });
-        }
-    });
+    let origin = raw_origin(|req| {
+        let answer: &[u8] = if req.starts_with("GET /old") {
+            b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\nCache-Control: no-store\r\n\r\nok"
+        } else if req.starts_with("GET /empty") {
+            b"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\nCache-Control: no-store\r\n\r\n"
+        } else {
+            b"HTTP/1.1 103 Early Hints\r\nLink: </app.js>; rel=preload\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\nCache-Control: no-store\r\n\r\nhi"
+        };
+        answer.to_vec()
+    })
+    .await;
     let p = Portier::start(&config_for(origin, "", ""));
     let raw = |path: &'static str| async move {
         let mut s = tokio::net::TcpStream::connect(p.public).await.unwrap();

@@ -373,3 +373,25 @@ pub async fn keep_alive_get(s: &mut tokio::net::TcpStream, host: std::net::Socke
     }
     Some((status, String::from_utf8_lossy(&raw[head_end..head_end + len]).to_string()))
 }
+
+/// An origin written at the byte level, for answers no HTTP library would send (an HTTP/1.0
+/// status line, a 103 before the answer, a close-delimited body): `reply` gets the request
+/// as read and returns the bytes to send; the connection then closes.
+pub async fn raw_origin(reply: impl Fn(&str) -> Vec<u8> + Send + Sync + 'static) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let reply = Arc::new(reply);
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let reply = reply.clone();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 4096];
+                let n = s.read(&mut buf).await.unwrap_or(0);
+                let answer = reply(&String::from_utf8_lossy(&buf[..n]));
+                let _ = s.write_all(&answer).await;
+                let _ = s.shutdown().await;
+            });
+        }
+    });
+    addr
+}
