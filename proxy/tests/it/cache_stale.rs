@@ -304,8 +304,9 @@ async fn coalesced_clients_of_a_failed_fill_all_get_an_answer() {
             requests.load(std::sync::atomic::Ordering::SeqCst)
         );
         assert!(statuses.iter().all(|s| *s == want), "{path}: {statuses:?}");
-        // One read timeout (1 s) for the whole group, not one per client in turn.
-        assert!(took < Duration::from_millis(1800), "{path}: the last answer took {took:?}");
+        // One read timeout (1 s) for the group, two when a client arrives late on a loaded
+        // machine; not one per client in turn (four, before: Pingora's lock retries).
+        assert!(took < Duration::from_millis(2600), "{path}: the last answer took {took:?}");
     }
     let asked = requests.load(std::sync::atomic::Ordering::SeqCst);
     assert!(asked <= 6, "the waiters did not each ask the origin again: {asked} origin connections for 20 clients (20 before)");
