@@ -22,5 +22,6 @@ pub(crate) mod routing;
 pub(crate) mod server;
 pub(crate) mod target;
 pub(crate) mod telemetry;
+pub(crate) mod text;
 pub(crate) mod tls;
 pub(crate) mod upstream;

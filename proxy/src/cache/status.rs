@@ -231,22 +231,26 @@ impl Outcome {
 
 /// RFC 9211 `Cache-Status`, e.g. `portier; hit; ttl=57`, `portier; fwd=miss; fwd-status=200; stored`.
 pub(crate) fn cache_status_header(d: &Details) -> String {
-    use std::fmt::Write as _;
-    let mut out = String::from("portier");
+    use crate::text::{push_i64, push_u64};
+    let mut out = String::with_capacity(64);
+    out.push_str("portier");
     if d.hit {
         out.push_str("; hit");
     }
     if let Some(fwd) = d.fwd {
-        let _ = write!(out, "; fwd={fwd}");
+        out.push_str("; fwd=");
+        out.push_str(fwd);
     }
     if let Some(code) = d.origin_status {
-        let _ = write!(out, "; fwd-status={code}");
+        out.push_str("; fwd-status=");
+        push_u64(&mut out, u64::from(code));
     }
     if d.stored {
         out.push_str("; stored");
     }
     if let Some(ttl) = d.ttl {
-        let _ = write!(out, "; ttl={ttl}");
+        out.push_str("; ttl=");
+        push_i64(&mut out, ttl);
     }
     if let Some(detail) = d.detail {
         out.push_str("; detail=");
@@ -256,11 +260,24 @@ pub(crate) fn cache_status_header(d: &Details) -> String {
 }
 
 /// `cache;desc="HIT"`, plus `origin;dur=<ms>` when the origin was asked for this response.
-pub(crate) fn server_timing(s: CacheStatus, origin_ms: Option<f64>) -> String {
-    match origin_ms {
-        Some(ms) => format!("cache;desc=\"{}\", origin;dur={ms:.1}", s.as_str()),
-        None => format!("cache;desc=\"{}\"", s.as_str()),
-    }
+pub(crate) fn server_timing(s: CacheStatus, origin_ms: Option<f64>) -> http::HeaderValue {
+    let Some(ms) = origin_ms else {
+        // A hit asks nothing of the origin: one static value per status, nothing to format.
+        return http::HeaderValue::from_static(match s {
+            CacheStatus::Hit => "cache;desc=\"HIT\"",
+            CacheStatus::Stale => "cache;desc=\"STALE\"",
+            CacheStatus::Miss => "cache;desc=\"MISS\"",
+            CacheStatus::Expired => "cache;desc=\"EXPIRED\"",
+            CacheStatus::Revalidated => "cache;desc=\"REVALIDATED\"",
+            CacheStatus::Bypass => "cache;desc=\"BYPASS\"",
+        });
+    };
+    let mut out = String::with_capacity(48);
+    out.push_str("cache;desc=\"");
+    out.push_str(s.as_str());
+    out.push_str("\", origin;dur=");
+    crate::text::push_fixed(&mut out, ms, 1);
+    http::HeaderValue::from_str(&out).unwrap_or_else(|_| http::HeaderValue::from_static("cache"))
 }
 
 #[cfg(test)]

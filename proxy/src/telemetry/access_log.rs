@@ -112,32 +112,6 @@ fn push_json_str(out: &mut String, s: &str) {
     out.push('"');
 }
 
-/// Decimal digits of `n`, without `core::fmt` (a third of the line's cost went to it).
-fn push_u64(out: &mut String, mut n: u64) {
-    let mut digits = [0u8; 20];
-    let mut i = digits.len();
-    loop {
-        i -= 1;
-        digits[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    out.extend(digits[i..].iter().map(|d| char::from(*d)));
-}
-
-/// Milliseconds with three decimals (microsecond resolution), as `{:.3}` would write them.
-fn push_millis(out: &mut String, ms: f64) {
-    let micros = (ms.max(0.0) * 1000.0).round() as u64;
-    push_u64(out, micros / 1000);
-    let frac = micros % 1000;
-    out.push('.');
-    out.push(char::from(b'0' + (frac / 100) as u8));
-    out.push(char::from(b'0' + (frac / 10 % 10) as u8));
-    out.push(char::from(b'0' + (frac % 10) as u8));
-}
-
 /// `time client method path status cache duration origin bytes id trace`.
 fn text_line(r: &AccessRecord<'_>) -> String {
     format!(
@@ -171,17 +145,17 @@ fn json_line(r: &AccessRecord<'_>) -> String {
     o.push_str(",\"route\":");
     push_json_str(&mut o, r.route);
     o.push_str(",\"status\":");
-    push_u64(&mut o, u64::from(r.status));
+    crate::text::push_u64(&mut o, u64::from(r.status));
     o.push_str(",\"cache_status\":");
     push_json_str(&mut o, r.cache_status.as_str());
     o.push_str(",\"duration_ms\":");
-    push_millis(&mut o, r.duration_ms);
+    crate::text::push_fixed(&mut o, r.duration_ms, 3);
     if let Some(ms) = r.origin_ms {
         o.push_str(",\"origin_ms\":");
-        push_millis(&mut o, ms);
+        crate::text::push_fixed(&mut o, ms, 3);
     }
     o.push_str(if r.stored { ",\"stored\":true,\"bytes\":" } else { ",\"stored\":false,\"bytes\":" });
-    push_u64(&mut o, r.bytes);
+    crate::text::push_u64(&mut o, r.bytes);
     o.push_str(",\"encoding\":");
     push_json_str(&mut o, r.encoding);
     o.push_str(",\"client\":");
@@ -204,16 +178,6 @@ fn json_line(r: &AccessRecord<'_>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn numbers_as_fmt_would_write_them() {
-        for (n, ms) in [(0u64, 0.0f64), (7, 1.2344), (1_234_567, 12.3456), (u64::MAX, 999_999.999_4)] {
-            let (mut a, mut b) = (String::new(), String::new());
-            push_u64(&mut a, n);
-            push_millis(&mut b, ms);
-            assert_eq!((a, b), (n.to_string(), format!("{ms:.3}")));
-        }
-    }
 
     #[test]
     fn json_lines_parse_and_escape() {
