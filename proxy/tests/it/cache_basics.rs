@@ -271,7 +271,7 @@ async fn age_first_member_invalid_ignored_huge_is_stale() {
 
 /// RFC 9110 §6.6.1: the origin's `Date` is forwarded, and a response served from the store
 /// keeps the stored `Date` (its age is told by `Age`). Pingora 0.9 overwrote it with now;
-/// Portier carries a one-line patch (vendor/README.md).
+/// Portier carries a patch for this (vendor/README.md).
 #[tokio::test(flavor = "multi_thread")]
 async fn date_is_the_origins_and_a_hit_keeps_the_stored_one() {
     let date = httpdate::fmt_http_date(std::time::SystemTime::now() - Duration::from_secs(30));
