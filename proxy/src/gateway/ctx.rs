@@ -77,6 +77,8 @@ pub(crate) struct CachePart {
     pub(crate) rules: RequestRules,
     /// Headers of an upstream 304, merged in full into the stored response.
     pub(crate) revalidation_304: Option<Box<ResponseHeader>>,
+    /// The hash of the cache key, once Pingora has asked for the key.
+    pub(crate) key_hash: Option<pingora_cache::key::HashBinary>,
     /// The stored entry is served stale without asking the origin: its pool is down.
     pub(crate) stale_while_origin_down: bool,
     /// `Set-Cookie` fields of that 304: for this client's answer, not for the store.

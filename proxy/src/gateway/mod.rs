@@ -257,9 +257,7 @@ impl ProxyHttp for Gateway {
 
     async fn response_filter(&self, session: &mut Session, resp: &mut ResponseHeader, p: &mut Pinned) -> Result<()> {
         let Pinned { state, ctx } = p;
-        if DRAINING.load(std::sync::atomic::Ordering::Relaxed) {
-            session.set_keepalive(None);
-        }
+        response::close_when_draining(session);
         response::frame_for_http10(session, resp);
         state.status_headers(session, resp, ctx)?;
         state.invalidate_after(session, resp, ctx);

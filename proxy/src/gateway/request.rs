@@ -311,7 +311,7 @@ impl State {
         if !matches!(session.cache.phase(), pingora_cache::CachePhase::Miss | pingora_cache::CachePhase::Disabled(_)) {
             return Ok(false);
         }
-        let Some(failure) = cache.failed_fills.recent(&cache_key(ctx)?.primary_bin()) else { return Ok(false) };
+        let Some(failure) = ctx.cache.key_hash.and_then(|k| cache.failed_fills.recent(&k)) else { return Ok(false) };
         session.set_keepalive(None);
         ctx.local_status = Some(failure.status);
         let o = self.outcome_with_error(session, ctx, failure.detail);
@@ -347,14 +347,18 @@ pub(super) fn capture_body(ctx: &mut Ctx, body: Option<&Bytes>) {
     }
 }
 
-pub(super) fn cache_key(ctx: &Ctx) -> Result<CacheKey> {
+/// The key Pingora looks the request up by; its hash is kept in `ctx` for the failed-fill
+/// memory, so nothing hashes the URL again.
+pub(super) fn cache_key(ctx: &mut Ctx) -> Result<CacheKey> {
     // The cache is enabled only after the target was accepted, so this is always set.
     let url = ctx
         .request
         .url
         .as_ref()
         .ok_or_else(|| Error::explain(ErrorType::InternalError, "cache key asked before the target was checked"))?;
-    Ok(key::cache_key(url))
+    let key = key::cache_key(url);
+    ctx.cache.key_hash = Some(key.primary_bin());
+    Ok(key)
 }
 
 /// How a found entry is used. A fresh one is still revalidated when the client asks

@@ -9,7 +9,6 @@ use crate::forwarding;
 use crate::response_headers;
 use crate::telemetry::metrics::{PurgeReason, UpstreamErrorKind};
 use bytes::Bytes;
-use pingora_cache::key::CacheHashKey as _;
 use pingora_cache::{NoCacheReason, RespCacheable};
 use pingora_error::{Error, ErrorSource, ErrorType, Result};
 use pingora_http::ResponseHeader;
@@ -145,10 +144,8 @@ impl State {
             matches!(session.cache.phase(), pingora_cache::CachePhase::Miss | pingora_cache::CachePhase::Disabled(_)),
         ) {
             if ctx.cache.decision == CacheDecision::Eligible && matches!(code, 502 | 504) {
-                if let Ok(key) = super::request::cache_key(ctx) {
-                    cache
-                        .failed_fills
-                        .record(key.primary_bin(), crate::cache::failed_fills::Failure { status: code, detail: kind.detail() });
+                if let Some(key) = ctx.cache.key_hash {
+                    cache.failed_fills.record(key, crate::cache::failed_fills::Failure { status: code, detail: kind.detail() });
                 }
             }
         }
@@ -175,6 +172,13 @@ pub(super) fn answer_preconditions(session: &Session, resp: &ResponseHeader, ctx
         return true;
     }
     pingora_core::protocols::http::conditional_filter::not_modified_filter(req, resp)
+}
+
+/// On SIGTERM/SIGINT every answer says `Connection: close` (see [`super::DRAINING`]).
+pub(super) fn close_when_draining(session: &mut Session) {
+    if super::DRAINING.load(std::sync::atomic::Ordering::Relaxed) {
+        session.set_keepalive(None);
+    }
 }
 
 /// RFC 9112 §6.1: an HTTP/1.0 client does not know chunked framing. A body of unknown length

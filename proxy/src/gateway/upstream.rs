@@ -5,7 +5,6 @@ use crate::forwarding;
 use crate::telemetry::metrics::UpstreamErrorKind;
 use crate::telemetry::traces;
 use opentelemetry::KeyValue;
-use pingora_cache::key::CacheHashKey as _;
 use pingora_cache::CachePhase;
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_error::{Error, ErrorType, Result};
@@ -110,10 +109,8 @@ impl State {
                 self.metrics.upstream_response(&pool.name, t.as_secs_f64() * 1000.0);
             }
         }
-        if let (Some(cache), true) = (self.cache(), ctx.cache.decision == crate::cache::status::CacheDecision::Eligible) {
-            if let Ok(key) = super::request::cache_key(ctx) {
-                cache.failed_fills.clear(&key.primary_bin());
-            }
+        if let (Some(cache), Some(key)) = (self.cache(), &ctx.cache.key_hash) {
+            cache.failed_fills.clear(key);
         }
         if resp.status.as_u16() == 304 && session.cache.phase() == CachePhase::Stale {
             ctx.cache.revalidation_304 = Some(Box::new(resp.clone()));
