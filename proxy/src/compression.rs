@@ -76,11 +76,7 @@ fn compressible_type(content_type: &str) -> bool {
 pub(crate) fn eligible(resp: &ResponseHeader, cfg: &CompressionConfig) -> bool {
     let h = &resp.headers;
     let no_transform = super::cache::directives::field_tokens(h, http::header::CACHE_CONTROL).iter().any(|t| t == "no-transform");
-    let small = h
-        .get(http::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok())
-        .is_some_and(|n| n < cfg.min_size.0);
+    let small = crate::target::content_length(h).is_some_and(|n| n < cfg.min_size.0);
     resp.status.as_u16() == 200
         && !h.contains_key(http::header::CONTENT_ENCODING)
         && !h.contains_key(http::header::CONTENT_RANGE)

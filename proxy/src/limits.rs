@@ -42,8 +42,7 @@ pub(crate) fn check_head(req: &RequestHeader, limits: &Limits) -> Result<(), Too
 
 /// A declared body over the route's limit is refused before anything is forwarded.
 pub(crate) fn declared_body_too_large(req: &RequestHeader, max: u64) -> bool {
-    let declared = req.headers.get(http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.trim().parse::<u64>().ok());
-    declared.is_some_and(|n| n > max)
+    crate::target::content_length(&req.headers).is_some_and(|n| n > max)
 }
 
 /// The count of open connections against `limits.max_connections`.

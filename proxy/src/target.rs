@@ -233,6 +233,11 @@ fn framing(req: &RequestHeader) -> Result<(), Refused> {
     Ok(())
 }
 
+/// A message's declared `Content-Length` (request or response), when it is one number.
+pub(crate) fn content_length(h: &http::HeaderMap) -> Option<u64> {
+    h.get(http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.trim().parse().ok())
+}
+
 /// Whether the request announces a body (`Transfer-Encoding`, or a `Content-Length` other than 0).
 pub(crate) fn has_body(req: &RequestHeader) -> bool {
     let h = &req.headers;

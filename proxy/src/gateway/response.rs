@@ -228,8 +228,7 @@ impl UpstreamErrorKind {
 /// panics in a debug build).
 pub(super) fn ranges(session: &Session, resp: &mut ResponseHeader) -> pingora_proxy::RangeType {
     use pingora_proxy::{range_header_filter, RangeType};
-    let length = resp.headers.get(http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).unwrap_or("").trim().to_string();
-    let total: Option<usize> = length.parse().ok();
+    let total = crate::target::content_length(&resp.headers).and_then(|n| usize::try_from(n).ok());
     let req = session.req_header();
     let asks_range = req.headers.contains_key(http::header::RANGE) && matches!(req.method, http::Method::GET | http::Method::HEAD);
     if asks_range && resp.status == 200 && total == Some(0) {

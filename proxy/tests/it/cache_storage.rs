@@ -132,14 +132,10 @@ async fn resident_memory_follows_the_byte_budget() {
         "compress = []",
         "[cache]\nmax_size = \"32MiB\"\nmax_object_size = \"1MiB\"\n[telemetry.access_log]\nformat = \"off\"\n",
     ));
-    let rss = |pid: i32| -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-        status.lines().find_map(|l| l.strip_prefix("VmRSS:")).and_then(|v| v.trim().trim_end_matches(" kB").parse().ok()).unwrap_or(0)
-    };
     for i in 0..50 {
         get(p.public, &format!("/warm/{i}")).await;
     }
-    let before = rss(p.pid());
+    let before = p.memory_kib("VmRSS");
     let addr = p.public;
     let tasks: Vec<_> = (0..4)
         .map(|c| {
@@ -156,7 +152,7 @@ async fn resident_memory_follows_the_byte_budget() {
         t.await.unwrap();
     }
     let stats = get(p.admin, "/cache/stats").await.json();
-    let after = rss(p.pid());
+    let after = p.memory_kib("VmRSS");
     let grown_mib = after.saturating_sub(before) as f64 / 1024.0;
     eprintln!("14,000 fills into 32 MiB: {} entries, {} evictions, resident +{grown_mib:.1} MiB", stats["entries"], stats["evictions"]);
     assert!(stats["evictions"].as_u64().unwrap_or(0) > 5000, "the budget was exceeded many times over: {stats}");
@@ -172,18 +168,14 @@ async fn a_large_body_streams_through_at_constant_memory() {
     let big = vec![b'z'; 64 << 20];
     let o = Scripted::start(move |_, _| Reply::new(200, &[("cache-control", "max-age=600")], big.clone())).await;
     let p = Portier::start(&config_for(o.addr, "compress = []", "[cache]\nmax_object_size = \"1MiB\"\n"));
-    let peak = |pid: i32| -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-        status.lines().find_map(|l| l.strip_prefix("VmHWM:")).and_then(|v| v.trim().trim_end_matches(" kB").parse().ok()).unwrap_or(0)
-    };
     assert_eq!(get(p.public, "/warm").await.status, 200);
-    let before = peak(p.pid());
+    let before = p.memory_kib("VmHWM");
     for _ in 0..2 {
         let r = get(p.public, "/big").await;
         assert_eq!((r.status, r.body.len()), (200, 64 << 20));
         assert_ne!(r.header("x-cache"), "HIT");
     }
-    let grown = peak(p.pid()).saturating_sub(before) as f64 / 1024.0;
+    let grown = p.memory_kib("VmHWM").saturating_sub(before) as f64 / 1024.0;
     eprintln!("two 64 MiB bodies through a 1 MiB object limit: peak resident +{grown:.1} MiB");
     assert!(grown < 8.0, "peak resident memory grew {grown:.1} MiB");
 }

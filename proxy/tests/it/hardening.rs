@@ -220,11 +220,6 @@ fn mutated(rng: &mut Rng, host: std::net::SocketAddr) -> Vec<u8> {
     b
 }
 
-fn rss_kib(pid: i32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status.lines().find_map(|l| l.strip_prefix("VmRSS:")).and_then(|v| v.trim().trim_end_matches(" kB").parse().ok()).unwrap_or(0)
-}
-
 /// A bounded randomized run against a live Portier: mutated request lines, fields, chunking
 /// and pipelining, sent in pieces, with early closes. Every connection is answered or closed
 /// (no hang), nothing answers 500, Portier keeps serving, and memory comes back to its level.
@@ -240,7 +235,7 @@ async fn mutated_requests_crash_nothing_hang_nothing_and_leak_nothing() {
     let statuses = Arc::new(Mutex::new(std::collections::BTreeMap::<String, usize>::new()));
     let hangs = Arc::new(Mutex::new(Vec::new()));
     let mut rng = Rng(0x5eed_1234_abcd_0001);
-    let mut rss = vec![rss_kib(p.pid())];
+    let mut rss = vec![p.memory_kib("VmRSS")];
     for _round in 0..3 {
         let cases: Vec<(Vec<u8>, usize, bool)> =
             (0..CASES).map(|_| (mutated(&mut rng, p.public), rng.below(3), rng.below(8) == 0)).collect();
@@ -276,7 +271,7 @@ async fn mutated_requests_crash_nothing_hang_nothing_and_leak_nothing() {
             }
         }
         tokio::time::sleep(Duration::from_millis(300)).await;
-        rss.push(rss_kib(p.pid()));
+        rss.push(p.memory_kib("VmRSS"));
     }
     let statuses = statuses.lock().unwrap().clone();
     eprintln!("{} mutated requests in {:?}: {statuses:?}", 3 * CASES, started.elapsed());

@@ -163,6 +163,14 @@ impl Portier {
         self._dir.path().join("portier.toml")
     }
 
+    /// A memory figure of the process from `/proc/<pid>/status`, in KiB: `VmRSS` (resident
+    /// now) or `VmHWM` (resident at its peak).
+    pub fn memory_kib(&self, field: &str) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
+        let line = status.lines().find_map(|l| l.strip_prefix(field)?.strip_prefix(':'));
+        line.and_then(|v| v.trim().trim_end_matches(" kB").parse().ok()).unwrap_or(0)
+    }
+
     pub fn pid(&self) -> i32 {
         self.child.id() as i32
     }
