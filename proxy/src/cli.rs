@@ -39,6 +39,10 @@ pub enum Command {
         /// Admin address.
         #[arg(long, default_value = "127.0.0.1:9901")]
         admin: String,
+        /// A cache shared with other replicas, e.g. redis://127.0.0.1:6379/0
+        /// (or `PORTIER_CACHE_SHARED_URL`).
+        #[arg(long)]
+        shared_cache: Option<String>,
     },
     /// Prove the cache on a Portier-fronted URL: MISS, HIT with a growing Age, 304 with the
     /// ETag (and with --stale, STALE then HIT). Exit 0 only when every step passed.
@@ -131,7 +135,8 @@ pub fn main() -> ExitCode {
                 ExitCode::from(1)
             }
         },
-        Command::Proxy { listen, upstream, admin } => match quick_config(&listen, &upstream, &admin) {
+        Command::Proxy { listen, upstream, admin, shared_cache } => match quick_config(&listen, &upstream, &admin, shared_cache.as_deref())
+        {
             Ok(c) => serve(c, None),
             Err(e) => fail(e),
         },
@@ -182,7 +187,7 @@ fn serve_then(c: Config, source: Option<PathBuf>, on_bound: impl FnOnce(crate::s
 }
 
 /// `portier proxy`: one pool, one catch-all route, every other setting at its default.
-pub fn quick_config(listen: &str, upstream: &str, admin: &str) -> Result<Config, String> {
+pub fn quick_config(listen: &str, upstream: &str, admin: &str, shared_cache: Option<&str>) -> Result<Config, String> {
     let target = upstream.strip_prefix("http://").unwrap_or(upstream).trim_end_matches('/');
     if target.contains("://") {
         return Err(format!("--upstream {upstream:?}: only http:// upstreams are supported"));
@@ -191,6 +196,10 @@ pub fn quick_config(listen: &str, upstream: &str, admin: &str) -> Result<Config,
     let mut c = Config::default();
     c.listen.public = listen.parse::<ListenAddr>().map_err(|e| format!("--listen: {e}"))?;
     c.listen.admin = admin.parse::<ListenAddr>().map_err(|e| format!("--admin: {e}"))?;
+    let from_env = std::env::var("PORTIER_CACHE_SHARED_URL").ok().filter(|v| !v.trim().is_empty());
+    if let Some(url) = shared_cache.map(str::to_string).or(from_env) {
+        c.cache.shared.url = Some(url.parse().map_err(|e| format!("--shared-cache: {e}"))?);
+    }
     c.upstreams.insert(
         "upstream".into(),
         Upstream {

@@ -9,9 +9,11 @@ pub mod key;
 pub mod policy;
 pub mod purge;
 pub mod revalidate;
+pub(crate) mod shared;
 pub mod status;
 pub mod storage;
 pub mod store;
+pub(crate) mod tiered;
 pub mod url;
 
 use crate::config::Config;
@@ -43,13 +45,24 @@ pub struct CacheLayer {
 
 impl CacheLayer {
     /// Leaks the storage, lock and predictor: one per process, alive until exit.
-    pub fn new(cfg: &Config) -> CacheLayer {
+    pub fn new(cfg: &Config, metrics: &crate::telemetry::metrics::Metrics) -> CacheLayer {
         let c = &cfg.cache;
         let lock_timeout = c.lock_timeout.get();
+        let memory = MemStorage::new(c.max_size.bytes() as usize, c.max_object_size.bytes() as usize)
+            .indexing_params(cfg.invalidation.iter().filter_map(|r| r.match_param.clone()))
+            .leak();
+        let storage: &'static dyn Store = match &c.shared.url {
+            None => memory,
+            Some(url) => match shared::RedisTier::start(&c.shared, url, lock_timeout, memory, metrics.shared.clone()) {
+                Ok(l2) => tiered::Tiered { l1: memory, l2 }.leak(),
+                Err(e) => {
+                    eprintln!("portier: {e}; the cache runs in memory only");
+                    memory
+                }
+            },
+        };
         CacheLayer {
-            storage: MemStorage::new(c.max_size.bytes() as usize, c.max_object_size.bytes() as usize)
-                .indexing_params(cfg.invalidation.iter().filter_map(|r| r.match_param.clone()))
-                .leak(),
+            storage,
             lock: Box::leak(CacheLock::new_boxed(lock_timeout)),
             // Only what the response says is remembered: a client's `no-store` or an
             // `Authorization` request must not make the URL skip the lock for everyone.

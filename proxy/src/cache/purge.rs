@@ -8,7 +8,8 @@ use serde::Deserialize;
 use std::net::IpAddr;
 
 /// What a purge removes.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Selector {
     /// Exact URL: `scheme://host/path?query`; or a path+query (`/a?b`) for any host.
     Url(String),

@@ -160,6 +160,8 @@ pub(crate) struct Facts<'a> {
     /// A stale entry served without asking the origin, because every address of its pool is
     /// down (stale-if-error on an error already known).
     pub(crate) origin_down: bool,
+    /// A hit read from the shared tier (another replica stored it).
+    pub(crate) from_shared_tier: bool,
 }
 
 /// The one place a cache status is decided.
@@ -183,6 +185,7 @@ pub(crate) fn outcome(f: &Facts<'_>, now: std::time::SystemTime) -> Outcome {
                 (CachePhase::StaleUpdating, _) => Some("stale-while-revalidate"),
                 (CachePhase::Stale, _) => Some("stale-if-error"),
                 (CachePhase::Hit, _) if f.origin_down => Some("stale-if-error"),
+                (CachePhase::Hit, _) if f.from_shared_tier => Some("shared"),
                 (_, CacheDecision::NotStored(why)) => Some(why.as_str()),
                 // Pingora's own reasons: too large, lock timeout, storage error.
                 (CachePhase::Disabled(r), _) => Some(match r {
@@ -286,7 +289,7 @@ mod tests {
     use crate::cache::policy::Unstorable;
 
     fn header(decision: CacheDecision, phase: CachePhase, origin_status: Option<u16>) -> String {
-        let f = Facts { decision, phase, meta: None, origin_status, upstream_error: None, origin_down: false };
+        let f = Facts { decision, phase, meta: None, origin_status, upstream_error: None, origin_down: false, from_shared_tier: false };
         cache_status_header(&outcome(&f, std::time::SystemTime::now()).details)
     }
 

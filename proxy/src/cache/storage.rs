@@ -109,7 +109,7 @@ impl Decoded {
     }
 }
 
-struct Entry {
+pub(crate) struct Entry {
     internal: Bytes,
     header: Bytes,
     decoded: Option<Arc<Decoded>>,
@@ -333,6 +333,76 @@ impl MemStorage {
         self.inner.lock().lru.len()
     }
 
+    /// Stores a completed entry (from a fill or from the shared tier), evicting as needed.
+    pub(crate) fn admit(&self, combined: HashBinary, e: Entry) {
+        if e.body.len() <= self.max_object {
+            self.insert(combined, e)
+        }
+    }
+
+    /// An entry rebuilt from its serialized meta and body, as the shared tier keeps them.
+    pub(crate) fn entry_from_parts(&self, key: &CacheKey, internal: Bytes, header: Bytes, body: Bytes) -> Result<(CacheMeta, Entry)> {
+        let meta = CacheMeta::deserialize(&internal, &header)?;
+        let decoded = Decoded::of(&meta);
+        let url: Arc<str> = key.primary_key_str().unwrap_or("").into();
+        let size = body.len() + meta_weight(&internal, &header, &decoded) + url.len() + path_of(&url).len() + ENTRY_OVERHEAD;
+        let tags = tags_of(&meta);
+        Ok((meta, Entry { internal, header, decoded, body, primary: key.primary_bin(), url, tags, size }))
+    }
+
+    /// Drops every entry; returns how many there were.
+    pub(crate) fn clear(&self) -> usize {
+        let mut inner = self.inner.lock();
+        let n = inner.lru.len();
+        inner.lru.clear();
+        inner.bytes = 0;
+        let params = std::mem::take(&mut inner.index.params);
+        inner.index = Index { params, ..Index::default() };
+        n
+    }
+
+    /// Purges every variant of the URL whose primary key is `primary`.
+    pub(crate) fn purge_primary(&self, primary: &HashBinary, soft: bool) -> usize {
+        let keys = self.inner.lock().index.variants.get(primary).cloned().unwrap_or_default();
+        self.purge_keys(&keys, soft)
+    }
+
+    /// Purges one stored variant.
+    pub(crate) fn purge_combined(&self, combined: &HashBinary, soft: bool) -> usize {
+        self.purge_keys(&[*combined], soft)
+    }
+
+    /// The stored parts of an entry, shared (no copy).
+    pub(crate) fn parts(&self, combined: &HashBinary) -> Option<(Bytes, Bytes, Bytes)> {
+        let inner = self.inner.lock();
+        inner.lru.peek(combined).map(|e| (e.internal.clone(), e.header.clone(), e.body.clone()))
+    }
+
+    /// A fill for `key`, whose completed entry the caller may copy elsewhere before admitting it.
+    pub(crate) fn fill(&'static self, key: &CacheKey, meta: &CacheMeta) -> Result<Fill> {
+        let h = &meta.response_header().headers;
+        // The stored header must frame the stored body by itself: a chunked or close-delimited
+        // origin response gets a Content-Length once the whole body is known.
+        let patch = h.contains_key(GENERATE_ETAG_MARKER)
+            || !h.contains_key(http::header::CONTENT_LENGTH)
+            || h.contains_key(http::header::TRANSFER_ENCODING);
+        let (internal, header) = meta.serialize()?;
+        Ok(Fill {
+            storage: self,
+            combined: key.combined_bin(),
+            primary: key.primary_bin(),
+            url: key.primary_key_str().unwrap_or("").into(),
+            tags: tags_of(meta),
+            internal,
+            header,
+            patch,
+            decoded: if patch { None } else { Decoded::of(meta) },
+            chunks: Vec::new(),
+            len: 0,
+            too_large: false,
+        })
+    }
+
     fn insert(&self, combined: HashBinary, e: Entry) {
         let mut inner = self.inner.lock();
         inner.insert(combined, e);
@@ -464,32 +534,11 @@ impl Storage for MemStorage {
             Some(d) => d.rebuild(),
             None => CacheMeta::deserialize(&i, &h)?,
         };
-        let end = body.len();
-        Ok(Some((meta, Box::new(Hit { body, start: 0, end, done: false }))))
+        Ok(Some((meta, Box::new(Hit::new(body, Tier::Memory)))))
     }
 
     async fn get_miss_handler(&'static self, key: &CacheKey, meta: &CacheMeta, _trace: &SpanHandle) -> Result<MissHandler> {
-        let h = &meta.response_header().headers;
-        // The stored header must frame the stored body by itself: a chunked or close-delimited
-        // origin response gets a Content-Length once the whole body is known.
-        let patch = h.contains_key(GENERATE_ETAG_MARKER)
-            || !h.contains_key(http::header::CONTENT_LENGTH)
-            || h.contains_key(http::header::TRANSFER_ENCODING);
-        let (internal, header) = meta.serialize()?;
-        Ok(Box::new(Fill {
-            storage: self,
-            combined: key.combined_bin(),
-            primary: key.primary_bin(),
-            url: key.primary_key_str().unwrap_or("").into(),
-            tags: tags_of(meta),
-            internal,
-            header,
-            patch,
-            decoded: if patch { None } else { Decoded::of(meta) },
-            chunks: Vec::new(),
-            len: 0,
-            too_large: false,
-        }))
+        Ok(Box::new(self.fill(key, meta)?))
     }
 
     async fn purge(&'static self, target: PurgeTarget<'_>, _purge_type: PurgeType, _trace: &SpanHandle) -> Result<PurgeOutcome> {
@@ -524,12 +573,28 @@ impl Storage for MemStorage {
     }
 }
 
+/// Which tier answered a hit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Tier {
+    Memory,
+    /// Read from the shared tier (Redis) on a memory miss.
+    Shared,
+}
+
 /// A hit: slices of the stored `Bytes`, no copy.
-struct Hit {
+pub(crate) struct Hit {
     body: Bytes,
     start: usize,
     end: usize,
     done: bool,
+    pub(crate) tier: Tier,
+}
+
+impl Hit {
+    pub(crate) fn new(body: Bytes, tier: Tier) -> Hit {
+        let end = body.len();
+        Hit { body, start: 0, end, done: false, tier }
+    }
 }
 
 #[async_trait::async_trait]
@@ -570,7 +635,7 @@ impl HandleHit for Hit {
 
 /// A fill in progress. Chunks stay here until `finish`: a body cut off mid-way (the handler
 /// is dropped unfinished) never reaches the store.
-struct Fill {
+pub(crate) struct Fill {
     storage: &'static MemStorage,
     combined: HashBinary,
     primary: HashBinary,
@@ -603,7 +668,50 @@ impl HandleMiss for Fill {
     }
 
     async fn finish(self: Box<Self>) -> Result<MissFinishType> {
-        let s = *self;
+        let storage = self.storage;
+        let (combined, entry) = self.complete()?;
+        let size = entry.size;
+        storage.insert(combined, entry);
+        Ok(MissFinishType::Created(size))
+    }
+}
+
+impl Entry {
+    pub(crate) fn size(&self) -> usize {
+        self.size
+    }
+    pub(crate) fn body(&self) -> &Bytes {
+        &self.body
+    }
+    pub(crate) fn meta_parts(&self) -> (&Bytes, &Bytes) {
+        (&self.internal, &self.header)
+    }
+    pub(crate) fn url(&self) -> &str {
+        &self.url
+    }
+    pub(crate) fn tags(&self) -> &[String] {
+        &self.tags
+    }
+    /// How long the entry may still be served, fresh or stale: what a copy elsewhere should
+    /// live. None when the meta cannot be read.
+    pub(crate) fn servable_for(&self, now: SystemTime) -> Option<std::time::Duration> {
+        let (fresh_until, swr, sie) = match &self.decoded {
+            Some(d) => (d.fresh_until, d.swr, d.sie),
+            None => {
+                let m = CacheMeta::deserialize(&self.internal, &self.header).ok()?;
+                (m.fresh_until(), m.stale_while_revalidate_sec(), m.stale_if_error_sec())
+            }
+        };
+        let fresh = fresh_until.duration_since(now).unwrap_or_default();
+        Some(fresh + std::time::Duration::from_secs(u64::from(swr.max(sie))))
+    }
+}
+
+impl Fill {
+    /// The entry this fill makes, once the whole body is in; an error when it may not be
+    /// stored (over the object limit).
+    pub(crate) fn complete(self) -> Result<(HashBinary, Entry)> {
+        let s = self;
         if s.too_large {
             s.storage.stats.rejected_too_large.fetch_add(1, Ordering::Relaxed);
             return Err(storage_error("not stored", format!("body over max_object_size ({} bytes)", s.storage.max_object)));
@@ -638,11 +746,10 @@ impl HandleMiss for Fill {
         };
         let ((internal, header), decoded) = (internal_header, decoded);
         let size = body.len() + meta_weight(&internal, &header, &decoded) + s.url.len() + path_of(&s.url).len() + ENTRY_OVERHEAD;
-        s.storage.insert(
+        Ok((
             s.combined,
             Entry { internal: exact(internal), header: exact(header), decoded, body, primary: s.primary, url: s.url, tags: s.tags, size },
-        );
-        Ok(MissFinishType::Created(size))
+        ))
     }
 }
 

@@ -28,4 +28,9 @@ pub trait Store: Storage + Sync + Send {
     fn purge_key(&self, key: &dyn CacheHashKey, soft: bool) -> usize;
 
     fn stats(&self) -> StoreStats;
+
+    /// The shared tier behind this store, when there is one.
+    fn shared(&self) -> Option<&std::sync::Arc<super::shared::RedisTier>> {
+        None
+    }
 }

@@ -216,6 +216,12 @@ fn apply_env(cfg: &mut Config, env: &impl Fn(&str) -> Option<String>, c: &mut Co
             }
         }
     }
+    if let Some(v) = env("PORTIER_CACHE_SHARED_URL").filter(|v| !v.trim().is_empty()) {
+        match v.parse() {
+            Ok(u) => cfg.cache.shared.url = Some(u),
+            Err(e) => c.push("env PORTIER_CACHE_SHARED_URL", e),
+        }
+    }
     for (name, pool) in cfg.upstreams.iter_mut() {
         let var = upstream_env_var(name);
         if let Some(v) = env(&var) {
@@ -272,6 +278,13 @@ fn validate(cfg: &Config, declared: &std::collections::BTreeSet<String>, c: &mut
     }
     if cfg.cache.max_object_size > cfg.cache.max_size {
         c.push("cache.max_object_size", format!("{} is larger than cache.max_size ({})", cfg.cache.max_object_size, cfg.cache.max_size));
+    }
+    let shared = &cfg.cache.shared;
+    if shared.timeout.get().is_zero() {
+        c.push("cache.shared.timeout", "must be greater than 0");
+    }
+    if shared.prefix.is_empty() || !shared.prefix.bytes().all(|b| b.is_ascii_graphic()) {
+        c.push("cache.shared.prefix", "must be non-empty visible ASCII");
     }
     if cfg.cache.enabled && cfg.cache.max_size.bytes() == 0 {
         c.push("cache.max_size", "must be greater than 0 (use cache.enabled = false to turn the cache off)");

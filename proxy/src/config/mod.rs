@@ -390,6 +390,90 @@ pub struct CacheConfig {
     /// `must-revalidate`, `proxy-revalidate`, `no-cache` or `s-maxage`. The response's own
     /// `stale-if-error` and the route's `stale_if_error` come first; `"0s"` turns it off.
     pub stale_if_error: HumanDuration,
+    /// A second tier shared by replicas (Redis or Valkey). Off unless `url` is set.
+    pub shared: SharedCacheConfig,
+}
+
+/// `[cache.shared]`: Redis behind each replica's memory cache.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SharedCacheConfig {
+    /// `redis://[user:password@]host:port/db` or `rediss://...`; `PORTIER_CACHE_SHARED_URL`
+    /// and `portier proxy --shared-cache` set it too.
+    pub url: Option<RedisUrl>,
+    /// Longest wait for one Redis call before the request goes on without it.
+    pub timeout: HumanDuration,
+    /// Larger responses stay in the memory tier only.
+    pub max_object_size: ByteSize,
+    /// Prefix of every key and of the purge channel, so several sites can share one Redis.
+    pub prefix: String,
+}
+
+impl Default for SharedCacheConfig {
+    fn default() -> Self {
+        SharedCacheConfig {
+            url: None,
+            timeout: HumanDuration::from_millis(100),
+            max_object_size: ByteSize::mib(1),
+            prefix: "portier".into(),
+        }
+    }
+}
+
+/// A Redis URL checked by the client crate when the configuration loads. Written back with
+/// its password hidden.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub struct RedisUrl(String);
+
+impl RedisUrl {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for RedisUrl {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        s.parse()
+    }
+}
+
+impl std::str::FromStr for RedisUrl {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let s = s.trim();
+        if !(s.starts_with("redis://") || s.starts_with("rediss://")) {
+            return Err(format!("{:?}: expected redis://host:port/db or rediss://...", RedisUrl(s.into())));
+        }
+        redis::IntoConnectionInfo::into_connection_info(s).map_err(|e| format!("{:?}: {e}", RedisUrl(s.into())))?;
+        Ok(RedisUrl(s.to_string()))
+    }
+}
+
+impl RedisUrl {
+    /// The URL with any password replaced by `***`.
+    pub fn redacted(&self) -> String {
+        match self.0.split_once("://").and_then(|(scheme, rest)| rest.split_once('@').map(|(auth, host)| (scheme, auth, host))) {
+            Some((scheme, auth, host)) => {
+                let user = auth.split_once(':').map_or("", |(u, _)| u);
+                format!("{scheme}://{user}:***@{host}")
+            }
+            None => self.0.clone(),
+        }
+    }
+}
+
+impl std::fmt::Debug for RedisUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.redacted())
+    }
+}
+
+impl Serialize for RedisUrl {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.redacted())
+    }
 }
 
 impl Default for CacheConfig {
@@ -402,6 +486,7 @@ impl Default for CacheConfig {
             heuristic: true,
             honor_client_no_cache: true,
             stale_if_error: HumanDuration::from_secs(3600),
+            shared: SharedCacheConfig::default(),
         }
     }
 }

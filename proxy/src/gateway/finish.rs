@@ -10,6 +10,7 @@ use pingora_proxy::Session;
 impl State {
     pub(super) fn finish(&self, session: &mut Session, ctx: &mut Ctx, error: Option<&pingora_error::Error>) {
         let phase_status = CacheStatus::from_phase(session.cache.phase());
+        self.release_fill_lock(ctx, phase_status, error.is_none());
         if session.subrequest_ctx.is_some() {
             self.metrics.background_refresh(phase_status);
             return;
@@ -72,6 +73,21 @@ impl State {
             traces::finish(&cx, summary.status, || span_attributes(&summary));
         }
         self.access_log.log(&summary);
+    }
+}
+
+impl State {
+    /// A miss that took the shared tier's fill lock and stored nothing (not storable, the
+    /// origin failed, the client left) gives it up now instead of making the other replicas
+    /// wait for it to expire. A stored fill released it already.
+    fn release_fill_lock(&self, ctx: &Ctx, status: CacheStatus, ok: bool) {
+        let stored = ok && ctx.cache.outcome.as_ref().is_some_and(|o| o.details.stored);
+        if stored || !matches!(status, CacheStatus::Miss | CacheStatus::Bypass | CacheStatus::Expired) {
+            return;
+        }
+        if let (Some(shared), Some(key)) = (self.cache.as_ref().and_then(|c| c.storage.shared()), &ctx.cache.key_hash) {
+            shared.release_primary(key);
+        }
     }
 }
 

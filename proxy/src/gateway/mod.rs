@@ -63,7 +63,7 @@ struct Shared {
 
 impl State {
     pub(crate) fn new(config: Config, upstreams: Arc<Upstreams>, metrics: Metrics, tracing: Option<Tracing>) -> Self {
-        let cache = config.cache.enabled.then(|| CacheLayer::new(&config));
+        let cache = config.cache.enabled.then(|| CacheLayer::new(&config, &metrics));
         let shared = Shared {
             metrics: Arc::new(metrics),
             access_log: Arc::new(AccessLog::new(config.telemetry.access_log.format)),
@@ -81,7 +81,7 @@ impl State {
         let cache = match (&self.cache, config.cache.enabled) {
             (_, false) => None,
             (Some(old), true) => Some(old.reconfigured(&config)),
-            (None, true) => Some(CacheLayer::new(&config)),
+            (None, true) => Some(CacheLayer::new(&config, &self.metrics)),
         };
         let shared = Shared {
             metrics: self.metrics.clone(),
@@ -186,11 +186,12 @@ impl ProxyHttp for Gateway {
         &self,
         _session: &mut Session,
         meta: &CacheMeta,
-        _hit: &mut HitHandler,
+        hit: &mut HitHandler,
         is_fresh: bool,
         p: &mut Pinned,
     ) -> Result<Option<ForcedFreshness>> {
         let Pinned { ctx, .. } = p;
+        ctx.cache.from_shared_tier = crate::cache::tiered::tier_of(hit) == crate::cache::storage::Tier::Shared;
         Ok(request::hit_freshness(ctx, meta, is_fresh))
     }
 

@@ -36,6 +36,7 @@ impl State {
             origin_status: ctx.upstream.status,
             upstream_error,
             origin_down: ctx.cache.stale_while_origin_down,
+            from_shared_tier: ctx.cache.from_shared_tier,
         };
         let o = crate::cache::status::outcome(&facts, SystemTime::now());
         ctx.cache.outcome = Some(o.clone());

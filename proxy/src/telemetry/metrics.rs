@@ -38,7 +38,46 @@ pub struct Metrics {
     log_dropped: IntCounter,
     profiles_ok: IntCounter,
     profiles_failed: IntCounter,
+    pub(crate) shared: SharedTierMetrics,
     started: Instant,
+}
+
+/// The shared tier's instruments, handed to it when it starts (handles are shared, cheap clones).
+#[derive(Clone)]
+pub(crate) struct SharedTierMetrics {
+    pub(crate) lookups: IntCounterVec,
+    pub(crate) calls: IntCounterVec,
+    pub(crate) duration: HistogramVec,
+    pub(crate) lock_wait: prometheus::Histogram,
+    pub(crate) purge_delay: prometheus::Histogram,
+    pub(crate) up: IntGauge,
+}
+
+impl SharedTierMetrics {
+    fn new(r: &Registry) -> prometheus::Result<SharedTierMetrics> {
+        let duration = HistogramVec::new(
+            HistogramOpts::new(CACHE_SHARED_DURATION.name, CACHE_SHARED_DURATION.help).buckets(SHARED_BUCKETS_S.to_vec()),
+            &["op"],
+        )?;
+        r.register(Box::new(duration.clone()))?;
+        let histogram = |n: &MetricName| -> prometheus::Result<prometheus::Histogram> {
+            let h = prometheus::Histogram::with_opts(HistogramOpts::new(n.name, n.help).buckets(SHARED_WAIT_BUCKETS_S.to_vec()))?;
+            r.register(Box::new(h.clone()))?;
+            Ok(h)
+        };
+        let m = SharedTierMetrics {
+            lookups: counter_vec(r, &CACHE_SHARED_LOOKUPS, &["result"])?,
+            calls: counter_vec(r, &CACHE_SHARED_CALLS, &["op", "outcome"])?,
+            duration,
+            lock_wait: histogram(&CACHE_SHARED_LOCK_WAIT)?,
+            purge_delay: histogram(&CACHE_SHARED_PURGE_DELAY)?,
+            up: gauge(r, &CACHE_SHARED_UP)?,
+        };
+        for result in ["hit", "miss", "error"] {
+            m.lookups.with_label_values(&[result]);
+        }
+        Ok(m)
+    }
 }
 
 /// Counters kept elsewhere (storage, tracer, access log), copied in at scrape time.
@@ -203,6 +242,7 @@ impl Metrics {
             log_dropped: counter(&r, &ACCESS_LOG_DROPPED)?,
             profiles_ok: IntCounter::with_opts(Opts::new(PROFILES_PUSHED.name, PROFILES_PUSHED.help).const_label("outcome", "ok"))?,
             profiles_failed: IntCounter::with_opts(Opts::new(PROFILES_PUSHED.name, PROFILES_PUSHED.help).const_label("outcome", "failed"))?,
+            shared: SharedTierMetrics::new(&r)?,
             started: Instant::now(),
             registry: r,
         };

@@ -25,6 +25,20 @@ pub const SPAN_BUCKETS_MS: [f64; 16] =
 pub const CACHE_HIT: MetricName = m("cache_hit_total", "Client requests answered from cache without asking the origin (HIT and STALE)");
 pub const CACHE_MISS: MetricName = m("cache_miss_total", "Client requests that went to the origin (MISS, EXPIRED, REVALIDATED, BYPASS)");
 pub const CACHE_REQUESTS: MetricName = m("cache_requests_total", "Client requests by cache status");
+pub const CACHE_SHARED_LOOKUPS: MetricName =
+    m("cache_shared_lookups_total", "Memory misses looked up in the shared tier (Redis), by result: hit, miss, error");
+pub const CACHE_SHARED_CALLS: MetricName =
+    m("cache_shared_calls_total", "Calls to the shared tier by operation and outcome (ok, error, timeout, skipped)");
+pub const CACHE_SHARED_DURATION: MetricName = m("cache_shared_call_duration_seconds", "Shared-tier call latency by operation");
+pub const CACHE_SHARED_LOCK_WAIT: MetricName =
+    m("cache_shared_lock_wait_seconds", "Time a miss waited for another replica's fill of the same object");
+pub const CACHE_SHARED_PURGE_DELAY: MetricName =
+    m("cache_shared_purge_delay_seconds", "From a purge's publication by one replica to its application by another");
+pub const CACHE_SHARED_UP: MetricName = m("cache_shared_up", "1 while the shared tier is connected and its circuit closed");
+/// Shared-tier call latencies, in seconds: a local Redis answers in ~0.1 ms.
+pub const SHARED_BUCKETS_S: [f64; 10] = [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1];
+/// Lock waits and purge fan-out, in seconds.
+pub const SHARED_WAIT_BUCKETS_S: [f64; 10] = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0];
 pub const CACHE_ENTRIES: MetricName = m("cache_entries", "Responses stored in the cache");
 pub const CACHE_SIZE: MetricName = m("cache_size_bytes", "Bytes used by stored responses (headers, bodies and bookkeeping)");
 pub const CACHE_CAPACITY: MetricName = m("cache_capacity_bytes", "The cache's byte budget (cache.max_size)");

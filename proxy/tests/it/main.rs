@@ -18,6 +18,7 @@ mod prometheus;
 mod proof;
 mod reload;
 mod security;
+mod shared_cache;
 mod stack;
 mod telemetry;
 mod tls;

@@ -353,6 +353,7 @@ pub fn metric_value(text: &str, series: &str) -> Option<f64> {
 }
 pub mod prom;
 pub mod recorder;
+pub mod redis;
 
 /// One keep-alive GET on `s`; the status and body, or None when the connection failed.
 pub async fn keep_alive_get(s: &mut tokio::net::TcpStream, host: std::net::SocketAddr, path: &str) -> Option<(u16, String)> {

@@ -1,0 +1,178 @@
+//! The memory tier in front of the shared one: what Pingora sees as the storage when
+//! `[cache.shared]` is set. Hits come from memory; a memory miss asks Redis (one round trip)
+//! before the origin; fills, revalidations and purges reach both tiers and every replica.
+
+use super::purge::Selector;
+use super::shared::{decode, hex, Flight, RedisTier, Target};
+use super::storage::{Fill, Hit, MemStorage, Tier};
+use super::store::{Store, StoreStats};
+use bytes::Bytes;
+use pingora_cache::key::{CacheHashKey, CacheKey, HashBinary};
+use pingora_cache::storage::{HandleMiss, HitHandler, MissFinishType, MissHandler, PurgeOutcome, PurgeTarget, PurgeType};
+use pingora_cache::trace::SpanHandle;
+use pingora_cache::{CacheMeta, Storage};
+use pingora_error::Result;
+use std::any::Any;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+pub(crate) struct Tiered {
+    pub(crate) l1: &'static MemStorage,
+    pub(crate) l2: Arc<RedisTier>,
+}
+
+/// Which tier answered a hit, read in `cache_hit_filter`.
+pub(crate) fn tier_of(hit: &HitHandler) -> Tier {
+    hit.as_any().downcast_ref::<Hit>().map_or(Tier::Memory, |h| h.tier)
+}
+
+impl Tiered {
+    pub(crate) fn leak(self) -> &'static Tiered {
+        Box::leak(Box::new(self))
+    }
+
+    /// A value read from Redis, served and kept in memory for the next hits.
+    fn serve(&self, key: &CacheKey, value: &Bytes) -> Option<(CacheMeta, HitHandler)> {
+        let (internal, header, body) = decode(value)?;
+        let (meta, entry) = self.l1.entry_from_parts(key, internal, header, body).ok()?;
+        let body = entry.body().clone();
+        self.l1.admit(key.combined_bin(), entry);
+        Some((meta, Box::new(Hit::new(body, Tier::Shared))))
+    }
+}
+
+#[async_trait::async_trait]
+impl Storage for Tiered {
+    async fn lookup(&'static self, key: &CacheKey, trace: &SpanHandle) -> Result<Option<(CacheMeta, HitHandler)>> {
+        if let Some((meta, hit)) = self.l1.lookup(key, trace).await? {
+            if meta.is_fresh(SystemTime::now()) || !self.l2.available() {
+                return Ok(Some((meta, hit)));
+            }
+            // Stale here: another replica may have refreshed it already.
+            if let Some(v) = self.l2.peek(&key.combined_bin()).await {
+                if let Some((fresh, h)) = self.serve(key, &v).filter(|(m, _)| m.fresh_until() > meta.fresh_until()) {
+                    return Ok(Some((fresh, h)));
+                }
+            }
+            return Ok(Some((meta, hit)));
+        }
+        match self.l2.fetch(key.combined_bin(), key.primary_bin()).await {
+            Flight::Found(v) => Ok(self.serve(key, &v)),
+            Flight::Origin => Ok(None),
+        }
+    }
+
+    async fn get_miss_handler(&'static self, key: &CacheKey, meta: &CacheMeta, _trace: &SpanHandle) -> Result<MissHandler> {
+        let combined = key.combined_bin();
+        self.l2.filling(&combined);
+        Ok(Box::new(TieredFill { fill: Some(self.l1.fill(key, meta)?), tiers: self, combined, primary: key.primary_bin() }))
+    }
+
+    async fn purge(&'static self, target: PurgeTarget<'_>, purge_type: PurgeType, trace: &SpanHandle) -> Result<PurgeOutcome> {
+        let key = target.key();
+        let shared = match (&target, key.variance_bin()) {
+            (PurgeTarget::Active(_), None) => Target::Primary(hex(&key.primary_bin())),
+            _ => Target::Combined(hex(&key.combined_bin())),
+        };
+        let out = self.l1.purge(target, purge_type, trace).await;
+        self.l2.broadcast(shared, false);
+        out
+    }
+
+    async fn expire(&'static self, target: PurgeTarget<'_>, trace: &SpanHandle) -> Result<PurgeOutcome> {
+        let combined = target.key().combined_bin();
+        let out = self.l1.expire(target, trace).await;
+        self.l2.broadcast(Target::Combined(hex(&combined)), true);
+        out
+    }
+
+    /// A revalidated entry's new freshness reaches the shared tier too, so other replicas
+    /// stop revalidating it.
+    async fn update_meta(&'static self, key: &CacheKey, meta: &CacheMeta, trace: &SpanHandle) -> Result<bool> {
+        let updated = self.l1.update_meta(key, meta, trace).await?;
+        if updated {
+            if let Some((internal, header, body)) = self.l1.parts(&key.combined_bin()) {
+                if let Ok((_, entry)) = self.l1.entry_from_parts(key, internal, header, body) {
+                    self.l2.put(&key.combined_bin(), &key.primary_bin(), &entry).await;
+                }
+            }
+        }
+        Ok(updated)
+    }
+
+    fn support_streaming_partial_write(&self) -> bool {
+        false
+    }
+
+    fn as_any(&self) -> &(dyn Any + Send + Sync + 'static) {
+        self
+    }
+}
+
+impl Store for Tiered {
+    fn purge_matching(&self, sel: &Selector, soft: bool) -> usize {
+        let n = self.l1.purge_matching(sel, soft);
+        self.l2.broadcast(Target::Select(sel.clone()), soft);
+        n
+    }
+
+    fn purge_key(&self, key: &dyn CacheHashKey, soft: bool) -> usize {
+        let n = self.l1.purge_key(key, soft);
+        self.l2.broadcast(Target::Primary(hex(&key.primary_bin())), soft);
+        n
+    }
+
+    fn stats(&self) -> StoreStats {
+        Store::stats(self.l1)
+    }
+
+    fn shared(&self) -> Option<&Arc<RedisTier>> {
+        Some(&self.l2)
+    }
+}
+
+/// A fill written to both tiers once complete. The fill lock taken on the shared tier is
+/// released after the object is there (so waiting replicas find it), or when the fill fails
+/// or is dropped half-way (nothing half-received is stored anywhere).
+struct TieredFill {
+    fill: Option<Fill>,
+    tiers: &'static Tiered,
+    combined: HashBinary,
+    primary: HashBinary,
+}
+
+impl Drop for TieredFill {
+    fn drop(&mut self) {
+        if self.fill.is_some() {
+            self.tiers.l2.release_later(self.combined);
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl HandleMiss for TieredFill {
+    async fn write_body(&mut self, data: Bytes, eof: bool) -> Result<()> {
+        match self.fill.as_mut() {
+            Some(f) => f.write_body(data, eof).await,
+            None => Ok(()),
+        }
+    }
+
+    async fn finish(mut self: Box<Self>) -> Result<MissFinishType> {
+        let Some(fill) = self.fill.take() else {
+            return Ok(MissFinishType::Created(0));
+        };
+        match fill.complete() {
+            Ok((combined, entry)) => {
+                self.tiers.l2.put(&combined, &self.primary, &entry).await;
+                let size = entry.size();
+                self.tiers.l1.admit(combined, entry);
+                Ok(MissFinishType::Created(size))
+            }
+            Err(e) => {
+                self.tiers.l2.release(&self.combined).await;
+                Err(e)
+            }
+        }
+    }
+}

@@ -1,0 +1,248 @@
+//! Replicas sharing one cache through a real Redis (Debian `redis-server`, started here on a
+//! free port): one origin request per object across replicas, purges everywhere, Redis
+//! outages without a failed request, warm restarts.
+
+use crate::common::redis::Redis;
+use crate::common::scripted::{config_for, Reply, Scripted};
+use crate::common::*;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const RULE: &str = "[[invalidation]]\nmethod = \"POST\"\npath = \"/api/sync\"\nprefixes = [\"/api/stats/\"]\nmatch_param = \"username\"\n";
+
+/// Every path answers `v<n>` (its n-th origin request), cacheable for a minute.
+async fn versioned_origin(delay: Duration) -> Scripted {
+    Scripted::start(move |req, n| {
+        if req.method == "POST" {
+            return Reply::new(200, &[("Content-Type", "text/plain")], "synced");
+        }
+        Reply::new(200, &[("Cache-Control", "max-age=60"), ("Content-Type", "text/plain")], format!("v{n} {}", req.target)).delay(delay)
+    })
+    .await
+}
+
+/// Replicas behind one load balancer see the same `Host`, so they share keys.
+async fn fetch(addr: std::net::SocketAddr, path: &str) -> Resp {
+    get_with(addr, path, &[("Host", "app.test")]).await
+}
+
+fn replica(origin: &Scripted, redis: &Redis) -> Portier {
+    let top = format!("[cache.shared]\nurl = \"{}\"\n{RULE}", redis.url());
+    Portier::start(&config_for(origin.addr, "", &top))
+}
+
+async fn metrics(p: &Portier) -> String {
+    get(p.admin, "/metrics").await.text()
+}
+
+/// The replica has connected to Redis and subscribed to purges.
+async fn wait_connected(p: &Portier) {
+    let up = eventually(Duration::from_secs(15), async || metric_value(&metrics(p).await, "cache_shared_up") == Some(1.0)).await;
+    assert!(up, "replica connected to redis; stderr: {:?}", p.stderr.lock().unwrap());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_replicas_ask_the_origin_once_per_url() {
+    let redis = Redis::start().await;
+    let origin = versioned_origin(Duration::from_millis(100)).await;
+    let replicas: Vec<Portier> = (0..3).map(|_| replica(&origin, &redis)).collect();
+    for r in &replicas {
+        wait_connected(r).await;
+    }
+    let addrs: Vec<_> = replicas.iter().map(|r| r.public).collect();
+    // 200 clients at once, 4 per URL, spread over the replicas.
+    let started = Instant::now();
+    let clients: Vec<_> = (0..200)
+        .map(|i| {
+            let addr = addrs[i % 3];
+            tokio::spawn(async move {
+                let path = format!("/cold/{}", i / 4);
+                let r = fetch(addr, &path).await;
+                (path, r)
+            })
+        })
+        .collect();
+    let mut shared_hits = 0;
+    for c in clients {
+        let (path, r) = c.await.unwrap();
+        assert_eq!(r.status, 200, "{path}: {r:?}");
+        assert_eq!(r.text(), format!("v1 {path}"), "every client gets the one stored copy");
+        shared_hits += usize::from(r.header("cache-status").contains("detail=shared"));
+    }
+    let slowest = started.elapsed();
+    let origin_requests = origin.seen().len();
+    println!(
+        "shared cache coalescing: 3 replicas, 200 clients, 50 URLs: {origin_requests} origin requests ({:.2} per URL), \
+         {shared_hits} answered from Redis, slowest client {slowest:?}",
+        origin_requests as f64 / 50.0
+    );
+    assert!(origin_requests as f64 / 50.0 <= 1.05, "{origin_requests} origin requests for 50 URLs");
+    assert!(shared_hits > 0, "replicas that did not fill read the object from Redis");
+
+    // A hit from Redis says so, exactly.
+    let r = fetch(addrs[1], "/cold/0").await;
+    assert_eq!(r.header("x-cache"), "HIT");
+    let again = fetch(addrs[2], "/fresh-one").await;
+    assert_eq!(again.header("cache-status"), "portier; fwd=miss; fwd-status=200; stored");
+    let other = fetch(addrs[0], "/fresh-one").await;
+    assert_eq!(other.header("x-cache"), "HIT");
+    assert!(other.header("cache-status").starts_with("portier; hit; ttl="), "{other:?}");
+    assert!(other.header("cache-status").ends_with("; detail=shared"), "{other:?}");
+    assert_eq!(origin.count("/fresh-one"), 1);
+}
+
+/// Polls `addr` until `path` no longer answers `old`; the time it took.
+async fn until_changed(addr: std::net::SocketAddr, path: &str, old: &str, since: Instant) -> Duration {
+    for _ in 0..2000 {
+        let r = fetch(addr, path).await;
+        assert_eq!(r.status, 200);
+        if r.text() != old {
+            return since.elapsed();
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    panic!("{addr}{path} still serves {old:?} after {:?}", since.elapsed());
+}
+
+fn p99(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[(v.len() * 99).div_ceil(100) - 1]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_purge_on_one_replica_reaches_the_others() {
+    let redis = Redis::start().await;
+    let origin = versioned_origin(Duration::ZERO).await;
+    let (a, b, c) = (replica(&origin, &redis), replica(&origin, &redis), replica(&origin, &redis));
+    for r in [&a, &b, &c] {
+        wait_connected(r).await;
+    }
+    let mut purges = Vec::new();
+    for _ in 0..100 {
+        // B and C hold the current version in memory.
+        let current = fetch(a.public, "/p").await.text();
+        for r in [&b, &c] {
+            let h = fetch(r.public, "/p").await;
+            assert_eq!((h.text(), h.header("x-cache")), (current.clone(), "HIT"));
+        }
+        let t0 = Instant::now();
+        let r = request(a.admin, "POST", "/cache/purge", &[], br#"{"url":"/p"}"#).await.unwrap();
+        assert_eq!(r.status, 200, "{r:?}");
+        let (tb, tc) = tokio::join!(until_changed(b.public, "/p", &current, t0), until_changed(c.public, "/p", &current, t0));
+        purges.push(tb.max(tc));
+    }
+    let mut syncs = Vec::new();
+    let url = "/api/stats/summary?username=demo";
+    for _ in 0..20 {
+        let current = fetch(a.public, url).await.text();
+        for r in [&b, &c] {
+            assert_eq!(fetch(r.public, url).await.text(), current);
+        }
+        let t0 = Instant::now();
+        assert_eq!(request(a.public, "POST", "/api/sync?username=demo", &[("Host", "app.test")], b"").await.unwrap().status, 200);
+        let (tb, tc) = tokio::join!(until_changed(b.public, url, &current, t0), until_changed(c.public, url, &current, t0));
+        syncs.push(tb.max(tc));
+    }
+    let (purge_p99, sync_p99) = (p99(purges.clone()), p99(syncs.clone()));
+    println!(
+        "shared cache purge fan-out: 100 purges on A, B and C serving the new object after p50 {:?} / p99 {purge_p99:?}; \
+         20 POST /api/sync: p99 {sync_p99:?}",
+        {
+            let mut v = purges.clone();
+            v.sort();
+            v[49]
+        }
+    );
+    assert!(purge_p99 <= Duration::from_millis(100), "purge p99 {purge_p99:?}");
+    assert!(sync_p99 <= Duration::from_millis(100), "sync p99 {sync_p99:?}");
+    let m = metrics(&b).await;
+    assert!(metric_value(&m, "cache_shared_purge_delay_seconds_count").unwrap_or(0.0) >= 100.0, "B counted the purges it applied");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn redis_killed_mid_run_fails_no_request_and_hits_resume() {
+    let mut redis = Redis::start().await;
+    let origin = versioned_origin(Duration::ZERO).await;
+    let (a, b) = (replica(&origin, &redis), replica(&origin, &redis));
+    wait_connected(&a).await;
+    wait_connected(&b).await;
+    let addrs = [a.public, b.public];
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ok, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let load: Vec<_> = (0..4)
+        .map(|w| {
+            let (stop, ok, failed) = (stop.clone(), ok.clone(), failed.clone());
+            tokio::spawn(async move {
+                let mut i = 0usize;
+                // Bounded: 20,000 requests per worker at most, whatever the timing.
+                while !stop.load(Ordering::Relaxed) && i < 20_000 {
+                    let addr = addrs[(w + i) % 2];
+                    let path = format!("/o/{}", i % 20);
+                    match tokio::time::timeout(Duration::from_secs(5), get_result(addr, &path)).await {
+                        Ok(Ok(r)) if answered(&r, &path) => ok.fetch_add(1, Ordering::Relaxed),
+                        _ => failed.fetch_add(1, Ordering::Relaxed),
+                    };
+                    i += 1;
+                }
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    redis.stop();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let during = ok.load(Ordering::Relaxed);
+    redis.restart().await;
+    wait_connected(&a).await;
+    wait_connected(&b).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, Ordering::Relaxed);
+    for l in load {
+        l.await.unwrap();
+    }
+    let (ok, failed) = (ok.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
+    println!("shared cache outage: {ok} requests answered (of which {during} before Redis came back), {failed} failed");
+    assert_eq!(failed, 0);
+    assert!(ok > 100, "the load ran: {ok}");
+
+    // After reconnection, a fill on A is a hit on B, without the origin.
+    let first = fetch(a.public, "/after").await;
+    assert_eq!(first.header("x-cache"), "MISS");
+    let second = fetch(b.public, "/after").await;
+    assert_eq!(second.header("x-cache"), "HIT");
+    assert!(second.header("cache-status").ends_with("; detail=shared"), "{second:?}");
+    assert_eq!(origin.count("/after"), 1);
+}
+
+/// During the outage each replica fills on its own, so a later copy may be `v2` or more.
+fn answered(r: &Resp, path: &str) -> bool {
+    r.status == 200 && r.text().starts_with('v') && r.text().ends_with(&format!(" {path}"))
+}
+
+async fn get_result(addr: std::net::SocketAddr, path: &str) -> std::io::Result<Resp> {
+    request(addr, "GET", path, &[("Host", "app.test")], b"").await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_replica_answers_its_first_request_from_redis() {
+    let redis = Redis::start().await;
+    let origin = versioned_origin(Duration::ZERO).await;
+    let first = replica(&origin, &redis);
+    wait_connected(&first).await;
+    assert_eq!(fetch(first.public, "/warm").await.header("x-cache"), "MISS");
+    // The copy reaches Redis as the fill completes, just after the client has its answer.
+    let stored = eventually(Duration::from_secs(5), async || {
+        metric_value(&metrics(&first).await, "cache_shared_calls_total{op=\"put\",outcome=\"ok\"}") == Some(1.0)
+    })
+    .await;
+    assert!(stored, "the fill was written to redis");
+    drop(first);
+    let again = replica(&origin, &redis);
+    wait_connected(&again).await;
+    let r = fetch(again.public, "/warm").await;
+    assert_eq!((r.status, r.text().as_str(), r.header("x-cache")), (200, "v1 /warm", "HIT"));
+    assert!(r.header("cache-status").ends_with("; detail=shared"), "{r:?}");
+    assert_eq!(origin.count("/warm"), 1, "no origin request after the restart");
+    let m = metrics(&again).await;
+    assert_eq!(metric_value(&m, "cache_shared_lookups_total{result=\"hit\"}"), Some(1.0));
+}
