@@ -41,6 +41,7 @@ test-deps: deps toolchain
 	@[ -x /usr/bin/chromium ] || { $(call apt_install,chromium); }
 	@command -v curl >/dev/null || { $(call apt_install,curl); }
 	@[ -x /usr/bin/pebble ] && [ -x /usr/bin/pebble-challtestsrv ] || { $(call apt_install,pebble); }
+	@command -v redis-server >/dev/null || { $(call apt_install,redis-server); }
 	@command -v node >/dev/null || { $(call apt_install,nodejs npm); }
 	@v=$$(node -p 'process.versions.node.split(".")[0]'); [ "$$v" -ge 18 ] || { echo "Node $$v found; the browser test needs Node >= 18. Run: sudo apt-get install -y nodejs"; exit 1; }
 	@cd proxy/tests/browser && node -e 'const d=require("./package.json").dependencies;process.exit(Object.keys(d).every(n=>{try{return require("./node_modules/"+n+"/package.json").version===d[n]}catch(e){return false}})?0:1)' 2>/dev/null \
@@ -66,6 +67,8 @@ bench: deps
 	$(CARGO) build --release -p portier -p portier-benches
 	./target/release/hit-bench --rounds 5 --seconds 4 --connections 32
 	./target/release/purge-bench --entries 50000 --seconds 3
+	@command -v redis-server >/dev/null || { $(call apt_install,redis-server); }
+	./target/release/shared-bench --seconds 3
 
 # Hits against nginx and Varnish on the same CPU (installs nginx-light and varnish).
 bench-vs: deps

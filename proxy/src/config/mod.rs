@@ -443,10 +443,11 @@ impl std::str::FromStr for RedisUrl {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
         let s = s.trim();
+        let shown = || format!("\"{}\"", RedisUrl(s.into()).redacted());
         if !(s.starts_with("redis://") || s.starts_with("rediss://")) {
-            return Err(format!("{:?}: expected redis://host:port/db or rediss://...", RedisUrl(s.into())));
+            return Err(format!("{}: expected redis://host:port/db or rediss://...", shown()));
         }
-        redis::IntoConnectionInfo::into_connection_info(s).map_err(|e| format!("{:?}: {e}", RedisUrl(s.into())))?;
+        redis::IntoConnectionInfo::into_connection_info(s).map_err(|e| format!("{}: {e}", shown()))?;
         Ok(RedisUrl(s.to_string()))
     }
 }

@@ -25,8 +25,10 @@ pub const SPAN_BUCKETS_MS: [f64; 16] =
 pub const CACHE_HIT: MetricName = m("cache_hit_total", "Client requests answered from cache without asking the origin (HIT and STALE)");
 pub const CACHE_MISS: MetricName = m("cache_miss_total", "Client requests that went to the origin (MISS, EXPIRED, REVALIDATED, BYPASS)");
 pub const CACHE_REQUESTS: MetricName = m("cache_requests_total", "Client requests by cache status");
-pub const CACHE_SHARED_LOOKUPS: MetricName =
-    m("cache_shared_lookups_total", "Memory misses looked up in the shared tier (Redis), by result: hit, miss, error");
+pub const CACHE_SHARED_LOOKUPS: MetricName = m(
+    "cache_shared_lookups_total",
+    "Lookups of memory misses in the shared tier (Redis), by result: hit, miss, error; concurrent misses for one key share one",
+);
 pub const CACHE_SHARED_CALLS: MetricName =
     m("cache_shared_calls_total", "Calls to the shared tier by operation and outcome (ok, error, timeout, skipped)");
 pub const CACHE_SHARED_DURATION: MetricName = m("cache_shared_call_duration_seconds", "Shared-tier call latency by operation");

@@ -304,6 +304,25 @@ fn check_accepts_the_shipped_config() {
 }
 
 #[test]
+fn check_accepts_the_front_of_the_scaled_stack_and_explains_shared_cache_mistakes() {
+    let front = concat!(env!("CARGO_MANIFEST_DIR"), "/../config/front.toml");
+    let out = std::process::Command::new(bin()).arg("check").arg("--config").arg(front).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("OK (1 upstream pools, 1 routes)"));
+    let base = "[upstreams.api]\naddresses = [\"127.0.0.1:3001\"]\n[[routes]]\npath = \"/api/*\"\npool = \"api\"\n";
+    let (ok, out) = check(&format!("{base}[cache.shared]\nurl = \"http://u:secret@cache:6379\"\n"));
+    assert!(!ok);
+    assert!(out.contains("cache.shared.url: \"http://u:***@cache:6379\": expected redis://host:port/db or rediss://"), "{out}");
+    assert!(!out.contains("secret"), "the password is never printed: {out}");
+    let (ok, out) = check(&format!("{base}[cache.shared]\nurl = \"redis://cache:6379/0\"\ntimeout = \"0s\"\nprefix = \"\"\n"));
+    assert!(!ok);
+    assert!(
+        out.contains("cache.shared.timeout: must be greater than 0") && out.contains("cache.shared.prefix: must be non-empty"),
+        "{out}"
+    );
+}
+
+#[test]
 fn check_names_the_key_path_of_each_problem() {
     let base = "[upstreams.api]\naddresses = [\"127.0.0.1:3001\"]\n[[routes]]\npath = \"/api/*\"\npool = \"api\"\n";
     let (ok, out) = check(&format!("{base}[timeouts]\nconect = \"2s\"\n"));

@@ -56,10 +56,11 @@ for f in sys.argv[2:]:
         print(f"{f}: {'/'.join(map(str, e.path))}: {e.message}")
 sys.exit(1 if bad else 0)
 "#;
-    let compose: Vec<String> = ["docker-compose.yml", "docker-compose.prod.yml", "docker-compose.observability.yml"]
-        .iter()
-        .map(|f| root().join("deploy").join(f).display().to_string())
-        .collect();
+    let compose: Vec<String> =
+        ["docker-compose.yml", "docker-compose.prod.yml", "docker-compose.observability.yml", "docker-compose.scale.yml"]
+            .iter()
+            .map(|f| root().join("deploy").join(f).display().to_string())
+            .collect();
     let out = Command::new(which("python3"))
         .arg("-c")
         .arg(script)
@@ -82,6 +83,16 @@ sys.exit(1 if bad else 0)
             _ => assert!(svc.get("ports").is_none(), "{name} publishes no host port"),
         }
     }
+    // Scaling out: three replicas on one Redis, the front starts once they answer.
+    let scale: serde_yaml::Value = serde_yaml::from_str(&std::fs::read_to_string(&compose[3]).unwrap()).unwrap();
+    let services = &scale["services"];
+    for r in ["proxy-1", "proxy-2", "proxy-3"] {
+        assert_eq!(services[r]["environment"]["PORTIER_CACHE_SHARED_URL"].as_str(), Some("redis://redis:6379/0"), "{r}");
+        assert_eq!(services[r]["depends_on"]["redis"]["condition"].as_str(), Some("service_healthy"), "{r}");
+        assert_eq!(services["proxy"]["depends_on"][r]["condition"].as_str(), Some("service_healthy"), "{r}");
+    }
+    assert_eq!(services["proxy"]["environment"]["PORTIER_UPSTREAM_REPLICAS"].as_str(), Some("proxy-1:8080,proxy-2:8080,proxy-3:8080"));
+    assert!(services["redis"]["healthcheck"]["test"].as_sequence().is_some());
     let dev: serde_yaml::Value = serde_yaml::from_str(&std::fs::read_to_string(&compose[0]).unwrap()).unwrap();
     assert_eq!(dev["services"]["proxy"]["ports"][0].as_str(), Some("8080:8080"));
     assert_eq!(dev["services"]["proxy"]["environment"]["PORTIER_UPSTREAM_API"].as_str(), Some("api:3001"));
