@@ -9,7 +9,8 @@
 //!   when it may no longer be served (freshness plus the stale windows);
 //! - `P:v:<primary>`: the set of a URL's stored variants, for URL purges;
 //! - `P:urls` / `P:paths`: ordered indexes (`url\0primary`, `path\0url\0primary`) for URL, path and
-//!   prefix purges; `P:t:<tag>`: a tag's variants;
+//!   prefix purges, and `P:expiries` (the same URLs by expiry) so they forget expired objects;
+//!   `P:t:<tag>`: a tag's variants;
 //! - `P:l:<combined>`: the fill lock, a token set with `NX PX`;
 //! - channel `P:purge`: every purge, applied by each replica to its memory tier.
 
@@ -36,6 +37,15 @@ const MAX_PENDING: usize = 10_000;
 /// How often a miss waiting on another replica's fill looks for the object.
 const POLL: Duration = Duration::from_millis(5);
 const VALUE_MAGIC: &[u8; 3] = b"PT1";
+/// Drops index entries of objects past their expiry (at most 100 per fill): KEYS = expiries,
+/// urls, paths; ARGV = now in Unix ms. An expiry member is the path-index member
+/// (`path\0url\0primary`); the URL-index member is what follows its first NUL.
+const PRUNE_SCRIPT: &str = "local old = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, 100) \
+     for _, m in ipairs(old) do \
+       redis.call('ZREM', KEYS[1], m) redis.call('ZREM', KEYS[3], m) \
+       local i = string.find(m, '\\0', 1, true) \
+       if i then redis.call('ZREM', KEYS[2], string.sub(m, i + 1)) end \
+     end return #old";
 const RELEASE_SCRIPT: &str = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) else return 0 end";
 
 /// What a purge selects, as published to the other replicas.
@@ -470,8 +480,20 @@ impl RedisTier {
             pipe.sadd(&variants, &c).ignore();
             expire(&mut pipe, &variants);
             let url = entry.url();
+            let path_member = format!("{}\0{url}\0{p}", path_of(url));
             pipe.zadd(self.index("urls"), format!("{url}\0{p}"), 0).ignore();
-            pipe.zadd(self.index("paths"), format!("{}\0{url}\0{p}", path_of(url)), 0).ignore();
+            pipe.zadd(self.index("paths"), &path_member, 0).ignore();
+            // The indexes forget a URL once its last variant has expired (checked as fills come in).
+            let now = unix_ms();
+            pipe.cmd("ZADD").arg(self.index("expiries")).arg("GT").arg(now + ttl_ms).arg(&path_member).ignore();
+            pipe.cmd("EVAL")
+                .arg(PRUNE_SCRIPT)
+                .arg(3)
+                .arg(self.index("expiries"))
+                .arg(self.index("urls"))
+                .arg(self.index("paths"))
+                .arg(now)
+                .ignore();
             for t in entry.tags() {
                 let k = self.key("t", t);
                 pipe.sadd(&k, &c).ignore();
@@ -562,7 +584,9 @@ impl RedisTier {
                 let mut forget = redis::pipe();
                 for (url, p) in &primaries {
                     forget.zrem(self.index("urls"), format!("{url}\0{p}")).ignore();
-                    forget.zrem(self.index("paths"), format!("{}\0{url}\0{p}", path_of(url))).ignore();
+                    let path_member = format!("{}\0{url}\0{p}", path_of(url));
+                    forget.zrem(self.index("paths"), &path_member).ignore();
+                    forget.zrem(self.index("expiries"), &path_member).ignore();
                     forget.del(self.key("v", p)).ignore();
                 }
                 let _: Option<()> = self.query("purge", &forget).await;

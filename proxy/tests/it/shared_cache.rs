@@ -188,8 +188,14 @@ async fn redis_killed_mid_run_fails_no_request_and_hits_resume() {
             })
         })
         .collect();
+    // B keeps this in memory; the purge sent to A while Redis is down cannot reach B.
+    assert_eq!(fetch(b.public, "/kept").await.text(), "v1 /kept");
+    assert_eq!(fetch(b.public, "/kept").await.header("x-cache"), "HIT");
     tokio::time::sleep(Duration::from_millis(500)).await;
     redis.stop();
+    let r = request(a.admin, "POST", "/cache/purge", &[], br#"{"url":"/kept"}"#).await.unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(fetch(b.public, "/kept").await.text(), "v1 /kept", "B cannot know yet");
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let during = ok.load(Ordering::Relaxed);
     redis.restart().await;
@@ -204,6 +210,10 @@ async fn redis_killed_mid_run_fails_no_request_and_hits_resume() {
     println!("shared cache outage: {ok} requests answered (of which {during} before Redis came back), {failed} failed");
     assert_eq!(failed, 0);
     assert!(ok > 100, "the load ran: {ok}");
+
+    // Reconnected, B no longer serves what was purged while it could not hear it.
+    let kept = fetch(b.public, "/kept").await;
+    assert_ne!(kept.text(), "v1 /kept", "{kept:?}");
 
     // After reconnection, a fill on A is a hit on B, without the origin.
     let first = fetch(a.public, "/after").await;
@@ -245,4 +255,61 @@ async fn a_restarted_replica_answers_its_first_request_from_redis() {
     assert_eq!(origin.count("/warm"), 1, "no origin request after the restart");
     let m = metrics(&again).await;
     assert_eq!(metric_value(&m, "cache_shared_lookups_total{result=\"hit\"}"), Some(1.0));
+}
+
+/// A frozen Redis (SIGSTOP: connections open, no answer) costs at most the call timeout,
+/// then nothing: the circuit opens and requests go on from memory and the origin.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_redis_costs_a_bounded_wait_then_nothing() {
+    let redis = Redis::start().await;
+    let origin = versioned_origin(Duration::ZERO).await;
+    let a = replica(&origin, &redis);
+    wait_connected(&a).await;
+    assert_eq!(fetch(a.public, "/before").await.header("x-cache"), "MISS");
+    redis.pause(true);
+    let mut slowest = Duration::ZERO;
+    for i in 0..20 {
+        let t = Instant::now();
+        let path = format!("/frozen/{i}");
+        let r = fetch(a.public, &path).await;
+        assert_eq!((r.status, r.text()), (200, format!("v1 {path}")));
+        slowest = slowest.max(t.elapsed());
+    }
+    // Memory still answers what it holds.
+    assert_eq!(fetch(a.public, "/before").await.header("x-cache"), "HIT");
+    let m = metrics(&a).await;
+    redis.pause(false);
+    println!("frozen redis: 20 new URLs answered, slowest {slowest:?}");
+    // Each request waits at most for its Redis calls' timeouts (100 ms each, a few calls).
+    assert!(slowest < Duration::from_secs(1), "slowest request {slowest:?}");
+    // Every lookup went without Redis; after the first timeouts the circuit opened and
+    // writes were no longer even tried.
+    assert_eq!(metric_value(&m, "cache_shared_lookups_total{result=\"error\"}"), Some(20.0), "{m}");
+    assert!(metric_value(&m, "cache_shared_calls_total{op=\"put\",outcome=\"skipped\"}").unwrap_or(0.0) >= 10.0, "the circuit opened: {m}");
+    assert_eq!(metric_value(&m, "cache_shared_up"), Some(0.0));
+    wait_connected(&a).await;
+}
+
+/// Index entries of expired objects go as later fills come in, so Redis does not grow with
+/// every URL ever seen.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expired_objects_leave_no_index_entries_behind() {
+    let redis = Redis::start().await;
+    let origin = Scripted::start(|req, _| Reply::new(200, &[("Cache-Control", "max-age=1")], format!("body {}", req.target))).await;
+    let top = format!("[cache]\nstale_if_error = \"0s\"\n[cache.shared]\nurl = \"{}\"\n", redis.url());
+    let a = Portier::start(&config_for(origin.addr, "", &top));
+    wait_connected(&a).await;
+    for i in 0..5 {
+        assert_eq!(fetch(a.public, &format!("/short/{i}")).await.header("x-cache"), "MISS");
+    }
+    let count = async |key: &str| redis.command(&["ZCARD", key]).await.unwrap_or_default().trim().to_string();
+    let stored = eventually(Duration::from_secs(5), async || count("portier:urls").await == ":5").await;
+    assert!(stored, "5 URLs indexed: {}", count("portier:urls").await);
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert_eq!(fetch(a.public, "/later").await.header("x-cache"), "MISS");
+    let pruned = eventually(Duration::from_secs(5), async || {
+        count("portier:urls").await == ":1" && count("portier:paths").await == ":1" && count("portier:expiries").await == ":1"
+    })
+    .await;
+    assert!(pruned, "only /later stays indexed: urls {} paths {}", count("portier:urls").await, count("portier:paths").await);
 }

@@ -38,6 +38,15 @@ impl Redis {
         }
     }
 
+    /// Freezes it (SIGSTOP): connections stay open and nothing answers, a slow Redis at worst.
+    pub fn pause(&self, frozen: bool) {
+        if let Some(c) = &self.child {
+            unsafe {
+                libc::kill(c.id() as i32, if frozen { libc::SIGSTOP } else { libc::SIGCONT });
+            }
+        }
+    }
+
     /// Starts it (again) on the same port, empty, and waits for `PING`.
     pub async fn restart(&mut self) {
         self.stop();
