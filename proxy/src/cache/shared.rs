@@ -343,9 +343,9 @@ impl RedisTier {
         }
     }
 
-    /// Takes the fill lock and reads the object in one round trip: a fill that completed
-    /// between the first read and the lock is seen here, and the lock is given back.
-    async fn try_lock(&self, combined: &HashBinary, primary: &HashBinary) -> Option<(bool, Option<Bytes>)> {
+    /// Takes the fill lock (unless another process holds it) and reads the object, in one
+    /// round trip.
+    async fn lock_and_read(&self, combined: &HashBinary, primary: &HashBinary) -> Option<(bool, Option<Bytes>)> {
         let token = format!("{}-{}", self.id, self.tokens.fetch_add(1, Ordering::Relaxed));
         let mut pipe = redis::pipe();
         pipe.cmd("SET").arg(self.key("l", &hex(combined))).arg(&token).arg("NX").arg("PX").arg(self.lock_ttl.as_millis() as u64);
@@ -354,11 +354,18 @@ impl RedisTier {
         let won = set.is_some();
         if won {
             self.held.lock().insert(*combined, Held { primary: *primary, token, filling: false });
-            if value.is_some() {
-                self.release(combined).await;
-            }
         }
         Some((won, value.map(Bytes::from)))
+    }
+
+    /// A miss taking the fill lock: a fill that completed between the first read and the
+    /// lock is seen here, and the lock is given back.
+    async fn try_lock(&self, combined: &HashBinary, primary: &HashBinary) -> Option<(bool, Option<Bytes>)> {
+        let (won, value) = self.lock_and_read(combined, primary).await?;
+        if won && value.is_some() {
+            self.release(combined).await;
+        }
+        Some((won, value))
     }
 
     async fn lead(&self, combined: HashBinary, primary: HashBinary) -> Flight {
@@ -409,10 +416,15 @@ impl RedisTier {
         }
     }
 
-    /// Reads one stored value (no lock): a stale memory entry checks for a copy another
-    /// replica refreshed.
-    pub(crate) async fn peek(&self, combined: &HashBinary) -> Option<Bytes> {
-        self.get(combined).await.ok().flatten()
+    /// A stale memory entry: the stored copy (another replica may have refreshed it) and
+    /// whether this process refreshes it (it holds, or just took, the lock), so a
+    /// stale-while-revalidate refresh happens once for all replicas. None when Redis
+    /// cannot answer.
+    pub(crate) async fn claim_refresh(&self, combined: &HashBinary, primary: &HashBinary) -> Option<(bool, Option<Bytes>)> {
+        if self.held.lock().contains_key(combined) {
+            return Some((true, None));
+        }
+        self.lock_and_read(combined, primary).await
     }
 
     fn release_pipe(&self, pipe: &mut redis::Pipeline, combined: &HashBinary) -> bool {

@@ -162,6 +162,8 @@ pub(crate) struct Facts<'a> {
     pub(crate) origin_down: bool,
     /// A hit read from the shared tier (another replica stored it).
     pub(crate) from_shared_tier: bool,
+    /// A stale entry served without a refresh of its own: another replica is refreshing it.
+    pub(crate) refreshed_elsewhere: bool,
 }
 
 /// The one place a cache status is decided.
@@ -178,13 +180,14 @@ pub(crate) fn outcome(f: &Facts<'_>, now: std::time::SystemTime) -> Outcome {
                 // Pingora disables the cache when the origin fails; for the client it was a
                 // miss that could not be filled.
                 CacheStatus::Bypass if f.upstream_error.is_some() => CacheStatus::Miss,
-                CacheStatus::Hit if f.origin_down => CacheStatus::Stale,
+                CacheStatus::Hit if f.origin_down || f.refreshed_elsewhere => CacheStatus::Stale,
                 s => s,
             };
             let detail = match (f.phase, f.decision) {
                 (CachePhase::StaleUpdating, _) => Some("stale-while-revalidate"),
                 (CachePhase::Stale, _) => Some("stale-if-error"),
                 (CachePhase::Hit, _) if f.origin_down => Some("stale-if-error"),
+                (CachePhase::Hit, _) if f.refreshed_elsewhere => Some("stale-while-revalidate"),
                 (CachePhase::Hit, _) if f.from_shared_tier => Some("shared"),
                 (_, CacheDecision::NotStored(why)) => Some(why.as_str()),
                 // Pingora's own reasons: too large, lock timeout, storage error.
@@ -289,7 +292,16 @@ mod tests {
     use crate::cache::policy::Unstorable;
 
     fn header(decision: CacheDecision, phase: CachePhase, origin_status: Option<u16>) -> String {
-        let f = Facts { decision, phase, meta: None, origin_status, upstream_error: None, origin_down: false, from_shared_tier: false };
+        let f = Facts {
+            decision,
+            phase,
+            meta: None,
+            origin_status,
+            upstream_error: None,
+            origin_down: false,
+            from_shared_tier: false,
+            refreshed_elsewhere: false,
+        };
         cache_status_header(&outcome(&f, std::time::SystemTime::now()).details)
     }
 

@@ -588,12 +588,14 @@ pub(crate) struct Hit {
     end: usize,
     done: bool,
     pub(crate) tier: Tier,
+    /// Stale, and another replica holds the shared refresh lock.
+    pub(crate) refreshing_elsewhere: bool,
 }
 
 impl Hit {
     pub(crate) fn new(body: Bytes, tier: Tier) -> Hit {
         let end = body.len();
-        Hit { body, start: 0, end, done: false, tier }
+        Hit { body, start: 0, end, done: false, tier, refreshing_elsewhere: false }
     }
 }
 

@@ -21,9 +21,10 @@ pub(crate) struct Tiered {
     pub(crate) l2: Arc<RedisTier>,
 }
 
-/// Which tier answered a hit, read in `cache_hit_filter`.
-pub(crate) fn tier_of(hit: &HitHandler) -> Tier {
-    hit.as_any().downcast_ref::<Hit>().map_or(Tier::Memory, |h| h.tier)
+/// Which tier answered a hit, and whether another replica is refreshing it; read in
+/// `cache_hit_filter`.
+pub(crate) fn hit_origin(hit: &HitHandler) -> (Tier, bool) {
+    hit.as_any().downcast_ref::<Hit>().map_or((Tier::Memory, false), |h| (h.tier, h.refreshing_elsewhere))
 }
 
 impl Tiered {
@@ -44,14 +45,24 @@ impl Tiered {
 #[async_trait::async_trait]
 impl Storage for Tiered {
     async fn lookup(&'static self, key: &CacheKey, trace: &SpanHandle) -> Result<Option<(CacheMeta, HitHandler)>> {
-        if let Some((meta, hit)) = self.l1.lookup(key, trace).await? {
+        if let Some((meta, mut hit)) = self.l1.lookup(key, trace).await? {
             if meta.is_fresh(SystemTime::now()) || !self.l2.available() {
                 return Ok(Some((meta, hit)));
             }
-            // Stale here: another replica may have refreshed it already.
-            if let Some(v) = self.l2.peek(&key.combined_bin()).await {
-                if let Some((fresh, h)) = self.serve(key, &v).filter(|(m, _)| m.fresh_until() > meta.fresh_until()) {
-                    return Ok(Some((fresh, h)));
+            // Stale here: another replica may have refreshed it already, or be refreshing it.
+            let (combined, primary) = (key.combined_bin(), key.primary_bin());
+            let Some((mine, value)) = self.l2.claim_refresh(&combined, &primary).await else {
+                return Ok(Some((meta, hit)));
+            };
+            if let Some(fresher) = value.and_then(|v| self.serve(key, &v)).filter(|(m, _)| m.fresh_until() > meta.fresh_until()) {
+                if mine {
+                    self.l2.release(&combined).await;
+                }
+                return Ok(Some(fresher));
+            }
+            if !mine {
+                if let Some(h) = hit.as_any_mut().downcast_mut::<Hit>() {
+                    h.refreshing_elsewhere = true;
                 }
             }
             return Ok(Some((meta, hit)));

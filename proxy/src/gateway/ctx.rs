@@ -81,6 +81,8 @@ pub(crate) struct CachePart {
     pub(crate) key_hash: Option<pingora_cache::key::HashBinary>,
     /// The hit came from the shared tier (Redis), not this replica's memory.
     pub(crate) from_shared_tier: bool,
+    /// A stale entry served as is: another replica is refreshing it (stale-while-revalidate).
+    pub(crate) stale_refreshed_elsewhere: bool,
     /// The stored entry is served stale without asking the origin: its pool is down.
     pub(crate) stale_while_origin_down: bool,
     /// `Set-Cookie` fields of that 304: for this client's answer, not for the store.

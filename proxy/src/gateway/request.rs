@@ -366,10 +366,16 @@ pub(super) fn cache_key(ctx: &mut Ctx) -> Result<CacheKey> {
 /// ejections) is served at once where stale-if-error allows: asking the origin would only
 /// fail, and concurrent requests would queue on the cache lock behind each failure until
 /// Pingora gave up on them with a 502.
-pub(super) fn hit_freshness(ctx: &mut Ctx, meta: &CacheMeta, is_fresh: bool) -> Option<ForcedFreshness> {
+pub(super) fn hit_freshness(ctx: &mut Ctx, meta: &CacheMeta, is_fresh: bool, refreshing_elsewhere: bool) -> Option<ForcedFreshness> {
     let now = SystemTime::now();
     if is_fresh {
         return ctx.cache.rules.forces_revalidation(meta, now).then_some(ForcedFreshness::ForceExpired);
+    }
+    // Another replica holds the shared refresh lock: serve stale as stale-while-revalidate
+    // allows, without a second refresh of our own.
+    if refreshing_elsewhere && meta.serve_stale_while_revalidate(now) && !ctx.cache.rules.forces_revalidation(meta, now) {
+        ctx.cache.stale_refreshed_elsewhere = true;
+        return Some(ForcedFreshness::ForceFresh);
     }
     let pool_down = ctx.route.pool.as_ref().is_some_and(|p| !p.any_healthy());
     if pool_down && meta.serve_stale_if_error(now) && !ctx.cache.rules.forces_revalidation(meta, now) {

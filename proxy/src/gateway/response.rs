@@ -37,6 +37,7 @@ impl State {
             upstream_error,
             origin_down: ctx.cache.stale_while_origin_down,
             from_shared_tier: ctx.cache.from_shared_tier,
+            refreshed_elsewhere: ctx.cache.stale_refreshed_elsewhere,
         };
         let o = crate::cache::status::outcome(&facts, SystemTime::now());
         ctx.cache.outcome = Some(o.clone());

@@ -313,3 +313,54 @@ async fn expired_objects_leave_no_index_entries_behind() {
     .await;
     assert!(pruned, "only /later stays indexed: urls {} paths {}", count("portier:urls").await, count("portier:paths").await);
 }
+
+/// Stale-while-revalidate refreshes once for all replicas: the replica that takes the shared
+/// lock refreshes, the others serve stale without asking the origin, then pick up the
+/// refreshed copy from Redis.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn stale_while_revalidate_refreshes_once_across_replicas() {
+    let redis = Redis::start().await;
+    let origin = Scripted::start(|_, n| {
+        Reply::new(200, &[("Cache-Control", "max-age=1, stale-while-revalidate=30")], format!("v{n}")).delay(Duration::from_millis(200))
+    })
+    .await;
+    let top = format!("[cache.shared]\nurl = \"{}\"\n", redis.url());
+    let replicas: Vec<Portier> = (0..3).map(|_| Portier::start(&config_for(origin.addr, "", &top))).collect();
+    for r in &replicas {
+        wait_connected(r).await;
+    }
+    assert_eq!(fetch(replicas[0].public, "/swr").await.text(), "v1");
+    for r in &replicas[1..] {
+        assert_eq!(fetch(r.public, "/swr").await.header("x-cache"), "HIT");
+    }
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    // Stale everywhere: all three replicas asked at once, twice.
+    let mut statuses = Vec::new();
+    for _ in 0..2 {
+        let asks: Vec<_> = replicas
+            .iter()
+            .map(|r| {
+                let addr = r.public;
+                tokio::spawn(async move { fetch(addr, "/swr").await })
+            })
+            .collect();
+        for ask in asks {
+            let r = ask.await.unwrap();
+            assert_eq!((r.status, r.text()), (200, "v1".to_string()), "stale served at once: {r:?}");
+            statuses.push(r.header("cache-status").to_string());
+        }
+    }
+    // The refresh lands (200 ms origin), then every replica serves the new copy.
+    let refreshed = eventually(Duration::from_secs(5), async || {
+        let mut all = true;
+        for r in &replicas {
+            all &= fetch(r.public, "/swr").await.text() == "v2";
+        }
+        all
+    })
+    .await;
+    assert!(refreshed, "every replica serves the refreshed copy");
+    println!("swr across replicas: origin requests {}, statuses {statuses:?}", origin.count("/swr"));
+    assert_eq!(origin.count("/swr"), 2, "one fill and one refresh for three replicas");
+    assert!(statuses.iter().all(|s| s.contains("detail=stale-while-revalidate")), "{statuses:?}");
+}
