@@ -4,7 +4,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: all build release demo test deps toolchain test-deps bench bench-vs fuzz fmt lint unit clean
+.PHONY: all build release demo test deps toolchain test-deps bench bench-vs fuzz fresh-check fmt lint unit clean
 
 all: build
 
@@ -61,6 +61,11 @@ release: deps
 # Starts the sample origin and Portier on :8080 (admin on 127.0.0.1:9901), prints what to try.
 demo: release
 	./target/release/portier demo
+
+# The two commands on a fresh Debian 12 root (mmdebstrap), from nothing to green; not part
+# of `make test`: it downloads and builds everything again. Needs root.
+fresh-check:
+	./scripts/fresh-check
 
 # Benchmarks (not part of `make test`): figures go to benches/README.md.
 bench: deps
