@@ -4,7 +4,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: all build release demo test deps toolchain test-deps bench bench-vs fuzz fresh-check fmt lint unit clean
+.PHONY: all build release demo image test deps toolchain test-deps bench bench-vs fuzz fresh-check fmt lint unit clean
 
 all: build
 
@@ -61,6 +61,13 @@ release: deps
 # Starts the sample origin and Portier on :8080 (admin on 127.0.0.1:9901), prints what to try.
 demo: release
 	./target/release/portier demo
+
+# Portier's container image, which the Compose files in deploy/ reference by tag (they run
+# from the application repository: see deploy/README.md). Needs a Docker engine.
+IMAGE ?= portier:0.1.0
+image:
+	@command -v docker >/dev/null || { echo "docker not found: install Docker Engine (https://docs.docker.com/engine/install/debian/)"; exit 1; }
+	docker build -t $(IMAGE) -f deploy/Dockerfile .
 
 # The two commands on a fresh Debian 12 root (mmdebstrap), from nothing to green; not part
 # of `make test`: it downloads and builds everything again. Needs root.

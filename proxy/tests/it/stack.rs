@@ -99,6 +99,96 @@ sys.exit(1 if bad else 0)
     assert_eq!(dev["services"]["proxy"]["environment"]["PORTIER_UPSTREAM_WEB"].as_str(), Some("web:5173"));
 }
 
+/// The supported layout (deploy/README.md): the application repository's root with its
+/// `apps/*` and `.env`, plus Portier's `deploy/`, `config/` and `observability/` copied in.
+/// Every path a Compose file names must resolve there; paths under `apps/` are the app's own
+/// (the skeleton stands for them), everything else must come from the copied folders.
+#[test]
+fn compose_paths_resolve_in_the_supported_layout() {
+    fn copy(from: &Path, to: &Path) {
+        std::fs::create_dir_all(to).unwrap();
+        for e in std::fs::read_dir(from).unwrap().map(|e| e.unwrap()) {
+            let target = to.join(e.file_name());
+            if e.path().is_dir() {
+                copy(&e.path(), &target);
+            } else {
+                std::fs::copy(e.path(), target).unwrap();
+            }
+        }
+    }
+    let app = tempfile::tempdir().unwrap();
+    for dir in ["deploy", "config", "observability"] {
+        copy(&root().join(dir), &app.path().join(dir));
+    }
+    for a in ["api", "web", "landing"] {
+        std::fs::create_dir_all(app.path().join("apps").join(a)).unwrap();
+        std::fs::write(app.path().join("apps").join(a).join("Dockerfile"), "FROM node:20\n").unwrap();
+    }
+    std::fs::write(app.path().join(".env"), "GRAFANA_ADMIN_USER=admin\n").unwrap();
+    let deploy = app.path().join("deploy");
+    let resolve = |p: &str| -> PathBuf {
+        let mut out = deploy.clone();
+        for part in Path::new(p).components() {
+            match part {
+                std::path::Component::ParentDir => assert!(out.pop(), "{p} leaves the layout"),
+                std::path::Component::CurDir => {}
+                c => out.push(c),
+            }
+        }
+        assert!(out.starts_with(app.path()), "{p} points outside the application repository");
+        out
+    };
+    let prod: serde_yaml::Value = serde_yaml::from_str(&std::fs::read_to_string(deploy.join("docker-compose.prod.yml")).unwrap()).unwrap();
+    let mut checked = 0;
+    for f in ["docker-compose.yml", "docker-compose.prod.yml", "docker-compose.observability.yml", "docker-compose.scale.yml"] {
+        let doc: serde_yaml::Value = serde_yaml::from_str(&std::fs::read_to_string(deploy.join(f)).unwrap()).unwrap();
+        for (svc_name, svc) in doc["services"].as_mapping().unwrap() {
+            let name = format!("{f}: {}", svc_name.as_str().unwrap());
+            let build = &svc["build"];
+            let (context, dockerfile) = match build {
+                serde_yaml::Value::String(c) => (Some(c.clone()), "Dockerfile".to_string()),
+                serde_yaml::Value::Mapping(_) => {
+                    (build["context"].as_str().map(str::to_string), build["dockerfile"].as_str().unwrap_or("Dockerfile").to_string())
+                }
+                _ => (None, String::new()),
+            };
+            if let Some(c) = context {
+                let dir = resolve(&c);
+                assert!(dir.starts_with(app.path().join("apps")), "{name}: builds from {c}, which the app repository does not have");
+                assert!(dir.join(&dockerfile).is_file(), "{name}: {c}/{dockerfile} missing");
+                checked += 1;
+            } else if !(f == "docker-compose.scale.yml" && prod["services"].get(svc_name).is_some()) {
+                // (The scaled stack is an overlay: its `proxy` is prod's, reconfigured.)
+                assert!(svc["image"].is_string(), "{name}: neither image nor build");
+            }
+            for v in svc["volumes"].as_sequence().into_iter().flatten() {
+                let src = match v {
+                    serde_yaml::Value::String(s) => s.split(':').next().unwrap().to_string(),
+                    m => m["source"].as_str().unwrap_or("").to_string(),
+                };
+                // Absolute sources are the Docker host's own (the socket, container logs).
+                if src.starts_with('.') {
+                    assert!(resolve(&src).exists(), "{name}: volume source {src} missing in the layout");
+                    checked += 1;
+                }
+            }
+            let env_files: Vec<String> = match &svc["env_file"] {
+                serde_yaml::Value::String(s) => vec![s.clone()],
+                serde_yaml::Value::Sequence(v) => v.iter().filter_map(|e| e.as_str().map(str::to_string)).collect(),
+                _ => vec![],
+            };
+            for e in env_files {
+                assert!(resolve(&e).is_file(), "{name}: env_file {e} missing");
+                checked += 1;
+            }
+            if svc["image"].as_str().is_some_and(|i| i.contains("portier")) || name.contains(": proxy-") {
+                assert_eq!(svc["image"].as_str(), Some("${PORTIER_IMAGE:-portier:0.1.0}"), "{name}: the image `make image` builds");
+            }
+        }
+    }
+    assert!(checked >= 15, "{checked} paths checked");
+}
+
 #[test]
 fn dockerfile_paths_exist() {
     let text = std::fs::read_to_string(root().join("deploy/Dockerfile")).unwrap();
