@@ -71,3 +71,37 @@ async fn a_profile_whose_client_left_stops_and_frees_the_profiler() {
     let freed = eventually(Duration::from_secs(5), async || get(p.admin, "/debug/pprof/profile?seconds=1").await.status == 200).await;
     assert!(freed, "the abandoned profile stopped and the profiler is free again");
 }
+
+/// The image strips debug information but keeps the symbol table (deploy/Dockerfile:
+/// `strip --strip-debug`), so CPU profiles taken in the container still name Portier's
+/// functions; a fully stripped binary's profile names none of them.
+#[tokio::test(flavor = "multi_thread")]
+async fn profiles_of_a_binary_stripped_as_in_the_image_name_portiers_functions() {
+    let api = origin().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut names_by_kind = Vec::new();
+    for (kind, args) in [("strip-debug", &["--strip-debug"][..]), ("strip-all", &[][..])] {
+        let out = dir.path().join(format!("portier-{kind}"));
+        let st = std::process::Command::new("strip").args(args).arg("-o").arg(&out).arg(bin()).status().expect("strip (binutils) runs");
+        assert!(st.success());
+        let p = Portier::start_binary(&out, &two_pool_config(api.addr, api.addr), &[]);
+        let admin = p.admin;
+        let profile = tokio::spawn(async move { request(admin, "GET", "/debug/pprof/profile?seconds=1", &[], b"").await.unwrap() });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        // Work to sample for the whole second (bounded: 20,000 requests at most).
+        for _ in 0..20_000 {
+            if profile.is_finished() {
+                break;
+            }
+            get(p.public, "/api/stats/summary?username=demo").await;
+        }
+        let r = profile.await.unwrap();
+        assert_eq!(r.status, 200);
+        let prof = pprof::protos::Profile::decode(r.body.as_slice()).expect("a pprof protobuf");
+        let ours = prof.string_table.iter().filter(|s| s.contains("portier::")).count();
+        names_by_kind.push((kind, ours, std::fs::metadata(&out).unwrap().len()));
+    }
+    println!("profile function names from portier:: and binary size: {names_by_kind:?}");
+    assert!(names_by_kind[0].1 > 0, "strip --strip-debug keeps the names: {names_by_kind:?}");
+    assert_eq!(names_by_kind[1].1, 0, "a full strip loses them: {names_by_kind:?}");
+}

@@ -203,6 +203,9 @@ fn dockerfile_paths_exist() {
     assert!(checked >= 5);
     assert!(text.contains("HEALTHCHECK") && text.contains("healthcheck") && text.contains("USER 10001"));
     assert!(text.contains("EXPOSE 8080 9901"));
+    // Profiles from the container stay readable (profiling::profiles_of_a_binary_stripped_...).
+    assert!(text.contains("strip --strip-debug target/release/portier"), "keep the symbol table");
+    assert!(!text.lines().any(|l| l.trim_start().starts_with("&& strip target/")), "no full strip");
     // The health check command the image runs exists and works.
     let out = Command::new(bin()).args(["healthcheck", "--admin", &closed_port().to_string()]).output().unwrap();
     assert!(!out.status.success());

@@ -110,6 +110,11 @@ impl Portier {
     }
 
     pub fn start_with_env(config: &str, env: &[(&str, &str)]) -> Portier {
+        Self::start_binary(&bin(), config, env)
+    }
+
+    /// [`Self::start_with_env`] with another build of the binary (a stripped copy).
+    pub fn start_binary(binary: &std::path::Path, config: &str, env: &[(&str, &str)]) -> Portier {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("portier.toml");
         let text = if config.contains("[listen]") {
@@ -118,7 +123,7 @@ impl Portier {
             format!("[listen]\npublic = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\n{config}")
         };
         std::fs::write(&path, text).unwrap();
-        let mut cmd = Command::new(bin());
+        let mut cmd = Command::new(binary);
         cmd.arg("run").arg("--config").arg(&path).stdout(Stdio::piped()).stderr(Stdio::piped());
         for (k, v) in env {
             cmd.env(k, v);
