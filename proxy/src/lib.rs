@@ -15,6 +15,7 @@ pub mod fuzzing;
 pub(crate) mod gateway;
 pub(crate) mod http_client;
 pub(crate) mod limits;
+pub(crate) mod operator;
 pub(crate) mod proof;
 pub(crate) mod reload;
 pub(crate) mod response_headers;

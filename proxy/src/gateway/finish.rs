@@ -68,6 +68,7 @@ impl State {
         };
         if self.config.telemetry.metrics {
             self.metrics.record_request(&summary);
+            self.record_for_operator(ctx, &summary);
         }
         if let Some(cx) = ctx.trace.server.take() {
             traces::finish(&cx, summary.status, || span_attributes(&summary));
@@ -77,6 +78,16 @@ impl State {
 }
 
 impl State {
+    /// Counts a request by path for the admin `/ui` page, when the cache had a say in it.
+    fn record_for_operator(&self, ctx: &Ctx, summary: &RequestSummary<'_>) {
+        use crate::cache::status::CacheDecision;
+        if let (Some(o), CacheDecision::Eligible | CacheDecision::NotStored(_) | CacheDecision::Bypass(_)) =
+            (&ctx.cache.outcome, ctx.cache.decision)
+        {
+            self.operator.record(summary.path, o.status, o.details.detail.or(o.details.fwd));
+        }
+    }
+
     /// A miss that took the shared tier's fill lock and stored nothing (not storable, the
     /// origin failed, the client left) gives it up now instead of making the other replicas
     /// wait for it to expire. A stored fill released it already.

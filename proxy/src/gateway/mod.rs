@@ -49,6 +49,8 @@ pub struct State {
     pub(crate) client_slots: Arc<crate::limits::ClientSlots>,
     /// Open client connections, counted by Pingora's accept loop against `limits.max_connections`.
     pub(crate) connections: Arc<pingora_core::apps::ConnectionLimit>,
+    /// The admin `/ui` page's counts and history.
+    pub(crate) operator: Arc<crate::operator::OperatorView>,
 }
 
 /// What outlives a configuration reload.
@@ -59,6 +61,7 @@ struct Shared {
     profiling: Arc<crate::telemetry::profiling::Profiling>,
     challenges: Arc<crate::acme::Challenges>,
     connections: Arc<pingora_core::apps::ConnectionLimit>,
+    operator: Arc<crate::operator::OperatorView>,
 }
 
 impl State {
@@ -71,7 +74,9 @@ impl State {
             profiling: Arc::new(crate::telemetry::profiling::Profiling::new()),
             challenges: Arc::default(),
             connections: crate::limits::connection_gate(&config.limits),
+            operator: Arc::default(),
         };
+        crate::operator::OperatorView::start_sampling(&shared.operator, &shared.metrics);
         State::build(config, upstreams, cache, shared)
     }
 
@@ -90,12 +95,13 @@ impl State {
             profiling: self.profiling.clone(),
             challenges: self.challenges.clone(),
             connections: self.connections.clone(),
+            operator: self.operator.clone(),
         };
         State::build(config, upstreams, cache, shared)
     }
 
     fn build(config: Config, upstreams: Arc<Upstreams>, cache: Option<CacheLayer>, shared: Shared) -> Self {
-        let Shared { metrics, access_log, tracing, profiling, challenges, connections } = shared;
+        let Shared { metrics, access_log, tracing, profiling, challenges, connections, operator } = shared;
         State {
             router: Router::new(&config.routes),
             methods: KnownMethods::new(config.invalidation.iter().map(|r| r.method.0.clone())),
@@ -110,6 +116,7 @@ impl State {
             profiling,
             challenges,
             connections,
+            operator,
         }
     }
 }

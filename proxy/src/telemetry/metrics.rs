@@ -347,6 +347,11 @@ impl Metrics {
         self.limits_refused.with_label_values(&[limit]).inc();
     }
 
+    /// Body bytes served so far: (from the cache, from the origin).
+    pub(crate) fn served_bytes(&self) -> (u64, u64) {
+        (self.served_bytes.with_label_values(&["cache"]).get(), self.served_bytes.with_label_values(&["origin"]).get())
+    }
+
     pub(crate) fn upstream_error(&self, pool: &str, kind: UpstreamErrorKind) {
         self.upstream_errors.with_label_values(&[pool, kind.as_str()]).inc();
     }

@@ -13,6 +13,7 @@ mod compression;
 mod foundation;
 mod hardening;
 mod lighthouse;
+mod operator_ui;
 mod profiling;
 mod prometheus;
 mod proof;
