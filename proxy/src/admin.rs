@@ -60,7 +60,7 @@ async fn read_body(session: &mut ServerSession) -> Result<Vec<u8>, String> {
     }
 }
 
-const ENDPOINTS: [&str; 9] = [
+const ENDPOINTS: [&str; 10] = [
     "GET /ui",
     "GET /ui/data",
     "GET /healthz",
@@ -70,6 +70,7 @@ const ENDPOINTS: [&str; 9] = [
     "POST /cache/purge",
     "POST /config/reload",
     "GET /debug/pprof/profile?seconds=N",
+    "GET /debug/pprof/heap",
 ];
 
 impl Admin {
@@ -150,6 +151,21 @@ impl Admin {
             Err(e @ (ProfileError::Busy | ProfileError::PushActive)) => {
                 json_response(StatusCode::CONFLICT, &json!({"error": e.to_string()}))
             }
+            Err(e) => json_response(StatusCode::INTERNAL_SERVER_ERROR, &json!({"error": e.to_string()})),
+        }
+    }
+
+    /// `GET /debug/pprof/heap`: what the heap holds now (gzipped pprof, `go tool pprof` reads it).
+    async fn heap_profile(&self) -> Response<Vec<u8>> {
+        match tokio::task::spawn_blocking(crate::telemetry::profiling::Profiling::heap_profile).await {
+            Ok(Ok(bytes)) => Response::builder()
+                .status(StatusCode::OK)
+                .header("content-type", "application/octet-stream")
+                .header("content-disposition", "attachment; filename=\"heap.pb.gz\"")
+                .header("content-length", bytes.len())
+                .body(bytes)
+                .unwrap_or_default(),
+            Ok(Err(e)) => json_response(StatusCode::INTERNAL_SERVER_ERROR, &json!({"error": e.to_string()})),
             Err(e) => json_response(StatusCode::INTERNAL_SERVER_ERROR, &json!({"error": e.to_string()})),
         }
     }
@@ -320,6 +336,10 @@ impl ServeHttp for Admin {
             ("POST", "/config/reload") => match self.guard(session) {
                 None => self.reload().await,
                 Some(refusal) => refusal,
+            },
+            ("GET", "/debug/pprof/heap") => match self.guard(session) {
+                Some(refused) => refused,
+                None => self.heap_profile().await,
             },
             ("GET", "/debug/pprof/profile") => match self.guard(session) {
                 None => self.profile(session).await,

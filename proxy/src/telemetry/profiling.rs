@@ -144,10 +144,36 @@ impl Profiling {
                     };
                     let c = if ok { &counters.pushed } else { &counters.failed };
                     c.fetch_add(1, Ordering::Relaxed);
+                    // Then the allocations: Pyroscope's "memory" profile type, in-use space.
+                    if let Ok(raw) = Profiling::heap_profile() {
+                        let req = push_proto::PushRequest {
+                            series: vec![push_proto::RawProfileSeries {
+                                labels: [("__name__", "memory"), ("service_name", service.as_str()), ("__delta__", "false")]
+                                    .iter()
+                                    .map(|(k, v)| push_proto::LabelPair { name: k.to_string(), value: v.to_string() })
+                                    .collect(),
+                                samples: vec![push_proto::RawSample { raw_profile: raw, id: format!("heap-{n}") }],
+                            }],
+                        };
+                        let ok = matches!(post(&host, &path, "application/proto", &prost::Message::encode_to_vec(&req)), Ok(200..=299));
+                        let c = if ok { &counters.pushed } else { &counters.failed };
+                        c.fetch_add(1, Ordering::Relaxed);
+                    }
                 }
             })
             .map_err(|e| ProfileError::Failed(format!("cannot start the push thread: {e}")))?;
         Ok(())
+    }
+
+    /// What the heap holds now, as sampled by jemalloc: a gzipped pprof protobuf
+    /// (`inuse_space`, bytes), symbolized. Fails when the allocator is not jemalloc with
+    /// profiling (the unit tests' default allocator).
+    pub fn heap_profile() -> Result<Vec<u8>, ProfileError> {
+        let ctl = jemalloc_pprof::PROF_CTL
+            .as_ref()
+            .ok_or_else(|| ProfileError::Failed("heap profiling is off (the allocator is not jemalloc with prof:true)".into()))?;
+        let mut ctl = ctl.blocking_lock();
+        ctl.dump_pprof().map_err(|e| ProfileError::Failed(format!("heap profile: {e}")))
     }
 
     pub fn push_active(&self) -> bool {

@@ -47,6 +47,11 @@ async fn profiles_are_pushed_to_pyroscope_with_the_service_name() {
     assert!(push.body.len() > 20);
     let body = String::from_utf8_lossy(&push.body);
     assert!(body.contains("service_name") && body.contains("proxy") && body.contains("process_cpu"), "labels in the push");
+    // Each window also pushes what the heap holds (jemalloc's in-use space).
+    assert!(
+        eventually(Duration::from_secs(6), async || rx.seen().iter().any(|p| String::from_utf8_lossy(&p.body).contains("memory"))).await,
+        "a heap profile was pushed as Pyroscope's memory type"
+    );
     assert!(
         eventually(Duration::from_secs(3), async || {
             metric_value(&get(p.admin, "/metrics").await.text(), "profiles_pushed_total{outcome=\"ok\"}").unwrap_or(0.0) >= 1.0
@@ -104,4 +109,39 @@ async fn profiles_of_a_binary_stripped_as_in_the_image_name_portiers_functions()
     println!("profile function names from portier:: and binary size: {names_by_kind:?}");
     assert!(names_by_kind[0].1 > 0, "strip --strip-debug keeps the names: {names_by_kind:?}");
     assert_eq!(names_by_kind[1].1, 0, "a full strip loses them: {names_by_kind:?}");
+}
+
+/// `/debug/pprof/heap`: jemalloc's sampled heap as a gzipped pprof whose stacks name
+/// Portier's allocation sites (here sampled every 16 KiB, `_RJEM_MALLOC_CONF`, instead of
+/// the default 4 MiB, so a few MB of cache entries show up).
+#[tokio::test(flavor = "multi_thread")]
+async fn heap_profiles_decode_and_name_portiers_allocation_sites() {
+    use std::io::Read;
+    let origin = crate::common::scripted::Scripted::start(|_, _| {
+        crate::common::scripted::Reply::new(200, &[("Cache-Control", "max-age=600")], vec![b'h'; 8192])
+    })
+    .await;
+    let p =
+        Portier::start_with_env(&crate::common::scripted::config_for(origin.addr, "", ""), &[("_RJEM_MALLOC_CONF", "lg_prof_sample:14")]);
+    for i in 0..400 {
+        assert_eq!(get(p.public, &format!("/heap/{i}")).await.status, 200);
+    }
+    let r = get(p.admin, "/debug/pprof/heap").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let mut raw = Vec::new();
+    flate2::read::GzDecoder::new(r.body.as_slice()).read_to_end(&mut raw).expect("gzipped");
+    let prof = pprof::protos::Profile::decode(raw.as_slice()).expect("a pprof protobuf");
+    let strings = &prof.string_table;
+    let sample_types: Vec<&str> = prof.sample_type.iter().map(|t| strings[t.ty as usize].as_str()).collect();
+    assert_eq!(sample_types, ["inuse_space"], "{sample_types:?}");
+    assert!(!prof.sample.is_empty(), "sampled allocations");
+    let ours: Vec<&String> = strings.iter().filter(|s| s.contains("portier::")).collect();
+    println!(
+        "heap profile: {} samples, {} portier:: frames, e.g. {:?}",
+        prof.sample.len(),
+        ours.len(),
+        ours.iter().take(3).collect::<Vec<_>>()
+    );
+    assert!(ours.iter().any(|s| s.contains("portier::cache")), "an allocation site in the cache: {ours:?}");
+    assert_eq!(get(p.admin, "/debug/pprof/heap").await.status, 200, "again");
 }
