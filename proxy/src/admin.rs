@@ -14,6 +14,17 @@ pub struct Admin {
     pub(crate) reloader: Arc<crate::reload::Reloader>,
 }
 
+/// A profile to save (`curl -o`), named for the browser.
+fn download(bytes: Vec<u8>, filename: &str) -> Response<Vec<u8>> {
+    Response::builder()
+        .status(StatusCode::OK)
+        .header("content-type", "application/octet-stream")
+        .header("content-disposition", format!("attachment; filename=\"{filename}\""))
+        .header("content-length", bytes.len())
+        .body(bytes)
+        .unwrap_or_default()
+}
+
 pub fn json_response(status: StatusCode, body: &serde_json::Value) -> Response<Vec<u8>> {
     let bytes = body.to_string().into_bytes();
     Response::builder()
@@ -141,13 +152,7 @@ impl Admin {
         // The request has no body: reading completes only when the client closes.
         let client_gone = async { while let Ok(Some(_)) = session.read_body_or_idle(true).await {} };
         match self.state().profiling.cpu_profile(seconds, client_gone).await {
-            Ok(bytes) => Response::builder()
-                .status(StatusCode::OK)
-                .header("content-type", "application/octet-stream")
-                .header("content-disposition", "attachment; filename=\"profile.pb\"")
-                .header("content-length", bytes.len())
-                .body(bytes)
-                .unwrap_or_default(),
+            Ok(bytes) => download(bytes, "profile.pb"),
             Err(e @ (ProfileError::Busy | ProfileError::PushActive)) => {
                 json_response(StatusCode::CONFLICT, &json!({"error": e.to_string()}))
             }
@@ -158,13 +163,7 @@ impl Admin {
     /// `GET /debug/pprof/heap`: what the heap holds now (gzipped pprof, `go tool pprof` reads it).
     async fn heap_profile(&self) -> Response<Vec<u8>> {
         match tokio::task::spawn_blocking(crate::telemetry::profiling::Profiling::heap_profile).await {
-            Ok(Ok(bytes)) => Response::builder()
-                .status(StatusCode::OK)
-                .header("content-type", "application/octet-stream")
-                .header("content-disposition", "attachment; filename=\"heap.pb.gz\"")
-                .header("content-length", bytes.len())
-                .body(bytes)
-                .unwrap_or_default(),
+            Ok(Ok(bytes)) => download(bytes, "heap.pb.gz"),
             Ok(Err(e)) => json_response(StatusCode::INTERNAL_SERVER_ERROR, &json!({"error": e.to_string()})),
             Err(e) => json_response(StatusCode::INTERNAL_SERVER_ERROR, &json!({"error": e.to_string()})),
         }

@@ -123,41 +123,34 @@ impl Profiling {
             .name("pyroscope-push".into())
             .spawn(move || {
                 let mut n = 0u64;
+                // One series per window and profile type; a failed push is counted, no retry.
+                let push = |name: &str, raw: Vec<u8>, id: String| {
+                    let req = push_proto::PushRequest {
+                        series: vec![push_proto::RawProfileSeries {
+                            labels: [("__name__", name), ("service_name", service.as_str()), ("__delta__", "false")]
+                                .iter()
+                                .map(|(k, v)| push_proto::LabelPair { name: k.to_string(), value: v.to_string() })
+                                .collect(),
+                            samples: vec![push_proto::RawSample { raw_profile: raw, id }],
+                        }],
+                    };
+                    let ok = matches!(post(&host, &path, "application/proto", &prost::Message::encode_to_vec(&req)), Ok(200..=299));
+                    let c = if ok { &counters.pushed } else { &counters.failed };
+                    c.fetch_add(1, Ordering::Relaxed);
+                };
                 while pushing.load(Ordering::SeqCst) {
                     // Nothing stops a pushed profile early: the sender is held, never used.
                     let (_held, never) = std::sync::mpsc::channel();
-                    let ok = match take_profile(interval, never) {
-                        Ok(raw) => {
-                            n += 1;
-                            let req = push_proto::PushRequest {
-                                series: vec![push_proto::RawProfileSeries {
-                                    labels: [("__name__", "process_cpu"), ("service_name", service.as_str()), ("__delta__", "false")]
-                                        .iter()
-                                        .map(|(k, v)| push_proto::LabelPair { name: k.to_string(), value: v.to_string() })
-                                        .collect(),
-                                    samples: vec![push_proto::RawSample { raw_profile: raw, id: format!("{n}") }],
-                                }],
-                            };
-                            matches!(post(&host, &path, "application/proto", &prost::Message::encode_to_vec(&req)), Ok(200..=299))
+                    n += 1;
+                    match take_profile(interval, never) {
+                        Ok(raw) => push("process_cpu", raw, format!("{n}")),
+                        Err(_) => {
+                            counters.failed.fetch_add(1, Ordering::Relaxed);
                         }
-                        Err(_) => false,
-                    };
-                    let c = if ok { &counters.pushed } else { &counters.failed };
-                    c.fetch_add(1, Ordering::Relaxed);
+                    }
                     // Then the allocations: Pyroscope's "memory" profile type, in-use space.
                     if let Ok(raw) = Profiling::heap_profile() {
-                        let req = push_proto::PushRequest {
-                            series: vec![push_proto::RawProfileSeries {
-                                labels: [("__name__", "memory"), ("service_name", service.as_str()), ("__delta__", "false")]
-                                    .iter()
-                                    .map(|(k, v)| push_proto::LabelPair { name: k.to_string(), value: v.to_string() })
-                                    .collect(),
-                                samples: vec![push_proto::RawSample { raw_profile: raw, id: format!("heap-{n}") }],
-                            }],
-                        };
-                        let ok = matches!(post(&host, &path, "application/proto", &prost::Message::encode_to_vec(&req)), Ok(200..=299));
-                        let c = if ok { &counters.pushed } else { &counters.failed };
-                        c.fetch_add(1, Ordering::Relaxed);
+                        push("memory", raw, format!("heap-{n}"));
                     }
                 }
             })

@@ -1,7 +1,7 @@
 // Loads `portier demo`'s page in Debian's headless Chromium, records every network response
 // through the DevTools protocol (what the Network panel shows), reloads, and prints a JSON
 // report on stdout. Usage: node check.mjs BASE_URL SCREENSHOT.png
-import { chromium } from 'playwright-core';
+import { launch } from './launch.mjs';
 
 const [base, shot] = process.argv.slice(2);
 if (!base || !shot) {
@@ -9,12 +9,7 @@ if (!base || !shot) {
   process.exit(2);
 }
 
-const browser = await chromium.launch({
-  executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
-  headless: true,
-  args: ['--headless', '--no-sandbox', '--disable-gpu', '--no-first-run', '--disable-background-networking',
-         '--disable-component-update', '--disable-sync', '--disable-quic'],
-});
+const browser = await launch();
 try {
   const context = await browser.newContext(); // a fresh profile
   const page = await context.newPage();

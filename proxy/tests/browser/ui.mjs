@@ -1,19 +1,14 @@
 // Opens Portier's admin /ui page in Debian's headless Chromium, waits for it to render its
 // data, reads the numbers and tables from the DOM, purges one URL through the page's form,
 // and prints a JSON report. Usage: node ui.mjs ADMIN_BASE_URL SCREENSHOT.png PURGE_URL
-import { chromium } from 'playwright-core';
+import { launch } from './launch.mjs';
 
 const [base, shot, purgeUrl] = process.argv.slice(2);
 if (!base || !shot || !purgeUrl) {
   console.error('usage: node ui.mjs ADMIN_BASE_URL SCREENSHOT.png PURGE_URL');
   process.exit(2);
 }
-const browser = await chromium.launch({
-  executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
-  headless: true,
-  args: ['--headless', '--no-sandbox', '--disable-gpu', '--no-first-run', '--disable-background-networking',
-         '--disable-component-update', '--disable-sync', '--disable-quic'],
-});
+const browser = await launch();
 try {
   const page = await (await browser.newContext()).newPage();
   const errors = [];
