@@ -125,6 +125,10 @@ fn compose_paths_resolve_in_the_supported_layout() {
         std::fs::write(app.path().join("apps").join(a).join("Dockerfile"), "FROM node:20\n").unwrap();
     }
     std::fs::write(app.path().join(".env"), "GRAFANA_ADMIN_USER=admin\n").unwrap();
+    // The runbook's own dashboard, which must stay visible next to Portier's.
+    let app_dashboards = app.path().join("apps/observability/grafana/provisioning/dashboards/json");
+    std::fs::create_dir_all(&app_dashboards).unwrap();
+    std::fs::write(app_dashboards.join("api-runtime-overview.json"), r#"{"title":"API Runtime Overview"}"#).unwrap();
     let deploy = app.path().join("deploy");
     let resolve = |p: &str| -> PathBuf {
         let mut out = deploy.clone();
@@ -187,6 +191,18 @@ fn compose_paths_resolve_in_the_supported_layout() {
         }
     }
     assert!(checked >= 15, "{checked} paths checked");
+    // Grafana gets the app's dashboards folder and a provider reading it.
+    let obs: serde_yaml::Value =
+        serde_yaml::from_str(&std::fs::read_to_string(deploy.join("docker-compose.observability.yml")).unwrap()).unwrap();
+    let mounts: Vec<&str> = obs["services"]["grafana"]["volumes"].as_sequence().unwrap().iter().filter_map(|v| v.as_str()).collect();
+    let app_mount = mounts.iter().find(|m| m.ends_with(":/etc/grafana/dashboards-app:ro")).expect("the app's dashboards are mounted");
+    assert!(resolve(app_mount.split(':').next().unwrap()).join("api-runtime-overview.json").is_file());
+    let providers: serde_yaml::Value = serde_yaml::from_str(
+        &std::fs::read_to_string(app.path().join("observability/grafana/provisioning/dashboards/observability.yml")).unwrap(),
+    )
+    .unwrap();
+    let paths: Vec<&str> = providers["providers"].as_sequence().unwrap().iter().filter_map(|p| p["options"]["path"].as_str()).collect();
+    assert_eq!(paths, ["/etc/grafana/provisioning/dashboards/json", "/etc/grafana/dashboards-app"]);
 }
 
 #[test]
