@@ -361,7 +361,7 @@ pub mod recorder;
 pub mod redis;
 
 /// One keep-alive GET on `s`; the status and body, or None when the connection failed.
-pub async fn keep_alive_get(s: &mut tokio::net::TcpStream, host: std::net::SocketAddr, path: &str) -> Option<(u16, String)> {
+pub async fn keep_alive_get(s: &mut tokio::net::TcpStream, host: impl std::fmt::Display, path: &str) -> Option<(u16, String)> {
     s.write_all(format!("GET {path} HTTP/1.1\r\nHost: {host}\r\n\r\n").as_bytes()).await.ok()?;
     let mut raw = Vec::new();
     let mut buf = [0u8; 4096];
