@@ -113,8 +113,14 @@ struct Handles {
     served: IntCounter,
 }
 
+/// The handle cache's keys are hashes of internal, bounded labels (route span names, known
+/// methods, statuses), never raw client input: a fast fixed hasher is enough, and SipHash
+/// twice per request was measurable on the hit path.
+type FastState = foldhash::fast::FixedState;
+
 thread_local! {
-    static HANDLES: std::cell::RefCell<std::collections::HashMap<u64, Handles>> = std::cell::RefCell::new(std::collections::HashMap::new());
+    static HANDLES: std::cell::RefCell<std::collections::HashMap<u64, Handles, FastState>> =
+        std::cell::RefCell::new(std::collections::HashMap::with_hasher(FastState::default()));
 }
 
 /// Why entries were purged: the `reason` label of `cache_purged_total`.
@@ -286,10 +292,14 @@ impl Metrics {
     /// The metric children for one label combination, cached per thread: resolving seven
     /// label values through the registry on every request cost measurable throughput.
     fn handles(&self, r: &RequestRecord<'_>) -> Handles {
-        use std::hash::{Hash, Hasher};
-        let mut hasher = std::collections::hash_map::DefaultHasher::new();
-        (self as *const Metrics as usize, r.span_name, r.method_label, r.status, r.cache_status.as_str()).hash(&mut hasher);
-        let key = hasher.finish();
+        use std::hash::BuildHasher;
+        let key = FastState::default().hash_one((
+            self as *const Metrics as usize,
+            r.span_name,
+            r.method_label,
+            r.status,
+            r.cache_status.as_str(),
+        ));
         HANDLES.with(|cache| {
             let mut cache = cache.borrow_mut();
             if let Some(h) = cache.get(&key) {
