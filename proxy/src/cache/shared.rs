@@ -22,7 +22,7 @@ use arc_swap::ArcSwapOption;
 use bytes::Bytes;
 use futures_util::StreamExt;
 use parking_lot::Mutex;
-use pingora_cache::key::HashBinary;
+use pingora_cache::key::{str2hex, HashBinary};
 use pingora_cache::CacheMeta;
 use redis::aio::MultiplexedConnection;
 use serde::{Deserialize, Serialize};
@@ -147,26 +147,15 @@ pub(crate) struct RedisTier {
     tokens: AtomicU64,
 }
 
-pub(crate) fn hex(h: &HashBinary) -> String {
+/// The hex form Pingora's `CacheHashKey::combined()` gives (its `hex2str` is private), for
+/// hashes held without their key.
+fn hex(h: &HashBinary) -> String {
     let mut s = String::with_capacity(32);
     for b in h {
         s.push(char::from(b"0123456789abcdef"[usize::from(b >> 4)]));
         s.push(char::from(b"0123456789abcdef"[usize::from(b & 15)]));
     }
     s
-}
-
-fn unhex(s: &str) -> Option<HashBinary> {
-    let b = s.as_bytes();
-    if b.len() != 32 {
-        return None;
-    }
-    let mut out = [0u8; 16];
-    for (i, o) in out.iter_mut().enumerate() {
-        let d = |c: u8| (c as char).to_digit(16).map(|v| v as u8);
-        *o = d(b[2 * i])? << 4 | d(b[2 * i + 1])?;
-    }
-    Some(out)
 }
 
 fn unix_ms() -> u64 {
@@ -581,7 +570,7 @@ impl RedisTier {
                     let mut parts = m.rsplitn(2, '\0');
                     let (Some(p), Some(front)) = (parts.next(), parts.next()) else { continue };
                     let url = if index == "paths" { front.split_once('\0').map_or(front, |(_, u)| u) } else { front };
-                    if sel.matches(url) && unhex(p).is_some() {
+                    if sel.matches(url) && str2hex(p).is_some() {
                         primaries.push((url.to_string(), p.to_string()));
                     }
                 }
@@ -649,12 +638,12 @@ impl RedisTier {
                 self.l1.purge_matching(sel, msg.soft);
             }
             Target::Primary(p) => {
-                if let Some(p) = unhex(p) {
+                if let Some(p) = str2hex(p) {
                     self.l1.purge_primary(&p, msg.soft);
                 }
             }
             Target::Combined(c) => {
-                if let Some(c) = unhex(c) {
+                if let Some(c) = str2hex(c) {
                     self.l1.purge_combined(&c, msg.soft);
                 }
             }
@@ -737,7 +726,7 @@ mod tests {
         assert!(decode(&Bytes::from_static(b"PT1\xff\xff\xff\xff")).is_none());
         assert!(decode(&Bytes::from_static(b"hello")).is_none());
         let k = pingora_cache::key::hash_key("x");
-        assert_eq!(unhex(&hex(&k)), Some(k));
+        assert_eq!(str2hex(&hex(&k)), Some(k));
     }
 
     #[test]

@@ -345,9 +345,8 @@ impl MemStorage {
         let meta = CacheMeta::deserialize(&internal, &header)?;
         let decoded = Decoded::of(&meta);
         let url: Arc<str> = key.primary_key_str().unwrap_or("").into();
-        let size = body.len() + meta_weight(&internal, &header, &decoded) + url.len() + path_of(&url).len() + ENTRY_OVERHEAD;
         let tags = tags_of(&meta);
-        Ok((meta, Entry { internal, header, decoded, body, primary: key.primary_bin(), url, tags, size }))
+        Ok((meta, Entry::new(internal, header, decoded, body, key.primary_bin(), url, tags)))
     }
 
     /// Drops every entry; returns how many there were.
@@ -463,8 +462,7 @@ impl MemStorage {
 
     /// Purges one cache key's every variant.
     pub fn purge_key(&self, key: &(impl CacheHashKey + ?Sized), soft: bool) -> usize {
-        let keys = self.inner.lock().index.variants.get(&key.primary_bin()).cloned().unwrap_or_default();
-        self.purge_keys(&keys, soft)
+        self.purge_primary(&key.primary_bin(), soft)
     }
 
     /// Removes (or, `soft`, expires) these entries; returns how many there were.
@@ -679,6 +677,21 @@ impl HandleMiss for Fill {
 }
 
 impl Entry {
+    /// An entry and the bytes it is counted for: headers (serialized and decoded), body, URL
+    /// and path as indexed, and the bookkeeping around them.
+    fn new(
+        internal: Bytes,
+        header: Bytes,
+        decoded: Option<Arc<Decoded>>,
+        body: Bytes,
+        primary: HashBinary,
+        url: Arc<str>,
+        tags: Box<[String]>,
+    ) -> Entry {
+        let size = body.len() + meta_weight(&internal, &header, &decoded) + url.len() + path_of(&url).len() + ENTRY_OVERHEAD;
+        Entry { internal, header, decoded, body, primary, url, tags, size }
+    }
+
     pub(crate) fn size(&self) -> usize {
         self.size
     }
@@ -747,11 +760,7 @@ impl Fill {
             ((s.internal, s.header), s.decoded)
         };
         let ((internal, header), decoded) = (internal_header, decoded);
-        let size = body.len() + meta_weight(&internal, &header, &decoded) + s.url.len() + path_of(&s.url).len() + ENTRY_OVERHEAD;
-        Ok((
-            s.combined,
-            Entry { internal: exact(internal), header: exact(header), decoded, body, primary: s.primary, url: s.url, tags: s.tags, size },
-        ))
+        Ok((s.combined, Entry::new(exact(internal), exact(header), decoded, body, s.primary, s.url, s.tags)))
     }
 }
 

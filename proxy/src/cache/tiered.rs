@@ -3,7 +3,7 @@
 //! before the origin; fills, revalidations and purges reach both tiers and every replica.
 
 use super::purge::Selector;
-use super::shared::{decode, hex, Flight, RedisTier, Target};
+use super::shared::{decode, Flight, RedisTier, Target};
 use super::storage::{Fill, Hit, MemStorage, Tier};
 use super::store::{Store, StoreStats};
 use bytes::Bytes;
@@ -82,8 +82,8 @@ impl Storage for Tiered {
     async fn purge(&'static self, target: PurgeTarget<'_>, purge_type: PurgeType, trace: &SpanHandle) -> Result<PurgeOutcome> {
         let key = target.key();
         let shared = match (&target, key.variance_bin()) {
-            (PurgeTarget::Active(_), None) => Target::Primary(hex(&key.primary_bin())),
-            _ => Target::Combined(hex(&key.combined_bin())),
+            (PurgeTarget::Active(_), None) => Target::Primary(key.primary()),
+            _ => Target::Combined(key.combined()),
         };
         let out = self.l1.purge(target, purge_type, trace).await;
         self.l2.broadcast(shared, false);
@@ -91,9 +91,9 @@ impl Storage for Tiered {
     }
 
     async fn expire(&'static self, target: PurgeTarget<'_>, trace: &SpanHandle) -> Result<PurgeOutcome> {
-        let combined = target.key().combined_bin();
+        let combined = target.key().combined();
         let out = self.l1.expire(target, trace).await;
-        self.l2.broadcast(Target::Combined(hex(&combined)), true);
+        self.l2.broadcast(Target::Combined(combined), true);
         out
     }
 
@@ -129,7 +129,7 @@ impl Store for Tiered {
 
     fn purge_key(&self, key: &dyn CacheHashKey, soft: bool) -> usize {
         let n = self.l1.purge_key(key, soft);
-        self.l2.broadcast(Target::Primary(hex(&key.primary_bin())), soft);
+        self.l2.broadcast(Target::Primary(key.primary()), soft);
         n
     }
 

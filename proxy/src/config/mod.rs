@@ -426,12 +426,6 @@ impl Default for SharedCacheConfig {
 #[serde(try_from = "String")]
 pub struct RedisUrl(String);
 
-impl RedisUrl {
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
 impl TryFrom<String> for RedisUrl {
     type Error = String;
     fn try_from(s: String) -> Result<Self, String> {
@@ -453,6 +447,10 @@ impl std::str::FromStr for RedisUrl {
 }
 
 impl RedisUrl {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
     /// The URL with any password replaced by `***`.
     pub fn redacted(&self) -> String {
         match self.0.split_once("://").and_then(|(scheme, rest)| rest.split_once('@').map(|(auth, host)| (scheme, auth, host))) {
