@@ -316,3 +316,16 @@ fn healthcheck(admin: &str) -> Result<(), String> {
         Err(format!("{admin}/healthz answered {}", head.status))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn proxy_takes_a_shared_cache_url_and_refuses_a_bad_one() {
+        let c = quick_config("127.0.0.1:0", "127.0.0.1:3000", "127.0.0.1:0", Some("redis://127.0.0.1:6379/0")).unwrap();
+        assert_eq!(c.cache.shared.url.as_ref().map(|u| u.as_str()), Some("redis://127.0.0.1:6379/0"));
+        let e = quick_config("127.0.0.1:0", "127.0.0.1:3000", "127.0.0.1:0", Some("http://cache:6379")).unwrap_err();
+        assert!(e.starts_with("--shared-cache: "), "{e}");
+    }
+}

@@ -414,6 +414,17 @@ mod tests {
     }
 
     #[test]
+    fn the_shared_cache_url_comes_from_the_environment_and_is_checked() {
+        let env = |k: &str| (k == "PORTIER_CACHE_SHARED_URL").then(|| "redis://:pw@cache:6379/1".to_string());
+        let c = load_str(GOOD, "t", env).unwrap();
+        assert_eq!(c.cache.shared.url.as_ref().map(|u| u.as_str()), Some("redis://:pw@cache:6379/1"));
+        assert_eq!(c.cache.shared.url.as_ref().map(|u| u.redacted()).as_deref(), Some("redis://:***@cache:6379/1"));
+        let bad = |k: &str| (k == "PORTIER_CACHE_SHARED_URL").then(|| "memcached://cache".to_string());
+        let e = load_str(GOOD, "t", bad).unwrap_err();
+        assert_eq!(e.problems[0].path, "env PORTIER_CACHE_SHARED_URL");
+    }
+
+    #[test]
     fn env_overrides_addresses() {
         let env = |k: &str| match k {
             "PORTIER_UPSTREAM_API" => Some("api:3001,api2:3001".to_string()),

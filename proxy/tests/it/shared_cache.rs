@@ -369,3 +369,32 @@ async fn stale_while_revalidate_refreshes_once_across_replicas() {
     assert_eq!(origin.count("/swr"), 2, "one fill and one refresh for three replicas");
     assert!(statuses.iter().all(|s| s.contains("detail=stale-while-revalidate")), "{statuses:?}");
 }
+
+/// A revalidation (the origin's 304) refreshes the copy in Redis too: another replica then
+/// reads a fresh copy instead of revalidating again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revalidated_entry_is_fresh_in_redis_for_the_other_replicas() {
+    let redis = Redis::start().await;
+    let origin = Scripted::start(|req, _| {
+        let headers = [("Cache-Control", "max-age=1"), ("ETag", "\"v1\"")];
+        if req.header("if-none-match") == Some("\"v1\"") {
+            Reply::new(304, &headers, "")
+        } else {
+            Reply::new(200, &headers, "body")
+        }
+    })
+    .await;
+    let (a, b) = (replica(&origin, &redis), replica(&origin, &redis));
+    wait_connected(&a).await;
+    wait_connected(&b).await;
+    assert_eq!(fetch(a.public, "/reval").await.header("x-cache"), "MISS");
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    let r = fetch(a.public, "/reval").await;
+    assert_eq!((r.header("x-cache"), r.text().as_str()), ("REVALIDATED", "body"));
+    assert_eq!(origin.seen().iter().filter(|s| s.header("if-none-match").is_some()).count(), 1);
+    // B has no copy of its own: Redis's is fresh again, so B answers without the origin.
+    let r = fetch(b.public, "/reval").await;
+    assert_eq!((r.header("x-cache"), r.text().as_str()), ("HIT", "body"), "{r:?}");
+    assert!(r.header("cache-status").ends_with("; detail=shared"), "{r:?}");
+    assert_eq!(origin.count("/reval"), 2, "one fill and one revalidation, nothing for B");
+}
