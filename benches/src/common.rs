@@ -95,6 +95,46 @@ impl Proxy {
     }
 }
 
+impl Proxy {
+    /// SIGTERM, then waits for the process to exit (a profiler writes its output then).
+    pub fn terminate(&mut self) {
+        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+        let _ = self.child.wait();
+    }
+}
+
+/// Resident memory of a process and all its descendants, in KiB (nginx's master and worker,
+/// varnishd's manager and cache child).
+pub fn tree_rss_kib(root: u32) -> u64 {
+    let mut parent_of = Vec::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else { continue };
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        // The command name may hold spaces and parentheses: fields resume after the last ')'.
+        let ppid = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().nth(1)).and_then(|p| p.parse::<u32>().ok());
+        if let Some(ppid) = ppid {
+            parent_of.push((pid, ppid));
+        }
+    }
+    let mut tree = vec![root];
+    let mut i = 0;
+    while i < tree.len() {
+        let p = tree[i];
+        tree.extend(parent_of.iter().filter(|(_, pp)| *pp == p).map(|(c, _)| *c));
+        i += 1;
+    }
+    tree.iter()
+        .map(|pid| {
+            let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches(" kB").parse::<u64>().ok())
+                .unwrap_or(0)
+        })
+        .sum()
+}
+
 impl Drop for Proxy {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -104,6 +144,12 @@ impl Drop for Proxy {
 }
 
 pub fn start_proxy(bin: &str, origin: SocketAddr, telemetry: &str, tag: &str) -> Proxy {
+    start_proxy_under(&[], bin, origin, telemetry, tag)
+}
+
+/// [`start_proxy`] run by `wrapper` (e.g. `valgrind --tool=callgrind …`), given the time it
+/// needs to start.
+pub fn start_proxy_under(wrapper: &[String], bin: &str, origin: SocketAddr, telemetry: &str, tag: &str) -> Proxy {
     let dir = std::env::temp_dir().join(format!("portier-bench-{}-{tag}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temp dir");
     let cfg = format!(
@@ -111,7 +157,15 @@ pub fn start_proxy(bin: &str, origin: SocketAddr, telemetry: &str, tag: &str) ->
     );
     let path = dir.join("portier.toml");
     std::fs::write(&path, cfg).expect("write config");
-    let mut child = Command::new(bin)
+    let mut command = match wrapper.split_first() {
+        Some((first, rest)) => {
+            let mut c = Command::new(first);
+            c.args(rest).arg(bin);
+            c
+        }
+        None => Command::new(bin),
+    };
+    let mut child = command
         .arg("run")
         .arg("--config")
         .arg(&path)
@@ -135,7 +189,8 @@ pub fn start_proxy(bin: &str, origin: SocketAddr, telemetry: &str, tag: &str) ->
         let mut sink = [0u8; 64 * 1024];
         while reader.read(&mut sink).is_ok_and(|n| n > 0) {}
     });
-    let line = rx.recv_timeout(Duration::from_secs(20)).expect("portier started");
+    let wait = if wrapper.is_empty() { 20 } else { 180 };
+    let line = rx.recv_timeout(Duration::from_secs(wait)).expect("portier started");
     let v: serde_json::Value = serde_json::from_str(&line).expect("listening event");
     let public = v["public"].as_str().and_then(|s| s.parse().ok()).expect("public address");
     let admin = v["admin"].as_str().and_then(|s| s.parse().ok()).expect("admin address");

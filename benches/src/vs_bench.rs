@@ -1,22 +1,126 @@
-//! Cache hits: Portier against nginx (proxy_cache) and Varnish, each pinned to the same
-//! single CPU, in front of the same sample origin, hammered on one cached URL by the same
-//! keep-alive load generator. Rounds alternate the three; medians are printed.
+//! Portier against nginx (`proxy_cache`) and Varnish, each pinned to the same single CPU with
+//! one worker, in front of the same static origin, with the load generator (`wrk -t1`) and
+//! the origin pinned to the other CPU: issue 13's whole table in one command.
 //!
-//! Usage: `vs-bench [--portier target/release/portier] [--rounds 3] [--seconds 4] [--connections 32] [--cpu 1]`
-//! Needs nginx and varnishd (`apt-get install nginx-light varnish`; `make bench-vs` installs them).
+//! Scenarios, alternated server by server each round (medians printed):
+//! - `hit2k`, `hit100k`: one cached URL, `wrk --latency` (req/s, p99);
+//! - `miss`: a `no-store` URL (the origin answers every request), against the origin directly too;
+//! - `coalesce`: 64 clients at once on a cold URL the origin answers in 50 ms (origin requests,
+//!   slowest client);
+//! - `memory` (once per server): `--objects` distinct 2 KB URLs, resident memory added per object;
+//! - `--callgrind`: instructions per 2 KB hit, Portier and nginx under `valgrind --tool=callgrind`,
+//!   (total after 2,200 hits − total after 200) / 2,000.
+//!
+//! Each server runs with its defaults for logging: Portier's metrics and JSON access log, nginx's
+//! access log, Varnish's shared-memory log. nginx has `proxy_cache_lock on` (off by default: without it
+//! every cold client goes to the origin), except on `/miss`: with the lock, requests for a `no-store`
+//! URL queue behind one another.
+//!
+//! Usage: `vs-bench [--portier target/release/portier] [--rounds 3] [--seconds 3] [--connections 64]
+//!         [--cpu 1] [--objects 100000] [--only hit2k,hit100k,miss,coalesce,memory] [--callgrind] [--smoke]`
+//! `--smoke`: one round of 1 s, 2,000 objects, and a non-zero exit on any sign of a broken
+//! scenario (an origin request during a hit run, an error answer, a zero figure). Needs nginx,
+//! varnishd and wrk (`apt-get install nginx-light varnish wrk`; `make bench-vs` installs them).
 
 mod common;
-use common::{load, start_proxy};
+mod static_origin;
+use common::{read_response, start_proxy_under, tree_rss_kib, Proxy};
+use static_origin::StaticOrigin;
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
+use tokio::io::AsyncWriteExt;
 
-struct Killed(Child, std::path::PathBuf);
-impl Drop for Killed {
+const SERVERS: [&str; 3] = ["nginx", "varnish", "portier"];
+const SCENARIOS: [&str; 5] = ["hit2k", "hit100k", "miss", "coalesce", "memory"];
+
+struct Args {
+    portier: String,
+    rounds: usize,
+    seconds: u64,
+    connections: usize,
+    cpu: String,
+    objects: usize,
+    only: Vec<String>,
+    callgrind: bool,
+    smoke: bool,
+}
+
+fn args() -> Args {
+    let mut a = Args {
+        portier: "target/release/portier".into(),
+        rounds: 3,
+        seconds: 3,
+        connections: 64,
+        cpu: "1".into(),
+        objects: 100_000,
+        only: SCENARIOS.iter().map(|s| s.to_string()).collect(),
+        callgrind: false,
+        smoke: false,
+    };
+    let v: Vec<String> = std::env::args().skip(1).collect();
+    let mut i = 0;
+    while i < v.len() {
+        let (flag, value) = (v[i].as_str(), v.get(i + 1));
+        i += 2;
+        match (flag, value) {
+            ("--portier", Some(p)) => a.portier = p.clone(),
+            ("--rounds", Some(n)) => a.rounds = n.parse().unwrap_or(a.rounds),
+            ("--seconds", Some(n)) => a.seconds = n.parse().unwrap_or(a.seconds),
+            ("--connections", Some(n)) => a.connections = n.parse().unwrap_or(a.connections),
+            ("--cpu", Some(c)) => a.cpu = c.clone(),
+            ("--objects", Some(n)) => a.objects = n.parse().unwrap_or(a.objects),
+            ("--only", Some(list)) => a.only = list.split(',').map(str::to_string).collect(),
+            ("--callgrind", _) => {
+                a.callgrind = true;
+                i -= 1;
+            }
+            ("--smoke", _) => {
+                (a.smoke, a.rounds, a.seconds, a.objects, a.connections) = (true, 1, 1, 2_000, 16);
+                i -= 1;
+            }
+            _ => {
+                eprintln!("usage: vs-bench [--portier PATH] [--rounds N] [--seconds N] [--connections N] [--cpu N] [--objects N] [--only LIST] [--callgrind] [--smoke]");
+                std::process::exit(2);
+            }
+        }
+    }
+    if let Some(bad) = a.only.iter().find(|s| !SCENARIOS.contains(&s.as_str())) {
+        eprintln!("--only: unknown scenario {bad:?} (known: {})", SCENARIOS.join(","));
+        std::process::exit(2);
+    }
+    a
+}
+
+/// nginx or varnishd, killed (with its children) and its directory removed on drop.
+struct Daemon {
+    child: Child,
+    dir: std::path::PathBuf,
+}
+impl Drop for Daemon {
     fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-        let _ = std::fs::remove_dir_all(&self.1);
+        // varnishd's manager takes its cache child down; nginx's master its worker.
+        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline && matches!(self.child.try_wait(), Ok(None)) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+enum Server {
+    Portier(Proxy),
+    Other(Daemon),
+}
+impl Server {
+    fn pid(&self) -> u32 {
+        match self {
+            Server::Portier(p) => p.child.id(),
+            Server::Other(d) => d.child.id(),
+        }
     }
 }
 
@@ -26,120 +130,506 @@ fn free_port() -> SocketAddr {
 
 fn tmpdir(tag: &str) -> std::path::PathBuf {
     let d = std::env::temp_dir().join(format!("vs-bench-{}-{tag}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(&d).expect("temp dir");
     d
 }
 
-fn nginx(origin: SocketAddr, cpu: &str) -> (Killed, SocketAddr) {
-    let dir = tmpdir("nginx");
-    let addr = free_port();
+fn need(cmd: &str, package: &str) {
+    let found = Command::new("sh").arg("-c").arg(format!("command -v {cmd}")).stdout(Stdio::null()).status();
+    if !found.is_ok_and(|s| s.success()) {
+        eprintln!("{cmd} not found. Run: sudo apt-get install -y {package}");
+        std::process::exit(1);
+    }
+}
+
+fn nginx_conf(dir: &std::path::Path, addr: SocketAddr, origin: SocketAddr, single_process: bool) -> std::path::PathBuf {
     let d = dir.display();
+    let master = if single_process { "master_process off;\n" } else { "" };
     let conf = format!(
-        "worker_processes 1;\ndaemon off;\npid {d}/nginx.pid;\nerror_log {d}/error.log warn;\nevents {{ worker_connections 4096; }}\n\
-         http {{\n  access_log off;\n  keepalive_requests 1000000;\n  client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n  fastcgi_temp_path {d}/fcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n\
-           proxy_cache_path {d}/cache levels=1:2 keys_zone=c:10m max_size=256m;\n  upstream o {{ server {origin}; keepalive 16; }}\n\
-           server {{\n    listen {addr};\n    location / {{\n      proxy_pass http://o;\n      proxy_http_version 1.1;\n      proxy_set_header Connection \"\";\n      proxy_cache c;\n      add_header X-Cache $upstream_cache_status;\n    }}\n  }}\n}}\n"
+        "{master}worker_processes 1;\ndaemon off;\npid {d}/nginx.pid;\nerror_log {d}/error.log warn;\nevents {{ worker_connections 4096; }}\n\
+         http {{\n  access_log {d}/access.log;\n  keepalive_requests 1000000;\n  client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n  fastcgi_temp_path {d}/fcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n\
+           proxy_cache_path {d}/cache levels=1:2 keys_zone=c:64m max_size=4g;\n  upstream o {{ server {origin}; keepalive 64; }}\n\
+           server {{\n    listen {addr};\n    location / {{\n      proxy_pass http://o;\n      proxy_http_version 1.1;\n      proxy_set_header Connection \"\";\n      proxy_cache c;\n      proxy_cache_lock on;\n      add_header X-Cache $upstream_cache_status;\n    }}\n\
+             location /miss {{\n      proxy_pass http://o;\n      proxy_http_version 1.1;\n      proxy_set_header Connection \"\";\n      proxy_cache c;\n    }}\n  }}\n}}\n"
     );
     let path = dir.join("nginx.conf");
     std::fs::write(&path, conf).expect("nginx.conf");
-    let child = Command::new("taskset")
-        .args(["-c", cpu, "nginx", "-c"])
-        .arg(&path)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("nginx starts (apt-get install nginx-light)");
-    (Killed(child, dir), addr)
+    path
 }
 
-fn varnish(origin: SocketAddr, cpu: &str) -> (Killed, SocketAddr) {
-    let dir = tmpdir("varnish");
-    let addr = free_port();
-    let child = Command::new("taskset")
-        .args(["-c", cpu, "varnishd", "-F", "-j", "none", "-a"])
-        .arg(addr.to_string())
-        .arg("-b")
-        .arg(origin.to_string())
-        .arg("-n")
-        .arg(&dir)
-        .args(["-s", "malloc,256m", "-p", "thread_pools=1"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("varnishd starts (apt-get install varnish)");
-    (Killed(child, dir), addr)
+fn start(name: &str, a: &Args, origin: SocketAddr, tag: &str) -> (Server, SocketAddr) {
+    match name {
+        "portier" => {
+            // Its defaults (metrics, JSON access log), with room for the memory scenario's objects.
+            let settings = "[cache]\nmax_size = \"4GiB\"\n";
+            let p = start_proxy_under(&[], &a.portier, origin, settings, tag);
+            let _ = Command::new("taskset").args(["-a", "-p", "-c", &a.cpu, &p.child.id().to_string()]).stdout(Stdio::null()).status();
+            let addr = p.public;
+            (Server::Portier(p), addr)
+        }
+        "nginx" => {
+            let dir = tmpdir(&format!("nginx-{tag}"));
+            let addr = free_port();
+            let conf = nginx_conf(&dir, addr, origin, false);
+            let child = Command::new("taskset")
+                .args(["-c", &a.cpu, "nginx", "-c"])
+                .arg(&conf)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("nginx starts");
+            (Server::Other(Daemon { child, dir }), addr)
+        }
+        _ => {
+            let dir = tmpdir(&format!("varnish-{tag}"));
+            let addr = free_port();
+            let child = Command::new("taskset")
+                .args(["-c", &a.cpu, "varnishd", "-F", "-j", "none", "-a"])
+                .arg(addr.to_string())
+                .arg("-b")
+                .arg(origin.to_string())
+                .arg("-n")
+                .arg(&dir)
+                .args(["-s", "malloc,4g", "-p", "thread_pools=1"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("varnishd starts");
+            (Server::Other(Daemon { child, dir }), addr)
+        }
+    }
 }
 
 async fn wait_up(addr: SocketAddr) {
-    for _ in 0..100 {
+    for _ in 0..200 {
         if tokio::net::TcpStream::connect(addr).await.is_ok() {
             return;
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
     panic!("{addr} did not come up");
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
+/// One GET on a new connection; true on a complete response. The `Host` is the one wrk
+/// sends, so both ask for the same cached object.
+async fn get(addr: SocketAddr, target: &str) -> bool {
+    let Ok(mut s) = tokio::net::TcpStream::connect(addr).await else { return false };
+    let req = format!("GET {target} HTTP/1.1\r\nHost: {addr}\r\n\r\n");
+    let (mut buf, mut filled) = (vec![0u8; 256 * 1024], 0);
+    s.write_all(req.as_bytes()).await.is_ok() && read_response(&mut s, &mut buf, &mut filled).await
+}
+
+struct Wrk {
+    rps: f64,
+    p99_ms: f64,
+    mean_ms: f64,
+    errors: u64,
+}
+
+fn millis(v: &str) -> f64 {
+    let v = v.trim();
+    let (num, scale) = if let Some(n) = v.strip_suffix("us") {
+        (n, 0.001)
+    } else if let Some(n) = v.strip_suffix("ms") {
+        (n, 1.0)
+    } else if let Some(n) = v.strip_suffix('s') {
+        (n, 1000.0)
+    } else {
+        (v, 1.0)
+    };
+    num.parse::<f64>().map(|n| n * scale).unwrap_or(f64::NAN)
+}
+
+/// `wrk -t1` from this process's CPU (the one the proxies are not on).
+fn wrk(addr: SocketAddr, path: &str, connections: usize, seconds: u64) -> Wrk {
+    let out = Command::new("wrk")
+        .args(["-t1", &format!("-c{connections}"), &format!("-d{seconds}s"), "--latency", &format!("http://{addr}{path}")])
+        .output()
+        .expect("wrk runs");
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let mut w = Wrk { rps: 0.0, p99_ms: f64::NAN, mean_ms: f64::NAN, errors: 0 };
+    for line in text.lines() {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        match f.as_slice() {
+            ["Requests/sec:", v] => w.rps = v.parse().unwrap_or(0.0),
+            ["99%", v] => w.p99_ms = millis(v),
+            ["Latency", avg, ..] if *avg != "Distribution" => w.mean_ms = millis(avg),
+            ["Non-2xx", "or", "3xx", "responses:", n] => w.errors += n.parse::<u64>().unwrap_or(0),
+            ["Socket", "errors:", rest @ ..] => {
+                // "connect 0, read 0, write 0, timeout 0": reads count the server's keep-alive closes.
+                let nums: Vec<u64> = rest.iter().filter_map(|t| t.trim_end_matches(',').parse().ok()).collect();
+                w.errors += nums.first().copied().unwrap_or(0) + nums.get(2).copied().unwrap_or(0) + nums.get(3).copied().unwrap_or(0);
+            }
+            _ => {}
+        }
+    }
+    w
+}
+
+/// `clients` connections send the same GET at once; (slowest client, all answered).
+async fn stampede(addr: SocketAddr, target: &str, clients: usize) -> (Duration, bool) {
+    let mut conns = Vec::new();
+    for _ in 0..clients {
+        if let Ok(s) = tokio::net::TcpStream::connect(addr).await {
+            conns.push(s);
+        }
+    }
+    let all_connected = conns.len() == clients;
+    let req = format!("GET {target} HTTP/1.1\r\nHost: bench\r\n\r\n");
+    let gate = std::sync::Arc::new(tokio::sync::Barrier::new(conns.len() + 1));
+    let mut tasks = Vec::new();
+    for mut s in conns {
+        let (req, gate) = (req.clone(), gate.clone());
+        tasks.push(tokio::spawn(async move {
+            gate.wait().await;
+            let t = Instant::now();
+            let (mut buf, mut filled) = (vec![0u8; 64 * 1024], 0);
+            let ok = s.write_all(req.as_bytes()).await.is_ok() && read_response(&mut s, &mut buf, &mut filled).await;
+            (t.elapsed(), ok)
+        }));
+    }
+    gate.wait().await;
+    let mut slowest = Duration::ZERO;
+    let mut ok = all_connected;
+    for t in tasks {
+        match t.await {
+            Ok((d, answered)) => {
+                slowest = slowest.max(d);
+                ok &= answered;
+            }
+            Err(_) => ok = false,
+        }
+    }
+    (slowest, ok)
+}
+
+/// `n` distinct 2 KB URLs from 8 keep-alive connections (with [`get`]'s `Host`); false if a
+/// connection failed.
+async fn fill(addr: SocketAddr, tag: &str, n: usize) -> bool {
+    let conns = 8;
+    let per = n.div_ceil(conns);
+    let mut tasks = Vec::new();
+    for c in 0..conns {
+        let tag = tag.to_string();
+        tasks.push(tokio::spawn(async move {
+            let Ok(mut s) = tokio::net::TcpStream::connect(addr).await else { return false };
+            let _ = s.set_nodelay(true);
+            let (mut buf, mut filled) = (vec![0u8; 64 * 1024], 0);
+            for i in c * per..((c + 1) * per).min(n) {
+                let req = format!("GET /2k?{tag}={i} HTTP/1.1\r\nHost: {addr}\r\n\r\n");
+                if s.write_all(req.as_bytes()).await.is_err() || !read_response(&mut s, &mut buf, &mut filled).await {
+                    return false;
+                }
+            }
+            true
+        }));
+    }
+    let mut ok = true;
+    for t in tasks {
+        ok &= t.await.unwrap_or(false);
+    }
+    ok
+}
+
+fn du_kib(dir: &std::path::Path) -> u64 {
+    let out = Command::new("du").arg("-sk").arg(dir).output();
+    out.ok().and_then(|o| String::from_utf8_lossy(&o.stdout).split_whitespace().next().and_then(|v| v.parse().ok())).unwrap_or(0)
+}
+
+fn median(v: &[f64]) -> f64 {
+    let mut v: Vec<f64> = v.iter().copied().filter(|x| x.is_finite()).collect();
+    if v.is_empty() {
+        return f64::NAN;
+    }
     v.sort_by(|a, b| a.total_cmp(b));
     v[v.len() / 2]
 }
 
-#[tokio::main(flavor = "multi_thread", worker_threads = 1)]
-async fn main() {
-    let mut portier = "target/release/portier".to_string();
-    let (mut rounds, mut seconds, mut connections, mut cpu) = (3usize, 4u64, 32usize, "1".to_string());
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    for pair in args.chunks(2) {
-        match (pair[0].as_str(), pair.get(1)) {
-            ("--portier", Some(v)) => portier = v.clone(),
-            ("--rounds", Some(v)) => rounds = v.parse().unwrap_or(rounds),
-            ("--seconds", Some(v)) => seconds = v.parse().unwrap_or(seconds),
-            ("--connections", Some(v)) => connections = v.parse().unwrap_or(connections),
-            ("--cpu", Some(v)) => cpu = v.clone(),
-            _ => {
-                eprintln!("usage: vs-bench [--portier PATH] [--rounds N] [--seconds N] [--connections N] [--cpu N]");
-                std::process::exit(2);
+#[derive(Default, Clone)]
+struct Figures {
+    hit2k: Vec<f64>,
+    hit2k_p99: Vec<f64>,
+    hit100k: Vec<f64>,
+    hit100k_p99: Vec<f64>,
+    miss: Vec<f64>,
+    miss_mean: Vec<f64>,
+    coalesce: Vec<(u64, f64)>,
+    memory: Option<(f64, f64, usize)>, // resident B per object, disk B per object, objects kept
+    instructions: Option<f64>,
+}
+
+/// Instructions per 2 KB hit under callgrind: a run of `warm + n` hits minus a run of `warm`.
+async fn callgrind(name: &str, a: &Args, origin: &StaticOrigin) -> Option<f64> {
+    let mut totals = Vec::new();
+    for n in [200usize, 2_200] {
+        let dir = tmpdir(&format!("cg-{name}-{n}"));
+        let out = dir.join("callgrind.out");
+        let wrapper: Vec<String> =
+            ["valgrind", "--tool=callgrind", &format!("--callgrind-out-file={}", out.display())].iter().map(|s| s.to_string()).collect();
+        let target = format!("/2k?cg={name}{n}");
+        let (addr, stop): (SocketAddr, Box<dyn FnOnce() + Send>) = if name == "portier" {
+            let p = start_proxy_under(&wrapper, &a.portier, origin.addr, "", &format!("cg{n}"));
+            let addr = p.public;
+            (
+                addr,
+                Box::new(move || {
+                    let mut p = p;
+                    p.terminate()
+                }),
+            )
+        } else {
+            let addr = free_port();
+            let conf = nginx_conf(&dir, addr, origin.addr, true);
+            let child = Command::new(&wrapper[0])
+                .args(&wrapper[1..])
+                .args(["nginx", "-c"])
+                .arg(&conf)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("valgrind nginx");
+            wait_up(addr).await;
+            (
+                addr,
+                Box::new(move || {
+                    let mut child = child;
+                    let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+                    let _ = child.wait();
+                }),
+            )
+        };
+        wait_up(addr).await;
+        let Ok(mut s) = tokio::net::TcpStream::connect(addr).await else { return None };
+        let req = format!("GET {target} HTTP/1.1\r\nHost: bench\r\n\r\n");
+        let (mut buf, mut filled) = (vec![0u8; 64 * 1024], 0);
+        for _ in 0..=n {
+            if s.write_all(req.as_bytes()).await.is_err() || !read_response(&mut s, &mut buf, &mut filled).await {
+                return None;
             }
         }
+        drop(s);
+        tokio::task::spawn_blocking(stop).await.ok()?;
+        if origin.hits(&target) != 1 {
+            eprintln!("callgrind {name}: the origin saw {target} {} times (1 expected)", origin.hits(&target));
+            return None;
+        }
+        let text = std::fs::read_to_string(&out).unwrap_or_default();
+        let total = text.lines().find_map(|l| l.strip_prefix("summary:").or_else(|| l.strip_prefix("totals:")));
+        totals.push(total.and_then(|t| t.split_whitespace().next()?.parse::<f64>().ok())?);
+        let _ = std::fs::remove_dir_all(&dir);
     }
-    let origin = portier::demo::Origin::start("127.0.0.1:0".parse().expect("addr")).await.expect("origin");
-    let names = ["portier", "nginx", "varnish"];
-    let mut rates: Vec<Vec<f64>> = vec![Vec::new(); 3];
-    for round in 0..rounds {
-        for (i, name) in names.iter().enumerate() {
-            let (guard, addr): (Box<dyn std::any::Any>, SocketAddr) = match *name {
-                "portier" => {
-                    let tel = "[telemetry]\nmetrics = false\n[telemetry.access_log]\nformat = \"off\"\n";
-                    let p = start_proxy(&portier, origin.addr, tel, &format!("vs{round}"));
-                    // Same single CPU as the others.
-                    let _ =
-                        Command::new("taskset").args(["-a", "-p", "-c", &cpu, &p.child.id().to_string()]).stdout(Stdio::null()).status();
-                    let a = p.public;
-                    (Box::new(p), a)
-                }
-                "nginx" => {
-                    let (k, a) = nginx(origin.addr, &cpu);
-                    (Box::new(k), a)
-                }
-                _ => {
-                    let (k, a) = varnish(origin.addr, &cpu);
-                    (Box::new(k), a)
-                }
-            };
+    Some((totals[1] - totals[0]) / 2_000.0)
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 1)]
+async fn main() {
+    let a = args();
+    need("nginx", "nginx-light");
+    need("varnishd", "varnish");
+    need("wrk", "wrk");
+    if a.callgrind {
+        need("valgrind", "valgrind");
+    }
+    if !std::path::Path::new(&a.portier).exists() {
+        eprintln!("{} not found: build it with `cargo build --release -p portier`, or pass --portier PATH", a.portier);
+        std::process::exit(1);
+    }
+    if std::thread::available_parallelism().map_or(0, |n| n.get()) < 2 {
+        eprintln!("vs-bench pins the servers and the load generator to two different CPUs: this machine has one");
+        std::process::exit(1);
+    }
+    // The load generator and the origin on the CPU the proxies are not on.
+    let other = if a.cpu == "0" { "1" } else { "0" };
+    let _ = Command::new("taskset").args(["-a", "-p", "-c", other, &std::process::id().to_string()]).stdout(Stdio::null()).status();
+    let origin = StaticOrigin::start().await;
+    let on = |s: &str| a.only.iter().any(|o| o == s);
+    let mut figs: Vec<Figures> = vec![Figures::default(); 3];
+    let mut direct_miss = Vec::new();
+    let mut direct_mean = Vec::new();
+    let mut problems: Vec<String> = Vec::new();
+
+    for round in 0..a.rounds {
+        if on("miss") {
+            let w = wrk(origin.addr, "/miss", a.connections, a.seconds);
+            println!("round {round}   direct: miss {:>9.0} req/s, mean {:.2} ms", w.rps, w.mean_ms);
+            direct_miss.push(w.rps);
+            direct_mean.push(w.mean_ms);
+        }
+        for (i, name) in SERVERS.iter().enumerate() {
+            let (server, addr) = start(name, &a, origin.addr, &format!("r{round}"));
             wait_up(addr).await;
-            load(addr, 4, 1).await;
-            let rps = load(addr, connections, seconds).await;
-            println!("round {round} {name:>8}: {rps:>10.0} req/s");
-            rates[i].push(rps);
-            drop(guard);
+            let mut line = format!("round {round} {name:>8}:");
+            for (scenario, path) in [("hit2k", "/2k"), ("hit100k", "/100k")] {
+                if !on(scenario) {
+                    continue;
+                }
+                // Twice: the first fills, the second must not reach the origin.
+                let before = origin.hits(path);
+                let warmed = get(addr, path).await && get(addr, path).await;
+                let stored = origin.hits(path);
+                let w = wrk(addr, path, a.connections, a.seconds);
+                let leaked = origin.hits(path) - stored;
+                if !warmed || stored > before + 1 || leaked > 0 || w.errors > 0 || w.rps <= 0.0 {
+                    problems.push(format!(
+                        "{name} {scenario}: warmed {warmed}, origin requests while warming {}, during the run {leaked}, errors {}, {:.0} req/s",
+                        stored - before,
+                        w.errors,
+                        w.rps
+                    ));
+                }
+                line += &format!(" {scenario} {:>8.0} req/s p99 {:.2} ms;", w.rps, w.p99_ms);
+                let f = &mut figs[i];
+                if scenario == "hit2k" {
+                    f.hit2k.push(w.rps);
+                    f.hit2k_p99.push(w.p99_ms);
+                } else {
+                    f.hit100k.push(w.rps);
+                    f.hit100k_p99.push(w.p99_ms);
+                }
+            }
+            if on("miss") {
+                let before = origin.hits("/miss");
+                let w = wrk(addr, "/miss", a.connections, a.seconds);
+                let asked = origin.hits("/miss") - before;
+                // Every answer must have come from the origin (no-store).
+                if w.errors > 0 || w.rps <= 0.0 || (asked as f64) < w.rps * a.seconds as f64 * 0.9 {
+                    problems.push(format!("{name} miss: {asked} origin requests for {:.0} req/s, errors {}", w.rps, w.errors));
+                }
+                line += &format!(" miss {:>8.0} req/s mean {:.2} ms;", w.rps, w.mean_ms);
+                figs[i].miss.push(w.rps);
+                figs[i].miss_mean.push(w.mean_ms);
+            }
+            if on("coalesce") {
+                let target = format!("/slow?ms=50&round={round}&server={name}");
+                let (slowest, ok) = stampede(addr, &target, 64).await;
+                let asked = origin.hits(&target);
+                if !ok || asked == 0 {
+                    problems.push(format!("{name} coalesce: all answered {ok}, origin requests {asked}"));
+                }
+                line += &format!(" coalesce {asked} origin / {:.0} ms", slowest.as_secs_f64() * 1000.0);
+                figs[i].coalesce.push((asked, slowest.as_secs_f64() * 1000.0));
+            }
+            println!("{line}");
+            drop(server);
         }
     }
-    println!("\nmedian over {rounds} rounds of {seconds} s, {connections} keep-alive connections, each proxy pinned to CPU {cpu}:");
-    let base = median(rates[0].clone());
-    for (i, name) in names.iter().enumerate() {
-        let m = median(rates[i].clone());
-        println!("  {name:>8}: {m:>8.0} req/s ({:.2}x Portier)", m / base);
+
+    if on("memory") {
+        for (i, name) in SERVERS.iter().enumerate() {
+            let (server, addr) = start(name, &a, origin.addr, "mem");
+            wait_up(addr).await;
+            let tag = format!("m{name}");
+            // One object first, so start-up allocations and the first connection are in the base.
+            let _ = get(addr, &format!("/2k?{tag}=warm")).await;
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let base = tree_rss_kib(server.pid());
+            let asked_before = origin.total();
+            let ok = fill(addr, &tag, a.objects).await;
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let full = tree_rss_kib(server.pid());
+            let filled = origin.total() - asked_before;
+            // How many are still held: a sample asked again must not reach the origin.
+            let sample = 200.min(a.objects);
+            let before = origin.total();
+            for k in 0..sample {
+                let _ = get(addr, &format!("/2k?{tag}={}", k * a.objects / sample)).await;
+            }
+            let kept = sample as u64 - (origin.total() - before).min(sample as u64);
+            let kept_objects = (a.objects as u64 * kept / sample.max(1) as u64) as usize;
+            let disk = match &server {
+                Server::Other(d) if *name == "nginx" => du_kib(&d.dir.join("cache")),
+                _ => 0,
+            };
+            let per = |kib: u64| (kib * 1024) as f64 / kept_objects.max(1) as f64;
+            if !ok || filled < a.objects as u64 || kept == 0 {
+                problems
+                    .push(format!("{name} memory: fill ok {ok}, origin requests {filled} for {} URLs, {kept}/{sample} kept", a.objects));
+            }
+            println!(
+                "memory {name:>8}: {} objects, ~{kept_objects} kept ({kept}/{sample} sampled), resident {:.1} -> {:.1} MiB: {:.0} B per object{}",
+                a.objects,
+                base as f64 / 1024.0,
+                full as f64 / 1024.0,
+                per(full.saturating_sub(base)),
+                if disk > 0 { format!(", {:.0} B per object on disk", per(disk)) } else { String::new() }
+            );
+            figs[i].memory = Some((per(full.saturating_sub(base)), per(disk), kept_objects));
+            drop(server);
+        }
     }
-    println!("  origin requests: {}", origin.state.total());
+
+    if a.callgrind {
+        for (i, name) in SERVERS.iter().enumerate() {
+            if *name == "varnish" {
+                continue; // several processes and threads: not counted
+            }
+            let per = callgrind(name, &a, &origin).await;
+            println!("callgrind {name:>8}: {} instructions per 2 KB hit", per.map_or("-".to_string(), |v| format!("{v:.0}")));
+            if per.is_none() {
+                problems.push(format!("{name} callgrind: no count"));
+            }
+            figs[i].instructions = per;
+        }
+    }
+
+    print_table(&a, &figs, &direct_miss, &direct_mean);
+    if !problems.is_empty() {
+        eprintln!("\nproblems:");
+        for p in &problems {
+            eprintln!("  {p}");
+        }
+        if a.smoke {
+            std::process::exit(1);
+        }
+    }
+}
+
+fn print_table(a: &Args, f: &[Figures], direct: &[f64], direct_mean: &[f64]) {
+    let (n, v, p) = (&f[0], &f[1], &f[2]);
+    let fmt = |x: f64, unit: &str| if x.is_finite() { format!("{x:.0}{unit}") } else { "-".into() };
+    let ms = |x: f64| if x.is_finite() { format!("{x:.2} ms") } else { "-".into() };
+    let ratio = |pv: f64, nv: f64| if pv.is_finite() && nv.is_finite() && nv > 0.0 { format!("{:.2}", pv / nv) } else { "-".into() };
+    println!(
+        "\nmedians of {} round(s) of {} s, wrk -t1 -c{}, each server pinned to CPU {} with one worker:\n",
+        a.rounds, a.seconds, a.connections, a.cpu
+    );
+    println!("| scenario | nginx `proxy_cache` | Varnish | Portier | Portier / nginx |");
+    println!("|---|---|---|---|---|");
+    let row = |label: &str, get: &dyn Fn(&Figures) -> f64, unit: &str, as_ms: bool| {
+        let cell = |x: f64| if as_ms { ms(x) } else { fmt(x, unit) };
+        println!("| {label} | {} | {} | {} | {} |", cell(get(n)), cell(get(v)), cell(get(p)), ratio(get(p), get(n)));
+    };
+    if !n.hit2k.is_empty() {
+        row("2 KB hit, req/s", &|x| median(&x.hit2k), "", false);
+        row("2 KB hit, p99", &|x| median(&x.hit2k_p99), "", true);
+    }
+    if !n.hit100k.is_empty() {
+        row("100 KB hit, req/s", &|x| median(&x.hit100k), "", false);
+        row("100 KB hit, p99", &|x| median(&x.hit100k_p99), "", true);
+    }
+    if !n.miss.is_empty() {
+        let d = median(direct);
+        row(&format!("miss (`no-store`), req/s (origin direct: {d:.0})"), &|x| median(&x.miss), "", false);
+        let dm = median(direct_mean);
+        row(&format!("miss, mean latency added over direct ({dm:.2} ms)"), &|x| median(&x.miss_mean) - dm, "", true);
+    }
+    if let (Some(nm), Some(vm), Some(pm)) = (&n.memory, &v.memory, &p.memory) {
+        let disk = if nm.1 > 0.0 { format!(" (+{:.0} B on disk)", nm.1) } else { String::new() };
+        println!(
+            "| resident memory per cached 2 KB object ({} objects) | {:.0} B{disk} | {:.0} B | {:.0} B | |",
+            a.objects, nm.0, vm.0, pm.0
+        );
+    }
+    if !n.coalesce.is_empty() {
+        let c = |x: &Figures| {
+            let worst = x.coalesce.iter().map(|c| c.0).max().unwrap_or(0);
+            let slow = median(&x.coalesce.iter().map(|c| c.1).collect::<Vec<_>>());
+            format!("{worst} / {slow:.0} ms")
+        };
+        println!("| 64 clients on a cold 50 ms URL: origin requests (most) / slowest client (median) | {} | {} | {} | |", c(n), c(v), c(p));
+    }
+    if let (Some(ni), Some(pi)) = (n.instructions, p.instructions) {
+        println!("| user-space instructions per 2 KB hit (callgrind) | {ni:.0} | | {pi:.0} | {} |", ratio(pi, ni));
+    }
 }
