@@ -34,7 +34,14 @@ pub fn new_id() -> String {
         h2.write_u64(!n);
         (h1.finish(), h2.finish())
     });
-    format!("{a:016x}{b:016x}")
+    // By hand: `format!` with `{:016x}` cost ~1,300 instructions per request (issue 13's profile).
+    let mut id = String::with_capacity(32);
+    for word in [a, b] {
+        for shift in (0..16).rev() {
+            id.push(char::from(b"0123456789abcdef"[((word >> (shift * 4)) & 0xf) as usize]));
+        }
+    }
+    id
 }
 
 /// Request fields that frameworks read as the URL, scheme, host or method instead of the
@@ -96,7 +103,13 @@ mod tests {
     #[test]
     fn ids_are_unique_and_client_ids_kept_when_sane() {
         assert_ne!(new_id(), new_id());
-        assert_eq!(new_id().len(), 32);
+        let id = new_id();
+        assert_eq!(id.len(), 32);
+        assert!(id.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()), "{id}");
+        // Both halves vary (not a constant half and a counter).
+        let other = new_id();
+        assert_ne!(id[..16], other[..16]);
+        assert_ne!(id[16..], other[16..]);
         let mut req = RequestHeader::build("GET", b"/", None).unwrap();
         req.insert_header(REQUEST_ID, "abc-123").unwrap();
         assert_eq!(request_id(&req), "abc-123");

@@ -17,7 +17,7 @@ use pingora_cache::key::{CacheHashKey, CacheKey, HashBinary};
 use pingora_cache::storage::{HandleHit, HandleMiss, HitHandler, MissFinishType, MissHandler, PurgeOutcome, PurgeTarget, PurgeType};
 use pingora_cache::trace::SpanHandle;
 use pingora_cache::{CacheMeta, Storage};
-use pingora_error::{Error, ErrorType, OrErr, Result};
+use pingora_error::{Error, ErrorType, Result};
 use std::any::Any;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ops::Bound;
@@ -27,8 +27,9 @@ use std::time::SystemTime;
 
 /// Per-entry bookkeeping counted against the budget on top of headers and body: the LRU
 /// node and its slot, the URL, path and variant indexes, allocator rounding. Measured with
-/// `mem-bench` (resident memory per entry minus what the other terms count: about 750 bytes).
-const ENTRY_OVERHEAD: usize = 800;
+/// `mem-bench` (resident memory per entry minus what the other terms count: about 600 bytes
+/// once metas are kept decoded only, in their compact form).
+const ENTRY_OVERHEAD: usize = 600;
 
 /// A header Portier's policy puts in the stored meta to ask for an edge-generated ETag; the
 /// storage replaces it with `ETag: "<hash of the body>"` once the whole body is known.
@@ -45,7 +46,7 @@ struct Decoded {
     sie: u32,
     variance: Option<HashBinary>,
     epoch_override: Option<SystemTime>,
-    header: pingora_http::ResponseHeader,
+    header: Head,
 }
 
 /// The serialized meta without the spare capacity its encoder left (a `Bytes` made from a
@@ -54,24 +55,128 @@ fn exact(v: Vec<u8>) -> Bytes {
     Bytes::from(v.into_boxed_slice())
 }
 
-/// A copy of `h` that owns exactly its own bytes. Pingora parses a response head without
-/// copying: each field name and value is a slice of the buffer the head was read into, and
-/// a plain clone would keep that whole buffer alive for as long as the entry lives (measured:
-/// 9.8 KB resident per 1.8 KB entry, a third of it counted by the budget).
-fn compact(h: &pingora_http::ResponseHeader) -> pingora_http::ResponseHeader {
-    let fresh = || -> Result<pingora_http::ResponseHeader> {
-        // Without Pingora's second map of the names as received: the names go out in their
-        // canonical case (HTTP field names are case-insensitive), and the entry is lighter.
-        let mut out = pingora_http::ResponseHeader::build_no_case(h.status, Some(h.headers.len()))?;
-        out.set_version(h.version);
-        out.set_reason_phrase(h.get_reason_phrase())?;
+/// A stored response head in two allocations: each field's name with where its value ends,
+/// and every value's bytes back to back. Pingora parses a response head without copying (each
+/// name and value a slice of the buffer it was read into: keeping those would keep the whole
+/// buffer, 9.8 KB resident per 1.8 KB entry), and a `HeaderMap` copy costs buckets, indices
+/// and one allocation per value (~1.2 KB for six fields). Each hit builds its
+/// `ResponseHeader` from this: the values are slices of the shared buffer, not copies.
+struct Head {
+    status: http::StatusCode,
+    version: http::Version,
+    /// Only when the origin's differs from the status code's canonical phrase.
+    reason: Option<Box<str>>,
+    fields: Box<[(http::HeaderName, u32)]>,
+    values: Bytes,
+}
+
+impl Head {
+    fn of(h: &pingora_http::ResponseHeader) -> Head {
+        let mut values = Vec::with_capacity(h.headers.iter().map(|(_, v)| v.len()).sum());
+        let mut fields = Vec::with_capacity(h.headers.len());
         for (name, value) in &h.headers {
-            let value = http::HeaderValue::from_bytes(value.as_bytes()).or_err(ErrorType::InternalError, "copying a stored field")?;
-            out.append_header(name.clone(), value)?;
+            values.extend_from_slice(value.as_bytes());
+            fields.push((name.clone(), values.len() as u32));
         }
-        Ok(out)
-    };
-    fresh().unwrap_or_else(|_| h.clone())
+        let reason = h.get_reason_phrase().filter(|r| Some(*r) != h.status.canonical_reason()).map(Box::from);
+        Head { status: h.status, version: h.version, reason, fields: fields.into_boxed_slice(), values: Bytes::from(values) }
+    }
+
+    /// The response head again; the names go out in their canonical case (HTTP field names are
+    /// case-insensitive).
+    fn header(&self) -> pingora_http::ResponseHeader {
+        let mut map = http::HeaderMap::with_capacity(self.fields.len());
+        let mut start = 0;
+        for (name, end) in self.fields.iter() {
+            let end = *end as usize;
+            // The bytes came from a `HeaderValue`: they are valid (checked again, not assumed).
+            if let Ok(v) = http::HeaderValue::from_maybe_shared(self.values.slice(start..end)) {
+                map.append(name.clone(), v);
+            }
+            start = end;
+        }
+        let (mut parts, ()) = http::Response::new(()).into_parts();
+        parts.status = self.status;
+        parts.version = self.version;
+        parts.headers = map;
+        let mut out = pingora_http::ResponseHeader::from(parts);
+        if let Some(r) = &self.reason {
+            let _ = out.set_reason_phrase(Some(r));
+        }
+        out
+    }
+
+    /// What it holds: the values, each field's name and offset, and the names' own bytes
+    /// (only names that are not standard have them; counted for all, a few bytes over).
+    fn weight(&self) -> usize {
+        let per_field = std::mem::size_of::<(http::HeaderName, u32)>();
+        self.values.len()
+            + self.fields.iter().map(|(n, _)| per_field + n.as_str().len()).sum::<usize>()
+            + self.reason.as_ref().map_or(0, |r| r.len())
+    }
+}
+
+/// An entry's meta as kept: decoded when `CacheMeta::new` expresses it exactly (a hit then
+/// rebuilds it without decompressing anything), else serialized. Never both: the serialized
+/// form of a decoded meta is made again when something needs it (the shared tier, a soft purge).
+#[derive(Clone)]
+enum StoredMeta {
+    Decoded(Arc<Decoded>),
+    Serialized(Bytes, Bytes),
+}
+
+impl StoredMeta {
+    fn of(meta: &CacheMeta) -> Result<StoredMeta> {
+        match Decoded::of(meta) {
+            Some(d) => Ok(StoredMeta::Decoded(d)),
+            None => {
+                let (i, h) = meta.serialize()?;
+                Ok(StoredMeta::Serialized(exact(i), exact(h)))
+            }
+        }
+    }
+
+    /// `parts` (the meta serialized) are kept only when the meta cannot be kept decoded.
+    fn from_parts(parts: (Bytes, Bytes), decoded: Option<Arc<Decoded>>) -> StoredMeta {
+        match decoded {
+            Some(d) => StoredMeta::Decoded(d),
+            None => StoredMeta::Serialized(parts.0, parts.1),
+        }
+    }
+
+    fn meta(&self) -> Result<CacheMeta> {
+        match self {
+            StoredMeta::Decoded(d) => Ok(d.rebuild()),
+            StoredMeta::Serialized(i, h) => CacheMeta::deserialize(i, h),
+        }
+    }
+
+    fn parts(&self) -> Result<(Bytes, Bytes)> {
+        match self {
+            StoredMeta::Decoded(d) => {
+                let (i, h) = d.rebuild().serialize()?;
+                Ok((exact(i), exact(h)))
+            }
+            StoredMeta::Serialized(i, h) => Ok((i.clone(), h.clone())),
+        }
+    }
+
+    /// Bytes counted against the budget.
+    fn weight(&self) -> usize {
+        match self {
+            StoredMeta::Decoded(d) => d.weight(),
+            StoredMeta::Serialized(i, h) => i.len() + h.len(),
+        }
+    }
+
+    /// This very meta, not one stored since (a refill or another rewrite replaced it).
+    fn same(&self, other: &StoredMeta) -> bool {
+        match (self, other) {
+            (StoredMeta::Decoded(a), StoredMeta::Decoded(b)) => Arc::ptr_eq(a, b),
+            (StoredMeta::Serialized(a, _), StoredMeta::Serialized(b, _)) => a.as_ptr() == b.as_ptr(),
+            _ => false,
+        }
+    }
 }
 
 impl Decoded {
@@ -85,20 +190,19 @@ impl Decoded {
                 sie: meta.stale_if_error_sec(),
                 variance: meta.variance(),
                 epoch_override: meta.epoch_override(),
-                header: compact(meta.response_header()),
+                header: Head::of(meta.response_header()),
             })
         })
     }
 
-    /// Bytes the decoded header holds, counted against the budget like everything stored.
-    /// What it really holds, measured with `mem-bench`: the shared allocation and the map's
-    /// fixed part, then per field the map's bucket and index and the value's own allocation.
+    /// Bytes the decoded meta holds, counted against the budget like everything stored: the
+    /// shared allocation (with the `Arc`'s counts and allocator rounding) and the head.
     fn weight(&self) -> usize {
-        320 + self.header.headers.iter().map(|(k, v)| k.as_str().len() + v.len() + 128).sum::<usize>()
+        std::mem::size_of::<Decoded>() + 32 + self.header.weight()
     }
 
     fn rebuild(&self) -> CacheMeta {
-        let mut m = CacheMeta::new(self.fresh_until, self.created, self.swr, self.sie, self.header.clone());
+        let mut m = CacheMeta::new(self.fresh_until, self.created, self.swr, self.sie, self.header.header());
         if let Some(v) = self.variance {
             m.set_variance_key(v);
         }
@@ -110,9 +214,7 @@ impl Decoded {
 }
 
 pub(crate) struct Entry {
-    internal: Bytes,
-    header: Bytes,
-    decoded: Option<Arc<Decoded>>,
+    meta: StoredMeta,
     body: Bytes,
     primary: HashBinary,
     /// `scheme://host/path?query`, for URL and prefix purges.
@@ -217,23 +319,16 @@ struct Inner {
     index: Index,
 }
 
-/// Bytes an entry's meta takes: both serialized parts and the decoded copy.
-fn meta_weight(internal: &[u8], header: &[u8], decoded: &Option<Arc<Decoded>>) -> usize {
-    internal.len() + header.len() + decoded.as_ref().map_or(0, |d| d.weight())
-}
-
 impl Inner {
-    /// Replaces an entry's meta (serialized by the caller, outside the lock), keeping the byte
+    /// Replaces an entry's meta (prepared by the caller, outside the lock), keeping the byte
     /// accounting exact. False when the entry is gone.
-    fn replace_meta(&mut self, combined: &HashBinary, (i, h): (Vec<u8>, Vec<u8>), decoded: Option<Arc<Decoded>>) -> bool {
-        let new = meta_weight(&i, &h, &decoded);
+    fn replace_meta(&mut self, combined: &HashBinary, meta: StoredMeta) -> bool {
+        let new = meta.weight();
         let Some(e) = self.lru.peek_mut(combined) else {
             return false;
         };
-        let old = meta_weight(&e.internal, &e.header, &e.decoded);
-        e.internal = exact(i);
-        e.header = exact(h);
-        e.decoded = decoded;
+        let old = e.meta.weight();
+        e.meta = meta;
         e.size = e.size - old + new;
         self.bytes = self.bytes - old + new;
         true
@@ -343,10 +438,10 @@ impl MemStorage {
     /// An entry rebuilt from its serialized meta and body, as the shared tier keeps them.
     pub(crate) fn entry_from_parts(&self, key: &CacheKey, internal: Bytes, header: Bytes, body: Bytes) -> Result<(CacheMeta, Entry)> {
         let meta = CacheMeta::deserialize(&internal, &header)?;
-        let decoded = Decoded::of(&meta);
+        let stored = StoredMeta::from_parts((internal, header), Decoded::of(&meta));
         let url: Arc<str> = key.primary_key_str().unwrap_or("").into();
         let tags = tags_of(&meta);
-        Ok((meta, Entry::new(internal, header, decoded, body, key.primary_bin(), url, tags)))
+        Ok((meta, Entry::new(stored, body, key.primary_bin(), url, tags)))
     }
 
     /// Drops every entry; returns how many there were.
@@ -371,10 +466,11 @@ impl MemStorage {
         self.purge_keys(&[*combined], soft)
     }
 
-    /// The stored parts of an entry, shared (no copy).
+    /// An entry's meta serialized and its body (shared, not copied).
     pub(crate) fn parts(&self, combined: &HashBinary) -> Option<(Bytes, Bytes, Bytes)> {
-        let inner = self.inner.lock();
-        inner.lru.peek(combined).map(|e| (e.internal.clone(), e.header.clone(), e.body.clone()))
+        let (meta, body) = self.inner.lock().lru.peek(combined).map(|e| (e.meta.clone(), e.body.clone()))?;
+        let (internal, header) = meta.parts().ok()?;
+        Some((internal, header, body))
     }
 
     /// A fill for `key`, whose completed entry the caller may copy elsewhere before admitting it.
@@ -420,27 +516,25 @@ impl MemStorage {
     /// Metas are rewritten outside the lock, so hits never wait for the (de)serialisation;
     /// an entry refilled meanwhile keeps its new meta. Returns how many were expired.
     fn expire_keys(&self, keys: &[HashBinary]) -> usize {
-        let read: Vec<(HashBinary, Bytes, Bytes)> = {
+        let read: Vec<(HashBinary, StoredMeta)> = {
             let inner = self.inner.lock();
-            keys.iter().filter_map(|k| inner.lru.peek(k).map(|e| (*k, e.internal.clone(), e.header.clone()))).collect()
+            keys.iter().filter_map(|k| inner.lru.peek(k).map(|e| (*k, e.meta.clone()))).collect()
         };
         let now = SystemTime::now();
-        /// The key, the meta bytes read (to see a refill), the expired meta serialized.
-        type Rewritten = (HashBinary, Bytes, (Vec<u8>, Vec<u8>), Option<Arc<Decoded>>);
-        let rewritten: Vec<Rewritten> = read
+        // The key, the meta read (to see a refill), the expired meta.
+        let rewritten: Vec<(HashBinary, StoredMeta, StoredMeta)> = read
             .into_iter()
-            .filter_map(|(k, i, h)| {
-                let mut meta = CacheMeta::deserialize(&i, &h).ok()?;
+            .filter_map(|(k, old)| {
+                let mut meta = old.meta().ok()?;
                 meta.expire_at(now);
-                let parts = meta.serialize().ok()?;
-                Some((k, i, parts, Decoded::of(&meta)))
+                Some((k, old, StoredMeta::of(&meta).ok()?))
             })
             .collect();
         let mut inner = self.inner.lock();
         let mut n = 0;
-        for (k, old, parts, decoded) in rewritten {
-            let unchanged = inner.lru.peek(&k).is_some_and(|e| e.internal.as_ptr() == old.as_ptr());
-            if unchanged && inner.replace_meta(&k, parts, decoded) {
+        for (k, old, new) in rewritten {
+            let unchanged = inner.lru.peek(&k).is_some_and(|e| e.meta.same(&old));
+            if unchanged && inner.replace_meta(&k, new) {
                 n += 1;
             }
         }
@@ -523,16 +617,12 @@ impl Storage for MemStorage {
     async fn lookup(&'static self, key: &CacheKey, _trace: &SpanHandle) -> Result<Option<(CacheMeta, HitHandler)>> {
         let found = {
             let mut inner = self.inner.lock();
-            inner.lru.get(&key.combined_bin()).map(|e| (e.internal.clone(), e.header.clone(), e.decoded.clone(), e.body.clone()))
+            inner.lru.get(&key.combined_bin()).map(|e| (e.meta.clone(), e.body.clone()))
         };
-        let Some((i, h, decoded, body)) = found else {
+        let Some((stored, body)) = found else {
             return Ok(None);
         };
-        let meta = match decoded {
-            Some(d) => d.rebuild(),
-            None => CacheMeta::deserialize(&i, &h)?,
-        };
-        Ok(Some((meta, Box::new(Hit::new(body, Tier::Memory)))))
+        Ok(Some((stored.meta()?, Box::new(Hit::new(body, Tier::Memory)))))
     }
 
     async fn get_miss_handler(&'static self, key: &CacheKey, meta: &CacheMeta, _trace: &SpanHandle) -> Result<MissHandler> {
@@ -557,9 +647,8 @@ impl Storage for MemStorage {
     /// Never panics: an entry purged or evicted while a revalidation was in flight is simply
     /// not there any more (`Ok(false)`).
     async fn update_meta(&'static self, key: &CacheKey, meta: &CacheMeta, _trace: &SpanHandle) -> Result<bool> {
-        let parts = meta.serialize()?;
-        let decoded = Decoded::of(meta);
-        Ok(self.inner.lock().replace_meta(&key.combined_bin(), parts, decoded))
+        let stored = StoredMeta::of(meta)?;
+        Ok(self.inner.lock().replace_meta(&key.combined_bin(), stored))
     }
 
     fn support_streaming_partial_write(&self) -> bool {
@@ -669,7 +758,7 @@ impl HandleMiss for Fill {
 
     async fn finish(self: Box<Self>) -> Result<MissFinishType> {
         let storage = self.storage;
-        let (combined, entry) = self.complete()?;
+        let (combined, entry, _) = self.complete()?;
         let size = entry.size;
         storage.insert(combined, entry);
         Ok(MissFinishType::Created(size))
@@ -679,17 +768,9 @@ impl HandleMiss for Fill {
 impl Entry {
     /// An entry and the bytes it is counted for: headers (serialized and decoded), body, URL
     /// and path as indexed, and the bookkeeping around them.
-    fn new(
-        internal: Bytes,
-        header: Bytes,
-        decoded: Option<Arc<Decoded>>,
-        body: Bytes,
-        primary: HashBinary,
-        url: Arc<str>,
-        tags: Box<[String]>,
-    ) -> Entry {
-        let size = body.len() + meta_weight(&internal, &header, &decoded) + url.len() + path_of(&url).len() + ENTRY_OVERHEAD;
-        Entry { internal, header, decoded, body, primary, url, tags, size }
+    fn new(meta: StoredMeta, body: Bytes, primary: HashBinary, url: Arc<str>, tags: Box<[String]>) -> Entry {
+        let size = body.len() + meta.weight() + url.len() + path_of(&url).len() + ENTRY_OVERHEAD;
+        Entry { meta, body, primary, url, tags, size }
     }
 
     pub(crate) fn size(&self) -> usize {
@@ -697,9 +778,6 @@ impl Entry {
     }
     pub(crate) fn body(&self) -> &Bytes {
         &self.body
-    }
-    pub(crate) fn meta_parts(&self) -> (&Bytes, &Bytes) {
-        (&self.internal, &self.header)
     }
     pub(crate) fn url(&self) -> &str {
         &self.url
@@ -710,10 +788,10 @@ impl Entry {
     /// How long the entry may still be served, fresh or stale: what a copy elsewhere should
     /// live. None when the meta cannot be read.
     pub(crate) fn servable_for(&self, now: SystemTime) -> Option<std::time::Duration> {
-        let (fresh_until, swr, sie) = match &self.decoded {
-            Some(d) => (d.fresh_until, d.swr, d.sie),
-            None => {
-                let m = CacheMeta::deserialize(&self.internal, &self.header).ok()?;
+        let (fresh_until, swr, sie) = match &self.meta {
+            StoredMeta::Decoded(d) => (d.fresh_until, d.swr, d.sie),
+            StoredMeta::Serialized(i, h) => {
+                let m = CacheMeta::deserialize(i, h).ok()?;
                 (m.fresh_until(), m.stale_while_revalidate_sec(), m.stale_if_error_sec())
             }
         };
@@ -723,9 +801,9 @@ impl Entry {
 }
 
 impl Fill {
-    /// The entry this fill makes, once the whole body is in; an error when it may not be
-    /// stored (over the object limit).
-    pub(crate) fn complete(self) -> Result<(HashBinary, Entry)> {
+    /// The entry this fill makes, once the whole body is in, with its meta serialized (for the
+    /// shared tier); an error when it may not be stored (over the object limit).
+    pub(crate) fn complete(self) -> Result<(HashBinary, Entry, (Bytes, Bytes))> {
         let s = self;
         if s.too_large {
             s.storage.stats.rejected_too_large.fetch_add(1, Ordering::Relaxed);
@@ -759,8 +837,9 @@ impl Fill {
         } else {
             ((s.internal, s.header), s.decoded)
         };
-        let ((internal, header), decoded) = (internal_header, decoded);
-        Ok((s.combined, Entry::new(exact(internal), exact(header), decoded, body, s.primary, s.url, s.tags)))
+        let parts = (exact(internal_header.0), exact(internal_header.1));
+        let stored = StoredMeta::from_parts(parts.clone(), decoded);
+        Ok((s.combined, Entry::new(stored, body, s.primary, s.url, s.tags), parts))
     }
 }
 
@@ -882,9 +961,14 @@ mod tests {
     async fn hits_rebuild_the_same_meta_without_decompressing() {
         let s = MemStorage::new(1 << 20, 1 << 20).leak();
         let now = SystemTime::now();
-        let mut h = ResponseHeader::build(200, None).unwrap();
+        let mut h = ResponseHeader::build(203, None).unwrap();
+        h.set_reason_phrase(Some("Edge Made")).unwrap();
         h.insert_header("content-length", "4").unwrap();
         h.insert_header("X-Mixed-Case", "v").unwrap();
+        // Several values of one field, in order, and a value with obs-text bytes.
+        h.append_header("link", "</a.css>; rel=preload").unwrap();
+        h.append_header("link", "</b.js>; rel=preload").unwrap();
+        h.insert_header("x-latin1", http::HeaderValue::from_bytes(b"caf\xe9").unwrap()).unwrap();
         let mut m = CacheMeta::new(now + Duration::from_secs(60), now, 7, 9, h);
         m.set_epoch_override(now - Duration::from_secs(5));
         let mut key = CacheKey::new("http://h/d", "");
@@ -893,7 +977,8 @@ mod tests {
         let mut w = s.get_miss_handler(&key, &m, &Span::inactive().handle()).await.unwrap();
         w.write_body(Bytes::from_static(b"body"), true).await.unwrap();
         w.finish().await.unwrap();
-        assert!(s.inner.lock().lru.peek(&key.combined_bin()).unwrap().decoded.is_some(), "fast path taken");
+        let kept = s.inner.lock().lru.peek(&key.combined_bin()).unwrap().meta.clone();
+        assert!(matches!(kept, StoredMeta::Decoded(_)), "kept decoded only");
         let (got, _) = s.lookup(&key, &Span::inactive().handle()).await.unwrap().unwrap();
         let (i, hb) = m.serialize().unwrap();
         let want = CacheMeta::deserialize(&i, &hb).unwrap();
@@ -908,11 +993,17 @@ mod tests {
         let wire = |m: &CacheMeta| {
             let mut out = Vec::new();
             for (k, v) in m.response_header().headers.iter() {
-                out.push(format!("{k}: {}", v.to_str().unwrap()));
+                out.push(format!("{k}: {}", String::from_utf8_lossy(v.as_bytes())));
             }
             out
         };
         assert_eq!(wire(&got), wire(&want));
+        assert_eq!((got.response_header().status.as_u16(), got.response_header().get_reason_phrase()), (203, Some("Edge Made")));
+        // What the shared tier and soft purges get back serialized is the same meta again.
+        let (i2, h2) = kept.parts().unwrap();
+        let again = CacheMeta::deserialize(&i2, &h2).unwrap();
+        assert_eq!(again.response_header().headers, want.response_header().headers);
+        assert_eq!((again.fresh_until(), again.variance()), (want.fresh_until(), want.variance()));
     }
 
     #[tokio::test]

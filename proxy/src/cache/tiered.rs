@@ -103,8 +103,9 @@ impl Storage for Tiered {
         let updated = self.l1.update_meta(key, meta, trace).await?;
         if updated {
             if let Some((internal, header, body)) = self.l1.parts(&key.combined_bin()) {
+                let parts = (internal.clone(), header.clone());
                 if let Ok((_, entry)) = self.l1.entry_from_parts(key, internal, header, body) {
-                    self.l2.put(&key.combined_bin(), &key.primary_bin(), &entry).await;
+                    self.l2.put(&key.combined_bin(), &key.primary_bin(), &entry, &parts).await;
                 }
             }
         }
@@ -174,8 +175,8 @@ impl HandleMiss for TieredFill {
             return Ok(MissFinishType::Created(0));
         };
         match fill.complete() {
-            Ok((combined, entry)) => {
-                self.tiers.l2.put(&combined, &self.primary, &entry).await;
+            Ok((combined, entry, parts)) => {
+                self.tiers.l2.put(&combined, &self.primary, &entry, &parts).await;
                 let size = entry.size();
                 self.tiers.l1.admit(combined, entry);
                 Ok(MissFinishType::Created(size))

@@ -90,7 +90,7 @@ impl State {
         o.write_headers(resp, ctx.upstream.time.map(|d| d.as_secs_f64() * 1000.0))?;
         if o.status.built_from_store() {
             if let Some(meta) = session.cache.maybe_cache_meta() {
-                resp.insert_header("age", meta.age().as_secs().to_string())?;
+                resp.insert_header(http::header::AGE, meta.age().as_secs())?;
             }
         }
         if ctx.cache.precondition_failed {

@@ -155,7 +155,8 @@ async fn resident_memory_follows_the_byte_budget() {
     let after = p.memory_kib("VmRSS");
     let grown_mib = after.saturating_sub(before) as f64 / 1024.0;
     eprintln!("14,000 fills into 32 MiB: {} entries, {} evictions, resident +{grown_mib:.1} MiB", stats["entries"], stats["evictions"]);
-    assert!(stats["evictions"].as_u64().unwrap_or(0) > 5000, "the budget was exceeded many times over: {stats}");
+    // ~3.2 KB counted per entry: about 10,500 fit, so thousands of the 14,000 are evicted.
+    assert!(stats["evictions"].as_u64().unwrap_or(0) > 2000, "the budget was exceeded many times over: {stats}");
     assert!(grown_mib < 32.0 * 1.25 + 16.0, "resident memory grew {grown_mib:.1} MiB for a 32 MiB budget");
 }
 
