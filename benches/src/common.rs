@@ -1,7 +1,6 @@
 //! Shared by the benchmarks: starting a release `portier` and the keep-alive load generator.
 #![allow(dead_code)] // each benchmark binary uses part of this module
 
-use std::io::{BufRead, BufReader, Read};
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -157,6 +156,7 @@ pub fn start_proxy_under(wrapper: &[String], bin: &str, origin: SocketAddr, tele
     );
     let path = dir.join("portier.toml");
     std::fs::write(&path, cfg).expect("write config");
+    let log = dir.join("stdout.log");
     let mut command = match wrapper.split_first() {
         Some((first, rest)) => {
             let mut c = Command::new(first);
@@ -165,32 +165,26 @@ pub fn start_proxy_under(wrapper: &[String], bin: &str, origin: SocketAddr, tele
         }
         None => Command::new(bin),
     };
-    let mut child = command
+    let child = command
         .arg("run")
         .arg("--config")
         .arg(&path)
-        .stdout(Stdio::piped())
+        // The access log goes to a file, as nginx's does: a reader draining a pipe would take
+        // CPU time from the load generator's side of the machine.
+        .stdout(Stdio::from(std::fs::File::create(&log).expect("log file")))
         .stderr(Stdio::null())
         .spawn()
         .unwrap_or_else(|e| panic!("cannot start {bin}: {e} (build it with `cargo build --release`)"));
-    let out = child.stdout.take().expect("stdout");
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let mut reader = BufReader::new(out);
-        let mut line = String::new();
-        while reader.read_line(&mut line).is_ok_and(|n| n > 0) {
-            if line.contains("\"event\":\"listening\"") {
-                let _ = tx.send(line.clone());
-                break;
-            }
-            line.clear();
-        }
-        // Then drain the access log as cheaply as a log collector would: raw reads, discarded.
-        let mut sink = [0u8; 64 * 1024];
-        while reader.read(&mut sink).is_ok_and(|n| n > 0) {}
-    });
     let wait = if wrapper.is_empty() { 20 } else { 180 };
-    let line = rx.recv_timeout(Duration::from_secs(wait)).expect("portier started");
+    let deadline = std::time::Instant::now() + Duration::from_secs(wait);
+    let line = loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if let Some(l) = text.lines().find(|l| l.contains("\"event\":\"listening\"")) {
+            break l.to_string();
+        }
+        assert!(std::time::Instant::now() < deadline, "portier did not start within {wait} s");
+        std::thread::sleep(Duration::from_millis(20));
+    };
     let v: serde_json::Value = serde_json::from_str(&line).expect("listening event");
     let public = v["public"].as_str().and_then(|s| s.parse().ok()).expect("public address");
     let admin = v["admin"].as_str().and_then(|s| s.parse().ok()).expect("admin address");

@@ -9,6 +9,7 @@ use crate::telemetry::traces::Tracing;
 use crate::upstream::{UpstreamError, Upstreams};
 
 use async_trait::async_trait;
+use pingora_core::listeners::{L4BufferSettings, ListenerConfig};
 use pingora_core::server::configuration::ServerConf;
 use pingora_core::server::{ListenFds, RunArgs, Server, ShutdownSignal, ShutdownSignalWatch, ShutdownWatch};
 use pingora_core::services::{ServiceReadyNotifier, ServiceWithDependents};
@@ -136,6 +137,15 @@ pub struct BoundAddrs {
     pub tls: Option<SocketAddr>,
 }
 
+/// What a client connection buffers before writing. Pingora's default is one MSS (1,460
+/// bytes): a 2 KB hit went out as two `sendto`s, its head and then its body. 8 KiB (nginx's
+/// `proxy_buffer_size` is one page, and it buffers whole responses by default) holds the head
+/// and body of a typical API answer, so one write sends both. Real-time responses are not held
+/// back: Pingora flushes chunked and close-delimited bodies at every chunk; a body of known
+/// length goes out when 8 KiB have gathered or it is complete (a chunk that size or larger is
+/// written straight through).
+const WRITE_BUFFER: usize = 8 * 1024;
+
 /// Builds everything and blocks until shutdown. `on_bound` runs once the listeners are bound,
 /// with their real addresses.
 /// `source` is the file `config` came from: what a reload reads again (none for `portier proxy`).
@@ -190,7 +200,8 @@ pub fn run(mut config: Config, source: Option<std::path::PathBuf>, on_bound: imp
     if let Some(app) = proxy.app_logic_mut() {
         app.server_options = Some(crate::limits::server_options(&state.config.limits, state.connections.clone()));
     }
-    proxy.add_tcp(&addrs.public.to_string());
+    let buffers = L4BufferSettings::default().write(WRITE_BUFFER);
+    proxy.add_listener(ListenerConfig::tcp(addrs.public.to_string()).l4_buffer(buffers));
     let mut sockets = vec![public];
     if let (Some((store, bound)), Some(t)) = (tls, &state.config.tls) {
         let mut settings = pingora_core::listeners::tls::TlsSettings::intermediate("", "")
@@ -199,7 +210,7 @@ pub fn run(mut config: Config, source: Option<std::path::PathBuf>, on_bound: imp
         if t.http2 {
             settings.enable_h2();
         }
-        proxy.add_tls_with_settings(&bound.addr.to_string(), None, settings);
+        proxy.add_listener(ListenerConfig::tcp(bound.addr.to_string()).tls(settings).l4_buffer(buffers));
         sockets.push(bound);
         if let Some(acme) = &t.acme {
             crate::acme::start(acme.clone(), store.clone(), state.challenges.clone());
