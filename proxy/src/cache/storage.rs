@@ -19,7 +19,7 @@ use pingora_cache::trace::SpanHandle;
 use pingora_cache::{CacheMeta, Storage};
 use pingora_error::{Error, ErrorType, Result};
 use std::any::Any;
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::ops::Bound;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -27,9 +27,10 @@ use std::time::SystemTime;
 
 /// Per-entry bookkeeping counted against the budget on top of headers and body: the LRU
 /// node and its slot, the URL, path and variant indexes, allocator rounding. Measured with
-/// `mem-bench` (resident memory per entry minus what the other terms count: about 600 bytes
-/// once metas are kept decoded only, in their compact form).
-const ENTRY_OVERHEAD: usize = 600;
+/// `mem-bench` (resident memory per entry minus what the other terms count: about 500 bytes
+/// once metas are kept decoded only, in their compact form, and the path index points into
+/// the URL instead of copying the path).
+const ENTRY_OVERHEAD: usize = 500;
 
 /// A header Portier's policy puts in the stored meta to ask for an edge-generated ETag; the
 /// storage replaces it with `ETag: "<hash of the body>"` once the whole body is known.
@@ -122,7 +123,8 @@ impl Head {
 #[derive(Clone)]
 enum StoredMeta {
     Decoded(Arc<Decoded>),
-    Serialized(Bytes, Bytes),
+    /// Boxed: two `Bytes` inline would make every entry (and LRU node) 56 bytes larger.
+    Serialized(Box<(Bytes, Bytes)>),
 }
 
 impl StoredMeta {
@@ -131,7 +133,7 @@ impl StoredMeta {
             Some(d) => Ok(StoredMeta::Decoded(d)),
             None => {
                 let (i, h) = meta.serialize()?;
-                Ok(StoredMeta::Serialized(exact(i), exact(h)))
+                Ok(StoredMeta::Serialized(Box::new((exact(i), exact(h)))))
             }
         }
     }
@@ -140,14 +142,14 @@ impl StoredMeta {
     fn from_parts(parts: (Bytes, Bytes), decoded: Option<Arc<Decoded>>) -> StoredMeta {
         match decoded {
             Some(d) => StoredMeta::Decoded(d),
-            None => StoredMeta::Serialized(parts.0, parts.1),
+            None => StoredMeta::Serialized(Box::new(parts)),
         }
     }
 
     fn meta(&self) -> Result<CacheMeta> {
         match self {
             StoredMeta::Decoded(d) => Ok(d.rebuild()),
-            StoredMeta::Serialized(i, h) => CacheMeta::deserialize(i, h),
+            StoredMeta::Serialized(p) => CacheMeta::deserialize(&p.0, &p.1),
         }
     }
 
@@ -157,7 +159,7 @@ impl StoredMeta {
                 let (i, h) = d.rebuild().serialize()?;
                 Ok((exact(i), exact(h)))
             }
-            StoredMeta::Serialized(i, h) => Ok((i.clone(), h.clone())),
+            StoredMeta::Serialized(p) => Ok((p.0.clone(), p.1.clone())),
         }
     }
 
@@ -165,7 +167,7 @@ impl StoredMeta {
     fn weight(&self) -> usize {
         match self {
             StoredMeta::Decoded(d) => d.weight(),
-            StoredMeta::Serialized(i, h) => i.len() + h.len(),
+            StoredMeta::Serialized(p) => p.0.len() + p.1.len(),
         }
     }
 
@@ -173,7 +175,7 @@ impl StoredMeta {
     fn same(&self, other: &StoredMeta) -> bool {
         match (self, other) {
             (StoredMeta::Decoded(a), StoredMeta::Decoded(b)) => Arc::ptr_eq(a, b),
-            (StoredMeta::Serialized(a, _), StoredMeta::Serialized(b, _)) => a.as_ptr() == b.as_ptr(),
+            (StoredMeta::Serialized(a), StoredMeta::Serialized(b)) => a.0.as_ptr() == b.0.as_ptr(),
             _ => false,
         }
     }
@@ -235,12 +237,47 @@ struct Index {
     tags: HashMap<String, HashSet<HashBinary>>,
     /// `scheme://host/path?query` → primary key, ordered for URL-prefix purges.
     by_url: BTreeMap<Arc<str>, HashBinary>,
-    /// (`/path?query`, primary key) → URL, ordered for path and path-prefix purges on any host.
-    by_path: BTreeMap<(Box<str>, HashBinary), Arc<str>>,
+    /// (`/path?query`, primary key), ordered for path and path-prefix purges on any host.
+    by_path: BTreeSet<PathKey>,
     /// Query parameters that invalidation rules match on (`username`): (name, value) → the
     /// URLs that carry it, so a rule's purge for one user does not walk every user's entries.
     params: Box<[Box<str>]>,
     by_param: HashMap<ParamPair, HashMap<HashBinary, Arc<str>>>,
+}
+
+/// An entry's `/path?query` as a slice of its URL's own allocation (a copy of the path cost
+/// ~50 bytes per entry), ordered by that path, then the primary key.
+struct PathKey {
+    url: Arc<str>,
+    path_at: u32,
+    primary: HashBinary,
+}
+
+impl PathKey {
+    fn new(url: Arc<str>, primary: HashBinary) -> PathKey {
+        let path_at = (url.len() - path_of(&url).len()) as u32;
+        PathKey { url, path_at, primary }
+    }
+    fn path(&self) -> &str {
+        self.url.get(self.path_at as usize..).unwrap_or("")
+    }
+}
+
+impl PartialEq for PathKey {
+    fn eq(&self, other: &Self) -> bool {
+        self.cmp(other) == std::cmp::Ordering::Equal
+    }
+}
+impl Eq for PathKey {}
+impl PartialOrd for PathKey {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for PathKey {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.path().cmp(other.path()).then_with(|| self.primary.cmp(&other.primary))
+    }
 }
 
 impl Index {
@@ -248,9 +285,9 @@ impl Index {
     fn primaries(&self, sel: &Selector) -> Vec<HashBinary> {
         let by_path = |p: &str, exact: bool| -> Vec<(Arc<str>, HashBinary)> {
             self.by_path
-                .range((Bound::Included((Box::<str>::from(p), [0u8; 16])), Bound::Unbounded))
-                .take_while(|((path, _), _)| if exact { &**path == p } else { path.starts_with(p) })
-                .map(|((_, k), u)| (u.clone(), *k))
+                .range((Bound::Included(PathKey::new(Arc::from(p), [0u8; 16])), Bound::Unbounded))
+                .take_while(|k| if exact { k.path() == p } else { k.path().starts_with(p) })
+                .map(|k| (k.url.clone(), k.primary))
                 .collect()
         };
         let by_url_prefix = |p: &str| -> Vec<(Arc<str>, HashBinary)> {
@@ -293,15 +330,15 @@ impl Index {
 
     fn add(&mut self, primary: HashBinary, url: &Arc<str>) {
         self.by_url.insert(url.clone(), primary);
-        self.by_path.insert((Box::from(path_of(url)), primary), url.clone());
+        self.by_path.insert(PathKey::new(url.clone(), primary));
         for pair in self.indexed_params(url) {
             self.by_param.entry(pair).or_default().insert(primary, url.clone());
         }
     }
 
-    fn forget(&mut self, primary: &HashBinary, url: &str) {
-        self.by_url.remove(url);
-        self.by_path.remove(&(Box::from(path_of(url)), *primary));
+    fn forget(&mut self, primary: &HashBinary, url: &Arc<str>) {
+        self.by_url.remove(&**url);
+        self.by_path.remove(&PathKey::new(url.clone(), *primary));
         for pair in self.indexed_params(url) {
             if let Some(m) = self.by_param.get_mut(&pair) {
                 m.remove(primary);
@@ -364,7 +401,8 @@ impl Inner {
         // What the parameter index holds for this URL counts against the budget too.
         e.size += self.index.indexed_params(&e.url).iter().map(|(k, v)| k.len() + v.len() + 64).sum::<usize>();
         self.bytes += e.size;
-        let vs = self.index.variants.entry(e.primary).or_default();
+        // Most URLs have one variant: a first push would reserve four (64 bytes).
+        let vs = self.index.variants.entry(e.primary).or_insert_with(|| Vec::with_capacity(1));
         let first = vs.is_empty();
         if !vs.contains(&combined) {
             vs.push(combined);
@@ -766,10 +804,10 @@ impl HandleMiss for Fill {
 }
 
 impl Entry {
-    /// An entry and the bytes it is counted for: headers (serialized and decoded), body, URL
-    /// and path as indexed, and the bookkeeping around them.
+    /// An entry and the bytes it is counted for: its meta as kept, body, URL, and the
+    /// bookkeeping around them (LRU node, indexes).
     fn new(meta: StoredMeta, body: Bytes, primary: HashBinary, url: Arc<str>, tags: Box<[String]>) -> Entry {
-        let size = body.len() + meta.weight() + url.len() + path_of(&url).len() + ENTRY_OVERHEAD;
+        let size = body.len() + meta.weight() + url.len() + ENTRY_OVERHEAD;
         Entry { meta, body, primary, url, tags, size }
     }
 
@@ -790,8 +828,8 @@ impl Entry {
     pub(crate) fn servable_for(&self, now: SystemTime) -> Option<std::time::Duration> {
         let (fresh_until, swr, sie) = match &self.meta {
             StoredMeta::Decoded(d) => (d.fresh_until, d.swr, d.sie),
-            StoredMeta::Serialized(i, h) => {
-                let m = CacheMeta::deserialize(i, h).ok()?;
+            StoredMeta::Serialized(p) => {
+                let m = CacheMeta::deserialize(&p.0, &p.1).ok()?;
                 (m.fresh_until(), m.stale_while_revalidate_sec(), m.stale_if_error_sec())
             }
         };
