@@ -100,6 +100,17 @@ impl Authority {
     }
 }
 
+impl Authority {
+    /// Appends `host[:port]` (Display without core::fmt: this runs for every request's key).
+    pub(crate) fn push_to(&self, out: &mut String) {
+        out.push_str(&self.host);
+        if let Some(p) = self.port {
+            out.push(':');
+            crate::text::push_u64(out, u64::from(p));
+        }
+    }
+}
+
 impl fmt::Display for Authority {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.port {
@@ -314,6 +325,12 @@ mod tests {
         assert_eq!(ok(b"/", &["h:80"]).0, "h", "the default port is dropped");
         assert_eq!(ok(b"/", &["h:"]).0, "h");
         assert_eq!(ok(b"/", &["[::1]:8080"]).0, "[::1]:8080");
+        for (raw, scheme) in [(&b"[::1]:8080"[..], Scheme::Http), (b"h:443", Scheme::Http), (b"H.example", Scheme::Https)] {
+            let a = Authority::parse(raw, scheme).unwrap();
+            let mut pushed = String::new();
+            a.push_to(&mut pushed);
+            assert_eq!(pushed, a.to_string(), "push_to writes what Display does");
+        }
         assert_eq!(ok(b"http://H:8080/x?q", &["h:8080"]), ("h:8080".into(), "/x?q".into(), "h:8080".into()));
         assert_eq!(ok(b"HTTP://h?q", &["h"]).1, "/?q");
         assert_eq!(ok(b"http://h", &["h"]).1, "/");

@@ -228,7 +228,7 @@ pub(crate) fn outcome(f: &Facts<'_>, now: std::time::SystemTime) -> Outcome {
 impl Outcome {
     /// `X-Cache`, `Cache-Status` and `Server-Timing` on a response Portier sends.
     pub(crate) fn write_headers(&self, resp: &mut pingora_http::ResponseHeader, origin_ms: Option<f64>) -> pingora_error::Result<()> {
-        resp.insert_header("x-cache", self.status.as_str())?;
+        resp.insert_header("x-cache", http::HeaderValue::from_static(self.status.as_str()))?;
         resp.insert_header("cache-status", cache_status_header(&self.details))?;
         resp.insert_header("server-timing", server_timing(self.status, origin_ms))?;
         Ok(())

@@ -15,12 +15,11 @@ pub(crate) struct CacheUrl {
 
 impl CacheUrl {
     fn build(scheme: Scheme, authority: Option<&Authority>, path_and_query: &str) -> CacheUrl {
-        use fmt::Write as _;
         let mut text = String::with_capacity(16 + path_and_query.len());
         text.push_str(scheme.as_str());
         text.push_str("://");
         if let Some(a) = authority {
-            let _ = write!(text, "{a}");
+            a.push_to(&mut text);
         }
         let path_at = text.len();
         text.push_str(path_and_query);

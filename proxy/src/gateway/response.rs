@@ -88,7 +88,9 @@ impl State {
             self.metrics.coalesced.inc();
         }
         o.write_headers(resp, ctx.upstream.time.map(|d| d.as_secs_f64() * 1000.0))?;
-        if o.status.built_from_store() {
+        // A fresh hit went through Pingora's `cache_hit_header`, which set `Age` from the same
+        // meta; the others (stale, revalidated) did not.
+        if o.status.built_from_store() && !(o.status == CacheStatus::Hit && resp.headers.contains_key(http::header::AGE)) {
             if let Some(meta) = session.cache.maybe_cache_meta() {
                 resp.insert_header(http::header::AGE, meta.age().as_secs())?;
             }
