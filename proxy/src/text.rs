@@ -1,19 +1,10 @@
 //! Numbers written into strings on the hot path without `core::fmt` (its machinery cost a
 //! third of the access log line and most of the cache status headers).
 
-/// Decimal digits of `n`.
-pub(crate) fn push_u64(out: &mut String, mut n: u64) {
-    let mut digits = [0u8; 20];
-    let mut i = digits.len();
-    loop {
-        i -= 1;
-        digits[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    out.extend(digits[i..].iter().map(|d| char::from(*d)));
+/// Decimal digits of `n` (itoa: two digits per step from a table; the access log writes six
+/// numbers per request).
+pub(crate) fn push_u64(out: &mut String, n: u64) {
+    out.push_str(itoa::Buffer::new().format(n));
 }
 
 /// `n` as 16 lowercase hex digits, as `{:016x}` writes it (ids and trace ids on every
@@ -41,12 +32,12 @@ pub(crate) fn push_fixed(out: &mut String, v: f64, decimals: u32) {
     push_u64(out, scaled / scale);
     if decimals > 0 {
         out.push('.');
-        let frac = scaled % scale;
-        let mut div = scale / 10;
-        while div > 0 {
-            out.push(char::from(b'0' + (frac / div % 10) as u8));
-            div /= 10;
+        let mut digits = itoa::Buffer::new();
+        let frac = digits.format(scaled % scale);
+        for _ in frac.len()..decimals as usize {
+            out.push('0');
         }
+        out.push_str(frac);
     }
 }
 
