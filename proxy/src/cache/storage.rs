@@ -30,7 +30,7 @@ use std::time::SystemTime;
 /// `mem-bench` (resident memory per entry minus what the other terms count: about 500 bytes
 /// once metas are kept decoded only, in their compact form, and the path index points into
 /// the URL instead of copying the path).
-const ENTRY_OVERHEAD: usize = 500;
+const ENTRY_OVERHEAD: usize = 520;
 
 /// A header Portier's policy puts in the stored meta to ask for an edge-generated ETag; the
 /// storage replaces it with `ETag: "<hash of the body>"` once the whole body is known.
@@ -56,8 +56,49 @@ fn exact(v: Vec<u8>) -> Bytes {
     Bytes::from(v.into_boxed_slice())
 }
 
-/// A stored response head in two allocations: each field's name with where its value ends,
-/// and every value's bytes back to back. Pingora parses a response head without copying (each
+/// Field names of stored heads, each kept once for the whole cache: an entry holds a 2-byte
+/// index per field instead of a 32-byte `HeaderName` (~250 bytes per entry). Hits read the
+/// table without a lock; a name never seen before is added under the mutex (fills only).
+/// Bounded: past `MAX_NAMES` distinct names (an origin inventing names), new heads are kept
+/// serialized instead.
+struct Names {
+    max: usize,
+    index: parking_lot::Mutex<HashMap<http::HeaderName, u16>>,
+    table: arc_swap::ArcSwap<Vec<http::HeaderName>>,
+}
+
+const MAX_NAMES: usize = 4096;
+
+impl Names {
+    fn new(max: usize) -> Names {
+        let max = max.min(usize::from(u16::MAX));
+        Names { max, index: parking_lot::Mutex::new(HashMap::new()), table: arc_swap::ArcSwap::from_pointee(Vec::new()) }
+    }
+
+    fn global() -> &'static Names {
+        static NAMES: std::sync::OnceLock<Names> = std::sync::OnceLock::new();
+        NAMES.get_or_init(|| Names::new(MAX_NAMES))
+    }
+
+    fn intern(&self, name: &http::HeaderName) -> Option<u16> {
+        let mut index = self.index.lock();
+        if let Some(i) = index.get(name) {
+            return Some(*i);
+        }
+        if index.len() >= self.max {
+            return None;
+        }
+        let i = index.len() as u16;
+        let mut table = (**self.table.load()).clone();
+        table.push(name.clone());
+        self.table.store(Arc::new(table));
+        index.insert(name.clone(), i);
+        Some(i)
+    }
+}
+
+/// A stored response head in two allocations: each field's name (interned, see [`Names`])
+/// with where its value ends, and every value's bytes back to back. Pingora parses a response head without copying (each
 /// name and value a slice of the buffer it was read into: keeping those would keep the whole
 /// buffer, 9.8 KB resident per 1.8 KB entry), and a `HeaderMap` copy costs buckets, indices
 /// and one allocation per value (~1.2 KB for six fields). Each hit builds its
@@ -67,31 +108,36 @@ struct Head {
     version: http::Version,
     /// Only when the origin's differs from the status code's canonical phrase.
     reason: Option<Box<str>>,
-    fields: Box<[(http::HeaderName, u32)]>,
+    fields: Box<[(u16, u32)]>,
     values: Bytes,
 }
 
 impl Head {
-    fn of(h: &pingora_http::ResponseHeader) -> Head {
+    /// None when a name cannot be interned (the table is full).
+    fn of(h: &pingora_http::ResponseHeader, names: &Names) -> Option<Head> {
         let mut values = Vec::with_capacity(h.headers.iter().map(|(_, v)| v.len()).sum());
         let mut fields = Vec::with_capacity(h.headers.len());
         for (name, value) in &h.headers {
             values.extend_from_slice(value.as_bytes());
-            fields.push((name.clone(), values.len() as u32));
+            fields.push((names.intern(name)?, values.len() as u32));
         }
         let reason = h.get_reason_phrase().filter(|r| Some(*r) != h.status.canonical_reason()).map(Box::from);
-        Head { status: h.status, version: h.version, reason, fields: fields.into_boxed_slice(), values: Bytes::from(values) }
+        Some(Head { status: h.status, version: h.version, reason, fields: fields.into_boxed_slice(), values: Bytes::from(values) })
     }
 
     /// The response head again; the names go out in their canonical case (HTTP field names are
     /// case-insensitive).
-    fn header(&self) -> pingora_http::ResponseHeader {
+    fn header(&self, names: &Names) -> pingora_http::ResponseHeader {
+        let table = names.table.load();
         let mut map = http::HeaderMap::with_capacity(self.fields.len());
         let mut start = 0;
         for (name, end) in self.fields.iter() {
             let end = *end as usize;
             // The bytes came from a `HeaderValue`: they are valid (checked again, not assumed).
-            if let Ok(v) = http::HeaderValue::from_maybe_shared(self.values.slice(start..end)) {
+            // The table only grows: an index handed out is always there.
+            if let (Some(name), Ok(v)) =
+                (table.get(usize::from(*name)), http::HeaderValue::from_maybe_shared(self.values.slice(start..end)))
+            {
                 map.append(name.clone(), v);
             }
             start = end;
@@ -107,13 +153,10 @@ impl Head {
         out
     }
 
-    /// What it holds: the values, each field's name and offset, and the names' own bytes
-    /// (only names that are not standard have them; counted for all, a few bytes over).
+    /// What it holds: the values, each field's name index and offset (the interned names are
+    /// shared by the whole cache and bounded by `MAX_NAMES`).
     fn weight(&self) -> usize {
-        let per_field = std::mem::size_of::<(http::HeaderName, u32)>();
-        self.values.len()
-            + self.fields.iter().map(|(n, _)| per_field + n.as_str().len()).sum::<usize>()
-            + self.reason.as_ref().map_or(0, |r| r.len())
+        self.values.len() + self.fields.len() * std::mem::size_of::<(u16, u32)>() + self.reason.as_ref().map_or(0, |r| r.len())
     }
 }
 
@@ -184,17 +227,18 @@ impl StoredMeta {
 impl Decoded {
     fn of(meta: &CacheMeta) -> Option<Arc<Decoded>> {
         let exact = meta.provenance() == meta.created() && (meta.updated() == meta.created() || meta.epoch_override().is_some());
-        exact.then(|| {
-            Arc::new(Decoded {
-                fresh_until: meta.fresh_until(),
-                created: meta.created(),
-                swr: meta.stale_while_revalidate_sec(),
-                sie: meta.stale_if_error_sec(),
-                variance: meta.variance(),
-                epoch_override: meta.epoch_override(),
-                header: Head::of(meta.response_header()),
-            })
-        })
+        if !exact {
+            return None;
+        }
+        Some(Arc::new(Decoded {
+            fresh_until: meta.fresh_until(),
+            created: meta.created(),
+            swr: meta.stale_while_revalidate_sec(),
+            sie: meta.stale_if_error_sec(),
+            variance: meta.variance(),
+            epoch_override: meta.epoch_override(),
+            header: Head::of(meta.response_header(), Names::global())?,
+        }))
     }
 
     /// Bytes the decoded meta holds, counted against the budget like everything stored: the
@@ -204,7 +248,7 @@ impl Decoded {
     }
 
     fn rebuild(&self) -> CacheMeta {
-        let mut m = CacheMeta::new(self.fresh_until, self.created, self.swr, self.sie, self.header.header());
+        let mut m = CacheMeta::new(self.fresh_until, self.created, self.swr, self.sie, self.header.header(Names::global()));
         if let Some(v) = self.variance {
             m.set_variance_key(v);
         }
@@ -1042,6 +1086,24 @@ mod tests {
         let again = CacheMeta::deserialize(&i2, &h2).unwrap();
         assert_eq!(again.response_header().headers, want.response_header().headers);
         assert_eq!((again.fresh_until(), again.variance()), (want.fresh_until(), want.variance()));
+    }
+
+    #[test]
+    fn field_names_are_kept_once_and_the_table_is_bounded() {
+        let names = Names::new(2);
+        let a = http::HeaderName::from_static("x-a");
+        let b = http::HeaderName::from_static("x-b");
+        assert_eq!(names.intern(&a), Some(0));
+        assert_eq!(names.intern(&http::header::ETAG), Some(1));
+        assert_eq!(names.intern(&a), Some(0), "a name seen before keeps its index");
+        assert_eq!(names.intern(&b), None, "full: the head is kept serialized instead");
+        assert_eq!(names.table.load().as_slice(), &[a.clone(), http::header::ETAG]);
+        // A head with a name the full table cannot take is not decoded.
+        let mut h = ResponseHeader::build(200, None).unwrap();
+        h.insert_header("x-a", "1").unwrap();
+        assert!(Head::of(&h, &names).is_some());
+        h.insert_header("x-b", "2").unwrap();
+        assert!(Head::of(&h, &names).is_none());
     }
 
     #[tokio::test]
