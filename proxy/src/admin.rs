@@ -25,6 +25,15 @@ fn download(bytes: Vec<u8>, filename: &str) -> Response<Vec<u8>> {
         .unwrap_or_default()
 }
 
+/// Hits over lookups since start (0 before any), as `/cache/stats` and `/ui/data` show it.
+fn hit_ratio(hits: u64, misses: u64) -> f64 {
+    if hits + misses > 0 {
+        hits as f64 / (hits + misses) as f64
+    } else {
+        0.0
+    }
+}
+
 pub fn json_response(status: StatusCode, body: &serde_json::Value) -> Response<Vec<u8>> {
     let bytes = body.to_string().into_bytes();
     Response::builder()
@@ -207,7 +216,7 @@ impl Admin {
                 "max_object_size": s.max_object,
                 "hits": hits,
                 "misses": misses,
-                "hit_ratio": if hits + misses > 0 { hits as f64 / (hits + misses) as f64 } else { 0.0 },
+                "hit_ratio": hit_ratio(hits, misses),
                 "evictions": s.evictions,
                 "coalesced": m.coalesced.get(),
             }),
@@ -271,7 +280,7 @@ impl Admin {
                     "enabled": st.cache.is_some(),
                     "hits": hits,
                     "misses": misses,
-                    "hit_ratio": if hits + misses > 0 { hits as f64 / (hits + misses) as f64 } else { 0.0 },
+                    "hit_ratio": hit_ratio(hits, misses),
                     "entries": stats.entries,
                     "bytes": stats.bytes,
                     "capacity": stats.capacity,
