@@ -464,12 +464,12 @@ impl RedisTier {
 
     /// Writes a completed entry (and its indexes) with an expiry covering its stale windows,
     /// then releases the fill lock in the same round trip.
-    /// `parts` is the entry's meta serialized (the memory tier keeps most metas decoded only).
-    pub(crate) async fn put(&self, combined: &HashBinary, primary: &HashBinary, entry: &Entry, parts: &(Bytes, Bytes)) {
+    pub(crate) async fn put(&self, combined: &HashBinary, primary: &HashBinary, entry: &Entry) {
         let mut pipe = redis::pipe();
         let ttl_ms = entry.servable_for(SystemTime::now()).map_or(0, |d| d.as_millis() as u64);
-        if ttl_ms > 0 && entry.body().len() <= self.max_object {
-            let (internal, header) = parts;
+        // Serialized here, off the hit path: the memory tier keeps most metas decoded only.
+        let parts = if ttl_ms > 0 && entry.body().len() <= self.max_object { entry.meta_parts().ok() } else { None };
+        if let Some((internal, header)) = &parts {
             let c = hex(combined);
             let p = hex(primary);
             // Sets keep the longest expiry of their members: NX gives a new set one, GT only raises it.

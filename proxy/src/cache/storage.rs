@@ -259,6 +259,7 @@ impl Decoded {
     }
 }
 
+#[derive(Clone)]
 pub(crate) struct Entry {
     meta: StoredMeta,
     body: Bytes,
@@ -548,11 +549,9 @@ impl MemStorage {
         self.purge_keys(&[*combined], soft)
     }
 
-    /// An entry's meta serialized and its body (shared, not copied).
-    pub(crate) fn parts(&self, combined: &HashBinary) -> Option<(Bytes, Bytes, Bytes)> {
-        let (meta, body) = self.inner.lock().lru.peek(combined).map(|e| (e.meta.clone(), e.body.clone()))?;
-        let (internal, header) = meta.parts().ok()?;
-        Some((internal, header, body))
+    /// A copy of a stored entry (its meta and body shared, not copied), for the shared tier.
+    pub(crate) fn entry(&self, combined: &HashBinary) -> Option<Entry> {
+        self.inner.lock().lru.peek(combined).cloned()
     }
 
     /// A fill for `key`, whose completed entry the caller may copy elsewhere before admitting it.
@@ -563,17 +562,19 @@ impl MemStorage {
         let patch = h.contains_key(GENERATE_ETAG_MARKER)
             || !h.contains_key(http::header::CONTENT_LENGTH)
             || h.contains_key(http::header::TRANSFER_ENCODING);
-        let (internal, header) = meta.serialize()?;
+        let decoded = if patch { None } else { Decoded::of(meta) };
+        // Serialized only when it is what will be kept or edited: a decoded meta needs no zstd
+        // compression of its header on every fill.
+        let serialized = if decoded.is_none() { Some(meta.serialize()?) } else { None };
         Ok(Fill {
             storage: self,
             combined: key.combined_bin(),
             primary: key.primary_bin(),
             url: key.primary_key_str().unwrap_or("").into(),
             tags: tags_of(meta),
-            internal,
-            header,
+            serialized,
             patch,
-            decoded: if patch { None } else { Decoded::of(meta) },
+            decoded,
             chunks: Vec::new(),
             len: 0,
             too_large: false,
@@ -812,8 +813,8 @@ pub(crate) struct Fill {
     primary: HashBinary,
     url: Arc<str>,
     tags: Box<[String]>,
-    internal: Vec<u8>,
-    header: Vec<u8>,
+    /// The meta serialized, when it is not kept decoded (or needs edits).
+    serialized: Option<(Vec<u8>, Vec<u8>)>,
     /// The header needs edits once the body is complete (ETag, Content-Length).
     patch: bool,
     decoded: Option<Arc<Decoded>>,
@@ -840,7 +841,7 @@ impl HandleMiss for Fill {
 
     async fn finish(self: Box<Self>) -> Result<MissFinishType> {
         let storage = self.storage;
-        let (combined, entry, _) = self.complete()?;
+        let (combined, entry) = self.complete()?;
         let size = entry.size;
         storage.insert(combined, entry);
         Ok(MissFinishType::Created(size))
@@ -864,6 +865,10 @@ impl Entry {
     pub(crate) fn url(&self) -> &str {
         &self.url
     }
+    /// The meta serialized, as the shared tier stores it.
+    pub(crate) fn meta_parts(&self) -> Result<(Bytes, Bytes)> {
+        self.meta.parts()
+    }
     pub(crate) fn tags(&self) -> &[String] {
         &self.tags
     }
@@ -883,9 +888,9 @@ impl Entry {
 }
 
 impl Fill {
-    /// The entry this fill makes, once the whole body is in, with its meta serialized (for the
-    /// shared tier); an error when it may not be stored (over the object limit).
-    pub(crate) fn complete(self) -> Result<(HashBinary, Entry, (Bytes, Bytes))> {
+    /// The entry this fill makes, once the whole body is in; an error when it may not be
+    /// stored (over the object limit).
+    pub(crate) fn complete(self) -> Result<(HashBinary, Entry)> {
         let s = self;
         if s.too_large {
             s.storage.stats.rejected_too_large.fetch_add(1, Ordering::Relaxed);
@@ -905,23 +910,25 @@ impl Fill {
                 b.freeze()
             }
         };
-        let (internal_header, decoded) = if s.patch {
-            let mut meta = CacheMeta::deserialize(&s.internal, &s.header)?;
-            let h = meta.response_header_mut();
-            if h.remove_header(GENERATE_ETAG_MARKER).is_some() && !h.headers.contains_key(http::header::ETAG) {
-                let hash = pingora_cache::key::hash_key(&body);
-                let tag: String = hash.iter().take(12).map(|b| format!("{b:02x}")).collect();
-                h.insert_header(http::header::ETAG, format!("\"{tag}\""))?;
+        // `fill` keeps the meta decoded, or serialized when it cannot be (or needs edits).
+        let stored = match (s.patch, s.decoded, s.serialized) {
+            (false, Some(d), _) => StoredMeta::Decoded(d),
+            (true, _, Some((internal, header))) => {
+                let mut meta = CacheMeta::deserialize(&internal, &header)?;
+                let h = meta.response_header_mut();
+                if h.remove_header(GENERATE_ETAG_MARKER).is_some() && !h.headers.contains_key(http::header::ETAG) {
+                    let hash = pingora_cache::key::hash_key(&body);
+                    let tag: String = hash.iter().take(12).map(|b| format!("{b:02x}")).collect();
+                    h.insert_header(http::header::ETAG, format!("\"{tag}\""))?;
+                }
+                h.remove_header(&http::header::TRANSFER_ENCODING);
+                h.insert_header(http::header::CONTENT_LENGTH, body.len().to_string())?;
+                StoredMeta::of(&meta)?
             }
-            h.remove_header(&http::header::TRANSFER_ENCODING);
-            h.insert_header(http::header::CONTENT_LENGTH, body.len().to_string())?;
-            (meta.serialize()?, Decoded::of(&meta))
-        } else {
-            ((s.internal, s.header), s.decoded)
+            (false, None, Some((internal, header))) => StoredMeta::Serialized(Box::new((exact(internal), exact(header)))),
+            (_, _, None) => return Err(storage_error("not stored", "a fill without its meta".to_string())),
         };
-        let parts = (exact(internal_header.0), exact(internal_header.1));
-        let stored = StoredMeta::from_parts(parts.clone(), decoded);
-        Ok((s.combined, Entry::new(stored, body, s.primary, s.url, s.tags), parts))
+        Ok((s.combined, Entry::new(stored, body, s.primary, s.url, s.tags)))
     }
 }
 

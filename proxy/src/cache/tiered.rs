@@ -102,11 +102,8 @@ impl Storage for Tiered {
     async fn update_meta(&'static self, key: &CacheKey, meta: &CacheMeta, trace: &SpanHandle) -> Result<bool> {
         let updated = self.l1.update_meta(key, meta, trace).await?;
         if updated {
-            if let Some((internal, header, body)) = self.l1.parts(&key.combined_bin()) {
-                let parts = (internal.clone(), header.clone());
-                if let Ok((_, entry)) = self.l1.entry_from_parts(key, internal, header, body) {
-                    self.l2.put(&key.combined_bin(), &key.primary_bin(), &entry, &parts).await;
-                }
+            if let Some(entry) = self.l1.entry(&key.combined_bin()) {
+                self.l2.put(&key.combined_bin(), &key.primary_bin(), &entry).await;
             }
         }
         Ok(updated)
@@ -175,8 +172,8 @@ impl HandleMiss for TieredFill {
             return Ok(MissFinishType::Created(0));
         };
         match fill.complete() {
-            Ok((combined, entry, parts)) => {
-                self.tiers.l2.put(&combined, &self.primary, &entry, &parts).await;
+            Ok((combined, entry)) => {
+                self.tiers.l2.put(&combined, &self.primary, &entry).await;
                 let size = entry.size();
                 self.tiers.l1.admit(combined, entry);
                 Ok(MissFinishType::Created(size))
