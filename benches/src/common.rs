@@ -8,6 +8,21 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+/// A loopback port free now (for a server started next).
+pub fn free_port() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free port")
+}
+
+/// The median of the finite values (NaN when there are none).
+pub fn median(v: &[f64]) -> f64 {
+    let mut v: Vec<f64> = v.iter().copied().filter(|x| x.is_finite()).collect();
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
 /// Keep-alive connections hammering one cached URL; returns responses per second.
 pub async fn load(addr: SocketAddr, connections: usize, seconds: u64) -> f64 {
     load_with(addr, connections, seconds, b"GET /api/stats/summary?username=demo HTTP/1.1\r\nHost: bench\r\n\r\n").await

@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 mod common;
-use common::{load, start_proxy};
+use common::{load, median, start_proxy};
 
 struct Args {
     portier: String,
@@ -77,11 +77,6 @@ fn cpu_seconds(pid: u32) -> f64 {
     (ticks(11) + ticks(12)) / 100.0
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
-}
-
 #[tokio::main(flavor = "multi_thread", worker_threads = 1)]
 async fn main() {
     let a = args();
@@ -113,8 +108,8 @@ async fn main() {
             cpu_per_req[i].push(us);
         }
     }
-    let (m_off, m_on) = (median(rates[0].clone()), median(rates[1].clone()));
-    let (c_off, c_on) = (median(cpu_per_req[0].clone()), median(cpu_per_req[1].clone()));
+    let (m_off, m_on) = (median(&rates[0]), median(&rates[1]));
+    let (c_off, c_on) = (median(&cpu_per_req[0]), median(&cpu_per_req[1]));
     println!("\ntelemetry on = {}", a.only);
     println!(
         "\nmedian over {} rounds of {} s, {} keep-alive connections, 1 proxy thread:\n  telemetry off: {m_off:.0} req/s\n  telemetry on:  {m_on:.0} req/s\n  difference:    {:.1}% (goal: under 5%)\n  proxy CPU per request: off {c_off:.1} us, on {c_on:.1} us ({:+.1}%)\n  OTLP bytes received by the sink: {}\n  origin requests: {}",

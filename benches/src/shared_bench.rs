@@ -12,12 +12,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 mod common;
-use common::{load, start_proxy};
-
-fn free_port() -> SocketAddr {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    l.local_addr().expect("addr")
-}
+use common::{free_port, load, start_proxy};
 
 struct Redis(std::process::Child);
 

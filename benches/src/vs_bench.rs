@@ -24,7 +24,7 @@
 
 mod common;
 mod static_origin;
-use common::{read_response, start_proxy_under, tree_rss_kib, Proxy};
+use common::{free_port, median, read_response, start_proxy_under, tree_rss_kib, Proxy};
 use static_origin::StaticOrigin;
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
@@ -122,10 +122,6 @@ impl Server {
             Server::Other(d) => d.child.id(),
         }
     }
-}
-
-fn free_port() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free port")
 }
 
 fn tmpdir(tag: &str) -> std::path::PathBuf {
@@ -335,15 +331,6 @@ async fn fill(addr: SocketAddr, tag: &str, n: usize) -> bool {
 fn du_kib(dir: &std::path::Path) -> u64 {
     let out = Command::new("du").arg("-sk").arg(dir).output();
     out.ok().and_then(|o| String::from_utf8_lossy(&o.stdout).split_whitespace().next().and_then(|v| v.parse().ok())).unwrap_or(0)
-}
-
-fn median(v: &[f64]) -> f64 {
-    let mut v: Vec<f64> = v.iter().copied().filter(|x| x.is_finite()).collect();
-    if v.is_empty() {
-        return f64::NAN;
-    }
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
 }
 
 #[derive(Default, Clone)]
