@@ -303,7 +303,8 @@ async fn http10_clients_get_no_chunked_body_and_no_interim_response() {
         let text = read_all(&mut s, Duration::from_secs(5)).await;
         let lower = text.to_ascii_lowercase();
         assert!(lower.starts_with("http/1.1 200"), "{path}: no interim response first: {text}");
-        assert!(!lower.contains("transfer-encoding") && !lower.contains("103"), "{path}: {text}");
+        // The interim response's status line, not any "103" (a random request id may hold one).
+        assert!(!lower.contains("transfer-encoding") && !lower.contains("http/1.1 103"), "{path}: {text}");
         assert!(text.ends_with("\r\n\r\nuntil the end"), "{path}: the body as sent: {text}");
     }
 }
