@@ -3,8 +3,9 @@
 //! deadline (408) and the connection limit act before a request exists, in Pingora's accept
 //! and parse loop (`vendor/pingora-core`), configured from here by [`server_options`].
 
-use crate::config::Limits;
+use crate::config::{Limits, Timeouts};
 use pingora_core::apps::{ConnectionLimit, HttpServerOptions};
+use pingora_core::protocols::http::BodyDeadline;
 use pingora_http::RequestHeader;
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -54,10 +55,16 @@ pub(crate) fn connection_gate(limits: &Limits) -> Arc<ConnectionLimit> {
     Arc::new(ConnectionLimit::new(max, limits.retry_after.as_secs().max(1)))
 }
 
-/// Pingora's per-connection options: the head deadline and the connection limit.
-pub(crate) fn server_options(limits: &Limits, gate: Arc<ConnectionLimit>) -> HttpServerOptions {
+/// Pingora's per-connection options: the deadlines of every listener and protocol (the TLS
+/// handshake, the request head, the body, an idle HTTP/2 connection) and the connection limit,
+/// which counts HTTP/1 and HTTP/2 connections alike.
+pub(crate) fn server_options(limits: &Limits, timeouts: &Timeouts, gate: Arc<ConnectionLimit>) -> HttpServerOptions {
     let mut options = HttpServerOptions::default();
     options.head_timeout = Some(limits.head_timeout.get());
+    options.handshake_timeout = Some(limits.handshake_timeout.get());
+    options.body_deadline = Some(BodyDeadline { base: limits.body_timeout.get(), min_rate: limits.min_body_rate.bytes() });
+    // An HTTP/2 connection with no stream open is idle, as an HTTP/1 keep-alive one between requests.
+    options.h2_idle_timeout = Some(timeouts.client_idle.get());
     options.connection_limit = Some(gate);
     options
 }

@@ -109,6 +109,9 @@ fn keep_what_needs_a_restart(old: &Config, new: &mut Config) -> Vec<&'static str
     keep!("server.threads", server.threads);
     keep!("server.grace_period", server.grace_period);
     keep!("limits.head_timeout", limits.head_timeout);
+    keep!("limits.handshake_timeout", limits.handshake_timeout);
+    keep!("limits.body_timeout", limits.body_timeout);
+    keep!("limits.min_body_rate", limits.min_body_rate);
     keep!("limits.max_connections", limits.max_connections);
     keep!("cache.max_size", cache.max_size);
     keep!("cache.max_object_size", cache.max_object_size);

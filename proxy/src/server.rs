@@ -198,7 +198,7 @@ pub fn run(mut config: Config, source: Option<std::path::PathBuf>, on_bound: imp
     reloader.clone().reload_on_sighup();
     let mut proxy = pingora_proxy::http_proxy_service_with_name(&server.configuration, Gateway { live: live.clone() }, "portier");
     if let Some(app) = proxy.app_logic_mut() {
-        app.server_options = Some(crate::limits::server_options(&state.config.limits, state.connections.clone()));
+        app.server_options = Some(crate::limits::server_options(&state.config.limits, &state.config.timeouts, state.connections.clone()));
     }
     let buffers = L4BufferSettings::default().write(WRITE_BUFFER);
     proxy.add_listener(ListenerConfig::tcp(addrs.public.to_string()).l4_buffer(buffers));

@@ -217,20 +217,62 @@ fn is_dot_segment(seg: &[u8]) -> bool {
     (1..=2).contains(&dots)
 }
 
-/// The `Host` field: exactly one, valid; absent only before HTTP/1.1.
-fn host_field(req: &RequestHeader, scheme: Scheme) -> Result<Option<Authority>, Refused> {
+/// The `Host` field: exactly one, valid; absent only before HTTP/1.1. An HTTP/2 request
+/// names its authority in `:authority` (the URI) and usually sends no `Host`: the field is
+/// written from it (RFC 9113 §8.3.1), because the URI's authority is dropped when the request
+/// is rewritten to origin-form, and an HTTP/1.1 origin must get the `Host` an HTTP/1.1 client
+/// would have sent (Pingora would otherwise send `Host: `, which nginx refuses with 400).
+fn host_field(req: &mut RequestHeader, scheme: Scheme) -> Result<Option<Authority>, Refused> {
+    let from_uri = match req.uri.authority() {
+        Some(a) if req.version == http::Version::HTTP_2 => {
+            Some(Authority::parse(a.as_str().as_bytes(), scheme).map_err(|_| Refused(":authority is not uri-host[:port]"))?)
+        }
+        _ => None,
+    };
     let mut hosts = req.headers.get_all(http::header::HOST).iter();
     let Some(first) = hosts.next() else {
-        // An HTTP/2 request carries `:authority` in the URI instead of a Host field.
-        if let Some(a) = req.uri.authority() {
-            return Authority::parse(a.as_str().as_bytes(), scheme).map(Some).map_err(Refused);
+        if let Some(a) = from_uri {
+            let value = req.uri.authority().map(|a| a.as_str().to_string()).unwrap_or_default();
+            req.insert_header(http::header::HOST, value).map_err(|_| Refused(":authority is not a Host"))?;
+            return Ok(Some(a));
         }
         return if req.version >= http::Version::HTTP_11 { Err(Refused("HTTP/1.1 requests must have a Host")) } else { Ok(None) };
     };
     if hosts.next().is_some() {
         return Err(Refused("more than one Host"));
     }
-    Authority::parse(first.as_bytes(), scheme).map(Some).map_err(|_| Refused("Host is not uri-host[:port]"))
+    let host = Authority::parse(first.as_bytes(), scheme).map_err(|_| Refused("Host is not uri-host[:port]"))?;
+    // Both present: one request naming two authorities is malformed (RFC 9113 §8.3.1).
+    if from_uri.is_some_and(|a| a != host) {
+        return Err(Refused(":authority and Host name different authorities"));
+    }
+    Ok(Some(host))
+}
+
+/// HTTP/2's `:scheme` must be the connection's: a client saying `http` over TLS (or `https`
+/// in cleartext) would be keyed and forwarded as one scheme while speaking the other.
+fn h2_scheme(req: &RequestHeader, scheme: Scheme) -> Result<(), Refused> {
+    match req.uri.scheme_str() {
+        Some(s) if req.version == http::Version::HTTP_2 && !s.eq_ignore_ascii_case(scheme.as_str()) => {
+            Err(Refused(":scheme is not this connection's scheme"))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Several `Cookie` fields become one, joined with `"; "`: HTTP/2 clients split cookies into
+/// one field each for compression (RFC 9113 §8.2.3), and an HTTP/1.1 origin, `Vary: Cookie`
+/// and the cache key must see the single field an HTTP/1.1 client sends (RFC 6265 §5.4).
+fn join_cookies(req: &mut RequestHeader) -> Result<(), Refused> {
+    let mut cookies = req.headers.get_all(http::header::COOKIE).iter();
+    let (Some(first), Some(_)) = (cookies.next(), cookies.next()) else { return Ok(()) };
+    let mut joined = first.as_bytes().to_vec();
+    for v in req.headers.get_all(http::header::COOKIE).iter().skip(1) {
+        joined.extend_from_slice(b"; ");
+        joined.extend_from_slice(v.as_bytes());
+    }
+    let value = http::HeaderValue::from_bytes(&joined).map_err(|_| Refused("a Cookie field is not a valid field value"))?;
+    req.insert_header(http::header::COOKIE, value).map_err(|_| Refused("a Cookie field is not a valid field value"))
 }
 
 /// `Content-Length` next to `Transfer-Encoding` (RFC 9112 §6.1): the two can disagree on
@@ -260,7 +302,9 @@ pub(crate) fn has_body(req: &RequestHeader) -> bool {
 /// is sent upstream is exactly what was checked. `scheme` is the connection's.
 pub(crate) fn accept(req: &mut RequestHeader, scheme: Scheme) -> Result<Target, Refused> {
     framing(req)?;
+    h2_scheme(req, scheme)?;
     let host = host_field(req, scheme)?;
+    join_cookies(req)?;
     let raw = req.raw_path();
     if raw == b"*" {
         if req.method != http::Method::OPTIONS {
@@ -336,6 +380,46 @@ mod tests {
         assert_eq!(ok(b"http://h", &["h"]).1, "/");
         assert_eq!(ok(b"/search?q={a}|b\\c", &["h"]).1, "/search?q={a}|b\\c", "what browsers send raw in a query");
         assert_eq!(ok(b"/a..b/.c/...", &["h"]).1, "/a..b/.c/...");
+    }
+
+    fn h2(authority: &str, scheme: &str, host: &[&str]) -> RequestHeader {
+        let mut r = RequestHeader::build("GET", b"/x?q", None).unwrap();
+        r.set_uri(format!("{scheme}://{authority}/x?q").parse().unwrap());
+        r.set_version(http::Version::HTTP_2);
+        for h in host {
+            r.append_header("host", *h).unwrap();
+        }
+        r
+    }
+
+    #[test]
+    fn http2_authority_becomes_the_host_an_http1_client_would_send() {
+        let mut r = h2("A.test:8443", "https", &[]);
+        let t = accept(&mut r, Scheme::Https).unwrap();
+        assert_eq!(t.authority.unwrap().to_string(), "a.test:8443");
+        assert_eq!(r.headers.get_all("host").iter().collect::<Vec<_>>(), ["A.test:8443"], "written as sent");
+        assert_eq!(r.raw_path(), b"/x?q", "origin-form upstream");
+        // A Host equal to :authority is kept; a different one is two authorities.
+        assert!(accept(&mut h2("a.test", "https", &["a.test:443"]), Scheme::Https).is_ok());
+        assert!(accept(&mut h2("a.test", "https", &["b.test"]), Scheme::Https).is_err());
+        // :scheme must be the connection's.
+        assert!(accept(&mut h2("a.test", "http", &[]), Scheme::Https).is_err());
+        assert!(accept(&mut h2("a.test", "https", &[]), Scheme::Http).is_err());
+        assert!(accept(&mut h2("a.test", "http", &[]), Scheme::Http).is_ok());
+    }
+
+    #[test]
+    fn several_cookie_fields_become_one() {
+        let mut r = req(b"/", &["h"]);
+        for c in ["a=1", "b=2", "c=3"] {
+            r.append_header("cookie", c).unwrap();
+        }
+        accept(&mut r, Scheme::Http).unwrap();
+        assert_eq!(r.headers.get_all("cookie").iter().collect::<Vec<_>>(), ["a=1; b=2; c=3"]);
+        let mut one = req(b"/", &["h"]);
+        one.append_header("cookie", "a=1; b=2").unwrap();
+        accept(&mut one, Scheme::Http).unwrap();
+        assert_eq!(one.headers.get_all("cookie").iter().collect::<Vec<_>>(), ["a=1; b=2"]);
     }
 
     #[test]

@@ -254,8 +254,10 @@ fn validate(cfg: &Config, declared: &std::collections::BTreeSet<String>, c: &mut
             c.push(format!("limits.{key}"), format!("{size} is too small for ordinary requests (at least 256 bytes)"));
         }
     }
-    if l.head_timeout.get().is_zero() {
-        c.push("limits.head_timeout", "must be greater than 0");
+    for (key, d) in [("head_timeout", l.head_timeout), ("handshake_timeout", l.handshake_timeout), ("body_timeout", l.body_timeout)] {
+        if d.get().is_zero() {
+            c.push(format!("limits.{key}"), "must be greater than 0");
+        }
     }
     if l.max_requests_per_client == 0 {
         c.push("limits.max_requests_per_client", "must be at least 1");

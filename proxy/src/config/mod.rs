@@ -146,7 +146,16 @@ pub struct Limits {
     pub max_header_count: usize,
     /// The whole request head, counted from its first byte (408, then the connection
     /// closes): a client sending a byte at a time cannot hold a connection (slowloris).
+    /// Also from the connection's start for its first request, so a connection that sends
+    /// nothing is closed then too; on HTTP/2, the preface and the first request's HEADERS.
     pub head_timeout: HumanDuration,
+    /// The TLS handshake, from accept (a connection that never sends a ClientHello).
+    pub handshake_timeout: HumanDuration,
+    /// A request body may take this long, plus one second per `min_body_rate` bytes
+    /// received; slower, the request fails and the connection closes (HTTP/1 and HTTP/2).
+    pub body_timeout: HumanDuration,
+    /// Bytes per second that extend `body_timeout` (0: the whole body within it).
+    pub min_body_rate: ByteSize,
     /// Request body on a route that sets no `max_body` (413).
     pub max_body: ByteSize,
     /// Connections served at once on the public listeners (beyond: 503 and close); 0 means
@@ -169,6 +178,9 @@ impl Default for Limits {
             max_headers: ByteSize(32 * 1024),
             max_header_count: 100,
             head_timeout: HumanDuration::from_secs(10),
+            handshake_timeout: HumanDuration::from_secs(10),
+            body_timeout: HumanDuration::from_secs(20),
+            min_body_rate: ByteSize(500),
             max_body: ByteSize::mib(10),
             max_connections: 0,
             max_requests_per_client: 256,

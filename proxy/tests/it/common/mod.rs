@@ -346,6 +346,7 @@ pool = "web"
     )
 }
 
+pub mod client;
 pub mod otlp;
 pub mod scripted;
 

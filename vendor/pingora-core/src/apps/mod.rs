@@ -57,6 +57,11 @@ pub trait ServerApp {
 
     /// This callback will be called once after the service stops listening to its endpoints.
     async fn cleanup(&self) {}
+
+    /// Portier: how long the transport handshake (TLS) of a new connection may take.
+    fn handshake_timeout(&self) -> Duration {
+        Duration::from_secs(60)
+    }
 }
 #[non_exhaustive]
 #[derive(Clone, Debug, Default)]
@@ -90,8 +95,16 @@ pub struct HttpServerOptions {
     /// Default: `None`
     pub h2_idle_timeout: Option<Duration>,
 
-    /// Portier: deadline for a whole HTTP/1 request head, counted from its first byte.
+    /// Portier: deadline for a whole HTTP/1 request head, counted from its first byte, and
+    /// from the connection's start for its first request (a silent connection counts); on
+    /// HTTP/2, the deadline for the preface and for the first request's HEADERS.
     pub head_timeout: Option<Duration>,
+
+    /// Portier: deadline for the TLS handshake (Pingora's is a fixed 60 s).
+    pub handshake_timeout: Option<Duration>,
+
+    /// Portier: how long a request body may take, on HTTP/1 and HTTP/2.
+    pub body_deadline: Option<crate::protocols::http::BodyDeadline>,
 
     /// Portier: open connections this service serves at once; the ones beyond are answered
     /// 503 with `Retry-After` and closed.
@@ -355,6 +368,7 @@ where
             None => None,
         };
         let head_timeout = self.server_options().and_then(|o| o.head_timeout);
+        let body_deadline = self.server_options().and_then(|o| o.body_deadline);
         let mut h2c = self.server_options().as_ref().map_or(false, |o| o.h2c);
         let custom = self
             .server_options()
@@ -395,7 +409,19 @@ where
             });
 
             let h2_options = self.h2_options();
-            let h2_conn = match server::handshake(stream, h2_options).await {
+            // Portier: the preface and SETTINGS within the head deadline, not forever.
+            let handshake = server::handshake(stream, h2_options);
+            let handshake = match head_timeout {
+                Some(t) => match pingora_timeout::timeout(t, handshake).await {
+                    Ok(r) => r,
+                    Err(_) => {
+                        debug!("H2 preface not received within {t:?}");
+                        return None;
+                    }
+                },
+                None => handshake.await,
+            };
+            let h2_conn = match handshake {
                 Err(e) => {
                     error!("H2 handshake error {e}");
                     return None;
@@ -409,11 +435,12 @@ where
             let app = self.clone();
             let shutdown_for_session = shutdown.clone();
             let h2_idle_timeout = self.server_options().and_then(|o| o.h2_idle_timeout);
-            server::accept_downstream_sessions(
+            server::accept_downstream_sessions_with_first(
                 h2_conn,
                 digest,
                 shutdown.clone(),
                 h2_idle_timeout,
+                head_timeout,
                 |h2_stream, guard| {
                     let app = app.clone();
                     let shutdown = shutdown_for_session.clone();
@@ -422,8 +449,9 @@ where
                         // loop's idle timeout sees this connection as busy.
                         let _guard = guard;
                         // Note, `PersistentSettings` not currently relevant for h2
-                        app.process_new_http(ServerSession::new_http2(h2_stream), &shutdown)
-                            .await;
+                        let mut session = ServerSession::new_http2(h2_stream);
+                        session.set_body_deadline(body_deadline);
+                        app.process_new_http(session, &shutdown).await;
                     });
                 },
             )
@@ -445,6 +473,9 @@ where
                     .and_then(|opts| opts.keepalive_request_limit),
             );
             session.set_head_timeout(head_timeout);
+            // Portier: the first head's deadline runs from now, so zero bytes count too.
+            session.start_head_deadline();
+            session.set_body_deadline(body_deadline);
 
             let mut result = self.process_new_http(session, shutdown).await;
             while let Some((stream, persistent_settings)) = result.map(|r| r.consume()) {
@@ -453,6 +484,7 @@ where
                     persistent_settings.apply_to_session(&mut session);
                 }
                 session.set_head_timeout(head_timeout);
+                session.set_body_deadline(body_deadline);
 
                 result = self.process_new_http(session, shutdown).await;
             }
@@ -462,6 +494,12 @@ where
 
     async fn cleanup(&self) {
         self.http_cleanup().await;
+    }
+
+    fn handshake_timeout(&self) -> Duration {
+        self.server_options()
+            .and_then(|o| o.handshake_timeout)
+            .unwrap_or(Duration::from_secs(60))
     }
 }
 

@@ -28,6 +28,28 @@ pub mod subrequest;
 pub mod v1;
 pub mod v2;
 
+/// Portier: how long a request body may take: `base`, plus one second for every `min_rate`
+/// bytes received (Apache's `RequestReadTimeout body=20,MinRate=500`), so a client trickling
+/// a byte a second cannot hold a connection and a request slot, while a large upload at a
+/// real rate is never cut. Counted from the first read of the body.
+#[derive(Debug, Clone, Copy)]
+pub struct BodyDeadline {
+    pub base: std::time::Duration,
+    /// Bytes per second; 0 means the body must be complete within `base`.
+    pub min_rate: u64,
+}
+
+impl BodyDeadline {
+    /// The instant the body must be complete by, given when it started and what has arrived.
+    pub(crate) fn at(&self, start: tokio::time::Instant, read: usize) -> tokio::time::Instant {
+        let extra = match self.min_rate {
+            0 => std::time::Duration::ZERO,
+            r => std::time::Duration::from_millis((read as u64).saturating_mul(1000) / r),
+        };
+        start + self.base + extra
+    }
+}
+
 pub use server::{ReusableHttpStream, Session as ServerSession};
 
 /// The Pingora server name string

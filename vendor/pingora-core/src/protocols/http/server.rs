@@ -340,6 +340,22 @@ impl Session {
         }
     }
 
+    /// Portier: the next head's deadline runs from now instead of from its first byte.
+    pub fn start_head_deadline(&mut self) {
+        if let Self::H1(s) = self {
+            s.start_head_deadline();
+        }
+    }
+
+    /// Portier: how long the request body may take (h1 and h2).
+    pub fn set_body_deadline(&mut self, deadline: Option<super::BodyDeadline>) {
+        match self {
+            Self::H1(s) => s.set_body_deadline(deadline),
+            Self::H2(s) => s.set_body_deadline(deadline),
+            _ => {}
+        }
+    }
+
     /// Set the number of times the upstream connection connection for this
     /// session can be reused via keepalive. Noop for h2 and subrequest
     pub fn set_keepalive_reuses_remaining(&mut self, reuses: Option<u32>) {

@@ -107,6 +107,11 @@ pub struct HttpSession {
     head_timeout: Option<Duration>,
     /// Portier: the status a refused request head is answered with instead of 400.
     head_refusal: Option<u16>,
+    /// Portier: the next head's deadline when it runs from the connection's start.
+    head_deadline_at: Option<tokio::time::Instant>,
+    /// Portier: how long the body may take, and when its first read began.
+    body_deadline: Option<crate::protocols::http::BodyDeadline>,
+    body_started: Option<tokio::time::Instant>,
     /// How long to wait to make downstream session reusable, if body needs to be drained.
     total_drain_timeout: Option<Duration>,
     /// A copy of the response that is already written to the client
@@ -194,6 +199,9 @@ impl HttpSession {
             write_timeout: None,
             head_timeout: None,
             head_refusal: None,
+            head_deadline_at: None,
+            body_deadline: None,
+            body_started: None,
             total_drain_timeout: None,
             body_bytes_sent: 0,
             body_bytes_read: 0,
@@ -310,7 +318,7 @@ impl HttpSession {
         let mut already_read = buf.len();
         let mut skip_next_read = already_read != 0;
         let mut detached_suffix = None;
-        let mut head_deadline = None;
+        let mut head_deadline = self.head_deadline_at.take();
         loop {
             if head_deadline.is_none() && already_read > 0 {
                 head_deadline = self.head_timeout.map(|t| tokio::time::Instant::now() + t);
@@ -615,7 +623,25 @@ impl HttpSession {
 
     /// Read the request body. `Ok(None)` when there is no (more) body to read.
     pub async fn read_body_bytes(&mut self) -> Result<Option<Bytes>> {
-        let read = self.read_body().await?;
+        let read = match self.body_deadline {
+            // Portier: the body's deadline, extended by what has arrived (see BodyDeadline).
+            Some(d) => {
+                let start = *self
+                    .body_started
+                    .get_or_insert_with(tokio::time::Instant::now);
+                let at = d.at(start, self.body_bytes_read);
+                match tokio::time::timeout_at(at, self.read_body()).await {
+                    Ok(read) => read?,
+                    Err(_) => {
+                        return Error::e_explain(
+                            ReadTimedout,
+                            "request body slower than the minimum rate",
+                        )
+                    }
+                }
+            }
+            None => self.read_body().await?,
+        };
         Ok(read.map(|b| {
             let bytes = Bytes::copy_from_slice(self.get_body(&b));
             self.body_bytes_read += bytes.len();
@@ -1378,6 +1404,17 @@ impl HttpSession {
     /// client sending a byte at a time cannot hold the connection (slowloris). Answered 408.
     pub fn set_head_timeout(&mut self, timeout: Option<Duration>) {
         self.head_timeout = timeout;
+    }
+
+    /// Portier: the next request head's deadline runs from now (a new connection: the
+    /// client has `head_timeout` to send a whole head, starting with its first byte).
+    pub fn start_head_deadline(&mut self) {
+        self.head_deadline_at = self.head_timeout.map(|t| tokio::time::Instant::now() + t);
+    }
+
+    /// Portier: see [`crate::protocols::http::BodyDeadline`].
+    pub fn set_body_deadline(&mut self, deadline: Option<crate::protocols::http::BodyDeadline>) {
+        self.body_deadline = deadline;
     }
 
     /// Portier: the status to answer a refused request head with (408, 414, 431), when it

@@ -130,15 +130,35 @@ pub async fn handshake(io: Stream, options: Option<H2Options>) -> Result<H2Conne
 /// that bound during drain.
 // TODO: add a per-connection drain timeout to bound how long a single
 // misbehaving client can keep this task alive after GOAWAY.
+#[allow(dead_code)] // Portier: the server uses the `_with_first` form; Pingora's tests this one.
 pub(crate) async fn accept_downstream_sessions<F>(
+    conn: H2Connection<Stream>,
+    digest: Arc<Digest>,
+    shutdown: ShutdownWatch,
+    idle_timeout: Option<Duration>,
+    on_session: F,
+) where
+    F: FnMut(HttpSession, StreamGuard),
+{
+    accept_downstream_sessions_with_first(conn, digest, shutdown, idle_timeout, None, on_session)
+        .await
+}
+
+/// Portier: [`accept_downstream_sessions`] where a new connection's first complete request
+/// HEADERS must arrive within `first_timeout` (a connection that sends only the preface, or a
+/// HEADERS frame it never finishes, is closed then), and the idle timeout applies after.
+pub(crate) async fn accept_downstream_sessions_with_first<F>(
     mut conn: H2Connection<Stream>,
     digest: Arc<Digest>,
     mut shutdown: ShutdownWatch,
     idle_timeout: Option<Duration>,
+    first_timeout: Option<Duration>,
     mut on_session: F,
 ) where
     F: FnMut(HttpSession, StreamGuard),
 {
+    // Until the first stream arrives, the first request's deadline stands in for the idle one.
+    let mut current_idle = first_timeout.or(idle_timeout);
     let mut shutdown_initiated = false;
     // Per-connection budget for malformed streams (see MAX_MALFORMED_STREAMS_PER_CONN).
     let mut malformed_streams = 0usize;
@@ -171,7 +191,7 @@ pub(crate) async fn accept_downstream_sessions<F>(
                 // Any accepted stream cancels this future. The next iteration
                 // waits for all active streams to finish before starting a fresh
                 // idle period.
-                _ = wait_for_idle_timeout(&active, idle_timeout.unwrap_or_default()), if idle_timeout.is_some() => {
+                _ = wait_for_idle_timeout(&active, current_idle.unwrap_or_default()), if current_idle.is_some() => {
                     // Idle with nothing in flight: drop `conn` to close the
                     // socket now (no graceful GOAWAY wait that could hang on
                     // a dead peer).
@@ -192,6 +212,7 @@ pub(crate) async fn accept_downstream_sessions<F>(
             // connection alive and continue accepting sibling streams.
             Ok(Some(H2Accept::Rejected)) => continue,
             Ok(Some(H2Accept::Session(session))) => {
+                current_idle = idle_timeout;
                 on_session(session, active.start_session());
             }
         }
@@ -291,6 +312,9 @@ pub struct HttpSession {
     pub write_timeout: Option<Duration>,
     // How long to wait when draining (discarding) request body
     total_drain_timeout: Option<Duration>,
+    /// Portier: how long the request body may take, and when its first read began.
+    body_deadline: Option<crate::protocols::http::BodyDeadline>,
+    body_started: Option<tokio::time::Instant>,
 }
 
 /// The outcome of accepting the next event on an HTTP/2 downstream connection.
@@ -499,6 +523,8 @@ impl HttpSession {
             digest,
             write_timeout: None,
             total_drain_timeout: None,
+            body_deadline: None,
+            body_started: None,
         })))
     }
 
@@ -518,10 +544,33 @@ impl HttpSession {
         &mut self.request_header
     }
 
+    /// Portier: see [`crate::protocols::http::BodyDeadline`].
+    pub fn set_body_deadline(&mut self, deadline: Option<crate::protocols::http::BodyDeadline>) {
+        self.body_deadline = deadline;
+    }
+
     /// Read request body bytes. `None` when there is no more body to read.
     pub async fn read_body_bytes(&mut self) -> Result<Option<Bytes>> {
-        // TODO: timeout
-        let data = self.request_body_reader.data().await.transpose().or_err(
+        // Portier: the body's deadline (Pingora has none on HTTP/2: "TODO: timeout").
+        let data = match self.body_deadline {
+            Some(d) => {
+                let start = *self
+                    .body_started
+                    .get_or_insert_with(tokio::time::Instant::now);
+                let at = d.at(start, self.body_read);
+                match tokio::time::timeout_at(at, self.request_body_reader.data()).await {
+                    Ok(data) => data,
+                    Err(_) => {
+                        return Error::e_explain(
+                            ErrorType::ReadTimedout,
+                            "request body slower than the minimum rate",
+                        )
+                    }
+                }
+            }
+            None => self.request_body_reader.data().await,
+        };
+        let data = data.transpose().or_err(
             ErrorType::ReadError,
             "while reading downstream request body",
         )?;
@@ -639,7 +688,11 @@ impl HttpSession {
         }
 
         /* update headers */
-        header.insert_header(header::DATE, get_cached_date())?;
+        // Portier patch: keep a Date the response already has (the origin's, or the stored
+        // one on a cache hit; RFC 9110 §6.6.1), as the HTTP/1 server does; add one if absent.
+        if !header.headers.contains_key(header::DATE) {
+            header.insert_header(header::DATE, get_cached_date())?;
+        }
 
         // remove other h1 hop headers that cannot be present in H2
         // https://httpwg.org/specs/rfc7540.html#n-connection-specific-header-fields
@@ -858,7 +911,12 @@ impl HttpSession {
         // Neither should happen here: H2 sessions always carry `HTTP_2`, and
         // forbidden targets are rejected when the session is created (see
         // `from_h2_conn`).
-        http_req_header_to_wire(&self.request_header)
+        // Portier patch: an HTTP/1.1 request line. "HTTP/2" is not one: a background
+        // subrequest (stale-while-revalidate) built from this failed to parse it and dropped
+        // its cache lock, so no HTTP/2 client ever got a stale entry refreshed.
+        let mut h1 = self.request_header.clone();
+        h1.set_version(http::Version::HTTP_11);
+        http_req_header_to_wire(&h1)
             .map(|buf| buf.freeze())
             .expect("http_req_header_to_wire should not fail for a validated h2 request")
     }

@@ -1,0 +1,172 @@
+//! One client for every protocol a browser uses: plain HTTP/1.1, HTTP/1.1 over TLS and HTTP/2
+//! over TLS (ALPN), so a test written once runs on each ([`Proto::ALL`]). HTTP/2 requests are
+//! sent as browsers send them: `:authority` and no `Host` field, cookies split one per field.
+
+use super::{request, Portier, Resp};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Proto {
+    H1,
+    H1Tls,
+    H2Tls,
+}
+
+impl Proto {
+    pub const ALL: [Proto; 3] = [Proto::H1, Proto::H1Tls, Proto::H2Tls];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Proto::H1 => "h1",
+            Proto::H1Tls => "h1-tls",
+            Proto::H2Tls => "h2-tls",
+        }
+    }
+
+    pub fn scheme(self) -> &'static str {
+        if self == Proto::H1 {
+            "http"
+        } else {
+            "https"
+        }
+    }
+}
+
+/// A self-signed certificate for `a.test` (and `localhost`), written where `[tls]` reads it.
+pub struct TestCert {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    der: rustls::pki_types::CertificateDer<'static>,
+}
+
+impl TestCert {
+    pub fn new(dir: &Path) -> TestCert {
+        let c = rcgen::generate_simple_self_signed(vec!["a.test".to_string(), "localhost".to_string()]).unwrap();
+        let (cert, key) = (dir.join("a.test.pem"), dir.join("a.test.key"));
+        std::fs::write(&cert, c.cert.pem()).unwrap();
+        std::fs::write(&key, c.signing_key.serialize_pem()).unwrap();
+        TestCert { cert, key, der: c.cert.der().clone() }
+    }
+
+    /// The `[tls]` section serving this certificate on a port-0 listener.
+    pub fn tls_section(&self) -> String {
+        format!(
+            "[tls]\nlisten = \"127.0.0.1:0\"\ncertificates = [{{ cert = \"{}\", key = \"{}\" }}]\n",
+            self.cert.display(),
+            self.key.display()
+        )
+    }
+
+    fn client_config(&self, alpn: &[u8]) -> Arc<rustls::ClientConfig> {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(self.der.clone()).unwrap();
+        let mut c = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        c.alpn_protocols = vec![alpn.to_vec()];
+        Arc::new(c)
+    }
+
+    /// A TLS connection to `addr` for `a.test`, offering only `alpn`.
+    pub async fn connect(&self, addr: SocketAddr, alpn: &[u8]) -> std::io::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+        let tcp = tokio::net::TcpStream::connect(addr).await?;
+        let name = rustls::pki_types::ServerName::try_from("a.test").unwrap();
+        tokio_rustls::TlsConnector::from(self.client_config(alpn)).connect(name, tcp).await
+    }
+}
+
+/// Portier with a plain and a TLS listener, reached as `a.test` on both.
+pub struct Front {
+    pub portier: Portier,
+    pub cert: TestCert,
+    _dir: tempfile::TempDir,
+}
+
+impl Front {
+    /// `config` without `[tls]` (added here, HTTP/2 on) or `[listen]`.
+    pub fn start(config: &str) -> Front {
+        let dir = tempfile::tempdir().unwrap();
+        let cert = TestCert::new(dir.path());
+        let portier = Portier::start(&format!("{config}\n{}", cert.tls_section()));
+        assert!(portier.tls.is_some(), "the TLS listener is bound");
+        Front { portier, cert, _dir: dir }
+    }
+
+    /// The listener this protocol arrives on.
+    pub fn addr(&self, proto: Proto) -> SocketAddr {
+        match proto {
+            Proto::H1 => self.portier.public,
+            _ => self.portier.tls.expect("tls listener"),
+        }
+    }
+
+    /// What a browser puts in `Host` / `:authority` on this protocol's listener.
+    pub fn authority(&self, proto: Proto) -> String {
+        format!("a.test:{}", self.addr(proto).port())
+    }
+
+    pub async fn get(&self, proto: Proto, path: &str, headers: &[(&str, &str)]) -> Resp {
+        self.send(proto, "GET", path, headers, b"").await.unwrap_or_else(|e| panic!("{} GET {path}: {e}", proto.name()))
+    }
+
+    /// One request on a new connection. `headers` may repeat a name (sent as separate fields).
+    pub async fn send(&self, proto: Proto, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> std::io::Result<Resp> {
+        let authority = self.authority(proto);
+        let addr = self.addr(proto);
+        match proto {
+            Proto::H1 => {
+                let mut h: Vec<(&str, &str)> = vec![("Host", &authority)];
+                h.extend_from_slice(headers);
+                request(addr, method, path, &h, body).await
+            }
+            Proto::H1Tls | Proto::H2Tls => {
+                let h2 = proto == Proto::H2Tls;
+                let tls = self.cert.connect(addr, if h2 { b"h2" } else { b"http/1.1" }).await?;
+                let negotiated = tls.get_ref().1.alpn_protocol().map(<[u8]>::to_vec);
+                assert_eq!(negotiated.as_deref(), Some(if h2 { &b"h2"[..] } else { b"http/1.1" }), "ALPN for {}", proto.name());
+                let uri = if h2 { format!("https://{authority}{path}") } else { path.to_string() };
+                let mut req = http::Request::builder().method(method).uri(uri);
+                if !h2 {
+                    req = req.header("host", &authority);
+                }
+                for (k, v) in headers {
+                    req = req.header(*k, *v);
+                }
+                let req = req.body(Full::new(Bytes::copy_from_slice(body))).map_err(std::io::Error::other)?;
+                let io = hyper_util::rt::TokioIo::new(tls);
+                let resp = if h2 {
+                    let (mut send, conn) = hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), io)
+                        .await
+                        .map_err(std::io::Error::other)?;
+                    tokio::spawn(conn);
+                    send.send_request(req).await
+                } else {
+                    let (mut send, conn) = hyper::client::conn::http1::handshake(io).await.map_err(std::io::Error::other)?;
+                    tokio::spawn(conn);
+                    send.send_request(req).await
+                }
+                .map_err(std::io::Error::other)?;
+                let status = resp.status().as_u16();
+                let headers = resp
+                    .headers()
+                    .iter()
+                    .map(|(k, v)| (k.as_str().to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+                    .collect();
+                let body = tokio::time::timeout(Duration::from_secs(30), resp.into_body().collect())
+                    .await
+                    .map_err(std::io::Error::other)?
+                    .map_err(std::io::Error::other)?
+                    .to_bytes()
+                    .to_vec();
+                Ok(Resp { status, headers, body })
+            }
+        }
+    }
+}
