@@ -175,6 +175,9 @@ fn write_json_line(o: &mut String, r: &AccessRecord<'_>) {
     push_json_str(o, r.host);
     o.push_str(",\"path\":");
     push_json_str(o, r.path);
+    o.push_str(",\"protocol\":\"");
+    o.push_str(r.protocol);
+    o.push('"');
     o.push_str(",\"route\":");
     push_json_str(o, r.route);
     o.push_str(",\"status\":");
@@ -250,6 +253,8 @@ mod tests {
             span_name: "GET /*",
             host: "h",
             path: "/a\"b\\c\u{1}",
+            protocol: "2",
+            scheme: "https",
             route: "/*",
             pool: "p",
             status: 200,
@@ -270,6 +275,7 @@ mod tests {
         let line = json_line(&r);
         let v: serde_json::Value = serde_json::from_str(line.trim_end()).unwrap();
         assert_eq!(v["path"], "/a\"b\\c\u{1}");
+        assert_eq!(v["protocol"], "2");
         assert_eq!(v["duration_ms"], 1.235);
         assert!(v["client"].is_null());
         assert_eq!(v["encoding"], "zstd");

@@ -23,6 +23,10 @@ pub(crate) struct RequestSummary<'a> {
     pub(crate) span_name: &'a str,
     pub(crate) host: &'a str,
     pub(crate) path: &'a str,
+    /// `1.0`, `1.1` or `2`: the client's HTTP version (`network.protocol.version`).
+    pub(crate) protocol: &'static str,
+    /// `http` or `https`: the client connection's (`url.scheme`).
+    pub(crate) scheme: &'static str,
     /// The matched route's pattern (`/api/*`), empty when none matched.
     pub(crate) route: &'a str,
     pub(crate) pool: &'a str,
@@ -47,6 +51,17 @@ pub struct Resolved {
     pub service_name: String,
     pub traces: Option<traces::TraceSettings>,
     pub pyroscope_url: Option<String>,
+}
+
+/// The `network.protocol.version` of a request's HTTP version.
+pub(crate) fn protocol_version(v: http::Version) -> &'static str {
+    match v {
+        http::Version::HTTP_09 => "0.9",
+        http::Version::HTTP_10 => "1.0",
+        http::Version::HTTP_2 => "2",
+        http::Version::HTTP_3 => "3",
+        _ => "1.1",
+    }
 }
 
 pub fn resolve(cfg: &Telemetry, env: impl Fn(&str) -> Option<String>) -> Resolved {

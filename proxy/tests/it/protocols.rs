@@ -54,6 +54,8 @@ async fn the_forwarded_request_is_the_same_on_every_protocol() {
             .find(|l| l.contains(&path) && l.contains("\"status\":200"))
             .unwrap_or_else(|| panic!("access log for {path}: {lines:#?}"));
         assert!(line.contains("\"host\":\"a.test\""), "{line}");
+        let version = if proto == Proto::H2Tls { "2" } else { "1.1" };
+        assert!(line.contains(&format!("\"protocol\":\"{version}\"")), "{line}");
     }
 }
 

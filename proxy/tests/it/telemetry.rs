@@ -114,6 +114,7 @@ async fn spans_reach_a_real_otlp_receiver_and_the_origin_continues_the_trace() {
     assert_eq!(parts[2], client.span_id, "the origin's parent is the client span");
     assert_eq!(server.attr("http.request.method"), Some("GET"));
     assert_eq!(server.attr("http.route"), Some("/api/*"));
+    assert_eq!((server.attr("network.protocol.version"), server.attr("url.scheme")), (Some("1.1"), Some("http")));
     assert_eq!(server.attr("http.response.status_code"), Some("200"));
     assert_eq!(server.attr("http.status_code"), Some("200"));
     assert_eq!(server.attr("cache.status"), Some("BYPASS"));
