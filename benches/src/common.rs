@@ -98,6 +98,8 @@ pub struct Proxy {
     pub child: Child,
     pub public: SocketAddr,
     pub admin: SocketAddr,
+    /// The HTTPS listener, when the settings have `[tls]`.
+    pub tls: Option<SocketAddr>,
     _dir: std::path::PathBuf,
 }
 
@@ -203,5 +205,6 @@ pub fn start_proxy_under(wrapper: &[String], bin: &str, origin: SocketAddr, tele
     let v: serde_json::Value = serde_json::from_str(&line).expect("listening event");
     let public = v["public"].as_str().and_then(|s| s.parse().ok()).expect("public address");
     let admin = v["admin"].as_str().and_then(|s| s.parse().ok()).expect("admin address");
-    Proxy { child, public, admin, _dir: dir }
+    let tls = v["tls"].as_str().and_then(|s| s.parse().ok());
+    Proxy { child, public, admin, tls, _dir: dir }
 }

@@ -5,6 +5,10 @@
 //! Scenarios, alternated server by server each round (medians printed):
 //! - `hit2k`, `hit100k`: one cached URL, `wrk --latency` (req/s, p99);
 //! - `miss`: a `no-store` URL (the origin answers every request), against the origin directly too;
+//! - `tlshit2k`: the 2 KB hit over HTTPS with HTTP/1.1 (`wrk` on `https://`), nginx `ssl` and
+//!   Portier's `[tls]` (Varnish has no TLS);
+//! - `h2hit2k`: the 2 KB hit over HTTPS with HTTP/2 (`h2load -t1`, `--connections` / 4 clients
+//!   with 4 streams each), nginx `http2` and Portier's `[tls]` (h2 by ALPN);
 //! - `coalesce`: 64 clients at once on a cold URL the origin answers in 50 ms (origin requests,
 //!   slowest client);
 //! - `memory` (once per server): `--objects` distinct 2 KB URLs, resident memory added per object;
@@ -17,10 +21,11 @@
 //! URL queue behind one another.
 //!
 //! Usage: `vs-bench [--portier target/release/portier] [--rounds 3] [--seconds 3] [--connections 64]
-//!         [--cpu 1] [--objects 100000] [--only hit2k,hit100k,miss,coalesce,memory] [--callgrind] [--smoke]`
+//!         [--cpu 1] [--objects 100000] [--only hit2k,hit100k,tlshit2k,h2hit2k,miss,coalesce,memory] [--callgrind] [--smoke]`
 //! `--smoke`: one round of 1 s, 2,000 objects, and a non-zero exit on any sign of a broken
 //! scenario (an origin request during a hit run, an error answer, a zero figure). Needs nginx,
-//! varnishd and wrk (`apt-get install nginx-light varnish wrk`; `make bench-vs` installs them).
+//! varnishd, wrk and h2load (`apt-get install nginx-light varnish wrk nghttp2-client`; `make bench-vs`
+//! installs them).
 
 mod common;
 mod static_origin;
@@ -32,7 +37,7 @@ use std::time::{Duration, Instant};
 use tokio::io::AsyncWriteExt;
 
 const SERVERS: [&str; 3] = ["nginx", "varnish", "portier"];
-const SCENARIOS: [&str; 5] = ["hit2k", "hit100k", "miss", "coalesce", "memory"];
+const SCENARIOS: [&str; 7] = ["hit2k", "hit100k", "tlshit2k", "h2hit2k", "miss", "coalesce", "memory"];
 
 struct Args {
     portier: String,
@@ -139,14 +144,37 @@ fn need(cmd: &str, package: &str) {
     }
 }
 
-fn nginx_conf(dir: &std::path::Path, addr: SocketAddr, origin: SocketAddr, single_process: bool) -> std::path::PathBuf {
+/// A self-signed certificate for the TLS rows, written once into `dir`: (cert, key).
+fn test_cert(dir: &std::path::Path) -> (std::path::PathBuf, std::path::PathBuf) {
+    let c = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).expect("a certificate");
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    std::fs::write(&cert, c.cert.pem()).expect("cert.pem");
+    std::fs::write(&key, c.signing_key.serialize_pem()).expect("key.pem");
+    (cert, key)
+}
+
+/// The TLS listener of one server in one round, and the certificate it serves.
+struct Tls<'a> {
+    addr: SocketAddr,
+    cert: &'a (std::path::PathBuf, std::path::PathBuf),
+}
+
+fn nginx_conf(dir: &std::path::Path, addr: SocketAddr, origin: SocketAddr, single_process: bool, tls: Option<&Tls>) -> std::path::PathBuf {
     let d = dir.display();
     let master = if single_process { "master_process off;\n" } else { "" };
+    let tls = tls.map_or(String::new(), |t| {
+        format!(
+            "    listen {} ssl http2;\n    ssl_certificate {};\n    ssl_certificate_key {};\n    ssl_session_cache shared:tls:8m;\n",
+            t.addr,
+            t.cert.0.display(),
+            t.cert.1.display()
+        )
+    });
     let conf = format!(
         "{master}worker_processes 1;\ndaemon off;\npid {d}/nginx.pid;\nerror_log {d}/error.log warn;\nevents {{ worker_connections 4096; }}\n\
          http {{\n  access_log {d}/access.log;\n  keepalive_requests 1000000;\n  client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n  fastcgi_temp_path {d}/fcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n\
            proxy_cache_path {d}/cache levels=1:2 keys_zone=c:64m max_size=4g;\n  upstream o {{ server {origin}; keepalive 64; }}\n\
-           server {{\n    listen {addr};\n    location / {{\n      proxy_pass http://o;\n      proxy_http_version 1.1;\n      proxy_set_header Connection \"\";\n      proxy_cache c;\n      proxy_cache_lock on;\n      add_header X-Cache $upstream_cache_status;\n    }}\n\
+           server {{\n    listen {addr};\n{tls}    location / {{\n      proxy_pass http://o;\n      proxy_http_version 1.1;\n      proxy_set_header Connection \"\";\n      proxy_cache c;\n      proxy_cache_lock on;\n      add_header X-Cache $upstream_cache_status;\n    }}\n\
              location /miss {{\n      proxy_pass http://o;\n      proxy_http_version 1.1;\n      proxy_set_header Connection \"\";\n      proxy_cache c;\n    }}\n  }}\n}}\n"
     );
     let path = dir.join("nginx.conf");
@@ -154,20 +182,36 @@ fn nginx_conf(dir: &std::path::Path, addr: SocketAddr, origin: SocketAddr, singl
     path
 }
 
-fn start(name: &str, a: &Args, origin: SocketAddr, tag: &str) -> (Server, SocketAddr) {
+/// Starts one server: its plain address and, for nginx and Portier when `cert` is given, its
+/// HTTPS one (HTTP/1.1 and HTTP/2 by ALPN).
+fn start(
+    name: &str,
+    a: &Args,
+    origin: SocketAddr,
+    tag: &str,
+    cert: Option<&(std::path::PathBuf, std::path::PathBuf)>,
+) -> (Server, SocketAddr, Option<SocketAddr>) {
     match name {
         "portier" => {
             // Its defaults (metrics, JSON access log), with room for the memory scenario's objects.
-            let settings = "[cache]\nmax_size = \"4GiB\"\n";
-            let p = start_proxy_under(&[], &a.portier, origin, settings, tag);
+            let mut settings = "[cache]\nmax_size = \"4GiB\"\n".to_string();
+            if let Some((c, k)) = cert {
+                settings += &format!(
+                    "[tls]\nlisten = \"127.0.0.1:0\"\ncertificates = [{{ cert = \"{}\", key = \"{}\" }}]\n",
+                    c.display(),
+                    k.display()
+                );
+            }
+            let p = start_proxy_under(&[], &a.portier, origin, &settings, tag);
             let _ = Command::new("taskset").args(["-a", "-p", "-c", &a.cpu, &p.child.id().to_string()]).stdout(Stdio::null()).status();
-            let addr = p.public;
-            (Server::Portier(p), addr)
+            let (addr, tls) = (p.public, p.tls);
+            (Server::Portier(p), addr, tls)
         }
         "nginx" => {
             let dir = tmpdir(&format!("nginx-{tag}"));
             let addr = free_port();
-            let conf = nginx_conf(&dir, addr, origin, false);
+            let tls = cert.map(|cert| Tls { addr: free_port(), cert });
+            let conf = nginx_conf(&dir, addr, origin, false, tls.as_ref());
             let child = Command::new("taskset")
                 .args(["-c", &a.cpu, "nginx", "-c"])
                 .arg(&conf)
@@ -175,7 +219,7 @@ fn start(name: &str, a: &Args, origin: SocketAddr, tag: &str) -> (Server, Socket
                 .stderr(Stdio::null())
                 .spawn()
                 .expect("nginx starts");
-            (Server::Other(Daemon { child, dir }), addr)
+            (Server::Other(Daemon { child, dir }), addr, tls.map(|t| t.addr))
         }
         _ => {
             let dir = tmpdir(&format!("varnish-{tag}"));
@@ -192,7 +236,7 @@ fn start(name: &str, a: &Args, origin: SocketAddr, tag: &str) -> (Server, Socket
                 .stderr(Stdio::null())
                 .spawn()
                 .expect("varnishd starts");
-            (Server::Other(Daemon { child, dir }), addr)
+            (Server::Other(Daemon { child, dir }), addr, None)
         }
     }
 }
@@ -239,8 +283,13 @@ fn millis(v: &str) -> f64 {
 
 /// `wrk -t1` from this process's CPU (the one the proxies are not on).
 fn wrk(addr: SocketAddr, path: &str, connections: usize, seconds: u64) -> Wrk {
+    wrk_url(&format!("http://{addr}{path}"), connections, seconds)
+}
+
+/// [`wrk`] on a whole URL (`https://` for the TLS row).
+fn wrk_url(url: &str, connections: usize, seconds: u64) -> Wrk {
     let out = Command::new("wrk")
-        .args(["-t1", &format!("-c{connections}"), &format!("-d{seconds}s"), "--latency", &format!("http://{addr}{path}")])
+        .args(["-t1", &format!("-c{connections}"), &format!("-d{seconds}s"), "--latency", url])
         .output()
         .expect("wrk runs");
     let text = String::from_utf8_lossy(&out.stdout).to_string();
@@ -259,6 +308,46 @@ fn wrk(addr: SocketAddr, path: &str, connections: usize, seconds: u64) -> Wrk {
             }
             _ => {}
         }
+    }
+    w
+}
+
+/// `h2load -t1` over HTTP/2: `clients` connections with `streams` concurrent streams each, for
+/// `seconds` (or `-n requests` when `requests` is given). h2load prints no percentiles, so the
+/// latency is its mean "time for request".
+fn h2load(url: &str, clients: usize, streams: usize, seconds: u64, requests: Option<usize>) -> Wrk {
+    let mut cmd = Command::new("h2load");
+    cmd.args(["-t1", &format!("-c{clients}"), &format!("-m{streams}")]);
+    match requests {
+        Some(n) => cmd.arg(format!("-n{n}")),
+        None => cmd.arg(format!("-D{seconds}")),
+    };
+    let out = cmd.arg(url).output().expect("h2load runs");
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let mut w = Wrk { rps: 0.0, p99_ms: f64::NAN, mean_ms: f64::NAN, errors: 0 };
+    for line in text.lines() {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        match f.as_slice() {
+            ["finished", "in", _, rps, "req/s,", ..] => w.rps = rps.parse().unwrap_or(0.0),
+            ["requests:", rest @ ..] => {
+                // "N total, N started, N done, N succeeded, F failed, E errored, T timeout"
+                for pair in rest.chunks(2) {
+                    if let [n, what] = pair {
+                        if matches!(what.trim_end_matches(','), "failed" | "errored" | "timeout") {
+                            w.errors += n.parse::<u64>().unwrap_or(0);
+                        }
+                    }
+                }
+            }
+            ["status", "codes:", _, "2xx,", n3, "3xx,", n4, "4xx,", n5, "5xx"] => {
+                w.errors += [n3, n4, n5].iter().map(|n| n.parse::<u64>().unwrap_or(0)).sum::<u64>();
+            }
+            ["time", "for", "request:", _min, _max, mean, ..] => w.mean_ms = millis(mean),
+            _ => {}
+        }
+    }
+    if !out.status.success() {
+        w.errors += 1;
     }
     w
 }
@@ -339,6 +428,10 @@ struct Figures {
     hit2k_p99: Vec<f64>,
     hit100k: Vec<f64>,
     hit100k_p99: Vec<f64>,
+    tls2k: Vec<f64>,
+    tls2k_p99: Vec<f64>,
+    h2_2k: Vec<f64>,
+    h2_2k_mean: Vec<f64>,
     miss: Vec<f64>,
     miss_mean: Vec<f64>,
     coalesce: Vec<(u64, f64)>,
@@ -367,7 +460,7 @@ async fn callgrind(name: &str, a: &Args, origin: &StaticOrigin) -> Option<f64> {
             )
         } else {
             let addr = free_port();
-            let conf = nginx_conf(&dir, addr, origin.addr, true);
+            let conf = nginx_conf(&dir, addr, origin.addr, true, None);
             let child = Command::new(&wrapper[0])
                 .args(&wrapper[1..])
                 .args(["nginx", "-c"])
@@ -415,6 +508,7 @@ async fn main() {
     need("nginx", "nginx-light");
     need("varnishd", "varnish");
     need("wrk", "wrk");
+    need("h2load", "nghttp2-client");
     if a.callgrind {
         need("valgrind", "valgrind");
     }
@@ -431,6 +525,8 @@ async fn main() {
     let _ = Command::new("taskset").args(["-a", "-p", "-c", other, &std::process::id().to_string()]).stdout(Stdio::null()).status();
     let origin = StaticOrigin::start().await;
     let on = |s: &str| a.only.iter().any(|o| o == s);
+    let cert_dir = tmpdir("cert");
+    let cert = test_cert(&cert_dir);
     let mut figs: Vec<Figures> = vec![Figures::default(); 3];
     let mut direct_miss = Vec::new();
     let mut direct_mean = Vec::new();
@@ -444,8 +540,11 @@ async fn main() {
             direct_mean.push(w.mean_ms);
         }
         for (i, name) in SERVERS.iter().enumerate() {
-            let (server, addr) = start(name, &a, origin.addr, &format!("r{round}"));
+            let (server, addr, tls) = start(name, &a, origin.addr, &format!("r{round}"), Some(&cert));
             wait_up(addr).await;
+            if let Some(t) = tls {
+                wait_up(t).await;
+            }
             let mut line = format!("round {round} {name:>8}:");
             for (scenario, path) in [("hit2k", "/2k"), ("hit100k", "/100k")] {
                 if !on(scenario) {
@@ -473,6 +572,43 @@ async fn main() {
                 } else {
                     f.hit100k.push(w.rps);
                     f.hit100k_p99.push(w.p99_ms);
+                }
+            }
+            // Over TLS: HTTP/1.1 (wrk) and HTTP/2 (h2load) share one https entry, warmed once.
+            if let (Some(t), true) = (tls, on("tlshit2k") || on("h2hit2k")) {
+                let url = format!("https://{t}/2k");
+                let before = origin.hits("/2k");
+                let warm = h2load(&url, 1, 1, 0, Some(2));
+                let stored = origin.hits("/2k");
+                for (scenario, h2) in [("tlshit2k", false), ("h2hit2k", true)] {
+                    if !on(scenario) {
+                        continue;
+                    }
+                    let w = if h2 {
+                        h2load(&url, (a.connections / 4).max(1), 4, a.seconds, None)
+                    } else {
+                        wrk_url(&url, a.connections, a.seconds)
+                    };
+                    let leaked = origin.hits("/2k") - stored;
+                    if warm.errors > 0 || stored > before + 1 || leaked > 0 || w.errors > 0 || w.rps <= 0.0 {
+                        problems.push(format!(
+                            "{name} {scenario}: warm-up errors {}, origin requests while warming {}, during the run {leaked}, errors {}, {:.0} req/s",
+                            warm.errors,
+                            stored - before,
+                            w.errors,
+                            w.rps
+                        ));
+                    }
+                    let f = &mut figs[i];
+                    if h2 {
+                        line += &format!(" {scenario} {:>8.0} req/s mean {:.2} ms;", w.rps, w.mean_ms);
+                        f.h2_2k.push(w.rps);
+                        f.h2_2k_mean.push(w.mean_ms);
+                    } else {
+                        line += &format!(" {scenario} {:>8.0} req/s p99 {:.2} ms;", w.rps, w.p99_ms);
+                        f.tls2k.push(w.rps);
+                        f.tls2k_p99.push(w.p99_ms);
+                    }
                 }
             }
             if on("miss") {
@@ -504,7 +640,7 @@ async fn main() {
 
     if on("memory") {
         for (i, name) in SERVERS.iter().enumerate() {
-            let (server, addr) = start(name, &a, origin.addr, "mem");
+            let (server, addr, _) = start(name, &a, origin.addr, "mem", None);
             wait_up(addr).await;
             let tag = format!("m{name}");
             // One object first, so start-up allocations and the first connection are in the base.
@@ -577,9 +713,51 @@ fn print_table(a: &Args, f: &[Figures], direct: &[f64], direct_mean: &[f64]) {
     let fmt = |x: f64, unit: &str| if x.is_finite() { format!("{x:.0}{unit}") } else { "-".into() };
     let ms = |x: f64| if x.is_finite() { format!("{x:.2} ms") } else { "-".into() };
     let ratio = |pv: f64, nv: f64| if pv.is_finite() && nv.is_finite() && nv > 0.0 { format!("{:.2}", pv / nv) } else { "-".into() };
+    // Rounds alternate the servers, so round i of Portier is paired with round i of nginx: the
+    // ratio's median and range over rounds, not one ratio of two medians.
+    let ratios = |pv: &[f64], nv: &[f64]| {
+        let r: Vec<f64> = pv.iter().zip(nv).filter(|(p, n)| p.is_finite() && n.is_finite() && **n > 0.0).map(|(p, n)| p / n).collect();
+        if r.is_empty() {
+            return "-".to_string();
+        }
+        let (lo, hi) = r.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), x| (lo.min(*x), hi.max(*x)));
+        if r.len() == 1 {
+            format!("{:.2}", r[0])
+        } else {
+            format!("{:.2} ({lo:.2}–{hi:.2})", median(&r))
+        }
+    };
+    let spread = |v: &[f64], as_ms: bool| {
+        let m = median(v);
+        if !m.is_finite() {
+            return "-".to_string();
+        }
+        let (lo, hi) = v.iter().filter(|x| x.is_finite()).fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), x| (lo.min(*x), hi.max(*x)));
+        match (as_ms, v.len() > 1) {
+            (false, true) => format!("{m:.0} ({lo:.0}–{hi:.0})"),
+            (false, false) => format!("{m:.0}"),
+            (true, true) => format!("{m:.2} ms ({lo:.2}–{hi:.2})"),
+            (true, false) => format!("{m:.2} ms"),
+        }
+    };
+    // A row of per-round figures: each server's median (range), and Portier / nginx per round.
+    let rounds_row = |label: &str, get: &dyn Fn(&Figures) -> &Vec<f64>, as_ms: bool| {
+        println!(
+            "| {label} | {} | {} | {} | {} |",
+            spread(get(n), as_ms),
+            spread(get(v), as_ms),
+            spread(get(p), as_ms),
+            ratios(get(p), get(n))
+        );
+    };
     println!(
-        "\nmedians of {} round(s) of {} s, wrk -t1 -c{}, each server pinned to CPU {} with one worker:\n",
-        a.rounds, a.seconds, a.connections, a.cpu
+        "\nmedians (and ranges) of {} round(s) of {} s, wrk -t1 -c{} / h2load -t1 -c{} -m4, each server pinned to CPU {} with one worker;\n\
+         the last column is Portier / nginx per round (median and range):\n",
+        a.rounds,
+        a.seconds,
+        a.connections,
+        (a.connections / 4).max(1),
+        a.cpu
     );
     println!("| scenario | nginx `proxy_cache` | Varnish | Portier | Portier / nginx |");
     println!("|---|---|---|---|---|");
@@ -588,12 +766,20 @@ fn print_table(a: &Args, f: &[Figures], direct: &[f64], direct_mean: &[f64]) {
         println!("| {label} | {} | {} | {} | {} |", cell(get(n)), cell(get(v)), cell(get(p)), ratio(get(p), get(n)));
     };
     if !n.hit2k.is_empty() {
-        row("2 KB hit, req/s", &|x| median(&x.hit2k), "", false);
-        row("2 KB hit, p99", &|x| median(&x.hit2k_p99), "", true);
+        rounds_row("2 KB hit, req/s", &|x| &x.hit2k, false);
+        rounds_row("2 KB hit, p99", &|x| &x.hit2k_p99, true);
     }
     if !n.hit100k.is_empty() {
-        row("100 KB hit, req/s", &|x| median(&x.hit100k), "", false);
-        row("100 KB hit, p99", &|x| median(&x.hit100k_p99), "", true);
+        rounds_row("100 KB hit, req/s", &|x| &x.hit100k, false);
+        rounds_row("100 KB hit, p99", &|x| &x.hit100k_p99, true);
+    }
+    if !n.tls2k.is_empty() {
+        rounds_row("2 KB hit over TLS (HTTP/1.1, wrk), req/s", &|x| &x.tls2k, false);
+        rounds_row("2 KB hit over TLS (HTTP/1.1), p99", &|x| &x.tls2k_p99, true);
+    }
+    if !n.h2_2k.is_empty() {
+        rounds_row("2 KB hit over HTTP/2 (h2load), req/s", &|x| &x.h2_2k, false);
+        rounds_row("2 KB hit over HTTP/2, mean latency", &|x| &x.h2_2k_mean, true);
     }
     if !n.miss.is_empty() {
         let d = median(direct);
