@@ -73,11 +73,16 @@ impl Authority {
                 Some(i) => (&b[..i], Some(&b[i + 1..])),
                 None => (b, None),
             };
+            // `admin.test.` is the fully qualified `admin.test`: one name, one route and key.
+            let name = name.strip_suffix(b".").unwrap_or(name);
             if name.is_empty() {
                 return Err("empty host");
             }
             if !valid_reg_name(name) {
-                return Err("host has a character outside RFC 3986 reg-name");
+                return Err("host has a character outside RFC 3986 reg-name (percent-encoding is refused)");
+            }
+            if name.first() == Some(&b'.') || name.last() == Some(&b'.') || name.windows(2).any(|w| w == b"..") {
+                return Err("host has an empty label");
             }
             // ASCII-only after the check above.
             (String::from_utf8_lossy(name).to_ascii_lowercase(), port)
@@ -124,16 +129,20 @@ fn is_unreserved_or_sub_delim(c: u8) -> bool {
     c.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=".contains(&c)
 }
 
+/// RFC 3986 reg-name without percent-encoding: `admin%2etest` would be another spelling of
+/// `admin.test` to an origin that decodes it, while routes match the bytes.
 fn valid_reg_name(b: &[u8]) -> bool {
-    let mut i = 0;
-    while i < b.len() {
-        match b[i] {
-            b'%' if b.get(i + 1..i + 3).is_some_and(|h| h.iter().all(u8::is_ascii_hexdigit)) => i += 3,
-            c if is_unreserved_or_sub_delim(c) => i += 1,
-            _ => return false,
-        }
+    b.iter().all(|&c| is_unreserved_or_sub_delim(c))
+}
+
+/// `Host` as sent, less one trailing dot on its name (`A.test.:8080` → `A.test:8080`), when it
+/// has one: the origin must get the host the route and key matched.
+fn without_trailing_dot(host: &[u8]) -> Option<Vec<u8>> {
+    if host.first() == Some(&b'[') {
+        return None;
     }
-    true
+    let end = host.iter().position(|&c| c == b':').unwrap_or(host.len());
+    (end > 1 && host[end - 1] == b'.').then(|| [&host[..end - 1], &host[end..]].concat())
 }
 
 /// What the request asks for, once checked.
@@ -164,7 +173,8 @@ pub(crate) struct Refused(pub(crate) &'static str);
 
 /// An origin-form target (`/path?query`): visible ASCII, no fragment, no backslash in the path
 /// (some origins read it as `/`), and no `.` or `..` segment (an origin that resolves them would
-/// serve `/a/../admin` as `/admin` while the route and key saw `/a/`). Returns it as parsed.
+/// serve `/a/../admin` as `/admin` while the route and key saw `/a/`). Returns it with its path
+/// in canonical form ([`canonical_path`]).
 pub(crate) fn origin_form(b: &[u8]) -> Result<PathAndQuery, Refused> {
     if b.first() != Some(&b'/') {
         return Err(Refused("the request target must start with / (origin-form)"));
@@ -176,14 +186,69 @@ pub(crate) fn origin_form(b: &[u8]) -> Result<PathAndQuery, Refused> {
             "the request target has a byte that is not visible ASCII"
         }));
     }
-    let path = &b[..b.iter().position(|&c| c == b'?').unwrap_or(b.len())];
+    let (path, query) = b.split_at(b.iter().position(|&c| c == b'?').unwrap_or(b.len()));
     if path.contains(&b'\\') {
         return Err(Refused("the request path has a backslash"));
     }
+    let path = canonical_path(path)?;
     if path.split(|&c| c == b'/').any(is_dot_segment) {
         return Err(Refused("the request path has a . or .. segment"));
     }
-    PathAndQuery::try_from(b).map_err(|_| Refused("the request target is not a valid URI path"))
+    let invalid = |_| Refused("the request target is not a valid URI path");
+    match path {
+        std::borrow::Cow::Borrowed(_) => PathAndQuery::try_from(b).map_err(invalid),
+        std::borrow::Cow::Owned(mut p) => {
+            p.extend_from_slice(query);
+            PathAndQuery::try_from(p).map_err(invalid)
+        }
+    }
+}
+
+/// The one spelling of a request path that routing, access rules, the cache key and the
+/// forwarded request all use, so no origin can read a request as another path than the route
+/// did (Go's net/http, Flask and nginx decode `%61` to `a`; nginx and Flask merge slashes):
+/// - percent-encoded unreserved characters are decoded (`/%61dmin` is `/admin`) and the
+///   remaining escapes upper-cased (`%c3%a9` is `%C3%A9`), RFC 3986 §6.2.2;
+/// - runs of `/` are one (`//admin` is `/admin`), as nginx's `merge_slashes` does;
+/// - refused (400): an encoded `/` or `\` (`%2F`, `%5C`: a decoding origin would see another
+///   path), an encoded control character, a malformed escape, and `;` (Tomcat and Spring drop
+///   `;...` from a segment, so `/admin;/x` is `/admin/x` to them).
+pub(crate) fn canonical_path(path: &[u8]) -> Result<std::borrow::Cow<'_, [u8]>, Refused> {
+    use std::borrow::Cow;
+    if !path.iter().any(|&c| c == b'%' || c == b';') && !path.windows(2).any(|w| w == b"//") {
+        return Ok(Cow::Borrowed(path));
+    }
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    let hex = |c: u8| (c as char).to_digit(16).map(|d| d as u8);
+    let mut out = Vec::with_capacity(path.len());
+    let mut i = 0;
+    while i < path.len() {
+        match path[i] {
+            b'%' => {
+                let (Some(h), Some(l)) = (path.get(i + 1).and_then(|&c| hex(c)), path.get(i + 2).and_then(|&c| hex(c))) else {
+                    return Err(Refused("the request path has a malformed percent-encoding"));
+                };
+                let v = h << 4 | l;
+                if v.is_ascii_alphanumeric() || matches!(v, b'-' | b'.' | b'_' | b'~') {
+                    out.push(v);
+                } else if v == b'/' || v == b'\\' {
+                    return Err(Refused("the request path has an encoded / or \\ (%2F, %5C)"));
+                } else if v < 0x20 || v == 0x7f {
+                    return Err(Refused("the request path has an encoded control character"));
+                } else {
+                    out.extend_from_slice(&[b'%', HEX[usize::from(h)], HEX[usize::from(l)]]);
+                }
+                i += 3;
+            }
+            b';' => return Err(Refused("the request path has a ; (path parameters are refused)")),
+            b'/' if out.last() == Some(&b'/') => i += 1,
+            c => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    Ok(Cow::Owned(out))
 }
 
 /// What follows `scheme://`, split where the authority ends (at `/`, `?`, `#` or the end).
@@ -232,7 +297,9 @@ fn host_field(req: &mut RequestHeader, scheme: Scheme) -> Result<Option<Authorit
     let mut hosts = req.headers.get_all(http::header::HOST).iter();
     let Some(first) = hosts.next() else {
         if let Some(a) = from_uri {
-            let value = req.uri.authority().map(|a| a.as_str().to_string()).unwrap_or_default();
+            let value = req.uri.authority().map(|a| a.as_str().as_bytes().to_vec()).unwrap_or_default();
+            let value = without_trailing_dot(&value).unwrap_or(value);
+            let value = http::HeaderValue::from_bytes(&value).map_err(|_| Refused(":authority is not a Host"))?;
             req.insert_header(http::header::HOST, value).map_err(|_| Refused(":authority is not a Host"))?;
             return Ok(Some(a));
         }
@@ -242,6 +309,10 @@ fn host_field(req: &mut RequestHeader, scheme: Scheme) -> Result<Option<Authorit
         return Err(Refused("more than one Host"));
     }
     let host = Authority::parse(first.as_bytes(), scheme).map_err(|_| Refused("Host is not uri-host[:port]"))?;
+    if let Some(v) = without_trailing_dot(first.as_bytes()) {
+        let v = http::HeaderValue::from_bytes(&v).map_err(|_| Refused("Host is not uri-host[:port]"))?;
+        req.insert_header(http::header::HOST, v).map_err(|_| Refused("Host is not uri-host[:port]"))?;
+    }
     // Both present: one request naming two authorities is malformed (RFC 9113 §8.3.1).
     if from_uri.is_some_and(|a| a != host) {
         return Err(Refused(":authority and Host name different authorities"));
@@ -420,6 +491,54 @@ mod tests {
         one.append_header("cookie", "a=1; b=2").unwrap();
         accept(&mut one, Scheme::Http).unwrap();
         assert_eq!(one.headers.get_all("cookie").iter().collect::<Vec<_>>(), ["a=1; b=2"]);
+    }
+
+    #[test]
+    fn one_canonical_path_for_every_spelling() {
+        for (sent, canonical) in [
+            ("/admin/x", "/admin/x"),
+            ("/%61dmin/x", "/admin/x"),
+            ("/%61%64%6d%69%6e/x", "/admin/x"),
+            ("//admin/x", "/admin/x"),
+            ("/admin//x///y", "/admin/x/y"),
+            ("/%7euser/%c3%a9?q=%61;b", "/~user/%C3%A9?q=%61;b"),
+            ("/a%20b/%2D%2e%5F", "/a%20b/-._"),
+        ] {
+            assert_eq!(ok(sent.as_bytes(), &["h"]).1, canonical, "{sent}");
+        }
+        let refused = |target: &str| accept(&mut req(target.as_bytes(), &["h"]), Scheme::Http).map_err(|e| e.0);
+        for (target, why) in [
+            ("/admin;/x", ";"),
+            ("/admin;jsessionid=1", ";"),
+            ("/admin%2fx", "encoded /"),
+            ("/admin%2Fx", "encoded /"),
+            ("/a%5cb", "encoded /"),
+            ("/a%00b", "control"),
+            ("/a%0Ab", "control"),
+            ("/a%zz", "malformed"),
+            ("/a%4", "malformed"),
+            ("/%2e%2e/admin", ". or .."),
+            ("/a/%2E/b", ". or .."),
+        ] {
+            let e = refused(target).expect_err(target);
+            assert!(e.contains(why), "{target}: {e}");
+        }
+    }
+
+    #[test]
+    fn one_host_name_for_every_spelling() {
+        let mut r = req(b"/", &["Admin.Test.:8080"]);
+        let t = accept(&mut r, Scheme::Http).unwrap();
+        assert_eq!(t.authority.unwrap().to_string(), "admin.test:8080");
+        assert_eq!(r.headers.get("host").unwrap(), "Admin.Test:8080", "the origin gets the host the route matched");
+        assert_eq!(ok(b"/", &["admin.test."]).0, "admin.test");
+        assert_eq!(ok(b"/", &["admin.test"]).2, "admin.test", "a Host without the dot is forwarded untouched");
+        for h in ["admin%2etest", "%61dmin.test", ".", "a..", "[::1]."] {
+            assert!(accept(&mut req(b"/", &[h]), Scheme::Http).is_err(), "Host {h:?} must be refused");
+        }
+        let mut r = h2("admin.test.:8443", "https", &[]);
+        accept(&mut r, Scheme::Https).unwrap();
+        assert_eq!(r.headers.get("host").unwrap(), "admin.test:8443");
     }
 
     #[test]

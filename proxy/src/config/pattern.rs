@@ -38,7 +38,11 @@ impl FromStr for PathPattern {
                 encoded.push_str(&format!("%{b:02X}"));
             }
         }
-        Ok(PathPattern { path: encoded, prefix })
+        // In the canonical form requests are matched in (crate::target::canonical_path), so
+        // `/%61dmin/*` is `/admin/*`, and a pattern no request can match is an error.
+        let canonical = crate::target::canonical_path(encoded.as_bytes()).map_err(|e| format!("{s:?}: {e}"))?;
+        let path = String::from_utf8_lossy(&canonical).into_owned();
+        Ok(PathPattern { path, prefix })
     }
 }
 
@@ -58,11 +62,16 @@ impl PathPattern {
         PathPattern { path: "/".into(), prefix: true }
     }
 
+    /// ASCII case does not count: for a case-insensitive origin (Express by default, IIS,
+    /// ASP.NET) `/ADMIN/x` is `/admin/x`, and a rule must not be walked around by spelling.
+    /// Where the origin does tell the two apart, the cost is a rule applying to both.
     pub fn matches(&self, path: &str) -> bool {
+        let (p, pat) = (path.as_bytes(), self.path.as_bytes());
         if !self.prefix {
-            return path == self.path;
+            return p.eq_ignore_ascii_case(pat);
         }
-        path.starts_with(self.path.as_str()) || self.path.strip_suffix('/').is_some_and(|bare| path == bare)
+        let starts = p.len() >= pat.len() && p[..pat.len()].eq_ignore_ascii_case(pat);
+        starts || pat.strip_suffix(b"/").is_some_and(|bare| p.eq_ignore_ascii_case(bare))
     }
 }
 
@@ -135,16 +144,40 @@ impl FromStr for Cidr {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
         let s = s.trim();
-        if let Ok(net) = s.parse::<ipnet::IpNet>() {
-            return Ok(Cidr(net.trunc()));
-        }
-        s.parse::<std::net::IpAddr>()
-            .map(|ip| Cidr(ipnet::IpNet::from(ip)))
-            .map_err(|_| format!("{s:?} is not an IP address or CIDR range (e.g. \"203.0.113.0/24\")"))
+        let net = match s.parse::<ipnet::IpNet>() {
+            Ok(net) => net.trunc(),
+            Err(_) => s
+                .parse::<std::net::IpAddr>()
+                .map(ipnet::IpNet::from)
+                .map_err(|_| format!("{s:?} is not an IP address or CIDR range (e.g. \"203.0.113.0/24\")"))?,
+        };
+        Cidr::unmapped(net).map_err(|why| format!("{s:?}: {why}"))
     }
 }
 
 impl Cidr {
+    /// Clients are compared as IPv4 when they are IPv4-mapped IPv6 (`::ffff:10.0.0.1`), so a
+    /// range written in that form would match nothing: it becomes the IPv4 range it means
+    /// (`::ffff:127.0.0.1` → `127.0.0.1/32`, `::ffff:0:0/96` → `0.0.0.0/0`). A range that
+    /// covers part of the mapped block but is wider (`::fffe:0:0/95`) is refused: half of it
+    /// would silently never match.
+    fn unmapped(net: ipnet::IpNet) -> Result<Cidr, &'static str> {
+        const MAPPED: ipnet::Ipv6Net = match ipnet::Ipv6Net::new(std::net::Ipv6Addr::new(0, 0, 0, 0, 0, 0xffff, 0, 0), 96) {
+            Ok(n) => n,
+            Err(_) => panic!("a valid prefix"),
+        };
+        let ipnet::IpNet::V6(v6) = net else { return Ok(Cidr(net)) };
+        if MAPPED.contains(&v6) {
+            let v4 = v6.network().to_ipv4_mapped().unwrap_or(std::net::Ipv4Addr::UNSPECIFIED);
+            let v4 = ipnet::Ipv4Net::new(v4, v6.prefix_len() - 96).map_err(|_| "not a valid IPv4-mapped range")?;
+            return Ok(Cidr(ipnet::IpNet::V4(v4)));
+        }
+        if v6.contains(&MAPPED) && v6.prefix_len() > 0 {
+            return Err("covers the IPv4-mapped block (::ffff:0:0/96) and more: write the IPv4 part as an IPv4 range");
+        }
+        Ok(Cidr(net))
+    }
+
     /// IPv4-mapped IPv6 clients (`::ffff:10.0.0.1`) match IPv4 ranges.
     pub fn contains(&self, ip: std::net::IpAddr) -> bool {
         self.0.contains(&unmapped(ip))

@@ -154,7 +154,9 @@ impl State {
             self.answer_locally(session, ctx, LocalAnswer::TooLarge, too_large.status, too_large.detail, &[]).await?;
             return Ok(true);
         }
-        let Some(ip) = ctx.request.client else { return Ok(false) };
+        // An unknown client (an unreadable X-Forwarded-For) is counted as its peer: an
+        // unreadable hop must not buy a way around the limit.
+        let Some(ip) = ctx.request.client.or_else(|| peer_ip(session)) else { return Ok(false) };
         ctx.request.slot = self.client_slots.acquire(ip);
         if ctx.request.slot.is_some() {
             return Ok(false);
@@ -217,8 +219,24 @@ impl State {
     /// sees the request. True when refused (answered).
     pub(super) async fn check_access(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
         let Some(rules) = ctx.route.index.and_then(|i| self.access.get(i)) else { return Ok(false) };
-        match rules.verdict(ctx.request.client, session.req_header()) {
+        let (verdict, outcome) = rules.verdict(ctx.request.client, session.req_header()).await;
+        if let Some(o) = outcome {
+            self.metrics.auth_checked(o);
+        }
+        match verdict {
             access::Verdict::Allowed => Ok(false),
+            access::Verdict::TooManyAttempts { retry_after } => {
+                let retry = retry_after.to_string();
+                let detail = "too many failed password attempts from this address";
+                self.answer_locally(session, ctx, LocalAnswer::Unauthorized, 429, detail, &[("retry-after", &retry)]).await?;
+                Ok(true)
+            }
+            access::Verdict::Busy => {
+                let retry = self.config.limits.retry_after.as_secs().max(1).to_string();
+                let detail = "too many password checks in progress";
+                self.answer_locally(session, ctx, LocalAnswer::Busy, 503, detail, &[("retry-after", &retry)]).await?;
+                Ok(true)
+            }
             access::Verdict::Forbidden => {
                 self.answer_locally(session, ctx, LocalAnswer::Forbidden, 403, error_page::detail_for(403), &[]).await?;
                 Ok(true)

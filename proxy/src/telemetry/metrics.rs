@@ -31,6 +31,7 @@ pub struct Metrics {
     upstream_errors: IntCounterVec,
     upstream_healthy: GaugeVec,
     limits_refused: IntCounterVec,
+    auth_checks: IntCounterVec,
     connections_open: IntGauge,
     uptime: Gauge,
     spans_exported: IntCounter,
@@ -248,6 +249,7 @@ impl Metrics {
             upstream_errors: counter_vec(&r, &UPSTREAM_ERRORS, &["pool", "kind"])?,
             upstream_healthy,
             limits_refused: counter_vec(&r, &LIMITS_REFUSED, &["limit"])?,
+            auth_checks: counter_vec(&r, &AUTH_CHECKS, &["outcome"])?,
             connections_open: gauge(&r, &CONNECTIONS_OPEN)?,
             uptime,
             spans_exported: counter(&r, &TRACE_SPANS_EXPORTED)?,
@@ -275,6 +277,9 @@ impl Metrics {
         }
         for limit in LIMITS {
             m.limits_refused.with_label_values(&[limit]);
+        }
+        for outcome in crate::access::CheckOutcome::ALL {
+            m.auth_checks.with_label_values(&[outcome.as_str()]);
         }
         Ok(m)
     }
@@ -350,6 +355,11 @@ impl Metrics {
     pub(crate) fn compressed(&self, route: &str, encoding: &str, before: usize, after: usize) {
         self.compression_bytes.with_label_values(&[route, encoding, "in"]).inc_by(before as u64);
         self.compression_bytes.with_label_values(&[route, encoding, "out"]).inc_by(after as u64);
+    }
+
+    /// How a Basic authentication check ended.
+    pub(crate) fn auth_checked(&self, outcome: crate::access::CheckOutcome) {
+        self.auth_checks.with_label_values(&[outcome.as_str()]).inc();
     }
 
     /// A request refused by a `[limits]` setting (one of [`LIMITS`]).

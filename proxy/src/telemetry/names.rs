@@ -80,6 +80,8 @@ pub const LIMITS_REFUSED: MetricName = m(
     "limits_refused_total",
     "Requests and connections refused for going over a [limits] setting, by limit (uri, headers, body, requests_per_client, connections)",
 );
+pub const AUTH_CHECKS: MetricName =
+    m("auth_checks_total", "Basic authentication checks by outcome (verified, remembered, missing, failed, rate_limited: 429, busy: 503)");
 pub const CONNECTIONS_OPEN: MetricName = m("connections_open", "Client connections open on the public listeners");
 
 pub const UPTIME: MetricName = m("portier_uptime_seconds", "Seconds since the process started");

@@ -5,6 +5,7 @@
 //! `server_name` checks, which refuses an empty `Host` (400) and a wrong one (421).
 
 use crate::common::client::{Front, Proto};
+use crate::common::nginx::Nginx;
 use crate::common::scripted::{Reply, Scripted};
 use crate::common::*;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -257,67 +258,6 @@ async fn malformed_http2_requests_are_refused() {
     let r = f.get(Proto::H2Tls, "/same-host", &[("host", &f.authority(Proto::H2Tls))]).await;
     assert_eq!(r.status, 200, "{r:?}");
     assert_eq!(o.count("/two-hosts"), 0);
-}
-
-/// A real nginx behind Portier, with `server_name a.test` and a default server answering
-/// 421: nginx refuses an empty `Host` (400) and a wrong one never reaches the site.
-struct Nginx {
-    child: std::process::Child,
-    addr: std::net::SocketAddr,
-    dir: tempfile::TempDir,
-}
-
-impl Drop for Nginx {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Nginx {
-    fn start() -> Nginx {
-        let dir = tempfile::tempdir().unwrap();
-        let d = dir.path().display();
-        std::fs::create_dir_all(dir.path().join("www/reval")).unwrap();
-        std::fs::write(dir.path().join("www/page.html"), "<h1>nginx</h1>".repeat(100)).unwrap();
-        std::fs::write(dir.path().join("www/reval/r.txt"), "revalidate me").unwrap();
-        let addr = free_port();
-        let conf = format!(
-            "master_process off;\ndaemon off;\nworker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/error.log warn;\nevents {{}}\n\
-             http {{\n  log_format hosts '$host|$request_uri|$status';\n  access_log {d}/access.log hosts;\n\
-               client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n  fastcgi_temp_path {d}/fcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n\
-               server {{ listen {addr} default_server; return 421; }}\n\
-               server {{\n    listen {addr};\n    server_name a.test;\n    root {d}/www;\n\
-                 location / {{ add_header Cache-Control \"max-age=60\"; }}\n\
-                 location /reval/ {{ add_header Cache-Control \"no-cache\"; }}\n  }}\n}}\n"
-        );
-        let path = dir.path().join("nginx.conf");
-        std::fs::write(&path, conf).unwrap();
-        let child = std::process::Command::new("nginx")
-            .args(["-e", "stderr", "-c"])
-            .arg(&path)
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("nginx runs (make test installs nginx-light)");
-        let start = std::time::Instant::now();
-        while std::net::TcpStream::connect(addr).is_err() {
-            assert!(start.elapsed() < Duration::from_secs(10), "nginx did not listen on {addr}");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Nginx { child, addr, dir }
-    }
-
-    /// The access log: `(host, request_uri, status)` per request.
-    fn log(&self) -> Vec<(String, String, u16)> {
-        std::fs::read_to_string(self.dir.path().join("access.log"))
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|l| {
-                let mut it = l.splitn(3, '|');
-                Some((it.next()?.to_string(), it.next()?.to_string(), it.next()?.parse().ok()?))
-            })
-            .collect()
-    }
 }
 
 #[tokio::test(flavor = "multi_thread")]

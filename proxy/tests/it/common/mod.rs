@@ -347,6 +347,7 @@ pool = "web"
 }
 
 pub mod client;
+pub mod nginx;
 pub mod otlp;
 pub mod scripted;
 
