@@ -38,7 +38,7 @@ fn args() -> Args {
 
 async fn stats(admin: std::net::SocketAddr) -> serde_json::Value {
     let mut s = tokio::net::TcpStream::connect(admin).await.expect("admin");
-    s.write_all(b"GET /cache/stats HTTP/1.1\r\nHost: bench\r\n\r\n").await.expect("write");
+    s.write_all(b"GET /cache/stats HTTP/1.1\r\nHost: localhost\r\n\r\n").await.expect("write");
     let (mut buf, mut filled) = (vec![0u8; 64 * 1024], 0);
     read_response(&mut s, &mut buf, &mut filled).await;
     let text = String::from_utf8_lossy(&buf).to_string();
@@ -101,7 +101,10 @@ async fn main() {
     );
     let mut s = tokio::net::TcpStream::connect(proxy.admin).await.expect("admin");
     let purge = br#"{"prefix":"/"}"#;
-    let req = format!("POST /cache/purge HTTP/1.1\r\nHost: bench\r\nContent-Length: {}\r\n\r\n", purge.len());
+    let req = format!(
+        "POST /cache/purge HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        purge.len()
+    );
     let _ = s.write_all(req.as_bytes()).await;
     let _ = s.write_all(purge).await;
     let (mut buf, mut filled) = (vec![0u8; 64 * 1024], 0);

@@ -115,8 +115,13 @@ impl Admin {
     /// Purges and profiles change state or cost CPU: with `listen.admin_token` they need it as
     /// a bearer token; without one they answer only when the admin listener is loopback-only
     /// (in a container it listens on 0.0.0.0 for Prometheus, and /metrics stays open).
+    /// Either way a browser cannot be made to send them from another site: a cross-site
+    /// `Sec-Fetch-Site` or an `Origin` that does not name this listener is refused.
     /// `Some` is the refusal to send.
     fn guard(&self, session: &ServerSession) -> Option<Response<Vec<u8>>> {
+        if let Some(why) = cross_site(session.req_header()) {
+            return Some(json_response(StatusCode::FORBIDDEN, &json!({ "error": why })));
+        }
         let st = self.state();
         let listen = &st.config.listen;
         match &listen.admin_token {
@@ -322,11 +327,65 @@ impl Admin {
     }
 }
 
+/// Whether `Host` names the admin listener: absent (HTTP/1.0), an IP address, `localhost` or
+/// `*.localhost` (browsers resolve those without DNS), or one of `listen.admin_hosts`. A DNS
+/// rebinding page reaches the listener under its own name, which is none of these.
+fn host_names_us(req: &pingora_http::RequestHeader, extra: &[crate::config::HostPattern]) -> bool {
+    let Some(host) = req.headers.get(http::header::HOST) else { return true };
+    let Ok(host) = host.to_str() else { return false };
+    let name = match host.strip_prefix('[') {
+        Some(v6) => return v6.split_once(']').is_some_and(|(ip, _)| ip.parse::<std::net::Ipv6Addr>().is_ok()),
+        None => host.rsplit_once(':').map_or(host, |(n, _)| n),
+    };
+    let name = name.strip_suffix('.').unwrap_or(name);
+    name.parse::<std::net::Ipv4Addr>().is_ok()
+        || name.eq_ignore_ascii_case("localhost")
+        || name.len() > ".localhost".len() && name[name.len() - ".localhost".len()..].eq_ignore_ascii_case(".localhost")
+        || extra.iter().any(|h| h.matches(name))
+}
+
+/// Why a request a browser sent from another site is refused, if it is one: `Sec-Fetch-Site`
+/// other than `same-origin` or `none` (typed in the address bar), or an `Origin` whose host
+/// is not one this listener answers to. Tools (curl, Prometheus, `portier`) send neither.
+fn cross_site(req: &pingora_http::RequestHeader) -> Option<&'static str> {
+    let h = &req.headers;
+    if let Some(site) = h.get("sec-fetch-site") {
+        if !matches!(site.as_bytes(), b"same-origin" | b"none") {
+            return Some("refused: a request from another site (Sec-Fetch-Site)");
+        }
+    }
+    let origin = h.get(http::header::ORIGIN)?;
+    let same = origin.to_str().ok().and_then(|o| o.split_once("://")).zip(h.get(http::header::HOST).and_then(|v| v.to_str().ok()));
+    match same {
+        Some(((_, origin_host), host)) if origin_host.eq_ignore_ascii_case(host) => None,
+        _ => Some("refused: a request from another origin (Origin)"),
+    }
+}
+
+/// State-changing requests carry JSON (`Content-Type: application/json`), which a cross-site
+/// form or a "simple" `fetch` cannot send without a preflight this listener never answers.
+fn is_json(req: &pingora_http::RequestHeader) -> bool {
+    req.headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("application/json"))
+}
+
 #[async_trait]
 impl ServeHttp for Admin {
     async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
         let path = session.req_header().uri.path().to_string();
         let method = session.req_header().method.clone();
+        if !host_names_us(session.req_header(), &self.state().config.listen.admin_hosts) {
+            return json_response(
+                StatusCode::MISDIRECTED_REQUEST,
+                &json!({"error": "this Host does not name the admin listener: add it to listen.admin_hosts (PORTIER_ADMIN_HOSTS)"}),
+            );
+        }
+        if method == http::Method::POST && !is_json(session.req_header()) {
+            return json_response(StatusCode::UNSUPPORTED_MEDIA_TYPE, &json!({"error": "send Content-Type: application/json"}));
+        }
         match (method.as_str(), path.as_str()) {
             ("GET" | "HEAD", "/healthz") => json_response(StatusCode::OK, &json!({"status": "ok"})),
             ("GET" | "HEAD", "/readyz") => self.readiness(),

@@ -292,7 +292,8 @@ fn hash_password(cost: u32) -> ExitCode {
 fn reload(admin: &str, token: Option<&str>) -> Result<String, String> {
     use crate::http_client::{send_blocking, Request};
     let bearer = token.map(|t| format!("Bearer {t}"));
-    let headers: Vec<(&str, &str)> = bearer.iter().map(|b| ("authorization", b.as_str())).collect();
+    let mut headers: Vec<(&str, &str)> = bearer.iter().map(|b| ("authorization", b.as_str())).collect();
+    headers.push(("content-type", "application/json"));
     let req = Request { method: "POST", target: "/config/reload", host: admin, headers: &headers, body: b"" };
     let resp = send_blocking(admin, &req, std::time::Duration::from_secs(30)).map_err(|e| format!("{admin}: {e}"))?;
     let body: serde_json::Value = serde_json::from_slice(&resp.body).unwrap_or_default();

@@ -51,6 +51,11 @@ pub(crate) fn negotiate(req: &RequestHeader, prefs: &[Coding]) -> Option<Coding>
 /// archives are compressed already.
 fn compressible_type(content_type: &str) -> bool {
     let t = content_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    // Server-sent events are read as they come; an encoder holds bytes back until it has
+    // enough to compress, and the events would arrive together at the end.
+    if t == "text/event-stream" {
+        return false;
+    }
     t.starts_with("text/")
         || t.ends_with("+json")
         || t.ends_with("+xml")
@@ -110,7 +115,10 @@ pub(crate) fn prepare(resp: &mut ResponseHeader, coding: Option<Coding>, level: 
     }
     let _ = resp.insert_header(MARKER, "1");
     let coding = coding?;
-    let encoder = Encoder::new(coding, level).ok()?;
+    let mut encoder = Encoder::new(coding, level).ok()?;
+    // Without a length the body is streamed (chunked or close-delimited) and may be real-time:
+    // each chunk is flushed through the encoder, so it leaves as it came.
+    encoder.flush_each = !resp.headers.contains_key(http::header::CONTENT_LENGTH);
     let _ = resp.insert_header(http::header::CONTENT_ENCODING, coding.as_str());
     resp.remove_header(&http::header::CONTENT_LENGTH);
     if let Some(tag) = resp.headers.get(http::header::ETAG).and_then(|v| v.to_str().ok()).and_then(|e| suffixed_etag(e, coding)) {
@@ -148,6 +156,8 @@ pub(crate) struct Encoder {
     pub(crate) coding: Coding,
     bytes_in: usize,
     bytes_out: usize,
+    /// Flush after every chunk (a body without a declared length).
+    flush_each: bool,
 }
 
 impl Encoder {
@@ -159,7 +169,7 @@ impl Encoder {
             Coding::Br => Writer::Br(Box::new(brotli::CompressorWriter::new(sink.clone(), 4096, level.min(11), 22))),
             Coding::Zstd => Writer::Zstd(zstd::stream::write::Encoder::new(sink.clone(), level.min(22) as i32)?),
         };
-        Ok(Encoder { writer: Mutex::new(Some(writer)), sink, coding, bytes_in: 0, bytes_out: 0 })
+        Ok(Encoder { writer: Mutex::new(Some(writer)), sink, coding, bytes_in: 0, bytes_out: 0, flush_each: false })
     }
 
     /// Compresses one chunk (`None` when the origin sent none); ends the stream at the end.
@@ -175,6 +185,15 @@ impl Encoder {
             None => Ok(()),
         };
         result.or_err(pingora_error::ErrorType::InternalError, "compressing the response body")?;
+        if self.flush_each && !end && !input.is_empty() {
+            let flushed = match slot.as_mut() {
+                Some(Writer::Gzip(w)) => w.flush(),
+                Some(Writer::Br(w)) => w.flush(),
+                Some(Writer::Zstd(w)) => w.flush(),
+                None => Ok(()),
+            };
+            flushed.or_err(pingora_error::ErrorType::InternalError, "flushing the compressed body")?;
+        }
         if end {
             let finished = match slot.take() {
                 Some(Writer::Gzip(w)) => w.finish().map(drop),

@@ -36,7 +36,9 @@ use tokio::sync::{watch, Notify};
 const MAX_PENDING: usize = 10_000;
 /// How often a miss waiting on another replica's fill looks for the object.
 const POLL: Duration = Duration::from_millis(5);
-const VALUE_MAGIC: &[u8; 3] = b"PT1";
+/// `PT2`: lengths for every part and a CRC-32 over all of it. `PT1` values (no body length,
+/// no checksum) are refused like any other unreadable value: a miss, deleted.
+const VALUE_MAGIC: &[u8; 3] = b"PT2";
 /// Drops index entries of objects past their expiry (at most 100 per fill): KEYS = expiries,
 /// urls, paths; ARGV = now in Unix ms. An expiry member is the path-index member
 /// (`path\0url\0primary`); the URL-index member is what follows its first NUL.
@@ -162,30 +164,46 @@ fn unix_ms() -> u64 {
     SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
-/// The stored value: magic, the two meta parts with their lengths, the body.
+/// The stored value: magic, the two meta parts and the body each after its length, and a
+/// CRC-32 of everything before it, so a value cut short or changed in Redis is never served.
 fn encode(internal: &[u8], header: &[u8], body: &[u8]) -> Vec<u8> {
-    let mut v = Vec::with_capacity(11 + internal.len() + header.len() + body.len());
+    let mut v = Vec::with_capacity(23 + internal.len() + header.len() + body.len());
     v.extend_from_slice(VALUE_MAGIC);
     v.extend_from_slice(&(internal.len() as u32).to_le_bytes());
     v.extend_from_slice(internal);
     v.extend_from_slice(&(header.len() as u32).to_le_bytes());
     v.extend_from_slice(header);
+    v.extend_from_slice(&(body.len() as u64).to_le_bytes());
     v.extend_from_slice(body);
+    let crc = crc32fast::hash(&v);
+    v.extend_from_slice(&crc.to_le_bytes());
     v
 }
 
 /// The (internal meta, header meta, body) of a stored value, sharing its bytes; None when it
-/// is not one of ours.
+/// is not one of ours, or not whole: every length must add up to the value's, and the
+/// checksum must match.
 pub(crate) fn decode(v: &Bytes) -> Option<(Bytes, Bytes, Bytes)> {
-    let rest = v.strip_prefix(VALUE_MAGIC.as_slice())?;
-    let read_len = |at: usize| -> Option<usize> { Some(u32::from_le_bytes(v.get(at..at + 4)?.try_into().ok()?) as usize) };
-    let start = v.len() - rest.len();
-    let i_len = read_len(start)?;
+    let (content, crc) = v.split_at_checked(v.len().checked_sub(4)?)?;
+    if crc32fast::hash(content).to_le_bytes() != crc {
+        return None;
+    }
+    let rest = content.strip_prefix(VALUE_MAGIC.as_slice())?;
+    let read = |at: usize, n: usize| -> Option<u64> {
+        let b = content.get(at..at.checked_add(n)?)?;
+        let mut a = [0u8; 8];
+        a[..n].copy_from_slice(b);
+        Some(u64::from_le_bytes(a))
+    };
+    let start = content.len() - rest.len();
+    let i_len = usize::try_from(read(start, 4)?).ok()?;
     let i_at = start + 4;
-    let h_len = read_len(i_at.checked_add(i_len)?)?;
+    let h_len = usize::try_from(read(i_at.checked_add(i_len)?, 4)?).ok()?;
     let h_at = i_at + i_len + 4;
-    let b_at = h_at.checked_add(h_len)?;
-    (b_at <= v.len()).then(|| (v.slice(i_at..i_at + i_len), v.slice(h_at..b_at), v.slice(b_at..)))
+    let b_len = usize::try_from(read(h_at.checked_add(h_len)?, 8)?).ok()?;
+    let b_at = h_at + h_len + 8;
+    (b_at.checked_add(b_len)? == content.len())
+        .then(|| (v.slice(i_at..i_at + i_len), v.slice(h_at..h_at + h_len), v.slice(b_at..b_at + b_len)))
 }
 
 /// Removes a flight when its leader finishes or is dropped (the client went away), so the
@@ -438,6 +456,25 @@ impl RedisTier {
             let tier = self.clone();
             self.rt.spawn(async move { tier.release(&combined).await });
         }
+    }
+
+    /// A value read for `combined` was not whole or not ours: it is counted and deleted (only
+    /// if it is still the same bytes, so a good copy written meanwhile stays), never served.
+    pub(crate) fn discard(self: &Arc<Self>, combined: &HashBinary, value: Bytes) {
+        self.metrics.lookups.with_label_values(&["corrupt"]).inc();
+        crate::telemetry::events::emit(
+            "warn",
+            "shared_cache_value_discarded",
+            &[("key", &hex(combined)), ("bytes", &value.len().to_string())],
+        );
+        let tier = self.clone();
+        let key = self.key("o", &hex(combined));
+        self.rt.spawn(async move {
+            let mut pipe = redis::pipe();
+            // The lock's compare-and-delete serves: delete the key only while it holds these bytes.
+            pipe.cmd("EVAL").arg(RELEASE_SCRIPT).arg(1).arg(key).arg(value.as_ref()).ignore();
+            let _: Option<()> = tier.query("discard", &pipe).await;
+        });
     }
 
     /// A fill started for `combined`: its lock is the fill's to release.
@@ -726,6 +763,20 @@ mod tests {
         assert_eq!((&i[..], &h[..], &b[..]), (&b"meta0"[..], &b"meta-1"[..], &b"body bytes"[..]));
         assert!(decode(&Bytes::from_static(b"PT1\xff\xff\xff\xff")).is_none());
         assert!(decode(&Bytes::from_static(b"hello")).is_none());
+        assert!(decode(&Bytes::new()).is_none());
+        // Cut short, one byte changed anywhere, or one byte more: refused.
+        let whole = encode(b"meta0", b"meta-1", b"body bytes");
+        for cut in 0..whole.len() {
+            assert!(decode(&Bytes::copy_from_slice(&whole[..cut])).is_none(), "cut at {cut}");
+        }
+        for at in 0..whole.len() {
+            let mut bad = whole.clone();
+            bad[at] ^= 0x01;
+            assert!(decode(&Bytes::from(bad)).is_none(), "byte {at} flipped");
+        }
+        let mut longer = whole.clone();
+        longer.push(0);
+        assert!(decode(&Bytes::from(longer)).is_none());
         let k = pingora_cache::key::hash_key("x");
         assert_eq!(str2hex(&hex(&k)), Some(k));
     }

@@ -32,10 +32,20 @@ impl Tiered {
         Box::leak(Box::new(self))
     }
 
-    /// A value read from Redis, served and kept in memory for the next hits.
+    /// A value read from Redis, served and kept in memory for the next hits, once checked
+    /// whole: its lengths and checksum, a meta that parses, and a body as long as its
+    /// `Content-Length` says (a short one would stall the client's keep-alive connection).
+    /// A bad value is a miss, counted and deleted.
     fn serve(&self, key: &CacheKey, value: &Bytes) -> Option<(CacheMeta, HitHandler)> {
-        let (internal, header, body) = decode(value)?;
-        let (meta, entry) = self.l1.entry_from_parts(key, internal, header, body).ok()?;
+        let checked = decode(value).and_then(|(internal, header, body)| {
+            let (meta, entry) = self.l1.entry_from_parts(key, internal, header, body).ok()?;
+            let declared = crate::target::content_length(&meta.response_header().headers);
+            declared.is_none_or(|n| n == entry.body().len() as u64).then_some((meta, entry))
+        });
+        let Some((meta, entry)) = checked else {
+            self.l2.discard(&key.combined_bin(), value.clone());
+            return None;
+        };
         let body = entry.body().clone();
         self.l1.admit(key.combined_bin(), entry);
         Some((meta, Box::new(Hit::new(body, Tier::Shared))))

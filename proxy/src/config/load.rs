@@ -208,6 +208,14 @@ fn apply_env(cfg: &mut Config, env: &impl Fn(&str) -> Option<String>, c: &mut Co
     if let Some(t) = env("PORTIER_ADMIN_TOKEN").filter(|t| !t.trim().is_empty()) {
         cfg.listen.admin_token = Some(t);
     }
+    if let Some(v) = env("PORTIER_ADMIN_HOSTS") {
+        for name in v.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+            match name.parse::<super::HostPattern>() {
+                Ok(h) => cfg.listen.admin_hosts.push(h),
+                Err(e) => c.push("env PORTIER_ADMIN_HOSTS", e),
+            }
+        }
+    }
     for (var, slot) in [("PORTIER_LISTEN_PUBLIC", &mut cfg.listen.public), ("PORTIER_LISTEN_ADMIN", &mut cfg.listen.admin)] {
         if let Some(v) = env(var) {
             match v.parse::<ListenAddr>() {

@@ -106,11 +106,21 @@ pub struct Listen {
     /// Without one they answer only on a loopback admin address. `PORTIER_ADMIN_TOKEN` too.
     #[serde(default)]
     pub admin_token: Option<String>,
+    /// Host names the admin listener answers to besides IP addresses, `localhost` and
+    /// `*.localhost` (a name a browser was led to by DNS rebinding is refused):
+    /// `["proxy"]` for a Prometheus scraping `proxy:9901`. `PORTIER_ADMIN_HOSTS` too.
+    #[serde(default)]
+    pub admin_hosts: Vec<HostPattern>,
 }
 
 impl Default for Listen {
     fn default() -> Self {
-        Listen { public: ListenAddr(([0, 0, 0, 0], 8080).into()), admin: ListenAddr(([127, 0, 0, 1], 9901).into()), admin_token: None }
+        Listen {
+            public: ListenAddr(([0, 0, 0, 0], 8080).into()),
+            admin: ListenAddr(([127, 0, 0, 1], 9901).into()),
+            admin_token: None,
+            admin_hosts: Vec::new(),
+        }
     }
 }
 

@@ -44,7 +44,7 @@ pub struct Metrics {
 }
 
 /// The `op` label values of the shared tier's calls.
-pub(crate) const SHARED_OPS: [&str; 7] = ["get", "lock", "poll", "put", "unlock", "purge", "publish"];
+pub(crate) const SHARED_OPS: [&str; 8] = ["get", "lock", "poll", "put", "unlock", "purge", "publish", "discard"];
 
 /// The shared tier's instruments, handed to it when it starts (handles are shared, cheap clones).
 #[derive(Clone)]
@@ -77,7 +77,7 @@ impl SharedTierMetrics {
             purge_delay: histogram(&CACHE_SHARED_PURGE_DELAY)?,
             up: gauge(r, &CACHE_SHARED_UP)?,
         };
-        for result in ["hit", "miss", "error"] {
+        for result in ["hit", "miss", "error", "corrupt"] {
             m.lookups.with_label_values(&[result]);
         }
         // Series at 0 from the start, so the dashboard's queries have data before the first call.

@@ -27,7 +27,7 @@ pub const CACHE_MISS: MetricName = m("cache_miss_total", "Client requests that w
 pub const CACHE_REQUESTS: MetricName = m("cache_requests_total", "Client requests by cache status");
 pub const CACHE_SHARED_LOOKUPS: MetricName = m(
     "cache_shared_lookups_total",
-    "Lookups of memory misses in the shared tier (Redis), by result: hit, miss, error; concurrent misses for one key share one",
+    "Lookups of memory misses in the shared tier (Redis), by result: hit, miss, error, corrupt (a value that failed its length or checksum check: deleted, not served); concurrent misses for one key share one",
 );
 pub const CACHE_SHARED_CALLS: MetricName =
     m("cache_shared_calls_total", "Calls to the shared tier by operation and outcome (ok, error, timeout, skipped)");

@@ -83,13 +83,15 @@ async fn purge_by_tag_soft_purge_and_purge_api_errors() {
     assert_eq!(get(p.public, "/a?u=1").await.header("x-cache"), "MISS");
     assert_eq!(get(p.public, "/c?u=2").await.header("x-cache"), "HIT");
 
-    let r = request(p.admin, "POST", "/cache/purge", &[], br#"{"url":"/c?u=2","soft":true}"#).await.unwrap();
+    let r = request(p.admin, "POST", "/cache/purge", &[("Content-Type", "application/json")], br#"{"url":"/c?u=2","soft":true}"#)
+        .await
+        .unwrap();
     assert_eq!(r.json()["purged"], 1);
     let r = get(p.public, "/c?u=2").await;
     assert_eq!(r.header("x-cache"), "STALE", "soft purge keeps the entry for stale-while-revalidate");
 
     for bad in [&b"{}"[..], br#"{"url":"/a","tag":"x"}"#, br#"{"ur":"/a"}"#, b"not json"] {
-        let r = request(p.admin, "POST", "/cache/purge", &[], bad).await.unwrap();
+        let r = request(p.admin, "POST", "/cache/purge", &[("Content-Type", "application/json")], bad).await.unwrap();
         assert_eq!(r.status, 400, "{}", String::from_utf8_lossy(bad));
         assert!(r.json()["error"].is_string());
     }

@@ -23,5 +23,6 @@ mod security;
 mod shared_cache;
 mod slow_clients;
 mod stack;
+mod streams;
 mod telemetry;
 mod tls;

@@ -209,7 +209,7 @@ async fn unkeyed_inputs_never_change_what_is_stored() {
     assert_eq!(o.last("/p").and_then(|r| r.header("content-length").map(str::to_string)), None, "no Content-Length next to chunked");
 
     // Tags still work for purges even though clients never see them.
-    let r = request(p.admin, "POST", "/cache/purge", &[], br#"{"tag":"page"}"#).await.unwrap();
+    let r = request(p.admin, "POST", "/cache/purge", &[("Content-Type", "application/json")], br#"{"tag":"page"}"#).await.unwrap();
     assert_eq!(r.json()["purged"], 1);
 }
 
@@ -240,17 +240,23 @@ async fn admin_purge_and_profiles_need_the_token_beyond_loopback() {
         "[listen]\npublic = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\nadmin_token = \"t0k\"\n{}",
         config_for(o.addr, "", "")
     ));
-    let r = request(with_token.admin, "POST", "/cache/purge", &[], body).await.unwrap();
+    let r = request(with_token.admin, "POST", "/cache/purge", &[("Content-Type", "application/json")], body).await.unwrap();
     assert_eq!(r.status, 401);
-    let r = request(with_token.admin, "POST", "/cache/purge", &[("Authorization", "Bearer wrong")], body).await.unwrap();
+    let r =
+        request(with_token.admin, "POST", "/cache/purge", &[("Authorization", "Bearer wrong"), ("Content-Type", "application/json")], body)
+            .await
+            .unwrap();
     assert_eq!(r.status, 401);
-    let r = request(with_token.admin, "POST", "/cache/purge", &[("Authorization", "Bearer t0k")], body).await.unwrap();
+    let r =
+        request(with_token.admin, "POST", "/cache/purge", &[("Authorization", "Bearer t0k"), ("Content-Type", "application/json")], body)
+            .await
+            .unwrap();
     assert_eq!(r.status, 200, "{r:?}");
     assert_eq!(get(with_token.admin, "/debug/pprof/profile?seconds=1").await.status, 401);
 
     let open = Portier::start(&format!("[listen]\npublic = \"127.0.0.1:0\"\nadmin = \"0.0.0.0:0\"\n{}", config_for(o.addr, "", "")));
     let admin = std::net::SocketAddr::from(([127, 0, 0, 1], open.admin.port()));
-    let r = request(admin, "POST", "/cache/purge", &[], body).await.unwrap();
+    let r = request(admin, "POST", "/cache/purge", &[("Content-Type", "application/json")], body).await.unwrap();
     assert_eq!(r.status, 403, "no token on a public admin listener: refused");
     assert!(r.text().contains("admin_token"));
     assert_eq!(get(admin, "/metrics").await.status, 200, "metrics stay open for Prometheus");
@@ -291,4 +297,58 @@ async fn status_line_204_and_interim_responses() {
         assert!(!interim.contains("x-cache") && !interim.contains("cache-status"), "{interim}");
     }
     assert!(rest.contains("x-cache: bypass") || interim.contains("x-cache: bypass"), "{hints}");
+}
+
+/// A web page in the operator's browser could purge every replica (a `text/plain` fetch),
+/// reload the configuration (a cross-site form) and, by DNS rebinding, read `/ui/data`. The
+/// admin listener now answers only Hosts that name it, takes POSTs only as JSON, and refuses
+/// cross-site requests to its guarded endpoints.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_admin_listener_refuses_what_a_web_page_can_send() {
+    let o = Scripted::start(|_, _| Reply::new(200, &[("cache-control", "max-age=60")], "page")).await;
+    let p = Portier::start(&format!(
+        "{}[listen]\npublic = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\nadmin_hosts = [\"proxy\"]\n",
+        config_for(o.addr, "", "")
+    ));
+    assert_eq!(get(p.public, "/x").await.header("x-cache"), "MISS");
+    let admin = p.admin;
+    let port = admin.port();
+    let purge_all = br#"{"prefix":"/"}"#;
+    // What a cross-site `fetch` can send without a preflight, and a form.
+    for (ct, body, path) in [
+        ("text/plain", &purge_all[..], "/cache/purge"),
+        ("application/x-www-form-urlencoded", b"prefix=/", "/cache/purge"),
+        ("multipart/form-data; boundary=x", b"--x--", "/config/reload"),
+    ] {
+        let r = request(admin, "POST", path, &[("Content-Type", ct)], body).await.unwrap();
+        assert_eq!(r.status, 415, "{ct} to {path}: {r:?}");
+    }
+    let json = ("Content-Type", "application/json");
+    for (name, value) in [("Origin", "http://evil.test"), ("Sec-Fetch-Site", "cross-site"), ("Sec-Fetch-Site", "same-site")] {
+        let r = request(admin, "POST", "/cache/purge", &[json, (name, value)], purge_all).await.unwrap();
+        assert_eq!(r.status, 403, "{name}: {value}: {r:?}");
+        let r = request(admin, "GET", "/ui/data", &[(name, value)], b"").await.unwrap();
+        assert_eq!(r.status, 403, "GET /ui/data with {name}: {value}");
+    }
+    assert_eq!(get(p.public, "/x").await.header("x-cache"), "HIT", "nothing was purged");
+    // DNS rebinding: the page's own name in Host.
+    for host in [format!("evil.test:{port}"), "evil.test".into(), format!("proxy.evil.test:{port}")] {
+        let r = request(admin, "GET", "/ui/data", &[("Host", host.as_str())], b"").await.unwrap();
+        assert_eq!(r.status, 421, "Host {host}: {r:?}");
+        assert_eq!(request(admin, "GET", "/metrics", &[("Host", host.as_str())], b"").await.unwrap().status, 421);
+    }
+    for host in
+        [format!("127.0.0.1:{port}"), format!("localhost:{port}"), format!("grafana.localhost:{port}"), "proxy:9901".into(), "[::1]".into()]
+    {
+        let r = request(admin, "GET", "/ui/data", &[("Host", host.as_str())], b"").await.unwrap();
+        assert_eq!(r.status, 200, "Host {host}: {r:?}");
+    }
+    // The operator page's own purge (same origin, JSON) works, and so does a tool's.
+    let origin = format!("http://127.0.0.1:{port}");
+    let r = request(admin, "POST", "/cache/purge", &[json, ("Origin", origin.as_str()), ("Sec-Fetch-Site", "same-origin")], purge_all)
+        .await
+        .unwrap();
+    assert_eq!((r.status, r.json()["purged"].as_u64()), (200, Some(1)), "{r:?}");
+    let out = std::process::Command::new(bin()).args(["reload", "--admin", &admin.to_string()]).output().unwrap();
+    assert!(out.status.success() && String::from_utf8_lossy(&out.stdout).contains("reloaded"), "portier reload still works: {out:?}");
 }

@@ -132,7 +132,7 @@ async fn a_purge_on_one_replica_reaches_the_others() {
             assert_eq!((h.text(), h.header("x-cache")), (current.clone(), "HIT"));
         }
         let t0 = Instant::now();
-        let r = request(a.admin, "POST", "/cache/purge", &[], br#"{"url":"/p"}"#).await.unwrap();
+        let r = request(a.admin, "POST", "/cache/purge", &[("Content-Type", "application/json")], br#"{"url":"/p"}"#).await.unwrap();
         assert_eq!(r.status, 200, "{r:?}");
         let (tb, tc) = tokio::join!(until_changed(b.public, "/p", &current, t0), until_changed(c.public, "/p", &current, t0));
         purges.push(tb.max(tc));
@@ -198,7 +198,7 @@ async fn redis_killed_mid_run_fails_no_request_and_hits_resume() {
     assert_eq!(fetch(b.public, "/kept").await.header("x-cache"), "HIT");
     tokio::time::sleep(Duration::from_millis(500)).await;
     redis.stop();
-    let r = request(a.admin, "POST", "/cache/purge", &[], br#"{"url":"/kept"}"#).await.unwrap();
+    let r = request(a.admin, "POST", "/cache/purge", &[("Content-Type", "application/json")], br#"{"url":"/kept"}"#).await.unwrap();
     assert_eq!(r.status, 200);
     assert_eq!(fetch(b.public, "/kept").await.text(), "v1 /kept", "B cannot know yet");
     tokio::time::sleep(Duration::from_millis(1500)).await;
@@ -397,4 +397,57 @@ async fn a_revalidated_entry_is_fresh_in_redis_for_the_other_replicas() {
     assert_eq!((r.header("x-cache"), r.text().as_str()), ("HIT", "body"), "{r:?}");
     assert!(r.header("cache-status").ends_with("; detail=shared"), "{r:?}");
     assert_eq!(origin.count("/reval"), 2, "one fill and one revalidation, nothing for B");
+}
+
+/// An entry read from Redis is checked whole before it is served: a value cut short (its
+/// body shorter than its Content-Length used to be served and stall the connection) or with
+/// one byte changed is a miss, deleted from Redis, and counted; the origin answers instead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_damaged_value_in_redis_is_never_served() {
+    let redis = Redis::start().await;
+    let origin = versioned_origin(Duration::ZERO).await;
+    let first = replica(&origin, &redis);
+    wait_connected(&first).await;
+    for path in ["/cut", "/flipped"] {
+        assert_eq!(fetch(first.public, path).await.header("x-cache"), "MISS");
+    }
+    let stored = eventually(Duration::from_secs(5), async || {
+        metric_value(&metrics(&first).await, "cache_shared_calls_total{op=\"put\",outcome=\"ok\"}") == Some(2.0)
+    })
+    .await;
+    assert!(stored, "both fills were written to redis");
+    drop(first);
+    // Damage them in place, keeping their expiry: one loses its last 5 bytes, one has a
+    // body byte changed.
+    let keys = redis.command(&["KEYS", "portier:o:*"]).await.unwrap_or_default();
+    let keys: Vec<&str> = keys.lines().filter(|l| l.starts_with("portier:o:")).collect();
+    assert_eq!(keys.len(), 2, "two objects in redis: {keys:?}");
+    let cut = "local v = redis.call('GET', KEYS[1]); redis.call('SET', KEYS[1], string.sub(v, 1, #v - 5), 'KEEPTTL'); return #v";
+    let flip = "local v = redis.call('GET', KEYS[1]); local i = #v - 8; \
+                redis.call('SET', KEYS[1], string.sub(v, 1, i - 1) .. string.char((string.byte(v, i) + 1) % 256) .. string.sub(v, i + 1), 'KEEPTTL'); return #v";
+    for (key, script) in keys.iter().zip([cut, flip]) {
+        assert!(redis.command(&["EVAL", script, "1", key]).await.unwrap_or_default().starts_with(':'), "damaged {key}");
+    }
+    let again = replica(&origin, &redis);
+    wait_connected(&again).await;
+    for path in ["/cut", "/flipped"] {
+        let r = tokio::time::timeout(Duration::from_secs(5), fetch(again.public, path)).await.expect("answered, not stalled");
+        assert_eq!((r.status, r.header("x-cache"), r.text()), (200, "MISS", format!("v2 {path}")), "{path}: from the origin: {r:?}");
+    }
+    assert_eq!(origin.count("/cut") + origin.count("/flipped"), 4, "each asked of the origin again");
+    let m = metrics(&again).await;
+    assert_eq!(metric_value(&m, "cache_shared_lookups_total{result=\"corrupt\"}"), Some(2.0), "{m}");
+    // The damaged values were deleted (and replaced by the new fills).
+    let replaced = eventually(Duration::from_secs(5), async || {
+        metric_value(&metrics(&again).await, "cache_shared_calls_total{op=\"put\",outcome=\"ok\"}") == Some(2.0)
+    })
+    .await;
+    assert!(replaced, "the origin's answers were written again");
+    drop(again);
+    let third = replica(&origin, &redis);
+    wait_connected(&third).await;
+    for path in ["/cut", "/flipped"] {
+        let r = fetch(third.public, path).await;
+        assert_eq!((r.header("x-cache"), r.text()), ("HIT", format!("v2 {path}")), "{path}: the good copy from redis");
+    }
 }
