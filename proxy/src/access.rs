@@ -43,7 +43,9 @@ const CONCURRENT_CHECKS: usize = 2;
 /// Checks waiting for a place; beyond this, 503 at once instead of a growing queue.
 const WAITING_CHECKS: usize = 32;
 /// Failures an address may have before it must wait: the wait doubles with each further
-/// failure, from 1 s up to [`MAX_BACKOFF`], and a success clears it.
+/// failure, from 1 s up to [`MAX_BACKOFF`], and a success clears it. Checks in progress count
+/// as failures until they end, so parallel guesses get no more than serial ones; an IPv6
+/// address is counted by its /64 (one host owns a whole /64).
 const FREE_FAILURES: u32 = 5;
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
 /// Addresses remembered for their failures (the least recently failing are forgotten first).
@@ -54,7 +56,7 @@ const TRACKED_ADDRESSES: usize = 10_000;
 struct Checks {
     places: tokio::sync::Semaphore,
     waiting: AtomicUsize,
-    failures: Mutex<lru::LruCache<IpAddr, (u32, Instant)>>,
+    failures: Mutex<lru::LruCache<IpAddr, Attempts>>,
     key: [u8; 32],
 }
 
@@ -64,6 +66,14 @@ static CHECKS: LazyLock<Checks> = LazyLock::new(|| Checks {
     failures: Mutex::new(lru::LruCache::new(std::num::NonZeroUsize::new(TRACKED_ADDRESSES).unwrap_or(std::num::NonZeroUsize::MIN))),
     key: random_key(),
 });
+
+/// One address's (or IPv6 /64's) record.
+#[derive(Clone, Copy)]
+struct Attempts {
+    failed: u32,
+    last_failure: Instant,
+    in_flight: u32,
+}
 
 /// 256 bits from the OS-seeded keys of four `RandomState`s (no extra dependency for a key
 /// that only has to be unknown outside this process).
@@ -138,18 +148,37 @@ impl BasicAuth {
         mac.finalize_fixed().into()
     }
 
-    async fn check(&self, client: Option<IpAddr>, req: &RequestHeader) -> (Verdict, CheckOutcome) {
+    /// `limiter`: the address failures are counted for (the client, or its peer when the
+    /// client is unknown).
+    async fn check(&self, limiter: Option<IpAddr>, req: &RequestHeader) -> (Verdict, CheckOutcome) {
         let unauthorized = || Verdict::Unauthorized { realm: self.realm.clone() };
         let Some((user, password)) = credentials(req) else { return (unauthorized(), CheckOutcome::Missing) };
         let fingerprint = Self::fingerprint(&user, &password);
         if self.verified.lock().get(&fingerprint).is_some() {
             return (Verdict::Allowed, CheckOutcome::Remembered);
         }
-        if let Some(retry_after) = client.and_then(backing_off) {
-            return (Verdict::TooManyAttempts { retry_after }, CheckOutcome::RateLimited);
+        let limiter = limiter.map(limiter_key);
+        if let Some(key) = limiter {
+            if let Err(retry_after) = begin_attempt(key) {
+                return (Verdict::TooManyAttempts { retry_after }, CheckOutcome::RateLimited);
+            }
         }
+        // Ends the attempt however this check ends (a client gone mid-check counts as a failure).
+        struct Attempt(Option<IpAddr>, bool);
+        impl Drop for Attempt {
+            fn drop(&mut self) {
+                if let Some(key) = self.0 {
+                    end_attempt(key, self.1);
+                }
+            }
+        }
+        let mut attempt = Attempt(limiter, false);
         if CHECKS.waiting.fetch_add(1, Ordering::AcqRel) >= WAITING_CHECKS {
             CHECKS.waiting.fetch_sub(1, Ordering::AcqRel);
+            attempt.0 = None;
+            if let Some(key) = limiter {
+                cancel_attempt(key);
+            }
             return (Verdict::Busy, CheckOutcome::Busy);
         }
         let place = CHECKS.places.acquire().await;
@@ -169,9 +198,8 @@ impl BasicAuth {
         })
         .await
         .unwrap_or(false);
-        if let Some(ip) = client {
-            record_attempt(ip, ok);
-        }
+        attempt.1 = ok;
+        drop(attempt);
         if ok {
             self.verified.lock().put(fingerprint, ());
             (Verdict::Allowed, CheckOutcome::Verified)
@@ -181,26 +209,65 @@ impl BasicAuth {
     }
 }
 
-/// Seconds this address must still wait before its next check, if it is backing off.
-fn backing_off(ip: IpAddr) -> Option<u64> {
-    let mut failures = CHECKS.failures.lock();
-    let &(n, last) = failures.get(&ip)?;
-    if n < FREE_FAILURES {
-        return None;
+/// An IPv6 address counts by its /64; an IPv4 one by itself.
+fn limiter_key(ip: IpAddr) -> IpAddr {
+    match crate::config::unmapped(ip) {
+        IpAddr::V6(v6) => IpAddr::V6(std::net::Ipv6Addr::from(u128::from(v6) & !((1u128 << 64) - 1))),
+        v4 => v4,
     }
-    let wait = Duration::from_secs(1u64 << (n - FREE_FAILURES).min(6)).min(MAX_BACKOFF);
-    let left = wait.checked_sub(last.elapsed())?;
-    Some(left.as_secs_f64().ceil().max(1.0) as u64)
 }
 
-fn record_attempt(ip: IpAddr, ok: bool) {
-    let mut failures = CHECKS.failures.lock();
-    if ok {
-        failures.pop(&ip);
-    } else {
-        let n = failures.get(&ip).map_or(0, |f| f.0);
-        failures.put(ip, (n.saturating_add(1), Instant::now()));
+/// Seconds `a` must still wait before another check may start, if any.
+fn wait_left(a: &Attempts) -> Option<u64> {
+    if a.failed >= FREE_FAILURES {
+        let wait = Duration::from_secs(1u64 << (a.failed - FREE_FAILURES).min(6)).min(MAX_BACKOFF);
+        if let Some(left) = wait.checked_sub(a.last_failure.elapsed()).filter(|l| !l.is_zero()) {
+            return Some(left.as_secs_f64().ceil().max(1.0) as u64);
+        }
+        // Past its wait, one probe at a time.
+        return (a.in_flight > 0).then_some(1);
     }
+    (a.failed + a.in_flight >= FREE_FAILURES).then_some(1)
+}
+
+/// A check may start for `key` (counted as in progress), or the seconds to wait.
+fn begin_attempt(key: IpAddr) -> Result<(), u64> {
+    let mut failures = CHECKS.failures.lock();
+    let a = failures.get_or_insert_mut(key, || Attempts { failed: 0, last_failure: Instant::now(), in_flight: 0 });
+    if let Some(left) = wait_left(a) {
+        return Err(left);
+    }
+    a.in_flight += 1;
+    Ok(())
+}
+
+/// A check for `key` ended: a success clears the record, a failure counts.
+fn end_attempt(key: IpAddr, ok: bool) {
+    let mut failures = CHECKS.failures.lock();
+    let a = failures.get_or_insert_mut(key, || Attempts { failed: 0, last_failure: Instant::now(), in_flight: 1 });
+    a.in_flight = a.in_flight.saturating_sub(1);
+    if ok {
+        a.failed = 0;
+        if a.in_flight == 0 {
+            failures.pop(&key);
+        }
+    } else {
+        a.failed = a.failed.saturating_add(1);
+        a.last_failure = Instant::now();
+    }
+}
+
+/// A check that was counted as in progress never ran (no place for it).
+fn cancel_attempt(key: IpAddr) {
+    if let Some(a) = CHECKS.failures.lock().get_mut(&key) {
+        a.in_flight = a.in_flight.saturating_sub(1);
+    }
+}
+
+/// Seconds this address must still wait, if it is backing off (for tests and reading only).
+#[cfg(test)]
+fn backing_off(ip: IpAddr) -> Option<u64> {
+    CHECKS.failures.lock().peek(&limiter_key(ip)).and_then(wait_left)
 }
 
 /// `Authorization: Basic base64(user:password)`.
@@ -241,14 +308,23 @@ impl RouteAccess {
 
     /// Address rules first (a refused address never gets to try a password), then the
     /// password, checked off the worker threads; the outcome of a password check, if one ran.
-    pub(crate) async fn verdict(&self, client: Option<IpAddr>, req: &RequestHeader) -> (Verdict, Option<CheckOutcome>) {
+    /// An unknown client (an unreadable `X-Forwarded-For`) matches no `allow` and every
+    /// `deny`: it could be anyone. `peer` is the connection's address, which failed
+    /// passwords are counted for when the client is unknown.
+    pub(crate) async fn verdict(
+        &self,
+        client: Option<IpAddr>,
+        peer: Option<IpAddr>,
+        req: &RequestHeader,
+    ) -> (Verdict, Option<CheckOutcome>) {
         let listed = |list: &[Cidr]| client.is_some_and(|ip| list.iter().any(|c| c.contains(ip)));
-        if listed(&self.deny) || (!self.allow.is_empty() && !listed(&self.allow)) {
+        let denied = if client.is_none() { !self.deny.is_empty() } else { listed(&self.deny) };
+        if denied || (!self.allow.is_empty() && !listed(&self.allow)) {
             return (Verdict::Forbidden, None);
         }
         match &self.basic {
             Some(b) => {
-                let (verdict, outcome) = b.check(client, req).await;
+                let (verdict, outcome) = b.check(client.or(peer), req).await;
                 (verdict, Some(outcome))
             }
             None => (Verdict::Allowed, None),
@@ -336,17 +412,17 @@ mod tests {
             Some(crate::config::BasicAuth { realm: "Grafana".into(), users: [("admin".to_string(), hash.parse().unwrap())].into() });
         let a = RouteAccess::new(&route);
         let ip = |s: &str| Some(s.parse::<IpAddr>().unwrap());
-        assert_eq!(a.verdict(ip("127.0.0.2"), &req(Some(&basic("admin", "s3cret")), None)).await.0, Verdict::Forbidden);
-        assert_eq!(a.verdict(ip("10.0.0.1"), &req(Some(&basic("admin", "s3cret")), None)).await.0, Verdict::Forbidden);
-        assert_eq!(a.verdict(None, &req(Some(&basic("admin", "s3cret")), None)).await.0, Verdict::Forbidden, "no address, no allow");
+        assert_eq!(a.verdict(ip("127.0.0.2"), None, &req(Some(&basic("admin", "s3cret")), None)).await.0, Verdict::Forbidden);
+        assert_eq!(a.verdict(ip("10.0.0.1"), None, &req(Some(&basic("admin", "s3cret")), None)).await.0, Verdict::Forbidden);
+        assert_eq!(a.verdict(None, None, &req(Some(&basic("admin", "s3cret")), None)).await.0, Verdict::Forbidden, "no address, no allow");
         let unauthorized = Verdict::Unauthorized { realm: "Grafana".into() };
-        assert_eq!(a.verdict(ip("127.0.0.1"), &req(None, None)).await.0, unauthorized);
-        assert_eq!(a.verdict(ip("127.0.0.1"), &req(Some(&basic("admin", "wrong")), None)).await.0, unauthorized);
-        assert_eq!(a.verdict(ip("127.0.0.1"), &req(Some(&basic("nobody", "s3cret")), None)).await.0, unauthorized);
-        assert_eq!(a.verdict(ip("127.0.0.1"), &req(Some("Bearer s3cret"), None)).await.0, unauthorized);
-        assert_eq!(a.verdict(ip("127.0.0.1"), &req(Some(&basic("admin", "s3cret")), None)).await.0, Verdict::Allowed);
+        assert_eq!(a.verdict(ip("127.0.0.1"), None, &req(None, None)).await.0, unauthorized);
+        assert_eq!(a.verdict(ip("127.0.0.1"), None, &req(Some(&basic("admin", "wrong")), None)).await.0, unauthorized);
+        assert_eq!(a.verdict(ip("127.0.0.1"), None, &req(Some(&basic("nobody", "s3cret")), None)).await.0, unauthorized);
+        assert_eq!(a.verdict(ip("127.0.0.1"), None, &req(Some("Bearer s3cret"), None)).await.0, unauthorized);
+        assert_eq!(a.verdict(ip("127.0.0.1"), None, &req(Some(&basic("admin", "s3cret")), None)).await.0, Verdict::Allowed);
         assert_eq!(
-            a.verdict(ip("127.0.0.1"), &req(Some(&basic("admin", "s3cret")), None)).await,
+            a.verdict(ip("127.0.0.1"), None, &req(Some(&basic("admin", "s3cret")), None)).await,
             (Verdict::Allowed, Some(CheckOutcome::Remembered)),
             "from the cache"
         );
@@ -360,13 +436,13 @@ mod tests {
         let a = RouteAccess::new(&route);
         let (attacker, other) = (Some("127.0.9.1".parse().unwrap()), Some("127.0.9.2".parse().unwrap()));
         for _ in 0..FREE_FAILURES {
-            assert_eq!(a.verdict(attacker, &req(Some(&basic("u", "guess")), None)).await.1, Some(CheckOutcome::Failed));
+            assert_eq!(a.verdict(attacker, None, &req(Some(&basic("u", "guess")), None)).await.1, Some(CheckOutcome::Failed));
         }
-        let (v, o) = a.verdict(attacker, &req(Some(&basic("u", "right")), None)).await;
+        let (v, o) = a.verdict(attacker, None, &req(Some(&basic("u", "right")), None)).await;
         assert_eq!((v, o), (Verdict::TooManyAttempts { retry_after: 1 }, Some(CheckOutcome::RateLimited)), "even the right password waits");
-        assert_eq!(a.verdict(other, &req(Some(&basic("u", "right")), None)).await.0, Verdict::Allowed, "per address");
+        assert_eq!(a.verdict(other, None, &req(Some(&basic("u", "right")), None)).await.0, Verdict::Allowed, "per address");
         tokio::time::sleep(Duration::from_millis(1100)).await;
-        assert_eq!(a.verdict(attacker, &req(Some(&basic("u", "guess2")), None)).await.1, Some(CheckOutcome::Failed));
+        assert_eq!(a.verdict(attacker, None, &req(Some(&basic("u", "guess2")), None)).await.1, Some(CheckOutcome::Failed));
         assert_eq!(backing_off(attacker.unwrap()), Some(2), "the wait doubles");
         assert_eq!(BasicAuth::fingerprint("u", "right"), BasicAuth::fingerprint("u", "right"));
         assert_ne!(BasicAuth::fingerprint("u", "right"), BasicAuth::fingerprint("ur", "ight"), "the user's length is hashed");

@@ -5,7 +5,7 @@
 //! Redis is slow or gone, requests carry on with the memory tier alone, never an error.
 //!
 //! Layout under the configured prefix `P` (hex keys are Pingora's cache-key hashes):
-//! - `P:o:<combined>`: one stored response, `PT1` + meta lengths + meta + body, expiring
+//! - `P:o:<combined>`: one stored response, `PT2` + part lengths + meta + body + CRC-32, expiring
 //!   when it may no longer be served (freshness plus the stale windows);
 //! - `P:v:<primary>`: the set of a URL's stored variants, for URL purges;
 //! - `P:urls` / `P:paths`: ordered indexes (`url\0primary`, `path\0url\0primary`) for URL, path and
@@ -462,11 +462,15 @@ impl RedisTier {
     /// if it is still the same bytes, so a good copy written meanwhile stays), never served.
     pub(crate) fn discard(self: &Arc<Self>, combined: &HashBinary, value: Bytes) {
         self.metrics.lookups.with_label_values(&["corrupt"]).inc();
-        crate::telemetry::events::emit(
-            "warn",
-            "shared_cache_value_discarded",
-            &[("key", &hex(combined)), ("bytes", &value.len().to_string())],
-        );
+        // A `PT1` value is a replica of the previous release's, expected while a rolling
+        // upgrade runs: replaced quietly. Anything else is damage worth a line in the log.
+        if !value.starts_with(b"PT1") {
+            crate::telemetry::events::emit(
+                "warn",
+                "shared_cache_value_discarded",
+                &[("key", &hex(combined)), ("bytes", &value.len().to_string())],
+            );
+        }
         let tier = self.clone();
         let key = self.key("o", &hex(combined));
         self.rt.spawn(async move {

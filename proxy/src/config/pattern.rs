@@ -64,11 +64,20 @@ impl PathPattern {
 
     /// ASCII case does not count: for a case-insensitive origin (Express by default, IIS,
     /// ASP.NET) `/ADMIN/x` is `/admin/x`, and a rule must not be walked around by spelling.
-    /// Where the origin does tell the two apart, the cost is a rule applying to both.
+    /// Where the origin does tell the two apart, the cost is a rule applying to both. For the
+    /// same reason an exact pattern matches with or without one trailing `/` (Express and
+    /// Flask serve `/admin/` as `/admin`; Django redirects one to the other).
     pub fn matches(&self, path: &str) -> bool {
         let (p, pat) = (path.as_bytes(), self.path.as_bytes());
         if !self.prefix {
-            return p.eq_ignore_ascii_case(pat);
+            let strip = |s: &'_ [u8]| -> usize {
+                if s.len() > 1 && s.ends_with(b"/") {
+                    s.len() - 1
+                } else {
+                    s.len()
+                }
+            };
+            return p[..strip(p)].eq_ignore_ascii_case(&pat[..strip(pat)]);
         }
         let starts = p.len() >= pat.len() && p[..pat.len()].eq_ignore_ascii_case(pat);
         starts || pat.strip_suffix(b"/").is_some_and(|bare| p.eq_ignore_ascii_case(bare))
@@ -247,6 +256,11 @@ mod tests {
         assert!(p.matches("/api/x") && p.matches("/api") && !p.matches("/apix"));
         let e: PathPattern = "/health".parse().unwrap();
         assert!(e.matches("/health") && !e.matches("/healthz"));
+        assert!(
+            e.matches("/health/") && e.matches("/HEALTH/") && !e.matches("/health/x"),
+            "one trailing slash is the same resource to most origins"
+        );
+        assert!("/a/".parse::<PathPattern>().unwrap().matches("/a") && "/".parse::<PathPattern>().unwrap().matches("/"));
         assert!("/caf\u{e9}".parse::<PathPattern>().unwrap().matches("/caf%C3%A9"), "a multi-byte last character is a path like any other");
         assert!("/caf\u{e9}/*".parse::<PathPattern>().unwrap().matches("/caf%C3%A9/x"));
         assert!("/a*b".parse::<PathPattern>().is_err());

@@ -219,7 +219,7 @@ impl State {
     /// sees the request. True when refused (answered).
     pub(super) async fn check_access(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
         let Some(rules) = ctx.route.index.and_then(|i| self.access.get(i)) else { return Ok(false) };
-        let (verdict, outcome) = rules.verdict(ctx.request.client, session.req_header()).await;
+        let (verdict, outcome) = rules.verdict(ctx.request.client, peer_ip(session), session.req_header()).await;
         if let Some(o) = outcome {
             self.metrics.auth_checked(o);
         }

@@ -324,6 +324,15 @@ where
                 },
 
                 body = rx.recv(), if !request_done => {
+                    // PORTIER PATCH (pingora#946): when the origin's 101 is read before the
+                    // upgrade request's own (empty) end of body, that end is the request's, not
+                    // the tunnel's; taken for the tunnel's it tore every such WebSocket down.
+                    let body = match body {
+                        Some(HttpTask::Body(data, true)) if upgraded => {
+                            Some(HttpTask::Body(data, false))
+                        }
+                        other => other,
+                    };
                     match send_body_to1(client_session, body).await {
                         Ok(send_done) => {
                             request_done = send_done;

@@ -409,7 +409,9 @@ where
             });
 
             let h2_options = self.h2_options();
-            // Portier: the preface and SETTINGS within the head deadline, not forever.
+            // Portier: the preface and SETTINGS within the head deadline, not forever; the
+            // first request's HEADERS within what is left of it.
+            let started = std::time::Instant::now();
             let handshake = server::handshake(stream, h2_options);
             let handshake = match head_timeout {
                 Some(t) => match pingora_timeout::timeout(t, handshake).await {
@@ -440,7 +442,7 @@ where
                 digest,
                 shutdown.clone(),
                 h2_idle_timeout,
-                head_timeout,
+                head_timeout.map(|t| t.saturating_sub(started.elapsed())),
                 |h2_stream, guard| {
                     let app = app.clone();
                     let shutdown = shutdown_for_session.clone();

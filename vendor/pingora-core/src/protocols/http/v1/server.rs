@@ -346,6 +346,10 @@ impl HttpSession {
                     let read = self.read_request_buf(&mut buf, already_read);
                     match tokio::time::timeout_at(deadline, read).await {
                         Ok(read) => Some(read),
+                        // Portier: a connection that never sent a byte is closed without an
+                        // answer (as nginx does): a client reusing an idle preconnected socket
+                        // at that moment would read a 408 as its own response.
+                        Err(_) if already_read == 0 => return Ok(None),
                         Err(_) => {
                             self.head_refusal = Some(408);
                             return Error::e_explain(
@@ -624,8 +628,9 @@ impl HttpSession {
     /// Read the request body. `Ok(None)` when there is no (more) body to read.
     pub async fn read_body_bytes(&mut self) -> Result<Option<Bytes>> {
         let read = match self.body_deadline {
-            // Portier: the body's deadline, extended by what has arrived (see BodyDeadline).
-            Some(d) => {
+            // Portier: the body's deadline, extended by what has arrived (see BodyDeadline);
+            // not for an upgraded connection (a WebSocket tunnel may idle for hours).
+            Some(d) if !self.upgraded => {
                 let start = *self
                     .body_started
                     .get_or_insert_with(tokio::time::Instant::now);
@@ -640,7 +645,7 @@ impl HttpSession {
                     }
                 }
             }
-            None => self.read_body().await?,
+            _ => self.read_body().await?,
         };
         Ok(read.map(|b| {
             let bytes = Bytes::copy_from_slice(self.get_body(&b));

@@ -157,8 +157,9 @@ pub(crate) async fn accept_downstream_sessions_with_first<F>(
 ) where
     F: FnMut(HttpSession, StreamGuard),
 {
-    // Until the first stream arrives, the first request's deadline stands in for the idle one.
-    let mut current_idle = first_timeout.or(idle_timeout);
+    // Until the first stream arrives, the first request's deadline stands in for the idle one;
+    // it is one deadline, not restarted by streams refused as malformed.
+    let mut first_deadline = first_timeout.map(|t| tokio::time::Instant::now() + t);
     let mut shutdown_initiated = false;
     // Per-connection budget for malformed streams (see MAX_MALFORMED_STREAMS_PER_CONN).
     let mut malformed_streams = 0usize;
@@ -191,7 +192,10 @@ pub(crate) async fn accept_downstream_sessions_with_first<F>(
                 // Any accepted stream cancels this future. The next iteration
                 // waits for all active streams to finish before starting a fresh
                 // idle period.
-                _ = wait_for_idle_timeout(&active, current_idle.unwrap_or_default()), if current_idle.is_some() => {
+                _ = tokio::time::sleep_until(first_deadline.unwrap_or_else(tokio::time::Instant::now)), if first_deadline.is_some() => {
+                    return;
+                }
+                _ = wait_for_idle_timeout(&active, idle_timeout.unwrap_or_default()), if first_deadline.is_none() && idle_timeout.is_some() => {
                     // Idle with nothing in flight: drop `conn` to close the
                     // socket now (no graceful GOAWAY wait that could hang on
                     // a dead peer).
@@ -212,7 +216,7 @@ pub(crate) async fn accept_downstream_sessions_with_first<F>(
             // connection alive and continue accepting sibling streams.
             Ok(Some(H2Accept::Rejected)) => continue,
             Ok(Some(H2Accept::Session(session))) => {
-                current_idle = idle_timeout;
+                first_deadline = None;
                 on_session(session, active.start_session());
             }
         }
