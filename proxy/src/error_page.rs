@@ -50,13 +50,21 @@ pub fn detail_for(status: u16) -> &'static str {
 pub(crate) async fn respond(
     session: &mut Session,
     status: u16,
-    request_id: &str,
     detail: &str,
-    outcome: &Outcome,
+    stamp: Stamp<'_>,
     extra: &[(&'static str, &str)],
 ) -> Result<()> {
-    let text = Bytes::from(body(status, detail, request_id));
-    write(session, status, Some("text/plain; charset=utf-8"), text, request_id, outcome, extra).await
+    let text = Bytes::from(body(status, detail, stamp.request_id));
+    write(session, status, Some("text/plain; charset=utf-8"), text, stamp, extra).await
+}
+
+/// What every answer Portier writes itself carries: the request id, and the cache status
+/// headers of `outcome` under this cache's name (`server.name`).
+#[derive(Clone, Copy)]
+pub(crate) struct Stamp<'a> {
+    pub request_id: &'a str,
+    pub outcome: &'a Outcome,
+    pub name: &'a str,
 }
 
 /// Any answer Portier writes itself (error pages, PURGE, `OPTIONS *`, ACME challenges): never
@@ -67,8 +75,7 @@ pub(crate) async fn write(
     status: u16,
     content_type: Option<&str>,
     body: Bytes,
-    request_id: &str,
-    outcome: &Outcome,
+    stamp: Stamp<'_>,
     extra: &[(&'static str, &str)],
 ) -> Result<()> {
     if session.as_downstream().response_written().is_some() {
@@ -80,8 +87,8 @@ pub(crate) async fn write(
     }
     resp.insert_header("content-length", body.len().to_string())?;
     resp.insert_header("cache-control", "no-store")?;
-    resp.insert_header(crate::forwarding::REQUEST_ID, request_id)?;
-    outcome.write_headers(&mut resp, None)?;
+    resp.insert_header(crate::forwarding::REQUEST_ID, stamp.request_id)?;
+    stamp.outcome.write_headers(&mut resp, None, stamp.name)?;
     for (k, v) in extra {
         resp.insert_header(*k, *v)?;
     }

@@ -98,6 +98,26 @@ pub fn add_forwarded(req: &mut RequestHeader, client_ip: Option<&str>, host: Opt
     let _ = req.insert_header(REQUEST_ID, request_id);
 }
 
+/// `Via` with this hop appended (RFC 9110 §7.6.3): the lines already there, then
+/// `<version> <name>`, the version being that of the message as Portier received it
+/// (`2 portier` on a request from an HTTP/2 client). Origins and caches behind learn that a
+/// proxy is in front (and how the client spoke); a chain of Portiers with distinct
+/// `server.name`s reads as such.
+pub(crate) fn via(existing: http::header::GetAll<'_, HeaderValue>, version: http::Version, name: &crate::config::Pseudonym) -> HeaderValue {
+    let mut out: Vec<u8> = Vec::with_capacity(32);
+    for v in existing {
+        let v = v.as_bytes().trim_ascii();
+        if !v.is_empty() {
+            out.extend_from_slice(v);
+            out.extend_from_slice(b", ");
+        }
+    }
+    out.extend_from_slice(crate::telemetry::protocol_version(version).as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(name.0.as_bytes());
+    HeaderValue::from_bytes(&out).unwrap_or_else(|_| name.0.clone())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -226,20 +226,65 @@ pub(crate) fn outcome(f: &Facts<'_>, now: std::time::SystemTime) -> Outcome {
 }
 
 impl Outcome {
-    /// `X-Cache`, `Cache-Status` and `Server-Timing` on a response Portier sends.
-    pub(crate) fn write_headers(&self, resp: &mut pingora_http::ResponseHeader, origin_ms: Option<f64>) -> pingora_error::Result<()> {
-        resp.insert_header("x-cache", http::HeaderValue::from_static(self.status.as_str()))?;
-        resp.insert_header("cache-status", cache_status_header(&self.details))?;
-        resp.insert_header("server-timing", server_timing(self.status, origin_ms))?;
+    /// `X-Cache`, `Cache-Status` and `Server-Timing` on a response Portier sends, `name`
+    /// being this cache's identifier (`server.name`).
+    ///
+    /// `Cache-Status` and `Server-Timing` are lists: Portier's member goes last (RFC 9211
+    /// §2: nearest the user last) after what the origin said, so a chain of caches and the
+    /// application's own timings (`db;dur=53`) stay readable. A response from the store keeps
+    /// its stored `Cache-Status` (what the caches behind said when it was filled) but not its
+    /// stored `Server-Timing`, which timed another request. `X-Cache` is one value, the
+    /// answer of the cache nearest the user that took part: Portier's own, except when it
+    /// only passed the request on (`BYPASS`) and the origin, a cache itself, said one.
+    pub(crate) fn write_headers(
+        &self,
+        resp: &mut pingora_http::ResponseHeader,
+        origin_ms: Option<f64>,
+        name: &str,
+    ) -> pingora_error::Result<()> {
+        if !(self.status == CacheStatus::Bypass && resp.headers.contains_key("x-cache")) {
+            resp.insert_header("x-cache", http::HeaderValue::from_static(self.status.as_str()))?;
+        }
+        append_member(resp, "cache-status", cache_status_header(name, &self.details).as_bytes())?;
+        let timing = server_timing(self.status, origin_ms);
+        if origin_ms.is_none() {
+            // Replaces every stored line.
+            resp.insert_header("server-timing", timing)?;
+        } else {
+            append_member(resp, "server-timing", timing.as_bytes())?;
+        }
         Ok(())
     }
 }
 
-/// RFC 9211 `Cache-Status`, e.g. `portier; hit; ttl=57`, `portier; fwd=miss; fwd-status=200; stored`.
-pub(crate) fn cache_status_header(d: &Details) -> String {
+/// Appends `member` to the list field `name`, the field's lines (if any) joined into one
+/// with `, ` first (RFC 9110 §5.3: the same list).
+fn append_member(resp: &mut pingora_http::ResponseHeader, name: &'static str, member: &[u8]) -> pingora_error::Result<()> {
+    let mut joined: Vec<u8> = Vec::new();
+    for v in resp.headers.get_all(name) {
+        let v = v.as_bytes().trim_ascii();
+        if !v.is_empty() {
+            joined.extend_from_slice(v);
+            joined.extend_from_slice(b", ");
+        }
+    }
+    if joined.is_empty() {
+        return resp.insert_header(name, http::HeaderValue::from_bytes(member).unwrap_or(http::HeaderValue::from_static("portier")));
+    }
+    joined.extend_from_slice(member);
+    match http::HeaderValue::from_bytes(&joined) {
+        Ok(v) => resp.insert_header(name, v),
+        // What the origin sent was a valid field value, and so is ours: unreachable, but an
+        // unreadable list is not worth failing a response for; ours alone then.
+        Err(_) => resp.insert_header(name, http::HeaderValue::from_bytes(member).unwrap_or(http::HeaderValue::from_static("portier"))),
+    }
+}
+
+/// RFC 9211 `Cache-Status` member, e.g. `portier; hit; ttl=57`, `portier; fwd=miss; fwd-status=200; stored`.
+pub(crate) fn cache_status_header(name: &str, d: &Details) -> String {
     use crate::text::{push_i64, push_u64};
     let mut out = String::with_capacity(64);
-    out.push_str("portier");
+    out.push_str(name);
     if d.hit {
         out.push_str("; hit");
     }
@@ -302,13 +347,14 @@ mod tests {
             from_shared_tier: false,
             refreshed_elsewhere: false,
         };
-        cache_status_header(&outcome(&f, std::time::SystemTime::now()).details)
+        cache_status_header("portier", &outcome(&f, std::time::SystemTime::now()).details)
     }
 
     #[test]
     fn headers_read_as_the_rfc_examples() {
         let hit = Details { hit: true, ttl: Some(57), ..Default::default() };
-        assert_eq!(cache_status_header(&hit), "portier; hit; ttl=57");
+        assert_eq!(cache_status_header("portier", &hit), "portier; hit; ttl=57");
+        assert_eq!(cache_status_header("edge-1", &hit), "edge-1; hit; ttl=57");
         assert_eq!(header(CacheDecision::Eligible, CachePhase::Miss, Some(200)), "portier; fwd=miss; fwd-status=200; stored");
         assert_eq!(header(CacheDecision::Eligible, CachePhase::Revalidated, Some(304)), "portier; fwd=stale; fwd-status=304");
         assert_eq!(

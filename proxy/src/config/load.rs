@@ -224,6 +224,12 @@ fn apply_env(cfg: &mut Config, env: &impl Fn(&str) -> Option<String>, c: &mut Co
             }
         }
     }
+    if let Some(v) = env("PORTIER_SERVER_NAME").filter(|v| !v.trim().is_empty()) {
+        match v.trim().parse() {
+            Ok(n) => cfg.server.name = n,
+            Err(e) => c.push("env PORTIER_SERVER_NAME", e),
+        }
+    }
     if let Some(v) = env("PORTIER_CACHE_SHARED_URL").filter(|v| !v.trim().is_empty()) {
         match v.parse() {
             Ok(u) => cfg.cache.shared.url = Some(u),

@@ -8,7 +8,7 @@ mod units;
 
 pub use address::{HostPort, ListenAddr};
 pub use load::{load_file, load_str};
-pub use pattern::{unmapped, BcryptHash, Cidr, HostPattern, Method, PathPattern};
+pub use pattern::{unmapped, BcryptHash, Cidr, HostPattern, Method, PathPattern, Pseudonym};
 pub use units::{ByteSize, HumanDuration};
 
 use serde::{Deserialize, Serialize};
@@ -134,11 +134,22 @@ pub struct ServerSection {
     /// Peers (load balancers) whose `X-Forwarded-For` names the real client: for requests
     /// from them, allow/deny rules, logs and `X-Forwarded-For` use the address they report.
     pub trusted_proxies: Vec<Cidr>,
+    /// This Portier's name in `Cache-Status` (its member's identifier) and `Via`: give each
+    /// tier its own (`portier-front`) so a chain of them reads apart. `PORTIER_SERVER_NAME` too.
+    pub name: Pseudonym,
+    /// Add `Via` (RFC 9110 §7.6.3) to forwarded requests and to responses.
+    pub via: bool,
 }
 
 impl Default for ServerSection {
     fn default() -> Self {
-        ServerSection { threads: 0, grace_period: HumanDuration::from_secs(10), trusted_proxies: Vec::new() }
+        ServerSection {
+            threads: 0,
+            grace_period: HumanDuration::from_secs(10),
+            trusted_proxies: Vec::new(),
+            name: Pseudonym::default(),
+            via: true,
+        }
     }
 }
 

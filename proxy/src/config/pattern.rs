@@ -129,6 +129,37 @@ impl HostPattern {
     }
 }
 
+/// What this Portier calls itself in `Cache-Status` (RFC 9211 §2: the cache's identifier)
+/// and `Via` (RFC 9110 §7.6.3: its pseudonym): a token that starts with a letter, so it is
+/// both an HTTP token and a structured-field token. Kept as the header value to write.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct Pseudonym(pub http::HeaderValue);
+
+impl FromStr for Pseudonym {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let tchar = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
+        let ok = s.len() <= 64 && s.as_bytes().first().is_some_and(u8::is_ascii_alphabetic) && s.bytes().all(tchar);
+        match http::HeaderValue::from_str(s) {
+            Ok(v) if ok => Ok(Pseudonym(v)),
+            _ => Err(format!("{s:?} is not a name for headers: letters first, then letters, digits or -._~ (at most 64)")),
+        }
+    }
+}
+
+impl Pseudonym {
+    pub fn as_str(&self) -> &str {
+        self.0.to_str().unwrap_or("portier")
+    }
+}
+
+impl Default for Pseudonym {
+    fn default() -> Self {
+        Pseudonym(http::HeaderValue::from_static("portier"))
+    }
+}
+
 /// An HTTP method in config; written in any case, stored upper-case (`post` is `POST`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
@@ -244,6 +275,7 @@ string_form!(
     Method => |m: Method| m.0.to_string(),
     Cidr => |c: Cidr| c.0.to_string(),
     BcryptHash => |h: BcryptHash| h.0,
+    Pseudonym => |n: Pseudonym| n.as_str().to_string(),
 );
 
 #[cfg(test)]

@@ -232,9 +232,9 @@ impl ProxyHttp for Gateway {
         state.connect_failed(session, ctx, e)
     }
 
-    async fn upstream_request_filter(&self, _session: &mut Session, req: &mut RequestHeader, p: &mut Pinned) -> Result<()> {
+    async fn upstream_request_filter(&self, session: &mut Session, req: &mut RequestHeader, p: &mut Pinned) -> Result<()> {
         let Pinned { state, ctx } = p;
-        state.forward(req, ctx)
+        state.forward(req, session.req_header().version, ctx)
     }
 
     async fn upstream_response_filter(&self, session: &mut Session, resp: &mut ResponseHeader, p: &mut Pinned) -> Result<()> {

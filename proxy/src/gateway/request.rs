@@ -95,7 +95,8 @@ impl State {
         ctx.cache.decision = CacheDecision::Answered(answer);
         ctx.local_status = Some(code);
         let outcome = self.outcome(session, ctx);
-        error_page::write(session, code, content_type, body, &ctx.request.id, &outcome, extra).await
+        let stamp = error_page::Stamp { request_id: &ctx.request.id, outcome: &outcome, name: self.config.server.name.as_str() };
+        error_page::write(session, code, content_type, body, stamp, extra).await
     }
 
     /// Checks the request target and Host (see [`crate::target`]) and rewrites the request to
@@ -337,7 +338,8 @@ impl State {
         session.set_keepalive(None);
         ctx.local_status = Some(failure.status);
         let o = self.outcome_with_error(session, ctx, failure.detail);
-        error_page::respond(session, failure.status, &ctx.request.id, error_page::detail_for(failure.status), &o, &[]).await?;
+        let stamp = error_page::Stamp { request_id: &ctx.request.id, outcome: &o, name: self.config.server.name.as_str() };
+        error_page::respond(session, failure.status, error_page::detail_for(failure.status), stamp, &[]).await?;
         Ok(true)
     }
 

@@ -87,7 +87,7 @@ impl State {
         if o.status == CacheStatus::Hit && session.cache.lock_duration().is_some() {
             self.metrics.coalesced.inc();
         }
-        o.write_headers(resp, ctx.upstream.time.map(|d| d.as_secs_f64() * 1000.0))?;
+        o.write_headers(resp, ctx.upstream.time.map(|d| d.as_secs_f64() * 1000.0), self.config.server.name.as_str())?;
         // A fresh hit went through Pingora's `cache_hit_header`, which set `Age` from the same
         // meta; the others (stale, revalidated) did not.
         if o.status.built_from_store() && !(o.status == CacheStatus::Hit && resp.headers.contains_key(http::header::AGE)) {
@@ -112,6 +112,12 @@ impl State {
             resp.append_header(http::header::SET_COOKIE, cookie)?;
         }
         resp.insert_header(forwarding::REQUEST_ID, &ctx.request.id)?;
+        // Not on answers Portier wrote itself (error pages): they were not forwarded. A
+        // stored response was received over HTTP/1.1 like any other.
+        if self.config.server.via {
+            let via = forwarding::via(resp.headers.get_all(http::header::VIA), http::Version::HTTP_11, &self.config.server.name);
+            resp.insert_header(http::header::VIA, via)?;
+        }
         Ok(())
     }
 
@@ -159,7 +165,8 @@ impl State {
             session.set_keepalive(None);
             ctx.local_status = Some(code);
             let o = self.outcome_after(session, ctx, upstream_kind.map(|k| k.detail()));
-            let _ = error_page::respond(session, code, &ctx.request.id, error_page::detail_for(code), &o, &[]).await;
+            let stamp = error_page::Stamp { request_id: &ctx.request.id, outcome: &o, name: self.config.server.name.as_str() };
+            let _ = error_page::respond(session, code, error_page::detail_for(code), stamp, &[]).await;
             error_page::linger(session).await;
         }
         FailToProxy { error_code: code, can_reuse_downstream: false }

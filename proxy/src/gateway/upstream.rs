@@ -67,9 +67,10 @@ impl State {
         e
     }
 
-    /// The forwarded request carries the request id, `X-Forwarded-*` and the trace context;
-    /// a revalidation names the origin's own validator, not an encoded variant's.
-    pub(super) fn forward(&self, req: &mut RequestHeader, ctx: &mut Ctx) -> Result<()> {
+    /// The forwarded request carries the request id, `X-Forwarded-*`, `Via` (with the
+    /// client's HTTP version) and the trace context; a revalidation names the origin's own
+    /// validator, not an encoded variant's.
+    pub(super) fn forward(&self, req: &mut RequestHeader, client_version: http::Version, ctx: &mut Ctx) -> Result<()> {
         for name in [http::header::IF_NONE_MATCH, http::header::IF_MATCH] {
             if let Some(tag) = req.headers.get(&name).and_then(|v| v.to_str().ok()).and_then(crate::compression::origin_etag) {
                 req.insert_header(name, tag)?;
@@ -79,6 +80,10 @@ impl State {
         let host = req.headers.get(http::header::HOST).and_then(|h| h.to_str().ok()).map(str::to_string);
         let proto = ctx.request.target.as_ref().map_or("http", |t| t.scheme.as_str());
         forwarding::add_forwarded(req, ip.as_deref(), host.as_deref(), proto, &ctx.request.id);
+        if self.config.server.via {
+            let via = forwarding::via(req.headers.get_all(http::header::VIA), client_version, &self.config.server.name);
+            req.insert_header(http::header::VIA, via)?;
+        }
         if let (Some(t), Some(server)) = (&self.tracing, &ctx.trace.server) {
             let name = format!("{} {}", ctx.request.method_label, ctx.route.pool.as_ref().map(|p| p.name.as_str()).unwrap_or("upstream"));
             ctx.trace.upstream = Some(t.client_span(server, name, req));

@@ -8,6 +8,7 @@ mod cache_conditional;
 mod cache_invalidation;
 mod cache_stale;
 mod cache_storage;
+mod chain;
 mod common;
 mod compression;
 mod foundation;

@@ -170,8 +170,15 @@ async fn purge_stale_while_revalidate_and_stale_if_error_on_every_protocol() {
             f.portier.stdout_lines().iter().filter(|l| l.contains("swr")).collect::<Vec<_>>(),
             f.portier.stderr.lock().unwrap()
         );
-        let r = f.get(proto, &path, &[]).await;
+        // The origin has answered the refresh; its storing may finish a moment later.
+        let mut r = f.get(proto, &path, &[]).await;
+        let until = std::time::Instant::now() + Duration::from_secs(5);
+        while (r.header("x-cache"), r.text().as_str()) != ("HIT", "n=2") && std::time::Instant::now() < until {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            r = f.get(proto, &path, &[]).await;
+        }
         assert_eq!((r.header("x-cache"), r.text().as_str()), ("HIT", "n=2"), "{proto:?}: the refreshed copy");
+        assert_eq!(o.count(&path), 2, "{proto:?}: one refresh, however many looked");
 
         let path = format!("/sie/{}", proto.name());
         let r = f.get(proto, &path, &[]).await;
