@@ -1,12 +1,14 @@
 //! The one small HTTP/1.1 client Portier uses for itself: health checks, the `healthcheck`
-//! command, `portier reload`, profile pushes and `portier proof`. One request per connection
-//! (`Connection: close`); the response head is read, and a small body with a
-//! `Content-Length` (the admin API's JSON answers).
+//! command, `portier reload`, profile pushes and `portier proof`. One request per connection;
+//! hyper's client reads the answer (any framing, chunked included), and a small body (the
+//! admin API's JSON answers).
 
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper_util::rt::TokioIo;
 use std::io;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// A request to send: `method target` to `host` (the `Host` field), with extra fields and
 /// a body (`Content-Length` is added for any method but GET and HEAD).
@@ -23,41 +25,31 @@ pub(crate) struct Request<'a> {
 pub(crate) struct Head {
     pub(crate) status: u16,
     pub(crate) headers: Vec<(String, String)>,
-    /// Empty unless `Content-Length` said at most [`MAX_BODY`] bytes.
+    /// Empty unless the body was at most [`MAX_BODY`] bytes.
     pub(crate) body: Vec<u8>,
 }
 
-/// Longest response head read; past it the answer is not one these callers expect.
-const MAX_HEAD: usize = 64 * 1024;
 /// Largest body read: the admin API's answers, not pages.
 const MAX_BODY: usize = 64 * 1024;
 
-fn encode(r: &Request<'_>) -> Vec<u8> {
-    let mut head =
-        format!("{} {} HTTP/1.1\r\nHost: {}\r\nUser-Agent: portier/{}\r\n", r.method, r.target, r.host, env!("CARGO_PKG_VERSION"));
-    for (k, v) in r.headers {
-        head.push_str(&format!("{k}: {v}\r\n"));
-    }
-    if !matches!(r.method, "GET" | "HEAD") || !r.body.is_empty() {
-        head.push_str(&format!("Content-Length: {}\r\n", r.body.len()));
-    }
-    head.push_str("Connection: close\r\n\r\n");
-    let mut out = head.into_bytes();
-    out.extend_from_slice(r.body);
-    out
+fn invalid(e: impl std::fmt::Display) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, e.to_string())
 }
 
-fn parse_head(raw: &[u8]) -> io::Result<Head> {
-    let bad = |what: &str| io::Error::new(io::ErrorKind::InvalidData, what.to_string());
-    let text = String::from_utf8_lossy(raw);
-    let mut lines = text.split("\r\n");
-    let status_line = lines.next().unwrap_or_default();
-    if !status_line.starts_with("HTTP/1.") {
-        return Err(bad("the answer is not HTTP/1.x"));
+fn build(r: &Request<'_>) -> io::Result<http::Request<Full<Bytes>>> {
+    let mut b = http::Request::builder()
+        .method(r.method)
+        .uri(r.target)
+        .header(http::header::HOST, r.host)
+        .header(http::header::USER_AGENT, concat!("portier/", env!("CARGO_PKG_VERSION")))
+        .header(http::header::CONNECTION, "close");
+    for (k, v) in r.headers {
+        b = b.header(*k, *v);
     }
-    let status = status_line.split(' ').nth(1).and_then(|c| c.parse().ok()).ok_or_else(|| bad("no status code"))?;
-    let headers = lines.filter_map(|l| l.split_once(':')).map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string())).collect();
-    Ok(Head { status, headers, body: Vec::new() })
+    if !matches!(r.method, "GET" | "HEAD") || !r.body.is_empty() {
+        b = b.header(http::header::CONTENT_LENGTH, r.body.len());
+    }
+    b.body(Full::new(Bytes::copy_from_slice(r.body))).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))
 }
 
 /// Sends `req` to `addr` and reads the response head, all within `timeout`.
@@ -89,37 +81,30 @@ pub(crate) async fn send_over(
         .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, format!("no answer within {timeout:?}")))?
 }
 
-async fn exchange_on(mut s: impl tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin, req: &Request<'_>) -> io::Result<Head> {
-    s.write_all(&encode(req)).await?;
-    let mut raw = Vec::with_capacity(1024);
-    let mut buf = [0u8; 4096];
-    loop {
-        if let Some(end) = raw.windows(4).position(|w| w == b"\r\n\r\n") {
-            let mut head = parse_head(&raw[..end])?;
-            let declared = head.headers.iter().find(|(k, _)| k == "content-length").and_then(|(_, v)| v.parse::<usize>().ok());
-            if let Some(len) = declared.filter(|n| *n <= MAX_BODY && req.method != "HEAD") {
-                let mut body = raw.split_off(end + 4);
-                while body.len() < len {
-                    let n = s.read(&mut buf).await?;
-                    if n == 0 {
-                        break;
-                    }
-                    body.extend_from_slice(&buf[..n]);
-                }
-                body.truncate(len);
-                head.body = body;
-            }
-            return Ok(head);
-        }
-        if raw.len() > MAX_HEAD {
-            return Err(io::Error::new(io::ErrorKind::InvalidData, "response head too large"));
-        }
-        let n = s.read(&mut buf).await?;
-        if n == 0 {
-            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "closed before the end of the response head"));
-        }
-        raw.extend_from_slice(&buf[..n]);
+async fn exchange_on(s: impl tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static, req: &Request<'_>) -> io::Result<Head> {
+    let request = build(req)?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(s)).await.map_err(io::Error::other)?;
+    // The connection is driven beside the exchange and ends with it (one request each).
+    let conn = tokio::spawn(conn);
+    let result = async {
+        let resp = sender.send_request(request).await.map_err(invalid)?;
+        let status = resp.status().as_u16();
+        let headers = resp
+            .headers()
+            .iter()
+            .map(|(k, v)| (k.as_str().to_string(), String::from_utf8_lossy(v.as_bytes()).trim().to_string()))
+            .collect();
+        // A body larger than these callers read, or cut short, is left unread: the status is
+        // the answer (a health check reads no page).
+        let body = match Limited::new(resp.into_body(), MAX_BODY).collect().await {
+            Ok(b) => b.to_bytes().to_vec(),
+            Err(_) => Vec::new(),
+        };
+        Ok(Head { status, headers, body })
     }
+    .await;
+    conn.abort();
+    result
 }
 
 /// [`send`] for callers outside a runtime (the command line, the profile pusher's thread);
@@ -133,6 +118,7 @@ pub(crate) fn send_blocking(authority: &str, req: &Request<'_>, timeout: Duratio
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     #[tokio::test]
     async fn reads_the_head_of_a_real_answer() {
@@ -140,13 +126,15 @@ mod tests {
         let addr = l.local_addr().unwrap();
         tokio::spawn(async move {
             let (mut s, _) = l.accept().await.unwrap();
+            let mut raw = Vec::new();
             let mut buf = vec![0u8; 1024];
-            let n = s.read(&mut buf).await.unwrap();
-            let req = String::from_utf8_lossy(&buf[..n]).to_string();
-            assert!(
-                req.starts_with("POST /x HTTP/1.1\r\nHost: h\r\n") && req.contains("Content-Length: 2\r\n") && req.ends_with("\r\n\r\nhi"),
-                "{req}"
-            );
+            while !raw.ends_with(b"\r\n\r\nhi") {
+                let n = s.read(&mut buf).await.unwrap();
+                assert!(n > 0, "closed early: {:?}", String::from_utf8_lossy(&raw));
+                raw.extend_from_slice(&buf[..n]);
+            }
+            let req = String::from_utf8_lossy(&raw).to_ascii_lowercase();
+            assert!(req.starts_with("post /x http/1.1\r\nhost: h\r\n") && req.contains("content-length: 2\r\n"), "{req}");
             s.write_all(b"HTTP/1.1 201 Created\r\nX-A: b\r\n\r\nbody").await.unwrap();
         });
         let head = send(addr, &Request { method: "POST", target: "/x", host: "h", headers: &[], body: b"hi" }, Duration::from_secs(5))
@@ -154,5 +142,28 @@ mod tests {
             .unwrap();
         assert_eq!(head.status, 201);
         assert_eq!(head.headers, vec![("x-a".to_string(), "b".to_string())]);
+        assert_eq!(head.body, b"body", "a body read to the close");
+    }
+
+    #[tokio::test]
+    async fn a_chunked_body_is_decoded_and_a_large_one_left_unread() {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        tokio::spawn(async move {
+            for answer in [
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n4\r\n{\"a\"\r\n3\r\n:1}\r\n0\r\n\r\n".to_vec(),
+                [&b"HTTP/1.1 200 OK\r\nContent-Length: 70000\r\n\r\n"[..], &[b'x'; 70000]].concat(),
+            ] {
+                let (mut s, _) = l.accept().await.unwrap();
+                let mut buf = vec![0u8; 1024];
+                let _ = s.read(&mut buf).await.unwrap();
+                s.write_all(&answer).await.unwrap();
+            }
+        });
+        let get = Request { method: "GET", target: "/", host: "h", headers: &[], body: b"" };
+        let head = send(addr, &get, Duration::from_secs(5)).await.unwrap();
+        assert_eq!((head.status, head.body.as_slice()), (200, &b"{\"a\":1}"[..]));
+        let head = send(addr, &get, Duration::from_secs(5)).await.unwrap();
+        assert_eq!((head.status, head.body.len()), (200, 0), "past MAX_BODY the status alone is the answer");
     }
 }

@@ -41,7 +41,7 @@ fn every_yaml_and_json_parses_and_compose_files_match_the_schema() {
         if f.extension().unwrap() == "json" {
             serde_json::from_str::<serde_json::Value>(&text).unwrap_or_else(|e| panic!("{}: {e}", f.display()));
         } else {
-            serde_yaml::from_str::<serde_yaml::Value>(&text).unwrap_or_else(|e| panic!("{}: {e}", f.display()));
+            yaml_serde::from_str::<yaml_serde::Value>(&text).unwrap_or_else(|e| panic!("{}: {e}", f.display()));
         }
     }
     let script = r#"
@@ -72,7 +72,7 @@ sys.exit(1 if bad else 0)
 
     // The runbook's rules: only Grafana has a host port (127.0.0.1), all under the profile,
     // every image pinned to a version.
-    let obs: serde_yaml::Value = serde_yaml::from_str(&std::fs::read_to_string(&compose[2]).unwrap()).unwrap();
+    let obs: yaml_serde::Value = yaml_serde::from_str(&std::fs::read_to_string(&compose[2]).unwrap()).unwrap();
     for (name, svc) in obs["services"].as_mapping().unwrap() {
         let name = name.as_str().unwrap();
         assert_eq!(svc["profiles"][0].as_str(), Some("observability"), "{name}");
@@ -84,7 +84,7 @@ sys.exit(1 if bad else 0)
         }
     }
     // Scaling out: three replicas on one Redis, the front starts once they answer.
-    let scale: serde_yaml::Value = serde_yaml::from_str(&std::fs::read_to_string(&compose[3]).unwrap()).unwrap();
+    let scale: yaml_serde::Value = yaml_serde::from_str(&std::fs::read_to_string(&compose[3]).unwrap()).unwrap();
     let services = &scale["services"];
     for r in ["proxy-1", "proxy-2", "proxy-3"] {
         assert_eq!(services[r]["environment"]["PORTIER_CACHE_SHARED_URL"].as_str(), Some("redis://redis:6379/0"), "{r}");
@@ -93,7 +93,7 @@ sys.exit(1 if bad else 0)
     }
     assert_eq!(services["proxy"]["environment"]["PORTIER_UPSTREAM_REPLICAS"].as_str(), Some("proxy-1:8080,proxy-2:8080,proxy-3:8080"));
     assert!(services["redis"]["healthcheck"]["test"].as_sequence().is_some());
-    let dev: serde_yaml::Value = serde_yaml::from_str(&std::fs::read_to_string(&compose[0]).unwrap()).unwrap();
+    let dev: yaml_serde::Value = yaml_serde::from_str(&std::fs::read_to_string(&compose[0]).unwrap()).unwrap();
     assert_eq!(dev["services"]["proxy"]["ports"][0].as_str(), Some("8080:8080"));
     assert_eq!(dev["services"]["proxy"]["environment"]["PORTIER_UPSTREAM_API"].as_str(), Some("api:3001"));
     assert_eq!(dev["services"]["proxy"]["environment"]["PORTIER_UPSTREAM_WEB"].as_str(), Some("web:5173"));
@@ -142,16 +142,16 @@ fn compose_paths_resolve_in_the_supported_layout() {
         assert!(out.starts_with(app.path()), "{p} points outside the application repository");
         out
     };
-    let prod: serde_yaml::Value = serde_yaml::from_str(&std::fs::read_to_string(deploy.join("docker-compose.prod.yml")).unwrap()).unwrap();
+    let prod: yaml_serde::Value = yaml_serde::from_str(&std::fs::read_to_string(deploy.join("docker-compose.prod.yml")).unwrap()).unwrap();
     let mut checked = 0;
     for f in ["docker-compose.yml", "docker-compose.prod.yml", "docker-compose.observability.yml", "docker-compose.scale.yml"] {
-        let doc: serde_yaml::Value = serde_yaml::from_str(&std::fs::read_to_string(deploy.join(f)).unwrap()).unwrap();
+        let doc: yaml_serde::Value = yaml_serde::from_str(&std::fs::read_to_string(deploy.join(f)).unwrap()).unwrap();
         for (svc_name, svc) in doc["services"].as_mapping().unwrap() {
             let name = format!("{f}: {}", svc_name.as_str().unwrap());
             let build = &svc["build"];
             let (context, dockerfile) = match build {
-                serde_yaml::Value::String(c) => (Some(c.clone()), "Dockerfile".to_string()),
-                serde_yaml::Value::Mapping(_) => {
+                yaml_serde::Value::String(c) => (Some(c.clone()), "Dockerfile".to_string()),
+                yaml_serde::Value::Mapping(_) => {
                     (build["context"].as_str().map(str::to_string), build["dockerfile"].as_str().unwrap_or("Dockerfile").to_string())
                 }
                 _ => (None, String::new()),
@@ -167,7 +167,7 @@ fn compose_paths_resolve_in_the_supported_layout() {
             }
             for v in svc["volumes"].as_sequence().into_iter().flatten() {
                 let src = match v {
-                    serde_yaml::Value::String(s) => s.split(':').next().unwrap().to_string(),
+                    yaml_serde::Value::String(s) => s.split(':').next().unwrap().to_string(),
                     m => m["source"].as_str().unwrap_or("").to_string(),
                 };
                 // Absolute sources are the Docker host's own (the socket, container logs).
@@ -177,8 +177,8 @@ fn compose_paths_resolve_in_the_supported_layout() {
                 }
             }
             let env_files: Vec<String> = match &svc["env_file"] {
-                serde_yaml::Value::String(s) => vec![s.clone()],
-                serde_yaml::Value::Sequence(v) => v.iter().filter_map(|e| e.as_str().map(str::to_string)).collect(),
+                yaml_serde::Value::String(s) => vec![s.clone()],
+                yaml_serde::Value::Sequence(v) => v.iter().filter_map(|e| e.as_str().map(str::to_string)).collect(),
                 _ => vec![],
             };
             for e in env_files {
@@ -192,12 +192,12 @@ fn compose_paths_resolve_in_the_supported_layout() {
     }
     assert!(checked >= 15, "{checked} paths checked");
     // Grafana gets the app's dashboards folder and a provider reading it.
-    let obs: serde_yaml::Value =
-        serde_yaml::from_str(&std::fs::read_to_string(deploy.join("docker-compose.observability.yml")).unwrap()).unwrap();
+    let obs: yaml_serde::Value =
+        yaml_serde::from_str(&std::fs::read_to_string(deploy.join("docker-compose.observability.yml")).unwrap()).unwrap();
     let mounts: Vec<&str> = obs["services"]["grafana"]["volumes"].as_sequence().unwrap().iter().filter_map(|v| v.as_str()).collect();
     let app_mount = mounts.iter().find(|m| m.ends_with(":/etc/grafana/dashboards-app:ro")).expect("the app's dashboards are mounted");
     assert!(resolve(app_mount.split(':').next().unwrap()).join("api-runtime-overview.json").is_file());
-    let providers: serde_yaml::Value = serde_yaml::from_str(
+    let providers: yaml_serde::Value = yaml_serde::from_str(
         &std::fs::read_to_string(app.path().join("observability/grafana/provisioning/dashboards/observability.yml")).unwrap(),
     )
     .unwrap();
@@ -236,8 +236,8 @@ fn promtool_accepts_the_prometheus_config() {
         .output()
         .unwrap();
     assert!(out.status.success(), "{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    let cfg: serde_yaml::Value =
-        serde_yaml::from_str(&std::fs::read_to_string(root().join("observability/prometheus/prometheus.yml")).unwrap()).unwrap();
+    let cfg: yaml_serde::Value =
+        yaml_serde::from_str(&std::fs::read_to_string(root().join("observability/prometheus/prometheus.yml")).unwrap()).unwrap();
     let targets: Vec<String> = cfg["scrape_configs"]
         .as_sequence()
         .unwrap()
@@ -251,8 +251,8 @@ fn promtool_accepts_the_prometheus_config() {
 /// attributes into labels; and the Collector must export what Prometheus scrapes.
 #[test]
 fn the_collector_labels_metrics_with_their_service_name() {
-    let cfg: serde_yaml::Value =
-        serde_yaml::from_str(&std::fs::read_to_string(root().join("observability/otel-collector/config.yml")).unwrap()).unwrap();
+    let cfg: yaml_serde::Value =
+        yaml_serde::from_str(&std::fs::read_to_string(root().join("observability/otel-collector/config.yml")).unwrap()).unwrap();
     let prom = &cfg["exporters"]["prometheus"];
     assert_eq!(prom["endpoint"].as_str(), Some("0.0.0.0:9464"));
     assert_eq!(prom["resource_to_telemetry_conversion"]["enabled"].as_bool(), Some(true), "{prom:?}");
@@ -280,7 +280,7 @@ async fn the_landing_page_is_routed_by_host() {
 
 #[test]
 fn dashboards_are_valid_grafana_models() {
-    let ds: serde_yaml::Value = serde_yaml::from_str(
+    let ds: yaml_serde::Value = yaml_serde::from_str(
         &std::fs::read_to_string(root().join("observability/grafana/provisioning/datasources/observability.yml")).unwrap(),
     )
     .unwrap();
