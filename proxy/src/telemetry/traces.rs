@@ -160,29 +160,19 @@ impl Tracing {
     }
 
     /// Head sampling, decided before any SDK span exists so that unsampled requests (most of
-    /// them at a 10% ratio) cost a random number and a header. Parent-based: a client's
-    /// sampled flag is followed; a client's unsampled `traceparent` is forwarded as is; a
-    /// request without one that is not sampled still gets a trace id (and an unsampled
-    /// `traceparent` to the origin) so edge and API logs correlate.
+    /// them at a 10% ratio) cost a random number. Parent-based: a client's sampled flag is
+    /// followed, a client's unsampled `traceparent` is forwarded as is (and its trace id
+    /// logged). A request Portier chooses not to sample sends the origin no `traceparent` at
+    /// all: an origin SDK with the default parent-based sampler would otherwise drop its own
+    /// span for it, and the application's span metrics would read the ratio of its traffic
+    /// (issue 23). Its own sampler decides, as if Portier were not there; the access log and
+    /// the origin still share the request's `X-Request-Id`.
     pub fn decide(&self, req: &RequestHeader) -> Decision {
         match parse_traceparent(req) {
             Some((_, true)) => Decision::Record,
-            Some((id, false)) => Decision::Skip { trace_id: id, inject: None },
+            Some((id, false)) => Decision::Skip { trace_id: Some(id) },
             None if self.ratio >= 1.0 || (rand_u64() as f64) < self.ratio * u64::MAX as f64 => Decision::Record,
-            None => {
-                // Every unsampled request: hex by hand (two `format!`s cost ~3,300 instructions).
-                use crate::text::push_hex_u64;
-                let mut id = String::with_capacity(32);
-                push_hex_u64(&mut id, rand_u64());
-                push_hex_u64(&mut id, rand_u64());
-                let mut inject = String::with_capacity(55);
-                inject.push_str("00-");
-                inject.push_str(&id);
-                inject.push('-');
-                push_hex_u64(&mut inject, rand_u64() | 1);
-                inject.push_str("-00");
-                Decision::Skip { trace_id: id, inject: Some(inject) }
-            }
+            None => Decision::Skip { trace_id: None },
         }
     }
 
@@ -239,11 +229,11 @@ pub fn trace_id(cx: &Context) -> Option<String> {
 pub enum Decision {
     /// Create spans.
     Record,
-    /// No spans; log `trace_id`, and send `inject` as the origin's `traceparent` if set.
-    Skip { trace_id: String, inject: Option<String> },
+    /// No spans; log `trace_id` (the client's, when it sent an unsampled `traceparent`).
+    Skip { trace_id: Option<String> },
 }
 
-/// xorshift64*, seeded per thread: sampling and unsampled ids need speed, not secrecy.
+/// xorshift64*, seeded per thread: sampling needs speed, not secrecy.
 fn rand_u64() -> u64 {
     use std::cell::Cell;
     thread_local! {

@@ -258,6 +258,41 @@ fn the_collector_labels_metrics_with_their_service_name() {
     assert_eq!(prom["resource_to_telemetry_conversion"]["enabled"].as_bool(), Some(true), "{prom:?}");
 }
 
+/// The runbook's series for both services, as the shipped Collector config builds them:
+/// `service_name="proxy"` from Portier's own /metrics (every request, sampled or not), so its
+/// spans are kept out of the connector; `"api"` from every API span the Collector receives,
+/// with nothing that samples or drops them on the way to the connector. (No otelcol with the
+/// spanmetrics connector installs here: the config is checked as the Collector reads it.)
+#[test]
+fn the_collector_builds_api_span_metrics_from_every_span_and_never_the_proxys() {
+    let cfg: yaml_serde::Value =
+        yaml_serde::from_str(&std::fs::read_to_string(root().join("observability/otel-collector/config.yml")).unwrap()).unwrap();
+    let sm = &cfg["connectors"]["spanmetrics"];
+    assert_eq!(sm["namespace"].as_str(), Some("traces.spanmetrics"), "traces_spanmetrics_* names");
+    assert_eq!(sm["histogram"]["unit"].as_str(), Some("ms"), "traces_spanmetrics_duration_milliseconds_*");
+    let pipelines = cfg["service"]["pipelines"].as_mapping().expect("pipelines");
+    let feeding: Vec<&yaml_serde::Value> = pipelines
+        .values()
+        .filter(|p| p["exporters"].as_sequence().is_some_and(|e| e.iter().any(|x| x.as_str() == Some("spanmetrics"))))
+        .collect();
+    assert_eq!(feeding.len(), 1, "one pipeline feeds the connector");
+    let processors: Vec<&str> =
+        feeding[0]["processors"].as_sequence().map(|v| v.iter().filter_map(|x| x.as_str()).collect()).unwrap_or_default();
+    for p in &processors {
+        assert!(
+            !p.contains("sampl") && (p.starts_with("batch") || p.starts_with("filter/")),
+            "{p}: span metrics must see every API span (sample after the connector, never before)"
+        );
+        if let Some(rules) = cfg["processors"][*p]["traces"]["span"].as_sequence() {
+            let rules: Vec<&str> = rules.iter().filter_map(|r| r.as_str()).collect();
+            assert_eq!(rules, ["resource.attributes[\"service.name\"] == \"proxy\""], "{p} drops Portier's spans only");
+        }
+    }
+    assert!(processors.iter().any(|p| p.starts_with("filter/")), "Portier's spans are kept out: counted once, from /metrics");
+    let metrics = &pipelines[&yaml_serde::Value::from("metrics")];
+    assert!(metrics["receivers"].as_sequence().is_some_and(|r| r.iter().any(|x| x.as_str() == Some("spanmetrics"))), "{metrics:?}");
+}
+
 /// The shipped config routes the Astro landing by host, before the catch-all web route.
 #[tokio::test(flavor = "multi_thread")]
 async fn the_landing_page_is_routed_by_host() {

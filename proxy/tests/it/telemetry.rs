@@ -224,17 +224,84 @@ async fn unsampled_requests_still_correlate_edge_and_origin() {
     let cfg = format!("[telemetry.traces]\nendpoint = \"http://{}\"\nsample_ratio = 0.0\n{}", rx.addr, two_pool_config(api.addr, api.addr));
     let p = Portier::start(&cfg);
     let r = get_with(p.public, "/api/echo", &[("X-Request-Id", "unsampled-1")]).await;
-    let tp = r.json()["headers"]["traceparent"].as_str().expect("an unsampled traceparent for the origin").to_string();
-    let parts: Vec<&str> = tp.split('-').collect();
-    assert_eq!(parts.len(), 4);
-    assert_eq!(parts[3], "00", "not sampled");
+    let seen = &r.json()["headers"];
+    // No unsampled `traceparent` forced on the origin: its own sampler decides (issue 23).
+    assert_eq!(seen["traceparent"], serde_json::Value::Null, "{seen}");
+    assert_eq!(seen["x-request-id"], "unsampled-1", "edge and origin share the request id");
     // A client's sampled flag is followed even at ratio 0.
     let r = get_with(p.public, "/api/echo", &[("traceparent", TRACEPARENT)]).await;
     assert!(r.json()["headers"]["traceparent"].as_str().unwrap().starts_with(&format!("00-{TRACE_ID}-")));
     assert!(eventually(Duration::from_secs(5), async || rx.spans().iter().any(|s| s.trace_id == TRACE_ID)).await);
+    // A client's unsampled one is the client's decision: forwarded as it came, its id logged.
+    let unsampled = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00";
+    let r = get_with(p.public, "/api/echo", &[("traceparent", unsampled), ("X-Request-Id", "unsampled-2")]).await;
+    assert_eq!(r.json()["headers"]["traceparent"], unsampled);
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(rx.spans().iter().all(|s| s.trace_id == TRACE_ID), "the unsampled request exported nothing");
-    let line = p.stdout_lines().into_iter().find(|l| l.contains("\"request_id\":\"unsampled-1\"")).expect("access log line");
-    let v: serde_json::Value = serde_json::from_str(&line).unwrap();
-    assert_eq!(v["trace_id"], parts[1], "the log has the trace id the origin got");
+    assert!(rx.spans().iter().all(|s| s.trace_id == TRACE_ID), "the unsampled requests exported nothing");
+    let line = |id: &str| {
+        let l = p.stdout_lines().into_iter().find(|l| l.contains(&format!("\"request_id\":\"{id}\""))).expect("access log line");
+        serde_json::from_str::<serde_json::Value>(&l).unwrap()
+    };
+    assert_eq!(line("unsampled-1").get("trace_id"), None, "no trace: no trace id that would match nothing");
+    assert_eq!(line("unsampled-2")["trace_id"], "0af7651916cd43dd8448eb211c80319c");
+}
+
+/// The user's API runs the OpenTelemetry JS SDK with its default, parent-based sampler: at
+/// Portier's production ratio (10%) it must still record a span for every request, or every
+/// `traces_spanmetrics_*{service_name="api"}` query reads a tenth of the traffic. The origin
+/// here is that SDK for real (proxy/tests/otel-origin, installed by `make test`), exporting
+/// to a real OTLP receiver.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_origin_with_the_default_sampler_records_every_request_at_a_10_percent_ratio() {
+    let rx = OtlpReceiver::start().await;
+    let dir = root().join("proxy/tests/otel-origin");
+    assert!(
+        dir.join("node_modules/@opentelemetry/sdk-trace-node").is_dir(),
+        "the OpenTelemetry JS SDK is missing. Run: make test-deps (or: cd proxy/tests/otel-origin && npm ci)"
+    );
+    let mut node = std::process::Command::new("node")
+        .arg("server.cjs")
+        .current_dir(&dir)
+        .env_remove("OTEL_TRACES_SAMPLER")
+        .env_remove("OTEL_TRACES_SAMPLER_ARG")
+        .env("OTEL_SERVICE_NAME", "api")
+        .env("OTEL_EXPORTER_OTLP_ENDPOINT", format!("http://{}", rx.addr))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::inherit())
+        .spawn()
+        .expect("node");
+    let port = {
+        use std::io::BufRead;
+        let mut line = String::new();
+        std::io::BufReader::new(node.stdout.take().expect("stdout")).read_line(&mut line).expect("the origin's port");
+        serde_json::from_str::<serde_json::Value>(&line).ok().and_then(|v| v["port"].as_u64()).unwrap_or_else(|| panic!("{line:?}"))
+    };
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _node = Kill(node);
+    let api: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let cfg = format!("[telemetry.traces]\nendpoint = \"http://{}\"\nsample_ratio = 0.1\n{}", rx.addr, two_pool_config(api, api));
+    let p = Portier::start(&cfg);
+    const N: usize = 60;
+    for i in 0..N {
+        let r = get_with(p.public, &format!("/api/item/{i}"), &[("X-Request-Id", &format!("k6-{i}"))]).await;
+        assert_eq!(r.status, 200, "{r:?}");
+    }
+    let api_servers = || rx.spans().into_iter().filter(|s| s.service_name == "api" && s.kind == 2).collect::<Vec<_>>();
+    let all = eventually(Duration::from_secs(10), async || api_servers().len() >= N).await;
+    let spans = rx.spans();
+    let proxy_traces: std::collections::HashSet<String> =
+        spans.iter().filter(|s| s.service_name == "proxy" && s.kind == 2).map(|s| s.trace_id.clone()).collect();
+    assert!(all, "the API recorded {} server spans for {N} requests (Portier sampled {})", api_servers().len(), proxy_traces.len());
+    assert!(proxy_traces.len() < N / 2, "Portier did sample about 10%: {}", proxy_traces.len());
+    // The traces Portier did sample go on in the API: same trace id, the API's span a child.
+    let api_traces: std::collections::HashSet<String> = api_servers().into_iter().map(|s| s.trace_id).collect();
+    assert!(proxy_traces.is_subset(&api_traces), "sampled traces continue at the origin");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(api_servers().len(), N, "one server span per request, no more");
 }
