@@ -224,6 +224,14 @@ fn apply_env(cfg: &mut Config, env: &impl Fn(&str) -> Option<String>, c: &mut Co
             }
         }
     }
+    if let Some(v) = env("PORTIER_TRUSTED_PROXIES") {
+        // Replaces the file's list: the deployment knows its own network.
+        let parsed: Result<Vec<super::Cidr>, String> = v.split(',').map(str::trim).filter(|n| !n.is_empty()).map(str::parse).collect();
+        match parsed {
+            Ok(list) => cfg.server.trusted_proxies = list,
+            Err(e) => c.push("env PORTIER_TRUSTED_PROXIES", e),
+        }
+    }
     if let Some(v) = env("PORTIER_SERVER_NAME").filter(|v| !v.trim().is_empty()) {
         match v.trim().parse() {
             Ok(n) => cfg.server.name = n,
@@ -454,5 +462,26 @@ mod tests {
         let bad = |k: &str| (k == "PORTIER_UPSTREAM_API").then(|| "http://api".to_string());
         let e = load_str(GOOD, "t", bad).unwrap_err();
         assert_eq!(e.problems[0].path, "env PORTIER_UPSTREAM_API");
+    }
+
+    #[test]
+    fn env_sets_trusted_proxies_and_the_name() {
+        let env = |k: &str| match k {
+            "PORTIER_TRUSTED_PROXIES" => Some("10.0.0.0/8, 172.16.0.0/12".to_string()),
+            "PORTIER_SERVER_NAME" => Some("proxy-2".to_string()),
+            _ => None,
+        };
+        let c = load_str(GOOD, "t", env).unwrap();
+        let nets: Vec<String> = c.server.trusted_proxies.iter().map(|n| n.0.to_string()).collect();
+        assert_eq!(nets, ["10.0.0.0/8", "172.16.0.0/12"]);
+        assert_eq!(c.server.name.as_str(), "proxy-2");
+        let bad = |k: &str| match k {
+            "PORTIER_TRUSTED_PROXIES" => Some("10.0.0.0/8,proxy".to_string()),
+            "PORTIER_SERVER_NAME" => Some("two words".to_string()),
+            _ => None,
+        };
+        let e = load_str(GOOD, "t", bad).unwrap_err();
+        let paths: Vec<&str> = e.problems.iter().map(|p| p.path.as_str()).collect();
+        assert_eq!(paths, ["env PORTIER_TRUSTED_PROXIES", "env PORTIER_SERVER_NAME"], "both reported at once");
     }
 }

@@ -73,7 +73,7 @@ impl State {
             stored: error.is_none() && ctx.cache.outcome.as_ref().is_some_and(|o| o.details.stored),
         };
         if self.config.telemetry.metrics {
-            self.metrics.record_request(&summary);
+            self.metrics.record_request(&summary, self.cache().is_some());
             self.record_for_operator(ctx, &summary);
         }
         if let Some(cx) = ctx.trace.server.take() {

@@ -285,13 +285,18 @@ impl Metrics {
     }
 
     /// A client request (never a background refresh: those go to [`Self::background_refresh`]).
-    pub(crate) fn record_request(&self, r: &RequestRecord<'_>) {
+    /// `cache_on`: whether this Portier has a cache. One without (a front that only spreads
+    /// requests over caching replicas) counts no cache hits, misses or served bytes, so that
+    /// sums over every Portier (the dashboards') count each request's cache answer once.
+    pub(crate) fn record_request(&self, r: &RequestRecord<'_>, cache_on: bool) {
         let h = self.handles(r);
         h.calls.inc();
         h.duration.observe(r.duration_ms);
-        h.by_status.inc();
-        h.hit_or_miss.inc();
-        h.served.inc_by(r.bytes);
+        if cache_on {
+            h.by_status.inc();
+            h.hit_or_miss.inc();
+            h.served.inc_by(r.bytes);
+        }
     }
 
     /// The metric children for one label combination, cached per thread: resolving seven

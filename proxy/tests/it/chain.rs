@@ -123,3 +123,37 @@ async fn via_can_be_turned_off_and_a_bad_name_is_a_config_error() {
     let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(!out.status.success() && text.contains("server.name") && text.contains("not a name for headers"), "{text}");
 }
+
+/// The scaled stack as Prometheus sees it: the front (no cache, `service_name="proxy-front"`)
+/// counts no cache answers, the replica counts each once, and the replica, trusting the
+/// front, sees the client's address.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_front_and_its_replica_count_each_request_once() {
+    let o = talkative_origin().await;
+    let replica = Portier::start_with_env(&config_for(o.addr, "", ""), &[("PORTIER_TRUSTED_PROXIES", "127.0.0.1/32")]);
+    let front_toml = std::fs::read_to_string(root().join("config/front.toml"))
+        .unwrap()
+        .replace("0.0.0.0:8080", "127.0.0.1:0")
+        .replace("127.0.0.1:9901", "127.0.0.1:0")
+        // Its health checks are requests too; this test counts the client's alone.
+        .replace("health_check = { path = \"/health\", interval = \"2s\", timeout = \"1s\" }", "");
+    let front = Portier::start_with_env(&front_toml, &[("PORTIER_UPSTREAM_REPLICAS", &replica.public.to_string())]);
+    let client: std::net::IpAddr = "127.0.0.2".parse().unwrap();
+    for _ in 0..3 {
+        let r = request_from(client, front.public, "GET", "/counted", &[("host", "a.test")], b"").await.unwrap();
+        assert_eq!(r.status, 200, "{r:?}");
+    }
+    assert_eq!(o.count("/counted"), 1);
+    let metrics = |p: &Portier| {
+        let addr = p.admin;
+        async move { get(addr, "/metrics").await.text() }
+    };
+    let (f, r) = (metrics(&front).await, metrics(&replica).await);
+    let total = |text: &str, name: &str| metric_value(text, name).unwrap_or(0.0);
+    assert_eq!((total(&f, "cache_hit_total"), total(&f, "cache_miss_total")), (0.0, 0.0), "the front has no cache to count");
+    assert_eq!((total(&r, "cache_hit_total"), total(&r, "cache_miss_total")), (2.0, 1.0), "the replica counts each answer");
+    assert!(f.contains("service_name=\"proxy-front\""), "the front's own series are apart");
+    assert!(r.contains("service_name=\"proxy\""), "the replicas' are the runbook's");
+    let line = replica.stdout_lines().into_iter().find(|l| l.contains("\"path\":\"/counted\"")).expect("the replica's access log");
+    assert!(line.contains("\"client\":\"127.0.0.2\""), "the replica believes the front: {line}");
+}

@@ -84,7 +84,8 @@ sys.exit(1 if bad else 0)
         }
     }
     // Scaling out: three replicas on one Redis, the front starts once they answer.
-    let scale: yaml_serde::Value = yaml_serde::from_str(&std::fs::read_to_string(&compose[3]).unwrap()).unwrap();
+    let mut scale: yaml_serde::Value = yaml_serde::from_str(&std::fs::read_to_string(&compose[3]).unwrap()).unwrap();
+    scale.apply_merge().unwrap();
     let services = &scale["services"];
     for r in ["proxy-1", "proxy-2", "proxy-3"] {
         assert_eq!(services[r]["environment"]["PORTIER_CACHE_SHARED_URL"].as_str(), Some("redis://redis:6379/0"), "{r}");
@@ -145,7 +146,8 @@ fn compose_paths_resolve_in_the_supported_layout() {
     let prod: yaml_serde::Value = yaml_serde::from_str(&std::fs::read_to_string(deploy.join("docker-compose.prod.yml")).unwrap()).unwrap();
     let mut checked = 0;
     for f in ["docker-compose.yml", "docker-compose.prod.yml", "docker-compose.observability.yml", "docker-compose.scale.yml"] {
-        let doc: yaml_serde::Value = yaml_serde::from_str(&std::fs::read_to_string(deploy.join(f)).unwrap()).unwrap();
+        let mut doc: yaml_serde::Value = yaml_serde::from_str(&std::fs::read_to_string(deploy.join(f)).unwrap()).unwrap();
+        doc.apply_merge().unwrap();
         for (svc_name, svc) in doc["services"].as_mapping().unwrap() {
             let name = format!("{f}: {}", svc_name.as_str().unwrap());
             let build = &svc["build"];
@@ -242,9 +244,111 @@ fn promtool_accepts_the_prometheus_config() {
         .as_sequence()
         .unwrap()
         .iter()
-        .flat_map(|j| j["static_configs"][0]["targets"].as_sequence().unwrap().iter().map(|t| t.as_str().unwrap().to_string()))
+        .flat_map(|j| j["static_configs"][0]["targets"].as_sequence().into_iter().flatten().map(|t| t.as_str().unwrap().to_string()))
         .collect();
-    assert_eq!(targets, vec!["proxy:9901", "otel-collector:9464", "localhost:9090"]);
+    assert_eq!(targets, vec!["proxy:9901", "otel-collector:9464", "localhost:9090"], "and the replicas by DNS (the_scaled_stack_...)");
+}
+
+/// Compose's model of several files (`docker compose -f a -f b config`, which needs an engine
+/// here absent): YAML merge keys applied, mappings merged key by key, `ports`/`expose`/
+/// `volumes` lists appended without repeats, any other value replaced by the later file's.
+fn rendered(files: &[&str]) -> yaml_serde::Value {
+    fn merge(into: &mut yaml_serde::Value, from: yaml_serde::Value, key: Option<&str>) {
+        use yaml_serde::Value as V;
+        match (into, from) {
+            (V::Mapping(a), V::Mapping(b)) => {
+                for (k, v) in b {
+                    let name = k.as_str().map(str::to_string);
+                    match a.get_mut(&k) {
+                        Some(slot) => merge(slot, v, name.as_deref()),
+                        None => {
+                            a.insert(k, v);
+                        }
+                    }
+                }
+            }
+            (V::Sequence(a), V::Sequence(b)) if matches!(key, Some("ports" | "expose" | "volumes")) => {
+                for v in b {
+                    if !a.contains(&v) {
+                        a.push(v);
+                    }
+                }
+            }
+            (slot, v) => *slot = v,
+        }
+    }
+    let mut model = yaml_serde::Value::Mapping(Default::default());
+    for f in files {
+        let mut doc: yaml_serde::Value = yaml_serde::from_str(&std::fs::read_to_string(root().join("deploy").join(f)).unwrap()).unwrap();
+        doc.apply_merge().unwrap();
+        merge(&mut model, doc, None);
+    }
+    model
+}
+
+/// Issue 23 item 3, in the model Compose runs: the scaled stack is observed replica by
+/// replica, the replicas believe the front, and each operator page is reachable on
+/// 127.0.0.1 with the token from `.env`.
+#[test]
+fn the_scaled_stack_is_observed_replica_by_replica() {
+    let model = rendered(&["docker-compose.prod.yml", "docker-compose.scale.yml", "docker-compose.observability.yml"]);
+    let services = model["services"].as_mapping().expect("services");
+    let replicas: Vec<&str> = services.keys().filter_map(|k| k.as_str()).filter(|n| n.starts_with("proxy-")).collect();
+    assert_eq!(replicas, ["proxy-1", "proxy-2", "proxy-3"]);
+    let env = |svc: &str, k: &str| model["services"][svc]["environment"][k].as_str().map(str::to_string);
+    // Prometheus: the front by name, every replica by DNS on its admin port.
+    let prom: yaml_serde::Value =
+        yaml_serde::from_str(&std::fs::read_to_string(root().join("observability/prometheus/prometheus.yml")).unwrap()).unwrap();
+    let jobs = prom["scrape_configs"].as_sequence().unwrap();
+    let job = |name: &str| jobs.iter().find(|j| j["job_name"].as_str() == Some(name)).unwrap_or_else(|| panic!("job {name}"));
+    assert_eq!(job("proxy")["static_configs"][0]["targets"][0].as_str(), Some("proxy:9901"));
+    let sd = &job("proxy-replicas")["dns_sd_configs"][0];
+    let names: Vec<&str> = sd["names"].as_sequence().unwrap().iter().filter_map(|n| n.as_str()).collect();
+    assert_eq!(names, replicas, "every replica scraped");
+    let relabel = job("proxy-replicas")["relabel_configs"].as_sequence().unwrap();
+    assert!(relabel.iter().any(|r| r["target_label"].as_str() == Some("instance")), "labelled by replica");
+    for (i, r) in replicas.iter().enumerate() {
+        let admin = env(r, "PORTIER_LISTEN_ADMIN").expect("admin address");
+        assert_eq!(admin.rsplit(':').next().and_then(|p| p.parse::<u64>().ok()), sd["port"].as_u64(), "{r}: scraped on its admin port");
+        assert!(env(r, "PORTIER_ADMIN_HOSTS").is_some_and(|h| h.split(',').any(|n| n == *r)), "{r} answers Prometheus by its name");
+        // The front's X-Forwarded-For is believed: Docker's networks are in these ranges.
+        let trusted = env(r, "PORTIER_TRUSTED_PROXIES").unwrap_or_else(|| panic!("{r} trusts the front"));
+        let nets: Vec<ipnet::IpNet> = trusted.split(',').map(|n| n.trim().parse().unwrap()).collect();
+        for docker in ["172.17.0.2", "172.18.0.5", "192.168.16.3"] {
+            assert!(nets.iter().any(|n| n.contains(&docker.parse::<std::net::IpAddr>().unwrap())), "{r}: {docker}");
+        }
+        assert_eq!(env(r, "PORTIER_ADMIN_TOKEN").as_deref(), Some("${PORTIER_ADMIN_TOKEN:-}"), "{r}: the token from .env");
+        let ports = model["services"][*r]["ports"].as_sequence().map(|p| p.iter().filter_map(|x| x.as_str()).collect::<Vec<_>>());
+        assert_eq!(ports, Some(vec![format!("127.0.0.1:{}:9901", 9902 + i).as_str()]), "{r}: its /ui on this machine only");
+    }
+    let front_ports: Vec<&str> = model["services"]["proxy"]["ports"].as_sequence().unwrap().iter().filter_map(|p| p.as_str()).collect();
+    assert_eq!(front_ports, ["8080:8080", "127.0.0.1:9901:9901"]);
+    assert_eq!(env("proxy", "PORTIER_ADMIN_TOKEN").as_deref(), Some("${PORTIER_ADMIN_TOKEN:-}"));
+    assert!(model["services"]["proxy"]["command"]
+        .as_sequence()
+        .is_some_and(|c| c.iter().any(|a| a.as_str() == Some("/etc/portier/front.toml"))));
+    // Every other published port is Grafana's, on 127.0.0.1.
+    for (name, svc) in services {
+        for p in svc["ports"].as_sequence().into_iter().flatten().filter_map(|p| p.as_str()) {
+            assert!(
+                p.starts_with("127.0.0.1:") || (name.as_str() == Some("proxy") && p == "8080:8080") || name.as_str() == Some("api"),
+                "{name:?}: {p}"
+            );
+        }
+    }
+    // The front's requests are its own series; the replicas' are the runbook's.
+    let front: toml::Value = toml::from_str(&std::fs::read_to_string(root().join("config/front.toml")).unwrap()).unwrap();
+    assert_eq!(front["telemetry"]["service_name"].as_str(), Some("proxy-front"));
+    assert_eq!(front["cache"]["enabled"].as_bool(), Some(false));
+    let replica: toml::Value = toml::from_str(&std::fs::read_to_string(root().join("config/portier.toml")).unwrap()).unwrap();
+    assert_eq!(replica["telemetry"]["service_name"].as_str(), Some("proxy"));
+    // The single-node stacks publish their /ui the same way.
+    for f in ["docker-compose.yml", "docker-compose.prod.yml"] {
+        let m = rendered(&[f]);
+        let ports: Vec<&str> = m["services"]["proxy"]["ports"].as_sequence().unwrap().iter().filter_map(|p| p.as_str()).collect();
+        assert!(ports.contains(&"127.0.0.1:9901:9901"), "{f}: {ports:?}");
+        assert_eq!(m["services"]["proxy"]["environment"]["PORTIER_ADMIN_TOKEN"].as_str(), Some("${PORTIER_ADMIN_TOKEN:-}"), "{f}");
+    }
 }
 
 /// The runbook's `nodejs_*{service_name="api"}` queries need the Collector to turn resource
