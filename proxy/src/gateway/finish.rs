@@ -67,6 +67,9 @@ impl State {
                 .and_then(|r| r.headers.get(http::header::CONTENT_ENCODING))
                 .and_then(|v| v.to_str().ok())
                 .unwrap_or(""),
+            content_type: crate::telemetry::ContentClass::of(
+                session.as_downstream().response_written().and_then(|r| r.headers.get(http::header::CONTENT_TYPE)).map(|v| v.as_bytes()),
+            ),
             client: ctx.request.client,
             request_id: &ctx.request.id,
             trace_id: trace_id.as_deref(),

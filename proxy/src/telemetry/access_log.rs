@@ -263,6 +263,7 @@ mod tests {
             origin_ms: None,
             bytes: 5,
             encoding: "zstd",
+            content_type: crate::telemetry::ContentClass::Json,
             client: None,
             request_id: "id",
             trace_id: Some("t"),

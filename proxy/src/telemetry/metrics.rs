@@ -28,6 +28,7 @@ pub struct Metrics {
     compression_bytes: IntCounterVec,
     background: IntCounterVec,
     upstream_duration: HistogramVec,
+    response_size: HistogramVec,
     upstream_errors: IntCounterVec,
     upstream_healthy: GaugeVec,
     limits_refused: IntCounterVec,
@@ -112,6 +113,7 @@ struct Handles {
     by_status: IntCounter,
     hit_or_miss: IntCounter,
     served: IntCounter,
+    size: prometheus::Histogram,
 }
 
 /// The handle cache's keys are hashes of internal, bounded labels (route span names, known
@@ -218,6 +220,11 @@ impl Metrics {
             &["pool"],
         )?;
         r.register(Box::new(upstream_duration.clone()))?;
+        let response_size = HistogramVec::new(
+            HistogramOpts::new(RESPONSE_SIZE.name, RESPONSE_SIZE.help).buckets(RESPONSE_SIZE_BUCKETS.to_vec()),
+            &RESPONSE_SIZE_LABELS,
+        )?;
+        r.register(Box::new(response_size.clone()))?;
         let upstream_healthy = GaugeVec::new(Opts::new(UPSTREAM_HEALTHY.name, UPSTREAM_HEALTHY.help), &["pool", "address"])?;
         r.register(Box::new(upstream_healthy.clone()))?;
         let uptime = Gauge::with_opts(Opts::new(UPTIME.name, UPTIME.help))?;
@@ -246,6 +253,7 @@ impl Metrics {
             compression_bytes: counter_vec(&r, &COMPRESSION_BYTES, &["route", "encoding", "stage"])?,
             background: counter_vec(&r, &CACHE_BACKGROUND_REFRESHES, &["outcome"])?,
             upstream_duration,
+            response_size,
             upstream_errors: counter_vec(&r, &UPSTREAM_ERRORS, &["pool", "kind"])?,
             upstream_healthy,
             limits_refused: counter_vec(&r, &LIMITS_REFUSED, &["limit"])?,
@@ -292,6 +300,7 @@ impl Metrics {
         let h = self.handles(r);
         h.calls.inc();
         h.duration.observe(r.duration_ms);
+        h.size.observe(r.bytes as f64);
         if cache_on {
             h.by_status.inc();
             h.hit_or_miss.inc();
@@ -309,6 +318,8 @@ impl Metrics {
             r.method_label,
             r.status,
             r.cache_status.as_str(),
+            r.route,
+            r.content_type,
         ));
         HANDLES.with(|cache| {
             let mut cache = cache.borrow_mut();
@@ -333,6 +344,7 @@ impl Metrics {
                 by_status: self.cache_requests.with_label_values(&[r.cache_status.as_str()]),
                 hit_or_miss: if from_cache { self.cache_hit.clone() } else { self.cache_miss.clone() },
                 served: self.served_bytes.with_label_values(&[if from_cache { "cache" } else { "origin" }]),
+                size: self.response_size.with_label_values(&[if r.route.is_empty() { "none" } else { r.route }, r.content_type.as_str()]),
             };
             // Label sets are bounded (routes x methods x statuses x cache statuses), but a
             // stream of odd methods or statuses must not grow this without limit.

@@ -37,12 +37,70 @@ pub(crate) struct RequestSummary<'a> {
     pub(crate) bytes: u64,
     /// The response's `Content-Encoding` (empty for identity).
     pub(crate) encoding: &'a str,
+    /// The response's `Content-Type`, as a bounded class (a metric label).
+    pub(crate) content_type: ContentClass,
     pub(crate) client: Option<std::net::IpAddr>,
     pub(crate) request_id: &'a str,
     pub(crate) trace_id: Option<&'a str>,
     /// The response went into the cache, whole: a fill cut off mid-way is not stored even
     /// though its `Cache-Status` (sent before the body) announced `stored`.
     pub(crate) stored: bool,
+}
+
+/// A response's media type as a metric label: a few families, never the raw header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) enum ContentClass {
+    Html,
+    Css,
+    JavaScript,
+    Json,
+    Text,
+    Image,
+    Font,
+    Other,
+    None,
+}
+
+impl ContentClass {
+    /// From a `Content-Type` value (`text/html; charset=utf-8`), by its essence.
+    pub(crate) fn of(value: Option<&[u8]>) -> ContentClass {
+        let Some(v) = value else { return ContentClass::None };
+        let essence = v.split(|b| *b == b';').next().unwrap_or_default().trim_ascii();
+        let is = |t: &str| essence.eq_ignore_ascii_case(t.as_bytes());
+        let starts = |p: &str| essence.len() >= p.len() && essence[..p.len()].eq_ignore_ascii_case(p.as_bytes());
+        let ends = |p: &str| essence.len() >= p.len() && essence[essence.len() - p.len()..].eq_ignore_ascii_case(p.as_bytes());
+        if is("text/html") || is("application/xhtml+xml") {
+            ContentClass::Html
+        } else if is("text/css") {
+            ContentClass::Css
+        } else if is("text/javascript") || is("application/javascript") || is("application/x-javascript") || is("application/wasm") {
+            ContentClass::JavaScript
+        } else if is("application/json") || ends("+json") || is("application/x-ndjson") {
+            ContentClass::Json
+        } else if starts("image/") {
+            ContentClass::Image
+        } else if starts("font/") || is("application/font-woff") {
+            ContentClass::Font
+        } else if starts("text/") || is("application/xml") || ends("+xml") {
+            ContentClass::Text
+        } else {
+            ContentClass::Other
+        }
+    }
+
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            ContentClass::Html => "html",
+            ContentClass::Css => "css",
+            ContentClass::JavaScript => "javascript",
+            ContentClass::Json => "json",
+            ContentClass::Text => "text",
+            ContentClass::Image => "image",
+            ContentClass::Font => "font",
+            ContentClass::Other => "other",
+            ContentClass::None => "none",
+        }
+    }
 }
 
 /// Telemetry settings after environment fallbacks (config wins when both are set).
@@ -86,6 +144,22 @@ pub fn resolve(cfg: &Telemetry, env: impl Fn(&str) -> Option<String>) -> Resolve
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn content_types_fall_into_few_classes() {
+        let of = |v: &str| ContentClass::of(Some(v.as_bytes())).as_str();
+        assert_eq!(of("text/html; charset=utf-8"), "html");
+        assert_eq!(of("TEXT/CSS"), "css");
+        assert_eq!(of("text/javascript;charset=UTF-8"), "javascript");
+        assert_eq!(of("application/problem+json"), "json");
+        assert_eq!(of("image/avif"), "image");
+        assert_eq!(of("font/woff2"), "font");
+        assert_eq!(of("image/svg+xml"), "image");
+        assert_eq!(of("text/plain"), "text");
+        assert_eq!(of("application/octet-stream"), "other");
+        assert_eq!(of("\u{1}garbage"), "other");
+        assert_eq!(ContentClass::of(None).as_str(), "none");
+    }
 
     #[test]
     fn env_fills_what_config_leaves_out() {

@@ -62,6 +62,13 @@ pub const COMPRESSION_BYTES: MetricName = m(
     "Response body bytes compressed on their way into the cache, by route, encoding and stage (in: before, out: after)",
 );
 
+/// OpenTelemetry's `http.server.response.body.size`, as Prometheus names it.
+pub const RESPONSE_SIZE: MetricName =
+    m("http_server_response_body_size_bytes", "Response body bytes sent to clients (after compression), by route pattern and content type");
+pub const RESPONSE_SIZE_LABELS: [&str; 2] = ["http_route", "content_type"];
+/// From a tiny JSON answer to a large bundle or image, by powers of four.
+pub const RESPONSE_SIZE_BUCKETS: [f64; 10] = [64.0, 256.0, 1024.0, 4096.0, 16384.0, 65536.0, 262144.0, 1048576.0, 4194304.0, 16777216.0];
+
 pub const UPSTREAM_DURATION: MetricName =
     m("upstream_request_duration_milliseconds", "Time from sending the request upstream to its response header, by pool");
 pub const UPSTREAM_ERRORS: MetricName =

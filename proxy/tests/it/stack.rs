@@ -450,7 +450,7 @@ fn dashboards_are_valid_grafana_models() {
             }
         }
     }
-    let want = ["Edge Cache (Portier)", "Frontend/Web (proxy + API)", "API Node Runtime", "DB/Postgres", "Cache"];
+    let want = ["Edge Cache (Portier)", "Frontend/Web (proxy + API)", "API Node Runtime", "DB/Postgres", "Cache", "k6 Results"];
     for w in want {
         assert!(titles.contains(w), "dashboard {w:?} in {titles:?}");
     }
@@ -463,14 +463,16 @@ fn dashboards_are_valid_grafana_models() {
 
 /// Whether a PromQL expression reads a series Portier exports.
 fn names_portier_series(expr: &str) -> bool {
-    expr.contains("service_name=\"proxy\"") || ["cache_", "upstream_"].iter().any(|p| expr.contains(p))
+    expr.contains("service_name=\"proxy\"") || ["cache_", "upstream_", "http_server_response_body_size"].iter().any(|p| expr.contains(p))
 }
 
-fn k6(script: &str, base: std::net::SocketAddr, env: &[(&str, &str)], json_out: Option<&Path>) -> (bool, String) {
+/// Runs a shipped k6 script against `base`; `outs` are k6 `--out` values (`json=...`,
+/// `experimental-prometheus-rw`).
+fn k6(script: &str, base: std::net::SocketAddr, env: &[(&str, &str)], outs: &[String]) -> (bool, String) {
     let mut cmd = Command::new(which("k6"));
     cmd.arg("run").arg("--no-color").arg("--quiet");
-    if let Some(p) = json_out {
-        cmd.arg(format!("--out=json={}", p.display()));
+    for o in outs {
+        cmd.arg(format!("--out={o}"));
     }
     cmd.arg(root().join("observability/k6/scripts").join(script))
         .env("K6_BASE_URL", format!("http://{base}"))
@@ -489,14 +491,29 @@ async fn k6_passes_and_every_dashboard_query_on_portier_series_returns_data() {
     let dir = tempfile::tempdir().unwrap();
     let public = demo.public;
 
-    let (ok, out) = tokio::task::spawn_blocking(move || k6("smoke.js", public, &[("K6_SMOKE_DURATION", "3s")], None)).await.unwrap();
+    let (ok, out) = tokio::task::spawn_blocking(move || k6("smoke.js", public, &[("K6_SMOKE_DURATION", "3s")], &[])).await.unwrap();
     assert!(ok, "k6 smoke.js thresholds:\n{out}");
     let json = dir.path().join("cache-hit.json");
     let j2 = json.clone();
-    let (ok, out) =
-        tokio::task::spawn_blocking(move || k6("cache-hit.js", public, &[("K6_CACHE_DURATION", "5s"), ("K6_USERNAME", "demo")], Some(&j2)))
-            .await
-            .unwrap();
+    // With the runbook's `--out experimental-prometheus-rw` into the same Prometheus, as the
+    // stack's k6 service does (the k6 Results dashboard reads it).
+    let rw = format!("http://{}/api/v1/write", prom.addr);
+    let (ok, out) = tokio::task::spawn_blocking(move || {
+        k6(
+            "cache-hit.js",
+            public,
+            &[
+                ("K6_CACHE_DURATION", "5s"),
+                ("K6_USERNAME", "demo"),
+                ("K6_PROMETHEUS_RW_SERVER_URL", &rw),
+                ("K6_PROMETHEUS_RW_TREND_STATS", "p(95),p(99),avg,max"),
+                ("K6_PROMETHEUS_RW_PUSH_INTERVAL", "1s"),
+            ],
+            &[format!("json={}", j2.display()), "experimental-prometheus-rw".to_string()],
+        )
+    })
+    .await
+    .unwrap();
     assert!(ok, "k6 cache-hit.js thresholds and checks:\n{out}");
     for check in ["first is MISS", "second is HIT", "Age grows", "conditional is 304"] {
         assert!(out.contains(&format!("✓ {check}")), "{check} in\n{out}");
@@ -524,8 +541,8 @@ async fn k6_passes_and_every_dashboard_query_on_portier_series_returns_data() {
                 let expr = t["expr"].as_str().unwrap();
                 // Every Prometheus query parses (query_result asserts success)...
                 let result = query_result(prom.addr, expr).await;
-                // ...and those reading Portier's series have data.
-                if names_portier_series(expr) {
+                // ...and those reading Portier's series (or k6's) have data.
+                if names_portier_series(expr) || expr.contains("k6_") {
                     assert!(!result.as_array().unwrap().is_empty(), "{}: panel {:?}: no data for {expr}", f.display(), p["title"]);
                     checked += 1;
                 }
@@ -558,7 +575,7 @@ async fn k6_resilience_origin_restarted_mid_run() {
     let (public, json2) = (p.public, json.clone());
     let run = tokio::task::spawn_blocking(move || {
         let env = [("K6_CACHED_PATH", "/cached"), ("K6_LIVE_PATH", "/live"), ("K6_RESILIENCE_DURATION", "8s"), ("K6_RESILIENCE_VUS", "8")];
-        k6("resilience.js", public, &env, Some(&json2))
+        k6("resilience.js", public, &env, &[format!("json={}", json2.display())])
     });
     tokio::time::sleep(Duration::from_secs(2)).await;
     origin.stop().await;

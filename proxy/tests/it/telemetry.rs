@@ -62,6 +62,11 @@ async fn exposition_has_the_exact_series_and_counts() {
     assert!(v("process_open_fds") > 0.0);
     assert!(m.contains("process_cpu_seconds_total"));
     assert!(v("portier_uptime_seconds") > 0.0);
+    // The runbook's average payload: OpenTelemetry's http.server.response.body.size.
+    // Four 4-byte bodies ("body" x3, "body" stale) and three "down"; no Content-Type.
+    let size = |k: &str| v(&format!("http_server_response_body_size_bytes_{k}{{content_type=\"none\",http_route=\"/*\"}}"));
+    assert_eq!((size("count"), size("sum")), (7.0, 28.0));
+    assert_eq!(v("http_server_response_body_size_bytes_bucket{content_type=\"none\",http_route=\"/*\",le=\"64\"}"), 7.0);
 
     // promtool: nothing but the millisecond-unit notes the required names bring (the runbook's
     // span-metrics histogram and the issue's upstream histogram keep `_milliseconds`).

@@ -43,6 +43,8 @@ pub async fn start_prometheus(target: SocketAddr) -> Prometheus {
         .arg(format!("--config.file={}", cfg_path.display()))
         .arg(format!("--storage.tsdb.path={}", dir.path().join("data").display()))
         .arg(format!("--web.listen-address={addr}"))
+        // k6's `--out experimental-prometheus-rw`, as in the stack.
+        .arg("--web.enable-remote-write-receiver")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
