@@ -1,4 +1,7 @@
 //! Portier: a caching reverse proxy with built-in observability, on Pingora.
+// A panic on the request path takes the worker's connections with it: no unwrap/expect
+// outside tests (the fuzzing harness panics on purpose).
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 pub(crate) mod access;
 pub(crate) mod acme;
@@ -11,6 +14,7 @@ pub mod demo;
 pub(crate) mod error_page;
 pub(crate) mod forwarding;
 #[doc(hidden)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 pub mod fuzzing;
 pub(crate) mod gateway;
 pub(crate) mod http_client;

@@ -1,3 +1,5 @@
+#![deny(clippy::unwrap_used, clippy::expect_used)]
+
 /// jemalloc, for its heap profiles (`/debug/pprof/heap`, the Pyroscope push): allocations are
 /// sampled about every 4 MiB (`lg_prof_sample:22`; `_RJEM_MALLOC_CONF=lg_prof_sample:N`
 /// changes it) from the start, so a profile shows what holds memory now. Measured against

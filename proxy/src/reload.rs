@@ -113,6 +113,9 @@ fn keep_what_needs_a_restart(old: &Config, new: &mut Config) -> Vec<&'static str
     keep!("limits.body_timeout", limits.body_timeout);
     keep!("limits.min_body_rate", limits.min_body_rate);
     keep!("limits.max_connections", limits.max_connections);
+    // The store is built once per process (its memory is the process's for good): turning the
+    // cache off and on again by reload would leak one and start a second shared-tier thread.
+    keep!("cache.enabled", cache.enabled);
     keep!("cache.max_size", cache.max_size);
     keep!("cache.max_object_size", cache.max_object_size);
     keep!("cache.lock_timeout", cache.lock_timeout);
@@ -131,11 +134,11 @@ mod tests {
         let load = |text: &str| crate::config::load_str(text, "test.toml", |_| None).unwrap();
         let old = load("[upstreams.a]\naddresses = [\"127.0.0.1:1\"]\n[[routes]]\npath = \"/*\"\npool = \"a\"\n");
         let mut new = load(
-            "[listen]\npublic = \"127.0.0.1:9\"\n[cache]\nmax_size = \"16MiB\"\n[upstreams.a]\naddresses = [\"127.0.0.1:2\"]\n[[routes]]\npath = \"/x/*\"\npool = \"a\"\n",
+            "[listen]\npublic = \"127.0.0.1:9\"\n[cache]\nenabled = false\nmax_size = \"16MiB\"\n[upstreams.a]\naddresses = [\"127.0.0.1:2\"]\n[[routes]]\npath = \"/x/*\"\npool = \"a\"\n",
         );
         let kept = keep_what_needs_a_restart(&old, &mut new);
-        assert_eq!(kept, ["listen.public", "cache.max_size"]);
-        assert_eq!((new.listen.public.0, new.cache.max_size), (old.listen.public.0, old.cache.max_size));
+        assert_eq!(kept, ["listen.public", "cache.enabled", "cache.max_size"]);
+        assert_eq!((new.listen.public.0, new.cache.max_size, new.cache.enabled), (old.listen.public.0, old.cache.max_size, true));
         assert_eq!(new.routes[0].path.to_string(), "/x/*", "routes change");
         assert_eq!(new.upstreams["a"].addresses[0].to_string(), "127.0.0.1:2", "pools change");
     }

@@ -150,6 +150,7 @@ const WRITE_BUFFER: usize = 8 * 1024;
 /// with their real addresses.
 /// `source` is the file `config` came from: what a reload reads again (none for `portier proxy`).
 pub fn run(mut config: Config, source: Option<std::path::PathBuf>, on_bound: impl FnOnce(BoundAddrs)) -> Result<(), ServerError> {
+    crate::telemetry::library_log::install(|k| std::env::var(k).ok());
     let upstreams = Arc::new(Upstreams::from_config(&config)?);
     let public = bind("listen.public", config.listen.public.0)?;
     let admin = bind("listen.admin", config.listen.admin.0)?;

@@ -56,7 +56,11 @@ impl CacheLayer {
             Some(url) => match shared::RedisTier::start(&c.shared, url, lock_timeout, memory, metrics.shared.clone()) {
                 Ok(l2) => tiered::Tiered { l1: memory, l2 }.leak(),
                 Err(e) => {
-                    eprintln!("portier: {e}; the cache runs in memory only");
+                    crate::telemetry::events::emit(
+                        "error",
+                        "shared_cache_unavailable",
+                        &[("error", &e.to_string()), ("fallback", "memory only")],
+                    );
                     memory
                 }
             },

@@ -17,6 +17,7 @@
 use super::purge::Selector;
 use super::storage::{Entry, MemStorage};
 use super::url::path_of;
+use crate::telemetry::events::emit;
 use crate::telemetry::metrics::SharedTierMetrics;
 use arc_swap::ArcSwapOption;
 use bytes::Bytes;
@@ -557,7 +558,11 @@ impl RedisTier {
                 let mut pending = tier.pending.lock();
                 if pending.len() >= MAX_PENDING {
                     pending.pop_front();
-                    eprintln!("portier: shared cache: more than {MAX_PENDING} purges waiting for Redis; the oldest is dropped");
+                    emit(
+                        "warn",
+                        "shared_cache_purge_dropped",
+                        &[("waiting", &MAX_PENDING.to_string()), ("why", "Redis unreachable; the oldest waiting purge is dropped")],
+                    );
                 }
                 pending.push_back(msg);
             }
@@ -669,7 +674,7 @@ impl RedisTier {
 
     fn on_message(&self, payload: &[u8]) {
         let Ok(msg) = serde_json::from_slice::<Message>(payload) else {
-            eprintln!("portier: shared cache: an unreadable purge message was ignored");
+            emit("warn", "shared_cache_message_unreadable", &[("bytes", &payload.len().to_string())]);
             return;
         };
         if msg.from == self.id {
@@ -705,7 +710,7 @@ impl RedisTier {
                     backoff = Duration::from_millis(100);
                     let dropped = self.l1.clear();
                     if dropped > 0 {
-                        eprintln!("portier: shared cache connected: {dropped} memory entries dropped to resync");
+                        emit("info", "shared_cache_connected", &[("memory_entries_dropped", &dropped.to_string())]);
                     }
                     self.replay_pending().await;
                     self.metrics.up.set(1);
@@ -719,9 +724,9 @@ impl RedisTier {
                             _ = self.reconnect.notified() => break,
                         }
                     }
-                    eprintln!("portier: shared cache: connection lost, serving from memory until it is back");
+                    emit("warn", "shared_cache_disconnected", &[("fallback", "memory until it is back")]);
                 }
-                Err(e) => eprintln!("portier: shared cache: cannot connect: {e} (retrying in {backoff:?})"),
+                Err(e) => emit("warn", "shared_cache_connect_failed", &[("error", &e.to_string()), ("retry_in", &format!("{backoff:?}"))]),
             }
             self.conn.store(None);
             self.metrics.up.set(0);

@@ -83,11 +83,8 @@ impl State {
     /// The state for a reloaded configuration: new routes, pools, rules and limits; the same
     /// cache contents, telemetry and connection counts.
     pub(crate) fn reconfigured(&self, config: Config, upstreams: Arc<Upstreams>) -> Self {
-        let cache = match (&self.cache, config.cache.enabled) {
-            (_, false) => None,
-            (Some(old), true) => Some(old.reconfigured(&config)),
-            (None, true) => Some(CacheLayer::new(&config, &self.metrics)),
-        };
+        // `cache.enabled` is a start-up key (reload.rs): the store is this process's for good.
+        let cache = self.cache.as_ref().map(|old| old.reconfigured(&config));
         let shared = Shared {
             metrics: self.metrics.clone(),
             access_log: self.access_log.clone(),

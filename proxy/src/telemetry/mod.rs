@@ -2,6 +2,7 @@
 
 pub mod access_log;
 pub mod events;
+pub mod library_log;
 pub mod method;
 pub mod metrics;
 pub mod names;

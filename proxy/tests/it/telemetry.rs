@@ -310,3 +310,20 @@ async fn an_origin_with_the_default_sampler_records_every_request_at_a_10_percen
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(api_servers().len(), N, "one server span per request, no more");
 }
+
+/// Pingora's own log lines (here: its report of a failed upstream connection) come out as
+/// Portier events on stdout, beside the access log, instead of being lost.
+#[tokio::test(flavor = "multi_thread")]
+async fn pingoras_own_log_lines_are_events() {
+    let p = Portier::start(&config_for(closed_port(), "", ""));
+    assert_eq!(get(p.public, "/down").await.status, 502);
+    let found = eventually(Duration::from_secs(5), async || {
+        p.stdout_lines().iter().any(|l| l.contains("\"event\":\"library\"") && l.contains("\"level\":\"error\""))
+    })
+    .await;
+    assert!(found, "no library event in {:#?}", p.stdout_lines());
+    let line = p.stdout_lines().into_iter().find(|l| l.contains("\"event\":\"library\"")).unwrap_or_default();
+    let v: serde_json::Value = serde_json::from_str(&line).expect("one JSON object per line");
+    assert!(v["target"].as_str().is_some_and(|t| t.starts_with("pingora")), "{v}");
+    assert!(v["message"].as_str().is_some_and(|m| !m.is_empty()), "{v}");
+}
