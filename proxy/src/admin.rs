@@ -186,8 +186,20 @@ impl Admin {
     fn metrics(&self) -> Response<Vec<u8>> {
         let st = self.state();
         let ext = crate::telemetry::metrics::External {
-            storage: st.cache.as_ref().map(|c| c.storage),
-            upstreams: &st.upstreams,
+            store: st.cache.as_ref().map(|c| {
+                let s = c.storage.stats();
+                crate::telemetry::metrics::StoreGauges {
+                    entries: s.entries as u64,
+                    bytes: s.bytes as u64,
+                    capacity: s.capacity as u64,
+                    evictions: s.evictions,
+                }
+            }),
+            upstream_health: st
+                .upstreams
+                .pools()
+                .flat_map(|p| p.backends.iter().map(move |b| (p.name.as_str(), b.addr.to_string(), b.healthy())))
+                .collect(),
             spans: st.tracing.as_ref().map(|t| t.counters.as_ref()),
             access_log_dropped: st.access_log.dropped.load(std::sync::atomic::Ordering::Relaxed),
             profiles: Some(st.profiling.counters.as_ref()),
@@ -313,10 +325,8 @@ impl Admin {
         match crate::cache::purge::PurgeRequest::parse(&body) {
             Ok((sel, soft)) => {
                 let n = c.storage.purge_matching(&sel, soft);
-                st.metrics.purged(
-                    if soft { crate::telemetry::metrics::PurgeReason::ApiSoft } else { crate::telemetry::metrics::PurgeReason::Api },
-                    n,
-                );
+                let reason = if soft { crate::cache::purge::PurgeReason::ApiSoft } else { crate::cache::purge::PurgeReason::Api };
+                st.metrics.purged(reason.as_str(), n);
                 json_response(StatusCode::OK, &json!({"purged": n, "soft": soft}))
             }
             Err(e) => json_response(

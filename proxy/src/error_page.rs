@@ -3,7 +3,7 @@
 
 use crate::cache::status::Outcome;
 use bytes::Bytes;
-use pingora_error::{ErrorType, Result};
+use pingora_error::Result;
 use pingora_http::ResponseHeader;
 use pingora_proxy::Session;
 
@@ -13,23 +13,6 @@ pub fn reason(status: u16) -> &'static str {
 
 pub fn body(status: u16, detail: &str, request_id: &str) -> String {
     format!("{status} {}: {detail} (request id {request_id})\n", reason(status))
-}
-
-/// The status a proxy failure maps to: timeouts are 504, anything else upstream is 502.
-pub fn status_for(e: &pingora_error::Error) -> u16 {
-    use ErrorType::*;
-    match e.etype() {
-        HTTPStatus(code) => *code,
-        ConnectTimedout | ReadTimedout | WriteTimedout | TLSHandshakeTimedout => 504,
-        _ => match e.esource() {
-            pingora_error::ErrorSource::Upstream => 502,
-            pingora_error::ErrorSource::Downstream => match e.etype() {
-                WriteError | ReadError | ConnectionClosed => 0,
-                _ => 400,
-            },
-            _ => 502,
-        },
-    }
 }
 
 pub fn detail_for(status: u16) -> &'static str {

@@ -184,10 +184,15 @@ pub fn run(mut config: Config, source: Option<std::path::PathBuf>, on_bound: imp
     let mut server = Server::new_with_opt_and_conf(None, conf);
 
     let tel = crate::telemetry::resolve(&config.telemetry, |k| std::env::var(k).ok());
-    let metrics = crate::telemetry::metrics::Metrics::new(&tel.service_name).map_err(ServerError::Metrics)?;
+    let statuses = crate::cache::status::ALL.map(|s| s.as_str());
+    let purges = crate::cache::purge::PurgeReason::ALL.map(|r| r.as_str());
+    let auth = crate::access::CheckOutcome::ALL.map(|o| o.as_str());
+    let labels = crate::telemetry::metrics::StartLabels { cache_statuses: &statuses, purge_reasons: &purges, auth_outcomes: &auth };
+    let metrics = crate::telemetry::metrics::Metrics::new(&tel.service_name, &labels).map_err(ServerError::Metrics)?;
     // Built before any runtime exists: the OTLP client is a blocking one on its own thread.
     let tracing = tel.traces.as_ref().map(Tracing::start).transpose()?;
-    let state = Arc::new(State::new(config, upstreams.clone(), metrics, tracing));
+    let shared_metrics = crate::cache::SharedTierMetrics::register(metrics.registry()).map_err(ServerError::Metrics)?;
+    let state = Arc::new(State::new(config, upstreams.clone(), metrics, shared_metrics, tracing));
     if let Some(url) = &tel.pyroscope_url {
         let interval = state.config.telemetry.profiling.upload_interval.map(|d| d.get()).unwrap_or(Duration::from_secs(10));
         state.profiling.start_push(url, &tel.service_name, interval)?;

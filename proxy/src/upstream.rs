@@ -2,6 +2,7 @@
 //! passive ejection after consecutive connection failures.
 
 use crate::config::{Config, HealthCheck, HostPort, Upstream};
+use pingora_error::ErrorType;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
@@ -380,6 +381,94 @@ impl Upstreams {
         for t in tasks {
             t.abort();
         }
+    }
+}
+
+/// How the origin failed: the `kind` label of `upstream_errors_total`, counted once per failure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum UpstreamErrorKind {
+    /// Refused, unreachable: every connect attempt counts (a retry may follow).
+    Connect,
+    ConnectTimeout,
+    /// Connected, but no answer within `timeouts.read` / `timeouts.write`.
+    Timeout,
+    /// Reset, closed early, or an invalid response.
+    Other,
+}
+
+impl UpstreamErrorKind {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            UpstreamErrorKind::Connect => "connect",
+            UpstreamErrorKind::ConnectTimeout => "connect_timeout",
+            UpstreamErrorKind::Timeout => "timeout",
+            UpstreamErrorKind::Other => "other",
+        }
+    }
+
+    /// The `Cache-Status` detail of the error page.
+    pub(crate) fn detail(self) -> &'static str {
+        match self {
+            UpstreamErrorKind::Connect => "origin-unreachable",
+            UpstreamErrorKind::ConnectTimeout => "origin-connect-timeout",
+            UpstreamErrorKind::Timeout => "origin-timeout",
+            UpstreamErrorKind::Other => "origin-error",
+        }
+    }
+}
+
+impl UpstreamErrorKind {
+    pub(crate) fn of(t: &ErrorType) -> UpstreamErrorKind {
+        use ErrorType::*;
+        match t {
+            ConnectTimedout => UpstreamErrorKind::ConnectTimeout,
+            ConnectRefused | ConnectNoRoute | ConnectError | BindError | ConnectProxyFailure => UpstreamErrorKind::Connect,
+            ReadTimedout | WriteTimedout => UpstreamErrorKind::Timeout,
+            _ => UpstreamErrorKind::Other,
+        }
+    }
+
+    /// A failure before the connection was made: the connect timed out, or anything else
+    /// kept it from being made (refused, no route, a failed TLS handshake).
+    pub(crate) fn of_connect(t: &ErrorType) -> UpstreamErrorKind {
+        match t {
+            ErrorType::ConnectTimedout => UpstreamErrorKind::ConnectTimeout,
+            _ => UpstreamErrorKind::Connect,
+        }
+    }
+
+    pub(crate) fn is_connect(self) -> bool {
+        matches!(self, UpstreamErrorKind::Connect | UpstreamErrorKind::ConnectTimeout)
+    }
+}
+
+/// A failed proxy attempt, classified once: the status the client gets, and when the origin
+/// was at fault, how (the metric's `kind`, the `Cache-Status` detail).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Failure {
+    /// 504 for timeouts, 502 for anything else upstream, 400 for a malformed request, 0 when
+    /// the client went away (nothing to answer).
+    pub(crate) status: u16,
+    pub(crate) kind: Option<UpstreamErrorKind>,
+}
+
+impl Failure {
+    pub(crate) fn of(e: &pingora_error::Error) -> Failure {
+        use pingora_error::ErrorSource;
+        use ErrorType::*;
+        let status = match e.etype() {
+            HTTPStatus(code) => *code,
+            ConnectTimedout | ReadTimedout | WriteTimedout | TLSHandshakeTimedout => 504,
+            _ => match e.esource() {
+                ErrorSource::Downstream => match e.etype() {
+                    WriteError | ReadError | ConnectionClosed => 0,
+                    _ => 400,
+                },
+                _ => 502,
+            },
+        };
+        let kind = (e.esource() == &ErrorSource::Upstream).then(|| UpstreamErrorKind::of(e.etype()));
+        Failure { status, kind }
     }
 }
 

@@ -16,6 +16,8 @@ pub mod store;
 pub(crate) mod tiered;
 pub mod url;
 
+pub(crate) use shared::SharedTierMetrics;
+
 use crate::config::Config;
 use pingora_cache::lock::{CacheKeyLockImpl, CacheLock};
 use pingora_cache::predictor::{CacheablePredictor, Predictor};
@@ -45,7 +47,9 @@ pub struct CacheLayer {
 
 impl CacheLayer {
     /// Leaks the storage, lock and predictor: one per process, alive until exit.
-    pub fn new(cfg: &Config, metrics: &crate::telemetry::metrics::Metrics) -> CacheLayer {
+    /// `shared_metrics`: the shared tier's instruments, registered whether or not Redis is
+    /// configured (its dashboard row then reads 0, not "no data").
+    pub fn new(cfg: &Config, shared_metrics: shared::SharedTierMetrics) -> CacheLayer {
         let c = &cfg.cache;
         let lock_timeout = c.lock_timeout.get();
         let memory = MemStorage::new(c.max_size.bytes() as usize, c.max_object_size.bytes() as usize)
@@ -53,7 +57,7 @@ impl CacheLayer {
             .leak();
         let storage: &'static dyn Store = match &c.shared.url {
             None => memory,
-            Some(url) => match shared::RedisTier::start(&c.shared, url, lock_timeout, memory, metrics.shared.clone()) {
+            Some(url) => match shared::RedisTier::start(&c.shared, url, lock_timeout, memory, shared_metrics) {
                 Ok(l2) => tiered::Tiered { l1: memory, l2 }.leak(),
                 Err(e) => {
                     crate::telemetry::events::emit(

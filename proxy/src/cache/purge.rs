@@ -94,6 +94,39 @@ fn normalise_url(u: &str) -> Result<String, String> {
     super::url::CacheUrl::parse(u).map(super::url::CacheUrl::into_string).map_err(|e| format!("{u:?}: {e}"))
 }
 
+/// Why entries were purged: the `reason` label of `cache_purged_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum PurgeReason {
+    Api,
+    ApiSoft,
+    PurgeMethod,
+    PurgeMethodSoft,
+    UnsafeMethod,
+    Rule,
+}
+
+impl PurgeReason {
+    pub(crate) const ALL: [PurgeReason; 6] = [
+        PurgeReason::Api,
+        PurgeReason::ApiSoft,
+        PurgeReason::PurgeMethod,
+        PurgeReason::PurgeMethodSoft,
+        PurgeReason::UnsafeMethod,
+        PurgeReason::Rule,
+    ];
+
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            PurgeReason::Api => "api",
+            PurgeReason::ApiSoft => "api_soft",
+            PurgeReason::PurgeMethod => "purge_method",
+            PurgeReason::PurgeMethodSoft => "purge_method_soft",
+            PurgeReason::UnsafeMethod => "unsafe_method",
+            PurgeReason::Rule => "rule",
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -18,13 +18,15 @@ use super::purge::Selector;
 use super::storage::{Entry, MemStorage};
 use super::url::path_of;
 use crate::telemetry::events::emit;
-use crate::telemetry::metrics::SharedTierMetrics;
+use crate::telemetry::metrics::{counter_vec, gauge};
+use crate::telemetry::names::*;
 use arc_swap::ArcSwapOption;
 use bytes::Bytes;
 use futures_util::StreamExt;
 use parking_lot::Mutex;
 use pingora_cache::key::{str2hex, HashBinary};
 use pingora_cache::CacheMeta;
+use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGauge};
 use redis::aio::MultiplexedConnection;
 use serde::{Deserialize, Serialize};
 use std::collections::{HashMap, VecDeque};
@@ -32,6 +34,53 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::{watch, Notify};
+
+/// The `op` label values of the shared tier's calls.
+pub(crate) const SHARED_OPS: [&str; 8] = ["get", "lock", "poll", "put", "unlock", "purge", "publish", "discard"];
+
+/// The shared tier's instruments, registered by the cache layer (handles are cheap clones).
+#[derive(Clone)]
+pub(crate) struct SharedTierMetrics {
+    pub(crate) lookups: IntCounterVec,
+    pub(crate) calls: IntCounterVec,
+    pub(crate) duration: HistogramVec,
+    pub(crate) lock_wait: prometheus::Histogram,
+    pub(crate) purge_delay: prometheus::Histogram,
+    pub(crate) up: IntGauge,
+}
+
+impl SharedTierMetrics {
+    /// Registers the shared tier's instruments (at 0, so the dashboard's panels have data
+    /// before the first call) on Portier's registry.
+    pub(crate) fn register(r: &prometheus::Registry) -> prometheus::Result<SharedTierMetrics> {
+        let duration = HistogramVec::new(
+            HistogramOpts::new(CACHE_SHARED_DURATION.name, CACHE_SHARED_DURATION.help).buckets(SHARED_BUCKETS_S.to_vec()),
+            &["op"],
+        )?;
+        r.register(Box::new(duration.clone()))?;
+        let histogram = |n: &MetricName| -> prometheus::Result<prometheus::Histogram> {
+            let h = prometheus::Histogram::with_opts(HistogramOpts::new(n.name, n.help).buckets(SHARED_WAIT_BUCKETS_S.to_vec()))?;
+            r.register(Box::new(h.clone()))?;
+            Ok(h)
+        };
+        let m = SharedTierMetrics {
+            lookups: counter_vec(r, &CACHE_SHARED_LOOKUPS, &["result"])?,
+            calls: counter_vec(r, &CACHE_SHARED_CALLS, &["op", "outcome"])?,
+            duration,
+            lock_wait: histogram(&CACHE_SHARED_LOCK_WAIT)?,
+            purge_delay: histogram(&CACHE_SHARED_PURGE_DELAY)?,
+            up: gauge(r, &CACHE_SHARED_UP)?,
+        };
+        for result in ["hit", "miss", "error", "corrupt"] {
+            m.lookups.with_label_values(&[result]);
+        }
+        // Series at 0 from the start, so the dashboard's queries have data before the first call.
+        for op in SHARED_OPS {
+            m.duration.with_label_values(&[op]);
+        }
+        Ok(m)
+    }
+}
 
 /// Purges remembered while Redis is unreachable, replayed on reconnection.
 const MAX_PENDING: usize = 10_000;

@@ -24,6 +24,11 @@ pub(crate) const ALL: [CacheStatus; 6] =
     [CacheStatus::Hit, CacheStatus::Miss, CacheStatus::Stale, CacheStatus::Revalidated, CacheStatus::Expired, CacheStatus::Bypass];
 
 impl CacheStatus {
+    /// What telemetry records of it.
+    pub(crate) fn label(self) -> crate::telemetry::CacheLabel {
+        crate::telemetry::CacheLabel { name: self.as_str(), from_store: self.answered_from_store() }
+    }
+
     pub fn from_phase(phase: CachePhase) -> CacheStatus {
         match phase {
             CachePhase::Hit => CacheStatus::Hit,

@@ -352,7 +352,7 @@ fn validate(cfg: &Config, declared: &std::collections::BTreeSet<String>, c: &mut
             }
         }
         for (i, files) in t.certificates.iter().enumerate() {
-            if let Err(e) = crate::tls::load_pair(files) {
+            if let Err(e) = super::certs::load_pair(files) {
                 c.push(format!("tls.certificates[{i}]"), e.to_string());
             }
         }

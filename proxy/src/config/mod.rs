@@ -2,6 +2,7 @@
 //! reports every problem at once with its key path.
 
 mod address;
+pub(crate) mod certs;
 mod load;
 mod pattern;
 mod units;

@@ -12,7 +12,7 @@ impl State {
         let phase_status = CacheStatus::from_phase(session.cache.phase());
         self.release_fill_lock(ctx, phase_status, error.is_none());
         if session.subrequest_ctx.is_some() {
-            self.metrics.background_refresh(phase_status);
+            self.metrics.background_refresh(phase_status.as_str());
             return;
         }
         if let Some(cx) = ctx.trace.upstream.take() {
@@ -57,7 +57,7 @@ impl State {
             route: ctx.route.index.and_then(|i| self.router.routes().get(i)).map_or("", |r| r.pattern.as_str()),
             pool: ctx.route.pool.as_ref().map_or("", |p| p.name.as_str()),
             status: session.as_downstream().response_written().map(|r| r.status.as_u16()).or(ctx.local_status).unwrap_or(0),
-            cache_status: ctx.cache.outcome.as_ref().map_or(phase_status, |o| o.status),
+            cache_status: ctx.cache.outcome.as_ref().map_or(phase_status, |o| o.status).label(),
             duration_ms: ctx.started.elapsed().as_secs_f64() * 1000.0,
             origin_ms: ctx.upstream.time.map(|d| d.as_secs_f64() * 1000.0),
             bytes: ctx.body_bytes,
@@ -118,7 +118,7 @@ fn span_attributes(s: &RequestSummary<'_>) -> Vec<KeyValue> {
         KeyValue::new("http.route", s.route.to_string()),
         KeyValue::new("network.protocol.version", s.protocol),
         KeyValue::new("url.scheme", s.scheme),
-        KeyValue::new("cache.status", s.cache_status.as_str()),
+        KeyValue::new("cache.status", s.cache_status.name),
         KeyValue::new("portier.pool", s.pool.to_string()),
         KeyValue::new("portier.request_id", s.request_id.to_string()),
     ];

@@ -65,8 +65,14 @@ struct Shared {
 }
 
 impl State {
-    pub(crate) fn new(config: Config, upstreams: Arc<Upstreams>, metrics: Metrics, tracing: Option<Tracing>) -> Self {
-        let cache = config.cache.enabled.then(|| CacheLayer::new(&config, &metrics));
+    pub(crate) fn new(
+        config: Config,
+        upstreams: Arc<Upstreams>,
+        metrics: Metrics,
+        shared_metrics: crate::cache::SharedTierMetrics,
+        tracing: Option<Tracing>,
+    ) -> Self {
+        let cache = config.cache.enabled.then(|| CacheLayer::new(&config, shared_metrics));
         let shared = Shared {
             metrics: Arc::new(metrics),
             access_log: Arc::new(AccessLog::new(config.telemetry.access_log.format)),

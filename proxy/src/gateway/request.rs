@@ -3,6 +3,7 @@
 use super::{Ctx, State};
 use crate::access;
 use crate::cache::policy::{self, RequestRules};
+use crate::cache::purge::PurgeReason;
 use crate::cache::status::{BypassReason, CacheDecision, LocalAnswer};
 use crate::cache::url::CacheUrl;
 use crate::cache::{invalidate, key, purge};
@@ -10,7 +11,6 @@ use crate::error_page;
 use crate::forwarding;
 use crate::limits;
 use crate::target::{self, Scheme};
-use crate::telemetry::metrics::PurgeReason;
 use crate::telemetry::traces;
 use bytes::Bytes;
 use pingora_cache::key::CacheHashKey as _;
@@ -219,7 +219,7 @@ impl State {
         let Some(rules) = ctx.route.index.and_then(|i| self.access.get(i)) else { return Ok(false) };
         let (verdict, outcome) = rules.verdict(ctx.request.client, peer_ip(session), session.req_header()).await;
         if let Some(o) = outcome {
-            self.metrics.auth_checked(o);
+            self.metrics.auth_checked(o.as_str());
         }
         match verdict {
             access::Verdict::Allowed => Ok(false),
@@ -265,7 +265,7 @@ impl State {
                 if purge::authorized(&self.config.purge, ctx.request.client, session.req_header()) {
                     let soft = session.req_header().headers.get("x-purge-soft").is_some_and(|v| v.as_bytes() == b"1");
                     let n = cache.storage.purge_key(&key::cache_key(url), soft);
-                    self.metrics.purged(if soft { PurgeReason::PurgeMethodSoft } else { PurgeReason::PurgeMethod }, n);
+                    self.metrics.purged(if soft { PurgeReason::PurgeMethodSoft } else { PurgeReason::PurgeMethod }.as_str(), n);
                     (if n > 0 { 200 } else { 404 }, serde_json::json!({"purged": n, "soft": soft}))
                 } else {
                     (403, serde_json::json!({"error": "PURGE not allowed from this address without the token"}))

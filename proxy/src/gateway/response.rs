@@ -2,15 +2,15 @@
 //! serving, invalidation after writes, and the answer when the origin failed.
 
 use super::{Ctx, State};
+use crate::cache::purge::PurgeReason;
 use crate::cache::status::{CacheDecision, CacheStatus, Facts, Outcome};
 use crate::cache::{conditional, invalidate, policy, revalidate};
 use crate::error_page;
 use crate::forwarding;
 use crate::response_headers;
-use crate::telemetry::metrics::{PurgeReason, UpstreamErrorKind};
 use bytes::Bytes;
 use pingora_cache::{NoCacheReason, RespCacheable};
-use pingora_error::{Error, ErrorSource, ErrorType, Result};
+use pingora_error::{Error, ErrorSource, Result};
 use pingora_http::ResponseHeader;
 use pingora_proxy::{FailToProxy, Session};
 use std::time::SystemTime;
@@ -130,22 +130,18 @@ impl State {
             let rules: Vec<&invalidate::Rule> = ctx.cache.invalidation_rules.iter().filter_map(|i| cache.rules.get(*i)).collect();
             let body = ctx.cache.captured_body.as_deref().unwrap_or(&[]);
             let done = invalidate::after_response(cache.storage, &rules, url, req, resp, body);
-            self.metrics.purged(if rules.is_empty() { PurgeReason::UnsafeMethod } else { PurgeReason::Rule }, done.purged);
+            self.metrics.purged(if rules.is_empty() { PurgeReason::UnsafeMethod } else { PurgeReason::Rule }.as_str(), done.purged);
             self.metrics.invalidation_skipped.inc_by(done.skipped as u64);
         }
     }
 
     /// The origin could not be reached or did not answer: 502 or 504, counted once.
     pub(super) async fn answer_failure(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
-        let code = error_page::status_for(e);
-        let upstream_kind = match e.esource() {
-            ErrorSource::Upstream => Some(UpstreamErrorKind::of(e.etype())),
-            _ => None,
-        };
+        let crate::upstream::Failure { status: code, kind: upstream_kind } = crate::upstream::Failure::of(e);
         if let (Some(pool), Some(kind)) = (&ctx.route.pool, upstream_kind) {
             // A connect failure was counted where it happened, in `connect_failed`.
             if !kind.is_connect() {
-                self.metrics.upstream_error(&pool.name, kind);
+                self.metrics.upstream_error(&pool.name, kind.as_str());
             }
         }
         if let (Some(kind), Some(cache), true) = (
@@ -214,22 +210,6 @@ pub(super) fn count_body(ctx: &mut Ctx, body: &mut Option<Bytes>) {
     }
     if let Some(b) = body {
         ctx.body_bytes += b.len() as u64;
-    }
-}
-
-impl UpstreamErrorKind {
-    fn of(t: &ErrorType) -> UpstreamErrorKind {
-        use ErrorType::*;
-        match t {
-            ConnectTimedout => UpstreamErrorKind::ConnectTimeout,
-            ConnectRefused | ConnectNoRoute | ConnectError | BindError | ConnectProxyFailure => UpstreamErrorKind::Connect,
-            ReadTimedout | WriteTimedout => UpstreamErrorKind::Timeout,
-            _ => UpstreamErrorKind::Other,
-        }
-    }
-
-    fn is_connect(self) -> bool {
-        matches!(self, UpstreamErrorKind::Connect | UpstreamErrorKind::ConnectTimeout)
     }
 }
 

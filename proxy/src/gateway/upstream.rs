@@ -2,8 +2,8 @@
 
 use super::{Ctx, State};
 use crate::forwarding;
-use crate::telemetry::metrics::UpstreamErrorKind;
 use crate::telemetry::traces;
+use crate::upstream::UpstreamErrorKind;
 use opentelemetry::KeyValue;
 use pingora_cache::CachePhase;
 use pingora_core::upstreams::peer::HttpPeer;
@@ -47,12 +47,8 @@ impl State {
     pub(super) fn connect_failed(&self, session: &Session, ctx: &mut Ctx, mut e: Box<Error>) -> Box<Error> {
         if let (Some(pool), Some(i)) = (&ctx.route.pool, ctx.upstream.backend) {
             pool.report_connect_failure(i);
-            let kind = if matches!(e.etype(), ErrorType::ConnectTimedout) {
-                UpstreamErrorKind::ConnectTimeout
-            } else {
-                UpstreamErrorKind::Connect
-            };
-            self.metrics.upstream_error(&pool.name, kind);
+            let kind = UpstreamErrorKind::of_connect(e.etype());
+            self.metrics.upstream_error(&pool.name, kind.as_str());
             ctx.upstream.tried.push(i);
             ctx.upstream.connect_attempts += 1;
             let limit = if session.req_header().method.is_idempotent() { pool.backends.len().max(2) } else { pool.backends.len() };

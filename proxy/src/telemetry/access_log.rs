@@ -147,7 +147,7 @@ fn text_line(r: &AccessRecord<'_>) -> String {
         r.method,
         r.path,
         r.status,
-        r.cache_status.as_str(),
+        r.cache_status.name,
         r.duration_ms,
         r.origin_ms.map(|o| format!("{o:.1}ms")).unwrap_or_else(|| "-".into()),
         r.bytes,
@@ -183,7 +183,7 @@ fn write_json_line(o: &mut String, r: &AccessRecord<'_>) {
     o.push_str(",\"status\":");
     crate::text::push_u64(o, u64::from(r.status));
     o.push_str(",\"cache_status\":");
-    push_json_str(o, r.cache_status.as_str());
+    push_json_str(o, r.cache_status.name);
     o.push_str(",\"duration_ms\":");
     crate::text::push_fixed(o, r.duration_ms, 3);
     if let Some(ms) = r.origin_ms {
@@ -258,7 +258,7 @@ mod tests {
             route: "/*",
             pool: "p",
             status: 200,
-            cache_status: crate::cache::status::CacheStatus::Hit,
+            cache_status: super::super::CacheLabel { name: "HIT", from_store: true },
             duration_ms: 1.23456,
             origin_ms: None,
             bytes: 5,

@@ -3,9 +3,6 @@
 
 use super::names::*;
 use super::RequestSummary as RequestRecord;
-use crate::cache::status::{CacheStatus, ALL};
-use crate::cache::store::Store;
-use crate::upstream::Upstreams;
 use prometheus::{Encoder, Gauge, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
 use std::time::Instant;
 
@@ -40,59 +37,30 @@ pub struct Metrics {
     log_dropped: IntCounter,
     profiles_ok: IntCounter,
     profiles_failed: IntCounter,
-    pub(crate) shared: SharedTierMetrics,
     started: Instant,
 }
 
-/// The `op` label values of the shared tier's calls.
-pub(crate) const SHARED_OPS: [&str; 8] = ["get", "lock", "poll", "put", "unlock", "purge", "publish", "discard"];
-
-/// The shared tier's instruments, handed to it when it starts (handles are shared, cheap clones).
-#[derive(Clone)]
-pub(crate) struct SharedTierMetrics {
-    pub(crate) lookups: IntCounterVec,
-    pub(crate) calls: IntCounterVec,
-    pub(crate) duration: HistogramVec,
-    pub(crate) lock_wait: prometheus::Histogram,
-    pub(crate) purge_delay: prometheus::Histogram,
-    pub(crate) up: IntGauge,
+/// The store's figures, read at scrape time.
+pub struct StoreGauges {
+    pub entries: u64,
+    pub bytes: u64,
+    pub capacity: u64,
+    pub evictions: u64,
 }
 
-impl SharedTierMetrics {
-    fn new(r: &Registry) -> prometheus::Result<SharedTierMetrics> {
-        let duration = HistogramVec::new(
-            HistogramOpts::new(CACHE_SHARED_DURATION.name, CACHE_SHARED_DURATION.help).buckets(SHARED_BUCKETS_S.to_vec()),
-            &["op"],
-        )?;
-        r.register(Box::new(duration.clone()))?;
-        let histogram = |n: &MetricName| -> prometheus::Result<prometheus::Histogram> {
-            let h = prometheus::Histogram::with_opts(HistogramOpts::new(n.name, n.help).buckets(SHARED_WAIT_BUCKETS_S.to_vec()))?;
-            r.register(Box::new(h.clone()))?;
-            Ok(h)
-        };
-        let m = SharedTierMetrics {
-            lookups: counter_vec(r, &CACHE_SHARED_LOOKUPS, &["result"])?,
-            calls: counter_vec(r, &CACHE_SHARED_CALLS, &["op", "outcome"])?,
-            duration,
-            lock_wait: histogram(&CACHE_SHARED_LOCK_WAIT)?,
-            purge_delay: histogram(&CACHE_SHARED_PURGE_DELAY)?,
-            up: gauge(r, &CACHE_SHARED_UP)?,
-        };
-        for result in ["hit", "miss", "error", "corrupt"] {
-            m.lookups.with_label_values(&[result]);
-        }
-        // Series at 0 from the start, so the dashboard's queries have data before the first call.
-        for op in SHARED_OPS {
-            m.duration.with_label_values(&[op]);
-        }
-        Ok(m)
-    }
+/// Label values known at start, so every series exists (at 0) before its first event and
+/// rate() queries have data; each domain names its own.
+pub struct StartLabels<'a> {
+    pub cache_statuses: &'a [&'static str],
+    pub purge_reasons: &'a [&'static str],
+    pub auth_outcomes: &'a [&'static str],
 }
 
 /// Counters kept elsewhere (storage, tracer, access log), copied in at scrape time.
 pub struct External<'a> {
-    pub storage: Option<&'a dyn Store>,
-    pub upstreams: &'a Upstreams,
+    pub store: Option<StoreGauges>,
+    /// (pool, address, healthy) for every upstream address.
+    pub upstream_health: Vec<(&'a str, String, bool)>,
     pub spans: Option<&'a super::traces::SpanCounters>,
     pub access_log_dropped: u64,
     pub profiles: Option<&'a super::profiling::ProfileCounters>,
@@ -126,90 +94,24 @@ thread_local! {
         std::cell::RefCell::new(std::collections::HashMap::with_hasher(FastState::default()));
 }
 
-/// Why entries were purged: the `reason` label of `cache_purged_total`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum PurgeReason {
-    Api,
-    ApiSoft,
-    PurgeMethod,
-    PurgeMethodSoft,
-    UnsafeMethod,
-    Rule,
-}
-
-impl PurgeReason {
-    pub(crate) const ALL: [PurgeReason; 6] = [
-        PurgeReason::Api,
-        PurgeReason::ApiSoft,
-        PurgeReason::PurgeMethod,
-        PurgeReason::PurgeMethodSoft,
-        PurgeReason::UnsafeMethod,
-        PurgeReason::Rule,
-    ];
-
-    pub(crate) fn as_str(self) -> &'static str {
-        match self {
-            PurgeReason::Api => "api",
-            PurgeReason::ApiSoft => "api_soft",
-            PurgeReason::PurgeMethod => "purge_method",
-            PurgeReason::PurgeMethodSoft => "purge_method_soft",
-            PurgeReason::UnsafeMethod => "unsafe_method",
-            PurgeReason::Rule => "rule",
-        }
-    }
-}
-
-/// How the origin failed: the `kind` label of `upstream_errors_total`, counted once per failure.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum UpstreamErrorKind {
-    /// Refused, unreachable: every connect attempt counts (a retry may follow).
-    Connect,
-    ConnectTimeout,
-    /// Connected, but no answer within `timeouts.read` / `timeouts.write`.
-    Timeout,
-    /// Reset, closed early, or an invalid response.
-    Other,
-}
-
-impl UpstreamErrorKind {
-    pub(crate) fn as_str(self) -> &'static str {
-        match self {
-            UpstreamErrorKind::Connect => "connect",
-            UpstreamErrorKind::ConnectTimeout => "connect_timeout",
-            UpstreamErrorKind::Timeout => "timeout",
-            UpstreamErrorKind::Other => "other",
-        }
-    }
-
-    /// The `Cache-Status` detail of the error page.
-    pub(crate) fn detail(self) -> &'static str {
-        match self {
-            UpstreamErrorKind::Connect => "origin-unreachable",
-            UpstreamErrorKind::ConnectTimeout => "origin-connect-timeout",
-            UpstreamErrorKind::Timeout => "origin-timeout",
-            UpstreamErrorKind::Other => "origin-error",
-        }
-    }
-}
-
-fn counter_vec(r: &Registry, n: &MetricName, labels: &[&str]) -> prometheus::Result<IntCounterVec> {
+pub(crate) fn counter_vec(r: &Registry, n: &MetricName, labels: &[&str]) -> prometheus::Result<IntCounterVec> {
     let c = IntCounterVec::new(Opts::new(n.name, n.help), labels)?;
     r.register(Box::new(c.clone()))?;
     Ok(c)
 }
-fn counter(r: &Registry, n: &MetricName) -> prometheus::Result<IntCounter> {
+pub(crate) fn counter(r: &Registry, n: &MetricName) -> prometheus::Result<IntCounter> {
     let c = IntCounter::with_opts(Opts::new(n.name, n.help))?;
     r.register(Box::new(c.clone()))?;
     Ok(c)
 }
-fn gauge(r: &Registry, n: &MetricName) -> prometheus::Result<IntGauge> {
+pub(crate) fn gauge(r: &Registry, n: &MetricName) -> prometheus::Result<IntGauge> {
     let g = IntGauge::with_opts(Opts::new(n.name, n.help))?;
     r.register(Box::new(g.clone()))?;
     Ok(g)
 }
 
 impl Metrics {
-    pub fn new(service_name: &str) -> prometheus::Result<Metrics> {
+    pub fn new(service_name: &str, labels: &StartLabels<'_>) -> prometheus::Result<Metrics> {
         let r = Registry::new();
         let span_calls = counter_vec(&r, &SPAN_CALLS, &SPAN_LABELS)?;
         let span_duration =
@@ -265,19 +167,18 @@ impl Metrics {
             log_dropped: counter(&r, &ACCESS_LOG_DROPPED)?,
             profiles_ok: IntCounter::with_opts(Opts::new(PROFILES_PUSHED.name, PROFILES_PUSHED.help).const_label("outcome", "ok"))?,
             profiles_failed: IntCounter::with_opts(Opts::new(PROFILES_PUSHED.name, PROFILES_PUSHED.help).const_label("outcome", "failed"))?,
-            shared: SharedTierMetrics::new(&r)?,
             started: Instant::now(),
             registry: r,
         };
         m.registry.register(Box::new(m.profiles_ok.clone()))?;
         m.registry.register(Box::new(m.profiles_failed.clone()))?;
         // Every cache status appears from the start, so rate() queries have a series at 0.
-        for s in ALL {
-            m.cache_requests.with_label_values(&[s.as_str()]);
-            m.background.with_label_values(&[s.as_str()]);
+        for s in labels.cache_statuses {
+            m.cache_requests.with_label_values(&[s]);
+            m.background.with_label_values(&[s]);
         }
-        for reason in PurgeReason::ALL {
-            m.cache_purged.with_label_values(&[reason.as_str()]);
+        for reason in labels.purge_reasons {
+            m.cache_purged.with_label_values(&[reason]);
         }
 
         for src in ["cache", "origin"] {
@@ -286,10 +187,15 @@ impl Metrics {
         for limit in LIMITS {
             m.limits_refused.with_label_values(&[limit]);
         }
-        for outcome in crate::access::CheckOutcome::ALL {
-            m.auth_checks.with_label_values(&[outcome.as_str()]);
+        for outcome in labels.auth_outcomes {
+            m.auth_checks.with_label_values(&[outcome]);
         }
         Ok(m)
+    }
+
+    /// Where components register their own instruments (the shared tier's).
+    pub(crate) fn registry(&self) -> &Registry {
+        &self.registry
     }
 
     /// A client request (never a background refresh: those go to [`Self::background_refresh`]).
@@ -317,7 +223,7 @@ impl Metrics {
             r.span_name,
             r.method_label,
             r.status,
-            r.cache_status.as_str(),
+            r.cache_status.name,
             r.route,
             r.content_type,
         ));
@@ -335,13 +241,13 @@ impl Metrics {
                 status_code,
                 r.method_label,
                 status.as_str(),
-                r.cache_status.as_str(),
+                r.cache_status.name,
             ];
-            let from_cache = r.cache_status.answered_from_store();
+            let from_cache = r.cache_status.from_store;
             let h = Handles {
                 calls: self.span_calls.with_label_values(&labels),
                 duration: self.span_duration.with_label_values(&labels),
-                by_status: self.cache_requests.with_label_values(&[r.cache_status.as_str()]),
+                by_status: self.cache_requests.with_label_values(&[r.cache_status.name]),
                 hit_or_miss: if from_cache { self.cache_hit.clone() } else { self.cache_miss.clone() },
                 served: self.served_bytes.with_label_values(&[if from_cache { "cache" } else { "origin" }]),
                 size: self.response_size.with_label_values(&[if r.route.is_empty() { "none" } else { r.route }, r.content_type.as_str()]),
@@ -356,12 +262,13 @@ impl Metrics {
         })
     }
 
-    pub(crate) fn background_refresh(&self, outcome: CacheStatus) {
-        self.background.with_label_values(&[outcome.as_str()]).inc();
+    pub(crate) fn background_refresh(&self, outcome: &'static str) {
+        self.background.with_label_values(&[outcome]).inc();
     }
 
-    pub(crate) fn purged(&self, reason: PurgeReason, n: usize) {
-        self.cache_purged.with_label_values(&[reason.as_str()]).inc_by(n as u64);
+    /// `reason`: [`crate::cache::purge::PurgeReason`]'s label.
+    pub(crate) fn purged(&self, reason: &'static str, n: usize) {
+        self.cache_purged.with_label_values(&[reason]).inc_by(n as u64);
     }
 
     pub fn upstream_response(&self, pool: &str, ms: f64) {
@@ -375,8 +282,8 @@ impl Metrics {
     }
 
     /// How a Basic authentication check ended.
-    pub(crate) fn auth_checked(&self, outcome: crate::access::CheckOutcome) {
-        self.auth_checks.with_label_values(&[outcome.as_str()]).inc();
+    pub(crate) fn auth_checked(&self, outcome: &'static str) {
+        self.auth_checks.with_label_values(&[outcome]).inc();
     }
 
     /// A request refused by a `[limits]` setting (one of [`LIMITS`]).
@@ -389,13 +296,13 @@ impl Metrics {
         (self.served_bytes.with_label_values(&["cache"]).get(), self.served_bytes.with_label_values(&["origin"]).get())
     }
 
-    pub(crate) fn upstream_error(&self, pool: &str, kind: UpstreamErrorKind) {
-        self.upstream_errors.with_label_values(&[pool, kind.as_str()]).inc();
+    /// `kind`: [`crate::upstream::UpstreamErrorKind`]'s label.
+    pub(crate) fn upstream_error(&self, pool: &str, kind: &'static str) {
+        self.upstream_errors.with_label_values(&[pool, kind]).inc();
     }
 
     /// Refreshes scrape-time values and renders the text exposition format.
     pub fn render(&self, ext: &External<'_>) -> String {
-        let upstreams = ext.upstreams;
         if let Some(sp) = ext.spans {
             sync_counter(&self.spans_exported, sp.exported.load(std::sync::atomic::Ordering::Relaxed));
             sync_counter(&self.spans_dropped, sp.dropped.load(std::sync::atomic::Ordering::Relaxed));
@@ -409,20 +316,14 @@ impl Metrics {
             sync_counter(&self.profiles_ok, p.pushed.load(std::sync::atomic::Ordering::Relaxed));
             sync_counter(&self.profiles_failed, p.failed.load(std::sync::atomic::Ordering::Relaxed));
         }
-        if let Some(s) = ext.storage.map(|s| s.stats()) {
+        if let Some(s) = &ext.store {
             self.cache_entries.set(s.entries as i64);
             self.cache_size.set(s.bytes as i64);
             self.cache_capacity.set(s.capacity as i64);
             sync_counter(&self.cache_evictions, s.evictions);
         }
-        for pool in upstreams.pools() {
-            for b in &pool.backends {
-                self.upstream_healthy.with_label_values(&[pool.name.as_str(), &b.addr.to_string()]).set(if b.healthy() {
-                    1.0
-                } else {
-                    0.0
-                });
-            }
+        for (pool, addr, healthy) in &ext.upstream_health {
+            self.upstream_healthy.with_label_values(&[pool, addr.as_str()]).set(if *healthy { 1.0 } else { 0.0 });
         }
         self.uptime.set(self.started.elapsed().as_secs_f64());
         let mut out = Vec::new();

@@ -11,7 +11,6 @@ pub mod profiling;
 pub mod time;
 pub mod traces;
 
-use crate::cache::status::CacheStatus;
 use crate::config::Telemetry;
 
 /// One finished client request, built once at the end; the metrics, the access log and the
@@ -32,7 +31,7 @@ pub(crate) struct RequestSummary<'a> {
     pub(crate) route: &'a str,
     pub(crate) pool: &'a str,
     pub(crate) status: u16,
-    pub(crate) cache_status: CacheStatus,
+    pub(crate) cache_status: CacheLabel,
     pub(crate) duration_ms: f64,
     pub(crate) origin_ms: Option<f64>,
     pub(crate) bytes: u64,
@@ -46,6 +45,14 @@ pub(crate) struct RequestSummary<'a> {
     /// The response went into the cache, whole: a fill cut off mid-way is not stored even
     /// though its `Cache-Status` (sent before the body) announced `stored`.
     pub(crate) stored: bool,
+}
+
+/// A request's cache status as telemetry records it (the `X-Cache` value), and whether it
+/// was answered from the store: the cache decides it, telemetry only writes it down.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct CacheLabel {
+    pub(crate) name: &'static str,
+    pub(crate) from_store: bool,
 }
 
 /// A response's media type as a metric label: a few families, never the raw header.

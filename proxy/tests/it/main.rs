@@ -13,6 +13,7 @@ mod common;
 mod compression;
 mod foundation;
 mod hardening;
+mod layout;
 mod lighthouse;
 mod operator_ui;
 mod profiling;
