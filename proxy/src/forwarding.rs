@@ -104,7 +104,8 @@ pub fn add_forwarded(req: &mut RequestHeader, client_ip: Option<&str>, host: Opt
 /// proxy is in front (and how the client spoke); a chain of Portiers with distinct
 /// `server.name`s reads as such.
 pub(crate) fn via(existing: http::header::GetAll<'_, HeaderValue>, version: http::Version, name: &crate::config::Pseudonym) -> HeaderValue {
-    let mut out: Vec<u8> = Vec::with_capacity(32);
+    let mine = name.via(version);
+    let mut out: Vec<u8> = Vec::new();
     for v in existing {
         let v = v.as_bytes().trim_ascii();
         if !v.is_empty() {
@@ -112,10 +113,12 @@ pub(crate) fn via(existing: http::header::GetAll<'_, HeaderValue>, version: http
             out.extend_from_slice(b", ");
         }
     }
-    out.extend_from_slice(crate::telemetry::protocol_version(version).as_bytes());
-    out.push(b' ');
-    out.extend_from_slice(name.0.as_bytes());
-    HeaderValue::from_bytes(&out).unwrap_or_else(|_| name.0.clone())
+    if out.is_empty() {
+        // The common case (no proxy before): the value made at load, no allocation.
+        return mine.clone();
+    }
+    out.extend_from_slice(mine.as_bytes());
+    HeaderValue::from_bytes(&out).unwrap_or_else(|_| mine.clone())
 }
 
 #[cfg(test)]

@@ -230,6 +230,11 @@ pub(crate) fn outcome(f: &Facts<'_>, now: std::time::SystemTime) -> Outcome {
     }
 }
 
+/// Parsed once: looking a field up by `&str` parses the name on every response.
+static X_CACHE: http::HeaderName = http::HeaderName::from_static("x-cache");
+static CACHE_STATUS: http::HeaderName = http::HeaderName::from_static("cache-status");
+static SERVER_TIMING: http::HeaderName = http::HeaderName::from_static("server-timing");
+
 impl Outcome {
     /// `X-Cache`, `Cache-Status` and `Server-Timing` on a response Portier sends, `name`
     /// being this cache's identifier (`server.name`).
@@ -247,16 +252,21 @@ impl Outcome {
         origin_ms: Option<f64>,
         name: &str,
     ) -> pingora_error::Result<()> {
-        if !(self.status == CacheStatus::Bypass && resp.headers.contains_key("x-cache")) {
-            resp.insert_header("x-cache", http::HeaderValue::from_static(self.status.as_str()))?;
+        if !(self.status == CacheStatus::Bypass && resp.headers.contains_key(&X_CACHE)) {
+            resp.insert_header(X_CACHE.clone(), http::HeaderValue::from_static(self.status.as_str()))?;
         }
-        append_member(resp, "cache-status", cache_status_header(name, &self.details).as_bytes())?;
+        let member = cache_status_header(name, &self.details);
+        if resp.headers.contains_key(&CACHE_STATUS) {
+            append_member(resp, &CACHE_STATUS, member.as_bytes())?;
+        } else {
+            resp.insert_header(CACHE_STATUS.clone(), member)?;
+        }
         let timing = server_timing(self.status, origin_ms);
         if origin_ms.is_none() {
             // Replaces every stored line.
-            resp.insert_header("server-timing", timing)?;
+            resp.insert_header(SERVER_TIMING.clone(), timing)?;
         } else {
-            append_member(resp, "server-timing", timing.as_bytes())?;
+            append_member(resp, &SERVER_TIMING, timing.as_bytes())?;
         }
         Ok(())
     }
@@ -264,7 +274,7 @@ impl Outcome {
 
 /// Appends `member` to the list field `name`, the field's lines (if any) joined into one
 /// with `, ` first (RFC 9110 §5.3: the same list).
-fn append_member(resp: &mut pingora_http::ResponseHeader, name: &'static str, member: &[u8]) -> pingora_error::Result<()> {
+fn append_member(resp: &mut pingora_http::ResponseHeader, name: &http::HeaderName, member: &[u8]) -> pingora_error::Result<()> {
     let mut joined: Vec<u8> = Vec::new();
     for v in resp.headers.get_all(name) {
         let v = v.as_bytes().trim_ascii();
@@ -274,14 +284,17 @@ fn append_member(resp: &mut pingora_http::ResponseHeader, name: &'static str, me
         }
     }
     if joined.is_empty() {
-        return resp.insert_header(name, http::HeaderValue::from_bytes(member).unwrap_or(http::HeaderValue::from_static("portier")));
+        return resp
+            .insert_header(name.clone(), http::HeaderValue::from_bytes(member).unwrap_or(http::HeaderValue::from_static("portier")));
     }
     joined.extend_from_slice(member);
     match http::HeaderValue::from_bytes(&joined) {
-        Ok(v) => resp.insert_header(name, v),
+        Ok(v) => resp.insert_header(name.clone(), v),
         // What the origin sent was a valid field value, and so is ours: unreachable, but an
         // unreadable list is not worth failing a response for; ours alone then.
-        Err(_) => resp.insert_header(name, http::HeaderValue::from_bytes(member).unwrap_or(http::HeaderValue::from_static("portier"))),
+        Err(_) => {
+            resp.insert_header(name.clone(), http::HeaderValue::from_bytes(member).unwrap_or(http::HeaderValue::from_static("portier")))
+        }
     }
 }
 

@@ -128,8 +128,11 @@ impl Head {
     /// The response head again; the names go out in their canonical case (HTTP field names are
     /// case-insensitive).
     fn header(&self, names: &Names) -> pingora_http::ResponseHeader {
+        const ADDED_ON_EVERY_ANSWER: usize = 8;
         let table = names.table.load();
-        let mut map = http::HeaderMap::with_capacity(self.fields.len());
+        // Room for the fields every answer from the store gets (Age, X-Cache, Cache-Status,
+        // Server-Timing, X-Request-Id, Via, Date...): growing the map rehashes every field.
+        let mut map = http::HeaderMap::with_capacity(self.fields.len() + ADDED_ON_EVERY_ANSWER);
         let mut start = 0;
         for (name, end) in self.fields.iter() {
             let end = *end as usize;

@@ -134,29 +134,53 @@ impl HostPattern {
 /// both an HTTP token and a structured-field token. Kept as the header value to write.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
-pub struct Pseudonym(pub http::HeaderValue);
+pub struct Pseudonym {
+    name: String,
+    /// `Via` values for a message received over HTTP/1.0, 1.1 and 2, made once: the hit path
+    /// writes one on every response.
+    via: [http::HeaderValue; 3],
+}
 
 impl FromStr for Pseudonym {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
         let tchar = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
         let ok = s.len() <= 64 && s.as_bytes().first().is_some_and(u8::is_ascii_alphabetic) && s.bytes().all(tchar);
-        match http::HeaderValue::from_str(s) {
-            Ok(v) if ok => Ok(Pseudonym(v)),
-            _ => Err(format!("{s:?} is not a name for headers: letters first, then letters, digits or -._~ (at most 64)")),
+        let bad = || format!("{s:?} is not a name for headers: letters first, then letters, digits or -._~ (at most 64)");
+        if !ok {
+            return Err(bad());
         }
+        let via = |v: &str| http::HeaderValue::from_str(&format!("{v} {s}")).map_err(|_| bad());
+        Ok(Pseudonym { name: s.to_string(), via: [via("1.0")?, via("1.1")?, via("2")?] })
     }
 }
 
 impl Pseudonym {
     pub fn as_str(&self) -> &str {
-        self.0.to_str().unwrap_or("portier")
+        &self.name
+    }
+
+    /// `<version> <name>` for a message received over `version` (no listener speaks HTTP/3
+    /// yet; it will need its own value).
+    pub fn via(&self, version: http::Version) -> &http::HeaderValue {
+        match version {
+            http::Version::HTTP_09 | http::Version::HTTP_10 => &self.via[0],
+            http::Version::HTTP_2 => &self.via[2],
+            _ => &self.via[1],
+        }
     }
 }
 
 impl Default for Pseudonym {
     fn default() -> Self {
-        Pseudonym(http::HeaderValue::from_static("portier"))
+        Pseudonym {
+            name: "portier".into(),
+            via: [
+                http::HeaderValue::from_static("1.0 portier"),
+                http::HeaderValue::from_static("1.1 portier"),
+                http::HeaderValue::from_static("2 portier"),
+            ],
+        }
     }
 }
 

@@ -112,12 +112,6 @@ impl State {
             resp.append_header(http::header::SET_COOKIE, cookie)?;
         }
         resp.insert_header(forwarding::REQUEST_ID, &ctx.request.id)?;
-        // Not on answers Portier wrote itself (error pages): they were not forwarded. A
-        // stored response was received over HTTP/1.1 like any other.
-        if self.config.server.via {
-            let via = forwarding::via(resp.headers.get_all(http::header::VIA), http::Version::HTTP_11, &self.config.server.name);
-            resp.insert_header(http::header::VIA, via)?;
-        }
         Ok(())
     }
 

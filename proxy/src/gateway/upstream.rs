@@ -91,6 +91,13 @@ impl State {
     /// The origin answered (before anything is cached). A textual response is made the
     /// variant of the negotiated coding here, so what the cache stores is already encoded.
     pub(super) fn origin_answered(&self, session: &Session, resp: &mut ResponseHeader, ctx: &mut Ctx) {
+        // `Via` goes on here, before the response is stored, so answers from the store carry
+        // it without a field written per hit. Not on answers Portier writes itself (error
+        // pages): they were not forwarded.
+        if self.config.server.via {
+            let via = forwarding::via(resp.headers.get_all(http::header::VIA), resp.version, &self.config.server.name);
+            let _ = resp.insert_header(http::header::VIA, via);
+        }
         self.start_compression(session, resp, ctx);
         ctx.upstream.time = ctx.upstream.started.map(|t| t.elapsed());
         ctx.upstream.status = Some(resp.status.as_u16());

@@ -154,6 +154,9 @@ async fn a_front_and_its_replica_count_each_request_once() {
     assert_eq!((total(&r, "cache_hit_total"), total(&r, "cache_miss_total")), (2.0, 1.0), "the replica counts each answer");
     assert!(f.contains("service_name=\"proxy-front\""), "the front's own series are apart");
     assert!(r.contains("service_name=\"proxy\""), "the replicas' are the runbook's");
-    let line = replica.stdout_lines().into_iter().find(|l| l.contains("\"path\":\"/counted\"")).expect("the replica's access log");
+    // The access log line is written once the response is sent: it may trail the answer.
+    let logged = || replica.stdout_lines().into_iter().find(|l| l.contains("\"path\":\"/counted\""));
+    assert!(eventually(std::time::Duration::from_secs(5), async || logged().is_some()).await, "{:#?}", replica.stdout_lines());
+    let line = logged().unwrap_or_default();
     assert!(line.contains("\"client\":\"127.0.0.2\""), "the replica believes the front: {line}");
 }
