@@ -253,8 +253,8 @@ impl Admin {
             .unwrap_or_default()
     }
 
-    /// `GET /ui/data`: what the page shows. It names URLs (queries included), so it is
-    /// guarded like purges.
+    /// `GET /ui/data`: what the page shows. It names request paths (never query strings) and
+    /// the pools' addresses, so it is guarded like purges.
     fn ui_data(&self) -> Response<Vec<u8>> {
         let st = self.state();
         let m = &st.metrics;

@@ -81,7 +81,8 @@ pub const TRACE_SPANS_DROPPED: MetricName =
     m("trace_spans_dropped_total", "Spans dropped because the OTLP endpoint failed or the export queue was full");
 pub const ACCESS_LOG_DROPPED: MetricName = m("access_log_dropped_total", "Access log lines dropped because stdout could not keep up");
 
-pub const PROFILES_PUSHED: MetricName = m("profiles_pushed_total", "CPU profiles pushed to Pyroscope, by outcome (ok, failed)");
+pub const PROFILES_PUSHED: MetricName =
+    m("profiles_pushed_total", "Profiles pushed to Pyroscope (each window's CPU profile, then a heap profile), by outcome (ok, failed)");
 
 pub const LIMITS_REFUSED: MetricName = m(
     "limits_refused_total",

@@ -11,6 +11,7 @@ mod cache_storage;
 mod chain;
 mod common;
 mod compression;
+mod docs;
 mod foundation;
 mod hardening;
 mod layout;

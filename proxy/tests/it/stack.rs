@@ -389,7 +389,11 @@ fn the_collector_builds_api_span_metrics_from_every_span_and_never_the_proxys() 
         );
         if let Some(rules) = cfg["processors"][*p]["traces"]["span"].as_sequence() {
             let rules: Vec<&str> = rules.iter().filter_map(|r| r.as_str()).collect();
-            assert_eq!(rules, ["resource.attributes[\"service.name\"] == \"proxy\""], "{p} drops Portier's spans only");
+            assert_eq!(
+                rules,
+                ["resource.attributes[\"service.name\"] == \"proxy\"", "resource.attributes[\"service.name\"] == \"proxy-front\""],
+                "{p} drops Portier's spans only (the replicas' and the scaled stack's front's)"
+            );
         }
     }
     assert!(processors.iter().any(|p| p.starts_with("filter/")), "Portier's spans are kept out: counted once, from /metrics");
