@@ -5,6 +5,7 @@
 
 mod ctx;
 mod finish;
+mod refusal;
 mod request;
 mod response;
 mod upstream;
@@ -161,17 +162,9 @@ impl ProxyHttp for Gateway {
     /// Returns true when Portier answered the request itself.
     async fn request_filter(&self, session: &mut Session, p: &mut Pinned) -> Result<bool> {
         let Pinned { state, ctx } = p;
-        if state.check_limits(session, ctx).await?
-            || state.accept_target(session, ctx).await?
-            || state.route(session, ctx).await?
-            || state.check_access(session, ctx).await?
-            || state.check_body_size(session, ctx).await?
-            || state.answer_purge(session, ctx).await?
-        {
-            return Ok(true);
-        }
-        state.plan_cache(session, ctx);
-        state.refuse_fat_get(session, ctx).await
+        let Some(refusal) = state.admit(session, ctx).await else { return Ok(false) };
+        state.answer(session, ctx, refusal).await?;
+        Ok(true)
     }
 
     async fn request_body_filter(&self, _session: &mut Session, body: &mut Option<Bytes>, _end: bool, p: &mut Pinned) -> Result<()> {
@@ -222,7 +215,9 @@ impl ProxyHttp for Gateway {
 
     async fn proxy_upstream_filter(&self, session: &mut Session, p: &mut Pinned) -> Result<bool> {
         let Pinned { state, ctx } = p;
-        Ok(!(state.answer_failed_fill(session, ctx).await? || state.answer_only_if_cached(session, ctx).await?))
+        let Some(refusal) = state.answer_before_origin(session, ctx) else { return Ok(true) };
+        state.answer(session, ctx, refusal).await?;
+        Ok(false)
     }
 
     async fn upstream_peer(&self, _session: &mut Session, p: &mut Pinned) -> Result<Box<HttpPeer>> {

@@ -1,5 +1,7 @@
 //! The request phase: identify, check the target, route, answer PURGE, plan the cache's part.
+//! Each check returns the answer it decides on ([`Refusal`]); none writes a response.
 
+use super::refusal::Refusal;
 use super::{Ctx, State};
 use crate::access;
 use crate::cache::policy::{self, RequestRules};
@@ -51,7 +53,7 @@ impl State {
 
     /// The server span starts when the route (and so the span name) is known; background
     /// refreshes have no client and get none.
-    fn start_trace(&self, session: &Session, ctx: &mut Ctx, span_name: String) {
+    pub(super) fn start_trace(&self, session: &Session, ctx: &mut Ctx, span_name: String) {
         ctx.route.span_name = span_name;
         if let (Some(t), None) = (&self.tracing, &session.subrequest_ctx) {
             match t.decide(session.req_header()) {
@@ -63,122 +65,95 @@ impl State {
         }
     }
 
-    /// Answers a request Portier serves itself, with the cache headers every response gets.
-    pub(super) async fn answer_locally(
-        &self,
-        session: &mut Session,
-        ctx: &mut Ctx,
-        answer: LocalAnswer,
-        code: u16,
-        detail: &str,
-        extra: &[(&'static str, &str)],
-    ) -> Result<()> {
-        let text = Bytes::from(error_page::body(code, detail, &ctx.request.id));
-        self.answer(session, ctx, answer, code, Some("text/plain; charset=utf-8"), text, extra).await
-    }
-
-    /// [`Self::answer_locally`] with a body of its own (PURGE's JSON, an ACME key authorization).
-    #[allow(clippy::too_many_arguments)]
-    async fn answer(
-        &self,
-        session: &mut Session,
-        ctx: &mut Ctx,
-        answer: LocalAnswer,
-        code: u16,
-        content_type: Option<&str>,
-        body: Bytes,
-        extra: &[(&'static str, &str)],
-    ) -> Result<()> {
-        ctx.cache.decision = CacheDecision::Answered(answer);
-        ctx.local_status = Some(code);
-        let outcome = self.outcome(session, ctx);
-        let stamp = error_page::Stamp { request_id: &ctx.request.id, outcome: &outcome, name: self.config.server.name.as_str() };
-        error_page::write(session, code, content_type, body, stamp, extra).await
+    /// Every check a request passes before the cache and the origin see it, in order; the
+    /// first that answers it decides (written once by `State::answer`).
+    pub(super) async fn admit(&self, session: &mut Session, ctx: &mut Ctx) -> Option<Refusal> {
+        if let Some(r) = self.check_limits(session, ctx) {
+            return Some(r);
+        }
+        if let Some(r) = self.accept_target(session, ctx) {
+            return Some(r);
+        }
+        if let Some(r) = self.route(session, ctx) {
+            return Some(r);
+        }
+        if let Some(r) = self.check_access(session, ctx).await {
+            return Some(r);
+        }
+        if let Some(r) = self.check_body_size(session, ctx) {
+            return Some(r);
+        }
+        if let Some(r) = self.answer_purge(session, ctx) {
+            return Some(r);
+        }
+        self.plan_cache(session, ctx);
+        self.refuse_fat_get(session, ctx)
     }
 
     /// Checks the request target and Host (see [`crate::target`]) and rewrites the request to
     /// the checked origin-form target. A refused request gets a 400 and its connection is
-    /// closed; `OPTIONS *` is answered here. True when the request has been answered.
-    pub(super) async fn accept_target(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+    /// closed; `OPTIONS *` is answered here.
+    fn accept_target(&self, session: &mut Session, ctx: &mut Ctx) -> Option<Refusal> {
         let tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
         let scheme = if tls { Scheme::Https } else { Scheme::Http };
         match target::accept(session.req_header_mut(), scheme) {
-            Ok(t) if t.asterisk => {
-                self.start_trace(session, ctx, format!("{} *", ctx.request.method_label));
-                self.answer(session, ctx, LocalAnswer::ServerOptions, 200, None, Bytes::new(), &[]).await?;
-                Ok(true)
-            }
+            Ok(t) if t.asterisk => Some(Refusal::with_body(LocalAnswer::ServerOptions, 200, None, Bytes::new()).named("*")),
             Ok(t) => {
                 // Before the redirect: a CA validates HTTP-01 over plain HTTP.
                 if let Some(key_auth) = self.challenges.answer(t.path()) {
-                    self.start_trace(session, ctx, format!("{} (acme)", ctx.request.method_label));
                     let body = Bytes::from(key_auth);
-                    self.answer(session, ctx, LocalAnswer::AcmeChallenge, 200, Some("application/octet-stream"), body, &[]).await?;
-                    return Ok(true);
+                    return Some(
+                        Refusal::with_body(LocalAnswer::AcmeChallenge, 200, Some("application/octet-stream"), body).named("(acme)"),
+                    );
                 }
                 let redirect = self.https_location(&t);
                 ctx.request.url = Some(CacheUrl::of(&t));
                 ctx.request.target = Some(t);
-                let Some(location) = redirect else { return Ok(false) };
-                self.start_trace(session, ctx, format!("{} (redirect)", ctx.request.method_label));
-                self.answer_locally(
-                    session,
-                    ctx,
-                    LocalAnswer::RedirectToHttps,
-                    308,
-                    "this site is served over HTTPS",
-                    &[("location", &location)],
+                let location = redirect?;
+                Some(
+                    Refusal::page(LocalAnswer::RedirectToHttps, 308, "this site is served over HTTPS")
+                        .header("location", location)
+                        .named("(redirect)"),
                 )
-                .await?;
-                Ok(true)
             }
-            Err(why) => {
-                self.start_trace(session, ctx, format!("{} (no route)", ctx.request.method_label));
-                session.set_keepalive(None);
-                self.answer_locally(session, ctx, LocalAnswer::Refused, 400, why.0, &[]).await?;
-                Ok(true)
-            }
+            Err(why) => Some(Refusal::page(LocalAnswer::Refused, 400, why.0).closing()),
         }
     }
 
     /// The request head's size (414/431) and the client's requests in flight (503), before
-    /// anything reads the request. True when refused (answered).
-    pub(super) async fn check_limits(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+    /// anything reads the request.
+    fn check_limits(&self, session: &Session, ctx: &mut Ctx) -> Option<Refusal> {
         let limits = &self.config.limits;
         if let Err(too_large) = limits::check_head(session.req_header(), limits) {
             self.metrics.limited(if too_large.status == 414 { "uri" } else { "headers" });
-            self.start_trace(session, ctx, format!("{} (refused)", ctx.request.method_label));
-            session.set_keepalive(None);
-            self.answer_locally(session, ctx, LocalAnswer::TooLarge, too_large.status, too_large.detail, &[]).await?;
-            return Ok(true);
+            return Some(Refusal::page(LocalAnswer::TooLarge, too_large.status, too_large.detail).closing());
         }
         // An unknown client (an unreadable X-Forwarded-For) is counted as its peer: an
         // unreadable hop must not buy a way around the limit.
-        let Some(ip) = ctx.request.client.or_else(|| peer_ip(session)) else { return Ok(false) };
+        let ip = ctx.request.client.or_else(|| peer_ip(session))?;
         ctx.request.slot = self.client_slots.acquire(ip);
         if ctx.request.slot.is_some() {
-            return Ok(false);
+            return None;
         }
         self.metrics.limited("requests_per_client");
-        self.start_trace(session, ctx, format!("{} (busy)", ctx.request.method_label));
         let retry = limits.retry_after.as_secs().max(1).to_string();
-        let detail = "too many requests in flight from this address";
-        self.answer_locally(session, ctx, LocalAnswer::Busy, 503, detail, &[("retry-after", &retry)]).await?;
-        Ok(true)
+        Some(
+            Refusal::page(LocalAnswer::Busy, 503, "too many requests in flight from this address")
+                .header("retry-after", retry)
+                .named("(busy)"),
+        )
     }
 
     /// A declared body larger than the route accepts is refused before the origin sees it;
     /// a chunked one is cut off by [`count_request_body`] when it gets there.
-    pub(super) async fn check_body_size(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+    fn check_body_size(&self, session: &Session, ctx: &mut Ctx) -> Option<Refusal> {
         let route = ctx.route.index.and_then(|i| self.config.routes.get(i));
         ctx.request.max_body = route.and_then(|r| r.max_body).unwrap_or(self.config.limits.max_body).bytes();
         if !limits::declared_body_too_large(session.req_header(), ctx.request.max_body) {
-            return Ok(false);
+            return None;
         }
         self.metrics.limited("body");
-        session.set_keepalive(None);
-        self.answer_locally(session, ctx, LocalAnswer::TooLarge, 413, error_page::detail_for(413), &[]).await?;
-        Ok(true)
+        Some(Refusal::page(LocalAnswer::TooLarge, 413, error_page::detail_for(413)).closing())
     }
 
     /// With `tls.redirect_http`, where a plain-HTTP request goes instead.
@@ -192,13 +167,14 @@ impl State {
         Some(format!("https://{}{port}{}", t.host(), t.path_and_query))
     }
 
-    /// Picks the route and its pool; no route is a 404. True when answered.
-    pub(super) async fn route(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
-        let Some(t) = &ctx.request.target else { return Ok(true) };
+    /// Picks the route and its pool, and names the span after it; no route is a 404.
+    fn route(&self, session: &Session, ctx: &mut Ctx) -> Option<Refusal> {
+        // `accept_target` set it or answered; without one nothing is forwarded (fail closed).
+        let Some(t) = ctx.request.target.as_ref() else {
+            return Some(Refusal::page(LocalAnswer::Refused, 400, error_page::detail_for(400)).closing());
+        };
         let Some(r) = self.router.route(t.host(), t.path()) else {
-            self.start_trace(session, ctx, format!("{} (no route)", ctx.request.method_label));
-            self.answer_locally(session, ctx, LocalAnswer::NoRoute, 404, error_page::detail_for(404), &[]).await?;
-            return Ok(true);
+            return Some(Refusal::page(LocalAnswer::NoRoute, 404, error_page::detail_for(404)).named("(no route)"));
         };
         ctx.route.index = Some(r.index);
         ctx.route.pool = self.upstreams.get(&r.pool).cloned();
@@ -210,55 +186,39 @@ impl State {
         span_name.push(' ');
         span_name.push_str(&r.pattern);
         self.start_trace(session, ctx, span_name);
-        Ok(false)
+        None
     }
 
     /// The route's address rules and password, before anything else (the cache included)
-    /// sees the request. True when refused (answered).
-    pub(super) async fn check_access(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
-        let Some(rules) = ctx.route.index.and_then(|i| self.access.get(i)) else { return Ok(false) };
+    /// sees the request.
+    async fn check_access(&self, session: &Session, ctx: &mut Ctx) -> Option<Refusal> {
+        let rules = ctx.route.index.and_then(|i| self.access.get(i))?;
         let (verdict, outcome) = rules.verdict(ctx.request.client, peer_ip(session), session.req_header()).await;
         if let Some(o) = outcome {
             self.metrics.auth_checked(o.as_str());
         }
         match verdict {
-            access::Verdict::Allowed => Ok(false),
-            access::Verdict::TooManyAttempts { retry_after } => {
-                let retry = retry_after.to_string();
-                let detail = "too many failed password attempts from this address";
-                self.answer_locally(session, ctx, LocalAnswer::Unauthorized, 429, detail, &[("retry-after", &retry)]).await?;
-                Ok(true)
-            }
+            access::Verdict::Allowed => None,
+            access::Verdict::TooManyAttempts { retry_after } => Some(
+                Refusal::page(LocalAnswer::Unauthorized, 429, "too many failed password attempts from this address")
+                    .header("retry-after", retry_after.to_string()),
+            ),
             access::Verdict::Busy => {
                 let retry = self.config.limits.retry_after.as_secs().max(1).to_string();
-                let detail = "too many password checks in progress";
-                self.answer_locally(session, ctx, LocalAnswer::Busy, 503, detail, &[("retry-after", &retry)]).await?;
-                Ok(true)
+                Some(Refusal::page(LocalAnswer::Busy, 503, "too many password checks in progress").header("retry-after", retry))
             }
-            access::Verdict::Forbidden => {
-                self.answer_locally(session, ctx, LocalAnswer::Forbidden, 403, error_page::detail_for(403), &[]).await?;
-                Ok(true)
-            }
+            access::Verdict::Forbidden => Some(Refusal::page(LocalAnswer::Forbidden, 403, error_page::detail_for(403))),
             access::Verdict::Unauthorized { realm } => {
                 let challenge = format!("Basic realm=\"{}\", charset=\"UTF-8\"", realm.replace(['"', '\\'], ""));
-                self.answer_locally(
-                    session,
-                    ctx,
-                    LocalAnswer::Unauthorized,
-                    401,
-                    error_page::detail_for(401),
-                    &[("www-authenticate", &challenge)],
-                )
-                .await?;
-                Ok(true)
+                Some(Refusal::page(LocalAnswer::Unauthorized, 401, error_page::detail_for(401)).header("www-authenticate", challenge))
             }
         }
     }
 
     /// `PURGE <url>`: only from allowed addresses or with the token; drops every variant.
-    pub(super) async fn answer_purge(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+    fn answer_purge(&self, session: &Session, ctx: &Ctx) -> Option<Refusal> {
         if session.req_header().method.as_str() != "PURGE" {
-            return Ok(false);
+            return None;
         }
         let (code, body) = match (self.cache(), &ctx.request.url) {
             (Some(cache), Some(url)) => {
@@ -273,12 +233,11 @@ impl State {
             }
             _ => (405, serde_json::json!({"error": "the cache is disabled"})),
         };
-        self.answer(session, ctx, LocalAnswer::Purge, code, Some("application/json"), Bytes::from(body.to_string()), &[]).await?;
-        Ok(true)
+        Some(Refusal::with_body(LocalAnswer::Purge, code, Some("application/json"), Bytes::from(body.to_string())))
     }
 
     /// Decides whether the cache takes part, and which invalidation rules apply.
-    pub(super) fn plan_cache(&self, session: &Session, ctx: &mut Ctx) {
+    fn plan_cache(&self, session: &Session, ctx: &mut Ctx) {
         let (Some(cache), Some(route)) = (self.cache(), ctx.route.index) else {
             ctx.cache.decision = CacheDecision::Bypass(BypassReason::Off);
             return;
@@ -304,14 +263,12 @@ impl State {
 
     /// A body on a GET or HEAD the cache takes part in: refused, since the stored answer would
     /// depend on a body that is not in the key ("fat GET" poisoning), and the cache lock
-    /// would be held while it arrives. True when answered.
-    pub(super) async fn refuse_fat_get(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+    /// would be held while it arrives.
+    fn refuse_fat_get(&self, session: &Session, ctx: &Ctx) -> Option<Refusal> {
         if ctx.cache.decision != CacheDecision::Eligible || !target::has_body(session.req_header()) {
-            return Ok(false);
+            return None;
         }
-        session.set_keepalive(None);
-        self.answer_locally(session, ctx, LocalAnswer::Refused, 400, "a GET or HEAD served from the cache carries no body", &[]).await?;
-        Ok(true)
+        Some(Refusal::page(LocalAnswer::Refused, 400, "a GET or HEAD served from the cache carries no body").closing())
     }
 
     /// Switches Pingora's cache on for an eligible request.
@@ -321,37 +278,26 @@ impl State {
         }
     }
 
-    /// A client that waited on another request's fill, which the origin just failed, gets that
-    /// failure at once (see [`crate::cache::failed_fills`]). True when answered.
-    pub(super) async fn answer_failed_fill(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+    /// Before the origin is asked: a client that waited on another request's fill, which the
+    /// origin just failed, gets that failure at once (see [`crate::cache::failed_fills`]);
+    /// `only-if-cached` with nothing usable stored gets a 504 instead of an origin request.
+    pub(super) fn answer_before_origin(&self, session: &Session, ctx: &Ctx) -> Option<Refusal> {
+        if ctx.cache.decision != CacheDecision::Eligible {
+            return None;
+        }
         let waited = session.cache.lock_duration().is_some();
-        let (Some(cache), true) = (self.cache(), waited && ctx.cache.decision == CacheDecision::Eligible) else { return Ok(false) };
         // A miss, or a waiter Pingora gave up on after its lock retries (each answered client
         // releases the lock again).
-        if !matches!(session.cache.phase(), pingora_cache::CachePhase::Miss | pingora_cache::CachePhase::Disabled(_)) {
-            return Ok(false);
+        let missed = matches!(session.cache.phase(), pingora_cache::CachePhase::Miss | pingora_cache::CachePhase::Disabled(_));
+        if let (Some(cache), true) = (self.cache(), waited && missed) {
+            if let Some(failure) = ctx.cache.key_hash.and_then(|k| cache.failed_fills.recent(&k)) {
+                return Some(Refusal::failed_fill(failure.status, failure.detail));
+            }
         }
-        let Some(failure) = ctx.cache.key_hash.and_then(|k| cache.failed_fills.recent(&k)) else { return Ok(false) };
-        session.set_keepalive(None);
-        ctx.local_status = Some(failure.status);
-        let o = self.outcome_with_error(session, ctx, failure.detail);
-        let stamp = error_page::Stamp { request_id: &ctx.request.id, outcome: &o, name: self.config.server.name.as_str() };
-        error_page::respond(session, failure.status, error_page::detail_for(failure.status), stamp, &[]).await?;
-        Ok(true)
-    }
-
-    /// `only-if-cached` and the cache could not answer: a 504 instead of an origin request.
-    /// True when answered.
-    pub(super) async fn answer_only_if_cached(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
-        if !(ctx.cache.decision == CacheDecision::Eligible && ctx.cache.rules.only_if_cached) {
-            return Ok(false);
-        }
-        self.answer_locally(session, ctx, LocalAnswer::OnlyIfCached, 504, "only-if-cached and nothing usable is stored", &[]).await?;
-        Ok(true)
+        ctx.cache.rules.only_if_cached.then(|| Refusal::page(LocalAnswer::OnlyIfCached, 504, "only-if-cached and nothing usable is stored"))
     }
 }
 
-/// Refuses (413) a body that grows past the route's limit while it streams.
 pub(super) fn count_request_body(ctx: &mut Ctx, body: Option<&Bytes>) -> Result<()> {
     ctx.request.body_read += body.map_or(0, |b| b.len() as u64);
     if ctx.request.body_read > ctx.request.max_body {
