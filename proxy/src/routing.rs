@@ -1,25 +1,45 @@
-//! Route selection: host and path matching, first match wins.
+//! Route selection: host and path matching, first match wins. The router hands out the
+//! matched route whole ([`ActiveRoute`]): its pool, access rules, cache policy and limits,
+//! built once per configuration (at start and at each reload).
 
-use crate::config::{HostPattern, PathPattern, Route};
+use crate::access::RouteAccess;
+use crate::cache::policy::RoutePolicy;
+use crate::config::{Coding, HostPattern, PathPattern, Route};
+use crate::upstream::{Pool, Upstreams};
+use std::sync::Arc;
 
-/// A route ready for matching. `pattern` is the low-cardinality name used in span names and
-/// metric labels (`/api/*`), never the request's own path.
-#[derive(Debug, Clone)]
-pub struct CompiledRoute {
-    pub index: usize,
-    pub pattern: String,
-    pub pool: String,
+/// Everything a request needs to know about the route it matched. `pattern` is the
+/// low-cardinality name used in span names and metric labels (`/api/*`), never the request's
+/// own path.
+pub(crate) struct ActiveRoute {
+    pub(crate) pattern: String,
+    /// `None` only for a pool the config does not define (refused by `portier check`).
+    pub(crate) pool: Option<Arc<Pool>>,
+    pub(crate) access: RouteAccess,
+    pub(crate) cache: RoutePolicy,
+    /// The request body limit in bytes (the route's, else `limits.max_body`).
+    pub(crate) max_body: u64,
+    pub(crate) compress: Vec<Coding>,
     host: Option<HostPattern>,
     path: PathPattern,
 }
 
-impl CompiledRoute {
-    fn new(index: usize, r: &Route) -> Self {
+impl ActiveRoute {
+    fn new(r: &Route, upstreams: &Upstreams, default_max_body: u64) -> Self {
         let pattern = match &r.host {
             Some(h) => format!("{h}{}", r.path),
             None => r.path.to_string(),
         };
-        CompiledRoute { index, pattern, pool: r.pool.clone(), host: r.host.clone(), path: r.path.clone() }
+        ActiveRoute {
+            pattern,
+            pool: upstreams.get(&r.pool).cloned(),
+            access: RouteAccess::new(r),
+            cache: RoutePolicy::from_route(r),
+            max_body: r.max_body.map_or(default_max_body, |b| b.bytes()),
+            compress: r.compress.clone(),
+            host: r.host.clone(),
+            path: r.path.clone(),
+        }
     }
 
     fn matches(&self, host: &str, path: &str) -> bool {
@@ -27,23 +47,19 @@ impl CompiledRoute {
     }
 }
 
-#[derive(Debug, Clone, Default)]
-pub struct Router {
-    routes: Vec<CompiledRoute>,
+#[derive(Default)]
+pub(crate) struct Router {
+    routes: Vec<Arc<ActiveRoute>>,
 }
 
 impl Router {
-    pub fn new(routes: &[Route]) -> Self {
-        Router { routes: routes.iter().enumerate().map(|(i, r)| CompiledRoute::new(i, r)).collect() }
+    pub(crate) fn new(routes: &[Route], upstreams: &Upstreams, default_max_body: u64) -> Self {
+        Router { routes: routes.iter().map(|r| Arc::new(ActiveRoute::new(r, upstreams, default_max_body))).collect() }
     }
 
     /// `host` is the checked request's host, without its port.
-    pub fn route(&self, host: &str, path: &str) -> Option<&CompiledRoute> {
+    pub(crate) fn route(&self, host: &str, path: &str) -> Option<&Arc<ActiveRoute>> {
         self.routes.iter().find(|r| r.matches(host, path))
-    }
-
-    pub fn routes(&self) -> &[CompiledRoute] {
-        &self.routes
     }
 }
 
@@ -57,19 +73,21 @@ mod tests {
 
     #[test]
     fn first_match_wins() {
-        let r = Router::new(&[
+        let routes = [
             route(Some("*.example.com"), "/*", "tenant"),
             route(None, "/api/*", "api"),
             route(None, "/health", "api"),
             route(None, "/*", "web"),
-        ]);
-        let pool = |h: &str, p: &str| r.route(h, p).map(|r| r.pool.as_str());
-        assert_eq!(pool("a.example.com", "/api/x"), Some("tenant"));
-        assert_eq!(pool("example.com", "/api/x"), Some("api"));
-        assert_eq!(pool("localhost", "/api"), Some("api"));
-        assert_eq!(pool("localhost", "/apix"), Some("web"));
-        assert_eq!(pool("localhost", "/health"), Some("api"));
-        assert_eq!(pool("localhost", "/healthz"), Some("web"));
+        ];
+        let upstreams = Upstreams::default();
+        let r = Router::new(&routes, &upstreams, 1024);
+        let pattern = |h: &str, p: &str| r.route(h, p).map(|r| r.pattern.as_str());
+        assert_eq!(pattern("a.example.com", "/api/x"), Some("*.example.com/*"));
+        assert_eq!(pattern("example.com", "/api/x"), Some("/api/*"));
+        assert_eq!(pattern("localhost", "/api"), Some("/api/*"));
+        assert_eq!(pattern("localhost", "/apix"), Some("/*"));
+        assert_eq!(pattern("localhost", "/health"), Some("/health"));
+        assert_eq!(pattern("localhost", "/healthz"), Some("/*"));
         assert_eq!(r.route("localhost", "/api/stats").map(|r| r.pattern.as_str()), Some("/api/*"));
     }
 }

@@ -23,7 +23,6 @@ use pingora_cache::lock::{CacheKeyLockImpl, CacheLock};
 use pingora_cache::predictor::{CacheablePredictor, Predictor};
 use pingora_cache::CacheOptionOverrides;
 use pingora_proxy::Session;
-use policy::RoutePolicy;
 use storage::MemStorage;
 use store::Store;
 
@@ -38,8 +37,6 @@ pub struct CacheLayer {
     lock_timeout: std::time::Duration,
     max_object: usize,
     pub config: crate::config::CacheConfig,
-    /// Per route index.
-    pub routes: Vec<RoutePolicy>,
     pub rules: Vec<invalidate::Rule>,
     /// Fills that just failed, to answer the clients coalesced on them at once.
     pub(crate) failed_fills: std::sync::Arc<failed_fills::FailedFills>,
@@ -78,7 +75,6 @@ impl CacheLayer {
             lock_timeout,
             max_object: c.max_object_size.bytes() as usize,
             config: c.clone(),
-            routes: cfg.routes.iter().map(RoutePolicy::from_route).collect(),
             rules: cfg.invalidation.iter().map(invalidate::Rule::new).collect(),
             failed_fills: std::sync::Arc::default(),
         }
@@ -98,15 +94,9 @@ impl CacheLayer {
             lock_timeout: self.lock_timeout,
             max_object: self.max_object,
             config,
-            routes: cfg.routes.iter().map(RoutePolicy::from_route).collect(),
             rules: cfg.invalidation.iter().map(invalidate::Rule::new).collect(),
             failed_fills: self.failed_fills.clone(),
         }
-    }
-
-    /// Whether requests on this route may use the cache at all.
-    pub fn route_enabled(&self, route: usize) -> bool {
-        self.config.enabled && self.routes.get(route).is_some_and(|r| r.enabled)
     }
 
     pub fn enable(&self, session: &mut Session) {

@@ -3,6 +3,7 @@
 use crate::cache::policy::RequestRules;
 use crate::cache::status::{CacheDecision, Outcome};
 use crate::cache::url::CacheUrl;
+use crate::routing::ActiveRoute;
 use crate::target::Target;
 use crate::upstream::Pool;
 use pingora_http::ResponseHeader;
@@ -52,10 +53,21 @@ pub(crate) struct RequestPart {
 /// Where it goes.
 #[derive(Default)]
 pub(crate) struct RoutePart {
-    /// Index of the matched route.
-    pub(crate) index: Option<usize>,
+    /// The matched route, whole (its pool, rules and policy), as the state the request
+    /// started with built it.
+    pub(crate) active: Option<Arc<ActiveRoute>>,
     pub(crate) span_name: String,
-    pub(crate) pool: Option<Arc<Pool>>,
+}
+
+impl RoutePart {
+    pub(crate) fn pool(&self) -> Option<&Arc<Pool>> {
+        self.active.as_ref().and_then(|r| r.pool.as_ref())
+    }
+
+    /// The route's pattern (`/api/*`), empty when none matched.
+    pub(crate) fn pattern(&self) -> &str {
+        self.active.as_ref().map_or("", |r| r.pattern.as_str())
+    }
 }
 
 /// The origin's side.

@@ -17,7 +17,7 @@ impl State {
         }
         if let Some(cx) = ctx.trace.upstream.take() {
             // The origin never answered (connect failure, timeout).
-            let pool = ctx.route.pool.as_ref().map(|p| p.name.clone()).unwrap_or_default();
+            let pool = ctx.route.pool().map(|p| p.name.clone()).unwrap_or_default();
             traces::finish(&cx, 0, || vec![KeyValue::new("portier.pool", pool)]);
         }
         let req = session.req_header();
@@ -54,8 +54,8 @@ impl State {
                 None if session.digest().is_some_and(|d| d.ssl_digest.is_some()) => "https",
                 None => "http",
             },
-            route: ctx.route.index.and_then(|i| self.router.routes().get(i)).map_or("", |r| r.pattern.as_str()),
-            pool: ctx.route.pool.as_ref().map_or("", |p| p.name.as_str()),
+            route: ctx.route.pattern(),
+            pool: ctx.route.pool().map_or("", |p| p.name.as_str()),
             status: session.as_downstream().response_written().map(|r| r.status.as_u16()).or(ctx.local_status).unwrap_or(0),
             cache_status: ctx.cache.outcome.as_ref().map_or(phase_status, |o| o.status).label(),
             duration_ms: ctx.started.elapsed().as_secs_f64() * 1000.0,

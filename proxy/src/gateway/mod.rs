@@ -43,8 +43,6 @@ pub struct State {
     pub(crate) tracing: Option<Arc<Tracing>>,
     pub(crate) profiling: Arc<crate::telemetry::profiling::Profiling>,
     pub(crate) methods: KnownMethods,
-    /// Per route index: its address rules and password.
-    pub(crate) access: Vec<crate::access::RouteAccess>,
     /// Pending ACME HTTP-01 answers.
     pub(crate) challenges: Arc<crate::acme::Challenges>,
     pub(crate) client_slots: Arc<crate::limits::ClientSlots>,
@@ -107,9 +105,8 @@ impl State {
     fn build(config: Config, upstreams: Arc<Upstreams>, cache: Option<CacheLayer>, shared: Shared) -> Self {
         let Shared { metrics, access_log, tracing, profiling, challenges, connections, operator } = shared;
         State {
-            router: Router::new(&config.routes),
+            router: Router::new(&config.routes, &upstreams, config.limits.max_body.bytes()),
             methods: KnownMethods::new(config.invalidation.iter().map(|r| r.method.0.clone())),
-            access: config.routes.iter().map(crate::access::RouteAccess::new).collect(),
             client_slots: crate::limits::ClientSlots::new(config.limits.max_requests_per_client),
             config,
             upstreams,

@@ -147,8 +147,7 @@ impl State {
     /// A declared body larger than the route accepts is refused before the origin sees it;
     /// a chunked one is cut off by [`count_request_body`] when it gets there.
     fn check_body_size(&self, session: &Session, ctx: &mut Ctx) -> Option<Refusal> {
-        let route = ctx.route.index.and_then(|i| self.config.routes.get(i));
-        ctx.request.max_body = route.and_then(|r| r.max_body).unwrap_or(self.config.limits.max_body).bytes();
+        ctx.request.max_body = ctx.route.active.as_ref().map_or(self.config.limits.max_body.bytes(), |r| r.max_body);
         if !limits::declared_body_too_large(session.req_header(), ctx.request.max_body) {
             return None;
         }
@@ -176,15 +175,14 @@ impl State {
         let Some(r) = self.router.route(t.host(), t.path()) else {
             return Some(Refusal::page(LocalAnswer::NoRoute, 404, error_page::detail_for(404)).named("(no route)"));
         };
-        ctx.route.index = Some(r.index);
-        ctx.route.pool = self.upstreams.get(&r.pool).cloned();
-        let codings = self.config.routes.get(r.index).map_or(&[][..], |c| &c.compress[..]);
-        ctx.compress.coding = crate::compression::negotiate(session.req_header(), codings);
+        let r = r.clone();
+        ctx.compress.coding = crate::compression::negotiate(session.req_header(), &r.compress);
         // Pushed, not `format!`: per request, and core::fmt cost ~500 instructions here.
         let mut span_name = String::with_capacity(ctx.request.method_label.len() + 1 + r.pattern.len());
         span_name.push_str(ctx.request.method_label);
         span_name.push(' ');
         span_name.push_str(&r.pattern);
+        ctx.route.active = Some(r);
         self.start_trace(session, ctx, span_name);
         None
     }
@@ -192,7 +190,8 @@ impl State {
     /// The route's address rules and password, before anything else (the cache included)
     /// sees the request.
     async fn check_access(&self, session: &Session, ctx: &mut Ctx) -> Option<Refusal> {
-        let rules = ctx.route.index.and_then(|i| self.access.get(i))?;
+        let route = ctx.route.active.clone()?;
+        let rules = &route.access;
         let (verdict, outcome) = rules.verdict(ctx.request.client, peer_ip(session), session.req_header()).await;
         if let Some(o) = outcome {
             self.metrics.auth_checked(o.as_str());
@@ -238,7 +237,7 @@ impl State {
 
     /// Decides whether the cache takes part, and which invalidation rules apply.
     fn plan_cache(&self, session: &Session, ctx: &mut Ctx) {
-        let (Some(cache), Some(route)) = (self.cache(), ctx.route.index) else {
+        let (Some(cache), Some(route)) = (self.cache(), ctx.route.active.clone()) else {
             ctx.cache.decision = CacheDecision::Bypass(BypassReason::Off);
             return;
         };
@@ -251,7 +250,7 @@ impl State {
         }
         ctx.cache.decision = if !matches!(req.method, http::Method::GET | http::Method::HEAD) {
             CacheDecision::Bypass(BypassReason::Method)
-        } else if !cache.route_enabled(route) {
+        } else if !(cache.config.enabled && route.cache.enabled) {
             CacheDecision::Bypass(BypassReason::Off)
         } else {
             CacheDecision::Eligible
@@ -344,7 +343,7 @@ pub(super) fn hit_freshness(ctx: &mut Ctx, meta: &CacheMeta, is_fresh: bool, ref
         ctx.cache.stale_refreshed_elsewhere = true;
         return Some(ForcedFreshness::ForceFresh);
     }
-    let pool_down = ctx.route.pool.as_ref().is_some_and(|p| !p.any_healthy());
+    let pool_down = ctx.route.pool().is_some_and(|p| !p.any_healthy());
     if pool_down && meta.serve_stale_if_error(now) && !ctx.cache.rules.forces_revalidation(meta, now) {
         ctx.cache.stale_while_origin_down = true;
         return Some(ForcedFreshness::ForceFresh);

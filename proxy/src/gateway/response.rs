@@ -46,7 +46,7 @@ impl State {
 
     /// Store or not, by RFC 9111 and the route's overrides.
     pub(super) fn storage_plan(&self, session: &Session, resp: &ResponseHeader, ctx: &mut Ctx) -> RespCacheable {
-        let (Some(cache), Some(route)) = (self.cache(), ctx.route.index) else {
+        let (Some(cache), Some(route)) = (self.cache(), ctx.route.active.clone()) else {
             return RespCacheable::Uncacheable(NoCacheReason::NeverEnabled);
         };
         let merged;
@@ -58,9 +58,7 @@ impl State {
             }
             None => resp,
         };
-        let Some(rp) = cache.routes.get(route) else {
-            return RespCacheable::Uncacheable(NoCacheReason::NeverEnabled);
-        };
+        let rp = &route.cache;
         let now = SystemTime::now();
         match policy::decide(session.req_header(), resp, rp, &cache.config, ctx.cache.rules.no_store, now) {
             Ok(plan) => RespCacheable::Cacheable(policy::build_meta(&plan, resp, now)),
@@ -132,7 +130,7 @@ impl State {
     /// The origin could not be reached or did not answer: 502 or 504, counted once.
     pub(super) async fn answer_failure(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
         let crate::upstream::Failure { status: code, kind: upstream_kind } = crate::upstream::Failure::of(e);
-        if let (Some(pool), Some(kind)) = (&ctx.route.pool, upstream_kind) {
+        if let (Some(pool), Some(kind)) = (ctx.route.pool(), upstream_kind) {
             // A connect failure was counted where it happened, in `connect_failed`.
             if !kind.is_connect() {
                 self.metrics.upstream_error(&pool.name, kind.as_str());

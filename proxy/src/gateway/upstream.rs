@@ -15,7 +15,7 @@ use std::time::Instant;
 impl State {
     /// Round-robin over the route's pool, healthy addresses first.
     pub(super) fn choose_peer(&self, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
-        let pool = ctx.route.pool.clone().ok_or_else(|| Error::explain(ErrorType::HTTPStatus(502), "route has no pool"))?;
+        let pool = ctx.route.pool().cloned().ok_or_else(|| Error::explain(ErrorType::HTTPStatus(502), "route has no pool"))?;
         let i = pool
             .select(&ctx.upstream.tried)
             .ok_or_else(|| Error::explain(ErrorType::ConnectNoRoute, format!("no address left in pool {}", pool.name)))?;
@@ -45,7 +45,7 @@ impl State {
     /// Nothing reached the origin, so any method may be retried; idempotent ones get a second
     /// try even on a one-address pool (a transient refusal), others only on another address.
     pub(super) fn connect_failed(&self, session: &Session, ctx: &mut Ctx, mut e: Box<Error>) -> Box<Error> {
-        if let (Some(pool), Some(i)) = (&ctx.route.pool, ctx.upstream.backend) {
+        if let (Some(pool), Some(i)) = (ctx.route.pool().cloned(), ctx.upstream.backend) {
             pool.report_connect_failure(i);
             let kind = UpstreamErrorKind::of_connect(e.etype());
             self.metrics.upstream_error(&pool.name, kind.as_str());
@@ -81,7 +81,7 @@ impl State {
             req.insert_header(http::header::VIA, via)?;
         }
         if let (Some(t), Some(server)) = (&self.tracing, &ctx.trace.server) {
-            let name = format!("{} {}", ctx.request.method_label, ctx.route.pool.as_ref().map(|p| p.name.as_str()).unwrap_or("upstream"));
+            let name = format!("{} {}", ctx.request.method_label, ctx.route.pool().map(|p| p.name.as_str()).unwrap_or("upstream"));
             ctx.trace.upstream = Some(t.client_span(server, name, req));
         }
         ctx.upstream.started = Some(Instant::now());
@@ -102,12 +102,12 @@ impl State {
         ctx.upstream.time = ctx.upstream.started.map(|t| t.elapsed());
         ctx.upstream.status = Some(resp.status.as_u16());
         if let Some(cx) = ctx.trace.upstream.take() {
-            let pool = &ctx.route.pool;
+            let pool = ctx.route.pool();
             traces::finish(&cx, resp.status.as_u16(), || {
                 vec![KeyValue::new("portier.pool", pool.as_ref().map(|p| p.name.clone()).unwrap_or_default())]
             });
         }
-        if let Some(pool) = &ctx.route.pool {
+        if let Some(pool) = ctx.route.pool() {
             if let Some(i) = ctx.upstream.backend {
                 pool.report_success(i);
             }
@@ -126,7 +126,7 @@ impl State {
 
 impl State {
     fn start_compression(&self, session: &Session, resp: &mut ResponseHeader, ctx: &mut Ctx) {
-        let Some(route) = ctx.route.index.and_then(|i| self.config.routes.get(i)) else { return };
+        let Some(route) = ctx.route.active.clone() else { return };
         let z = &self.config.compression;
         if route.compress.is_empty()
             || !crate::compression::eligible(resp, z)
@@ -155,8 +155,7 @@ impl State {
         enc.encode(body, end)?;
         if end {
             let (before, after) = enc.sizes();
-            let route = ctx.route.index.and_then(|i| self.router.routes().get(i)).map_or("", |r| r.pattern.as_str());
-            self.metrics.compressed(route, enc.coding.as_str(), before, after);
+            self.metrics.compressed(ctx.route.pattern(), enc.coding.as_str(), before, after);
         }
         Ok(())
     }
