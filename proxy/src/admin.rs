@@ -187,7 +187,7 @@ impl Admin {
         let st = self.state();
         let ext = crate::telemetry::metrics::External {
             store: st.cache.as_ref().map(|c| {
-                let s = c.storage.stats();
+                let s = c.stats();
                 crate::telemetry::metrics::StoreGauges {
                     entries: s.entries as u64,
                     bytes: s.bytes as u64,
@@ -221,7 +221,7 @@ impl Admin {
             return json_response(StatusCode::OK, &json!({"enabled": false}));
         };
         let m = &st.metrics;
-        let s = c.storage.stats();
+        let s = c.stats();
         let (hits, misses) = (m.cache_hit.get(), m.cache_miss.get());
         json_response(
             StatusCode::OK,
@@ -260,7 +260,7 @@ impl Admin {
         let m = &st.metrics;
         let (hits, misses) = (m.cache_hit.get(), m.cache_miss.get());
         let (from_cache, from_origin) = m.served_bytes();
-        let stats = st.cache.as_ref().map(|c| c.storage.stats()).unwrap_or_default();
+        let stats = st.cache.as_ref().map(|c| c.stats()).unwrap_or_default();
         let history = st.operator.history();
         let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
         // The last minute: live counters against the newest point at least a minute old
@@ -324,7 +324,7 @@ impl Admin {
         };
         match crate::cache::purge::PurgeRequest::parse(&body) {
             Ok((sel, soft)) => {
-                let n = c.storage.purge_matching(&sel, soft);
+                let n = c.purge_matching(&sel, soft);
                 let reason = if soft { crate::cache::purge::PurgeReason::ApiSoft } else { crate::cache::purge::PurgeReason::Api };
                 st.metrics.purged(reason.as_str(), n);
                 json_response(StatusCode::OK, &json!({"purged": n, "soft": soft}))

@@ -26,9 +26,10 @@ use pingora_proxy::Session;
 use storage::MemStorage;
 use store::Store;
 
+/// The gateway's one handle on the cache: it asks this, never a tier.
 pub struct CacheLayer {
     /// Where entries live (the in-memory store by default).
-    pub storage: &'static dyn Store,
+    storage: &'static dyn Store,
     lock: &'static CacheKeyLockImpl,
     /// Remembers keys whose responses were uncacheable, so later requests for them skip the
     /// lookup and the lock: after one uncacheable fill, waiters are not all released to the
@@ -39,7 +40,22 @@ pub struct CacheLayer {
     pub config: crate::config::CacheConfig,
     pub rules: Vec<invalidate::Rule>,
     /// Fills that just failed, to answer the clients coalesced on them at once.
-    pub(crate) failed_fills: std::sync::Arc<failed_fills::FailedFills>,
+    failed_fills: std::sync::Arc<failed_fills::FailedFills>,
+}
+
+/// Where a hit came from, read in `cache_hit_filter`.
+pub(crate) struct HitSource {
+    /// The shared tier answered (`Cache-Status: ...; detail=shared`).
+    pub(crate) shared: bool,
+    /// Another replica is refreshing this stale entry: serve it stale, do not refresh too.
+    pub(crate) refreshing_elsewhere: bool,
+}
+
+impl HitSource {
+    pub(crate) fn of(hit: &pingora_cache::storage::HitHandler) -> HitSource {
+        let (tier, refreshing_elsewhere) = tiered::hit_origin(hit);
+        HitSource { shared: tier == storage::Tier::Shared, refreshing_elsewhere }
+    }
 }
 
 impl CacheLayer {
@@ -97,6 +113,43 @@ impl CacheLayer {
             rules: cfg.invalidation.iter().map(invalidate::Rule::new).collect(),
             failed_fills: self.failed_fills.clone(),
         }
+    }
+
+    /// The store, for Pingora's `enable` and the invalidation rules.
+    pub(crate) fn store(&self) -> &'static dyn Store {
+        self.storage
+    }
+
+    pub(crate) fn stats(&self) -> store::StoreStats {
+        self.storage.stats()
+    }
+
+    pub(crate) fn purge_matching(&self, sel: &purge::Selector, soft: bool) -> usize {
+        self.storage.purge_matching(sel, soft)
+    }
+
+    pub(crate) fn purge_url(&self, url: &url::CacheUrl, soft: bool) -> usize {
+        self.storage.purge_key(&key::cache_key(url), soft)
+    }
+
+    /// The origin answered a fill: whatever failure was remembered for it is over.
+    pub(crate) fn on_origin_answer(&self, primary: &pingora_cache::key::HashBinary) {
+        self.failed_fills.clear(primary);
+    }
+
+    /// The origin failed a fill (502/504): the clients waiting on it get the same at once.
+    pub(crate) fn on_origin_failure(&self, primary: pingora_cache::key::HashBinary, status: u16, detail: &'static str) {
+        self.failed_fills.record(primary, failed_fills::Failure { status, detail });
+    }
+
+    /// A fill for `primary` that failed a moment ago, for a client that waited on it.
+    pub(crate) fn recent_failure(&self, primary: &pingora_cache::key::HashBinary) -> Option<failed_fills::Failure> {
+        self.failed_fills.recent(primary)
+    }
+
+    /// A request that may hold a fill lock ended without storing: see [`Store::request_ended`].
+    pub(crate) fn request_ended(&self, primary: &pingora_cache::key::HashBinary) {
+        self.storage.request_ended(primary);
     }
 
     pub fn enable(&self, session: &mut Session) {

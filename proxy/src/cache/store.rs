@@ -29,8 +29,8 @@ pub trait Store: Storage + Sync + Send {
 
     fn stats(&self) -> StoreStats;
 
-    /// The shared tier behind this store, when there is one.
-    fn shared(&self) -> Option<&std::sync::Arc<super::shared::RedisTier>> {
-        None
-    }
+    /// A request that took a fill lock for `primary` ended without storing anything (not
+    /// storable, the origin failed, the client left): a tier holding a lock others wait on
+    /// (the shared tier's, across replicas) gives it up now.
+    fn request_ended(&self, _primary: &pingora_cache::key::HashBinary) {}
 }

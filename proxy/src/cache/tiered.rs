@@ -145,8 +145,8 @@ impl Store for Tiered {
         Store::stats(self.l1)
     }
 
-    fn shared(&self) -> Option<&Arc<RedisTier>> {
-        Some(&self.l2)
+    fn request_ended(&self, primary: &HashBinary) {
+        self.l2.release_primary(primary);
     }
 }
 

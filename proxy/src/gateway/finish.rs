@@ -105,8 +105,8 @@ impl State {
         if stored || !matches!(status, CacheStatus::Miss | CacheStatus::Bypass | CacheStatus::Expired) {
             return;
         }
-        if let (Some(shared), Some(key)) = (self.cache.as_ref().and_then(|c| c.storage.shared()), &ctx.cache.key_hash) {
-            shared.release_primary(key);
+        if let (Some(cache), Some(key)) = (self.cache(), &ctx.cache.key_hash) {
+            cache.request_ended(key);
         }
     }
 }

@@ -191,9 +191,9 @@ impl ProxyHttp for Gateway {
         p: &mut Pinned,
     ) -> Result<Option<ForcedFreshness>> {
         let Pinned { ctx, .. } = p;
-        let (tier, refreshing_elsewhere) = crate::cache::tiered::hit_origin(hit);
-        ctx.cache.from_shared_tier = tier == crate::cache::storage::Tier::Shared;
-        Ok(request::hit_freshness(ctx, meta, is_fresh, refreshing_elsewhere))
+        let source = crate::cache::HitSource::of(hit);
+        ctx.cache.from_shared_tier = source.shared;
+        Ok(request::hit_freshness(ctx, meta, is_fresh, source.refreshing_elsewhere))
     }
 
     fn cache_vary_filter(&self, meta: &CacheMeta, p: &mut Pinned, req: &RequestHeader) -> Option<pingora_cache::key::HashBinary> {

@@ -223,7 +223,7 @@ impl State {
             (Some(cache), Some(url)) => {
                 if purge::authorized(&self.config.purge, ctx.request.client, session.req_header()) {
                     let soft = session.req_header().headers.get("x-purge-soft").is_some_and(|v| v.as_bytes() == b"1");
-                    let n = cache.storage.purge_key(&key::cache_key(url), soft);
+                    let n = cache.purge_url(url, soft);
                     self.metrics.purged(if soft { PurgeReason::PurgeMethodSoft } else { PurgeReason::PurgeMethod }.as_str(), n);
                     (if n > 0 { 200 } else { 404 }, serde_json::json!({"purged": n, "soft": soft}))
                 } else {
@@ -289,7 +289,7 @@ impl State {
         // releases the lock again).
         let missed = matches!(session.cache.phase(), pingora_cache::CachePhase::Miss | pingora_cache::CachePhase::Disabled(_));
         if let (Some(cache), true) = (self.cache(), waited && missed) {
-            if let Some(failure) = ctx.cache.key_hash.and_then(|k| cache.failed_fills.recent(&k)) {
+            if let Some(failure) = ctx.cache.key_hash.and_then(|k| cache.recent_failure(&k)) {
                 return Some(Refusal::failed_fill(failure.status, failure.detail));
             }
         }

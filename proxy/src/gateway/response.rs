@@ -121,7 +121,7 @@ impl State {
         if invalidate::is_unsafe(&req.method) || !ctx.cache.invalidation_rules.is_empty() {
             let rules: Vec<&invalidate::Rule> = ctx.cache.invalidation_rules.iter().filter_map(|i| cache.rules.get(*i)).collect();
             let body = ctx.cache.captured_body.as_deref().unwrap_or(&[]);
-            let done = invalidate::after_response(cache.storage, &rules, url, req, resp, body);
+            let done = invalidate::after_response(cache.store(), &rules, url, req, resp, body);
             self.metrics.purged(if rules.is_empty() { PurgeReason::UnsafeMethod } else { PurgeReason::Rule }.as_str(), done.purged);
             self.metrics.invalidation_skipped.inc_by(done.skipped as u64);
         }
@@ -143,7 +143,7 @@ impl State {
         ) {
             if ctx.cache.decision == CacheDecision::Eligible && matches!(code, 502 | 504) {
                 if let Some(key) = ctx.cache.key_hash {
-                    cache.failed_fills.record(key, crate::cache::failed_fills::Failure { status: code, detail: kind.detail() });
+                    cache.on_origin_failure(key, code, kind.detail());
                 }
             }
         }

@@ -116,7 +116,7 @@ impl State {
             }
         }
         if let (Some(cache), Some(key)) = (self.cache(), &ctx.cache.key_hash) {
-            cache.failed_fills.clear(key);
+            cache.on_origin_answer(key);
         }
         if resp.status.as_u16() == 304 && session.cache.phase() == CachePhase::Stale {
             ctx.cache.revalidation_304 = Some(Box::new(resp.clone()));
