@@ -5,7 +5,7 @@
 
 use crate::cache::{conditional, directives::Directives, invalidate, key, policy, purge::PurgeRequest, url::CacheUrl};
 use crate::config::{CacheConfig, Route};
-use crate::target::{self, Scheme};
+use crate::edge::target::{self, Scheme};
 use pingora_http::{RequestHeader, ResponseHeader};
 use std::time::{Duration, SystemTime};
 
@@ -66,7 +66,7 @@ pub fn request_head(data: &[u8]) {
         let _ = rules
             .forces_revalidation(&pingora_cache::CacheMeta::new(SystemTime::now(), SystemTime::now(), 0, 0, stored), SystemTime::now());
     }
-    let _ = crate::limits::check_head(&req, &crate::config::Limits::default());
+    let _ = crate::edge::limits::check_head(&req, &crate::config::Limits::default());
 }
 
 /// A response's cache directives, age and storage decision, and the `Vary` variance of a

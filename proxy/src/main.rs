@@ -14,5 +14,5 @@ static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 pub static malloc_conf: &[u8] = b"prof:true,prof_active:true,lg_prof_sample:22\0";
 
 fn main() -> std::process::ExitCode {
-    portier::cli::main()
+    portier::commands::main()
 }

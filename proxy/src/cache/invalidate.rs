@@ -53,7 +53,7 @@ pub fn json_field(body: &[u8], name: &str) -> Option<String> {
 /// invalidating another origin on the word of this one).
 fn same_host_target(base: &CacheUrl, value: &str) -> Option<String> {
     if value.starts_with('/') {
-        return super::super::target::origin_form(value.as_bytes()).ok().map(|pq| base.with_path(pq.as_str()));
+        return crate::edge::target::origin_form(value.as_bytes()).ok().map(|pq| base.with_path(pq.as_str()));
     }
     let full = CacheUrl::parse(value).ok()?;
     (full.origin() == base.origin() && full != *base).then(|| full.into_string())

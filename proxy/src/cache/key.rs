@@ -86,7 +86,7 @@ pub(crate) fn variance(meta: &CacheMeta, req: &RequestHeader, coding: Option<Cod
     let mut names = super::directives::field_tokens(headers, http::header::VARY);
     names.sort();
     names.dedup();
-    let portier_encodes = headers.contains_key(crate::compression::MARKER);
+    let portier_encodes = headers.contains_key(crate::edge::compression::MARKER);
     let mut vb = VarianceBuilder::new();
     for name in names {
         let value = if portier_encodes && name == "accept-encoding" {

@@ -89,7 +89,7 @@ impl PurgeRequest {
 /// are (scheme and host lower-cased, default port dropped), so they name the key a request gets.
 fn normalise_url(u: &str) -> Result<String, String> {
     if u.starts_with('/') {
-        return crate::target::origin_form(u.as_bytes()).map(|pq| pq.as_str().to_string()).map_err(|e| format!("{u:?}: {e}"));
+        return crate::edge::target::origin_form(u.as_bytes()).map(|pq| pq.as_str().to_string()).map_err(|e| format!("{u:?}: {e}"));
     }
     super::url::CacheUrl::parse(u).map(super::url::CacheUrl::into_string).map_err(|e| format!("{u:?}: {e}"))
 }

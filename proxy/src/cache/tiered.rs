@@ -39,7 +39,7 @@ impl Tiered {
     fn serve(&self, key: &CacheKey, value: &Bytes) -> Option<(CacheMeta, HitHandler)> {
         let checked = decode(value).and_then(|(internal, header, body)| {
             let (meta, entry) = self.l1.entry_from_parts(key, internal, header, body).ok()?;
-            let declared = crate::target::content_length(&meta.response_header().headers);
+            let declared = crate::edge::target::content_length(&meta.response_header().headers);
             declared.is_none_or(|n| n == entry.body().len() as u64).then_some((meta, entry))
         });
         let Some((meta, entry)) = checked else {

@@ -1,9 +1,9 @@
 //! The URL a cache entry is stored under: `scheme://authority/path?query`, built from a checked
 //! request target or parsed from an operator's or origin's URL with the same rules. The parts
-//! come from [`crate::target`], where a host cannot hold `/` and a path must start with it, so
+//! come from [`crate::edge::target`], where a host cannot hold `/` and a path must start with it, so
 //! the string cannot be read two ways; it is also what URL and prefix purges match.
 
-use crate::target::{self, Authority, Refused, Scheme, Target};
+use crate::edge::target::{self, Authority, Refused, Scheme, Target};
 use std::fmt;
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]

@@ -1,5 +1,5 @@
 //! The certificate files `[tls]` names, read and checked (chain, key, dates) where the
-//! config is loaded, so a broken pair is a config error with its key path; `crate::tls` serves
+//! config is loaded, so a broken pair is a config error with its key path; `crate::edge::tls` serves
 //! what this loads.
 
 use super::CertificateFiles;

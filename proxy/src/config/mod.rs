@@ -4,6 +4,7 @@
 mod address;
 pub(crate) mod certs;
 mod load;
+pub(crate) mod path;
 mod pattern;
 mod units;
 

@@ -38,9 +38,9 @@ impl FromStr for PathPattern {
                 encoded.push_str(&format!("%{b:02X}"));
             }
         }
-        // In the canonical form requests are matched in (crate::target::canonical_path), so
+        // In the canonical form requests are matched in (super::path::canonical), so
         // `/%61dmin/*` is `/admin/*`, and a pattern no request can match is an error.
-        let canonical = crate::target::canonical_path(encoded.as_bytes()).map_err(|e| format!("{s:?}: {e}"))?;
+        let canonical = super::path::canonical(encoded.as_bytes()).map_err(|e| format!("{s:?}: {e}"))?;
         let path = String::from_utf8_lossy(&canonical).into_owned();
         Ok(PathPattern { path, prefix })
     }

@@ -3,8 +3,8 @@
 use crate::cache::policy::RequestRules;
 use crate::cache::status::{CacheDecision, Outcome};
 use crate::cache::url::CacheUrl;
-use crate::routing::ActiveRoute;
-use crate::target::Target;
+use crate::edge::target::Target;
+use crate::gateway::routing::ActiveRoute;
 use crate::upstream::Pool;
 use pingora_http::ResponseHeader;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -44,7 +44,7 @@ pub(crate) struct RequestPart {
     /// The client's address: the peer's, or what a trusted proxy reports.
     pub(crate) client: Option<std::net::IpAddr>,
     /// This request's place among its client's requests in flight.
-    pub(crate) slot: Option<crate::limits::ClientSlot>,
+    pub(crate) slot: Option<crate::edge::limits::ClientSlot>,
     /// The route's body limit and what has been read of the body so far.
     pub(crate) max_body: u64,
     pub(crate) body_read: u64,
@@ -108,13 +108,13 @@ pub(crate) struct CachePart {
     pub(crate) captured_body: Option<Vec<u8>>,
 }
 
-/// Compression of this response (see [`crate::compression`]).
+/// Compression of this response (see [`crate::edge::compression`]).
 #[derive(Default)]
 pub(crate) struct CompressPart {
     /// What the client's `Accept-Encoding` and the route's `compress` agree on.
     pub(crate) coding: Option<crate::config::Coding>,
     /// Set while the origin's body is being compressed on its way to the cache.
-    pub(crate) encoder: Option<Box<crate::compression::Encoder>>,
+    pub(crate) encoder: Option<Box<crate::edge::compression::Encoder>>,
 }
 
 /// Tracing state.

@@ -4,17 +4,21 @@
 //! summary that feeds metrics, log and span) — and those call the modules that own a concept.
 
 mod ctx;
+pub(crate) mod error_page;
 mod finish;
+pub(crate) mod operator_view;
 mod refusal;
 mod request;
 mod response;
+pub(crate) mod response_headers;
+pub(crate) mod routing;
 mod upstream;
 
 pub use ctx::{Ctx, DRAINING, IN_FLIGHT};
 
 use crate::cache::CacheLayer;
 use crate::config::Config;
-use crate::routing::Router;
+use crate::gateway::routing::Router;
 use crate::telemetry::access_log::AccessLog;
 use crate::telemetry::method::KnownMethods;
 use crate::telemetry::metrics::Metrics;
@@ -44,12 +48,12 @@ pub struct State {
     pub(crate) profiling: Arc<crate::telemetry::profiling::Profiling>,
     pub(crate) methods: KnownMethods,
     /// Pending ACME HTTP-01 answers.
-    pub(crate) challenges: Arc<crate::acme::Challenges>,
-    pub(crate) client_slots: Arc<crate::limits::ClientSlots>,
+    pub(crate) challenges: Arc<crate::edge::challenges::Challenges>,
+    pub(crate) client_slots: Arc<crate::edge::limits::ClientSlots>,
     /// Open client connections, counted by Pingora's accept loop against `limits.max_connections`.
     pub(crate) connections: Arc<pingora_core::apps::ConnectionLimit>,
     /// The admin `/ui` page's counts and history.
-    pub(crate) operator: Arc<crate::operator::OperatorView>,
+    pub(crate) operator: Arc<crate::gateway::operator_view::OperatorView>,
 }
 
 /// What outlives a configuration reload.
@@ -58,9 +62,9 @@ struct Shared {
     access_log: Arc<AccessLog>,
     tracing: Option<Arc<Tracing>>,
     profiling: Arc<crate::telemetry::profiling::Profiling>,
-    challenges: Arc<crate::acme::Challenges>,
+    challenges: Arc<crate::edge::challenges::Challenges>,
     connections: Arc<pingora_core::apps::ConnectionLimit>,
-    operator: Arc<crate::operator::OperatorView>,
+    operator: Arc<crate::gateway::operator_view::OperatorView>,
 }
 
 impl State {
@@ -78,10 +82,10 @@ impl State {
             tracing: tracing.map(Arc::new),
             profiling: Arc::new(crate::telemetry::profiling::Profiling::new()),
             challenges: Arc::default(),
-            connections: crate::limits::connection_gate(&config.limits),
+            connections: crate::edge::limits::connection_gate(&config.limits),
             operator: Arc::default(),
         };
-        crate::operator::OperatorView::start_sampling(&shared.operator, &shared.metrics);
+        crate::gateway::operator_view::OperatorView::start_sampling(&shared.operator, &shared.metrics);
         State::build(config, upstreams, cache, shared)
     }
 
@@ -107,7 +111,7 @@ impl State {
         State {
             router: Router::new(&config.routes, &upstreams, config.limits.max_body.bytes()),
             methods: KnownMethods::new(config.invalidation.iter().map(|r| r.method.0.clone())),
-            client_slots: crate::limits::ClientSlots::new(config.limits.max_requests_per_client),
+            client_slots: crate::edge::limits::ClientSlots::new(config.limits.max_requests_per_client),
             config,
             upstreams,
             cache,

@@ -4,7 +4,7 @@
 
 use super::{Ctx, State};
 use crate::cache::status::{CacheDecision, LocalAnswer};
-use crate::error_page;
+use crate::gateway::error_page;
 use bytes::Bytes;
 use pingora_error::Result;
 use pingora_proxy::Session;

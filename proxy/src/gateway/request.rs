@@ -3,16 +3,16 @@
 
 use super::refusal::Refusal;
 use super::{Ctx, State};
-use crate::access;
 use crate::cache::policy::{self, RequestRules};
 use crate::cache::purge::PurgeReason;
 use crate::cache::status::{BypassReason, CacheDecision, LocalAnswer};
 use crate::cache::url::CacheUrl;
 use crate::cache::{invalidate, key, purge};
-use crate::error_page;
-use crate::forwarding;
-use crate::limits;
-use crate::target::{self, Scheme};
+use crate::edge::access;
+use crate::edge::forwarding;
+use crate::edge::limits;
+use crate::edge::target::{self, Scheme};
+use crate::gateway::error_page;
 use crate::telemetry::traces;
 use bytes::Bytes;
 use pingora_cache::key::CacheHashKey as _;
@@ -90,7 +90,7 @@ impl State {
         self.refuse_fat_get(session, ctx)
     }
 
-    /// Checks the request target and Host (see [`crate::target`]) and rewrites the request to
+    /// Checks the request target and Host (see [`crate::edge::target`]) and rewrites the request to
     /// the checked origin-form target. A refused request gets a 400 and its connection is
     /// closed; `OPTIONS *` is answered here.
     fn accept_target(&self, session: &mut Session, ctx: &mut Ctx) -> Option<Refusal> {
@@ -176,7 +176,7 @@ impl State {
             return Some(Refusal::page(LocalAnswer::NoRoute, 404, error_page::detail_for(404)).named("(no route)"));
         };
         let r = r.clone();
-        ctx.compress.coding = crate::compression::negotiate(session.req_header(), &r.compress);
+        ctx.compress.coding = crate::edge::compression::negotiate(session.req_header(), &r.compress);
         // Pushed, not `format!`: per request, and core::fmt cost ~500 instructions here.
         let mut span_name = String::with_capacity(ctx.request.method_label.len() + 1 + r.pattern.len());
         span_name.push_str(ctx.request.method_label);

@@ -5,9 +5,9 @@ use super::{Ctx, State};
 use crate::cache::purge::PurgeReason;
 use crate::cache::status::{CacheDecision, CacheStatus, Facts, Outcome};
 use crate::cache::{conditional, invalidate, policy, revalidate};
-use crate::error_page;
-use crate::forwarding;
-use crate::response_headers;
+use crate::edge::forwarding;
+use crate::gateway::error_page;
+use crate::gateway::response_headers;
 use bytes::Bytes;
 use pingora_cache::{NoCacheReason, RespCacheable};
 use pingora_error::{Error, ErrorSource, Result};
@@ -102,7 +102,7 @@ impl State {
             resp.remove_header(f);
         }
         response_headers::expose_cache_headers(resp)?;
-        let https = ctx.request.target.as_ref().is_some_and(|t| t.scheme == crate::target::Scheme::Https);
+        let https = ctx.request.target.as_ref().is_some_and(|t| t.scheme == crate::edge::target::Scheme::Https);
         if let (true, Some(hsts)) = (https, self.config.tls.as_ref().and_then(|t| t.hsts.as_deref())) {
             resp.insert_header("strict-transport-security", hsts)?;
         }
@@ -211,7 +211,7 @@ pub(super) fn count_body(ctx: &mut Ctx, body: &mut Option<Bytes>) {
 /// panics in a debug build).
 pub(super) fn ranges(session: &Session, resp: &mut ResponseHeader) -> pingora_proxy::RangeType {
     use pingora_proxy::{range_header_filter, RangeType};
-    let total = crate::target::content_length(&resp.headers).and_then(|n| usize::try_from(n).ok());
+    let total = crate::edge::target::content_length(&resp.headers).and_then(|n| usize::try_from(n).ok());
     let req = session.req_header();
     let asks_range = req.headers.contains_key(http::header::RANGE) && matches!(req.method, http::Method::GET | http::Method::HEAD);
     if asks_range && resp.status == 200 && total == Some(0) {

@@ -1,7 +1,7 @@
 //! The upstream phase: choose an address, forward the request, take the origin's answer.
 
 use super::{Ctx, State};
-use crate::forwarding;
+use crate::edge::forwarding;
 use crate::telemetry::traces;
 use crate::upstream::UpstreamErrorKind;
 use opentelemetry::KeyValue;
@@ -68,7 +68,7 @@ impl State {
     /// validator, not an encoded variant's.
     pub(super) fn forward(&self, req: &mut RequestHeader, client_version: http::Version, ctx: &mut Ctx) -> Result<()> {
         for name in [http::header::IF_NONE_MATCH, http::header::IF_MATCH] {
-            if let Some(tag) = req.headers.get(&name).and_then(|v| v.to_str().ok()).and_then(crate::compression::origin_etag) {
+            if let Some(tag) = req.headers.get(&name).and_then(|v| v.to_str().ok()).and_then(crate::edge::compression::origin_etag) {
                 req.insert_header(name, tag)?;
             }
         }
@@ -129,7 +129,7 @@ impl State {
         let Some(route) = ctx.route.active.clone() else { return };
         let z = &self.config.compression;
         if route.compress.is_empty()
-            || !crate::compression::eligible(resp, z)
+            || !crate::edge::compression::eligible(resp, z)
             || session.req_header().method == http::Method::HEAD && !session.cache.enabled()
         {
             return;
@@ -146,7 +146,7 @@ impl State {
             (None, _) => 0,
         };
         // Boxed: most requests compress nothing, and the request's state is moved whole.
-        ctx.compress.encoder = crate::compression::prepare(resp, ctx.compress.coding, level).map(Box::new);
+        ctx.compress.encoder = crate::edge::compression::prepare(resp, ctx.compress.coding, level).map(Box::new);
     }
 
     /// Compresses the origin's body chunk by chunk, before the cache sees it.

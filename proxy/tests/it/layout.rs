@@ -45,12 +45,30 @@ fn imports() -> BTreeMap<String, BTreeSet<String>> {
                     edges.entry(me.clone()).or_default().insert(format!("{top}/{b}"));
                 }
             }
-            if sub.is_some() {
-                for (i, _) in line.match_indices("super::") {
-                    let b = ident(&line[i + 7..]);
-                    if !b.is_empty() && Some(&b) != sub.as_ref() && src.join(&top).join(format!("{b}.rs")).exists() {
+            for (i, _) in line.match_indices("super::") {
+                // `super::super::x` is counted from its second `super::`.
+                if line[i + 7..].starts_with("super::") {
+                    continue;
+                }
+                let nested = i >= 7 && &line[i - 7..i] == "super::";
+                let b = ident(&line[i + 7..]);
+                let is_top = |m: &str| src.join(format!("{m}.rs")).exists() || src.join(m).is_dir();
+                if b.is_empty() {
+                    continue;
+                }
+                match (&sub, nested) {
+                    // In a folder: a sibling file, or (through `super::super::`) a top-level module.
+                    (Some(s), false) if &b != s && src.join(&top).join(format!("{b}.rs")).exists() => {
                         edges.entry(me.clone()).or_default().insert(format!("{top}/{b}"));
                     }
+                    (Some(_), true) if b != top && is_top(&b) => {
+                        edges.entry(top.clone()).or_default().insert(b);
+                    }
+                    // A top-level file's `super::` is the crate root.
+                    (None, _) if b != top && is_top(&b) => {
+                        edges.entry(top.clone()).or_default().insert(b);
+                    }
+                    _ => {}
                 }
             }
         }

@@ -2,9 +2,9 @@
 //! matched route whole ([`ActiveRoute`]): its pool, access rules, cache policy and limits,
 //! built once per configuration (at start and at each reload).
 
-use crate::access::RouteAccess;
 use crate::cache::policy::RoutePolicy;
 use crate::config::{Coding, HostPattern, PathPattern, Route};
+use crate::edge::access::RouteAccess;
 use crate::upstream::{Pool, Upstreams};
 use std::sync::Arc;
 

@@ -28,14 +28,14 @@ pub(crate) enum ReloadError {
 pub(crate) struct Reloader {
     source: Option<PathBuf>,
     live: Arc<ArcSwap<State>>,
-    certs: Option<Arc<crate::tls::CertStore>>,
+    certs: Option<Arc<crate::edge::tls::CertStore>>,
     /// Wakes the health-check service so it checks the new pools.
     pub(crate) swapped: tokio::sync::Notify,
     one_at_a_time: Mutex<()>,
 }
 
 impl Reloader {
-    pub(crate) fn new(source: Option<PathBuf>, live: Arc<ArcSwap<State>>, certs: Option<Arc<crate::tls::CertStore>>) -> Self {
+    pub(crate) fn new(source: Option<PathBuf>, live: Arc<ArcSwap<State>>, certs: Option<Arc<crate::edge::tls::CertStore>>) -> Self {
         Reloader { source, live, certs, swapped: tokio::sync::Notify::new(), one_at_a_time: Mutex::new(()) }
     }
 

@@ -13,7 +13,7 @@ pub(crate) static NEVER_SENT: [http::HeaderName; 5] = [
     http::HeaderName::from_static("surrogate-control"),
     http::HeaderName::from_static("cache-tag"),
     http::HeaderName::from_static("surrogate-key"),
-    http::HeaderName::from_static(crate::compression::MARKER),
+    http::HeaderName::from_static(crate::edge::compression::MARKER),
 ];
 
 /// The headers that prove the cache, readable by a cross-origin page's script.
@@ -40,6 +40,6 @@ mod tests {
     fn never_sent_is_own_fields_and_internal() {
         let names: Vec<&str> = super::NEVER_SENT.iter().map(|n| n.as_str()).collect();
         assert_eq!(names[..2], crate::cache::policy::OWN_FIELDS);
-        assert_eq!(names[2..], ["cache-tag", "surrogate-key", crate::compression::MARKER]);
+        assert_eq!(names[2..], ["cache-tag", "surrogate-key", crate::edge::compression::MARKER]);
     }
 }

@@ -4,29 +4,14 @@
 //! placeholder: startup never waits on the CA.
 
 use crate::config::AcmeConfig;
+use crate::edge::tls::CertStore;
 use crate::telemetry::events;
-use crate::tls::CertStore;
 use instant_acme::{Account, AccountCredentials, ChallengeType, Identifier, NewAccount, NewOrder, OrderStatus, RetryPolicy};
-use parking_lot::Mutex;
-use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-/// The path CAs fetch HTTP-01 answers from.
-pub(crate) const CHALLENGE_PREFIX: &str = "/.well-known/acme-challenge/";
-
-/// Pending HTTP-01 answers: token → key authorization.
-#[derive(Default)]
-pub(crate) struct Challenges(Mutex<HashMap<String, String>>);
-
-impl Challenges {
-    /// The answer for a request path, when it is a pending challenge.
-    pub(crate) fn answer(&self, path: &str) -> Option<String> {
-        let token = path.strip_prefix(CHALLENGE_PREFIX)?;
-        self.0.lock().get(token).cloned()
-    }
-}
+pub(crate) use crate::edge::challenges::Challenges;
 
 fn files(cfg: &AcmeConfig) -> (PathBuf, PathBuf, PathBuf) {
     (cfg.storage.join("cert.pem"), cfg.storage.join("key.pem"), cfg.storage.join("account.json"))
@@ -36,7 +21,7 @@ fn files(cfg: &AcmeConfig) -> (PathBuf, PathBuf, PathBuf) {
 /// certificate in `store` for the life of the process.
 pub(crate) fn start(cfg: AcmeConfig, store: Arc<CertStore>, challenges: Arc<Challenges>) {
     let (cert, key, _) = files(&cfg);
-    match crate::tls::load_pair(&crate::config::CertificateFiles { cert, key }) {
+    match crate::edge::tls::load_pair(&crate::config::CertificateFiles { cert, key }) {
         Ok(loaded) => {
             events::emit("info", "acme_certificate_loaded", &[("domains", &cfg.domains.join(" "))]);
             store.set_managed(loaded);
@@ -57,16 +42,16 @@ pub(crate) fn start(cfg: AcmeConfig, store: Arc<CertStore>, challenges: Arc<Chal
 }
 
 /// A self-signed certificate for the domains, served until the CA's arrives.
-fn placeholder(domains: &[String]) -> Result<crate::tls::Loaded, String> {
+fn placeholder(domains: &[String]) -> Result<crate::edge::tls::Loaded, String> {
     let c = rcgen::generate_simple_self_signed(domains.to_vec()).map_err(|e| e.to_string())?;
-    crate::tls::loaded_from_pem(c.cert.pem().as_bytes(), c.signing_key.serialize_pem().as_bytes()).map_err(|e| e.to_string())
+    crate::edge::tls::loaded_from_pem(c.cert.pem().as_bytes(), c.signing_key.serialize_pem().as_bytes()).map_err(|e| e.to_string())
 }
 
 async fn keep_valid(cfg: AcmeConfig, store: Arc<CertStore>, challenges: Arc<Challenges>) {
     let mut backoff = Duration::from_secs(2);
     loop {
         let (cert, key, _) = files(&cfg);
-        let left = crate::tls::load_pair(&crate::config::CertificateFiles { cert, key })
+        let left = crate::edge::tls::load_pair(&crate::config::CertificateFiles { cert, key })
             .ok()
             .and_then(|l| l.not_after.duration_since(SystemTime::now()).ok())
             .unwrap_or_default();
@@ -136,7 +121,7 @@ fn write_private(path: &std::path::Path, bytes: &[u8]) -> Result<(), String> {
     std::fs::rename(&tmp, path).map_err(|e| format!("{}: {e}", path.display()))
 }
 
-async fn obtain(cfg: &AcmeConfig, challenges: &Challenges) -> Result<crate::tls::Loaded, String> {
+async fn obtain(cfg: &AcmeConfig, challenges: &Challenges) -> Result<crate::edge::tls::Loaded, String> {
     let account = account(cfg).await?;
     let ids: Vec<Identifier> = cfg.domains.iter().map(|d| Identifier::Dns(d.clone())).collect();
     let mut order = account.new_order(&NewOrder::new(&ids)).await.map_err(|e| format!("order: {e}"))?;
@@ -149,13 +134,13 @@ async fn obtain(cfg: &AcmeConfig, challenges: &Challenges) -> Result<crate::tls:
         }
         let mut challenge = authz.challenge(ChallengeType::Http01).ok_or("the CA offers no http-01 challenge")?;
         let token = challenge.token.clone();
-        challenges.0.lock().insert(token.clone(), challenge.key_authorization().as_str().to_string());
+        challenges.offer(token.clone(), challenge.key_authorization().as_str().to_string());
         tokens.push(token);
         challenge.set_ready().await.map_err(|e| format!("challenge: {e}"))?;
     }
     let status = order.poll_ready(&RetryPolicy::default()).await;
     for t in &tokens {
-        challenges.0.lock().remove(t);
+        challenges.withdraw(t);
     }
     let status = status.map_err(|e| format!("validation: {e}"))?;
     if status != OrderStatus::Ready {
@@ -163,7 +148,7 @@ async fn obtain(cfg: &AcmeConfig, challenges: &Challenges) -> Result<crate::tls:
     }
     let key_pem = order.finalize().await.map_err(|e| format!("finalize: {e}"))?;
     let chain_pem = order.poll_certificate(&RetryPolicy::default()).await.map_err(|e| format!("certificate: {e}"))?;
-    let loaded = crate::tls::loaded_from_pem(chain_pem.as_bytes(), key_pem.as_bytes()).map_err(|e| e.to_string())?;
+    let loaded = crate::edge::tls::loaded_from_pem(chain_pem.as_bytes(), key_pem.as_bytes()).map_err(|e| e.to_string())?;
     let (cert, key, _) = files(cfg);
     std::fs::create_dir_all(&cfg.storage).map_err(|e| format!("{}: {e}", cfg.storage.display()))?;
     write_private(&key, key_pem.as_bytes())?;

@@ -1,7 +1,11 @@
 //! Process assembly: binds the listeners, builds the Pingora server and its services, and
-//! handles graceful shutdown.
+//! handles graceful shutdown. One file per listener: [`plain`] (HTTP/1.1 in clear),
+//! [`tls`] (HTTPS, HTTP/2 by ALPN), [`admin`] (the admin API).
 
-use crate::admin::Admin;
+mod admin;
+mod plain;
+mod tls;
+
 use crate::config::Config;
 use crate::gateway::{Gateway, State, DRAINING, IN_FLIGHT};
 use crate::telemetry::events;
@@ -9,7 +13,7 @@ use crate::telemetry::traces::Tracing;
 use crate::upstream::{UpstreamError, Upstreams};
 
 use async_trait::async_trait;
-use pingora_core::listeners::{L4BufferSettings, ListenerConfig};
+use pingora_core::listeners::L4BufferSettings;
 use pingora_core::server::configuration::ServerConf;
 use pingora_core::server::{ListenFds, RunArgs, Server, ShutdownSignal, ShutdownSignalWatch, ShutdownWatch};
 use pingora_core::services::{ServiceReadyNotifier, ServiceWithDependents};
@@ -31,7 +35,7 @@ pub enum ServerError {
     #[error("cannot set up metrics: {0}")]
     Metrics(prometheus::Error),
     #[error(transparent)]
-    Tls(#[from] crate::tls::TlsError),
+    Tls(#[from] crate::edge::tls::TlsError),
     #[error("cannot listen on {addr} ({which}): {source}")]
     Bind { which: &'static str, addr: SocketAddr, source: std::io::Error },
 }
@@ -156,8 +160,8 @@ pub fn run(mut config: Config, source: Option<std::path::PathBuf>, on_bound: imp
     let admin = bind("listen.admin", config.listen.admin.0)?;
     let tls = match &config.tls {
         Some(t) => {
-            let (store, certs) = crate::tls::CertStore::load(t)?;
-            crate::tls::announce(&certs, "tls_certificates_loaded");
+            let (store, certs) = crate::edge::tls::CertStore::load(t)?;
+            crate::edge::tls::announce(&certs, "tls_certificates_loaded");
             let bound = bind("tls.listen", t.listen.0)?;
             Some((Arc::new(store), bound))
         }
@@ -186,7 +190,7 @@ pub fn run(mut config: Config, source: Option<std::path::PathBuf>, on_bound: imp
     let tel = crate::telemetry::resolve(&config.telemetry, |k| std::env::var(k).ok());
     let statuses = crate::cache::status::ALL.map(|s| s.as_str());
     let purges = crate::cache::purge::PurgeReason::ALL.map(|r| r.as_str());
-    let auth = crate::access::CheckOutcome::ALL.map(|o| o.as_str());
+    let auth = crate::edge::access::CheckOutcome::ALL.map(|o| o.as_str());
     let labels = crate::telemetry::metrics::StartLabels { cache_statuses: &statuses, purge_reasons: &purges, auth_outcomes: &auth };
     let metrics = crate::telemetry::metrics::Metrics::new(&tel.service_name, &labels).map_err(ServerError::Metrics)?;
     // Built before any runtime exists: the OTLP client is a blocking one on its own thread.
@@ -200,35 +204,25 @@ pub fn run(mut config: Config, source: Option<std::path::PathBuf>, on_bound: imp
     }
     let live = Arc::new(arc_swap::ArcSwap::new(state.clone()));
     let certs = tls.as_ref().map(|(store, _)| store.clone());
-    let reloader = Arc::new(crate::reload::Reloader::new(source, live.clone(), certs));
+    let reloader = Arc::new(crate::control::reload::Reloader::new(source, live.clone(), certs));
     reloader.clone().reload_on_sighup();
     let mut proxy = pingora_proxy::http_proxy_service_with_name(&server.configuration, Gateway { live: live.clone() }, "portier");
     if let Some(app) = proxy.app_logic_mut() {
-        app.server_options = Some(crate::limits::server_options(&state.config.limits, &state.config.timeouts, state.connections.clone()));
+        app.server_options =
+            Some(crate::edge::limits::server_options(&state.config.limits, &state.config.timeouts, state.connections.clone()));
     }
     let buffers = L4BufferSettings::default().write(WRITE_BUFFER);
-    proxy.add_listener(ListenerConfig::tcp(addrs.public.to_string()).l4_buffer(buffers));
+    plain::listen(&mut proxy, addrs.public, buffers);
     let mut sockets = vec![public];
     if let (Some((store, bound)), Some(t)) = (tls, &state.config.tls) {
-        let mut settings = pingora_core::listeners::tls::TlsSettings::intermediate("", "")
-            .map_err(|e| ServerError::Tls(crate::tls::TlsError::Read { path: "tls".into(), reason: e.to_string() }))?;
-        settings.set_cert_resolver(store.clone());
-        if t.http2 {
-            settings.enable_h2();
-        }
-        proxy.add_listener(ListenerConfig::tcp(bound.addr.to_string()).tls(settings).l4_buffer(buffers));
+        tls::listen(&mut proxy, bound.addr, buffers, store.clone(), t)?;
         sockets.push(bound);
         if let Some(acme) = &t.acme {
-            crate::acme::start(acme.clone(), store.clone(), state.challenges.clone());
+            crate::control::acme::start(acme.clone(), store.clone(), state.challenges.clone());
         }
     }
     server.add_service(PreBound { inner: proxy, sockets });
-
-    let mut admin_svc =
-        pingora_core::services::listening::Service::new("portier-admin".into(), Admin { live: live.clone(), reloader: reloader.clone() });
-    admin_svc.add_tcp(&addrs.admin.to_string());
-    admin_svc.threads = Some(1);
-    server.add_service(PreBound { inner: admin_svc, sockets: vec![admin] });
+    server.add_service(PreBound { inner: admin::service(addrs.admin, live.clone(), reloader.clone()), sockets: vec![admin] });
 
     server.add_service(pingora_core::services::background::background_service("health-checks", HealthChecks { live, reloader }));
 
@@ -251,7 +245,7 @@ pub fn run(mut config: Config, source: Option<std::path::PathBuf>, on_bound: imp
 /// Checks the pools of the live state; after a reload, the new ones.
 struct HealthChecks {
     live: Arc<arc_swap::ArcSwap<State>>,
-    reloader: Arc<crate::reload::Reloader>,
+    reloader: Arc<crate::control::reload::Reloader>,
 }
 
 #[async_trait]

@@ -80,8 +80,8 @@ fn compressible_type(content_type: &str) -> bool {
 /// that does not forbid transformation and is not known to be small.
 pub(crate) fn eligible(resp: &ResponseHeader, cfg: &CompressionConfig) -> bool {
     let h = &resp.headers;
-    let no_transform = super::cache::directives::field_tokens(h, http::header::CACHE_CONTROL).iter().any(|t| t == "no-transform");
-    let small = crate::target::content_length(h).is_some_and(|n| n < cfg.min_size.0);
+    let no_transform = super::fields::field_tokens(h, http::header::CACHE_CONTROL).iter().any(|t| t == "no-transform");
+    let small = crate::edge::target::content_length(h).is_some_and(|n| n < cfg.min_size.0);
     resp.status.as_u16() == 200
         && !h.contains_key(http::header::CONTENT_ENCODING)
         && !h.contains_key(http::header::CONTENT_RANGE)
@@ -109,7 +109,7 @@ pub(crate) fn origin_etag(etag: &str) -> Option<String> {
 /// Marks an eligible response as varying on the coding and, when `coding` is one, turns its
 /// header into the encoded variant's. The body is then fed to the returned [`Encoder`].
 pub(crate) fn prepare(resp: &mut ResponseHeader, coding: Option<Coding>, level: u32) -> Option<Encoder> {
-    let vary = super::cache::directives::field_tokens(&resp.headers, http::header::VARY);
+    let vary = super::fields::field_tokens(&resp.headers, http::header::VARY);
     if !vary.iter().any(|v| v == "accept-encoding") {
         let _ = resp.append_header(http::header::VARY, "Accept-Encoding");
     }

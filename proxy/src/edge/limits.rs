@@ -43,7 +43,7 @@ pub(crate) fn check_head(req: &RequestHeader, limits: &Limits) -> Result<(), Too
 
 /// A declared body over the route's limit is refused before anything is forwarded.
 pub(crate) fn declared_body_too_large(req: &RequestHeader, max: u64) -> bool {
-    crate::target::content_length(&req.headers).is_some_and(|n| n > max)
+    crate::edge::target::content_length(&req.headers).is_some_and(|n| n > max)
 }
 
 /// The count of open connections against `limits.max_connections`.

@@ -226,3 +226,67 @@ async fn handle(st: Arc<OriginState>, req: Request<Incoming>) -> Result<Resp, st
     };
     Ok(resp)
 }
+
+/// `portier demo`: the sample origin and Portier in front of it, and what to try.
+pub(crate) mod command {
+    use super::super::{fail, run::serve_then, SAMPLE_CONFIG};
+    use crate::config::{self, HostPort, ListenAddr};
+    use std::path::Path;
+    use std::process::ExitCode;
+
+    pub(crate) fn demo(listen: &str, origin: &str, admin: &str, config_path: &Path) -> ExitCode {
+        let env = |k: &str| std::env::var(k).ok();
+        let loaded = if config_path.exists() {
+            config::load_file(config_path)
+        } else {
+            config::load_str(SAMPLE_CONFIG, "built-in config/portier.toml", env)
+        };
+        let mut c = match loaded {
+            Ok(c) => c,
+            Err(p) => {
+                eprint!("{p}");
+                return ExitCode::from(1);
+            }
+        };
+        let origin_addr = match origin.parse::<ListenAddr>() {
+            Ok(a) => a.0,
+            Err(e) => return fail(format!("--origin: {e}")),
+        };
+        let origin = match crate::commands::demo::Origin::start_in_thread(origin_addr) {
+            Ok(o) => o,
+            Err(e) => return fail(format!("cannot start the sample origin on {origin_addr}: {e}")),
+        };
+        let origin_hp = HostPort { host: origin.addr.ip().to_string(), port: origin.addr.port() };
+        for pool in c.upstreams.values_mut() {
+            pool.addresses = vec![origin_hp.clone()];
+        }
+        match (listen.parse::<ListenAddr>(), admin.parse::<ListenAddr>()) {
+            (Ok(l), Ok(a)) => {
+                c.listen.public = l;
+                c.listen.admin = a;
+            }
+            (Err(e), _) => return fail(format!("--listen: {e}")),
+            (_, Err(e)) => return fail(format!("--admin: {e}")),
+        }
+        // The demo rewrites the file's pools to the sample origin: there is no file to reload.
+        serve_then(c, None, move |bound| {
+            let public = match bound.public {
+                a if a.ip().is_unspecified() => format!("localhost:{}", a.port()),
+                a => a.to_string(),
+            };
+            let admin = bound.admin;
+            eprintln!(
+                "\nPortier demo: sample origin on {origin}, Portier on {public}, admin on {admin}\n\
+                 Try:\n  \
+                 curl -i http://{public}/health\n  \
+                 curl -i \"http://{public}/api/stats/summary?username=demo\"      # X-Cache: MISS, then HIT with a growing Age\n  \
+                 curl -i -H 'If-None-Match: \"<etag from above>\"' \"http://{public}/api/stats/summary?username=demo\"   # 304\n  \
+                 curl -i -X POST \"http://{public}/api/sync?username=demo\"      # changes the data (and invalidates it)\n  \
+                 curl -s http://{admin}/readyz\n  \
+                 portier proof http://{public}/api/stats/summary --username demo --invalidate \"POST /api/sync\"   # the whole proof\n  \
+                 open http://{public}/ in a browser (DevTools > Network shows the headers)\n",
+                origin = origin.addr
+            );
+        })
+    }
+}

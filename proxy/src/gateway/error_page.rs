@@ -70,7 +70,7 @@ pub(crate) async fn write(
     }
     resp.insert_header("content-length", body.len().to_string())?;
     resp.insert_header("cache-control", "no-store")?;
-    resp.insert_header(crate::forwarding::REQUEST_ID, stamp.request_id)?;
+    resp.insert_header(crate::edge::forwarding::REQUEST_ID, stamp.request_id)?;
     stamp.outcome.write_headers(&mut resp, None, stamp.name)?;
     for (k, v) in extra {
         resp.insert_header(*k, *v)?;

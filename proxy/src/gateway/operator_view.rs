@@ -1,5 +1,5 @@
-//! What an operator sees without Grafana: the admin listener's `/ui` page and the JSON it
-//! reads (`/ui/data`): hit ratio and request rate over the last ten minutes, bytes served
+//! What the gateway records for the operator page (`crate::control::operator` serves it, and
+//! the JSON it reads, `/ui/data`): hit ratio and request rate over the last ten minutes, bytes served
 //! from cache, entries and memory against the budget, the URLs with the most hits and the
 //! most misses (with why they missed), the pools' health.
 //!
@@ -118,9 +118,6 @@ impl UrlCounts {
         }
     }
 }
-
-/// The page: static HTML and script, no build step, no CDN; it polls `/ui/data`.
-pub(crate) const PAGE: &str = include_str!("operator.html");
 
 #[cfg(test)]
 mod tests {

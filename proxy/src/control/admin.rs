@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 pub struct Admin {
     pub(crate) live: Arc<arc_swap::ArcSwap<State>>,
-    pub(crate) reloader: Arc<crate::reload::Reloader>,
+    pub(crate) reloader: Arc<crate::control::reload::Reloader>,
 }
 
 /// A profile to save (`curl -o`), named for the browser.
@@ -106,7 +106,9 @@ impl Admin {
         let result = tokio::task::spawn_blocking(move || reloader.reload()).await;
         match result {
             Ok(Ok(kept)) => json_response(StatusCode::OK, &json!({"reloaded": true, "restart_needed_for": kept})),
-            Ok(Err(e @ crate::reload::ReloadError::NoFile)) => json_response(StatusCode::CONFLICT, &json!({"error": e.to_string()})),
+            Ok(Err(e @ crate::control::reload::ReloadError::NoFile)) => {
+                json_response(StatusCode::CONFLICT, &json!({"error": e.to_string()}))
+            }
             Ok(Err(e)) => json_response(StatusCode::UNPROCESSABLE_ENTITY, &json!({"reloaded": false, "error": e.to_string()})),
             Err(e) => json_response(StatusCode::INTERNAL_SERVER_ERROR, &json!({"error": e.to_string()})),
         }
@@ -242,7 +244,7 @@ impl Admin {
 
     /// `GET /ui`: the operator's page (static; it reads `/ui/data`).
     fn ui_page(&self) -> Response<Vec<u8>> {
-        let page = crate::operator::PAGE.as_bytes().to_vec();
+        let page = crate::control::operator::PAGE.as_bytes().to_vec();
         Response::builder()
             .status(StatusCode::OK)
             .header("content-type", "text/html; charset=utf-8")
@@ -277,10 +279,10 @@ impl Admin {
         // The chart ends now, not at the last 5-second sample.
         let mut history = history;
         if history.last().is_some_and(|p| now > p.t) {
-            history.push(crate::operator::Point { t: now, hits, misses, cache_bytes: from_cache, origin_bytes: from_origin });
+            history.push(crate::gateway::operator_view::Point { t: now, hits, misses, cache_bytes: from_cache, origin_bytes: from_origin });
         }
         let (top_hits, top_misses) = st.operator.top(10);
-        let urls = |v: Vec<crate::operator::TopUrl>| {
+        let urls = |v: Vec<crate::gateway::operator_view::TopUrl>| {
             v.into_iter().map(|(path, c)| json!({"path": path, "hits": c.hits, "misses": c.misses, "reason": c.reason})).collect::<Vec<_>>()
         };
         let pools: Vec<serde_json::Value> = st

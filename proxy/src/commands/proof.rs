@@ -288,6 +288,36 @@ fn canonical(h: &str) -> String {
     }
 }
 
+/// `portier proof`: runs the proof and prints it; exit 0 only when every step passed.
+pub(super) fn command(
+    url: &str,
+    invalidate: Option<String>,
+    username: Option<String>,
+    stale: bool,
+    wait: f64,
+    format: super::ProofFormat,
+) -> std::process::ExitCode {
+    use super::ProofFormat;
+    use std::process::ExitCode;
+    let o = Options { invalidate, username, stale, wait: std::time::Duration::from_secs_f64(wait.clamp(0.0, 60.0)) };
+    match run(url, &o) {
+        Ok(report) => {
+            let out = match format {
+                ProofFormat::Text => render_text(&report),
+                ProofFormat::Markdown => render_markdown(&report),
+                ProofFormat::Json => serde_json::to_string_pretty(&report).unwrap_or_default() + "\n",
+            };
+            print!("{out}");
+            if report.passed {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            }
+        }
+        Err(e) => super::fail(e),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
