@@ -2,6 +2,8 @@
 // A panic on the request path takes the worker's connections with it: no unwrap/expect
 // outside tests (the fuzzing harness panics on purpose).
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
+// `pub(crate)` by default: what is `pub` is what the binary, the benches and the fuzz targets use.
+#![deny(unreachable_pub)]
 
 pub(crate) mod cache;
 pub mod commands;

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 #[derive(Debug, thiserror::Error)]
-pub enum UpstreamError {
+pub(crate) enum UpstreamError {
     #[error("upstreams.{pool}.tls.ca: {reason}")]
     Ca { pool: String, reason: String },
 }
@@ -19,7 +19,7 @@ pub enum UpstreamError {
 const RESOLVE_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// How a pool talks TLS to its addresses.
-pub struct PoolTls {
+pub(crate) struct PoolTls {
     /// Server name to send and verify; None: each address's host.
     pub sni: Option<String>,
     pub verify: bool,
@@ -123,7 +123,7 @@ impl rustls::client::danger::ServerCertVerifier for NoVerify {
 }
 
 #[derive(Debug)]
-pub struct Backend {
+pub(crate) struct Backend {
     pub addr: HostPort,
     /// The address `addr` resolves to now; None while the name does not resolve (Compose
     /// starts containers in any order). Names are resolved again every few seconds.
@@ -140,11 +140,11 @@ fn now_ms() -> u64 {
 }
 
 impl Backend {
-    pub fn healthy(&self) -> bool {
+    pub(crate) fn healthy(&self) -> bool {
         self.sock().is_some() && self.up.load(Ordering::Relaxed) && self.ejected_until_ms.load(Ordering::Relaxed) <= now_ms()
     }
 
-    pub fn sock(&self) -> Option<SocketAddr> {
+    pub(crate) fn sock(&self) -> Option<SocketAddr> {
         *self.sock.read()
     }
 
@@ -174,7 +174,7 @@ impl Backend {
 }
 
 #[derive(Debug)]
-pub struct Pool {
+pub(crate) struct Pool {
     pub name: String,
     pub backends: Vec<Backend>,
     next: AtomicUsize,
@@ -189,7 +189,7 @@ pub struct Pool {
 }
 
 impl Pool {
-    pub fn new(name: &str, cfg: &Upstream) -> Result<Pool, UpstreamError> {
+    pub(crate) fn new(name: &str, cfg: &Upstream) -> Result<Pool, UpstreamError> {
         let backends: Vec<Backend> = cfg
             .addresses
             .iter()
@@ -222,14 +222,14 @@ impl Pool {
     }
 
     /// The server name for TLS to `b` (the pool's `sni`, else the address's host).
-    pub fn sni_for<'a>(&'a self, b: &'a Backend) -> &'a str {
+    pub(crate) fn sni_for<'a>(&'a self, b: &'a Backend) -> &'a str {
         self.tls.as_ref().and_then(|t| t.sni.as_deref()).unwrap_or(&b.addr.host)
     }
 
     /// Next healthy address not in `tried`, round-robin. When every address is down the pool
     /// fails open (tries them anyway, round-robin): a health check that is wrong must not turn
     /// into an outage.
-    pub fn select(&self, tried: &[usize]) -> Option<usize> {
+    pub(crate) fn select(&self, tried: &[usize]) -> Option<usize> {
         let n = self.backends.len();
         if n == 0 {
             return None;
@@ -245,7 +245,7 @@ impl Pool {
         candidates(true).or_else(|| candidates(false))
     }
 
-    pub fn report_connect_failure(&self, i: usize) {
+    pub(crate) fn report_connect_failure(&self, i: usize) {
         let Some(b) = self.backends.get(i) else {
             return;
         };
@@ -256,18 +256,18 @@ impl Pool {
         }
     }
 
-    pub fn report_success(&self, i: usize) {
+    pub(crate) fn report_success(&self, i: usize) {
         if let Some(b) = self.backends.get(i) {
             b.fails.store(0, Ordering::Relaxed);
         }
     }
 
-    pub fn any_healthy(&self) -> bool {
+    pub(crate) fn any_healthy(&self) -> bool {
         self.backends.iter().any(Backend::healthy)
     }
 
     /// One round of active checks over every address.
-    pub async fn check_once(&self, hc: &HealthCheck) {
+    pub(crate) async fn check_once(&self, hc: &HealthCheck) {
         // Few addresses per pool, each probe bounded by the check timeout: probing in turn is enough.
         let mut results = Vec::with_capacity(self.backends.len());
         for b in &self.backends {
@@ -308,12 +308,12 @@ fn written(cfg: &Upstream) -> String {
 
 /// Every pool, by name.
 #[derive(Debug, Default)]
-pub struct Upstreams {
+pub(crate) struct Upstreams {
     pools: BTreeMap<String, Arc<Pool>>,
 }
 
 impl Upstreams {
-    pub fn from_config(cfg: &Config) -> Result<Upstreams, UpstreamError> {
+    pub(crate) fn from_config(cfg: &Config) -> Result<Upstreams, UpstreamError> {
         let mut pools = BTreeMap::new();
         for (name, u) in &cfg.upstreams {
             pools.insert(name.clone(), Arc::new(Pool::new(name, u)?));
@@ -323,7 +323,7 @@ impl Upstreams {
 
     /// The pools of a reloaded configuration: an unchanged pool is the same pool (health,
     /// ejections and connections kept), a changed or new one starts afresh.
-    pub fn reconfigured(&self, cfg: &Config) -> Result<Upstreams, UpstreamError> {
+    pub(crate) fn reconfigured(&self, cfg: &Config) -> Result<Upstreams, UpstreamError> {
         let mut pools = BTreeMap::new();
         for (name, u) in &cfg.upstreams {
             let pool = match self.pools.get(name) {
@@ -335,16 +335,16 @@ impl Upstreams {
         Ok(Upstreams { pools })
     }
 
-    pub fn get(&self, name: &str) -> Option<&Arc<Pool>> {
+    pub(crate) fn get(&self, name: &str) -> Option<&Arc<Pool>> {
         self.pools.get(name)
     }
 
-    pub fn pools(&self) -> impl Iterator<Item = &Arc<Pool>> {
+    pub(crate) fn pools(&self) -> impl Iterator<Item = &Arc<Pool>> {
         self.pools.values()
     }
 
     /// Runs the active checks of every pool that has one until `shutdown` flips.
-    pub async fn run_health_checks(self: Arc<Self>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+    pub(crate) async fn run_health_checks(self: Arc<Self>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
         let mut tasks = Vec::new();
         // Names are resolved again every few seconds: a recreated container gets a new IP.
         let pools: Vec<Arc<Pool>> = self.pools.values().cloned().collect();

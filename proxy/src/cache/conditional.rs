@@ -4,7 +4,7 @@
 
 use pingora_http::{RequestHeader, ResponseHeader};
 
-pub fn has_preconditions(req: &RequestHeader) -> bool {
+pub(crate) fn has_preconditions(req: &RequestHeader) -> bool {
     req.headers.contains_key(http::header::IF_MATCH) || req.headers.contains_key(http::header::IF_UNMODIFIED_SINCE)
 }
 
@@ -17,7 +17,7 @@ fn strong_match(list: &str, etag: &str) -> bool {
 }
 
 /// True when the request's preconditions fail against the stored response.
-pub fn precondition_failed(req: &RequestHeader, stored: &ResponseHeader) -> bool {
+pub(crate) fn precondition_failed(req: &RequestHeader, stored: &ResponseHeader) -> bool {
     let h = &req.headers;
     if let Some(im) = h.get(http::header::IF_MATCH).and_then(|v| v.to_str().ok()) {
         let etag = stored.headers.get(http::header::ETAG).and_then(|v| v.to_str().ok()).unwrap_or("");

@@ -4,7 +4,7 @@
 /// Directives found in one field (all its lines). For list-valued directives (`private`,
 /// `no-cache`), `Some(vec![])` is the bare form and `Some(fields)` the qualified form.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Directives {
+pub(crate) struct Directives {
     pub present: bool,
     pub no_store: bool,
     pub no_cache: Option<Vec<String>>,
@@ -62,7 +62,7 @@ fn field_list(v: Option<&str>) -> Vec<String> {
 impl Directives {
     /// Parses every line of a field. For a duplicated numeric directive the first wins; an
     /// invalid `max-age`/`s-maxage` counts as 0 (stale), as RFC 9111 §4.2.1 allows.
-    pub fn parse<'a>(lines: impl IntoIterator<Item = &'a str>) -> Directives {
+    pub(crate) fn parse<'a>(lines: impl IntoIterator<Item = &'a str>) -> Directives {
         let mut d = Directives::default();
         for line in lines {
             for item in split_top(line) {
@@ -117,7 +117,7 @@ impl Directives {
         d
     }
 
-    pub fn from_headers(h: &http::HeaderMap, name: &str) -> Directives {
+    pub(crate) fn from_headers(h: &http::HeaderMap, name: &str) -> Directives {
         Directives::parse(h.get_all(name).iter().filter_map(|v| v.to_str().ok()))
     }
 
@@ -125,7 +125,7 @@ impl Directives {
     /// Field Dictionary (RFC 9651), parsed with `sfv`. A field that does not parse as a whole
     /// is ignored (`present` false), so `Cache-Control` governs instead. Members that are not
     /// the expected type (`max-age=?1`, `no-store=3`) are ignored one by one.
-    pub fn from_targeted(h: &http::HeaderMap, name: &str) -> Directives {
+    pub(crate) fn from_targeted(h: &http::HeaderMap, name: &str) -> Directives {
         let lines: Vec<&[u8]> = h.get_all(name).iter().map(|v| v.as_bytes()).collect();
         if lines.is_empty() {
             return Directives::default();
@@ -160,7 +160,7 @@ impl Directives {
     }
 }
 
-pub use crate::edge::fields::field_tokens;
+pub(crate) use crate::edge::fields::field_tokens;
 
 #[cfg(test)]
 mod tests {

@@ -10,13 +10,13 @@ use crate::config::InvalidationRule;
 use pingora_http::{RequestHeader, ResponseHeader};
 
 /// Methods after which the RFC requires invalidation (anything not known to be safe).
-pub fn is_unsafe(m: &http::Method) -> bool {
+pub(crate) fn is_unsafe(m: &http::Method) -> bool {
     !matches!(*m, http::Method::GET | http::Method::HEAD | http::Method::OPTIONS | http::Method::TRACE)
 }
 
 /// A configured rule, ready to match.
 #[derive(Debug, Clone)]
-pub struct Rule {
+pub(crate) struct Rule {
     method: http::Method,
     path: crate::config::PathPattern,
     prefixes: Vec<String>,
@@ -24,22 +24,22 @@ pub struct Rule {
 }
 
 impl Rule {
-    pub fn new(r: &InvalidationRule) -> Rule {
+    pub(crate) fn new(r: &InvalidationRule) -> Rule {
         Rule { method: r.method.0.clone(), path: r.path.clone(), prefixes: r.prefixes.clone(), match_param: r.match_param.clone() }
     }
 
-    pub fn matches(&self, req: &RequestHeader) -> bool {
+    pub(crate) fn matches(&self, req: &RequestHeader) -> bool {
         req.method == self.method && self.path.matches(req.uri.path())
     }
 }
 
 /// Indexes of the rules matching this request (usually none).
-pub fn matching(rules: &[Rule], req: &RequestHeader) -> Vec<usize> {
+pub(crate) fn matching(rules: &[Rule], req: &RequestHeader) -> Vec<usize> {
     rules.iter().enumerate().filter(|(_, r)| r.matches(req)).map(|(i, _)| i).collect()
 }
 
 /// A top-level string (or number) field of a small JSON body.
-pub fn json_field(body: &[u8], name: &str) -> Option<String> {
+pub(crate) fn json_field(body: &[u8], name: &str) -> Option<String> {
     let v: serde_json::Value = serde_json::from_slice(body).ok()?;
     match v.get(name)? {
         serde_json::Value::String(s) => Some(s.clone()),

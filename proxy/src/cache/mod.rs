@@ -1,22 +1,22 @@
 //! The edge cache: storage, policy, status headers, conditional requests, invalidation, purge.
 //! [`CacheLayer`] holds the process-wide parts Pingora wants as `&'static`.
 
-pub mod conditional;
-pub mod directives;
+pub(crate) mod conditional;
+pub(crate) mod directives;
 pub(crate) mod failed_fills;
-pub mod invalidate;
-pub mod key;
-pub mod policy;
-pub mod purge;
-pub mod revalidate;
-pub(crate) mod shared;
-pub mod status;
-pub mod storage;
-pub mod store;
+pub(crate) mod invalidate;
+pub(crate) mod key;
+pub(crate) mod policy;
+pub(crate) mod purge;
+pub(crate) mod redis;
+pub(crate) mod revalidate;
+pub(crate) mod status;
+pub(crate) mod storage;
+pub(crate) mod store;
 pub(crate) mod tiered;
-pub mod url;
+pub(crate) mod url;
 
-pub(crate) use shared::SharedTierMetrics;
+pub(crate) use redis::SharedTierMetrics;
 
 use crate::config::Config;
 use pingora_cache::lock::{CacheKeyLockImpl, CacheLock};
@@ -27,7 +27,7 @@ use storage::MemStorage;
 use store::Store;
 
 /// The gateway's one handle on the cache: it asks this, never a tier.
-pub struct CacheLayer {
+pub(crate) struct CacheLayer {
     /// Where entries live (the in-memory store by default).
     storage: &'static dyn Store,
     lock: &'static CacheKeyLockImpl,
@@ -62,7 +62,7 @@ impl CacheLayer {
     /// Leaks the storage, lock and predictor: one per process, alive until exit.
     /// `shared_metrics`: the shared tier's instruments, registered whether or not Redis is
     /// configured (its dashboard row then reads 0, not "no data").
-    pub fn new(cfg: &Config, shared_metrics: shared::SharedTierMetrics) -> CacheLayer {
+    pub(crate) fn new(cfg: &Config, shared_metrics: redis::SharedTierMetrics) -> CacheLayer {
         let c = &cfg.cache;
         let lock_timeout = c.lock_timeout.get();
         let memory = MemStorage::new(c.max_size.bytes() as usize, c.max_object_size.bytes() as usize)
@@ -70,7 +70,7 @@ impl CacheLayer {
             .leak();
         let storage: &'static dyn Store = match &c.shared.url {
             None => memory,
-            Some(url) => match shared::RedisTier::start(&c.shared, url, lock_timeout, memory, shared_metrics) {
+            Some(url) => match redis::RedisTier::start(&c.shared, url, lock_timeout, memory, shared_metrics) {
                 Ok(l2) => tiered::Tiered { l1: memory, l2 }.leak(),
                 Err(e) => {
                     crate::telemetry::events::emit(
@@ -98,7 +98,7 @@ impl CacheLayer {
 
     /// The same storage, lock and predictor (the stored entries stay) under a reloaded
     /// configuration's routes, rules and policy. Sizes and the lock timeout stay as started.
-    pub fn reconfigured(&self, cfg: &Config) -> CacheLayer {
+    pub(crate) fn reconfigured(&self, cfg: &Config) -> CacheLayer {
         let mut config = cfg.cache.clone();
         config.max_size = self.config.max_size;
         config.max_object_size = self.config.max_object_size;
@@ -152,7 +152,7 @@ impl CacheLayer {
         self.storage.request_ended(primary);
     }
 
-    pub fn enable(&self, session: &mut Session) {
+    pub(crate) fn enable(&self, session: &mut Session) {
         let mut overrides = CacheOptionOverrides::default();
         overrides.wait_timeout = Some(self.lock_timeout);
         session.cache.enable(self.storage, None, Some(self.predictor), Some(self.lock), Some(overrides));

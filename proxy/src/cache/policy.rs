@@ -10,11 +10,11 @@ use std::time::{Duration, SystemTime};
 
 /// Portier's own targeted field, then the CDN one (RFC 9213), then `Cache-Control`.
 /// `Surrogate-Control` (the older Edge Architecture field) comes last.
-pub const TARGETED_FIELDS: [&str; 3] = ["portier-cache-control", "cdn-cache-control", "surrogate-control"];
+pub(crate) const TARGETED_FIELDS: [&str; 3] = ["portier-cache-control", "cdn-cache-control", "surrogate-control"];
 
 /// The fields addressed to Portier alone, removed before the response goes on.
 /// `CDN-Cache-Control` addresses every CDN on the path and is forwarded (RFC 9213 §2.1).
-pub const OWN_FIELDS: [&str; 2] = ["portier-cache-control", "surrogate-control"];
+pub(crate) const OWN_FIELDS: [&str; 2] = ["portier-cache-control", "surrogate-control"];
 
 /// Status codes Portier understands (RFC 9110), for `must-understand` (RFC 9111 §5.2.2.3).
 const UNDERSTOOD: [u16; 39] = [
@@ -33,7 +33,7 @@ const HOP_BY_HOP: [&str; 7] = ["connection", "keep-alive", "proxy-connection", "
 
 /// Per-route cache options.
 #[derive(Debug, Clone, Default)]
-pub struct RoutePolicy {
+pub(crate) struct RoutePolicy {
     pub enabled: bool,
     pub ttl: Option<Duration>,
     pub swr: Option<Duration>,
@@ -43,7 +43,7 @@ pub struct RoutePolicy {
 }
 
 impl RoutePolicy {
-    pub fn from_route(r: &Route) -> Self {
+    pub(crate) fn from_route(r: &Route) -> Self {
         RoutePolicy {
             enabled: r.cache,
             ttl: r.ttl.map(|d| d.get()),
@@ -57,7 +57,7 @@ impl RoutePolicy {
 
 /// Why a response is not stored; also the `detail` in `Cache-Status`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Unstorable {
+pub(crate) enum Unstorable {
     Status,
     NoStore,
     Private,
@@ -75,7 +75,7 @@ impl Unstorable {
         [Unstorable::RequestNoStore, Unstorable::Authorization].iter().any(|r| r.as_str() == reason)
     }
 
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Unstorable::Status => "status",
             Unstorable::NoStore => "no-store",
@@ -91,7 +91,7 @@ impl Unstorable {
 
 /// How to store a response.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Plan {
+pub(crate) struct Plan {
     /// Freshness lifetime (0 = store, but revalidate on every use).
     pub lifetime: Duration,
     /// Age the response already had when it arrived (RFC 9111 §4.2.3).
@@ -105,7 +105,7 @@ pub struct Plan {
 
 /// The directives that govern this response for Portier: the first targeted field with a
 /// value wins and then `Cache-Control` and `Expires` are ignored (RFC 9213 §2.2).
-pub fn response_directives(resp: &ResponseHeader) -> (Directives, bool) {
+pub(crate) fn response_directives(resp: &ResponseHeader) -> (Directives, bool) {
     for f in TARGETED_FIELDS {
         // Surrogate-Control predates Structured Fields and keeps the Cache-Control syntax.
         let d =
@@ -141,7 +141,7 @@ fn reported_age(resp: &ResponseHeader) -> Option<u64> {
 }
 
 /// `max(Age, now - Date)`: the apparent and the reported age, whichever is larger.
-pub fn initial_age(resp: &ResponseHeader, now: SystemTime) -> Duration {
+pub(crate) fn initial_age(resp: &ResponseHeader, now: SystemTime) -> Duration {
     let reported = Duration::from_secs(reported_age(resp).unwrap_or(0));
     // Whole seconds, as RFC 9111 counts: `Date` has one-second resolution, so a sub-second
     // remainder is the clock tick, not age.
@@ -156,7 +156,7 @@ fn has_token(h: &ResponseHeader, name: &str, token: &str) -> bool {
 }
 
 /// Decides whether and how to store `resp`, the answer to `req`.
-pub fn decide(
+pub(crate) fn decide(
     req: &RequestHeader,
     resp: &ResponseHeader,
     route: &RoutePolicy,
@@ -255,7 +255,7 @@ pub fn decide(
 
 /// The stored form: stripped header, freshness counted from the response's own age, so `Age`
 /// on later hits includes what the origin reported.
-pub fn build_meta(plan: &Plan, resp: &ResponseHeader, now: SystemTime) -> CacheMeta {
+pub(crate) fn build_meta(plan: &Plan, resp: &ResponseHeader, now: SystemTime) -> CacheMeta {
     let mut h = resp.clone();
     for name in &plan.strip {
         h.remove_header(name.as_str());
@@ -280,7 +280,7 @@ pub fn build_meta(plan: &Plan, resp: &ResponseHeader, now: SystemTime) -> CacheM
 
 /// Client request directives a shared cache honours.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct RequestRules {
+pub(crate) struct RequestRules {
     /// Do not store the response (`Cache-Control: no-store`).
     pub no_store: bool,
     /// Revalidate before using a stored response (`no-cache`, `Pragma: no-cache`).
@@ -290,7 +290,7 @@ pub struct RequestRules {
     pub only_if_cached: bool,
 }
 
-pub fn request_rules(req: &RequestHeader) -> RequestRules {
+pub(crate) fn request_rules(req: &RequestHeader) -> RequestRules {
     let d = Directives::from_headers(&req.headers, "cache-control");
     let pragma_no_cache = !d.present
         && req
@@ -311,7 +311,7 @@ pub fn request_rules(req: &RequestHeader) -> RequestRules {
 impl RequestRules {
     /// Whether a stored response with this meta must be revalidated for this request even
     /// if it is fresh.
-    pub fn forces_revalidation(&self, meta: &CacheMeta, now: SystemTime) -> bool {
+    pub(crate) fn forces_revalidation(&self, meta: &CacheMeta, now: SystemTime) -> bool {
         if self.no_cache {
             return true;
         }

@@ -10,7 +10,7 @@ use std::net::IpAddr;
 /// What a purge removes.
 #[derive(Debug, Clone, serde::Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
-pub enum Selector {
+pub(crate) enum Selector {
     /// Exact URL: `scheme://host/path?query`; or a path+query (`/a?b`) for any host.
     Url(String),
     /// URL prefix: `scheme://host/prefix`; or a path prefix (`/api/`) for any host.
@@ -45,7 +45,7 @@ pub(crate) fn same(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-pub fn authorized(cfg: &PurgeConfig, client: Option<IpAddr>, req: &RequestHeader) -> bool {
+pub(crate) fn authorized(cfg: &PurgeConfig, client: Option<IpAddr>, req: &RequestHeader) -> bool {
     if let Some(token) = cfg.token.as_deref() {
         let sent = req
             .headers
@@ -64,7 +64,7 @@ pub fn authorized(cfg: &PurgeConfig, client: Option<IpAddr>, req: &RequestHeader
 /// stale (served while revalidating) instead of deleting them.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct PurgeRequest {
+pub(crate) struct PurgeRequest {
     pub url: Option<String>,
     pub prefix: Option<String>,
     pub tag: Option<String>,
@@ -73,7 +73,7 @@ pub struct PurgeRequest {
 }
 
 impl PurgeRequest {
-    pub fn parse(body: &[u8]) -> Result<(Selector, bool), String> {
+    pub(crate) fn parse(body: &[u8]) -> Result<(Selector, bool), String> {
         let r: PurgeRequest = serde_json::from_slice(body).map_err(|e| format!("invalid JSON body: {e}"))?;
         let sel = match (r.url, r.prefix, r.tag) {
             (Some(u), None, None) => Selector::Url(normalise_url(&u)?),

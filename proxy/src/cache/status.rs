@@ -29,7 +29,7 @@ impl CacheStatus {
         crate::telemetry::CacheLabel { name: self.as_str(), from_store: self.answered_from_store() }
     }
 
-    pub fn from_phase(phase: CachePhase) -> CacheStatus {
+    pub(crate) fn from_phase(phase: CachePhase) -> CacheStatus {
         match phase {
             CachePhase::Hit => CacheStatus::Hit,
             CachePhase::Miss => CacheStatus::Miss,
@@ -41,7 +41,7 @@ impl CacheStatus {
     }
 
     /// The `X-Cache` value and the `cache_status` label.
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             CacheStatus::Hit => "HIT",
             CacheStatus::Miss => "MISS",
@@ -58,7 +58,7 @@ impl CacheStatus {
     }
 
     /// Whether the response is built from a stored entry (so it carries our `Age`).
-    pub fn built_from_store(self) -> bool {
+    pub(crate) fn built_from_store(self) -> bool {
         matches!(self, CacheStatus::Hit | CacheStatus::Stale | CacheStatus::Revalidated)
     }
 }

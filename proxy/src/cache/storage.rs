@@ -34,7 +34,7 @@ const ENTRY_OVERHEAD: usize = 520;
 
 /// A header Portier's policy puts in the stored meta to ask for an edge-generated ETag; the
 /// storage replaces it with `ETag: "<hash of the body>"` once the whole body is known.
-pub const GENERATE_ETAG_MARKER: &str = "x-portier-generate-etag";
+pub(crate) const GENERATE_ETAG_MARKER: &str = "x-portier-generate-etag";
 
 /// A stored meta's fields, kept decoded so a hit rebuilds its `CacheMeta` without
 /// decompressing the header (the serialized form stays the source of truth). Only metas that
@@ -467,14 +467,14 @@ impl Inner {
 
 /// Counters the metrics and `/cache/stats` read.
 #[derive(Debug, Default)]
-pub struct StorageStats {
+pub(crate) struct StorageStats {
     pub evictions: AtomicU64,
     pub evicted_bytes: AtomicU64,
     pub inserts: AtomicU64,
     pub rejected_too_large: AtomicU64,
 }
 
-pub struct MemStorage {
+pub(crate) struct MemStorage {
     inner: Mutex<Inner>,
     max_bytes: usize,
     max_object: usize,
@@ -482,7 +482,7 @@ pub struct MemStorage {
 }
 
 impl MemStorage {
-    pub fn new(max_bytes: usize, max_object: usize) -> Self {
+    pub(crate) fn new(max_bytes: usize, max_object: usize) -> Self {
         MemStorage {
             inner: Mutex::new(Inner { lru: LruCache::unbounded(), bytes: 0, index: Index::default() }),
             max_bytes,
@@ -492,7 +492,7 @@ impl MemStorage {
     }
 
     /// Also index these query parameters (the `match_param` of invalidation rules).
-    pub fn indexing_params(self, names: impl IntoIterator<Item = String>) -> Self {
+    pub(crate) fn indexing_params(self, names: impl IntoIterator<Item = String>) -> Self {
         let mut names: Vec<Box<str>> = names.into_iter().map(Box::from).collect();
         names.sort();
         names.dedup();
@@ -501,7 +501,7 @@ impl MemStorage {
     }
 
     /// Leaked on purpose: Pingora's cache wants `&'static` storage, and there is one per process.
-    pub fn leak(self) -> &'static MemStorage {
+    pub(crate) fn leak(self) -> &'static MemStorage {
         Box::leak(Box::new(self))
     }
 
@@ -629,7 +629,7 @@ impl MemStorage {
 
     /// Purges what `sel` selects, every Vary variant included. `soft` marks entries stale
     /// instead of removing them. Returns the number of entries affected.
-    pub fn purge_matching(&self, sel: &Selector, soft: bool) -> usize {
+    pub(crate) fn purge_matching(&self, sel: &Selector, soft: bool) -> usize {
         let keys: Vec<HashBinary> = {
             let inner = self.inner.lock();
             match sel {
@@ -641,7 +641,7 @@ impl MemStorage {
     }
 
     /// Purges one cache key's every variant.
-    pub fn purge_key(&self, key: &(impl CacheHashKey + ?Sized), soft: bool) -> usize {
+    pub(crate) fn purge_key(&self, key: &(impl CacheHashKey + ?Sized), soft: bool) -> usize {
         self.purge_primary(&key.primary_bin(), soft)
     }
 

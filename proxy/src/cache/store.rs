@@ -9,7 +9,7 @@ use pingora_cache::Storage;
 
 /// Counts a store keeps for `/metrics` and `/cache/stats`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct StoreStats {
+pub(crate) struct StoreStats {
     pub entries: usize,
     /// Bytes held, headers, bodies and bookkeeping.
     pub bytes: usize,
@@ -19,7 +19,7 @@ pub struct StoreStats {
     pub evictions: u64,
 }
 
-pub trait Store: Storage + Sync + Send {
+pub(crate) trait Store: Storage + Sync + Send {
     /// Purges what `sel` selects, every Vary variant included; `soft` marks entries stale
     /// instead of removing them. Returns how many entries were affected.
     fn purge_matching(&self, sel: &Selector, soft: bool) -> usize;

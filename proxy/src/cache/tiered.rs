@@ -3,7 +3,7 @@
 //! before the origin; fills, revalidations and purges reach both tiers and every replica.
 
 use super::purge::Selector;
-use super::shared::{decode, Flight, RedisTier, Target};
+use super::redis::{decode, Flight, PurgeScope, RedisTier};
 use super::storage::{Fill, Hit, MemStorage, Tier};
 use super::store::{Store, StoreStats};
 use bytes::Bytes;
@@ -92,8 +92,8 @@ impl Storage for Tiered {
     async fn purge(&'static self, target: PurgeTarget<'_>, purge_type: PurgeType, trace: &SpanHandle) -> Result<PurgeOutcome> {
         let key = target.key();
         let shared = match (&target, key.variance_bin()) {
-            (PurgeTarget::Active(_), None) => Target::Primary(key.primary()),
-            _ => Target::Combined(key.combined()),
+            (PurgeTarget::Active(_), None) => PurgeScope::Primary(key.primary()),
+            _ => PurgeScope::Combined(key.combined()),
         };
         let out = self.l1.purge(target, purge_type, trace).await;
         self.l2.broadcast(shared, false);
@@ -103,7 +103,7 @@ impl Storage for Tiered {
     async fn expire(&'static self, target: PurgeTarget<'_>, trace: &SpanHandle) -> Result<PurgeOutcome> {
         let combined = target.key().combined();
         let out = self.l1.expire(target, trace).await;
-        self.l2.broadcast(Target::Combined(combined), true);
+        self.l2.broadcast(PurgeScope::Combined(combined), true);
         out
     }
 
@@ -131,13 +131,13 @@ impl Storage for Tiered {
 impl Store for Tiered {
     fn purge_matching(&self, sel: &Selector, soft: bool) -> usize {
         let n = self.l1.purge_matching(sel, soft);
-        self.l2.broadcast(Target::Select(sel.clone()), soft);
+        self.l2.broadcast(PurgeScope::Select(sel.clone()), soft);
         n
     }
 
     fn purge_key(&self, key: &dyn CacheHashKey, soft: bool) -> usize {
         let n = self.l1.purge_key(key, soft);
-        self.l2.broadcast(Target::Primary(key.primary()), soft);
+        self.l2.broadcast(PurgeScope::Primary(key.primary()), soft);
         n
     }
 

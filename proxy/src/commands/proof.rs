@@ -6,10 +6,10 @@ use serde::Serialize;
 use std::time::Duration;
 
 /// The headers that prove the cache, in the order they are shown.
-pub const SHOWN: [&str; 6] = ["x-cache", "age", "cache-control", "etag", "cache-status", "server-timing"];
+pub(crate) const SHOWN: [&str; 6] = ["x-cache", "age", "cache-control", "etag", "cache-status", "server-timing"];
 
 #[derive(Debug, thiserror::Error)]
-pub enum ProofError {
+pub(crate) enum ProofError {
     #[error("invalid URL {0:?}: expected http://host[:port]/path")]
     BadUrl(String),
     #[error("{0}: https is not supported; point proof at Portier's http listener")]
@@ -23,14 +23,14 @@ pub enum ProofError {
 }
 
 #[derive(Debug, Clone)]
-pub struct Target {
+pub(crate) struct ProofUrl {
     pub host: String,
     pub port: u16,
     pub path: String,
 }
 
-impl Target {
-    pub fn parse(url: &str) -> Result<Target, ProofError> {
+impl ProofUrl {
+    pub(crate) fn parse(url: &str) -> Result<ProofUrl, ProofError> {
         if url.starts_with("https://") {
             return Err(ProofError::Https(url.to_string()));
         }
@@ -45,7 +45,7 @@ impl Target {
         if host.is_empty() || host.contains(['@', ' ']) {
             return Err(ProofError::BadUrl(url.to_string()));
         }
-        Ok(Target {
+        Ok(ProofUrl {
             host: host.trim_matches(['[', ']']).to_string(),
             port,
             path: if path.is_empty() { "/".into() } else { path.to_string() },
@@ -60,13 +60,13 @@ impl Target {
         }
     }
 
-    pub fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         format!("http://{}{}", self.authority(), self.path)
     }
 }
 
 /// Sets (or replaces) `name=value` in a path's query string.
-pub fn with_query_param(path: &str, name: &str, value: &str) -> String {
+pub(crate) fn with_query_param(path: &str, name: &str, value: &str) -> String {
     let (p, q) = path.split_once('?').unwrap_or((path, ""));
     let mut pairs: Vec<String> =
         q.split('&').filter(|kv| !kv.is_empty() && kv.split('=').next() != Some(name)).map(str::to_string).collect();
@@ -75,19 +75,19 @@ pub fn with_query_param(path: &str, name: &str, value: &str) -> String {
 }
 
 #[derive(Debug, Clone, Serialize)]
-pub struct Exchange {
+pub(crate) struct Exchange {
     pub request: String,
     pub status: u16,
     pub headers: Vec<(String, String)>,
 }
 
 impl Exchange {
-    pub fn header(&self, name: &str) -> Option<&str> {
+    pub(crate) fn header(&self, name: &str) -> Option<&str> {
         self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
     }
 }
 
-fn send(t: &Target, method: &str, path: &str, extra: &[(&str, &str)]) -> Result<Exchange, ProofError> {
+fn send(t: &ProofUrl, method: &str, path: &str, extra: &[(&str, &str)]) -> Result<Exchange, ProofError> {
     let addr = t.authority();
     let mut headers = vec![("Accept", "*/*")];
     headers.extend_from_slice(extra);
@@ -102,7 +102,7 @@ fn send(t: &Target, method: &str, path: &str, extra: &[(&str, &str)]) -> Result<
 }
 
 #[derive(Debug, Clone, Serialize)]
-pub struct Step {
+pub(crate) struct Step {
     pub name: String,
     pub expected: String,
     pub passed: bool,
@@ -111,13 +111,13 @@ pub struct Step {
 }
 
 #[derive(Debug, Clone, Serialize)]
-pub struct Report {
+pub(crate) struct Report {
     pub url: String,
     pub passed: bool,
     pub steps: Vec<Step>,
 }
 
-pub struct Options {
+pub(crate) struct Options {
     pub invalidate: Option<String>,
     pub username: Option<String>,
     pub stale: bool,
@@ -135,8 +135,8 @@ fn age(ex: &Exchange) -> Option<u64> {
 
 /// Runs the proof. Connection problems end it with an error; a response that is not what the
 /// cache should give is a failed step, and the run goes on so the report shows everything.
-pub fn run(url: &str, o: &Options) -> Result<Report, ProofError> {
-    let mut t = Target::parse(url)?;
+pub(crate) fn run(url: &str, o: &Options) -> Result<Report, ProofError> {
+    let mut t = ProofUrl::parse(url)?;
     if let Some(u) = &o.username {
         t.path = with_query_param(&t.path, "username", u);
     }
@@ -236,7 +236,7 @@ pub fn run(url: &str, o: &Options) -> Result<Report, ProofError> {
     Ok(Report { url: t.url(), passed, steps })
 }
 
-pub fn render_text(r: &Report) -> String {
+pub(crate) fn render_text(r: &Report) -> String {
     let mut o = format!("Cache proof for {}\n", r.url);
     for (i, s) in r.steps.iter().enumerate() {
         o.push_str(&format!("\n{}. {}: {}\n   -> {}\n", i + 1, s.name, s.exchange.request, s.exchange.status));
@@ -252,7 +252,7 @@ pub fn render_text(r: &Report) -> String {
     o
 }
 
-pub fn render_markdown(r: &Report) -> String {
+pub(crate) fn render_markdown(r: &Report) -> String {
     let mut o = format!("### Cache proof: `{}`\n\n| # | step | request | status | X-Cache | Age | ETag | Cache-Status | result |\n|---|---|---|---|---|---|---|---|---|\n", r.url);
     for (i, s) in r.steps.iter().enumerate() {
         let h = |n: &str| s.exchange.header(n).unwrap_or("").replace('|', "\\|");
@@ -324,12 +324,12 @@ mod tests {
 
     #[test]
     fn urls_and_params() {
-        let t = Target::parse("http://localhost:8080/api/stats/summary?username=x").unwrap();
+        let t = ProofUrl::parse("http://localhost:8080/api/stats/summary?username=x").unwrap();
         assert_eq!((t.host.as_str(), t.port, t.path.as_str()), ("localhost", 8080, "/api/stats/summary?username=x"));
-        assert_eq!(Target::parse("http://h").unwrap().path, "/");
-        assert!(matches!(Target::parse("ftp://h"), Err(ProofError::BadUrl(_))));
-        assert!(matches!(Target::parse("https://h"), Err(ProofError::Https(_))));
-        assert!(Target::parse("http://h:99999/").is_err());
+        assert_eq!(ProofUrl::parse("http://h").unwrap().path, "/");
+        assert!(matches!(ProofUrl::parse("ftp://h"), Err(ProofError::BadUrl(_))));
+        assert!(matches!(ProofUrl::parse("https://h"), Err(ProofError::Https(_))));
+        assert!(ProofUrl::parse("http://h:99999/").is_err());
         assert_eq!(with_query_param("/a?username=x&b=1", "username", "bob"), "/a?b=1&username=bob");
         assert_eq!(with_query_param("/a", "username", "bob"), "/a?username=bob");
         assert_eq!(canonical("cache-status"), "Cache-Status");

@@ -35,7 +35,7 @@ pub(super) fn serve_then(c: Config, source: Option<PathBuf>, on_bound: impl FnOn
 }
 
 /// `portier proxy`: one pool, one catch-all route, every other setting at its default.
-pub fn quick_config(listen: &str, upstream: &str, admin: &str, shared_cache: Option<&str>) -> Result<Config, String> {
+pub(super) fn quick_config(listen: &str, upstream: &str, admin: &str, shared_cache: Option<&str>) -> Result<Config, String> {
     let target = upstream.strip_prefix("http://").unwrap_or(upstream).trim_end_matches('/');
     if target.contains("://") {
         return Err(format!("--upstream {upstream:?}: only http:// upstreams are supported"));

@@ -8,7 +8,7 @@ use std::str::FromStr;
 
 /// `host:port`, where host is a name, an IPv4 address or a bracketed IPv6 address.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct HostPort {
+pub(crate) struct HostPort {
     pub host: String,
     pub port: u16,
 }
@@ -16,7 +16,7 @@ pub struct HostPort {
 impl HostPort {
     /// Resolves now; names that resolve to several addresses give the first one, which is what
     /// a Compose service name gives.
-    pub fn resolve(&self) -> std::io::Result<SocketAddr> {
+    pub(crate) fn resolve(&self) -> std::io::Result<SocketAddr> {
         let target =
             if self.host.contains(':') { format!("[{}]:{}", self.host, self.port) } else { format!("{}:{}", self.host, self.port) };
         target
@@ -75,7 +75,7 @@ impl Serialize for HostPort {
 
 /// A listening address: an IP literal and a port (port 0 picks a free port).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ListenAddr(pub SocketAddr);
+pub(crate) struct ListenAddr(pub SocketAddr);
 
 impl FromStr for ListenAddr {
     type Err = String;

@@ -9,7 +9,7 @@ use std::path::Path;
 /// One thing wrong with a config: where (`upstreams.api.addresses[0]`, and the line and
 /// column when the key is in the file) and why.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Problem {
+pub(crate) struct Problem {
     pub path: String,
     pub message: String,
     /// 1-based line and column of the key (or of its closest parent in the file).
@@ -18,7 +18,7 @@ pub struct Problem {
 
 /// Every problem found in one config source.
 #[derive(Debug, Clone, thiserror::Error)]
-pub struct Problems {
+pub(crate) struct Problems {
     pub source_name: String,
     pub problems: Vec<Problem>,
 }
@@ -69,7 +69,7 @@ impl Collector {
 }
 
 /// Reads and validates a config file, then applies the `PORTIER_*` environment overrides.
-pub fn load_file(path: &Path) -> Result<Config, Problems> {
+pub(crate) fn load_file(path: &Path) -> Result<Config, Problems> {
     let name = path.display().to_string();
     let text = std::fs::read_to_string(path).map_err(|e| Problems {
         source_name: name.clone(),
@@ -80,7 +80,7 @@ pub fn load_file(path: &Path) -> Result<Config, Problems> {
 
 /// Parses `text`; `env` looks up override variables (a closure so tests need not touch the
 /// process environment).
-pub fn load_str(text: &str, source_name: &str, env: impl Fn(&str) -> Option<String>) -> Result<Config, Problems> {
+pub(crate) fn load_str(text: &str, source_name: &str, env: impl Fn(&str) -> Option<String>) -> Result<Config, Problems> {
     let mut c = Collector { problems: Vec::new() };
     let fail = |problems| Problems { source_name: source_name.to_string(), problems };
     let table: toml::Table = match text.parse() {
@@ -200,7 +200,7 @@ fn line_col(text: &str, offset: usize) -> (usize, usize) {
 }
 
 /// The variable that overrides a pool's addresses: `api` → `PORTIER_UPSTREAM_API`.
-pub fn upstream_env_var(pool: &str) -> String {
+pub(super) fn upstream_env_var(pool: &str) -> String {
     format!("PORTIER_UPSTREAM_{}", pool.to_ascii_uppercase().replace('-', "_"))
 }
 

@@ -8,16 +8,16 @@ pub(crate) mod path;
 mod pattern;
 mod units;
 
-pub use address::{HostPort, ListenAddr};
-pub use load::{load_file, load_str};
-pub use pattern::{unmapped, BcryptHash, Cidr, HostPattern, Method, PathPattern, Pseudonym};
-pub use units::{ByteSize, HumanDuration};
+pub(crate) use address::{HostPort, ListenAddr};
+pub(crate) use load::{load_file, load_str};
+pub(crate) use pattern::{unmapped, BcryptHash, Cidr, HostPattern, Method, PathPattern, Pseudonym};
+pub(crate) use units::{ByteSize, HumanDuration};
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
 #[derive(Debug, Clone, Default, Serialize)]
-pub struct Config {
+pub(crate) struct Config {
     pub listen: Listen,
     pub server: ServerSection,
     pub timeouts: Timeouts,
@@ -34,7 +34,7 @@ pub struct Config {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct Telemetry {
+pub(crate) struct Telemetry {
     /// `service_name` label of the span metrics and `service.name` of the traces; the
     /// runbook's queries use `proxy`. `OTEL_SERVICE_NAME` overrides it when this is unset.
     pub service_name: Option<String>,
@@ -60,7 +60,7 @@ impl Default for Telemetry {
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
-pub enum LogFormat {
+pub(crate) enum LogFormat {
     #[default]
     Json,
     Text,
@@ -69,14 +69,14 @@ pub enum LogFormat {
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct AccessLogConfig {
+pub(crate) struct AccessLogConfig {
     /// One line per request on stdout: `json` (for promtail/Loki), `text`, or `off`.
     pub format: LogFormat,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct TracesConfig {
+pub(crate) struct TracesConfig {
     /// OTLP/HTTP endpoint, e.g. `http://otel-collector:4318` (`/v1/traces` is appended).
     /// Unset: `OTEL_EXPORTER_OTLP_ENDPOINT`; neither: traces are off.
     pub endpoint: Option<String>,
@@ -89,7 +89,7 @@ pub struct TracesConfig {
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct ProfilingConfig {
+pub(crate) struct ProfilingConfig {
     /// Pyroscope server to push CPU profiles to, e.g. `http://pyroscope:4040`.
     /// Unset: `PYROSCOPE_SERVER_ADDRESS`; neither: no push.
     pub pyroscope_url: Option<String>,
@@ -99,7 +99,7 @@ pub struct ProfilingConfig {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct Listen {
+pub(crate) struct Listen {
     /// The public listener, where clients connect.
     pub public: ListenAddr,
     /// The admin listener (health, readiness, metrics, cache API). Never the public one.
@@ -128,7 +128,7 @@ impl Default for Listen {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct ServerSection {
+pub(crate) struct ServerSection {
     /// Worker threads for the public listener; 0 means one per CPU.
     pub threads: usize,
     /// On SIGTERM/SIGINT, how long in-flight requests may take to finish.
@@ -158,7 +158,7 @@ impl Default for ServerSection {
 /// What one client may send or hold, each refused with its own status.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct Limits {
+pub(crate) struct Limits {
     /// Length of the request target (414).
     pub max_uri: ByteSize,
     /// One header field, name and value (431).
@@ -191,7 +191,7 @@ pub struct Limits {
 }
 
 /// Pingora's HTTP/1 parser refuses more header fields than this whatever the configuration.
-pub const PARSER_MAX_HEADER_COUNT: usize = 256;
+pub(crate) const PARSER_MAX_HEADER_COUNT: usize = 256;
 
 impl Default for Limits {
     fn default() -> Self {
@@ -214,7 +214,7 @@ impl Default for Limits {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct Timeouts {
+pub(crate) struct Timeouts {
     /// TCP connect to an upstream address.
     pub connect: HumanDuration,
     /// Waiting for the upstream's response headers and between body reads.
@@ -242,7 +242,7 @@ impl Default for Timeouts {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct Upstream {
+pub(crate) struct Upstream {
     /// One or more `host:port`; requests go round-robin over the healthy ones.
     pub addresses: Vec<HostPort>,
     /// Active HTTP health check; without it an address is healthy unless passively ejected.
@@ -261,7 +261,7 @@ pub struct Upstream {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct UpstreamTls {
+pub(crate) struct UpstreamTls {
     /// Server name sent (SNI) and verified; default: the address's host.
     #[serde(default)]
     pub sni: Option<String>,
@@ -282,7 +282,7 @@ fn default_fail_timeout() -> HumanDuration {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct HealthCheck {
+pub(crate) struct HealthCheck {
     /// Path requested with GET; a 2xx or 3xx answer means healthy.
     pub path: String,
     pub interval: HumanDuration,
@@ -307,7 +307,7 @@ impl Default for HealthCheck {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct Route {
+pub(crate) struct Route {
     /// Host to match (`example.com` or `*.example.com`); absent = any host.
     #[serde(default)]
     pub host: Option<HostPattern>,
@@ -353,7 +353,7 @@ pub struct Route {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct BasicAuth {
+pub(crate) struct BasicAuth {
     /// Shown by the browser's login prompt.
     #[serde(default = "default_realm")]
     pub realm: String,
@@ -375,7 +375,7 @@ fn yes() -> bool {
 
 impl Route {
     /// A route with every cache option at its default.
-    pub fn new(host: Option<HostPattern>, path: PathPattern, pool: &str) -> Route {
+    pub(crate) fn new(host: Option<HostPattern>, path: PathPattern, pool: &str) -> Route {
         Route {
             host,
             path,
@@ -397,7 +397,7 @@ impl Route {
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
-pub enum EtagMode {
+pub(crate) enum EtagMode {
     /// Use the origin's ETag, if any.
     #[default]
     Origin,
@@ -407,7 +407,7 @@ pub enum EtagMode {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct CacheConfig {
+pub(crate) struct CacheConfig {
     pub enabled: bool,
     /// Memory budget for stored responses, headers and bodies together.
     pub max_size: ByteSize,
@@ -432,7 +432,7 @@ pub struct CacheConfig {
 /// `[cache.shared]`: Redis behind each replica's memory cache.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct SharedCacheConfig {
+pub(crate) struct SharedCacheConfig {
     /// `redis://[user:password@]host:port/db` or `rediss://...`; `PORTIER_CACHE_SHARED_URL`
     /// and `portier proxy --shared-cache` set it too.
     pub url: Option<RedisUrl>,
@@ -459,7 +459,7 @@ impl Default for SharedCacheConfig {
 /// its password hidden.
 #[derive(Clone, PartialEq, Eq, Deserialize)]
 #[serde(try_from = "String")]
-pub struct RedisUrl(String);
+pub(crate) struct RedisUrl(String);
 
 impl TryFrom<String> for RedisUrl {
     type Error = String;
@@ -482,12 +482,12 @@ impl std::str::FromStr for RedisUrl {
 }
 
 impl RedisUrl {
-    pub fn as_str(&self) -> &str {
+    pub(crate) fn as_str(&self) -> &str {
         &self.0
     }
 
     /// The URL with any password replaced by `***`.
-    pub fn redacted(&self) -> String {
+    pub(crate) fn redacted(&self) -> String {
         match self.0.split_once("://").and_then(|(scheme, rest)| rest.split_once('@').map(|(auth, host)| (scheme, auth, host))) {
             Some((scheme, auth, host)) => {
                 let user = auth.split_once(':').map_or("", |(u, _)| u);
@@ -527,7 +527,7 @@ impl Default for CacheConfig {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct PurgeConfig {
+pub(crate) struct PurgeConfig {
     /// `PURGE` on the public listener is allowed from these client addresses...
     pub allow_from: Vec<std::net::IpAddr>,
     /// ...or with `Authorization: Bearer <token>` (or `X-Purge-Token: <token>`).
@@ -545,7 +545,7 @@ impl Default for PurgeConfig {
 /// equals the request's (taken from its query string, or a top-level field of a small JSON body).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct InvalidationRule {
+pub(crate) struct InvalidationRule {
     pub method: Method,
     /// Exact path, or a prefix ending in `*`.
     pub path: PathPattern,
@@ -554,13 +554,13 @@ pub struct InvalidationRule {
     pub match_param: Option<String>,
 }
 
-pub const TOP_LEVEL_KEYS: &[&str] =
+pub(crate) const TOP_LEVEL_KEYS: &[&str] =
     &["listen", "server", "timeouts", "limits", "upstreams", "routes", "cache", "compression", "tls", "purge", "invalidation", "telemetry"];
 
 /// HTTPS: a TLS listener beside the plain one, HTTP/2 by ALPN.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct TlsConfig {
+pub(crate) struct TlsConfig {
     /// Where HTTPS is served, e.g. `0.0.0.0:8443`.
     pub listen: ListenAddr,
     /// PEM files; the one whose names match the client's SNI is served, else the first.
@@ -583,7 +583,7 @@ pub struct TlsConfig {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct AcmeConfig {
+pub(crate) struct AcmeConfig {
     /// Contact for the CA (expiry notices).
     pub email: String,
     /// The names the certificate covers; each must reach this Portier on port 80.
@@ -615,7 +615,7 @@ fn thirty_days() -> HumanDuration {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct CertificateFiles {
+pub(crate) struct CertificateFiles {
     /// Certificate chain (leaf first).
     pub cert: std::path::PathBuf,
     pub key: std::path::PathBuf,
@@ -624,14 +624,14 @@ pub struct CertificateFiles {
 /// A content coding Portier can produce.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
-pub enum Coding {
+pub(crate) enum Coding {
     Zstd,
     Br,
     Gzip,
 }
 
 impl Coding {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Coding::Zstd => "zstd",
             Coding::Br => "br",
@@ -643,7 +643,7 @@ impl Coding {
 /// How responses are compressed (which codings, per route: `compress`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct CompressionConfig {
+pub(crate) struct CompressionConfig {
     /// Bodies smaller than this (by `Content-Length`) are sent as they are.
     pub min_size: ByteSize,
     /// Levels for responses compressed as they pass (chosen by benches/ compress-bench).

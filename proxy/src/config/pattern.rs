@@ -250,7 +250,7 @@ impl Cidr {
 
 /// An IPv4-mapped IPv6 address (`::ffff:10.0.0.1`, how a dual-stack listener sees IPv4
 /// clients) as the IPv4 address it is; any other address as it is.
-pub fn unmapped(ip: std::net::IpAddr) -> std::net::IpAddr {
+pub(crate) fn unmapped(ip: std::net::IpAddr) -> std::net::IpAddr {
     match ip {
         std::net::IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, std::net::IpAddr::V4),
         v4 => v4,

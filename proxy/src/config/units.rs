@@ -7,25 +7,25 @@ use std::time::Duration as StdDuration;
 
 /// A duration written as a number and a unit: `ms`, `s`, `m`, `h`, `d` (e.g. `"1500ms"`, `"30s"`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
-pub struct HumanDuration(pub StdDuration);
+pub(crate) struct HumanDuration(pub StdDuration);
 
 impl HumanDuration {
-    pub const fn from_secs(s: u64) -> Self {
+    pub(crate) const fn from_secs(s: u64) -> Self {
         HumanDuration(StdDuration::from_secs(s))
     }
-    pub const fn from_millis(ms: u64) -> Self {
+    pub(crate) const fn from_millis(ms: u64) -> Self {
         HumanDuration(StdDuration::from_millis(ms))
     }
-    pub fn get(self) -> StdDuration {
+    pub(crate) fn get(self) -> StdDuration {
         self.0
     }
-    pub fn as_secs(self) -> u64 {
+    pub(crate) fn as_secs(self) -> u64 {
         self.0.as_secs()
     }
 }
 
-pub const DURATION_HELP: &str = "a duration such as \"500ms\", \"30s\", \"5m\", \"1h\" or \"1d\"";
-pub const SIZE_HELP: &str = "a size such as \"512KiB\", \"256MiB\", \"1GiB\", \"10MB\" or a number of bytes";
+pub(super) const DURATION_HELP: &str = "a duration such as \"500ms\", \"30s\", \"5m\", \"1h\" or \"1d\"";
+pub(super) const SIZE_HELP: &str = "a size such as \"512KiB\", \"256MiB\", \"1GiB\", \"10MB\" or a number of bytes";
 
 fn split_number(s: &str) -> Option<(u64, &str)> {
     let s = s.trim();
@@ -81,13 +81,13 @@ impl Serialize for HumanDuration {
 /// A size in bytes written with an optional unit: `B`, `KB`/`MB`/`GB` (powers of 1000),
 /// `KiB`/`MiB`/`GiB` (powers of 1024).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
-pub struct ByteSize(pub u64);
+pub(crate) struct ByteSize(pub u64);
 
 impl ByteSize {
-    pub const fn mib(n: u64) -> Self {
+    pub(crate) const fn mib(n: u64) -> Self {
         ByteSize(n * 1024 * 1024)
     }
-    pub fn bytes(self) -> u64 {
+    pub(crate) fn bytes(self) -> u64 {
         self.0
     }
 }

@@ -9,7 +9,7 @@ use pingora_core::protocols::http::ServerSession;
 use serde_json::json;
 use std::sync::Arc;
 
-pub struct Admin {
+pub(crate) struct Admin {
     pub(crate) live: Arc<arc_swap::ArcSwap<State>>,
     pub(crate) reloader: Arc<crate::control::reload::Reloader>,
 }
@@ -34,7 +34,7 @@ fn hit_ratio(hits: u64, misses: u64) -> f64 {
     }
 }
 
-pub fn json_response(status: StatusCode, body: &serde_json::Value) -> Response<Vec<u8>> {
+pub(crate) fn json_response(status: StatusCode, body: &serde_json::Value) -> Response<Vec<u8>> {
     let bytes = body.to_string().into_bytes();
     Response::builder()
         .status(status)

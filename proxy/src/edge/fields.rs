@@ -2,7 +2,7 @@
 
 /// The comma-separated tokens of every line of a list field (`Vary`, `Connection`, ...),
 /// trimmed and lower-cased.
-pub fn field_tokens(h: &http::HeaderMap, name: impl http::header::AsHeaderName) -> Vec<String> {
+pub(crate) fn field_tokens(h: &http::HeaderMap, name: impl http::header::AsHeaderName) -> Vec<String> {
     h.get_all(name)
         .iter()
         // Lossy rather than skipped: a `Vary` line with one odd byte must still name the

@@ -4,11 +4,11 @@ use http::HeaderValue;
 use pingora_http::RequestHeader;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-pub const REQUEST_ID: &str = "x-request-id";
+pub(crate) const REQUEST_ID: &str = "x-request-id";
 
 /// Keeps a client's `X-Request-Id` when it is a sane token (so a trace started upstream of
 /// Portier keeps its id); otherwise makes a new one.
-pub fn request_id(req: &RequestHeader) -> String {
+pub(crate) fn request_id(req: &RequestHeader) -> String {
     if let Some(v) = req.headers.get(REQUEST_ID).and_then(|v| v.to_str().ok()) {
         if !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b)) {
             return v.to_string();
@@ -19,7 +19,7 @@ pub fn request_id(req: &RequestHeader) -> String {
 
 /// 32 hex digits (the width of a W/3C trace id), unique per process and unpredictable enough
 /// for correlation; not a security token.
-pub fn new_id() -> String {
+pub(crate) fn new_id() -> String {
     use std::collections::hash_map::RandomState;
     use std::hash::{BuildHasher, Hasher};
     static COUNTER: AtomicU64 = AtomicU64::new(0);
@@ -44,7 +44,7 @@ pub fn new_id() -> String {
 /// request line. They are not part of the cache key, so a client sending one could make the
 /// origin answer for another resource and have that stored for everyone (web cache
 /// poisoning). Portier removes them; the ones it sets itself (`X-Forwarded-*`) it rewrites.
-pub const UNKEYED_OVERRIDES: [&str; 9] = [
+pub(crate) const UNKEYED_OVERRIDES: [&str; 9] = [
     "forwarded",
     "x-forwarded-scheme",
     "x-forwarded-port",
@@ -71,7 +71,7 @@ fn disguised(name: &str) -> bool {
 /// Sets `X-Forwarded-For` and `X-Real-IP` (the client address; values sent by the client are
 /// not trusted and are replaced, as Caddy does without `trusted_proxies`),
 /// `X-Forwarded-Proto`, `X-Forwarded-Host` and the request id.
-pub fn add_forwarded(req: &mut RequestHeader, client_ip: Option<&str>, host: Option<&str>, proto: &str, request_id: &str) {
+pub(crate) fn add_forwarded(req: &mut RequestHeader, client_ip: Option<&str>, host: Option<&str>, proto: &str, request_id: &str) {
     // One pass over the fields the client sent, removing only those present: eleven removals
     // by name (each hashing and looking up a name almost never there) cost ~3,000
     // instructions per forwarded request.

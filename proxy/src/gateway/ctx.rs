@@ -12,11 +12,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 /// Requests being served right now; graceful shutdown waits for this to reach zero.
-pub static IN_FLIGHT: AtomicUsize = AtomicUsize::new(0);
+pub(crate) static IN_FLIGHT: AtomicUsize = AtomicUsize::new(0);
 
 /// Set on SIGTERM/SIGINT: every answer from then on says `Connection: close`, so keep-alive
 /// clients open their next connection elsewhere instead of sending into a closing socket.
-pub static DRAINING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+pub(crate) static DRAINING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 pub(crate) struct InFlight(());
 impl InFlight {
@@ -128,7 +128,7 @@ pub(crate) struct TracePart {
     pub(crate) unsampled_trace_id: Option<String>,
 }
 
-pub struct Ctx {
+pub(crate) struct Ctx {
     pub(crate) started: Instant,
     pub(crate) started_at: SystemTime,
     pub(crate) request: RequestPart,

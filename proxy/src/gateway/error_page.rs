@@ -7,15 +7,15 @@ use pingora_error::Result;
 use pingora_http::ResponseHeader;
 use pingora_proxy::Session;
 
-pub fn reason(status: u16) -> &'static str {
+pub(crate) fn reason(status: u16) -> &'static str {
     http::StatusCode::from_u16(status).ok().and_then(|s| s.canonical_reason()).unwrap_or("Error")
 }
 
-pub fn body(status: u16, detail: &str, request_id: &str) -> String {
+pub(crate) fn body(status: u16, detail: &str, request_id: &str) -> String {
     format!("{status} {}: {detail} (request id {request_id})\n", reason(status))
 }
 
-pub fn detail_for(status: u16) -> &'static str {
+pub(crate) fn detail_for(status: u16) -> &'static str {
     match status {
         504 => "the upstream did not answer in time",
         502 => "the upstream could not be reached or sent an invalid response",

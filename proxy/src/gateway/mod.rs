@@ -14,7 +14,7 @@ pub(crate) mod response_headers;
 pub(crate) mod routing;
 mod upstream;
 
-pub use ctx::{Ctx, DRAINING, IN_FLIGHT};
+pub(crate) use ctx::{Ctx, DRAINING, IN_FLIGHT};
 
 use crate::cache::CacheLayer;
 use crate::config::Config;
@@ -37,7 +37,7 @@ use std::time::Duration;
 /// Everything a request may need. Built at start-up and again by each configuration reload
 /// ([`State::reconfigured`]); what outlives a reload (the cache's storage, telemetry,
 /// connection counts) is shared between the two.
-pub struct State {
+pub(crate) struct State {
     pub(crate) config: Config,
     pub(crate) router: Router,
     pub(crate) upstreams: Arc<Upstreams>,
@@ -57,7 +57,7 @@ pub struct State {
 }
 
 /// What outlives a configuration reload.
-struct Shared {
+struct Lasting {
     metrics: Arc<Metrics>,
     access_log: Arc<AccessLog>,
     tracing: Option<Arc<Tracing>>,
@@ -76,7 +76,7 @@ impl State {
         tracing: Option<Tracing>,
     ) -> Self {
         let cache = config.cache.enabled.then(|| CacheLayer::new(&config, shared_metrics));
-        let shared = Shared {
+        let shared = Lasting {
             metrics: Arc::new(metrics),
             access_log: Arc::new(AccessLog::new(config.telemetry.access_log.format)),
             tracing: tracing.map(Arc::new),
@@ -94,7 +94,7 @@ impl State {
     pub(crate) fn reconfigured(&self, config: Config, upstreams: Arc<Upstreams>) -> Self {
         // `cache.enabled` is a start-up key (reload.rs): the store is this process's for good.
         let cache = self.cache.as_ref().map(|old| old.reconfigured(&config));
-        let shared = Shared {
+        let shared = Lasting {
             metrics: self.metrics.clone(),
             access_log: self.access_log.clone(),
             tracing: self.tracing.clone(),
@@ -106,8 +106,8 @@ impl State {
         State::build(config, upstreams, cache, shared)
     }
 
-    fn build(config: Config, upstreams: Arc<Upstreams>, cache: Option<CacheLayer>, shared: Shared) -> Self {
-        let Shared { metrics, access_log, tracing, profiling, challenges, connections, operator } = shared;
+    fn build(config: Config, upstreams: Arc<Upstreams>, cache: Option<CacheLayer>, shared: Lasting) -> Self {
+        let Lasting { metrics, access_log, tracing, profiling, challenges, connections, operator } = shared;
         State {
             router: Router::new(&config.routes, &upstreams, config.limits.max_body.bytes()),
             methods: KnownMethods::new(config.invalidation.iter().map(|r| r.method.0.clone())),
@@ -128,7 +128,7 @@ impl State {
 
 /// The state requests start with; `portier reload` and SIGHUP swap it, and a request keeps the
 /// one it started with to its end (its route index means the same thing throughout).
-pub struct Gateway {
+pub(crate) struct Gateway {
     pub(crate) live: Arc<arc_swap::ArcSwap<State>>,
 }
 
@@ -139,7 +139,7 @@ impl State {
 }
 
 /// Pingora's per-request context: the state pinned for this request and the request's own part.
-pub struct Pinned {
+pub(crate) struct Pinned {
     state: Arc<State>,
     /// Boxed: Pingora moves the whole request future (this included) into a box per
     /// request, and copies every byte of it; a pointer is cheaper to move than the context.

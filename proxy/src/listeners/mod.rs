@@ -24,7 +24,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 #[derive(Debug, thiserror::Error)]
-pub enum ServerError {
+pub(crate) enum ServerError {
     #[error(transparent)]
     Upstream(#[from] UpstreamError),
     #[error(transparent)]
@@ -134,7 +134,7 @@ impl ShutdownSignalWatch for GracefulSignals {
 
 /// The addresses actually bound (after `:0` resolution).
 #[derive(Debug, Clone, Copy)]
-pub struct BoundAddrs {
+pub(crate) struct BoundAddrs {
     pub public: SocketAddr,
     pub admin: SocketAddr,
     /// The HTTPS listener, when `[tls]` is configured.
@@ -153,7 +153,7 @@ const WRITE_BUFFER: usize = 8 * 1024;
 /// Builds everything and blocks until shutdown. `on_bound` runs once the listeners are bound,
 /// with their real addresses.
 /// `source` is the file `config` came from: what a reload reads again (none for `portier proxy`).
-pub fn run(mut config: Config, source: Option<std::path::PathBuf>, on_bound: impl FnOnce(BoundAddrs)) -> Result<(), ServerError> {
+pub(crate) fn run(mut config: Config, source: Option<std::path::PathBuf>, on_bound: impl FnOnce(BoundAddrs)) -> Result<(), ServerError> {
     crate::telemetry::library_log::install(|k| std::env::var(k).ok());
     let upstreams = Arc::new(Upstreams::from_config(&config)?);
     let public = bind("listen.public", config.listen.public.0)?;

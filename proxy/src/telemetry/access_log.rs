@@ -19,21 +19,21 @@ const WAKE_AT: usize = 256 * 1024;
 const FLUSH_EVERY: Duration = Duration::from_millis(20);
 
 #[derive(Default)]
-struct Shared {
+struct LogBuffer {
     buf: Mutex<Vec<u8>>,
     wake: Condvar,
 }
 
-pub struct AccessLog {
+pub(crate) struct AccessLog {
     format: LogFormat,
-    shared: Option<Arc<Shared>>,
+    shared: Option<Arc<LogBuffer>>,
     pub dropped: AtomicU64,
 }
 
 impl AccessLog {
-    pub fn new(format: LogFormat) -> AccessLog {
+    pub(crate) fn new(format: LogFormat) -> AccessLog {
         let shared = (format != LogFormat::Off).then(|| {
-            let shared = Arc::new(Shared::default());
+            let shared = Arc::new(LogBuffer::default());
             let s2 = shared.clone();
             let spawned = std::thread::Builder::new().name("access-log".into()).spawn(move || {
                 let mut out_buf = Vec::with_capacity(WAKE_AT);

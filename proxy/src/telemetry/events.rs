@@ -4,7 +4,7 @@
 use std::io::Write;
 
 /// Writes `{"time":..,"level":..,"event":..,<fields>}` as one line.
-pub fn emit(level: &str, event: &str, fields: &[(&str, &str)]) {
+pub(crate) fn emit(level: &str, event: &str, fields: &[(&str, &str)]) {
     let mut obj = serde_json::Map::new();
     obj.insert("time".into(), super::time::rfc3339_now().into());
     obj.insert("level".into(), level.into());

@@ -32,7 +32,7 @@ impl log::Log for ToEvents {
 
 /// `PORTIER_LIBRARY_LOG` = `error`, `warn` (the default: Pingora's `info` lines are per
 /// connection), `info`, `debug` or `off`. Installed once per process; later calls do nothing.
-pub fn install(env: impl Fn(&str) -> Option<String>) {
+pub(crate) fn install(env: impl Fn(&str) -> Option<String>) {
     static LOGGER: OnceLock<ToEvents> = OnceLock::new();
     let max = match env("PORTIER_LIBRARY_LOG").as_deref().map(str::trim) {
         Some("off") => log::LevelFilter::Off,

@@ -7,17 +7,17 @@ use http::Method;
 /// RFC 9110's methods, PATCH (RFC 5789) and PURGE.
 const REGISTERED: [&str; 10] = ["GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH", "PURGE"];
 
-pub const OTHER: &str = "_OTHER";
+pub(crate) const OTHER: &str = "_OTHER";
 
 /// The registered methods plus those the config names (invalidation rules).
 #[derive(Debug, Clone, Default)]
-pub struct KnownMethods {
+pub(crate) struct KnownMethods {
     /// Leaked once at start-up, so a label is a `&'static str` a request can keep.
     configured: Vec<&'static str>,
 }
 
 impl KnownMethods {
-    pub fn new(configured: impl IntoIterator<Item = Method>) -> KnownMethods {
+    pub(crate) fn new(configured: impl IntoIterator<Item = Method>) -> KnownMethods {
         let mut names: Vec<String> =
             configured.into_iter().map(|m| m.as_str().to_string()).filter(|m| !REGISTERED.contains(&m.as_str())).collect();
         names.sort();
@@ -26,7 +26,7 @@ impl KnownMethods {
     }
 
     /// `m` itself when known, `_OTHER` otherwise.
-    pub fn label(&self, m: &Method) -> &'static str {
+    pub(crate) fn label(&self, m: &Method) -> &'static str {
         let s = m.as_str();
         REGISTERED.iter().chain(&self.configured).find(|k| **k == s).copied().unwrap_or(OTHER)
     }

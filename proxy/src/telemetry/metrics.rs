@@ -6,7 +6,7 @@ use super::RequestSummary as RequestRecord;
 use prometheus::{Encoder, Gauge, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
 use std::time::Instant;
 
-pub struct Metrics {
+pub(crate) struct Metrics {
     registry: Registry,
     service_name: String,
     span_calls: IntCounterVec,
@@ -41,7 +41,7 @@ pub struct Metrics {
 }
 
 /// The store's figures, read at scrape time.
-pub struct StoreGauges {
+pub(crate) struct StoreGauges {
     pub entries: u64,
     pub bytes: u64,
     pub capacity: u64,
@@ -50,14 +50,14 @@ pub struct StoreGauges {
 
 /// Label values known at start, so every series exists (at 0) before its first event and
 /// rate() queries have data; each domain names its own.
-pub struct StartLabels<'a> {
+pub(crate) struct StartLabels<'a> {
     pub cache_statuses: &'a [&'static str],
     pub purge_reasons: &'a [&'static str],
     pub auth_outcomes: &'a [&'static str],
 }
 
 /// Counters kept elsewhere (storage, tracer, access log), copied in at scrape time.
-pub struct External<'a> {
+pub(crate) struct External<'a> {
     pub store: Option<StoreGauges>,
     /// (pool, address, healthy) for every upstream address.
     pub upstream_health: Vec<(&'a str, String, bool)>,
@@ -111,7 +111,7 @@ pub(crate) fn gauge(r: &Registry, n: &MetricName) -> prometheus::Result<IntGauge
 }
 
 impl Metrics {
-    pub fn new(service_name: &str, labels: &StartLabels<'_>) -> prometheus::Result<Metrics> {
+    pub(crate) fn new(service_name: &str, labels: &StartLabels<'_>) -> prometheus::Result<Metrics> {
         let r = Registry::new();
         let span_calls = counter_vec(&r, &SPAN_CALLS, &SPAN_LABELS)?;
         let span_duration =
@@ -271,7 +271,7 @@ impl Metrics {
         self.cache_purged.with_label_values(&[reason]).inc_by(n as u64);
     }
 
-    pub fn upstream_response(&self, pool: &str, ms: f64) {
+    pub(crate) fn upstream_response(&self, pool: &str, ms: f64) {
         self.upstream_duration.with_label_values(&[pool]).observe(ms);
     }
 
@@ -302,7 +302,7 @@ impl Metrics {
     }
 
     /// Refreshes scrape-time values and renders the text exposition format.
-    pub fn render(&self, ext: &External<'_>) -> String {
+    pub(crate) fn render(&self, ext: &External<'_>) -> String {
         if let Some(sp) = ext.spans {
             sync_counter(&self.spans_exported, sp.exported.load(std::sync::atomic::Ordering::Relaxed));
             sync_counter(&self.spans_dropped, sp.dropped.load(std::sync::atomic::Ordering::Relaxed));

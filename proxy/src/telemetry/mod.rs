@@ -1,15 +1,15 @@
 //! Telemetry: metrics, Portier's own event log (and, as they land, traces, access logs, profiles).
 
-pub mod access_log;
-pub mod events;
-pub mod library_log;
-pub mod method;
-pub mod metrics;
-pub mod names;
-pub mod profiling;
+pub(crate) mod access_log;
+pub(crate) mod events;
+pub(crate) mod library_log;
+pub(crate) mod method;
+pub(crate) mod metrics;
+pub(crate) mod names;
+pub(crate) mod profiling;
 
-pub mod time;
-pub mod traces;
+pub(crate) mod time;
+pub(crate) mod traces;
 
 use crate::config::Telemetry;
 
@@ -113,7 +113,7 @@ impl ContentClass {
 
 /// Telemetry settings after environment fallbacks (config wins when both are set).
 #[derive(Debug, Clone, PartialEq)]
-pub struct Resolved {
+pub(crate) struct Resolved {
     pub service_name: String,
     pub traces: Option<traces::TraceSettings>,
     pub pyroscope_url: Option<String>,
@@ -130,7 +130,7 @@ pub(crate) fn protocol_version(v: http::Version) -> &'static str {
     }
 }
 
-pub fn resolve(cfg: &Telemetry, env: impl Fn(&str) -> Option<String>) -> Resolved {
+pub(crate) fn resolve(cfg: &Telemetry, env: impl Fn(&str) -> Option<String>) -> Resolved {
     let nonempty = |k: &str| env(k).filter(|v| !v.trim().is_empty());
     let service_name = cfg.service_name.clone().or_else(|| nonempty("OTEL_SERVICE_NAME")).unwrap_or_else(|| "proxy".into());
     let endpoint = cfg.traces.endpoint.clone().or_else(|| nonempty("OTEL_EXPORTER_OTLP_ENDPOINT"));

@@ -12,10 +12,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-pub const MAX_SECONDS: u64 = 300;
+pub(crate) const MAX_SECONDS: u64 = 300;
 
 #[derive(Debug, thiserror::Error)]
-pub enum ProfileError {
+pub(crate) enum ProfileError {
     #[error("a profile is already being taken")]
     Busy,
     #[error("continuous profiling to Pyroscope owns the profiler; look at Pyroscope instead")]
@@ -31,26 +31,26 @@ pub enum ProfileError {
 /// Pyroscope's push API messages (`push/v1/push.proto`).
 mod push_proto {
     #[derive(Clone, PartialEq, prost::Message)]
-    pub struct PushRequest {
+    pub(super) struct PushRequest {
         #[prost(message, repeated, tag = "1")]
         pub series: Vec<RawProfileSeries>,
     }
     #[derive(Clone, PartialEq, prost::Message)]
-    pub struct RawProfileSeries {
+    pub(super) struct RawProfileSeries {
         #[prost(message, repeated, tag = "1")]
         pub labels: Vec<LabelPair>,
         #[prost(message, repeated, tag = "2")]
         pub samples: Vec<RawSample>,
     }
     #[derive(Clone, PartialEq, prost::Message)]
-    pub struct LabelPair {
+    pub(super) struct LabelPair {
         #[prost(string, tag = "1")]
         pub name: String,
         #[prost(string, tag = "2")]
         pub value: String,
     }
     #[derive(Clone, PartialEq, prost::Message)]
-    pub struct RawSample {
+    pub(super) struct RawSample {
         #[prost(bytes = "vec", tag = "1")]
         pub raw_profile: Vec<u8>,
         #[prost(string, tag = "2")]
@@ -77,7 +77,7 @@ fn take_profile(duration: Duration, stop: std::sync::mpsc::Receiver<()>) -> Resu
 
 /// `http://host:port/prefix` → (`host:port`, `/prefix`). Only plain HTTP: Pyroscope sits on
 /// the internal network next to Portier.
-pub fn parse_http_url(url: &str) -> Result<(String, String), ProfileError> {
+pub(crate) fn parse_http_url(url: &str) -> Result<(String, String), ProfileError> {
     let bad = |reason: &str| ProfileError::BadUrl { url: url.to_string(), reason: reason.to_string() };
     let rest = url.strip_prefix("http://").ok_or_else(|| bad("only http:// is supported"))?;
     let (host, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
@@ -96,25 +96,25 @@ fn post(host: &str, path: &str, content_type: &str, body: &[u8]) -> std::io::Res
 
 /// Counters for `/metrics`.
 #[derive(Debug, Default)]
-pub struct ProfileCounters {
+pub(crate) struct ProfileCounters {
     pub pushed: AtomicU64,
     pub failed: AtomicU64,
 }
 
-pub struct Profiling {
+pub(crate) struct Profiling {
     busy: Arc<AtomicBool>,
     pushing: Arc<AtomicBool>,
     pub counters: Arc<ProfileCounters>,
 }
 
 impl Profiling {
-    pub fn new() -> Profiling {
+    pub(crate) fn new() -> Profiling {
         Profiling { busy: Arc::new(AtomicBool::new(false)), pushing: Arc::new(AtomicBool::new(false)), counters: Arc::default() }
     }
 
     /// Profiles continuously in `interval` windows on a thread of its own and pushes each
     /// window to Pyroscope; a failed push is counted and the next window goes on.
-    pub fn start_push(&self, url: &str, service_name: &str, interval: Duration) -> Result<(), ProfileError> {
+    pub(crate) fn start_push(&self, url: &str, service_name: &str, interval: Duration) -> Result<(), ProfileError> {
         let (host, prefix) = parse_http_url(url)?;
         let path = format!("{prefix}/push.v1.PusherService/Push");
         let (pushing, counters, service) = (self.pushing.clone(), self.counters.clone(), service_name.to_string());
@@ -161,7 +161,7 @@ impl Profiling {
     /// What the heap holds now, as sampled by jemalloc: a gzipped pprof protobuf
     /// (`inuse_space`, bytes), symbolized. Fails when the allocator is not jemalloc with
     /// profiling (the unit tests' default allocator).
-    pub fn heap_profile() -> Result<Vec<u8>, ProfileError> {
+    pub(crate) fn heap_profile() -> Result<Vec<u8>, ProfileError> {
         let ctl = jemalloc_pprof::PROF_CTL
             .as_ref()
             .ok_or_else(|| ProfileError::Failed("heap profiling is off (the allocator is not jemalloc with prof:true)".into()))?;
@@ -169,14 +169,18 @@ impl Profiling {
         ctl.dump_pprof().map_err(|e| ProfileError::Failed(format!("heap profile: {e}")))
     }
 
-    pub fn push_active(&self) -> bool {
+    pub(crate) fn push_active(&self) -> bool {
         self.pushing.load(Ordering::SeqCst)
     }
 
     /// Samples the whole process at 100 Hz for `seconds` (1 to 300), as a pprof protobuf.
     /// A CPU profile of `seconds`, cut short (and the profiler freed for others) as soon as
     /// `client_gone` completes.
-    pub async fn cpu_profile(&self, seconds: u64, client_gone: impl std::future::Future<Output = ()>) -> Result<Vec<u8>, ProfileError> {
+    pub(crate) async fn cpu_profile(
+        &self,
+        seconds: u64,
+        client_gone: impl std::future::Future<Output = ()>,
+    ) -> Result<Vec<u8>, ProfileError> {
         if self.push_active() {
             return Err(ProfileError::PushActive);
         }

@@ -3,13 +3,13 @@
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// `2026-11-27T15:19:23.123Z`
-pub fn rfc3339_now() -> String {
+pub(crate) fn rfc3339_now() -> String {
     rfc3339(SystemTime::now())
 }
 
 /// Appends the current time as RFC 3339 to `out`. The date-and-seconds part is computed once
 /// per second per thread: this runs for every access log line.
-pub fn push_rfc3339_now(out: &mut String) {
+pub(crate) fn push_rfc3339_now(out: &mut String) {
     thread_local! {
         static LAST: std::cell::RefCell<(u64, String)> = const { std::cell::RefCell::new((u64::MAX, String::new())) };
     }
@@ -32,7 +32,7 @@ pub fn push_rfc3339_now(out: &mut String) {
     out.push('Z');
 }
 
-pub fn rfc3339(t: SystemTime) -> String {
+pub(crate) fn rfc3339(t: SystemTime) -> String {
     let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
     let secs = d.as_secs();
     let (days, rem) = (secs / 86_400, secs % 86_400);

@@ -16,14 +16,14 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 #[derive(Debug, thiserror::Error)]
-pub enum TraceError {
+pub(crate) enum TraceError {
     #[error("cannot build the OTLP exporter for {endpoint}: {reason}")]
     Exporter { endpoint: String, reason: String },
 }
 
 /// Span accounting, exported as metrics.
 #[derive(Debug, Default)]
-pub struct SpanCounters {
+pub(crate) struct SpanCounters {
     pending: AtomicUsize,
     pub exported: AtomicU64,
     pub dropped: AtomicU64,
@@ -106,7 +106,7 @@ impl Injector for RequestInjector<'_> {
 
 /// What the sampler and exporter are set to.
 #[derive(Debug, Clone, PartialEq)]
-pub struct TraceSettings {
+pub(crate) struct TraceSettings {
     pub endpoint: String,
     pub service_name: String,
     pub ratio: f64,
@@ -114,7 +114,7 @@ pub struct TraceSettings {
 }
 
 /// The OTel sampler names (`OTEL_TRACES_SAMPLER`) mapped to a parent-based ratio.
-pub fn ratio_from_env(sampler: Option<&str>, arg: Option<&str>) -> f64 {
+pub(crate) fn ratio_from_env(sampler: Option<&str>, arg: Option<&str>) -> f64 {
     let arg = arg.and_then(|a| a.trim().parse::<f64>().ok()).filter(|r| (0.0..=1.0).contains(r));
     match sampler.map(str::trim) {
         Some("always_off" | "parentbased_always_off") => 0.0,
@@ -123,7 +123,7 @@ pub fn ratio_from_env(sampler: Option<&str>, arg: Option<&str>) -> f64 {
     }
 }
 
-pub struct Tracing {
+pub(crate) struct Tracing {
     ratio: f64,
     provider: SdkTracerProvider,
     tracer: opentelemetry_sdk::trace::SdkTracer,
@@ -132,7 +132,7 @@ pub struct Tracing {
 }
 
 impl Tracing {
-    pub fn start(s: &TraceSettings) -> Result<Tracing, TraceError> {
+    pub(crate) fn start(s: &TraceSettings) -> Result<Tracing, TraceError> {
         use opentelemetry_otlp::{WithExportConfig, WithHttpConfig};
         let url = format!("{}/v1/traces", s.endpoint.trim_end_matches('/'));
         let exporter = opentelemetry_otlp::SpanExporter::builder()
@@ -167,7 +167,7 @@ impl Tracing {
     /// span for it, and the application's span metrics would read the ratio of its traffic
     /// (issue 23). Its own sampler decides, as if Portier were not there; the access log and
     /// the origin still share the request's `X-Request-Id`.
-    pub fn decide(&self, req: &RequestHeader) -> Decision {
+    pub(crate) fn decide(&self, req: &RequestHeader) -> Decision {
         match parse_traceparent(req) {
             Some((_, true)) => Decision::Record,
             Some((id, false)) => Decision::Skip { trace_id: Some(id) },
@@ -177,7 +177,7 @@ impl Tracing {
     }
 
     /// Starts the server span, child of the client's `traceparent` when there is one.
-    pub fn server_span(&self, req: &RequestHeader, name: String, start: SystemTime) -> Context {
+    pub(crate) fn server_span(&self, req: &RequestHeader, name: String, start: SystemTime) -> Context {
         let parent = self.propagator.extract(&HeaderExtractor(&req.headers));
         let span =
             self.tracer.span_builder(name).with_kind(SpanKind::Server).with_start_time(start).start_with_context(&self.tracer, &parent);
@@ -186,14 +186,14 @@ impl Tracing {
 
     /// Starts the client span for the origin request and writes its `traceparent` (and the
     /// client's `tracestate`) into the forwarded request, replacing the client's.
-    pub fn client_span(&self, server: &Context, name: String, req: &mut RequestHeader) -> Context {
+    pub(crate) fn client_span(&self, server: &Context, name: String, req: &mut RequestHeader) -> Context {
         let span = self.tracer.span_builder(name).with_kind(SpanKind::Client).start_with_context(&self.tracer, server);
         let cx = server.with_span(span);
         self.propagator.inject_context(&cx, &mut RequestInjector(req));
         cx
     }
 
-    pub fn shutdown(&self) {
+    pub(crate) fn shutdown(&self) {
         let _ = self.provider.shutdown_with_timeout(Duration::from_secs(2));
     }
 }
@@ -201,7 +201,7 @@ impl Tracing {
 /// Ends a span with the HTTP attributes both semantic-convention generations name, so a
 /// collector's span metrics find `http.status_code` whichever it uses. The attributes are
 /// only built for sampled spans.
-pub fn finish(cx: &Context, status: u16, attrs: impl FnOnce() -> Vec<KeyValue>) {
+pub(crate) fn finish(cx: &Context, status: u16, attrs: impl FnOnce() -> Vec<KeyValue>) {
     let span = cx.span();
     if !span.is_recording() {
         span.end();
@@ -219,14 +219,14 @@ pub fn finish(cx: &Context, status: u16, attrs: impl FnOnce() -> Vec<KeyValue>) 
     span.end();
 }
 
-pub fn trace_id(cx: &Context) -> Option<String> {
+pub(crate) fn trace_id(cx: &Context) -> Option<String> {
     let sc = cx.span().span_context().clone();
     sc.is_valid().then(|| sc.trace_id().to_string())
 }
 
 /// What to do about tracing for one request.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Decision {
+pub(crate) enum Decision {
     /// Create spans.
     Record,
     /// No spans; log `trace_id` (the client's, when it sent an unsampled `traceparent`).
@@ -268,7 +268,7 @@ fn parse_traceparent(req: &RequestHeader) -> Option<(String, bool)> {
 }
 
 /// The trace id of an incoming `traceparent` (for log correlation when tracing is off).
-pub fn incoming_trace_id(req: &RequestHeader) -> Option<String> {
+pub(crate) fn incoming_trace_id(req: &RequestHeader) -> Option<String> {
     parse_traceparent(req).map(|(id, _)| id)
 }
 

@@ -103,7 +103,7 @@ const RELEASE_SCRIPT: &str = "if redis.call('get', KEYS[1]) == ARGV[1] then retu
 /// What a purge selects, as published to the other replicas.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
-pub(crate) enum Target {
+pub(crate) enum PurgeScope {
     Select(Selector),
     /// Every variant of one URL (by primary key).
     Primary(String),
@@ -117,7 +117,7 @@ struct Message {
     /// Milliseconds since the Unix epoch when published: the receivers measure the fan-out.
     sent_ms: u64,
     soft: bool,
-    target: Target,
+    target: PurgeScope,
 }
 
 /// What a memory miss learned from the shared tier.
@@ -599,7 +599,7 @@ impl RedisTier {
 
     /// Purges in the shared tier, then tells every replica to purge its memory tier. Runs on
     /// the tier's runtime; a purge that cannot reach Redis is replayed on reconnection.
-    pub(crate) fn broadcast(self: &Arc<Self>, target: Target, soft: bool) {
+    pub(crate) fn broadcast(self: &Arc<Self>, target: PurgeScope, soft: bool) {
         let msg = Message { from: self.id.clone(), sent_ms: unix_ms(), soft, target };
         let tier = self.clone();
         self.rt.spawn(async move {
@@ -637,18 +637,18 @@ impl RedisTier {
 
     /// The stored variants (combined keys, hex) a purge target selects, forgetting the index
     /// entries on the way (a soft purge keeps them: the objects stay).
-    async fn select(&self, target: &Target) -> Option<Vec<String>> {
+    async fn select(&self, target: &PurgeScope) -> Option<Vec<String>> {
         match target {
-            Target::Combined(c) => Some(vec![c.clone()]),
-            Target::Primary(p) => {
+            PurgeScope::Combined(c) => Some(vec![c.clone()]),
+            PurgeScope::Primary(p) => {
                 let (members,): (Vec<String>,) = self.query("purge", redis::pipe().smembers(self.key("v", p))).await?;
                 Some(members)
             }
-            Target::Select(Selector::Tag(t)) => {
+            PurgeScope::Select(Selector::Tag(t)) => {
                 let (members,): (Vec<String>,) = self.query("purge", redis::pipe().smembers(self.key("t", t))).await?;
                 Some(members)
             }
-            Target::Select(sel) => {
+            PurgeScope::Select(sel) => {
                 // Path selectors (any host) read the path index, absolute ones the URL index.
                 let (index, prefix) = match sel {
                     Selector::Url(u) if u.starts_with('/') => ("paths", format!("{u}\0")),
@@ -730,15 +730,15 @@ impl RedisTier {
             return;
         }
         match &msg.target {
-            Target::Select(sel) => {
+            PurgeScope::Select(sel) => {
                 self.l1.purge_matching(sel, msg.soft);
             }
-            Target::Primary(p) => {
+            PurgeScope::Primary(p) => {
                 if let Some(p) = str2hex(p) {
                     self.l1.purge_primary(&p, msg.soft);
                 }
             }
-            Target::Combined(c) => {
+            PurgeScope::Combined(c) => {
                 if let Some(c) = str2hex(c) {
                     self.l1.purge_combined(&c, msg.soft);
                 }
