@@ -8,22 +8,19 @@ pub(crate) mod invalidate;
 pub(crate) mod key;
 pub(crate) mod policy;
 pub(crate) mod purge;
-pub(crate) mod redis;
 pub(crate) mod revalidate;
 pub(crate) mod status;
-pub(crate) mod storage;
 pub(crate) mod store;
-pub(crate) mod tiered;
 pub(crate) mod url;
 
-pub(crate) use redis::SharedTierMetrics;
+pub(crate) use store::redis::SharedTierMetrics;
 
 use crate::config::Config;
 use pingora_cache::lock::{CacheKeyLockImpl, CacheLock};
 use pingora_cache::predictor::{CacheablePredictor, Predictor};
 use pingora_cache::CacheOptionOverrides;
 use pingora_proxy::Session;
-use storage::MemStorage;
+use store::memory::MemStorage;
 use store::Store;
 
 /// The gateway's one handle on the cache: it asks this, never a tier.
@@ -53,8 +50,8 @@ pub(crate) struct HitSource {
 
 impl HitSource {
     pub(crate) fn of(hit: &pingora_cache::storage::HitHandler) -> HitSource {
-        let (tier, refreshing_elsewhere) = tiered::hit_origin(hit);
-        HitSource { shared: tier == storage::Tier::Shared, refreshing_elsewhere }
+        let (tier, refreshing_elsewhere) = store::tiered::hit_origin(hit);
+        HitSource { shared: tier == store::memory::Tier::Shared, refreshing_elsewhere }
     }
 }
 
@@ -62,7 +59,7 @@ impl CacheLayer {
     /// Leaks the storage, lock and predictor: one per process, alive until exit.
     /// `shared_metrics`: the shared tier's instruments, registered whether or not Redis is
     /// configured (its dashboard row then reads 0, not "no data").
-    pub(crate) fn new(cfg: &Config, shared_metrics: redis::SharedTierMetrics) -> CacheLayer {
+    pub(crate) fn new(cfg: &Config, shared_metrics: store::redis::SharedTierMetrics) -> CacheLayer {
         let c = &cfg.cache;
         let lock_timeout = c.lock_timeout.get();
         let memory = MemStorage::new(c.max_size.bytes() as usize, c.max_object_size.bytes() as usize)
@@ -70,8 +67,8 @@ impl CacheLayer {
             .leak();
         let storage: &'static dyn Store = match &c.shared.url {
             None => memory,
-            Some(url) => match redis::RedisTier::start(&c.shared, url, lock_timeout, memory, shared_metrics) {
-                Ok(l2) => tiered::Tiered { l1: memory, l2 }.leak(),
+            Some(url) => match store::redis::RedisTier::start(&c.shared, url, lock_timeout, memory, shared_metrics) {
+                Ok(l2) => store::tiered::Tiered { l1: memory, l2 }.leak(),
                 Err(e) => {
                     crate::telemetry::events::emit(
                         "error",

@@ -267,7 +267,7 @@ pub(crate) fn build_meta(plan: &Plan, resp: &ResponseHeader, now: SystemTime) ->
     }
     h.remove_header("age");
     if plan.generate_etag {
-        let _ = h.insert_header(super::storage::GENERATE_ETAG_MARKER, "1");
+        let _ = h.insert_header(super::store::memory::GENERATE_ETAG_MARKER, "1");
     }
     // Not before 1970: a meta dated earlier cannot be serialized, and an Age that large
     // (2^31 s) only has to mean "stale".

@@ -8,8 +8,7 @@
 //! every operation under it is O(1) or, for purges, costs what it matches (ordered indexes by
 //! URL and by path), and soft purges rewrite metas outside it.
 
-use super::purge::Selector;
-use super::url::path_of;
+use crate::cache::purge::Selector;
 use bytes::{Bytes, BytesMut};
 use lru::LruCache;
 use parking_lot::Mutex;
@@ -19,384 +18,16 @@ use pingora_cache::trace::SpanHandle;
 use pingora_cache::{CacheMeta, Storage};
 use pingora_error::{Error, ErrorType, Result};
 use std::any::Any;
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
-use std::ops::Bound;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::SystemTime;
 
-/// Per-entry bookkeeping counted against the budget on top of headers and body: the LRU
-/// node and its slot, the URL, path and variant indexes, allocator rounding. Measured with
-/// `mem-bench` (resident memory per entry minus what the other terms count: about 500 bytes
-/// once metas are kept decoded only, in their compact form, and the path index points into
-/// the URL instead of copying the path).
-const ENTRY_OVERHEAD: usize = 520;
+mod index;
 
-/// A header Portier's policy puts in the stored meta to ask for an edge-generated ETag; the
-/// storage replaces it with `ETag: "<hash of the body>"` once the whole body is known.
-pub(crate) const GENERATE_ETAG_MARKER: &str = "x-portier-generate-etag";
-
-/// A stored meta's fields, kept decoded so a hit rebuilds its `CacheMeta` without
-/// decompressing the header (the serialized form stays the source of truth). Only metas that
-/// `CacheMeta::new` can express exactly get one: provenance equal to creation time, and an
-/// epoch override whenever `updated` differs from `created`.
-struct Decoded {
-    fresh_until: SystemTime,
-    created: SystemTime,
-    swr: u32,
-    sie: u32,
-    variance: Option<HashBinary>,
-    epoch_override: Option<SystemTime>,
-    header: Head,
-}
-
-/// The serialized meta without the spare capacity its encoder left (a `Bytes` made from a
-/// `Vec` keeps the whole capacity).
-fn exact(v: Vec<u8>) -> Bytes {
-    Bytes::from(v.into_boxed_slice())
-}
-
-/// Field names of stored heads, each kept once for the whole cache: an entry holds a 2-byte
-/// index per field instead of a 32-byte `HeaderName` (~250 bytes per entry). Hits read the
-/// table without a lock; a name never seen before is added under the mutex (fills only).
-/// Bounded: past `MAX_NAMES` distinct names (an origin inventing names), new heads are kept
-/// serialized instead.
-struct Names {
-    max: usize,
-    index: parking_lot::Mutex<HashMap<http::HeaderName, u16>>,
-    table: arc_swap::ArcSwap<Vec<http::HeaderName>>,
-}
-
-const MAX_NAMES: usize = 4096;
-
-impl Names {
-    fn new(max: usize) -> Names {
-        let max = max.min(usize::from(u16::MAX));
-        Names { max, index: parking_lot::Mutex::new(HashMap::new()), table: arc_swap::ArcSwap::from_pointee(Vec::new()) }
-    }
-
-    fn global() -> &'static Names {
-        static NAMES: std::sync::OnceLock<Names> = std::sync::OnceLock::new();
-        NAMES.get_or_init(|| Names::new(MAX_NAMES))
-    }
-
-    fn intern(&self, name: &http::HeaderName) -> Option<u16> {
-        let mut index = self.index.lock();
-        if let Some(i) = index.get(name) {
-            return Some(*i);
-        }
-        if index.len() >= self.max {
-            return None;
-        }
-        let i = index.len() as u16;
-        let mut table = (**self.table.load()).clone();
-        table.push(name.clone());
-        self.table.store(Arc::new(table));
-        index.insert(name.clone(), i);
-        Some(i)
-    }
-}
-
-/// A stored response head in two allocations: each field's name (interned, see [`Names`])
-/// with where its value ends, and every value's bytes back to back. Pingora parses a response head without copying (each
-/// name and value a slice of the buffer it was read into: keeping those would keep the whole
-/// buffer, 9.8 KB resident per 1.8 KB entry), and a `HeaderMap` copy costs buckets, indices
-/// and one allocation per value (~1.2 KB for six fields). Each hit builds its
-/// `ResponseHeader` from this: the values are slices of the shared buffer, not copies.
-struct Head {
-    status: http::StatusCode,
-    version: http::Version,
-    /// Only when the origin's differs from the status code's canonical phrase.
-    reason: Option<Box<str>>,
-    fields: Box<[(u16, u32)]>,
-    values: Bytes,
-}
-
-impl Head {
-    /// None when a name cannot be interned (the table is full).
-    fn of(h: &pingora_http::ResponseHeader, names: &Names) -> Option<Head> {
-        let mut values = Vec::with_capacity(h.headers.iter().map(|(_, v)| v.len()).sum());
-        let mut fields = Vec::with_capacity(h.headers.len());
-        for (name, value) in &h.headers {
-            values.extend_from_slice(value.as_bytes());
-            fields.push((names.intern(name)?, values.len() as u32));
-        }
-        let reason = h.get_reason_phrase().filter(|r| Some(*r) != h.status.canonical_reason()).map(Box::from);
-        Some(Head { status: h.status, version: h.version, reason, fields: fields.into_boxed_slice(), values: Bytes::from(values) })
-    }
-
-    /// The response head again; the names go out in their canonical case (HTTP field names are
-    /// case-insensitive).
-    fn header(&self, names: &Names) -> pingora_http::ResponseHeader {
-        const ADDED_ON_EVERY_ANSWER: usize = 8;
-        let table = names.table.load();
-        // Room for the fields every answer from the store gets (Age, X-Cache, Cache-Status,
-        // Server-Timing, X-Request-Id, Via, Date...): growing the map rehashes every field.
-        let mut map = http::HeaderMap::with_capacity(self.fields.len() + ADDED_ON_EVERY_ANSWER);
-        let mut start = 0;
-        for (name, end) in self.fields.iter() {
-            let end = *end as usize;
-            // The bytes came from a `HeaderValue`: they are valid (checked again, not assumed).
-            // The table only grows: an index handed out is always there.
-            if let (Some(name), Ok(v)) =
-                (table.get(usize::from(*name)), http::HeaderValue::from_maybe_shared(self.values.slice(start..end)))
-            {
-                map.append(name.clone(), v);
-            }
-            start = end;
-        }
-        let (mut parts, ()) = http::Response::new(()).into_parts();
-        parts.status = self.status;
-        parts.version = self.version;
-        parts.headers = map;
-        let mut out = pingora_http::ResponseHeader::from(parts);
-        if let Some(r) = &self.reason {
-            let _ = out.set_reason_phrase(Some(r));
-        }
-        out
-    }
-
-    /// What it holds: the values, each field's name index and offset (the interned names are
-    /// shared by the whole cache and bounded by `MAX_NAMES`).
-    fn weight(&self) -> usize {
-        self.values.len() + self.fields.len() * std::mem::size_of::<(u16, u32)>() + self.reason.as_ref().map_or(0, |r| r.len())
-    }
-}
-
-/// An entry's meta as kept: decoded when `CacheMeta::new` expresses it exactly (a hit then
-/// rebuilds it without decompressing anything), else serialized. Never both: the serialized
-/// form of a decoded meta is made again when something needs it (the shared tier, a soft purge).
-#[derive(Clone)]
-enum StoredMeta {
-    Decoded(Arc<Decoded>),
-    /// Boxed: two `Bytes` inline would make every entry (and LRU node) 56 bytes larger.
-    Serialized(Box<(Bytes, Bytes)>),
-}
-
-impl StoredMeta {
-    fn of(meta: &CacheMeta) -> Result<StoredMeta> {
-        match Decoded::of(meta) {
-            Some(d) => Ok(StoredMeta::Decoded(d)),
-            None => {
-                let (i, h) = meta.serialize()?;
-                Ok(StoredMeta::Serialized(Box::new((exact(i), exact(h)))))
-            }
-        }
-    }
-
-    /// `parts` (the meta serialized) are kept only when the meta cannot be kept decoded.
-    fn from_parts(parts: (Bytes, Bytes), decoded: Option<Arc<Decoded>>) -> StoredMeta {
-        match decoded {
-            Some(d) => StoredMeta::Decoded(d),
-            None => StoredMeta::Serialized(Box::new(parts)),
-        }
-    }
-
-    fn meta(&self) -> Result<CacheMeta> {
-        match self {
-            StoredMeta::Decoded(d) => Ok(d.rebuild()),
-            StoredMeta::Serialized(p) => CacheMeta::deserialize(&p.0, &p.1),
-        }
-    }
-
-    fn parts(&self) -> Result<(Bytes, Bytes)> {
-        match self {
-            StoredMeta::Decoded(d) => {
-                let (i, h) = d.rebuild().serialize()?;
-                Ok((exact(i), exact(h)))
-            }
-            StoredMeta::Serialized(p) => Ok((p.0.clone(), p.1.clone())),
-        }
-    }
-
-    /// Bytes counted against the budget.
-    fn weight(&self) -> usize {
-        match self {
-            StoredMeta::Decoded(d) => d.weight(),
-            StoredMeta::Serialized(p) => p.0.len() + p.1.len(),
-        }
-    }
-
-    /// This very meta, not one stored since (a refill or another rewrite replaced it).
-    fn same(&self, other: &StoredMeta) -> bool {
-        match (self, other) {
-            (StoredMeta::Decoded(a), StoredMeta::Decoded(b)) => Arc::ptr_eq(a, b),
-            (StoredMeta::Serialized(a), StoredMeta::Serialized(b)) => a.0.as_ptr() == b.0.as_ptr(),
-            _ => false,
-        }
-    }
-}
-
-impl Decoded {
-    fn of(meta: &CacheMeta) -> Option<Arc<Decoded>> {
-        let exact = meta.provenance() == meta.created() && (meta.updated() == meta.created() || meta.epoch_override().is_some());
-        if !exact {
-            return None;
-        }
-        Some(Arc::new(Decoded {
-            fresh_until: meta.fresh_until(),
-            created: meta.created(),
-            swr: meta.stale_while_revalidate_sec(),
-            sie: meta.stale_if_error_sec(),
-            variance: meta.variance(),
-            epoch_override: meta.epoch_override(),
-            header: Head::of(meta.response_header(), Names::global())?,
-        }))
-    }
-
-    /// Bytes the decoded meta holds, counted against the budget like everything stored: the
-    /// shared allocation (with the `Arc`'s counts and allocator rounding) and the head.
-    fn weight(&self) -> usize {
-        std::mem::size_of::<Decoded>() + 32 + self.header.weight()
-    }
-
-    fn rebuild(&self) -> CacheMeta {
-        let mut m = CacheMeta::new(self.fresh_until, self.created, self.swr, self.sie, self.header.header(Names::global()));
-        if let Some(v) = self.variance {
-            m.set_variance_key(v);
-        }
-        if let Some(e) = self.epoch_override {
-            m.set_epoch_override(e);
-        }
-        m
-    }
-}
-
-#[derive(Clone)]
-pub(crate) struct Entry {
-    meta: StoredMeta,
-    body: Bytes,
-    primary: HashBinary,
-    /// `scheme://host/path?query`, for URL and prefix purges.
-    url: Arc<str>,
-    tags: Box<[String]>,
-    size: usize,
-}
-
-/// A query parameter's name and value, as written in the URL.
-type ParamPair = (Box<str>, Box<str>);
-
-/// What purges look entries up by, so a purge costs what it matches instead of a scan of
-/// the whole cache under the lock.
-#[derive(Default)]
-struct Index {
-    /// primary key → every stored variant (combined keys), the primary slot included.
-    variants: HashMap<HashBinary, Vec<HashBinary>>,
-    tags: HashMap<String, HashSet<HashBinary>>,
-    /// `scheme://host/path?query` → primary key, ordered for URL-prefix purges.
-    by_url: BTreeMap<Arc<str>, HashBinary>,
-    /// (`/path?query`, primary key), ordered for path and path-prefix purges on any host.
-    by_path: BTreeSet<PathKey>,
-    /// Query parameters that invalidation rules match on (`username`): (name, value) → the
-    /// URLs that carry it, so a rule's purge for one user does not walk every user's entries.
-    params: Box<[Box<str>]>,
-    by_param: HashMap<ParamPair, HashMap<HashBinary, Arc<str>>>,
-}
-
-/// An entry's `/path?query` as a slice of its URL's own allocation (a copy of the path cost
-/// ~50 bytes per entry), ordered by that path, then the primary key.
-struct PathKey {
-    url: Arc<str>,
-    path_at: u32,
-    primary: HashBinary,
-}
-
-impl PathKey {
-    fn new(url: Arc<str>, primary: HashBinary) -> PathKey {
-        let path_at = (url.len() - path_of(&url).len()) as u32;
-        PathKey { url, path_at, primary }
-    }
-    fn path(&self) -> &str {
-        self.url.get(self.path_at as usize..).unwrap_or("")
-    }
-}
-
-impl PartialEq for PathKey {
-    fn eq(&self, other: &Self) -> bool {
-        self.cmp(other) == std::cmp::Ordering::Equal
-    }
-}
-impl Eq for PathKey {}
-impl PartialOrd for PathKey {
-    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(other))
-    }
-}
-impl Ord for PathKey {
-    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        self.path().cmp(other.path()).then_with(|| self.primary.cmp(&other.primary))
-    }
-}
-
-impl Index {
-    /// Primary keys whose URL `sel` selects (not tags).
-    fn primaries(&self, sel: &Selector) -> Vec<HashBinary> {
-        let by_path = |p: &str, exact: bool| -> Vec<(Arc<str>, HashBinary)> {
-            self.by_path
-                .range((Bound::Included(PathKey::new(Arc::from(p), [0u8; 16])), Bound::Unbounded))
-                .take_while(|k| if exact { k.path() == p } else { k.path().starts_with(p) })
-                .map(|k| (k.url.clone(), k.primary))
-                .collect()
-        };
-        let by_url_prefix = |p: &str| -> Vec<(Arc<str>, HashBinary)> {
-            self.by_url
-                .range::<str, _>((Bound::Included(p), Bound::Unbounded))
-                .take_while(|(u, _)| u.starts_with(p))
-                .map(|(u, k)| (u.clone(), *k))
-                .collect()
-        };
-        let candidates = match sel {
-            Selector::PrefixWithParam { param, value, .. } if self.params.iter().any(|p| **p == **param) => self
-                .by_param
-                .get(&(Box::from(param.as_str()), Box::from(value.as_str())))
-                .map(|m| m.iter().map(|(k, u)| (u.clone(), *k)).collect())
-                .unwrap_or_default(),
-            Selector::Url(u) if u.starts_with('/') => by_path(u, true),
-            Selector::Url(u) => self.by_url.get_key_value(u.as_str()).map(|(u, k)| (u.clone(), *k)).into_iter().collect(),
-            Selector::Prefix(p) | Selector::PrefixWithParam { prefix: p, .. } if p.starts_with('/') => by_path(p, false),
-            Selector::Prefix(p) | Selector::PrefixWithParam { prefix: p, .. } => by_url_prefix(p),
-            Selector::Tag(_) => Vec::new(),
-        };
-        // The indexes narrow the search; the selector has the last word.
-        candidates.into_iter().filter(|(u, _)| sel.matches(u)).map(|(_, k)| k).collect()
-    }
-
-    /// The (name, value) pairs of `url`'s query that are indexed.
-    fn indexed_params(&self, url: &str) -> Vec<ParamPair> {
-        if self.params.is_empty() {
-            return Vec::new();
-        }
-        let query = url.split_once('?').map_or("", |(_, q)| q);
-        query
-            .split('&')
-            .filter_map(|kv| {
-                let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
-                self.params.iter().any(|p| **p == *k).then(|| (Box::from(k), Box::from(v)))
-            })
-            .collect()
-    }
-
-    fn add(&mut self, primary: HashBinary, url: &Arc<str>) {
-        self.by_url.insert(url.clone(), primary);
-        self.by_path.insert(PathKey::new(url.clone(), primary));
-        for pair in self.indexed_params(url) {
-            self.by_param.entry(pair).or_default().insert(primary, url.clone());
-        }
-    }
-
-    fn forget(&mut self, primary: &HashBinary, url: &Arc<str>) {
-        self.by_url.remove(&**url);
-        self.by_path.remove(&PathKey::new(url.clone(), *primary));
-        for pair in self.indexed_params(url) {
-            if let Some(m) = self.by_param.get_mut(&pair) {
-                m.remove(primary);
-                if m.is_empty() {
-                    self.by_param.remove(&pair);
-                }
-            }
-        }
-    }
-}
+pub(crate) use super::entry::Entry;
+pub(crate) use super::entry::GENERATE_ETAG_MARKER;
+use super::entry::{exact, Decoded, StoredMeta};
+use index::Index;
 
 struct Inner {
     lru: LruCache<HashBinary, Entry>,
@@ -656,7 +287,7 @@ impl MemStorage {
     }
 }
 
-impl super::store::Store for MemStorage {
+impl super::Store for MemStorage {
     fn purge_matching(&self, sel: &Selector, soft: bool) -> usize {
         MemStorage::purge_matching(self, sel, soft)
     }
@@ -665,9 +296,9 @@ impl super::store::Store for MemStorage {
         MemStorage::purge_key(self, key, soft)
     }
 
-    fn stats(&self) -> super::store::StoreStats {
+    fn stats(&self) -> super::StoreStats {
         let inner = self.inner.lock();
-        super::store::StoreStats {
+        super::StoreStats {
             entries: inner.lru.len(),
             bytes: inner.bytes,
             capacity: self.max_bytes,
@@ -851,45 +482,6 @@ impl HandleMiss for Fill {
     }
 }
 
-impl Entry {
-    /// An entry and the bytes it is counted for: its meta as kept, body, URL, and the
-    /// bookkeeping around them (LRU node, indexes).
-    fn new(meta: StoredMeta, body: Bytes, primary: HashBinary, url: Arc<str>, tags: Box<[String]>) -> Entry {
-        let size = body.len() + meta.weight() + url.len() + ENTRY_OVERHEAD;
-        Entry { meta, body, primary, url, tags, size }
-    }
-
-    pub(crate) fn size(&self) -> usize {
-        self.size
-    }
-    pub(crate) fn body(&self) -> &Bytes {
-        &self.body
-    }
-    pub(crate) fn url(&self) -> &str {
-        &self.url
-    }
-    /// The meta serialized, as the shared tier stores it.
-    pub(crate) fn meta_parts(&self) -> Result<(Bytes, Bytes)> {
-        self.meta.parts()
-    }
-    pub(crate) fn tags(&self) -> &[String] {
-        &self.tags
-    }
-    /// How long the entry may still be served, fresh or stale: what a copy elsewhere should
-    /// live. None when the meta cannot be read.
-    pub(crate) fn servable_for(&self, now: SystemTime) -> Option<std::time::Duration> {
-        let (fresh_until, swr, sie) = match &self.meta {
-            StoredMeta::Decoded(d) => (d.fresh_until, d.swr, d.sie),
-            StoredMeta::Serialized(p) => {
-                let m = CacheMeta::deserialize(&p.0, &p.1).ok()?;
-                (m.fresh_until(), m.stale_while_revalidate_sec(), m.stale_if_error_sec())
-            }
-        };
-        let fresh = fresh_until.duration_since(now).unwrap_or_default();
-        Some(fresh + std::time::Duration::from_secs(u64::from(swr.max(sie))))
-    }
-}
-
 impl Fill {
     /// The entry this fill makes, once the whole body is in; an error when it may not be
     /// stored (over the object limit).
@@ -938,6 +530,7 @@ impl Fill {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cache::store::entry::{Head, Names};
     use pingora_cache::trace::Span;
     use pingora_http::ResponseHeader;
     use std::time::Duration;

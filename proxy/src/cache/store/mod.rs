@@ -1,9 +1,17 @@
 //! The seam between the cache and where entries live. Pingora asks a [`Storage`] for lookups
 //! and fills; Portier also needs purges by URL, prefix and tag, and sizes for its metrics.
 //! A shared or tiered store (Redis behind the memory one) is one new implementation of
-//! [`Store`]; nothing else changes. [`super::storage::MemStorage`] is the default.
+//! [`Store`]; nothing else changes. [`memory::MemStorage`] is the default.
+//!
+//! `entry.rs`: what a stored response is, and its codec; `memory/`: the memory tier (LRU,
+//! budget, indexes); `redis.rs`: the shared tier; `tiered.rs`: memory in front of Redis.
 
-use super::purge::Selector;
+pub(crate) mod entry;
+pub(crate) mod memory;
+pub(crate) mod redis;
+pub(crate) mod tiered;
+
+use crate::cache::purge::Selector;
 use pingora_cache::key::CacheHashKey;
 use pingora_cache::Storage;
 

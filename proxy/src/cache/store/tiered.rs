@@ -2,10 +2,10 @@
 //! `[cache.shared]` is set. Hits come from memory; a memory miss asks Redis (one round trip)
 //! before the origin; fills, revalidations and purges reach both tiers and every replica.
 
-use super::purge::Selector;
+use super::memory::{Fill, Hit, MemStorage, Tier};
 use super::redis::{decode, Flight, PurgeScope, RedisTier};
-use super::storage::{Fill, Hit, MemStorage, Tier};
-use super::store::{Store, StoreStats};
+use super::{Store, StoreStats};
+use crate::cache::purge::Selector;
 use bytes::Bytes;
 use pingora_cache::key::{CacheHashKey, CacheKey, HashBinary};
 use pingora_cache::storage::{HandleMiss, HitHandler, MissFinishType, MissHandler, PurgeOutcome, PurgeTarget, PurgeType};

@@ -14,9 +14,9 @@
 //! - `P:l:<combined>`: the fill lock, a token set with `NX PX`;
 //! - channel `P:purge`: every purge, applied by each replica to its memory tier.
 
-use super::purge::Selector;
-use super::storage::{Entry, MemStorage};
-use super::url::path_of;
+use super::memory::{Entry, MemStorage};
+use crate::cache::purge::Selector;
+use crate::cache::url::path_of;
 use crate::telemetry::events::emit;
 use crate::telemetry::metrics::{counter_vec, gauge};
 use crate::telemetry::names::*;
