@@ -51,7 +51,7 @@ pub(crate) struct HitSource {
 impl HitSource {
     pub(crate) fn of(hit: &pingora_cache::storage::HitHandler) -> HitSource {
         let (tier, refreshing_elsewhere) = store::tiered::hit_origin(hit);
-        HitSource { shared: tier == store::memory::Tier::Shared, refreshing_elsewhere }
+        HitSource { shared: tier == store::memory::HitTier::Shared, refreshing_elsewhere }
     }
 }
 
@@ -68,7 +68,7 @@ impl CacheLayer {
         let storage: &'static dyn Store = match &c.shared.url {
             None => memory,
             Some(url) => match store::redis::RedisTier::start(&c.shared, url, lock_timeout, memory, shared_metrics) {
-                Ok(l2) => store::tiered::Tiered { l1: memory, l2 }.leak(),
+                Ok(l2) => store::tiered::Tiered { l1: memory, tiers: vec![std::sync::Arc::new(store::redis::SharedTier(l2))] }.leak(),
                 Err(e) => {
                     crate::telemetry::events::emit(
                         "error",

@@ -12,8 +12,11 @@ pub(crate) mod redis;
 pub(crate) mod tiered;
 
 use crate::cache::purge::Selector;
+use bytes::Bytes;
 use pingora_cache::key::CacheHashKey;
+use pingora_cache::key::HashBinary;
 use pingora_cache::Storage;
+use serde::{Deserialize, Serialize};
 
 /// Counts a store keeps for `/metrics` and `/cache/stats`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -41,4 +44,62 @@ pub(crate) trait Store: Storage + Sync + Send {
     /// storable, the origin failed, the client left): a tier holding a lock others wait on
     /// (the shared tier's, across replicas) gives it up now.
     fn request_ended(&self, _primary: &pingora_cache::key::HashBinary) {}
+}
+
+/// What a purge selects, as every tier (and, through the shared one, every replica) applies it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum PurgeScope {
+    Select(Selector),
+    /// Every variant of one URL (by primary key).
+    Primary(String),
+    /// One stored variant.
+    Combined(String),
+}
+
+/// A tier behind the memory one (Redis today): what [`tiered::Tiered`] asks, in order, on a
+/// memory miss, and tells of every fill, refresh and purge. Values travel in the shared
+/// encoding ([`redis::decode`]) and are checked whole by `Tiered` before anything is served:
+/// a tier only stores and returns bytes. A disk tier is one more implementation.
+#[async_trait::async_trait]
+pub(crate) trait Tier: Send + Sync {
+    /// What a hit from this tier is reported as (`Cache-Status` detail, metrics).
+    fn provenance(&self) -> memory::HitTier;
+
+    /// Whether asking it now can help (a disconnected Redis cannot).
+    fn available(&self) -> bool {
+        true
+    }
+
+    /// A memory miss: the stored value, or `None` (the next tier, then the origin). A tier
+    /// that coordinates fills across processes may take a fill lock here, released by
+    /// [`Self::put`], [`Self::release`] or [`Self::release_later`].
+    async fn get(&self, combined: HashBinary, primary: HashBinary) -> Option<Bytes>;
+
+    /// A stale entry in memory, for a tier that coordinates refreshes: `Some((this process
+    /// refreshes it, a fresher value if one is stored))`; `None` when it does not.
+    async fn claim_refresh(&self, _combined: &HashBinary, _primary: &HashBinary) -> Option<(bool, Option<Bytes>)> {
+        None
+    }
+
+    /// A fill started for `combined`.
+    fn filling(&self, _combined: &HashBinary) {}
+
+    /// A complete entry (a fill, or a revalidation's new freshness).
+    async fn put(&self, combined: &HashBinary, primary: &HashBinary, entry: &memory::Entry);
+
+    /// The fill for `combined` failed: its lock goes now.
+    async fn release(&self, _combined: &HashBinary) {}
+
+    /// [`Self::release`] from a place that cannot wait (a dropped fill).
+    fn release_later(&self, _combined: HashBinary) {}
+
+    /// A request ended without storing: the locks it took for that URL go.
+    fn release_primary(&self, _primary: &HashBinary) {}
+
+    /// A value it returned was not whole: never served; the tier deletes it.
+    fn discard(&self, combined: &HashBinary, value: Bytes);
+
+    /// A purge (`soft`: marked stale instead of removed).
+    fn purge(&self, scope: PurgeScope, soft: bool);
 }

@@ -100,16 +100,7 @@ const PRUNE_SCRIPT: &str = "local old = redis.call('ZRANGEBYSCORE', KEYS[1], '-i
      end return #old";
 const RELEASE_SCRIPT: &str = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) else return 0 end";
 
-/// What a purge selects, as published to the other replicas.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub(crate) enum PurgeScope {
-    Select(Selector),
-    /// Every variant of one URL (by primary key).
-    Primary(String),
-    /// One stored variant.
-    Combined(String),
-}
+pub(crate) use super::PurgeScope;
 
 #[derive(Debug, Serialize, Deserialize)]
 struct Message {
@@ -807,6 +798,59 @@ impl RedisTier {
                 return;
             }
         }
+    }
+}
+
+/// The shared tier as one of the tiers behind memory (see [`super::Tier`]).
+pub(crate) struct SharedTier(pub(crate) Arc<RedisTier>);
+
+#[async_trait::async_trait]
+impl super::Tier for SharedTier {
+    fn provenance(&self) -> super::memory::HitTier {
+        super::memory::HitTier::Shared
+    }
+
+    fn available(&self) -> bool {
+        self.0.available()
+    }
+
+    async fn get(&self, combined: HashBinary, primary: HashBinary) -> Option<Bytes> {
+        match self.0.fetch(combined, primary).await {
+            Flight::Found(v) => Some(v),
+            Flight::Origin => None,
+        }
+    }
+
+    async fn claim_refresh(&self, combined: &HashBinary, primary: &HashBinary) -> Option<(bool, Option<Bytes>)> {
+        self.0.claim_refresh(combined, primary).await
+    }
+
+    fn filling(&self, combined: &HashBinary) {
+        self.0.filling(combined);
+    }
+
+    async fn put(&self, combined: &HashBinary, primary: &HashBinary, entry: &Entry) {
+        self.0.put(combined, primary, entry).await;
+    }
+
+    async fn release(&self, combined: &HashBinary) {
+        self.0.release(combined).await;
+    }
+
+    fn release_later(&self, combined: HashBinary) {
+        self.0.release_later(combined);
+    }
+
+    fn release_primary(&self, primary: &HashBinary) {
+        self.0.release_primary(primary);
+    }
+
+    fn discard(&self, combined: &HashBinary, value: Bytes) {
+        self.0.discard(combined, value);
+    }
+
+    fn purge(&self, scope: PurgeScope, soft: bool) {
+        self.0.broadcast(scope, soft);
     }
 }
 

@@ -2,9 +2,9 @@
 //! `[cache.shared]` is set. Hits come from memory; a memory miss asks Redis (one round trip)
 //! before the origin; fills, revalidations and purges reach both tiers and every replica.
 
-use super::memory::{Fill, Hit, MemStorage, Tier};
-use super::redis::{decode, Flight, PurgeScope, RedisTier};
-use super::{Store, StoreStats};
+use super::memory::{Fill, Hit, HitTier, MemStorage};
+use super::redis::decode;
+use super::{PurgeScope, Store, StoreStats, Tier};
 use crate::cache::purge::Selector;
 use bytes::Bytes;
 use pingora_cache::key::{CacheHashKey, CacheKey, HashBinary};
@@ -16,15 +16,16 @@ use std::any::Any;
 use std::sync::Arc;
 use std::time::SystemTime;
 
+/// Memory in front of the tiers behind it, asked in their order.
 pub(crate) struct Tiered {
     pub(crate) l1: &'static MemStorage,
-    pub(crate) l2: Arc<RedisTier>,
+    pub(crate) tiers: Vec<Arc<dyn Tier>>,
 }
 
 /// Which tier answered a hit, and whether another replica is refreshing it; read in
 /// `cache_hit_filter`.
-pub(crate) fn hit_origin(hit: &HitHandler) -> (Tier, bool) {
-    hit.as_any().downcast_ref::<Hit>().map_or((Tier::Memory, false), |h| (h.tier, h.refreshing_elsewhere))
+pub(crate) fn hit_origin(hit: &HitHandler) -> (HitTier, bool) {
+    hit.as_any().downcast_ref::<Hit>().map_or((HitTier::Memory, false), |h| (h.tier, h.refreshing_elsewhere))
 }
 
 impl Tiered {
@@ -32,23 +33,29 @@ impl Tiered {
         Box::leak(Box::new(self))
     }
 
+    fn purge_tiers(&self, scope: PurgeScope, soft: bool) {
+        for tier in &self.tiers {
+            tier.purge(scope.clone(), soft);
+        }
+    }
+
     /// A value read from Redis, served and kept in memory for the next hits, once checked
     /// whole: its lengths and checksum, a meta that parses, and a body as long as its
     /// `Content-Length` says (a short one would stall the client's keep-alive connection).
     /// A bad value is a miss, counted and deleted.
-    fn serve(&self, key: &CacheKey, value: &Bytes) -> Option<(CacheMeta, HitHandler)> {
+    fn serve(&self, tier: &dyn Tier, key: &CacheKey, value: &Bytes) -> Option<(CacheMeta, HitHandler)> {
         let checked = decode(value).and_then(|(internal, header, body)| {
             let (meta, entry) = self.l1.entry_from_parts(key, internal, header, body).ok()?;
             let declared = crate::edge::target::content_length(&meta.response_header().headers);
             declared.is_none_or(|n| n == entry.body().len() as u64).then_some((meta, entry))
         });
         let Some((meta, entry)) = checked else {
-            self.l2.discard(&key.combined_bin(), value.clone());
+            tier.discard(&key.combined_bin(), value.clone());
             return None;
         };
         let body = entry.body().clone();
         self.l1.admit(key.combined_bin(), entry);
-        Some((meta, Box::new(Hit::new(body, Tier::Shared))))
+        Some((meta, Box::new(Hit::new(body, tier.provenance()))))
     }
 }
 
@@ -56,37 +63,46 @@ impl Tiered {
 impl Storage for Tiered {
     async fn lookup(&'static self, key: &CacheKey, trace: &SpanHandle) -> Result<Option<(CacheMeta, HitHandler)>> {
         if let Some((meta, mut hit)) = self.l1.lookup(key, trace).await? {
-            if meta.is_fresh(SystemTime::now()) || !self.l2.available() {
+            if meta.is_fresh(SystemTime::now()) {
                 return Ok(Some((meta, hit)));
             }
             // Stale here: another replica may have refreshed it already, or be refreshing it.
             let (combined, primary) = (key.combined_bin(), key.primary_bin());
-            let Some((mine, value)) = self.l2.claim_refresh(&combined, &primary).await else {
+            for tier in self.tiers.iter().filter(|t| t.available()) {
+                let Some((mine, value)) = tier.claim_refresh(&combined, &primary).await else { continue };
+                if let Some(fresher) =
+                    value.and_then(|v| self.serve(tier.as_ref(), key, &v)).filter(|(m, _)| m.fresh_until() > meta.fresh_until())
+                {
+                    if mine {
+                        tier.release(&combined).await;
+                    }
+                    return Ok(Some(fresher));
+                }
+                if !mine {
+                    if let Some(h) = hit.as_any_mut().downcast_mut::<Hit>() {
+                        h.refreshing_elsewhere = true;
+                    }
+                }
                 return Ok(Some((meta, hit)));
-            };
-            if let Some(fresher) = value.and_then(|v| self.serve(key, &v)).filter(|(m, _)| m.fresh_until() > meta.fresh_until()) {
-                if mine {
-                    self.l2.release(&combined).await;
-                }
-                return Ok(Some(fresher));
-            }
-            if !mine {
-                if let Some(h) = hit.as_any_mut().downcast_mut::<Hit>() {
-                    h.refreshing_elsewhere = true;
-                }
             }
             return Ok(Some((meta, hit)));
         }
-        match self.l2.fetch(key.combined_bin(), key.primary_bin()).await {
-            Flight::Found(v) => Ok(self.serve(key, &v)),
-            Flight::Origin => Ok(None),
+        for tier in &self.tiers {
+            if let Some(v) = tier.get(key.combined_bin(), key.primary_bin()).await {
+                if let Some(found) = self.serve(tier.as_ref(), key, &v) {
+                    return Ok(Some(found));
+                }
+            }
         }
+        Ok(None)
     }
 
     async fn get_miss_handler(&'static self, key: &CacheKey, meta: &CacheMeta, _trace: &SpanHandle) -> Result<MissHandler> {
         let combined = key.combined_bin();
-        self.l2.filling(&combined);
-        Ok(Box::new(TieredFill { fill: Some(self.l1.fill(key, meta)?), tiers: self, combined, primary: key.primary_bin() }))
+        for tier in &self.tiers {
+            tier.filling(&combined);
+        }
+        Ok(Box::new(TieredFill { fill: Some(self.l1.fill(key, meta)?), store: self, combined, primary: key.primary_bin() }))
     }
 
     async fn purge(&'static self, target: PurgeTarget<'_>, purge_type: PurgeType, trace: &SpanHandle) -> Result<PurgeOutcome> {
@@ -96,14 +112,14 @@ impl Storage for Tiered {
             _ => PurgeScope::Combined(key.combined()),
         };
         let out = self.l1.purge(target, purge_type, trace).await;
-        self.l2.broadcast(shared, false);
+        self.purge_tiers(shared, false);
         out
     }
 
     async fn expire(&'static self, target: PurgeTarget<'_>, trace: &SpanHandle) -> Result<PurgeOutcome> {
         let combined = target.key().combined();
         let out = self.l1.expire(target, trace).await;
-        self.l2.broadcast(PurgeScope::Combined(combined), true);
+        self.purge_tiers(PurgeScope::Combined(combined), true);
         out
     }
 
@@ -113,7 +129,9 @@ impl Storage for Tiered {
         let updated = self.l1.update_meta(key, meta, trace).await?;
         if updated {
             if let Some(entry) = self.l1.entry(&key.combined_bin()) {
-                self.l2.put(&key.combined_bin(), &key.primary_bin(), &entry).await;
+                for tier in &self.tiers {
+                    tier.put(&key.combined_bin(), &key.primary_bin(), &entry).await;
+                }
             }
         }
         Ok(updated)
@@ -131,13 +149,13 @@ impl Storage for Tiered {
 impl Store for Tiered {
     fn purge_matching(&self, sel: &Selector, soft: bool) -> usize {
         let n = self.l1.purge_matching(sel, soft);
-        self.l2.broadcast(PurgeScope::Select(sel.clone()), soft);
+        self.purge_tiers(PurgeScope::Select(sel.clone()), soft);
         n
     }
 
     fn purge_key(&self, key: &dyn CacheHashKey, soft: bool) -> usize {
         let n = self.l1.purge_key(key, soft);
-        self.l2.broadcast(PurgeScope::Primary(key.primary()), soft);
+        self.purge_tiers(PurgeScope::Primary(key.primary()), soft);
         n
     }
 
@@ -146,7 +164,9 @@ impl Store for Tiered {
     }
 
     fn request_ended(&self, primary: &HashBinary) {
-        self.l2.release_primary(primary);
+        for tier in &self.tiers {
+            tier.release_primary(primary);
+        }
     }
 }
 
@@ -155,7 +175,7 @@ impl Store for Tiered {
 /// or is dropped half-way (nothing half-received is stored anywhere).
 struct TieredFill {
     fill: Option<Fill>,
-    tiers: &'static Tiered,
+    store: &'static Tiered,
     combined: HashBinary,
     primary: HashBinary,
 }
@@ -163,7 +183,9 @@ struct TieredFill {
 impl Drop for TieredFill {
     fn drop(&mut self) {
         if self.fill.is_some() {
-            self.tiers.l2.release_later(self.combined);
+            for tier in &self.store.tiers {
+                tier.release_later(self.combined);
+            }
         }
     }
 }
@@ -183,13 +205,17 @@ impl HandleMiss for TieredFill {
         };
         match fill.complete() {
             Ok((combined, entry)) => {
-                self.tiers.l2.put(&combined, &self.primary, &entry).await;
+                for tier in &self.store.tiers {
+                    tier.put(&combined, &self.primary, &entry).await;
+                }
                 let size = entry.size();
-                self.tiers.l1.admit(combined, entry);
+                self.store.l1.admit(combined, entry);
                 Ok(MissFinishType::Created(size))
             }
             Err(e) => {
-                self.tiers.l2.release(&self.combined).await;
+                for tier in &self.store.tiers {
+                    tier.release(&self.combined).await;
+                }
                 Err(e)
             }
         }

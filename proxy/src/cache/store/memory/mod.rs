@@ -339,7 +339,7 @@ impl Storage for MemStorage {
         let Some((stored, body)) = found else {
             return Ok(None);
         };
-        Ok(Some((stored.meta()?, Box::new(Hit::new(body, Tier::Memory)))))
+        Ok(Some((stored.meta()?, Box::new(Hit::new(body, HitTier::Memory)))))
     }
 
     async fn get_miss_handler(&'static self, key: &CacheKey, meta: &CacheMeta, _trace: &SpanHandle) -> Result<MissHandler> {
@@ -379,7 +379,7 @@ impl Storage for MemStorage {
 
 /// Which tier answered a hit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Tier {
+pub(crate) enum HitTier {
     Memory,
     /// Read from the shared tier (Redis) on a memory miss.
     Shared,
@@ -391,13 +391,13 @@ pub(crate) struct Hit {
     start: usize,
     end: usize,
     done: bool,
-    pub(crate) tier: Tier,
+    pub(crate) tier: HitTier,
     /// Stale, and another replica holds the shared refresh lock.
     pub(crate) refreshing_elsewhere: bool,
 }
 
 impl Hit {
-    pub(crate) fn new(body: Bytes, tier: Tier) -> Hit {
+    pub(crate) fn new(body: Bytes, tier: HitTier) -> Hit {
         let end = body.len();
         Hit { body, start: 0, end, done: false, tier, refreshing_elsewhere: false }
     }
