@@ -272,30 +272,12 @@ impl Outcome {
     }
 }
 
-/// Appends `member` to the list field `name`, the field's lines (if any) joined into one
-/// with `, ` first (RFC 9110 §5.3: the same list).
+/// Appends `member` to the list field `name` (see [`crate::edge::fields::appended`]).
 fn append_member(resp: &mut pingora_http::ResponseHeader, name: &http::HeaderName, member: &[u8]) -> pingora_error::Result<()> {
-    let mut joined: Vec<u8> = Vec::new();
-    for v in resp.headers.get_all(name) {
-        let v = v.as_bytes().trim_ascii();
-        if !v.is_empty() {
-            joined.extend_from_slice(v);
-            joined.extend_from_slice(b", ");
-        }
-    }
-    if joined.is_empty() {
-        return resp
-            .insert_header(name.clone(), http::HeaderValue::from_bytes(member).unwrap_or(http::HeaderValue::from_static("portier")));
-    }
-    joined.extend_from_slice(member);
-    match http::HeaderValue::from_bytes(&joined) {
-        Ok(v) => resp.insert_header(name.clone(), v),
-        // What the origin sent was a valid field value, and so is ours: unreachable, but an
-        // unreadable list is not worth failing a response for; ours alone then.
-        Err(_) => {
-            resp.insert_header(name.clone(), http::HeaderValue::from_bytes(member).unwrap_or(http::HeaderValue::from_static("portier")))
-        }
-    }
+    let value = crate::edge::fields::appended(resp.headers.get_all(name), member)
+        .or_else(|| http::HeaderValue::from_bytes(member).ok())
+        .unwrap_or(http::HeaderValue::from_static("portier"));
+    resp.insert_header(name.clone(), value)
 }
 
 /// RFC 9211 `Cache-Status` member, e.g. `portier; hit; ttl=57`, `portier; fwd=miss; fwd-status=200; stored`.

@@ -204,6 +204,12 @@ pub(super) fn upstream_env_var(pool: &str) -> String {
     format!("PORTIER_UPSTREAM_{}", pool.to_ascii_uppercase().replace('-', "_"))
 }
 
+/// A comma-separated environment value (`a, b`), empty items skipped; the first bad item's
+/// reason.
+fn comma_list<T: std::str::FromStr<Err = String>>(v: &str) -> Result<Vec<T>, String> {
+    v.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::parse).collect()
+}
+
 fn apply_env(cfg: &mut Config, env: &impl Fn(&str) -> Option<String>, c: &mut Collector) {
     if let Some(t) = env("PORTIER_ADMIN_TOKEN").filter(|t| !t.trim().is_empty()) {
         cfg.listen.admin_token = Some(t);
@@ -226,8 +232,7 @@ fn apply_env(cfg: &mut Config, env: &impl Fn(&str) -> Option<String>, c: &mut Co
     }
     if let Some(v) = env("PORTIER_TRUSTED_PROXIES") {
         // Replaces the file's list: the deployment knows its own network.
-        let parsed: Result<Vec<super::Cidr>, String> = v.split(',').map(str::trim).filter(|n| !n.is_empty()).map(str::parse).collect();
-        match parsed {
+        match comma_list::<super::Cidr>(&v) {
             Ok(list) => cfg.server.trusted_proxies = list,
             Err(e) => c.push("env PORTIER_TRUSTED_PROXIES", e),
         }
@@ -247,8 +252,7 @@ fn apply_env(cfg: &mut Config, env: &impl Fn(&str) -> Option<String>, c: &mut Co
     for (name, pool) in cfg.upstreams.iter_mut() {
         let var = upstream_env_var(name);
         if let Some(v) = env(&var) {
-            let parsed: Result<Vec<HostPort>, String> = v.split(',').filter(|s| !s.trim().is_empty()).map(str::parse).collect();
-            match parsed {
+            match comma_list::<HostPort>(&v) {
                 Ok(a) if !a.is_empty() => pool.addresses = a,
                 Ok(_) => c.push(format!("env {var}"), "empty: expected host:port[,host:port...]"),
                 Err(e) => c.push(format!("env {var}"), e),

@@ -105,20 +105,8 @@ pub(crate) fn add_forwarded(req: &mut RequestHeader, client_ip: Option<&str>, ho
 /// `server.name`s reads as such.
 pub(crate) fn via(existing: http::header::GetAll<'_, HeaderValue>, version: http::Version, name: &crate::config::Pseudonym) -> HeaderValue {
     let mine = name.via(version);
-    let mut out: Vec<u8> = Vec::new();
-    for v in existing {
-        let v = v.as_bytes().trim_ascii();
-        if !v.is_empty() {
-            out.extend_from_slice(v);
-            out.extend_from_slice(b", ");
-        }
-    }
-    if out.is_empty() {
-        // The common case (no proxy before): the value made at load, no allocation.
-        return mine.clone();
-    }
-    out.extend_from_slice(mine.as_bytes());
-    HeaderValue::from_bytes(&out).unwrap_or_else(|_| mine.clone())
+    // No proxy before (the common case): the value made at load, no allocation.
+    super::fields::appended(existing, mine.as_bytes()).unwrap_or_else(|| mine.clone())
 }
 
 #[cfg(test)]
