@@ -532,12 +532,34 @@ async fn main() {
     let mut direct_mean = Vec::new();
     let mut problems: Vec<String> = Vec::new();
 
+    // Pingora with no hooks (bare-pingora, built beside portier): the floor under Portier's
+    // pass-through, measured in the same rounds.
+    let bare = std::path::Path::new(&a.portier).with_file_name("bare-pingora");
+    let mut bare_miss = Vec::new();
     for round in 0..a.rounds {
         if on("miss") {
             let w = wrk(origin.addr, "/miss", a.connections, a.seconds);
             println!("round {round}   direct: miss {:>9.0} req/s, mean {:.2} ms", w.rps, w.mean_ms);
             direct_miss.push(w.rps);
             direct_mean.push(w.mean_ms);
+            if bare.exists() {
+                let addr = free_port();
+                let child = Command::new("taskset")
+                    .args(["-c", &a.cpu])
+                    .arg(&bare)
+                    .arg(addr.to_string())
+                    .arg(origin.addr.to_string())
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .expect("bare-pingora starts");
+                let daemon = Daemon { child, dir: tmpdir(&format!("bare-{round}")) };
+                wait_up(addr).await;
+                let w = wrk(addr, "/miss", a.connections, a.seconds);
+                println!("round {round}     bare: miss {:>9.0} req/s, mean {:.2} ms (Pingora, no hooks)", w.rps, w.mean_ms);
+                bare_miss.push(if w.errors == 0 { w.rps } else { f64::NAN });
+                drop(daemon);
+            }
         }
         for (i, name) in SERVERS.iter().enumerate() {
             let (server, addr, tls) = start(name, &a, origin.addr, &format!("r{round}"), Some(&cert));
@@ -696,7 +718,7 @@ async fn main() {
         }
     }
 
-    print_table(&a, &figs, &direct_miss, &direct_mean);
+    print_table(&a, &figs, &direct_miss, &direct_mean, &bare_miss);
     if !problems.is_empty() {
         eprintln!("\nproblems:");
         for p in &problems {
@@ -708,7 +730,7 @@ async fn main() {
     }
 }
 
-fn print_table(a: &Args, f: &[Figures], direct: &[f64], direct_mean: &[f64]) {
+fn print_table(a: &Args, f: &[Figures], direct: &[f64], direct_mean: &[f64], bare: &[f64]) {
     let (n, v, p) = (&f[0], &f[1], &f[2]);
     let fmt = |x: f64, unit: &str| if x.is_finite() { format!("{x:.0}{unit}") } else { "-".into() };
     let ms = |x: f64| if x.is_finite() { format!("{x:.2} ms") } else { "-".into() };
@@ -783,7 +805,16 @@ fn print_table(a: &Args, f: &[Figures], direct: &[f64], direct_mean: &[f64]) {
     }
     if !n.miss.is_empty() {
         let d = median(direct);
-        row(&format!("miss (`no-store`), req/s (origin direct: {d:.0})"), &|x| median(&x.miss), "", false);
+        rounds_row(&format!("miss (`no-store`), req/s (origin direct: {d:.0})"), &|x| &x.miss, false);
+        if !bare.is_empty() {
+            // Not a server of the table: Pingora alone, in the Portier column, for the floor.
+            println!(
+                "| miss through Pingora alone (`bare-pingora`, no hooks), req/s | | | {} | {} (Portier / bare: {}) |",
+                spread(bare, false),
+                ratios(bare, &n.miss),
+                ratios(&p.miss, bare)
+            );
+        }
         let dm = median(direct_mean);
         row(&format!("miss, mean latency added over direct ({dm:.2} ms)"), &|x| median(&x.miss_mean) - dm, "", true);
     }

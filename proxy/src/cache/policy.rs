@@ -152,7 +152,7 @@ pub(crate) fn initial_age(resp: &ResponseHeader, now: SystemTime) -> Duration {
 }
 
 fn has_token(h: &ResponseHeader, name: &str, token: &str) -> bool {
-    super::directives::field_tokens(&h.headers, name).iter().any(|t| t == token)
+    crate::edge::fields::has_token(&h.headers, name, token)
 }
 
 /// Decides whether and how to store `resp`, the answer to `req`.

@@ -231,9 +231,7 @@ pub(crate) fn outcome(f: &Facts<'_>, now: std::time::SystemTime) -> Outcome {
 }
 
 /// Parsed once: looking a field up by `&str` parses the name on every response.
-static X_CACHE: http::HeaderName = http::HeaderName::from_static("x-cache");
-static CACHE_STATUS: http::HeaderName = http::HeaderName::from_static("cache-status");
-static SERVER_TIMING: http::HeaderName = http::HeaderName::from_static("server-timing");
+use crate::edge::fields::{CACHE_STATUS, SERVER_TIMING, X_CACHE};
 
 impl Outcome {
     /// `X-Cache`, `Cache-Status` and `Server-Timing` on a response Portier sends, `name`
@@ -252,32 +250,32 @@ impl Outcome {
         origin_ms: Option<f64>,
         name: &str,
     ) -> pingora_error::Result<()> {
-        if !(self.status == CacheStatus::Bypass && resp.headers.contains_key(&X_CACHE)) {
-            resp.insert_header(X_CACHE.clone(), http::HeaderValue::from_static(self.status.as_str()))?;
+        if !(self.status == CacheStatus::Bypass && resp.headers.contains_key(&X_CACHE.0)) {
+            resp.insert_header(X_CACHE, http::HeaderValue::from_static(self.status.as_str()))?;
         }
         let member = cache_status_header(name, &self.details);
-        if resp.headers.contains_key(&CACHE_STATUS) {
-            append_member(resp, &CACHE_STATUS, member.as_bytes())?;
+        if resp.headers.contains_key(&CACHE_STATUS.0) {
+            append_member(resp, CACHE_STATUS, member.as_bytes())?;
         } else {
-            resp.insert_header(CACHE_STATUS.clone(), member)?;
+            resp.insert_header(CACHE_STATUS, member)?;
         }
         let timing = server_timing(self.status, origin_ms);
         if origin_ms.is_none() {
             // Replaces every stored line.
-            resp.insert_header(SERVER_TIMING.clone(), timing)?;
+            resp.insert_header(SERVER_TIMING, timing)?;
         } else {
-            append_member(resp, &SERVER_TIMING, timing.as_bytes())?;
+            append_member(resp, SERVER_TIMING, timing.as_bytes())?;
         }
         Ok(())
     }
 }
 
 /// Appends `member` to the list field `name` (see [`crate::edge::fields::appended`]).
-fn append_member(resp: &mut pingora_http::ResponseHeader, name: &http::HeaderName, member: &[u8]) -> pingora_error::Result<()> {
-    let value = crate::edge::fields::appended(resp.headers.get_all(name), member)
+fn append_member(resp: &mut pingora_http::ResponseHeader, name: crate::edge::fields::Name, member: &[u8]) -> pingora_error::Result<()> {
+    let value = crate::edge::fields::appended(resp.headers.get_all(&name.0), member)
         .or_else(|| http::HeaderValue::from_bytes(member).ok())
         .unwrap_or(http::HeaderValue::from_static("portier"));
-    resp.insert_header(name.clone(), value)
+    resp.insert_header(name, value)
 }
 
 /// RFC 9211 `Cache-Status` member, e.g. `portier; hit; ttl=57`, `portier; fwd=miss; fwd-status=200; stored`.

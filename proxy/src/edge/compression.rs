@@ -14,6 +14,7 @@ use std::sync::Arc;
 /// Stored with a response Portier made compressible, so the Vary variance of
 /// `Accept-Encoding` is the negotiated coding, not the header's spelling; never sent on.
 pub(crate) const MARKER: &str = "x-portier-compressible";
+const MARKER_FIELD: super::fields::Name = (http::HeaderName::from_static(MARKER), MARKER);
 
 /// The coding for this request: the highest `q` among the route's codings, ties broken by
 /// the route's order; `None` for identity.
@@ -50,7 +51,16 @@ pub(crate) fn negotiate(req: &RequestHeader, prefs: &[Coding]) -> Option<Coding>
 /// `application/*` (fonts that are not already compressed too). WOFF, images, video and
 /// archives are compressed already.
 fn compressible_type(content_type: &str) -> bool {
-    let t = content_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    let t = content_type.split(';').next().unwrap_or("").trim();
+    // Lower-cased on the stack: asked of every textual response.
+    let mut buf = [0u8; 96];
+    let Some(room) = buf.get_mut(..t.len()) else { return compressible_type_lowercase(&t.to_ascii_lowercase()) };
+    room.copy_from_slice(t.as_bytes());
+    room.make_ascii_lowercase();
+    std::str::from_utf8(room).is_ok_and(compressible_type_lowercase)
+}
+
+fn compressible_type_lowercase(t: &str) -> bool {
     // Server-sent events are read as they come; an encoder holds bytes back until it has
     // enough to compress, and the events would arrive together at the end.
     if t == "text/event-stream" {
@@ -60,7 +70,7 @@ fn compressible_type(content_type: &str) -> bool {
         || t.ends_with("+json")
         || t.ends_with("+xml")
         || matches!(
-            t.as_str(),
+            t,
             "application/json"
                 | "application/javascript"
                 | "application/x-javascript"
@@ -80,7 +90,7 @@ fn compressible_type(content_type: &str) -> bool {
 /// that does not forbid transformation and is not known to be small.
 pub(crate) fn eligible(resp: &ResponseHeader, cfg: &CompressionConfig) -> bool {
     let h = &resp.headers;
-    let no_transform = super::fields::field_tokens(h, http::header::CACHE_CONTROL).iter().any(|t| t == "no-transform");
+    let no_transform = super::fields::has_token(h, http::header::CACHE_CONTROL, "no-transform");
     let small = crate::edge::target::content_length(h).is_some_and(|n| n < cfg.min_size.0);
     resp.status.as_u16() == 200
         && !h.contains_key(http::header::CONTENT_ENCODING)
@@ -109,11 +119,10 @@ pub(crate) fn origin_etag(etag: &str) -> Option<String> {
 /// Marks an eligible response as varying on the coding and, when `coding` is one, turns its
 /// header into the encoded variant's. The body is then fed to the returned [`Encoder`].
 pub(crate) fn prepare(resp: &mut ResponseHeader, coding: Option<Coding>, level: u32) -> Option<Encoder> {
-    let vary = super::fields::field_tokens(&resp.headers, http::header::VARY);
-    if !vary.iter().any(|v| v == "accept-encoding") {
-        let _ = resp.append_header(http::header::VARY, "Accept-Encoding");
+    if !super::fields::has_token(&resp.headers, http::header::VARY, "accept-encoding") {
+        let _ = resp.append_header(http::header::VARY, http::HeaderValue::from_static("Accept-Encoding"));
     }
-    let _ = resp.insert_header(MARKER, "1");
+    let _ = resp.insert_header(MARKER_FIELD, http::HeaderValue::from_static("1"));
     let coding = coding?;
     let mut encoder = Encoder::new(coding, level).ok()?;
     // Without a length the body is streamed (chunked or close-delimited) and may be real-time:

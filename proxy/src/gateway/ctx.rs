@@ -40,7 +40,7 @@ pub(crate) struct RequestPart {
     pub(crate) url: Option<CacheUrl>,
     /// The method as metrics and spans record it (`_OTHER` for unknown ones).
     pub(crate) method_label: &'static str,
-    pub(crate) id: String,
+    pub(crate) id: crate::edge::forwarding::RequestId,
     /// The client's address: the peer's, or what a trusted proxy reports.
     pub(crate) client: Option<std::net::IpAddr>,
     /// This request's place among its client's requests in flight.

@@ -5,7 +5,6 @@ use super::{Ctx, State};
 use crate::cache::purge::PurgeReason;
 use crate::cache::status::{CacheDecision, CacheStatus, Facts, Outcome};
 use crate::cache::{conditional, invalidate, policy, revalidate};
-use crate::edge::forwarding;
 use crate::gateway::error_page;
 use crate::gateway::response_headers;
 use bytes::Bytes;
@@ -109,7 +108,7 @@ impl State {
         for cookie in ctx.cache.cookies_for_client.drain(..) {
             resp.append_header(http::header::SET_COOKIE, cookie)?;
         }
-        resp.insert_header(forwarding::REQUEST_ID, &ctx.request.id)?;
+        resp.insert_header(crate::edge::fields::X_REQUEST_ID, ctx.request.id.value())?;
         Ok(())
     }
 

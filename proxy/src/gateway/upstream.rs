@@ -72,13 +72,11 @@ impl State {
                 req.insert_header(name, tag)?;
             }
         }
-        let ip = ctx.request.client.map(|a| a.to_string());
-        let host = req.headers.get(http::header::HOST).and_then(|h| h.to_str().ok()).map(str::to_string);
         let proto = ctx.request.target.as_ref().map_or("http", |t| t.scheme.as_str());
-        forwarding::add_forwarded(req, ip.as_deref(), host.as_deref(), proto, &ctx.request.id);
+        forwarding::add_forwarded(req, ctx.request.client, proto, &ctx.request.id.value());
         if self.config.server.via {
             let via = forwarding::via(req.headers.get_all(http::header::VIA), client_version, &self.config.server.name);
-            req.insert_header(http::header::VIA, via)?;
+            req.insert_header(crate::edge::fields::VIA, via)?;
         }
         if let (Some(t), Some(server)) = (&self.tracing, &ctx.trace.server) {
             let name = format!("{} {}", ctx.request.method_label, ctx.route.pool().map(|p| p.name.as_str()).unwrap_or("upstream"));
@@ -96,7 +94,7 @@ impl State {
         // pages): they were not forwarded.
         if self.config.server.via {
             let via = forwarding::via(resp.headers.get_all(http::header::VIA), resp.version, &self.config.server.name);
-            let _ = resp.insert_header(http::header::VIA, via);
+            let _ = resp.insert_header(crate::edge::fields::VIA, via);
         }
         self.start_compression(session, resp, ctx);
         ctx.upstream.time = ctx.upstream.started.map(|t| t.elapsed());
@@ -135,7 +133,7 @@ impl State {
             return;
         }
         // Long-lived assets are compressed once for good: the highest level pays off.
-        let immutable = crate::cache::directives::field_tokens(&resp.headers, http::header::CACHE_CONTROL).iter().any(|t| t == "immutable");
+        let immutable = crate::edge::fields::has_token(&resp.headers, http::header::CACHE_CONTROL, "immutable");
         let level = match (ctx.compress.coding, immutable) {
             (Some(crate::config::Coding::Gzip), true) => 9,
             (Some(crate::config::Coding::Br), true) => 11,
