@@ -15,6 +15,20 @@ pub(crate) mod url;
 
 pub(crate) use store::redis::SharedTierMetrics;
 
+/// The instruments of the tiers behind memory, registered whether or not they are configured
+/// (their dashboard rows then read 0, not "no data").
+#[derive(Clone)]
+pub(crate) struct TierMetrics {
+    pub(crate) shared: SharedTierMetrics,
+    pub(crate) disk: store::disk::DiskTierMetrics,
+}
+
+impl TierMetrics {
+    pub(crate) fn register(r: &prometheus::Registry) -> prometheus::Result<TierMetrics> {
+        Ok(TierMetrics { shared: SharedTierMetrics::register(r)?, disk: store::disk::DiskTierMetrics::register(r)? })
+    }
+}
+
 use crate::config::Config;
 use pingora_cache::lock::{CacheKeyLockImpl, CacheLock};
 use pingora_cache::predictor::{CacheablePredictor, Predictor};
@@ -42,8 +56,9 @@ pub(crate) struct CacheLayer {
 
 /// Where a hit came from, read in `cache_hit_filter`.
 pub(crate) struct HitSource {
-    /// The shared tier answered (`Cache-Status: ...; detail=shared`).
-    pub(crate) shared: bool,
+    /// The tier behind memory that answered, as `Cache-Status` names it (`detail=shared`,
+    /// `detail=disk`); `None` for memory.
+    pub(crate) tier: Option<&'static str>,
     /// Another replica is refreshing this stale entry: serve it stale, do not refresh too.
     pub(crate) refreshing_elsewhere: bool,
 }
@@ -51,34 +66,43 @@ pub(crate) struct HitSource {
 impl HitSource {
     pub(crate) fn of(hit: &pingora_cache::storage::HitHandler) -> HitSource {
         let (tier, refreshing_elsewhere) = store::tiered::hit_origin(hit);
-        HitSource { shared: tier == store::memory::HitTier::Shared, refreshing_elsewhere }
+        HitSource { tier: tier.detail(), refreshing_elsewhere }
     }
 }
 
 impl CacheLayer {
     /// Leaks the storage, lock and predictor: one per process, alive until exit.
-    /// `shared_metrics`: the shared tier's instruments, registered whether or not Redis is
-    /// configured (its dashboard row then reads 0, not "no data").
-    pub(crate) fn new(cfg: &Config, shared_metrics: store::redis::SharedTierMetrics) -> CacheLayer {
+    /// `tier_metrics`: the instruments of the tiers behind memory, registered whether or not they are
+    /// configured (their dashboard rows then read 0, not "no data").
+    pub(crate) fn new(cfg: &Config, tier_metrics: TierMetrics) -> CacheLayer {
         let c = &cfg.cache;
         let lock_timeout = c.lock_timeout.get();
         let memory = MemStorage::new(c.max_size.bytes() as usize, c.max_object_size.bytes() as usize)
             .indexing_params(cfg.invalidation.iter().filter_map(|r| r.match_param.clone()))
             .leak();
-        let storage: &'static dyn Store = match &c.shared.url {
-            None => memory,
-            Some(url) => match store::redis::RedisTier::start(&c.shared, url, lock_timeout, memory, shared_metrics) {
-                Ok(l2) => store::tiered::Tiered { l1: memory, tiers: vec![std::sync::Arc::new(store::redis::SharedTier(l2))] }.leak(),
-                Err(e) => {
-                    crate::telemetry::events::emit(
-                        "error",
-                        "shared_cache_unavailable",
-                        &[("error", &e.to_string()), ("fallback", "memory only")],
-                    );
-                    memory
-                }
-            },
-        };
+        // Behind memory, in the order asked on a miss: this machine's disk, then Redis.
+        let mut tiers: Vec<std::sync::Arc<dyn store::Tier>> = Vec::new();
+        if let Some(path) = &c.disk.path {
+            match store::disk::DiskTier::open(&c.disk, path, tier_metrics.disk) {
+                Ok(disk) => tiers.push(std::sync::Arc::new(store::disk::LocalDisk(disk))),
+                Err(e) => crate::telemetry::events::emit(
+                    "error",
+                    "disk_cache_unavailable",
+                    &[("error", &e.to_string()), ("fallback", "without the disk tier")],
+                ),
+            }
+        }
+        if let Some(url) = &c.shared.url {
+            match store::redis::RedisTier::start(&c.shared, url, lock_timeout, memory, tier_metrics.shared) {
+                Ok(l2) => tiers.push(std::sync::Arc::new(store::redis::SharedTier(l2))),
+                Err(e) => crate::telemetry::events::emit(
+                    "error",
+                    "shared_cache_unavailable",
+                    &[("error", &e.to_string()), ("fallback", "without the shared tier")],
+                ),
+            }
+        }
+        let storage: &'static dyn Store = if tiers.is_empty() { memory } else { store::tiered::Tiered { l1: memory, tiers }.leak() };
         CacheLayer {
             storage,
             lock: Box::leak(CacheLock::new_boxed(lock_timeout)),

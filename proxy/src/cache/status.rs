@@ -165,8 +165,9 @@ pub(crate) struct Facts<'a> {
     /// A stale entry served without asking the origin, because every address of its pool is
     /// down (stale-if-error on an error already known).
     pub(crate) origin_down: bool,
-    /// A hit read from the shared tier (another replica stored it).
-    pub(crate) from_shared_tier: bool,
+    /// A hit read from a tier behind memory: its detail (`shared`: another replica stored
+    /// it; `disk`: stored before a restart, or evicted from memory since).
+    pub(crate) hit_tier: Option<&'static str>,
     /// A stale entry served without a refresh of its own: another replica is refreshing it.
     pub(crate) refreshed_elsewhere: bool,
 }
@@ -193,7 +194,7 @@ pub(crate) fn outcome(f: &Facts<'_>, now: std::time::SystemTime) -> Outcome {
                 (CachePhase::Stale, _) => Some("stale-if-error"),
                 (CachePhase::Hit, _) if f.origin_down => Some("stale-if-error"),
                 (CachePhase::Hit, _) if f.refreshed_elsewhere => Some("stale-while-revalidate"),
-                (CachePhase::Hit, _) if f.from_shared_tier => Some("shared"),
+                (CachePhase::Hit, _) if f.hit_tier.is_some() => f.hit_tier,
                 (_, CacheDecision::NotStored(why)) => Some(why.as_str()),
                 // Pingora's own reasons: too large, lock timeout, storage error.
                 (CachePhase::Disabled(r), _) => Some(match r {
@@ -342,7 +343,7 @@ mod tests {
             origin_status,
             upstream_error: None,
             origin_down: false,
-            from_shared_tier: false,
+            hit_tier: None,
             refreshed_elsewhere: false,
         };
         cache_status_header("portier", &outcome(&f, std::time::SystemTime::now()).details)

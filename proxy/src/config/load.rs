@@ -249,6 +249,9 @@ fn apply_env(cfg: &mut Config, env: &impl Fn(&str) -> Option<String>, c: &mut Co
             Err(e) => c.push("env PORTIER_CACHE_SHARED_URL", e),
         }
     }
+    if let Some(v) = env("PORTIER_CACHE_DISK_PATH").filter(|v| !v.trim().is_empty()) {
+        cfg.cache.disk.path = Some(v.trim().into());
+    }
     for (name, pool) in cfg.upstreams.iter_mut() {
         let var = upstream_env_var(name);
         if let Some(v) = env(&var) {
@@ -313,6 +316,18 @@ fn validate(cfg: &Config, declared: &std::collections::BTreeSet<String>, c: &mut
     }
     if shared.prefix.is_empty() || !shared.prefix.bytes().all(|b| b.is_ascii_graphic()) {
         c.push("cache.shared.prefix", "must be non-empty visible ASCII");
+    }
+    let disk = &cfg.cache.disk;
+    if disk.path.is_some() {
+        if disk.max_size.bytes() == 0 {
+            c.push("cache.disk.max_size", "must be greater than 0");
+        }
+        if disk.max_object_size > disk.max_size {
+            c.push("cache.disk.max_object_size", format!("{} is larger than cache.disk.max_size ({})", disk.max_object_size, disk.max_size));
+        }
+        if disk.path.as_ref().is_some_and(|p| p.as_os_str().is_empty() || p.is_file()) {
+            c.push("cache.disk.path", "must name a directory (it is created if missing)");
+        }
     }
     if cfg.cache.enabled && cfg.cache.max_size.bytes() == 0 {
         c.push("cache.max_size", "must be greater than 0 (use cache.enabled = false to turn the cache off)");

@@ -427,6 +427,27 @@ pub(crate) struct CacheConfig {
     pub stale_if_error: HumanDuration,
     /// A second tier shared by replicas (Redis or Valkey). Off unless `url` is set.
     pub shared: SharedCacheConfig,
+    /// A tier on local disk that survives restarts. Off unless `path` is set.
+    pub disk: DiskCacheConfig,
+}
+
+/// `[cache.disk]`: one file per stored response under `path`, behind the memory tier (and
+/// before Redis), read back after a restart.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct DiskCacheConfig {
+    /// A directory Portier owns (created if missing); `PORTIER_CACHE_DISK_PATH` sets it too.
+    pub path: Option<std::path::PathBuf>,
+    /// Disk budget for stored files; the least recently used go first past it.
+    pub max_size: ByteSize,
+    /// Larger responses stay in memory only (each disk hit reads its file whole).
+    pub max_object_size: ByteSize,
+}
+
+impl Default for DiskCacheConfig {
+    fn default() -> Self {
+        DiskCacheConfig { path: None, max_size: ByteSize::mib(1024), max_object_size: ByteSize::mib(8) }
+    }
 }
 
 /// `[cache.shared]`: Redis behind each replica's memory cache.
@@ -521,6 +542,7 @@ impl Default for CacheConfig {
             honor_client_no_cache: true,
             stale_if_error: HumanDuration::from_secs(3600),
             shared: SharedCacheConfig::default(),
+            disk: DiskCacheConfig::default(),
         }
     }
 }

@@ -91,8 +91,8 @@ pub(crate) struct CachePart {
     pub(crate) revalidation_304: Option<Box<ResponseHeader>>,
     /// The hash of the cache key, once Pingora has asked for the key.
     pub(crate) key_hash: Option<pingora_cache::key::HashBinary>,
-    /// The hit came from the shared tier (Redis), not this replica's memory.
-    pub(crate) from_shared_tier: bool,
+    /// The hit came from a tier behind memory: its `Cache-Status` detail (`shared`, `disk`).
+    pub(crate) hit_tier: Option<&'static str>,
     /// A stale entry served as is: another replica is refreshing it (stale-while-revalidate).
     pub(crate) stale_refreshed_elsewhere: bool,
     /// The stored entry is served stale without asking the origin: its pool is down.

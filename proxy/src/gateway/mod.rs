@@ -72,10 +72,10 @@ impl State {
         config: Config,
         upstreams: Arc<Upstreams>,
         metrics: Metrics,
-        shared_metrics: crate::cache::SharedTierMetrics,
+        tier_metrics: crate::cache::TierMetrics,
         tracing: Option<Tracing>,
     ) -> Self {
-        let cache = config.cache.enabled.then(|| CacheLayer::new(&config, shared_metrics));
+        let cache = config.cache.enabled.then(|| CacheLayer::new(&config, tier_metrics));
         let shared = Lasting {
             metrics: Arc::new(metrics),
             access_log: Arc::new(AccessLog::new(config.telemetry.access_log.format)),
@@ -196,7 +196,7 @@ impl ProxyHttp for Gateway {
     ) -> Result<Option<ForcedFreshness>> {
         let Pinned { ctx, .. } = p;
         let source = crate::cache::HitSource::of(hit);
-        ctx.cache.from_shared_tier = source.shared;
+        ctx.cache.hit_tier = source.tier;
         Ok(request::hit_freshness(ctx, meta, is_fresh, source.refreshing_elsewhere))
     }
 

@@ -35,7 +35,7 @@ impl State {
             origin_status: ctx.upstream.status,
             upstream_error,
             origin_down: ctx.cache.stale_while_origin_down,
-            from_shared_tier: ctx.cache.from_shared_tier,
+            hit_tier: ctx.cache.hit_tier,
             refreshed_elsewhere: ctx.cache.stale_refreshed_elsewhere,
         };
         let o = crate::cache::status::outcome(&facts, SystemTime::now());

@@ -195,8 +195,8 @@ pub(crate) fn run(mut config: Config, source: Option<std::path::PathBuf>, on_bou
     let metrics = crate::telemetry::metrics::Metrics::new(&tel.service_name, &labels).map_err(ServerError::Metrics)?;
     // Built before any runtime exists: the OTLP client is a blocking one on its own thread.
     let tracing = tel.traces.as_ref().map(Tracing::start).transpose()?;
-    let shared_metrics = crate::cache::SharedTierMetrics::register(metrics.registry()).map_err(ServerError::Metrics)?;
-    let state = Arc::new(State::new(config, upstreams.clone(), metrics, shared_metrics, tracing));
+    let tier_metrics = crate::cache::TierMetrics::register(metrics.registry()).map_err(ServerError::Metrics)?;
+    let state = Arc::new(State::new(config, upstreams.clone(), metrics, tier_metrics, tracing));
     if let Some(url) = &tel.pyroscope_url {
         let interval = state.config.telemetry.profiling.upload_interval.map(|d| d.get()).unwrap_or(Duration::from_secs(10));
         state.profiling.start_push(url, &tel.service_name, interval)?;

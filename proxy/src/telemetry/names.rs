@@ -39,6 +39,22 @@ pub(crate) const CACHE_SHARED_LOCK_WAIT: MetricName =
 pub(crate) const CACHE_SHARED_PURGE_DELAY: MetricName =
     m("cache_shared_purge_delay_seconds", "From a purge's publication by one replica to its application by another");
 pub(crate) const CACHE_SHARED_UP: MetricName = m("cache_shared_up", "1 while the shared tier is connected and its circuit closed");
+pub(crate) const CACHE_DISK_LOOKUPS: MetricName = m(
+    "cache_disk_lookups_total",
+    "Lookups of memory misses in the disk tier, by result: hit, miss, corrupt (a file that failed its length or checksum check: deleted, not served)",
+);
+pub(crate) const CACHE_DISK_DISCARDED: MetricName = m(
+    "cache_disk_discarded_total",
+    "Files of the disk tier deleted unserved, by reason: truncated, checksum, expired, unreadable, interrupted (a write cut by a crash)",
+);
+pub(crate) const CACHE_DISK_EVICTIONS: MetricName = m("cache_disk_evictions_total", "Files of the disk tier deleted to stay within cache.disk.max_size");
+pub(crate) const CACHE_DISK_WRITE_ERRORS: MetricName =
+    m("cache_disk_write_errors_total", "Writes to the disk tier that failed (a full or read-only disk): the entry stays in memory only");
+pub(crate) const CACHE_DISK_ENTRIES: MetricName = m("cache_disk_entries", "Responses stored in the disk tier");
+pub(crate) const CACHE_DISK_BYTES: MetricName = m("cache_disk_bytes", "Bytes of the disk tier's files");
+pub(crate) const CACHE_DISK_CAPACITY: MetricName = m("cache_disk_capacity_bytes", "The disk tier's budget (cache.disk.max_size)");
+pub(crate) const CACHE_DISK_SCAN_DONE: MetricName =
+    m("cache_disk_scan_done", "1 once the disk tier has read back what it held at start (before that, what it has not reached is a miss)");
 /// Shared-tier call latencies, in seconds: a local Redis answers in ~0.1 ms.
 pub(crate) const SHARED_BUCKETS_S: [f64; 10] = [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1];
 /// Lock waits and purge fan-out, in seconds.

@@ -11,6 +11,7 @@ mod cache_storage;
 mod chain;
 mod common;
 mod compression;
+mod disk_cache;
 mod docs;
 mod foundation;
 mod hardening;

@@ -4,8 +4,10 @@
 //! [`Store`]; nothing else changes. [`memory::MemStorage`] is the default.
 //!
 //! `entry.rs`: what a stored response is, and its codec; `memory/`: the memory tier (LRU,
-//! budget, indexes); `redis.rs`: the shared tier; `tiered.rs`: memory in front of Redis.
+//! budget, indexes); `redis.rs`: the shared tier; `disk.rs`: the disk tier; `tiered.rs`:
+//! memory in front of the disk and Redis tiers.
 
+pub(crate) mod disk;
 pub(crate) mod entry;
 pub(crate) mod memory;
 pub(crate) mod redis;

@@ -207,7 +207,7 @@ fn unix_ms() -> u64 {
 
 /// The stored value: magic, the two meta parts and the body each after its length, and a
 /// CRC-32 of everything before it, so a value cut short or changed in Redis is never served.
-fn encode(internal: &[u8], header: &[u8], body: &[u8]) -> Vec<u8> {
+pub(crate) fn encode(internal: &[u8], header: &[u8], body: &[u8]) -> Vec<u8> {
     let mut v = Vec::with_capacity(23 + internal.len() + header.len() + body.len());
     v.extend_from_slice(VALUE_MAGIC);
     v.extend_from_slice(&(internal.len() as u32).to_le_bytes());

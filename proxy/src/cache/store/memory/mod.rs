@@ -383,6 +383,19 @@ pub(crate) enum HitTier {
     Memory,
     /// Read from the shared tier (Redis) on a memory miss.
     Shared,
+    /// Read from the disk tier on a memory miss.
+    Disk,
+}
+
+impl HitTier {
+    /// The `Cache-Status` detail of a hit from this tier.
+    pub(crate) fn detail(self) -> Option<&'static str> {
+        match self {
+            HitTier::Memory => None,
+            HitTier::Shared => Some("shared"),
+            HitTier::Disk => Some("disk"),
+        }
+    }
 }
 
 /// A hit: slices of the stored `Bytes`, no copy.

@@ -1,0 +1,568 @@
+//! The disk tier: one file per stored variant under `[cache.disk] path` (as nginx keeps its
+//! cache), behind the memory tier, so a deploy or a crash does not send every request to the
+//! origin. Chosen over `foyer` and a log-structured file of Portier's own because a file per
+//! object is what survives a `kill -9` without a journal: a file is written under `tmp/` and
+//! renamed into place only when whole, so a cut write leaves nothing a restart could take
+//! for an entry, and eviction and purges are an `unlink` each, with no compaction.
+//!
+//! A file is `PTD1`, the length of its index record, the record (combined and primary keys,
+//! how long it may be served, URL, tags), a CRC-32 of everything before, then the value in
+//! the shared tier's encoding (its own lengths and CRC-32 over meta and body, checked by
+//! [`super::tiered::Tiered`] before anything is served). At start a background thread reads
+//! every file's record (not its body), keeps the ones that are whole and still servable, and
+//! deletes the rest with what was left in `tmp/`; until it is done, what it has not reached
+//! is a miss. Purges delete files (soft ones rewrite the meta stale) before they return, so
+//! what was purged before a restart stays purged.
+
+use super::memory::{Entry, HitTier};
+use super::{PurgeScope, Tier};
+use crate::cache::purge::Selector;
+use crate::telemetry::events::emit;
+use crate::telemetry::metrics::{counter, counter_vec, gauge};
+use crate::telemetry::names::*;
+use bytes::Bytes;
+use parking_lot::Mutex;
+use pingora_cache::key::{str2hex, HashBinary};
+use pingora_cache::CacheMeta;
+use prometheus::{IntCounter, IntCounterVec, IntGauge};
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::SystemTime;
+
+const FILE_MAGIC: &[u8; 4] = b"PTD1";
+/// Longest index record read at start (a URL is at most a few KB; tags are bounded too).
+const MAX_RECORD: usize = 1 << 20;
+/// Why an entry on disk was thrown away, for `cache_disk_discarded_total`.
+pub(crate) const DISCARD_REASONS: [&str; 5] = ["truncated", "checksum", "expired", "unreadable", "interrupted"];
+
+/// The disk tier's instruments, registered whether or not a disk tier is configured.
+#[derive(Clone)]
+pub(crate) struct DiskTierMetrics {
+    pub(crate) lookups: IntCounterVec,
+    pub(crate) discarded: IntCounterVec,
+    pub(crate) evictions: IntCounter,
+    pub(crate) write_errors: IntCounter,
+    pub(crate) entries: IntGauge,
+    pub(crate) bytes: IntGauge,
+    pub(crate) capacity: IntGauge,
+    pub(crate) scan_done: IntGauge,
+}
+
+impl DiskTierMetrics {
+    pub(crate) fn register(r: &prometheus::Registry) -> prometheus::Result<DiskTierMetrics> {
+        let m = DiskTierMetrics {
+            lookups: counter_vec(r, &CACHE_DISK_LOOKUPS, &["result"])?,
+            discarded: counter_vec(r, &CACHE_DISK_DISCARDED, &["reason"])?,
+            evictions: counter(r, &CACHE_DISK_EVICTIONS)?,
+            write_errors: counter(r, &CACHE_DISK_WRITE_ERRORS)?,
+            entries: gauge(r, &CACHE_DISK_ENTRIES)?,
+            bytes: gauge(r, &CACHE_DISK_BYTES)?,
+            capacity: gauge(r, &CACHE_DISK_CAPACITY)?,
+            scan_done: gauge(r, &CACHE_DISK_SCAN_DONE)?,
+        };
+        for result in ["hit", "miss", "corrupt"] {
+            m.lookups.with_label_values(&[result]);
+        }
+        for reason in DISCARD_REASONS {
+            m.discarded.with_label_values(&[reason]);
+        }
+        Ok(m)
+    }
+}
+
+/// What the index keeps per file: enough to select it for a purge and to count it against
+/// the budget, without reading it.
+struct Record {
+    primary: HashBinary,
+    /// Unix ms after which it may not be served (stale windows included).
+    until_ms: u64,
+    /// The value's length: the file is the record's bytes and this many more.
+    value_len: u64,
+    url: Box<str>,
+    tags: Box<[Box<str>]>,
+    /// The file's length.
+    size: u64,
+}
+
+struct Index {
+    lru: lru::LruCache<HashBinary, Record>,
+    variants: HashMap<HashBinary, Vec<HashBinary>>,
+    bytes: u64,
+}
+
+impl Index {
+    fn remove(&mut self, combined: &HashBinary) -> Option<Record> {
+        let r = self.lru.pop(combined)?;
+        self.bytes = self.bytes.saturating_sub(r.size);
+        if let Some(v) = self.variants.get_mut(&r.primary) {
+            v.retain(|c| c != combined);
+            if v.is_empty() {
+                self.variants.remove(&r.primary);
+            }
+        }
+        Some(r)
+    }
+
+    fn insert(&mut self, combined: HashBinary, r: Record) {
+        self.remove(&combined);
+        self.bytes += r.size;
+        self.variants.entry(r.primary).or_default().push(combined);
+        self.lru.put(combined, r);
+    }
+}
+
+pub(crate) struct DiskTier {
+    objects: PathBuf,
+    tmp: PathBuf,
+    max_bytes: u64,
+    max_object: usize,
+    index: Mutex<Index>,
+    /// Bumped by every purge: a write that started before one is not put in place after it.
+    purges: AtomicU64,
+    /// Names for files being written, unique within the process.
+    writes: AtomicU64,
+    scanned: AtomicBool,
+    metrics: DiskTierMetrics,
+}
+
+fn unix_ms(t: SystemTime) -> u64 {
+    t.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+fn hex(h: &HashBinary) -> String {
+    let mut s = String::with_capacity(32);
+    for b in h {
+        s.push(char::from(b"0123456789abcdef"[usize::from(b >> 4)]));
+        s.push(char::from(b"0123456789abcdef"[usize::from(b & 15)]));
+    }
+    s
+}
+
+fn record_bytes(combined: &HashBinary, r: &Record) -> Vec<u8> {
+    let mut v = Vec::with_capacity(64 + r.url.len());
+    v.extend_from_slice(combined);
+    v.extend_from_slice(&r.primary);
+    v.extend_from_slice(&r.until_ms.to_le_bytes());
+    v.extend_from_slice(&r.value_len.to_le_bytes());
+    v.extend_from_slice(&(r.url.len() as u32).to_le_bytes());
+    v.extend_from_slice(r.url.as_bytes());
+    v.extend_from_slice(&(r.tags.len() as u32).to_le_bytes());
+    for t in r.tags.iter() {
+        v.extend_from_slice(&(t.len() as u32).to_le_bytes());
+        v.extend_from_slice(t.as_bytes());
+    }
+    v
+}
+
+/// The file's bytes: magic, record length, record, CRC-32 of those, the value.
+fn file_bytes(combined: &HashBinary, r: &Record, value: &[u8]) -> Vec<u8> {
+    let rec = record_bytes(combined, r);
+    let mut v = Vec::with_capacity(12 + rec.len() + value.len());
+    v.extend_from_slice(FILE_MAGIC);
+    v.extend_from_slice(&(rec.len() as u32).to_le_bytes());
+    v.extend_from_slice(&rec);
+    let crc = crc32fast::hash(&v);
+    v.extend_from_slice(&crc.to_le_bytes());
+    v.extend_from_slice(value);
+    v
+}
+
+struct Cursor<'a>(&'a [u8]);
+
+impl<'a> Cursor<'a> {
+    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        let (a, b) = self.0.split_at_checked(n)?;
+        self.0 = b;
+        Some(a)
+    }
+    fn u32(&mut self) -> Option<u32> {
+        Some(u32::from_le_bytes(self.take(4)?.try_into().ok()?))
+    }
+    fn u64(&mut self) -> Option<u64> {
+        Some(u64::from_le_bytes(self.take(8)?.try_into().ok()?))
+    }
+    fn key(&mut self) -> Option<HashBinary> {
+        self.take(16)?.try_into().ok()
+    }
+    fn text(&mut self) -> Option<Box<str>> {
+        let n = self.u32()? as usize;
+        std::str::from_utf8(self.take(n)?).ok().map(Box::from)
+    }
+}
+
+/// A record (and where the value starts) from a file's first bytes; `Err` names the reason
+/// it is not one: cut short, or not what it says.
+fn parse_head(head: &[u8]) -> Result<(HashBinary, Record, usize), &'static str> {
+    let mut c = Cursor(head);
+    if c.take(4) != Some(FILE_MAGIC.as_slice()) {
+        return Err(if head.len() < 4 { "truncated" } else { "checksum" });
+    }
+    let n = c.u32().ok_or("truncated")? as usize;
+    if n > MAX_RECORD {
+        return Err("checksum");
+    }
+    let rec = c.take(n).ok_or("truncated")?;
+    let crc = c.u32().ok_or("truncated")?;
+    if crc32fast::hash(&head[..8 + n]) != crc {
+        return Err("checksum");
+    }
+    let mut r = Cursor(rec);
+    let parsed = (|| {
+        let combined = r.key()?;
+        let primary = r.key()?;
+        let until_ms = r.u64()?;
+        let value_len = r.u64()?;
+        let url = r.text()?;
+        let count = r.u32()? as usize;
+        let mut tags = Vec::with_capacity(count.min(1024));
+        for _ in 0..count {
+            tags.push(r.text()?);
+        }
+        Some((combined, Record { primary, until_ms, value_len, url, tags: tags.into_boxed_slice(), size: 0 }))
+    })();
+    let (combined, record) = parsed.ok_or("checksum")?;
+    Ok((combined, record, 8 + n + 4))
+}
+
+impl DiskTier {
+    /// Opens (creating) `path`, and starts reading back what it holds in the background.
+    pub(crate) fn open(cfg: &crate::config::DiskCacheConfig, path: &Path, metrics: DiskTierMetrics) -> std::io::Result<Arc<DiskTier>> {
+        let objects = path.join("objects");
+        let tmp = path.join("tmp");
+        for d in [&objects, &tmp] {
+            std::fs::create_dir_all(d).map_err(|e| std::io::Error::new(e.kind(), format!("creating {}: {e}", d.display())))?;
+        }
+        // Writable now, or the tier is not used at all (a read-only volume).
+        let probe = tmp.join(format!("probe-{}", std::process::id()));
+        std::fs::write(&probe, b"").map_err(|e| std::io::Error::new(e.kind(), format!("writing in {}: {e}", tmp.display())))?;
+        let _ = std::fs::remove_file(&probe);
+        metrics.capacity.set(cfg.max_size.bytes() as i64);
+        metrics.scan_done.set(0);
+        let tier = Arc::new(DiskTier {
+            objects,
+            tmp,
+            max_bytes: cfg.max_size.bytes(),
+            max_object: cfg.max_object_size.bytes() as usize,
+            index: Mutex::new(Index { lru: lru::LruCache::unbounded(), variants: HashMap::new(), bytes: 0 }),
+            purges: AtomicU64::new(0),
+            writes: AtomicU64::new(0),
+            scanned: AtomicBool::new(false),
+            metrics,
+        });
+        let scan = tier.clone();
+        std::thread::Builder::new()
+            .name("disk-cache-scan".into())
+            .spawn(move || scan.scan())
+            .map_err(|e| std::io::Error::new(e.kind(), format!("starting the disk cache scan: {e}")))?;
+        Ok(tier)
+    }
+
+    fn file(&self, combined: &HashBinary) -> PathBuf {
+        let h = hex(combined);
+        self.objects.join(&h[..2]).join(h)
+    }
+
+    fn discard_file(&self, path: &Path, reason: &'static str) {
+        let _ = std::fs::remove_file(path);
+        self.metrics.discarded.with_label_values(&[reason]).inc();
+    }
+
+    fn publish(&self, index: &Index) {
+        self.metrics.entries.set(index.lru.len() as i64);
+        self.metrics.bytes.set(index.bytes as i64);
+    }
+
+    /// Reads back every file's record: whole, servable ones are indexed; the rest, and
+    /// anything left in `tmp/` by a write that was cut, are deleted and counted.
+    fn scan(&self) {
+        let started = std::time::Instant::now();
+        if let Ok(dir) = std::fs::read_dir(&self.tmp) {
+            for f in dir.flatten() {
+                self.discard_file(&f.path(), "interrupted");
+            }
+        }
+        let now = unix_ms(SystemTime::now());
+        let (mut kept, mut dropped) = (0usize, 0usize);
+        for shard in std::fs::read_dir(&self.objects).into_iter().flatten().flatten() {
+            for f in std::fs::read_dir(shard.path()).into_iter().flatten().flatten() {
+                let path = f.path();
+                match self.read_record(&path) {
+                    Ok((combined, record)) if record.until_ms > now && path == self.file(&combined) => {
+                        let mut index = self.index.lock();
+                        // A fill or a purge since start knows better than the file read here.
+                        if index.lru.contains(&combined) {
+                            continue;
+                        }
+                        index.insert(combined, record);
+                        kept += 1;
+                    }
+                    Ok(_) => {
+                        self.discard_file(&path, "expired");
+                        dropped += 1;
+                    }
+                    Err(reason) => {
+                        self.discard_file(&path, reason);
+                        dropped += 1;
+                    }
+                }
+            }
+        }
+        self.evict();
+        self.publish(&self.index.lock());
+        self.scanned.store(true, Ordering::Release);
+        self.metrics.scan_done.set(1);
+        emit(
+            "info",
+            "disk_cache_scanned",
+            &[
+                ("entries", &kept.to_string()),
+                ("discarded", &dropped.to_string()),
+                ("ms", &started.elapsed().as_millis().to_string()),
+            ],
+        );
+    }
+
+    fn read_record(&self, path: &Path) -> Result<(HashBinary, Record), &'static str> {
+        let mut f = std::fs::File::open(path).map_err(|_| "unreadable")?;
+        let len = f.metadata().map_err(|_| "unreadable")?.len();
+        let mut head = vec![0u8; (len as usize).min(4096)];
+        f.read_exact(&mut head).map_err(|_| "truncated")?;
+        let (combined, mut record, value_at) = match parse_head(&head) {
+            // A record longer than the first 4 KiB (many tags): read it whole.
+            Err("truncated") if len as usize > head.len() => {
+                let mut all = Vec::new();
+                std::fs::File::open(path).and_then(|mut f| f.read_to_end(&mut all)).map_err(|_| "unreadable")?;
+                parse_head(&all)?
+            }
+            other => other?,
+        };
+        // A file cut anywhere (a full disk, a write torn by a power loss) is shorter than its
+        // record says; its bytes are checked whole on the first hit.
+        if Some(len) != (value_at as u64).checked_add(record.value_len) {
+            return Err("truncated");
+        }
+        record.size = len;
+        Ok((combined, record))
+    }
+
+    /// Past the budget, the least recently used files go.
+    fn evict(&self) {
+        loop {
+            let victim = {
+                let mut index = self.index.lock();
+                if index.bytes <= self.max_bytes {
+                    self.publish(&index);
+                    return;
+                }
+                let Some((combined, _)) = index.lru.peek_lru().map(|(c, r)| (*c, r.size)) else { return };
+                index.remove(&combined);
+                combined
+            };
+            let _ = std::fs::remove_file(self.file(&victim));
+            self.metrics.evictions.inc();
+        }
+    }
+
+    /// The value of `combined`'s file, or the reason it cannot be served.
+    fn read_value(&self, combined: &HashBinary) -> Result<Bytes, &'static str> {
+        let path = self.file(combined);
+        let all = std::fs::read(&path).map_err(|_| "unreadable")?;
+        let (c, record, value_at) = parse_head(&all)?;
+        if &c != combined {
+            return Err("checksum");
+        }
+        if Some(all.len() as u64) != (value_at as u64).checked_add(record.value_len) {
+            return Err("truncated");
+        }
+        let value = Bytes::from(all).slice(value_at..);
+        // Checked here as well as by the tiered store, so a flipped byte counts as `corrupt`,
+        // not as a hit.
+        super::redis::decode(&value).ok_or("checksum")?;
+        Ok(value)
+    }
+
+    fn remove(&self, combined: &HashBinary) {
+        let removed = {
+            let mut index = self.index.lock();
+            let r = index.remove(combined);
+            self.publish(&index);
+            r
+        };
+        if removed.is_some() {
+            let _ = std::fs::remove_file(self.file(combined));
+        }
+    }
+
+    /// Writes `value` for `combined` under `tmp/` and renames it into place, unless a purge
+    /// came in meanwhile (`purges_then`): nothing purged reappears.
+    fn write(&self, combined: HashBinary, record: Record, value: &[u8], purges_then: u64) {
+        let record = Record { value_len: value.len() as u64, ..record };
+        let bytes = file_bytes(&combined, &record, value);
+        let tmp = self.tmp.join(format!("{}-{}", hex(&combined), self.writes.fetch_add(1, Ordering::Relaxed)));
+        let written = std::fs::File::create(&tmp).and_then(|mut f| f.write_all(&bytes));
+        if let Err(e) = written {
+            let _ = std::fs::remove_file(&tmp);
+            self.metrics.write_errors.inc();
+            emit("warn", "disk_cache_write_failed", &[("path", &tmp.display().to_string()), ("error", &e.to_string())]);
+            return;
+        }
+        let target = self.file(&combined);
+        {
+            let mut index = self.index.lock();
+            if self.purges.load(Ordering::Acquire) != purges_then {
+                drop(index);
+                let _ = std::fs::remove_file(&tmp);
+                return;
+            }
+            let placed = target.parent().map_or(Ok(()), std::fs::create_dir_all).and_then(|_| std::fs::rename(&tmp, &target));
+            if let Err(e) = placed {
+                drop(index);
+                let _ = std::fs::remove_file(&tmp);
+                self.metrics.write_errors.inc();
+                emit("warn", "disk_cache_write_failed", &[("path", &target.display().to_string()), ("error", &e.to_string())]);
+                return;
+            }
+            index.insert(combined, Record { size: bytes.len() as u64, ..record });
+        }
+        self.evict();
+    }
+
+    /// The stored variants (combined keys) a purge selects.
+    fn select(&self, scope: &PurgeScope) -> Vec<HashBinary> {
+        let index = self.index.lock();
+        match scope {
+            PurgeScope::Combined(c) => str2hex(c).into_iter().collect(),
+            PurgeScope::Primary(p) => str2hex(p).and_then(|p| index.variants.get(&p).cloned()).unwrap_or_default(),
+            PurgeScope::Select(Selector::Tag(t)) => {
+                index.lru.iter().filter(|(_, r)| r.tags.iter().any(|x| **x == **t)).map(|(c, _)| *c).collect()
+            }
+            PurgeScope::Select(sel) => index.lru.iter().filter(|(_, r)| sel.matches(&r.url)).map(|(c, _)| *c).collect(),
+        }
+    }
+
+    /// A soft purge: the file rewritten with its meta stale from now (its serving window
+    /// kept), so a restart serves it stale, not fresh.
+    fn expire(&self, combined: &HashBinary) {
+        let Ok(value) = self.read_value(combined) else {
+            self.remove(combined);
+            return;
+        };
+        let rewritten = super::redis::decode(&value).and_then(|(i, h, body)| {
+            let mut meta = CacheMeta::deserialize(&i, &h).ok()?;
+            meta.expire_at(SystemTime::now());
+            let (i, h) = meta.serialize().ok()?;
+            Some(super::redis::encode(&i, &h, &body))
+        });
+        let record = {
+            let index = self.index.lock();
+            index.lru.peek(combined).map(|r| Record {
+                primary: r.primary,
+                until_ms: r.until_ms,
+                value_len: 0,
+                url: r.url.clone(),
+                tags: r.tags.clone(),
+                size: 0,
+            })
+        };
+        match (rewritten, record) {
+            (Some(v), Some(r)) => self.write(*combined, r, &v, self.purges.load(Ordering::Acquire)),
+            _ => self.remove(combined),
+        }
+    }
+}
+
+/// The disk tier behind the memory one.
+pub(crate) struct LocalDisk(pub(crate) Arc<DiskTier>);
+
+#[async_trait::async_trait]
+impl Tier for LocalDisk {
+    fn provenance(&self) -> HitTier {
+        HitTier::Disk
+    }
+
+    async fn get(&self, combined: HashBinary, _primary: HashBinary) -> Option<Bytes> {
+        let now = unix_ms(SystemTime::now());
+        let known = {
+            let mut index = self.0.index.lock();
+            index.lru.get(&combined).map(|r| r.until_ms > now)
+        };
+        match known {
+            None => {
+                self.0.metrics.lookups.with_label_values(&["miss"]).inc();
+                return None;
+            }
+            Some(false) => {
+                self.0.remove(&combined);
+                self.0.metrics.discarded.with_label_values(&["expired"]).inc();
+                self.0.metrics.lookups.with_label_values(&["miss"]).inc();
+                return None;
+            }
+            Some(true) => {}
+        }
+        let tier = self.0.clone();
+        let read = tokio::task::spawn_blocking(move || tier.read_value(&combined)).await;
+        match read {
+            Ok(Ok(v)) => {
+                self.0.metrics.lookups.with_label_values(&["hit"]).inc();
+                Some(v)
+            }
+            Ok(Err(reason)) => {
+                self.0.remove(&combined);
+                self.0.metrics.discarded.with_label_values(&[reason]).inc();
+                self.0.metrics.lookups.with_label_values(&["corrupt"]).inc();
+                None
+            }
+            Err(_) => None,
+        }
+    }
+
+    async fn put(&self, combined: &HashBinary, primary: &HashBinary, entry: &Entry) {
+        let now = SystemTime::now();
+        let Some(servable) = entry.servable_for(now).filter(|d| !d.is_zero()) else { return };
+        if entry.body().len() > self.0.max_object {
+            return;
+        }
+        let Ok((internal, header)) = entry.meta_parts() else { return };
+        let record = Record {
+            primary: *primary,
+            until_ms: unix_ms(now + servable),
+            value_len: 0,
+            url: entry.url().into(),
+            tags: entry.tags().iter().map(|t| Box::from(t.as_str())).collect(),
+            size: 0,
+        };
+        let body = entry.body().clone();
+        let purges_then = self.0.purges.load(Ordering::Acquire);
+        let tier = self.0.clone();
+        let combined = *combined;
+        // Off the request: the client has its answer from memory; the file follows.
+        let write = move || {
+            let value = super::redis::encode(&internal, &header, &body);
+            tier.write(combined, record, &value, purges_then);
+        };
+        if tokio::runtime::Handle::try_current().is_ok() {
+            drop(tokio::task::spawn_blocking(write));
+        } else {
+            write();
+        }
+    }
+
+    fn discard(&self, combined: &HashBinary, _value: Bytes) {
+        self.0.remove(combined);
+        self.0.metrics.discarded.with_label_values(&["checksum"]).inc();
+    }
+
+    fn purge(&self, scope: PurgeScope, soft: bool) {
+        self.0.purges.fetch_add(1, Ordering::AcqRel);
+        for combined in self.0.select(&scope) {
+            if soft {
+                self.0.expire(&combined);
+            } else {
+                self.0.remove(&combined);
+            }
+        }
+    }
+}
