@@ -145,6 +145,10 @@ impl CacheLayer {
         self.storage.stats()
     }
 
+    pub(crate) fn tier_stats(&self) -> Vec<store::TierStats> {
+        self.storage.tier_stats()
+    }
+
     pub(crate) fn purge_matching(&self, sel: &purge::Selector, soft: bool) -> usize {
         self.storage.purge_matching(sel, soft)
     }

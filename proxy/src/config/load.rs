@@ -323,7 +323,10 @@ fn validate(cfg: &Config, declared: &std::collections::BTreeSet<String>, c: &mut
             c.push("cache.disk.max_size", "must be greater than 0");
         }
         if disk.max_object_size > disk.max_size {
-            c.push("cache.disk.max_object_size", format!("{} is larger than cache.disk.max_size ({})", disk.max_object_size, disk.max_size));
+            c.push(
+                "cache.disk.max_object_size",
+                format!("{} is larger than cache.disk.max_size ({})", disk.max_object_size, disk.max_size),
+            );
         }
         if disk.path.as_ref().is_some_and(|p| p.as_os_str().is_empty() || p.is_file()) {
             c.push("cache.disk.path", "must name a directory (it is created if missing)");

@@ -238,6 +238,7 @@ impl Admin {
                 "hit_ratio": hit_ratio(hits, misses),
                 "evictions": s.evictions,
                 "coalesced": m.coalesced.get(),
+                "tiers": c.tier_stats(),
             }),
         )
     }
@@ -303,6 +304,7 @@ impl Admin {
                     "entries": stats.entries,
                     "bytes": stats.bytes,
                     "capacity": stats.capacity,
+                    "tiers": st.cache.as_ref().map(|c| c.tier_stats()).unwrap_or_default(),
                     "served_from_cache_bytes": from_cache,
                     "served_from_origin_bytes": from_origin,
                 },

@@ -120,6 +120,7 @@ fn keep_what_needs_a_restart(old: &Config, new: &mut Config) -> Vec<&'static str
     keep!("cache.max_object_size", cache.max_object_size);
     keep!("cache.lock_timeout", cache.lock_timeout);
     keep!("cache.shared", cache.shared);
+    keep!("cache.disk", cache.disk);
     keep!("tls", tls);
     keep!("telemetry", telemetry);
     kept

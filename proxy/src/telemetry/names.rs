@@ -47,7 +47,8 @@ pub(crate) const CACHE_DISK_DISCARDED: MetricName = m(
     "cache_disk_discarded_total",
     "Files of the disk tier deleted unserved, by reason: truncated, checksum, expired, unreadable, interrupted (a write cut by a crash)",
 );
-pub(crate) const CACHE_DISK_EVICTIONS: MetricName = m("cache_disk_evictions_total", "Files of the disk tier deleted to stay within cache.disk.max_size");
+pub(crate) const CACHE_DISK_EVICTIONS: MetricName =
+    m("cache_disk_evictions_total", "Files of the disk tier deleted to stay within cache.disk.max_size");
 pub(crate) const CACHE_DISK_WRITE_ERRORS: MetricName =
     m("cache_disk_write_errors_total", "Writes to the disk tier that failed (a full or read-only disk): the entry stays in memory only");
 pub(crate) const CACHE_DISK_ENTRIES: MetricName = m("cache_disk_entries", "Responses stored in the disk tier");

@@ -210,3 +210,34 @@ async fn purges_reach_the_files_and_stay_in_force_after_a_restart() {
     assert_eq!(soft.header("x-cache"), "STALE", "a soft purge is still stale after the restart: {:?}", soft.headers);
     assert!(eventually(Duration::from_secs(5), async || origin.seen().len() == seen + 6).await, "five purged URLs and one refresh");
 }
+
+/// The disk tier answers every protocol a client arrives on: memory too small to keep more
+/// than a couple of entries, so the first one filled is read back from disk.
+#[tokio::test(flavor = "multi_thread")]
+async fn disk_hits_on_every_protocol() {
+    use crate::common::client::{Front, Proto};
+    let dir = tempfile::tempdir().unwrap();
+    let origin = Scripted::start(|req, n| Reply::new(200, &[("Cache-Control", "max-age=3600")], format!("v{n} {:3000}", req.target))).await;
+    let top = format!("[cache]\nmax_size = \"8KiB\"\nmax_object_size = \"4KiB\"\n[cache.disk]\npath = \"{}\"\n", dir.path().display());
+    let f = Front::start(&config_for(origin.addr, "", &top));
+    let mut written = 0.0;
+    for (round, proto) in Proto::ALL.into_iter().enumerate() {
+        for i in 1..=4 {
+            let r = f.get(proto, &format!("/d/{i}"), &[]).await;
+            assert_eq!((r.status, r.header("x-cache")), (200, "MISS"), "{} /d/{i}", proto.name());
+        }
+        written += 4.0;
+        let p = &f.portier;
+        on_disk(p, written).await;
+        let stats = get(p.admin, "/cache/stats").await.json();
+        assert!(stats["entries"].as_u64().unwrap() < 4, "memory could not keep them all: {stats}");
+        assert_eq!(stats["tiers"][0]["tier"], "disk");
+        assert_eq!(stats["tiers"][0]["entries"].as_f64(), Some(written));
+        let r = f.get(proto, "/d/1", &[]).await;
+        assert_eq!(r.header("x-cache"), "HIT", "{}: {:?}", proto.name(), r.headers);
+        assert!(r.header("cache-status").ends_with("; detail=disk"), "{}: {}", proto.name(), r.header("cache-status"));
+        // Each listener is its own authority, so its own key: the origin's n-th answer for /d/1.
+        assert!(r.text().starts_with(&format!("v{} /d/1", round + 1)), "{}: the stored body", proto.name());
+    }
+    assert_eq!(origin.seen().len(), 12, "four fills per protocol, no origin request for the disk hits");
+}

@@ -317,11 +317,7 @@ impl DiskTier {
         emit(
             "info",
             "disk_cache_scanned",
-            &[
-                ("entries", &kept.to_string()),
-                ("discarded", &dropped.to_string()),
-                ("ms", &started.elapsed().as_millis().to_string()),
-            ],
+            &[("entries", &kept.to_string()), ("discarded", &dropped.to_string()), ("ms", &started.elapsed().as_millis().to_string())],
         );
     }
 
@@ -548,6 +544,11 @@ impl Tier for LocalDisk {
         } else {
             write();
         }
+    }
+
+    fn stats(&self) -> Option<super::TierStats> {
+        let index = self.0.index.lock();
+        Some(super::TierStats { tier: "disk", entries: index.lru.len(), bytes: index.bytes, capacity: self.0.max_bytes })
     }
 
     fn discard(&self, combined: &HashBinary, _value: Bytes) {

@@ -42,10 +42,24 @@ pub(crate) trait Store: Storage + Sync + Send {
 
     fn stats(&self) -> StoreStats;
 
+    /// The tiers behind memory that report a size (the disk tier), for `/cache/stats` and `/ui`.
+    fn tier_stats(&self) -> Vec<TierStats> {
+        Vec::new()
+    }
+
     /// A request that took a fill lock for `primary` ended without storing anything (not
     /// storable, the origin failed, the client left): a tier holding a lock others wait on
     /// (the shared tier's, across replicas) gives it up now.
     fn request_ended(&self, _primary: &pingora_cache::key::HashBinary) {}
+}
+
+/// A tier's size, as `/cache/stats` and `/ui` show it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub(crate) struct TierStats {
+    pub tier: &'static str,
+    pub entries: usize,
+    pub bytes: u64,
+    pub capacity: u64,
 }
 
 /// What a purge selects, as every tier (and, through the shared one, every replica) applies it.
@@ -104,4 +118,9 @@ pub(crate) trait Tier: Send + Sync {
 
     /// A purge (`soft`: marked stale instead of removed).
     fn purge(&self, scope: PurgeScope, soft: bool);
+
+    /// Its size, when it keeps one here (Redis's is Redis's).
+    fn stats(&self) -> Option<TierStats> {
+        None
+    }
 }

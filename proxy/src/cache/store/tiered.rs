@@ -163,6 +163,10 @@ impl Store for Tiered {
         Store::stats(self.l1)
     }
 
+    fn tier_stats(&self) -> Vec<super::TierStats> {
+        self.tiers.iter().filter_map(|t| t.stats()).collect()
+    }
+
     fn request_ended(&self, primary: &HashBinary) {
         for tier in &self.tiers {
             tier.release_primary(primary);
