@@ -4,7 +4,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: all build release demo image test deps toolchain test-deps bench bench-vs fuzz fresh-check fmt lint unit clean
+.PHONY: all build release demo image test deps toolchain test-deps bench bench-vs bench-disk fuzz fresh-check fmt lint unit clean
 
 all: build
 
@@ -95,6 +95,13 @@ bench: deps
 	./target/release/purge-bench --entries 50000 --seconds 3
 	@command -v redis-server >/dev/null || { $(call apt_install,redis-server); }
 	./target/release/shared-bench --seconds 3
+
+# Issue 26's figures: hits from the disk tier vs memory vs nginx proxy_cache, 2 KB and 100 KB,
+# and a restart with 100,000 entries on disk (installs what it drives).
+bench-disk: deps
+	@command -v nginx >/dev/null && command -v wrk >/dev/null || { $(call apt_install,nginx-light wrk); }
+	$(CARGO) build --release -p portier -p portier-benches
+	./target/release/disk-bench --rounds 5 --seconds 3 --objects 100000
 
 # Issue 13's table: Portier, nginx and Varnish on the same CPU, hits, misses, coalescing,
 # memory per object, and instructions per hit under callgrind (installs what it drives).

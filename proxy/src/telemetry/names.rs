@@ -51,6 +51,10 @@ pub(crate) const CACHE_DISK_EVICTIONS: MetricName =
     m("cache_disk_evictions_total", "Files of the disk tier deleted to stay within cache.disk.max_size");
 pub(crate) const CACHE_DISK_WRITE_ERRORS: MetricName =
     m("cache_disk_write_errors_total", "Writes to the disk tier that failed (a full or read-only disk): the entry stays in memory only");
+pub(crate) const CACHE_DISK_WRITES_DROPPED: MetricName = m(
+    "cache_disk_writes_dropped_total",
+    "Fills not written to the disk tier because 64 writes were already waiting: the entry stays in memory only",
+);
 pub(crate) const CACHE_DISK_ENTRIES: MetricName = m("cache_disk_entries", "Responses stored in the disk tier");
 pub(crate) const CACHE_DISK_BYTES: MetricName = m("cache_disk_bytes", "Bytes of the disk tier's files");
 pub(crate) const CACHE_DISK_CAPACITY: MetricName = m("cache_disk_capacity_bytes", "The disk tier's budget (cache.disk.max_size)");
