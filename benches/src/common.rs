@@ -208,3 +208,18 @@ pub fn start_proxy_under(wrapper: &[String], bin: &str, origin: SocketAddr, tele
     let tls = v["tls"].as_str().and_then(|s| s.parse().ok());
     Proxy { child, public, admin, tls, _dir: dir }
 }
+
+/// A wrk duration (`812.00us`, `3.05ms`, `1.20s`) in milliseconds.
+pub fn millis(v: &str) -> f64 {
+    let v = v.trim();
+    let (num, scale) = if let Some(n) = v.strip_suffix("us") {
+        (n, 0.001)
+    } else if let Some(n) = v.strip_suffix("ms") {
+        (n, 1.0)
+    } else if let Some(n) = v.strip_suffix('s') {
+        (n, 1000.0)
+    } else {
+        (v, 1.0)
+    };
+    num.parse::<f64>().map(|n| n * scale).unwrap_or(f64::NAN)
+}

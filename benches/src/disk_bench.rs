@@ -17,7 +17,7 @@
 
 mod common;
 mod static_origin;
-use common::{free_port, median, read_response};
+use common::{free_port, median, millis, read_response};
 use static_origin::StaticOrigin;
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
@@ -236,18 +236,6 @@ fn wrk_random(addr: SocketAddr, prefix: &str, n: usize, seconds: u64, dir: &std:
         }
     }
     (rps, p99, errors)
-}
-
-fn millis(v: &str) -> f64 {
-    if let Some(x) = v.strip_suffix("us") {
-        x.parse::<f64>().unwrap_or(f64::NAN) / 1000.0
-    } else if let Some(x) = v.strip_suffix("ms") {
-        x.parse().unwrap_or(f64::NAN)
-    } else if let Some(x) = v.strip_suffix('s') {
-        x.parse::<f64>().unwrap_or(f64::NAN) * 1000.0
-    } else {
-        f64::NAN
-    }
 }
 
 fn spread(v: &[f64]) -> String {

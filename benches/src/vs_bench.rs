@@ -29,7 +29,7 @@
 
 mod common;
 mod static_origin;
-use common::{free_port, median, read_response, start_proxy_under, tree_rss_kib, Proxy};
+use common::{free_port, median, millis, read_response, start_proxy_under, tree_rss_kib, Proxy};
 use static_origin::StaticOrigin;
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
@@ -265,20 +265,6 @@ struct Wrk {
     p99_ms: f64,
     mean_ms: f64,
     errors: u64,
-}
-
-fn millis(v: &str) -> f64 {
-    let v = v.trim();
-    let (num, scale) = if let Some(n) = v.strip_suffix("us") {
-        (n, 0.001)
-    } else if let Some(n) = v.strip_suffix("ms") {
-        (n, 1.0)
-    } else if let Some(n) = v.strip_suffix('s') {
-        (n, 1000.0)
-    } else {
-        (v, 1.0)
-    };
-    num.parse::<f64>().map(|n| n * scale).unwrap_or(f64::NAN)
 }
 
 /// `wrk -t1` from this process's CPU (the one the proxies are not on).

@@ -15,6 +15,7 @@
 //! what was purged before a restart stays purged.
 
 use super::memory::{Entry, HitTier};
+use super::redis::hex;
 use super::{PurgeScope, Tier};
 use crate::cache::purge::Selector;
 use crate::telemetry::events::emit;
@@ -140,15 +141,6 @@ pub(crate) struct DiskTier {
 
 fn unix_ms(t: SystemTime) -> u64 {
     t.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
-}
-
-fn hex(h: &HashBinary) -> String {
-    let mut s = String::with_capacity(32);
-    for b in h {
-        s.push(char::from(b"0123456789abcdef"[usize::from(b >> 4)]));
-        s.push(char::from(b"0123456789abcdef"[usize::from(b & 15)]));
-    }
-    s
 }
 
 fn record_bytes(combined: &HashBinary, r: &Record) -> Vec<u8> {

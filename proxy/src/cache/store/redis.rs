@@ -192,7 +192,7 @@ pub(crate) struct RedisTier {
 
 /// The hex form Pingora's `CacheHashKey::combined()` gives (its `hex2str` is private), for
 /// hashes held without their key.
-fn hex(h: &HashBinary) -> String {
+pub(super) fn hex(h: &HashBinary) -> String {
     let mut s = String::with_capacity(32);
     for b in h {
         s.push(char::from(b"0123456789abcdef"[usize::from(b >> 4)]));
