@@ -471,6 +471,19 @@ mod tests {
     }
 
     #[test]
+    fn the_disk_tier_is_checked_with_its_key_paths() {
+        let env = |k: &str| (k == "PORTIER_CACHE_DISK_PATH").then(|| "/var/cache/portier".to_string());
+        let c = load_str(GOOD, "t", env).unwrap();
+        assert_eq!(c.cache.disk.path.as_deref(), Some(std::path::Path::new("/var/cache/portier")));
+        assert_eq!(c.cache.disk.max_size.bytes(), 1024 * 1024 * 1024);
+        let text = format!("{GOOD}\n[cache.disk]\npath = \"/tmp/x\"\nmax_size = \"1MiB\"\nmax_object_size = \"2MiB\"\n");
+        let e = load_str(&text, "t", |_| None).unwrap_err();
+        assert_eq!(e.problems.iter().map(|p| p.path.as_str()).collect::<Vec<_>>(), ["cache.disk.max_object_size"]);
+        let e = load_str(&format!("{GOOD}\n[cache.disk]\npath = \"/tmp/x\"\nmax_size = \"0B\"\nsize = 1\n"), "t", |_| None).unwrap_err();
+        assert!(e.problems.iter().any(|p| p.path.starts_with("cache.disk")), "{:?}", e.problems);
+    }
+
+    #[test]
     fn env_overrides_addresses() {
         let env = |k: &str| match k {
             "PORTIER_UPSTREAM_API" => Some("api:3001,api2:3001".to_string()),
