@@ -93,7 +93,8 @@ impl CacheLayer {
             }
         }
         if let Some(url) = &c.shared.url {
-            match store::redis::RedisTier::start(&c.shared, url, lock_timeout, memory, tier_metrics.shared) {
+            let local = tiers.clone();
+            match store::redis::RedisTier::start(&c.shared, url, lock_timeout, memory, local, tier_metrics.shared) {
                 Ok(l2) => tiers.push(std::sync::Arc::new(store::redis::SharedTier(l2))),
                 Err(e) => crate::telemetry::events::emit(
                     "error",

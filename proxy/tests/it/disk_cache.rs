@@ -241,3 +241,29 @@ async fn disk_hits_on_every_protocol() {
     }
     assert_eq!(origin.seen().len(), 12, "four fills per protocol, no origin request for the disk hits");
 }
+
+/// With Redis beside it, another replica's purge reaches this replica's disk, not only its
+/// memory: the disk is asked before Redis, so a purged copy there would be served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn another_replicas_purge_reaches_this_replicas_disk() {
+    use crate::common::redis::Redis;
+    let redis = Redis::start().await;
+    let origin = versioned_origin().await;
+    let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+    let extra = format!("[cache.shared]\nurl = \"{}\"\n", redis.url());
+    let a = start(&origin, dirs[0].path(), &extra).await;
+    let b = start(&origin, dirs[1].path(), &extra).await;
+    for p in [&a, &b] {
+        let up = eventually(Duration::from_secs(15), async || metric(p, "cache_shared_up").await == 1.0).await;
+        assert!(up, "connected to redis");
+    }
+    assert_eq!(fetch(&b, "/r/1").await.header("x-cache"), "MISS");
+    on_disk(&b, 1.0).await;
+    let r = request(a.admin, "POST", "/cache/purge", &[("Content-Type", "application/json")], br#"{"prefix":"/r/"}"#).await.unwrap();
+    assert_eq!(r.status, 200);
+    let gone = eventually(Duration::from_secs(10), async || metric(&b, "cache_disk_entries").await == 0.0).await;
+    assert!(gone, "B's file went with A's purge: {} left", metric(&b, "cache_disk_entries").await);
+    assert!(files(dirs[1].path()).is_empty());
+    let again = fetch(&b, "/r/1").await;
+    assert_eq!((again.header("x-cache"), again.text()), ("MISS", "v2 /r/1".to_string()), "purged everywhere");
+}

@@ -100,6 +100,19 @@ struct Index {
     lru: lru::LruCache<HashBinary, Record>,
     variants: HashMap<HashBinary, Vec<HashBinary>>,
     bytes: u64,
+    /// Purges made while the start-up scan runs (`None` once it is done): a file it has not
+    /// reached yet is checked against them before it is indexed, so it cannot come back.
+    purged_while_scanning: Option<Vec<PurgeScope>>,
+}
+
+/// Whether a purge selects this file.
+fn selects(scope: &PurgeScope, combined: &HashBinary, r: &Record) -> bool {
+    match scope {
+        PurgeScope::Combined(c) => str2hex(c).as_ref() == Some(combined),
+        PurgeScope::Primary(p) => str2hex(p) == Some(r.primary),
+        PurgeScope::Select(Selector::Tag(t)) => r.tags.iter().any(|x| **x == **t),
+        PurgeScope::Select(sel) => sel.matches(&r.url),
+    }
 }
 
 impl Index {
@@ -135,6 +148,9 @@ pub(crate) struct DiskTier {
     writes: AtomicU64,
     /// Writes queued or running (bounded by [`MAX_PENDING_WRITES`]).
     pending: std::sync::atomic::AtomicUsize,
+    /// The purge count when each fill in progress started: a purge during the origin's
+    /// answer keeps that answer off the disk.
+    fills: Mutex<HashMap<HashBinary, u64>>,
     scanned: AtomicBool,
     metrics: DiskTierMetrics,
 }
@@ -241,6 +257,19 @@ impl DiskTier {
         let probe = tmp.join(format!("probe-{}", std::process::id()));
         std::fs::write(&probe, b"").map_err(|e| std::io::Error::new(e.kind(), format!("writing in {}: {e}", tmp.display())))?;
         let _ = std::fs::remove_file(&probe);
+        // What a write cut by a crash left, gone before any write of this process starts.
+        let mut interrupted = 0;
+        for f in std::fs::read_dir(&tmp).into_iter().flatten().flatten() {
+            if std::fs::remove_file(f.path()).is_ok() {
+                interrupted += 1;
+            }
+        }
+        metrics.discarded.with_label_values(&["interrupted"]).inc_by(interrupted);
+        // Every shard directory now: a write then only renames, under the index lock.
+        for i in 0..=255u8 {
+            let d = objects.join(format!("{i:02x}"));
+            std::fs::create_dir_all(&d).map_err(|e| std::io::Error::new(e.kind(), format!("creating {}: {e}", d.display())))?;
+        }
         metrics.capacity.set(cfg.max_size.bytes() as i64);
         metrics.scan_done.set(0);
         let tier = Arc::new(DiskTier {
@@ -248,10 +277,16 @@ impl DiskTier {
             tmp,
             max_bytes: cfg.max_size.bytes(),
             max_object: cfg.max_object_size.bytes() as usize,
-            index: Mutex::new(Index { lru: lru::LruCache::unbounded(), variants: HashMap::new(), bytes: 0 }),
+            index: Mutex::new(Index {
+                lru: lru::LruCache::unbounded(),
+                variants: HashMap::new(),
+                bytes: 0,
+                purged_while_scanning: Some(Vec::new()),
+            }),
             purges: AtomicU64::new(0),
             writes: AtomicU64::new(0),
             pending: std::sync::atomic::AtomicUsize::new(0),
+            fills: Mutex::new(HashMap::new()),
             scanned: AtomicBool::new(false),
             metrics,
         });
@@ -282,11 +317,6 @@ impl DiskTier {
     /// anything left in `tmp/` by a write that was cut, are deleted and counted.
     fn scan(&self) {
         let started = std::time::Instant::now();
-        if let Ok(dir) = std::fs::read_dir(&self.tmp) {
-            for f in dir.flatten() {
-                self.discard_file(&f.path(), "interrupted");
-            }
-        }
         let now = unix_ms(SystemTime::now());
         let (mut kept, mut dropped) = (0usize, 0usize);
         for shard in std::fs::read_dir(&self.objects).into_iter().flatten().flatten() {
@@ -295,8 +325,13 @@ impl DiskTier {
                 match self.read_record(&path) {
                     Ok((combined, record)) if record.until_ms > now && path == self.file(&combined) => {
                         let mut index = self.index.lock();
-                        // A fill or a purge since start knows better than the file read here.
+                        // A fill since start knows better than the file read here.
                         if index.lru.contains(&combined) {
+                            continue;
+                        }
+                        let purged = index.purged_while_scanning.as_ref().is_some_and(|p| p.iter().any(|s| selects(s, &combined, &record)));
+                        if purged {
+                            let _ = std::fs::remove_file(&path);
                             continue;
                         }
                         index.insert(combined, record);
@@ -313,6 +348,7 @@ impl DiskTier {
                 }
             }
         }
+        self.index.lock().purged_while_scanning = None;
         self.evict();
         self.publish(&self.index.lock());
         self.scanned.store(true, Ordering::Release);
@@ -332,8 +368,8 @@ impl DiskTier {
         let (combined, mut record, value_at) = match parse_head(&head) {
             // A record longer than the first 4 KiB (many tags): read it whole.
             Err("truncated") if len as usize > head.len() => {
-                let mut all = Vec::new();
-                std::fs::File::open(path).and_then(|mut f| f.read_to_end(&mut all)).map_err(|_| "unreadable")?;
+                let mut all = vec![0u8; (len as usize).min(12 + MAX_RECORD)];
+                std::fs::File::open(path).and_then(|mut f| f.read_exact(&mut all)).map_err(|_| "unreadable")?;
                 parse_head(&all)?
             }
             other => other?,
@@ -350,17 +386,18 @@ impl DiskTier {
     /// Past the budget, the least recently used files go.
     fn evict(&self) {
         loop {
-            let victim = {
+            {
                 let mut index = self.index.lock();
                 if index.bytes <= self.max_bytes {
                     self.publish(&index);
                     return;
                 }
-                let Some((combined, _)) = index.lru.peek_lru().map(|(c, r)| (*c, r.size)) else { return };
+                let Some(combined) = index.lru.peek_lru().map(|(c, _)| *c) else { return };
                 index.remove(&combined);
-                combined
-            };
-            let _ = std::fs::remove_file(self.file(&victim));
+                // Under the lock, as a write's rename is: a new file for the same key put in
+                // place meanwhile would otherwise be unlinked while still indexed.
+                let _ = std::fs::remove_file(self.file(&combined));
+            }
             self.metrics.evictions.inc();
         }
     }
@@ -383,30 +420,29 @@ impl DiskTier {
         Ok(value)
     }
 
+    /// The entry and its file (unlinked under the lock, see [`Self::evict`]; whether indexed
+    /// or not, so a purge reaches a file the start-up scan has not read yet).
     fn remove(&self, combined: &HashBinary) {
-        let removed = {
-            let mut index = self.index.lock();
-            let r = index.remove(combined);
-            self.publish(&index);
-            r
-        };
-        if removed.is_some() {
-            let _ = std::fs::remove_file(self.file(combined));
-        }
+        let mut index = self.index.lock();
+        index.remove(combined);
+        let _ = std::fs::remove_file(self.file(combined));
+        self.publish(&index);
     }
 
     /// Writes `value` for `combined` under `tmp/` and renames it into place, unless a purge
     /// came in meanwhile (`purges_then`): nothing purged reappears.
-    fn write(&self, combined: HashBinary, record: Record, value: &[u8], purges_then: u64) {
+    /// True when the file is in place.
+    fn write(&self, combined: HashBinary, record: Record, value: &[u8], purges_then: u64) -> bool {
         let record = Record { value_len: value.len() as u64, ..record };
         let bytes = file_bytes(&combined, &record, value);
-        let tmp = self.tmp.join(format!("{}-{}", hex(&combined), self.writes.fetch_add(1, Ordering::Relaxed)));
+        // The process id too: an upgrade's new process shares the directory with the old one.
+        let tmp = self.tmp.join(format!("{}-{}-{}", hex(&combined), std::process::id(), self.writes.fetch_add(1, Ordering::Relaxed)));
         let written = std::fs::File::create(&tmp).and_then(|mut f| f.write_all(&bytes));
         if let Err(e) = written {
             let _ = std::fs::remove_file(&tmp);
             self.metrics.write_errors.inc();
             emit("warn", "disk_cache_write_failed", &[("path", &tmp.display().to_string()), ("error", &e.to_string())]);
-            return;
+            return false;
         }
         let target = self.file(&combined);
         {
@@ -414,37 +450,38 @@ impl DiskTier {
             if self.purges.load(Ordering::Acquire) != purges_then {
                 drop(index);
                 let _ = std::fs::remove_file(&tmp);
-                return;
+                return false;
             }
-            let placed = target.parent().map_or(Ok(()), std::fs::create_dir_all).and_then(|_| std::fs::rename(&tmp, &target));
-            if let Err(e) = placed {
+            if let Err(e) = std::fs::rename(&tmp, &target) {
                 drop(index);
                 let _ = std::fs::remove_file(&tmp);
                 self.metrics.write_errors.inc();
                 emit("warn", "disk_cache_write_failed", &[("path", &target.display().to_string()), ("error", &e.to_string())]);
-                return;
+                return false;
             }
             index.insert(combined, Record { size: bytes.len() as u64, ..record });
         }
         self.evict();
+        true
     }
 
-    /// The stored variants (combined keys) a purge selects.
+    /// The stored variants (combined keys) a purge selects, noting it for the start-up scan
+    /// while that runs.
     fn select(&self, scope: &PurgeScope) -> Vec<HashBinary> {
-        let index = self.index.lock();
+        let mut index = self.index.lock();
+        if let Some(log) = index.purged_while_scanning.as_mut() {
+            log.push(scope.clone());
+        }
         match scope {
             PurgeScope::Combined(c) => str2hex(c).into_iter().collect(),
             PurgeScope::Primary(p) => str2hex(p).and_then(|p| index.variants.get(&p).cloned()).unwrap_or_default(),
-            PurgeScope::Select(Selector::Tag(t)) => {
-                index.lru.iter().filter(|(_, r)| r.tags.iter().any(|x| **x == **t)).map(|(c, _)| *c).collect()
-            }
-            PurgeScope::Select(sel) => index.lru.iter().filter(|(_, r)| sel.matches(&r.url)).map(|(c, _)| *c).collect(),
+            _ => index.lru.iter().filter(|(c, r)| selects(scope, c, r)).map(|(c, _)| *c).collect(),
         }
     }
 
     /// A soft purge: the file rewritten with its meta stale from now (its serving window
     /// kept), so a restart serves it stale, not fresh.
-    fn expire(&self, combined: &HashBinary) {
+    fn expire(&self, combined: &HashBinary, purges_then: u64) {
         let Ok(value) = self.read_value(combined) else {
             self.remove(combined);
             return;
@@ -466,10 +503,35 @@ impl DiskTier {
                 size: 0,
             })
         };
-        match (rewritten, record) {
-            (Some(v), Some(r)) => self.write(*combined, r, &v, self.purges.load(Ordering::Acquire)),
-            _ => self.remove(combined),
+        // A rewrite that cannot be put in place (a later purge, a failed write) leaves no
+        // fresh copy behind: the entry goes.
+        let rewrote = match (rewritten, record) {
+            (Some(v), Some(r)) => self.write(*combined, r, &v, purges_then),
+            _ => false,
+        };
+        if !rewrote {
+            self.remove(combined);
         }
+    }
+}
+
+/// A place among the [`MAX_PENDING_WRITES`], given back when dropped (also when the write
+/// panics or its task is dropped).
+struct Pending(Arc<DiskTier>);
+
+impl Pending {
+    fn take(tier: &Arc<DiskTier>) -> Option<Pending> {
+        if tier.pending.fetch_add(1, Ordering::AcqRel) >= MAX_PENDING_WRITES {
+            tier.pending.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
+        Some(Pending(tier.clone()))
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        self.0.pending.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -531,15 +593,14 @@ impl Tier for LocalDisk {
         if entry.body().len() > self.0.max_object {
             return;
         }
-        if self.0.pending.fetch_add(1, Ordering::AcqRel) >= MAX_PENDING_WRITES {
-            self.0.pending.fetch_sub(1, Ordering::AcqRel);
+        // The purge count when this fill started (a revalidation's new freshness: now).
+        let purges_then = self.0.fills.lock().remove(combined).unwrap_or_else(|| self.0.purges.load(Ordering::Acquire));
+        let slot = Pending::take(&self.0);
+        if slot.is_none() {
             self.0.metrics.writes_dropped.inc();
             return;
         }
-        let Ok((internal, header)) = entry.meta_parts() else {
-            self.0.pending.fetch_sub(1, Ordering::AcqRel);
-            return;
-        };
+        let Ok((internal, header)) = entry.meta_parts() else { return };
         let record = Record {
             primary: *primary,
             until_ms: unix_ms(now + servable),
@@ -549,14 +610,13 @@ impl Tier for LocalDisk {
             size: 0,
         };
         let body = entry.body().clone();
-        let purges_then = self.0.purges.load(Ordering::Acquire);
         let tier = self.0.clone();
         let combined = *combined;
         // Off the request: the client has its answer from memory; the file follows.
         let write = move || {
             let value = super::redis::encode(&internal, &header, &body);
             tier.write(combined, record, &value, purges_then);
-            tier.pending.fetch_sub(1, Ordering::AcqRel);
+            drop(slot);
         };
         if tokio::runtime::Handle::try_current().is_ok() {
             drop(tokio::task::spawn_blocking(write));
@@ -575,11 +635,29 @@ impl Tier for LocalDisk {
         self.0.metrics.discarded.with_label_values(&["checksum"]).inc();
     }
 
+    fn filling(&self, combined: &HashBinary) {
+        let mut fills = self.0.fills.lock();
+        // Fills that never ended (not storable, dropped) are forgotten past a bound; their
+        // keys then take the count at `put`, a narrower guard.
+        if fills.len() >= 10_000 {
+            fills.clear();
+        }
+        fills.insert(*combined, self.0.purges.load(Ordering::Acquire));
+    }
+
+    async fn release(&self, combined: &HashBinary) {
+        self.0.fills.lock().remove(combined);
+    }
+
+    fn release_later(&self, combined: HashBinary) {
+        self.0.fills.lock().remove(&combined);
+    }
+
     fn purge(&self, scope: PurgeScope, soft: bool) {
-        self.0.purges.fetch_add(1, Ordering::AcqRel);
+        let generation = self.0.purges.fetch_add(1, Ordering::AcqRel) + 1;
         for combined in self.0.select(&scope) {
             if soft {
-                self.0.expire(&combined);
+                self.0.expire(&combined, generation);
             } else {
                 self.0.remove(&combined);
             }

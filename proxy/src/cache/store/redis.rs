@@ -186,6 +186,9 @@ pub(crate) struct RedisTier {
     flights: Mutex<HashMap<HashBinary, watch::Receiver<Option<Flight>>>>,
     pending: Mutex<VecDeque<Message>>,
     l1: &'static MemStorage,
+    /// This machine's other tiers (the disk): another replica's purges and a reconnection's
+    /// clear reach them as they reach memory.
+    local: Vec<Arc<dyn super::Tier>>,
     metrics: SharedTierMetrics,
     tokens: AtomicU64,
 }
@@ -269,6 +272,7 @@ impl RedisTier {
         url: &crate::config::RedisUrl,
         lock_ttl: Duration,
         l1: &'static MemStorage,
+        local: Vec<Arc<dyn super::Tier>>,
         metrics: SharedTierMetrics,
     ) -> Result<Arc<RedisTier>, String> {
         let client = redis::Client::open(url.as_str()).map_err(|e| format!("cache.shared.url {url:?}: {e}"))?;
@@ -292,6 +296,7 @@ impl RedisTier {
             flights: Mutex::default(),
             pending: Mutex::default(),
             l1,
+            local,
             metrics,
             tokens: AtomicU64::new(0),
         });
@@ -735,6 +740,9 @@ impl RedisTier {
                 }
             }
         }
+        for tier in &self.local {
+            tier.purge(msg.target.clone(), msg.soft);
+        }
         let delay_ms = unix_ms().saturating_sub(msg.sent_ms);
         self.metrics.purge_delay.observe(delay_ms as f64 / 1000.0);
     }
@@ -749,6 +757,11 @@ impl RedisTier {
                 Ok(pubsub) => {
                     backoff = Duration::from_millis(100);
                     let dropped = self.l1.clear();
+                    // The disk too: it may hold what was purged while this replica was not
+                    // listening (with Redis, replicas start warm from Redis instead).
+                    for tier in &self.local {
+                        tier.purge(PurgeScope::Select(Selector::Prefix(String::new())), false);
+                    }
                     if dropped > 0 {
                         emit("info", "shared_cache_connected", &[("memory_entries_dropped", &dropped.to_string())]);
                     }
