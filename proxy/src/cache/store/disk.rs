@@ -29,7 +29,7 @@ use prometheus::{IntCounter, IntCounterVec, IntGauge};
 use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -151,7 +151,6 @@ pub(crate) struct DiskTier {
     /// The purge count when each fill in progress started: a purge during the origin's
     /// answer keeps that answer off the disk.
     fills: Mutex<HashMap<HashBinary, u64>>,
-    scanned: AtomicBool,
     metrics: DiskTierMetrics,
 }
 
@@ -287,7 +286,6 @@ impl DiskTier {
             writes: AtomicU64::new(0),
             pending: std::sync::atomic::AtomicUsize::new(0),
             fills: Mutex::new(HashMap::new()),
-            scanned: AtomicBool::new(false),
             metrics,
         });
         let scan = tier.clone();
@@ -351,7 +349,6 @@ impl DiskTier {
         self.index.lock().purged_while_scanning = None;
         self.evict();
         self.publish(&self.index.lock());
-        self.scanned.store(true, Ordering::Release);
         self.metrics.scan_done.set(1);
         emit(
             "info",
