@@ -73,7 +73,7 @@ impl State {
             }
         }
         let proto = ctx.request.target.as_ref().map_or("http", |t| t.scheme.as_str());
-        forwarding::add_forwarded(req, ctx.request.client, proto, &ctx.request.id.value());
+        forwarding::add_forwarded(req, ctx.request.client, proto, ctx.request.id.value());
         if self.config.server.via {
             let via = forwarding::via(req.headers.get_all(http::header::VIA), client_version, &self.config.server.name);
             req.insert_header(crate::edge::fields::VIA, via)?;

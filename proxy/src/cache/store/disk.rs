@@ -16,6 +16,7 @@
 
 use super::memory::{Entry, HitTier};
 use super::redis::hex;
+use super::unix_ms;
 use super::{PurgeScope, Tier};
 use crate::cache::purge::Selector;
 use crate::telemetry::events::emit;
@@ -152,10 +153,6 @@ pub(crate) struct DiskTier {
     /// answer keeps that answer off the disk.
     fills: Mutex<HashMap<HashBinary, u64>>,
     metrics: DiskTierMetrics,
-}
-
-fn unix_ms(t: SystemTime) -> u64 {
-    t.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
 fn record_bytes(combined: &HashBinary, r: &Record) -> Vec<u8> {

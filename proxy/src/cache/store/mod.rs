@@ -62,6 +62,11 @@ pub(crate) struct TierStats {
     pub capacity: u64,
 }
 
+/// Milliseconds since the Unix epoch (0 before it), as the tiers store times.
+pub(super) fn unix_ms(t: std::time::SystemTime) -> u64 {
+    t.duration_since(std::time::SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
 /// What a purge selects, as every tier (and, through the shared one, every replica) applies it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

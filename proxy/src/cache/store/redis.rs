@@ -15,6 +15,7 @@
 //! - channel `P:purge`: every purge, applied by each replica to its memory tier.
 
 use super::memory::{Entry, MemStorage};
+use super::unix_ms;
 use crate::cache::purge::Selector;
 use crate::cache::url::path_of;
 use crate::telemetry::events::emit;
@@ -204,13 +205,9 @@ pub(super) fn hex(h: &HashBinary) -> String {
     s
 }
 
-fn unix_ms() -> u64 {
-    SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
-}
-
 /// The stored value: magic, the two meta parts and the body each after its length, and a
 /// CRC-32 of everything before it, so a value cut short or changed in Redis is never served.
-pub(crate) fn encode(internal: &[u8], header: &[u8], body: &[u8]) -> Vec<u8> {
+pub(super) fn encode(internal: &[u8], header: &[u8], body: &[u8]) -> Vec<u8> {
     let mut v = Vec::with_capacity(23 + internal.len() + header.len() + body.len());
     v.extend_from_slice(VALUE_MAGIC);
     v.extend_from_slice(&(internal.len() as u32).to_le_bytes());
@@ -287,7 +284,7 @@ impl RedisTier {
             timeout: cfg.timeout.get(),
             max_object: cfg.max_object_size.bytes() as usize,
             lock_ttl,
-            id: format!("{}-{:x}", std::process::id(), unix_ms()),
+            id: format!("{}-{:x}", std::process::id(), unix_ms(SystemTime::now())),
             rt: rt.handle().clone(),
             conn: ArcSwapOption::empty(),
             breaker: Breaker { failures: AtomicU32::new(0), open_until_ms: AtomicU64::new(0), epoch: Instant::now() },
@@ -573,7 +570,7 @@ impl RedisTier {
             pipe.zadd(self.index("urls"), format!("{url}\0{p}"), 0).ignore();
             pipe.zadd(self.index("paths"), &path_member, 0).ignore();
             // The indexes forget a URL once its last variant has expired (checked as fills come in).
-            let now = unix_ms();
+            let now = unix_ms(SystemTime::now());
             pipe.cmd("ZADD").arg(self.index("expiries")).arg("GT").arg(now + ttl_ms).arg(&path_member).ignore();
             pipe.cmd("EVAL")
                 .arg(PRUNE_SCRIPT)
@@ -596,7 +593,7 @@ impl RedisTier {
     /// Purges in the shared tier, then tells every replica to purge its memory tier. Runs on
     /// the tier's runtime; a purge that cannot reach Redis is replayed on reconnection.
     pub(crate) fn broadcast(self: &Arc<Self>, target: PurgeScope, soft: bool) {
-        let msg = Message { from: self.id.clone(), sent_ms: unix_ms(), soft, target };
+        let msg = Message { from: self.id.clone(), sent_ms: unix_ms(SystemTime::now()), soft, target };
         let tier = self.clone();
         self.rt.spawn(async move {
             if !tier.apply_and_publish(&msg).await {
@@ -743,7 +740,7 @@ impl RedisTier {
         for tier in &self.local {
             tier.purge(msg.target.clone(), msg.soft);
         }
-        let delay_ms = unix_ms().saturating_sub(msg.sent_ms);
+        let delay_ms = unix_ms(SystemTime::now()).saturating_sub(msg.sent_ms);
         self.metrics.purge_delay.observe(delay_ms as f64 / 1000.0);
     }
 
