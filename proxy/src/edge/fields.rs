@@ -15,7 +15,9 @@ pub(crate) const X_FORWARDED_FOR: Name = name("x-forwarded-for");
 pub(crate) const X_REAL_IP: Name = name("x-real-ip");
 pub(crate) const X_FORWARDED_PROTO: Name = name("x-forwarded-proto");
 pub(crate) const X_FORWARDED_HOST: Name = name("x-forwarded-host");
-pub(crate) const X_REQUEST_ID: Name = name(super::forwarding::REQUEST_ID);
+/// The request id's field (forwarding.rs makes its value).
+pub(crate) const REQUEST_ID: &str = "x-request-id";
+pub(crate) const X_REQUEST_ID: Name = name(REQUEST_ID);
 pub(crate) const VIA: Name = name("via");
 pub(crate) const X_CACHE: Name = name("x-cache");
 pub(crate) const CACHE_STATUS: Name = name("cache-status");

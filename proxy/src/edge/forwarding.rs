@@ -4,7 +4,7 @@ use http::HeaderValue;
 use pingora_http::RequestHeader;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-pub(crate) const REQUEST_ID: &str = "x-request-id";
+pub(crate) use super::fields::REQUEST_ID;
 
 /// The request id, a valid field value by construction: made once per request and written
 /// to the forwarded request and the response without being checked or copied again.
