@@ -83,7 +83,7 @@ pub fn response_head(data: &[u8]) {
     let route = policy::RoutePolicy::from_route(&Route::new(None, "/*".parse().expect("a valid pattern"), "p"));
     if let Ok(plan) = policy::decide(&req, &resp, &route, &CacheConfig::default(), false, now) {
         let meta = policy::build_meta(&plan, &resp, now);
-        let _ = key::variance(&meta, &req, None);
+        let _ = key::variance(&meta, &req, None, None);
     }
 }
 

@@ -80,8 +80,10 @@ fn variant_value(name: &str, req: &RequestHeader) -> Vec<u8> {
 
 /// The variance for `req` under the stored response's `Vary` (None when it has none). For a
 /// response Portier compresses, `Accept-Encoding` varies on the negotiated `coding` alone, so
-/// every spelling of the header maps to one of four variants.
-pub(crate) fn variance(meta: &CacheMeta, req: &RequestHeader, coding: Option<Coding>) -> Option<HashBinary> {
+/// every spelling of the header maps to one of four variants; with a `dictionary` (a `dcz`
+/// delta) on that coding and the dictionary's hash, and `Available-Dictionary` is folded into
+/// it, so a response stored with or without that name in its `Vary` gives one answer.
+pub(crate) fn variance(meta: &CacheMeta, req: &RequestHeader, coding: Option<Coding>, dictionary: Option<&[u8; 32]>) -> Option<HashBinary> {
     let headers = &meta.response_header().headers;
     let mut names = super::directives::field_tokens(headers, http::header::VARY);
     names.sort();
@@ -89,8 +91,14 @@ pub(crate) fn variance(meta: &CacheMeta, req: &RequestHeader, coding: Option<Cod
     let portier_encodes = headers.contains_key(crate::edge::compression::MARKER);
     let mut vb = VarianceBuilder::new();
     for name in names {
+        if portier_encodes && name == "available-dictionary" {
+            continue;
+        }
         let value = if portier_encodes && name == "accept-encoding" {
-            format!("coding={}", coding.map_or("identity", Coding::as_str)).into_bytes()
+            match dictionary {
+                Some(hash) => [&b"coding=dcz;"[..], hash].concat(),
+                None => format!("coding={}", coding.map_or("identity", Coding::as_str)).into_bytes(),
+            }
         } else {
             variant_value(&name, req)
         };
@@ -117,7 +125,7 @@ mod tests {
         for v in lines {
             r.append_header(name.to_string(), http::HeaderValue::from_bytes(v).unwrap()).unwrap();
         }
-        variance(meta, &r, None)
+        variance(meta, &r, None, None)
     }
 
     #[test]

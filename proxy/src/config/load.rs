@@ -389,7 +389,13 @@ fn validate(cfg: &Config, declared: &std::collections::BTreeSet<String>, c: &mut
             c.push(format!("compression.{key}"), format!("{level} is out of range {}..={}", range.start(), range.end()));
         }
     }
+    if z.dictionary_max_size.0 > z.dictionaries_max_size.0 {
+        c.push("compression.dictionary_max_size", "must not exceed compression.dictionaries_max_size");
+    }
     for (i, r) in cfg.routes.iter().enumerate() {
+        if r.dictionary.is_some() && r.compress.is_empty() {
+            c.push(format!("routes[{i}].dictionary"), "needs compression on this route (compress is [])");
+        }
         if r.basic_auth.as_ref().is_some_and(|b| b.users.is_empty()) {
             c.push(format!("routes[{i}].basic_auth.users"), "must name at least one user = \"<bcrypt hash>\"");
         }

@@ -10,7 +10,7 @@ mod units;
 
 pub(crate) use address::{HostPort, ListenAddr};
 pub(crate) use load::{load_file, load_str};
-pub(crate) use pattern::{unmapped, BcryptHash, Cidr, HostPattern, Method, PathPattern, Pseudonym};
+pub(crate) use pattern::{unmapped, BcryptHash, Cidr, DictionaryMatch, HostPattern, Method, PathPattern, Pseudonym};
 pub(crate) use units::{ByteSize, HumanDuration};
 
 use serde::{Deserialize, Serialize};
@@ -337,6 +337,11 @@ pub(crate) struct Route {
     /// compression off on this route.
     #[serde(default = "default_codings")]
     pub compress: Vec<Coding>,
+    /// RFC 9842: responses on this route whose path matches become compression dictionaries
+    /// (`Use-As-Dictionary: match="…"`), and browsers that hold one get later versions as
+    /// `dcz` deltas against it.
+    #[serde(default)]
+    pub dictionary: Option<DictionaryMatch>,
     /// HTTP Basic authentication, checked before the cache.
     #[serde(default)]
     pub basic_auth: Option<BasicAuth>,
@@ -387,6 +392,7 @@ impl Route {
             etag: EtagMode::Origin,
             cache_set_cookie: false,
             compress: default_codings(),
+            dictionary: None,
             basic_auth: None,
             allow: Vec::new(),
             deny: Vec::new(),
@@ -672,10 +678,22 @@ pub(crate) struct CompressionConfig {
     pub gzip_level: u32,
     pub br_level: u32,
     pub zstd_level: u32,
+    /// Memory kept for compression dictionaries (routes' `dictionary`), least recently used
+    /// out first.
+    pub dictionaries_max_size: ByteSize,
+    /// A larger response is not kept as a dictionary.
+    pub dictionary_max_size: ByteSize,
 }
 
 impl Default for CompressionConfig {
     fn default() -> Self {
-        CompressionConfig { min_size: ByteSize(1024), gzip_level: 6, br_level: 5, zstd_level: 3 }
+        CompressionConfig {
+            min_size: ByteSize(1024),
+            gzip_level: 6,
+            br_level: 5,
+            zstd_level: 3,
+            dictionaries_max_size: ByteSize(32 << 20),
+            dictionary_max_size: ByteSize(4 << 20),
+        }
     }
 }

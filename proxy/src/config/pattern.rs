@@ -84,6 +84,73 @@ impl PathPattern {
     }
 }
 
+/// A route's `dictionary`: the URL pattern sent as `Use-As-Dictionary: match="…"` (RFC 9842
+/// §2.1.1), a path where `*` stands for any run of characters (`/assets/*.js`). Only the
+/// URLPattern syntax Portier can match itself is accepted: no named groups, regular
+/// expressions, query or fragment, and nothing that would need escaping in a quoted string.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct DictionaryMatch(String);
+
+impl FromStr for DictionaryMatch {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        if !s.starts_with('/') {
+            return Err(format!("{s:?} must be a path starting with '/' (e.g. \"/assets/*.js\")"));
+        }
+        if let Some(c) =
+            s.chars().find(|c| !c.is_ascii_graphic() || matches!(c, '"' | '\\' | ':' | '(' | ')' | '{' | '}' | '?' | '#' | '+'))
+        {
+            return Err(format!("{s:?}: {c:?} is not allowed (a path with '*' wildcards only)"));
+        }
+        if s.len() > 256 {
+            return Err(format!("{s:?} is longer than 256 characters"));
+        }
+        Ok(DictionaryMatch(s.to_string()))
+    }
+}
+
+impl fmt::Display for DictionaryMatch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl DictionaryMatch {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// Whether `path` (the request's, without its query) matches, `*` standing for any run of
+    /// characters, as the browser matches it before it offers the dictionary.
+    pub fn matches(&self, path: &str) -> bool {
+        glob(self.0.as_bytes(), path.as_bytes())
+    }
+}
+
+/// `*` matches any run of bytes; iterative, with one backtrack point (linear in practice, no
+/// recursion an attacker's path could deepen).
+fn glob(pat: &[u8], s: &[u8]) -> bool {
+    let (mut p, mut i) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while i < s.len() {
+        if p < pat.len() && pat[p] == b'*' {
+            star = Some((p, i));
+            p += 1;
+        } else if p < pat.len() && pat[p] == s[i] {
+            p += 1;
+            i += 1;
+        } else if let Some((sp, si)) = star {
+            p = sp + 1;
+            i = si + 1;
+            star = Some((sp, si + 1));
+        } else {
+            return false;
+        }
+    }
+    pat[p..].iter().all(|&c| c == b'*')
+}
+
 /// A route's host: `example.com` or `*.example.com` (any subdomain, not the domain itself),
 /// lower-cased.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -300,6 +367,7 @@ string_form!(
     Cidr => |c: Cidr| c.0.to_string(),
     BcryptHash => |h: BcryptHash| h.0,
     Pseudonym => |n: Pseudonym| n.as_str().to_string(),
+    DictionaryMatch => |m: DictionaryMatch| m.0,
 );
 
 #[cfg(test)]
@@ -320,6 +388,17 @@ mod tests {
         assert!("/caf\u{e9}".parse::<PathPattern>().unwrap().matches("/caf%C3%A9"), "a multi-byte last character is a path like any other");
         assert!("/caf\u{e9}/*".parse::<PathPattern>().unwrap().matches("/caf%C3%A9/x"));
         assert!("/a*b".parse::<PathPattern>().is_err());
+        let d: DictionaryMatch = "/assets/*.js".parse().unwrap();
+        assert!(
+            d.matches("/assets/app.v2.js") && d.matches("/assets/a/b.js") && !d.matches("/assets/app.css") && !d.matches("/x/assets/a.js")
+        );
+        assert!(
+            "/a/*/b*".parse::<DictionaryMatch>().unwrap().matches("/a/x/bcd")
+                && !"/a/*/b".parse::<DictionaryMatch>().unwrap().matches("/a/x/c")
+        );
+        for bad in ["assets/*.js", "/a/:id", "/a?x", "/a\"b", "/a b", "/(.*)"] {
+            assert!(bad.parse::<DictionaryMatch>().is_err(), "{bad}");
+        }
         assert!("api".parse::<PathPattern>().is_err());
         let h: HostPattern = "*.Example.com".parse().unwrap();
         assert!(h.matches("a.example.com") && !h.matches("example.com"));

@@ -206,6 +206,7 @@ impl Admin {
             access_log_dropped: st.access_log.dropped.load(std::sync::atomic::Ordering::Relaxed),
             profiles: Some(st.profiling.counters.as_ref()),
             connections: Some(st.connections.as_ref()),
+            dictionaries: st.dictionaries.stats(),
         };
         let text = st.metrics.render(&ext).into_bytes();
 

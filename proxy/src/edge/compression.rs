@@ -7,6 +7,7 @@
 use crate::config::{Coding, CompressionConfig};
 use bytes::Bytes;
 use parking_lot::Mutex;
+use pingora_core::protocols::http::compression::{Algorithm, DictionaryData, Encode};
 use pingora_http::{RequestHeader, ResponseHeader};
 use std::io::{self, Write};
 use std::sync::Arc;
@@ -16,9 +17,8 @@ use std::sync::Arc;
 pub(crate) const MARKER: &str = "x-portier-compressible";
 const MARKER_FIELD: super::fields::Name = (http::HeaderName::from_static(MARKER), MARKER);
 
-/// The coding for this request: the highest `q` among the route's codings, ties broken by
-/// the route's order; `None` for identity.
-pub(crate) fn negotiate(req: &RequestHeader, prefs: &[Coding]) -> Option<Coding> {
+/// `Accept-Encoding`'s codings with their `q` (lower-cased; 1.0 when unsaid).
+fn weights(req: &RequestHeader) -> Vec<(String, f32)> {
     let mut q_of: Vec<(String, f32)> = Vec::new();
     for v in req.headers.get_all(http::header::ACCEPT_ENCODING) {
         let Ok(v) = v.to_str() else { continue };
@@ -36,15 +36,31 @@ pub(crate) fn negotiate(req: &RequestHeader, prefs: &[Coding]) -> Option<Coding>
             q_of.push((name, q));
         }
     }
-    let q = |name: &str| q_of.iter().find(|(n, _)| n == name).or_else(|| q_of.iter().find(|(n, _)| n == "*")).map_or(0.0, |(_, q)| *q);
+    q_of
+}
+
+fn q(q_of: &[(String, f32)], name: &str) -> f32 {
+    q_of.iter().find(|(n, _)| n == name).or_else(|| q_of.iter().find(|(n, _)| n == "*")).map_or(0.0, |(_, q)| *q)
+}
+
+/// The coding for this request: the highest `q` among the route's codings, ties broken by
+/// the route's order; `None` for identity.
+pub(crate) fn negotiate(req: &RequestHeader, prefs: &[Coding]) -> Option<Coding> {
+    let q_of = weights(req);
     let mut best: Option<(Coding, f32)> = None;
     for c in prefs {
-        let cq = q(c.as_str());
+        let cq = q(&q_of, c.as_str());
         if cq > 0.0 && best.is_none_or(|(_, bq)| cq > bq) {
             best = Some((*c, cq));
         }
     }
     best.map(|(c, _)| c)
+}
+
+/// Whether the client named `coding` itself with a `q` above 0 (a `*` does not count: the
+/// dictionary codings are only sent to clients that list them).
+pub(crate) fn accepts(req: &RequestHeader, coding: &str) -> bool {
+    weights(req).iter().any(|(n, q)| n == coding && *q > 0.0)
 }
 
 /// Media types worth compressing: text, and the structured and script formats served as
@@ -100,37 +116,62 @@ pub(crate) fn eligible(resp: &ResponseHeader, cfg: &CompressionConfig) -> bool {
         && !small
 }
 
-/// `"abc"` → `"abc-zstd"`; weak validators stay as they are (the variants are equivalent).
-fn suffixed_etag(etag: &str, c: Coding) -> Option<String> {
+/// `"abc"` → `"abc-zstd"` (or `"abc-dcz-<dictionary id>"`); weak validators stay as they are
+/// (the variants are equivalent).
+fn suffixed_etag(etag: &str, suffix: &str) -> Option<String> {
     let inner = etag.strip_prefix('"')?.strip_suffix('"')?;
-    Some(format!("\"{inner}-{}\"", c.as_str()))
+    Some(format!("\"{inner}-{suffix}\""))
 }
 
 /// The strong ETag of `etag` without a coding suffix Portier added, for revalidating with
 /// the origin (which only knows its own validator).
 pub(crate) fn origin_etag(etag: &str) -> Option<String> {
     let inner = etag.strip_prefix('"')?.strip_suffix('"')?;
-    [Coding::Zstd, Coding::Br, Coding::Gzip]
-        .iter()
-        .find_map(|c| inner.strip_suffix(&format!("-{}", c.as_str())))
+    let dcz =
+        inner.rsplit_once("-dcz-").filter(|(_, id)| id.len() == 16 && id.bytes().all(|b| b.is_ascii_hexdigit())).map(|(base, _)| base);
+    dcz.or_else(|| [Coding::Zstd, Coding::Br, Coding::Gzip].iter().find_map(|c| inner.strip_suffix(&format!("-{}", c.as_str()))))
         .map(|base| format!("\"{base}\""))
 }
 
 /// Marks an eligible response as varying on the coding and, when `coding` is one, turns its
 /// header into the encoded variant's. The body is then fed to the returned [`Encoder`].
-pub(crate) fn prepare(resp: &mut ResponseHeader, coding: Option<Coding>, level: u32) -> Option<Encoder> {
-    if !super::fields::has_token(&resp.headers, http::header::VARY, "accept-encoding") {
-        let _ = resp.append_header(http::header::VARY, http::HeaderValue::from_static("Accept-Encoding"));
+/// A `dictionary` (RFC 9842, see [`super::dictionary`]) takes the place of `coding`: the body
+/// is then a `dcz` delta against it.
+pub(crate) fn prepare(
+    resp: &mut ResponseHeader,
+    coding: Option<Coding>,
+    dictionary: Option<&DictionaryData>,
+    level: u32,
+) -> Option<Encoder> {
+    let varies = |name| super::fields::has_token(&resp.headers, http::header::VARY, name);
+    // One field line for what Portier adds.
+    let added = match (varies("accept-encoding"), dictionary.is_some() && !varies("available-dictionary")) {
+        (false, true) => Some("Accept-Encoding, Available-Dictionary"),
+        (false, false) => Some("Accept-Encoding"),
+        (true, true) => Some("Available-Dictionary"),
+        (true, false) => None,
+    };
+    if let Some(v) = added {
+        let _ = resp.append_header(http::header::VARY, http::HeaderValue::from_static(v));
     }
     let _ = resp.insert_header(MARKER_FIELD, http::HeaderValue::from_static("1"));
-    let coding = coding?;
-    let mut encoder = Encoder::new(coding, level).ok()?;
+    let (mut encoder, suffix) = match dictionary {
+        Some(d) => {
+            // The first 8 bytes of the hash tell the `dcz` variants' validators apart.
+            let id: String = d.hash[..8].iter().map(|b| format!("{b:02x}")).collect();
+            (Encoder::with_dictionary(d, level)?, format!("dcz-{id}"))
+        }
+        None => {
+            let coding = coding?;
+            (Encoder::new(coding, level).ok()?, coding.as_str().to_string())
+        }
+    };
     // Without a length the body is streamed (chunked or close-delimited) and may be real-time:
     // each chunk is flushed through the encoder, so it leaves as it came.
     encoder.flush_each = !resp.headers.contains_key(http::header::CONTENT_LENGTH);
-    let _ = resp.insert_header(http::header::CONTENT_ENCODING, coding.as_str());
+    let _ = resp.insert_header(http::header::CONTENT_ENCODING, encoder.label);
     resp.remove_header(&http::header::CONTENT_LENGTH);
-    if let Some(tag) = resp.headers.get(http::header::ETAG).and_then(|v| v.to_str().ok()).and_then(|e| suffixed_etag(e, coding)) {
+    if let Some(tag) = resp.headers.get(http::header::ETAG).and_then(|v| v.to_str().ok()).and_then(|e| suffixed_etag(e, &suffix)) {
         let _ = resp.insert_header(http::header::ETAG, tag);
     }
     Some(encoder)
@@ -154,15 +195,19 @@ enum Writer {
     Gzip(flate2::write::GzEncoder<Sink>),
     Br(Box<brotli::CompressorWriter<Sink>>),
     Zstd(zstd::stream::write::Encoder<'static, Sink>),
+    /// Pingora's `dcz` encoder (RFC 9842 header, then zstd with the dictionary as its prefix).
+    Dcz(Box<dyn Encode + Send + Sync>),
 }
 
-/// A body being compressed. Own encoders rather than Pingora's: its brotli encoder flushes
-/// but never ends the stream, which strict decoders refuse.
+/// A body being compressed. Own encoders rather than Pingora's for gzip, br and zstd: its
+/// brotli encoder flushes but never ends the stream, which strict decoders refuse. Its `dcz`
+/// encoder is used as it is (it writes the RFC 9842 header and ends the zstd frame).
 pub(crate) struct Encoder {
     // A Mutex only because the zstd encoder is not Sync; one request uses it at a time.
     writer: Mutex<Option<Writer>>,
     sink: Sink,
-    pub(crate) coding: Coding,
+    /// The `Content-Encoding` written, and the metrics' `encoding` label.
+    pub(crate) label: &'static str,
     bytes_in: usize,
     bytes_out: usize,
     /// Flush after every chunk (a body without a declared length).
@@ -178,7 +223,19 @@ impl Encoder {
             Coding::Br => Writer::Br(Box::new(brotli::CompressorWriter::new(sink.clone(), 4096, level.min(11), 22))),
             Coding::Zstd => Writer::Zstd(zstd::stream::write::Encoder::new(sink.clone(), level.min(22) as i32)?),
         };
-        Ok(Encoder { writer: Mutex::new(Some(writer)), sink, coding, bytes_in: 0, bytes_out: 0, flush_each: false })
+        Ok(Encoder { writer: Mutex::new(Some(writer)), sink, label: coding.as_str(), bytes_in: 0, bytes_out: 0, flush_each: false })
+    }
+
+    fn with_dictionary(d: &DictionaryData, level: u32) -> Option<Encoder> {
+        let enc = Algorithm::Dcz.maybe_compressor_with_dictionary(level.min(22), d)?;
+        Some(Encoder {
+            writer: Mutex::new(Some(Writer::Dcz(enc))),
+            sink: Sink::default(),
+            label: "dcz",
+            bytes_in: 0,
+            bytes_out: 0,
+            flush_each: false,
+        })
     }
 
     /// Compresses one chunk (`None` when the origin sent none); ends the stream at the end.
@@ -191,6 +248,12 @@ impl Encoder {
             Some(Writer::Gzip(w)) => w.write_all(&input),
             Some(Writer::Br(w)) => w.write_all(&input),
             Some(Writer::Zstd(w)) => w.write_all(&input),
+            // It ends its frame itself when told this is the end; what it gives back is sent.
+            Some(Writer::Dcz(e)) => {
+                let out = e.encode(&input, end)?;
+                self.sink.0.lock().extend_from_slice(&out);
+                Ok(())
+            }
             None => Ok(()),
         };
         result.or_err(pingora_error::ErrorType::InternalError, "compressing the response body")?;
@@ -199,7 +262,7 @@ impl Encoder {
                 Some(Writer::Gzip(w)) => w.flush(),
                 Some(Writer::Br(w)) => w.flush(),
                 Some(Writer::Zstd(w)) => w.flush(),
-                None => Ok(()),
+                Some(Writer::Dcz(_)) | None => Ok(()),
             };
             flushed.or_err(pingora_error::ErrorType::InternalError, "flushing the compressed body")?;
         }
@@ -212,7 +275,7 @@ impl Encoder {
                     Ok(())
                 }
                 Some(Writer::Zstd(w)) => w.finish().map(drop),
-                None => Ok(()),
+                Some(Writer::Dcz(_)) | None => Ok(()),
             };
             finished.or_err(pingora_error::ErrorType::InternalError, "ending the compressed body")?;
         }
@@ -295,9 +358,11 @@ mod tests {
         assert!(!eligible(&resp(&[("content-type", "font/woff2")]), &cfg));
         assert!(!eligible(&resp(&[("content-type", "text/css"), ("content-encoding", "gzip")]), &cfg));
         assert!(!eligible(&resp(&[("content-type", "text/css"), ("cache-control", "max-age=60, no-transform")]), &cfg));
-        assert_eq!(suffixed_etag("\"abc\"", Coding::Br).as_deref(), Some("\"abc-br\""));
-        assert_eq!(suffixed_etag("W/\"abc\"", Coding::Br), None);
+        assert_eq!(suffixed_etag("\"abc\"", "br").as_deref(), Some("\"abc-br\""));
+        assert_eq!(suffixed_etag("W/\"abc\"", "br"), None);
         assert_eq!(origin_etag("\"abc-zstd\"").as_deref(), Some("\"abc\""));
         assert_eq!(origin_etag("\"abc\""), None);
+        assert_eq!(origin_etag("\"abc-dcz-0123456789abcdef\"").as_deref(), Some("\"abc\""));
+        assert_eq!(origin_etag("\"abc-dcz-xyz\""), None, "not a suffix Portier writes");
     }
 }

@@ -113,8 +113,12 @@ pub(crate) struct CachePart {
 pub(crate) struct CompressPart {
     /// What the client's `Accept-Encoding` and the route's `compress` agree on.
     pub(crate) coding: Option<crate::config::Coding>,
+    /// The dictionary the client holds and Portier too (RFC 9842): the response is then `dcz`.
+    pub(crate) dictionary: Option<std::sync::Arc<crate::edge::dictionary::Dictionary>>,
     /// Set while the origin's body is being compressed on its way to the cache.
     pub(crate) encoder: Option<Box<crate::edge::compression::Encoder>>,
+    /// Set while a response that becomes a dictionary is being received.
+    pub(crate) capture: Option<Box<crate::edge::dictionary::Capture>>,
 }
 
 /// Tracing state.

@@ -54,6 +54,8 @@ pub(crate) struct State {
     pub(crate) connections: Arc<pingora_core::apps::ConnectionLimit>,
     /// The admin `/ui` page's counts and history.
     pub(crate) operator: Arc<crate::gateway::operator_view::OperatorView>,
+    /// Compression dictionaries (RFC 9842), kept across reloads.
+    pub(crate) dictionaries: Arc<crate::edge::dictionary::Dictionaries>,
 }
 
 /// What outlives a configuration reload.
@@ -65,6 +67,7 @@ struct Lasting {
     challenges: Arc<crate::edge::challenges::Challenges>,
     connections: Arc<pingora_core::apps::ConnectionLimit>,
     operator: Arc<crate::gateway::operator_view::OperatorView>,
+    dictionaries: Arc<crate::edge::dictionary::Dictionaries>,
 }
 
 impl State {
@@ -84,6 +87,7 @@ impl State {
             challenges: Arc::default(),
             connections: crate::edge::limits::connection_gate(&config.limits),
             operator: Arc::default(),
+            dictionaries: Arc::new(crate::edge::dictionary::Dictionaries::new(&config.compression)),
         };
         crate::gateway::operator_view::OperatorView::start_sampling(&shared.operator, &shared.metrics);
         State::build(config, upstreams, cache, shared)
@@ -102,12 +106,14 @@ impl State {
             challenges: self.challenges.clone(),
             connections: self.connections.clone(),
             operator: self.operator.clone(),
+            dictionaries: self.dictionaries.clone(),
         };
+        shared.dictionaries.resize(&config.compression);
         State::build(config, upstreams, cache, shared)
     }
 
     fn build(config: Config, upstreams: Arc<Upstreams>, cache: Option<CacheLayer>, shared: Lasting) -> Self {
-        let Lasting { metrics, access_log, tracing, profiling, challenges, connections, operator } = shared;
+        let Lasting { metrics, access_log, tracing, profiling, challenges, connections, operator, dictionaries } = shared;
         State {
             router: Router::new(&config.routes, &upstreams, config.limits.max_body.bytes()),
             methods: KnownMethods::new(config.invalidation.iter().map(|r| r.method.0.clone())),
@@ -122,6 +128,7 @@ impl State {
             challenges,
             connections,
             operator,
+            dictionaries,
         }
     }
 }
@@ -202,7 +209,7 @@ impl ProxyHttp for Gateway {
 
     fn cache_vary_filter(&self, meta: &CacheMeta, p: &mut Pinned, req: &RequestHeader) -> Option<pingora_cache::key::HashBinary> {
         let Pinned { ctx, .. } = p;
-        crate::cache::key::variance(meta, req, ctx.compress.coding)
+        crate::cache::key::variance(meta, req, ctx.compress.coding, ctx.compress.dictionary.as_deref().map(|d| &d.data.hash))
     }
 
     fn cache_not_modified_filter(&self, session: &Session, resp: &ResponseHeader, p: &mut Pinned) -> Result<bool> {

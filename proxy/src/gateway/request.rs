@@ -177,6 +177,9 @@ impl State {
         };
         let r = r.clone();
         ctx.compress.coding = crate::edge::compression::negotiate(session.req_header(), &r.compress);
+        if let Some(rd) = &r.dictionary {
+            ctx.compress.dictionary = crate::edge::dictionary::offered(session.req_header(), &r.pattern, rd, &self.dictionaries, t.path());
+        }
         // Pushed, not `format!`: per request, and core::fmt cost ~500 instructions here.
         let mut span_name = String::with_capacity(ctx.request.method_label.len() + 1 + r.pattern.len());
         span_name.push_str(ctx.request.method_label);

@@ -20,6 +20,7 @@ pub(crate) struct ActiveRoute {
     /// The request body limit in bytes (the route's, else `limits.max_body`).
     pub(crate) max_body: u64,
     pub(crate) compress: Vec<Coding>,
+    pub(crate) dictionary: Option<crate::edge::dictionary::RouteDictionary>,
     host: Option<HostPattern>,
     path: PathPattern,
 }
@@ -37,6 +38,7 @@ impl ActiveRoute {
             cache: RoutePolicy::from_route(r),
             max_body: r.max_body.map_or(default_max_body, |b| b.bytes()),
             compress: r.compress.clone(),
+            dictionary: r.dictionary.as_ref().and_then(crate::edge::dictionary::RouteDictionary::new),
             host: r.host.clone(),
             path: r.path.clone(),
         }

@@ -134,7 +134,19 @@ impl State {
         }
         // Long-lived assets are compressed once for good: the highest level pays off.
         let immutable = crate::edge::fields::has_token(&resp.headers, http::header::CACHE_CONTROL, "immutable");
+        let path = ctx.request.target.as_ref().map_or("", |t| t.path());
+        if let Some(rd) = &route.dictionary {
+            ctx.compress.capture = crate::edge::dictionary::start(resp, rd, path, self.dictionaries.max_one());
+        }
+        let dictionary = ctx.compress.dictionary.as_deref().map(|d| &d.data);
         let level = match (ctx.compress.coding, immutable) {
+            _ if dictionary.is_some() => {
+                if immutable {
+                    19
+                } else {
+                    z.zstd_level
+                }
+            }
             (Some(crate::config::Coding::Gzip), true) => 9,
             (Some(crate::config::Coding::Br), true) => 11,
             (Some(crate::config::Coding::Zstd), true) => 19,
@@ -144,16 +156,25 @@ impl State {
             (None, _) => 0,
         };
         // Boxed: most requests compress nothing, and the request's state is moved whole.
-        ctx.compress.encoder = crate::edge::compression::prepare(resp, ctx.compress.coding, level).map(Box::new);
+        ctx.compress.encoder = crate::edge::compression::prepare(resp, ctx.compress.coding, dictionary, level).map(Box::new);
     }
 
     /// Compresses the origin's body chunk by chunk, before the cache sees it.
+    /// A response becoming a dictionary is collected as the origin sent it (decoded), first.
     pub(super) fn compress_body(&self, body: &mut Option<bytes::Bytes>, end: bool, ctx: &mut Ctx) -> Result<()> {
+        if let Some(c) = ctx.compress.capture.as_mut() {
+            c.push(body.as_deref().unwrap_or_default());
+            if end {
+                if let Some(c) = ctx.compress.capture.take() {
+                    c.finish(ctx.route.pattern(), &self.dictionaries);
+                }
+            }
+        }
         let Some(enc) = ctx.compress.encoder.as_mut() else { return Ok(()) };
         enc.encode(body, end)?;
         if end {
             let (before, after) = enc.sizes();
-            self.metrics.compressed(ctx.route.pattern(), enc.coding.as_str(), before, after);
+            self.metrics.compressed(ctx.route.pattern(), enc.label, before, after);
         }
         Ok(())
     }

@@ -16,6 +16,8 @@ pub(crate) struct Metrics {
     cache_requests: IntCounterVec,
     cache_entries: IntGauge,
     cache_size: IntGauge,
+    dictionaries: IntGauge,
+    dictionary_bytes: IntGauge,
     cache_capacity: IntGauge,
     cache_evictions: IntCounter,
     cache_purged: IntCounterVec,
@@ -65,6 +67,8 @@ pub(crate) struct External<'a> {
     pub access_log_dropped: u64,
     pub profiles: Option<&'a super::profiling::ProfileCounters>,
     pub connections: Option<&'a pingora_core::apps::ConnectionLimit>,
+    /// Compression dictionaries kept, and their bytes.
+    pub dictionaries: (usize, u64),
 }
 
 /// The `limit` label values of `limits_refused_total`.
@@ -146,6 +150,8 @@ impl Metrics {
             cache_requests: counter_vec(&r, &CACHE_REQUESTS, &["cache_status"])?,
             cache_entries: gauge(&r, &CACHE_ENTRIES)?,
             cache_size: gauge(&r, &CACHE_SIZE)?,
+            dictionaries: gauge(&r, &COMPRESSION_DICTIONARIES)?,
+            dictionary_bytes: gauge(&r, &COMPRESSION_DICTIONARY_BYTES)?,
             cache_capacity: gauge(&r, &CACHE_CAPACITY)?,
             cache_evictions: counter(&r, &CACHE_EVICTIONS)?,
             cache_purged: counter_vec(&r, &CACHE_PURGED, &["reason"])?,
@@ -322,6 +328,8 @@ impl Metrics {
             self.cache_capacity.set(s.capacity as i64);
             sync_counter(&self.cache_evictions, s.evictions);
         }
+        self.dictionaries.set(ext.dictionaries.0 as i64);
+        self.dictionary_bytes.set(ext.dictionaries.1 as i64);
         for (pool, addr, healthy) in &ext.upstream_health {
             self.upstream_healthy.with_label_values(&[pool, addr.as_str()]).set(if *healthy { 1.0 } else { 0.0 });
         }

@@ -85,6 +85,10 @@ pub(crate) const COMPRESSION_BYTES: MetricName = m(
     "Response body bytes compressed on their way into the cache, by route, encoding and stage (in: before, out: after)",
 );
 
+pub(crate) const COMPRESSION_DICTIONARIES: MetricName =
+    m("compression_dictionaries", "Compression dictionaries (RFC 9842) kept to answer Available-Dictionary with dcz");
+pub(crate) const COMPRESSION_DICTIONARY_BYTES: MetricName = m("compression_dictionary_bytes", "Bytes of the compression dictionaries kept");
+
 /// OpenTelemetry's `http.server.response.body.size`, as Prometheus names it.
 pub(crate) const RESPONSE_SIZE: MetricName =
     m("http_server_response_body_size_bytes", "Response body bytes sent to clients (after compression), by route pattern and content type");

@@ -112,3 +112,198 @@ async fn what_is_never_compressed_and_revalidation_with_the_origins_etag() {
     let r = get_with(off.public, "/page", &gz).await;
     assert_eq!(r.opt_header("content-encoding"), None, "compress = [] turns it off");
 }
+
+/// A bundle as a build tool writes one: version `v` differs from the previous one in a few
+/// functions, the rest is the same code.
+fn bundle(v: u32) -> String {
+    (0..600)
+        .map(|i| {
+            if i % 97 == 0 {
+                format!("function f{i}(a) {{ return a + {v}; }} // v{v}\n")
+            } else {
+                format!("function f{i}(a, b) {{ return a * {i} + b; }}\n")
+            }
+        })
+        .collect()
+}
+
+const DICT_AE: &str = "gzip, deflate, br, zstd, dcb, dcz";
+
+/// `:<base64 of SHA-256>:`, as Chromium sends `Available-Dictionary`.
+fn offer(body: &str) -> (String, [u8; 32]) {
+    use base64::Engine as _;
+    let h = ring::digest::digest(&ring::digest::SHA256, body.as_bytes());
+    let hash: [u8; 32] = h.as_ref().try_into().unwrap();
+    (format!(":{}:", base64::engine::general_purpose::STANDARD.encode(hash)), hash)
+}
+
+/// RFC 9842 §4: the 8-byte `dcz` magic, the dictionary's hash, then a zstd frame made with
+/// the dictionary as its prefix.
+fn decode_dcz(body: &[u8], hash: &[u8; 32], dictionary: &str) -> String {
+    assert_eq!(body[..8], [0x5e, 0x2a, 0x4d, 0x18, 0x20, 0x00, 0x00, 0x00], "dcz magic");
+    assert_eq!(&body[8..40], hash, "the dictionary's hash");
+    let mut out = Vec::new();
+    zstd::stream::read::Decoder::with_dictionary(&body[40..], dictionary.as_bytes()).unwrap().read_to_end(&mut out).unwrap();
+    String::from_utf8(out).unwrap()
+}
+
+/// Load v1 (it becomes the dictionary), deploy v2, ask for v2 holding v1: a `dcz` delta,
+/// stored once (a HIT after), its own validator, fallbacks for clients without the
+/// dictionary, and a PURGE that reaches it; over HTTP/1.1, TLS and HTTP/2.
+#[tokio::test(flavor = "multi_thread")]
+async fn dictionary_deltas_after_a_deploy_over_every_protocol() {
+    use crate::common::client::{Front, Proto};
+    let o = Scripted::start(|req, _| {
+        let v = if req.target.ends_with("v1.js") { 1 } else { 2 };
+        Reply::new(200, &[("content-type", "text/javascript"), ("cache-control", "max-age=60"), ("etag", &format!("\"b{v}\""))], bundle(v))
+    })
+    .await;
+    let f = Front::start(&config_for(o.addr, "dictionary = \"/assets/*.js\"", ""));
+    let (v1, v2) = (bundle(1), bundle(2));
+    let (offer_v1, hash) = offer(&v1);
+    for proto in Proto::ALL {
+        let (p1, p2) = (format!("/assets/{}/app.v1.js", proto.name()), format!("/assets/{}/app.v2.js", proto.name()));
+        let r = f.get(proto, &p1, &[("accept-encoding", DICT_AE)]).await;
+        assert_eq!((r.status, r.header("x-cache"), r.header("content-encoding")), (200, "MISS", "zstd"), "{proto:?}");
+        assert_eq!(r.header("use-as-dictionary"), "match=\"/assets/*.js\"", "{proto:?}");
+        assert_eq!(decode("zstd", &r.body), v1.as_bytes());
+        let zstd_size = get_zstd_size(&f, proto, &p2).await;
+
+        let r = f.get(proto, &p2, &[("accept-encoding", DICT_AE), ("available-dictionary", &offer_v1)]).await;
+        assert_eq!((r.status, r.header("x-cache"), r.header("content-encoding")), (200, "MISS", "dcz"), "{proto:?}: {r:?}");
+        assert_eq!(r.header("vary"), "Accept-Encoding, Available-Dictionary", "{proto:?}");
+        assert_eq!(r.header("use-as-dictionary"), "match=\"/assets/*.js\"", "v2 is the next deploy's dictionary");
+        assert_eq!(decode_dcz(&r.body, &hash, &v1), v2, "{proto:?}");
+        let id: String = hash[..8].iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(r.header("etag"), format!("\"b2-dcz-{id}\""));
+        assert!(r.body.len() * 5 < zstd_size, "{proto:?}: dcz {} bytes vs zstd {zstd_size} of {}", r.body.len(), v2.len());
+        let delta = r.body.clone();
+        let etag = r.header("etag").to_string();
+
+        let r = f.get(proto, &p2, &[("accept-encoding", DICT_AE), ("available-dictionary", &offer_v1)]).await;
+        assert_eq!((r.header("x-cache"), r.header("content-encoding")), ("HIT", "dcz"), "{proto:?}");
+        assert_eq!(r.body, delta);
+        assert_eq!(o.count(&p2), 2, "{proto:?}: one origin request for zstd, one for the delta");
+        let r = f.get(proto, &p2, &[("accept-encoding", DICT_AE), ("available-dictionary", &offer_v1), ("if-none-match", &etag)]).await;
+        assert_eq!((r.status, r.header("x-cache")), (304, "HIT"), "{proto:?}: the delta's own validator");
+
+        // A dictionary Portier never kept, a malformed offer, or no dcz: the ordinary variant.
+        let (unknown, _) = offer("something else");
+        for extra in [("available-dictionary", unknown.as_str()), ("available-dictionary", ":notbase64!:"), ("x-none", "")] {
+            let r = f.get(proto, &p2, &[("accept-encoding", DICT_AE), extra]).await;
+            assert_eq!((r.header("x-cache"), r.header("content-encoding")), ("HIT", "zstd"), "{proto:?} {extra:?}");
+        }
+        let r = f.get(proto, &p2, &[("accept-encoding", "gzip, br, zstd"), ("available-dictionary", &offer_v1)]).await;
+        assert_eq!((r.header("x-cache"), r.header("content-encoding")), ("HIT", "zstd"), "{proto:?}: dcz not accepted");
+        assert_eq!(o.count(&p2), 2);
+
+        let r = f.send(proto, "PURGE", &p2, &[], b"").await.unwrap();
+        assert_eq!((r.status, r.json()["purged"].as_u64()), (200, Some(2)), "{proto:?}: the delta and the zstd variant");
+        let r = f.get(proto, &p2, &[("accept-encoding", DICT_AE), ("available-dictionary", &offer_v1)]).await;
+        assert_eq!((r.header("x-cache"), r.header("content-encoding")), ("MISS", "dcz"), "{proto:?}");
+        assert_eq!(o.count(&p2), 3);
+    }
+    let metrics = get(f.portier.admin, "/metrics").await.text();
+    assert!(metrics.contains("compression_dictionaries 2\n"), "v1 and v2 are kept (same bodies on every protocol): {metrics}");
+    assert!(metrics.contains("compression_bytes_total{encoding=\"dcz\",route=\"/*\",stage=\"in\"}"), "{metrics}");
+}
+
+async fn get_zstd_size(f: &crate::common::client::Front, proto: crate::common::client::Proto, path: &str) -> usize {
+    let r = f.get(proto, path, &[("accept-encoding", "zstd")]).await;
+    assert_eq!((r.header("x-cache"), r.header("content-encoding")), ("MISS", "zstd"));
+    r.body.len()
+}
+
+/// The same against nginx, which sends its own ETag and `Last-Modified` and refuses what a
+/// browser would not send.
+#[tokio::test(flavor = "multi_thread")]
+async fn dictionary_deltas_from_nginx() {
+    use crate::common::client::{Front, Proto};
+    let nginx = crate::common::nginx::Nginx::start();
+    let (v1, v2) = (bundle(1), bundle(2));
+    nginx.put("/assets/app.v1.js", &v1);
+    nginx.put("/assets/app.v2.js", &v2);
+    let f = Front::start(&config_for(nginx.addr, "dictionary = \"/assets/*.js\"", ""));
+    let r = f.get(Proto::H2Tls, "/assets/app.v1.js", &[("accept-encoding", DICT_AE)]).await;
+    assert_eq!((r.status, r.header("content-encoding"), r.header("use-as-dictionary")), (200, "zstd", "match=\"/assets/*.js\""), "{r:?}");
+    let (offer_v1, hash) = offer(&v1);
+    let r = f.get(Proto::H2Tls, "/assets/app.v2.js", &[("accept-encoding", DICT_AE), ("available-dictionary", &offer_v1)]).await;
+    assert_eq!((r.status, r.header("x-cache"), r.header("content-encoding")), (200, "MISS", "dcz"), "{r:?}");
+    assert_eq!(decode_dcz(&r.body, &hash, &v1), v2);
+    let etag = r.header("etag").to_string();
+    assert!(etag.starts_with('"') && etag.contains("-dcz-"), "nginx's strong ETag with the delta's suffix: {etag}");
+    let r = f.get(Proto::H2Tls, "/assets/app.v2.js", &[("accept-encoding", DICT_AE), ("available-dictionary", &offer_v1)]).await;
+    assert_eq!((r.header("x-cache"), r.header("content-encoding")), ("HIT", "dcz"));
+    let asked = nginx.log().into_iter().filter(|(_, uri, _)| uri == "/assets/app.v2.js").count();
+    assert_eq!(asked, 1, "{:?}", nginx.log());
+}
+
+/// Headless Chromium: the first load stores v1 as a dictionary; after the deploy the reload
+/// asks for v2 with `Available-Dictionary` and gets a `dcz` delta, which runs.
+#[tokio::test(flavor = "multi_thread")]
+async fn chromium_gets_the_next_bundle_as_a_delta() {
+    use std::io::{BufRead, Write};
+    use std::sync::atomic::{AtomicU32, Ordering};
+    use std::sync::Arc;
+    let version = Arc::new(AtomicU32::new(1));
+    let deployed = version.clone();
+    let script = |v: u32| format!("{}window.bundleResult = {v};\n", bundle(v));
+    let o = Scripted::start(move |req, _| {
+        let v = deployed.load(Ordering::SeqCst);
+        match req.target.as_str() {
+            "/" => Reply::new(
+                200,
+                &[("content-type", "text/html"), ("cache-control", "no-cache")],
+                format!("<!doctype html><title>app</title><script src=\"/assets/app.v{v}.js\"></script>"),
+            ),
+            t if t.ends_with("v1.js") => {
+                Reply::new(200, &[("content-type", "text/javascript"), ("cache-control", "max-age=3600")], script(1))
+            }
+            _ => Reply::new(200, &[("content-type", "text/javascript"), ("cache-control", "max-age=3600")], script(2)),
+        }
+    })
+    .await;
+    let p = Portier::start(&config_for(o.addr, "dictionary = \"/assets/*.js\"", ""));
+    let url = format!("http://localhost:{}/", p.public.port());
+    let node = root().join("proxy/tests/browser/dictionary.mjs");
+    let report = tokio::task::spawn_blocking(move || {
+        let mut child = std::process::Command::new("node")
+            .arg(node)
+            .arg(url)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("node runs");
+        let mut out = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+        let first = out.next().and_then(Result::ok).unwrap_or_default();
+        assert_eq!(first, "deploy", "the first load finished");
+        version.store(2, Ordering::SeqCst);
+        writeln!(child.stdin.as_mut().unwrap()).unwrap();
+        let last = out.next().and_then(Result::ok).unwrap_or_default();
+        assert!(child.wait().unwrap().success(), "{last}");
+        serde_json::from_str::<serde_json::Value>(&last).unwrap_or_else(|e| panic!("{e}: {last}"))
+    })
+    .await
+    .unwrap();
+    let loads = report["loads"].as_array().unwrap();
+    let (first, second) = (&loads[0]["scripts"][0], &loads[1]["scripts"][0]);
+    assert_eq!(
+        (first["url"].as_str(), first["useAsDictionary"].as_str()),
+        (Some("/assets/app.v1.js"), Some("match=\"/assets/*.js\"")),
+        "{report}"
+    );
+    assert_eq!(loads[0]["result"], 1, "{report}");
+    let (offer_v1, _) = offer(&script(1));
+    assert_eq!(second["url"], "/assets/app.v2.js", "{report}");
+    assert_eq!(second["availableDictionary"], offer_v1.as_str(), "Chromium offers v1 by its hash: {report}");
+    assert_eq!(second["contentEncoding"], "dcz", "{report}");
+    assert_eq!(loads[1]["result"], 2, "the delta decoded and ran: {report}");
+    let t = &loads[1]["timing"][0];
+    let (transfer, decoded) = (t["encodedBodySize"].as_u64().unwrap(), t["decodedBodySize"].as_u64().unwrap());
+    assert_eq!(decoded, script(2).len() as u64, "{report}");
+    assert!(transfer * 20 < decoded, "a delta, not the bundle: {transfer} of {decoded} bytes: {report}");
+    eprintln!(
+        "chromium {}: v1 {} B as {}; v2 {decoded} B as dcz in {transfer} B",
+        report["browser"], loads[0]["timing"][0]["encodedBodySize"], first["contentEncoding"]
+    );
+}

@@ -55,6 +55,13 @@ impl Nginx {
         Nginx { child, addr, dir }
     }
 
+    /// Puts a file under the site's root (nginx reads it at the next request).
+    pub fn put(&self, path: &str, body: &str) {
+        let file = self.dir.path().join("www").join(path.trim_start_matches('/'));
+        std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+        std::fs::write(file, body).unwrap();
+    }
+
     /// The access log: `(host, request_uri, status)` per request.
     pub fn log(&self) -> Vec<(String, String, u16)> {
         std::fs::read_to_string(self.dir.path().join("access.log"))
