@@ -16,6 +16,7 @@ pub mod fuzzing;
 pub(crate) mod gateway;
 pub(crate) mod http_client;
 pub(crate) mod listeners;
+pub(crate) mod report;
 pub(crate) mod telemetry;
 pub(crate) mod text;
 pub(crate) mod upstream;

@@ -51,6 +51,29 @@ pub(crate) fn merge_304(merged_by_pingora: &ResponseHeader, not_modified: &Respo
                 let _ = merged.append_header(name, v.clone());
             }
         }
+        // A body Portier encoded varies on what Portier added (Accept-Encoding, and
+        // Available-Dictionary for a dcz delta), which the origin's 304 does not know: the
+        // stored `Vary` stays, with any name the 304 adds after it. Without this a delta would
+        // go out with the origin's `Vary` and a cache downstream could hand it to a client
+        // without the dictionary (RFC 9842 §6.2).
+        let sh = &stored.response_header().headers;
+        if sh.contains_key(crate::edge::compression::MARKER) {
+            let kept: Vec<http::HeaderValue> = sh.get_all(http::header::VARY).iter().cloned().collect();
+            let stored_names = crate::cache::directives::field_tokens(sh, http::header::VARY);
+            let added: Vec<String> = crate::cache::directives::field_tokens(&not_modified.headers, http::header::VARY)
+                .into_iter()
+                .filter(|n| !stored_names.contains(n))
+                .collect();
+            merged.remove_header(&http::header::VARY);
+            for v in kept {
+                let _ = merged.append_header(http::header::VARY, v);
+            }
+            if let Ok(v) = http::HeaderValue::from_str(&added.join(", ")) {
+                if !added.is_empty() {
+                    let _ = merged.append_header(http::header::VARY, v);
+                }
+            }
+        }
     }
     merged
 }

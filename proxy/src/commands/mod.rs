@@ -6,6 +6,7 @@ mod hash_password;
 mod healthcheck;
 pub(crate) mod proof;
 mod reload;
+mod report;
 mod run;
 
 use clap::{Parser, Subcommand};
@@ -94,6 +95,12 @@ pub enum Command {
         #[arg(long, default_value_t = 12)]
         cost: u32,
     },
+    /// The eco-design report: mark each run's start and end, then build it from the runs'
+    /// k6, Lighthouse and Portier files.
+    Report {
+        #[command(subcommand)]
+        command: report::ReportCommand,
+    },
     /// Start the sample origin and Portier in front of it, and print what to try.
     Demo {
         #[arg(long, default_value = "0.0.0.0:8080")]
@@ -135,5 +142,6 @@ pub fn main() -> ExitCode {
         Command::HashPassword { cost } => hash_password::hash_password(cost),
         Command::Reload { admin, token } => reload::command(&admin, token.or_else(|| std::env::var("PORTIER_ADMIN_TOKEN").ok()).as_deref()),
         Command::Healthcheck { admin } => healthcheck::command(&admin),
+        Command::Report { command } => report::command(command),
     }
 }

@@ -80,12 +80,13 @@ async fn read_body(session: &mut ServerSession) -> Result<Vec<u8>, String> {
     }
 }
 
-const ENDPOINTS: [&str; 10] = [
+const ENDPOINTS: [&str; 11] = [
     "GET /ui",
     "GET /ui/data",
     "GET /healthz",
     "GET /readyz",
     "GET /metrics",
+    "GET /metrics/totals",
     "GET /cache/stats",
     "POST /cache/purge",
     "POST /config/reload",
@@ -405,6 +406,10 @@ impl ServeHttp for Admin {
             ("GET" | "HEAD", "/healthz") => json_response(StatusCode::OK, &json!({"status": "ok"})),
             ("GET" | "HEAD", "/readyz") => self.readiness(),
             ("GET", "/metrics") => self.metrics(),
+            ("GET", "/metrics/totals") => json_response(
+                StatusCode::OK,
+                &json!({"time_ms": crate::telemetry::time::unix_ms_now(), "totals": self.state().metrics.totals()}),
+            ),
             ("GET", "/cache/stats") => self.cache_stats(),
             ("GET" | "HEAD", "/ui" | "/ui/") => self.ui_page(),
             ("GET", "/ui/data") => match self.guard(session) {
@@ -427,7 +432,7 @@ impl ServeHttp for Admin {
                 None => self.profile(session).await,
                 Some(refusal) => refusal,
             },
-            (_, "/healthz" | "/readyz" | "/metrics" | "/cache/stats") => {
+            (_, "/healthz" | "/readyz" | "/metrics" | "/metrics/totals" | "/cache/stats") => {
                 json_response(StatusCode::METHOD_NOT_ALLOWED, &json!({"error": "use GET"}))
             }
             (_, "/cache/purge" | "/config/reload") => json_response(StatusCode::METHOD_NOT_ALLOWED, &json!({"error": "use POST"})),

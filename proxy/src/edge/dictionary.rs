@@ -31,6 +31,16 @@ pub(crate) struct Dictionary {
     route: Box<str>,
 }
 
+/// What a kept dictionary holds beyond its bytes (LRU node, `Arc`, route name), counted
+/// against the budget so many small ones cannot outgrow it.
+const ENTRY_OVERHEAD: u64 = 256;
+
+impl Dictionary {
+    fn cost(&self) -> u64 {
+        self.data.bytes.len() as u64 + self.route.len() as u64 + ENTRY_OVERHEAD
+    }
+}
+
 /// The route's side: the pattern, and the header value made from it once.
 pub(crate) struct RouteDictionary {
     pattern: DictionaryMatch,
@@ -90,7 +100,7 @@ impl Dictionaries {
         if d.data.bytes.len() as u64 > inner.max_one || inner.by_hash.contains(&d.data.hash) {
             return;
         }
-        inner.bytes += d.data.bytes.len() as u64;
+        inner.bytes += d.cost();
         inner.by_hash.put(d.data.hash, Arc::new(d));
         inner.evict();
     }
@@ -106,7 +116,7 @@ impl Inner {
     fn evict(&mut self) {
         while self.bytes > self.budget {
             let Some((_, d)) = self.by_hash.pop_lru() else { break };
-            self.bytes -= d.data.bytes.len() as u64;
+            self.bytes -= d.cost();
         }
     }
 }
@@ -134,19 +144,25 @@ fn parse_available(v: &[u8]) -> Option<Hash> {
 /// Marks a response that may become a dictionary and returns the collector of its body; `None`
 /// when the route keeps none, the path is not the pattern's, or the response is not one every
 /// user may share (private, no-store, a cookie).
-pub(crate) fn start(resp: &mut ResponseHeader, rd: &RouteDictionary, path: &str, max: usize) -> Option<Box<Capture>> {
+/// A response too large to keep is not advertised (a browser would offer a hash Portier never
+/// holds); one smaller than `min` is not worth a dictionary.
+pub(crate) fn start(resp: &mut ResponseHeader, rd: &RouteDictionary, path: &str, min: usize, max: usize) -> Option<Box<Capture>> {
     let h = &resp.headers;
     let cc = |token| super::fields::has_token(h, http::header::CACHE_CONTROL, token);
-    if !rd.pattern.matches(path) || cc("private") || cc("no-store") || h.contains_key(http::header::SET_COOKIE) {
+    let length = super::target::content_length(h);
+    let too_large = length.is_some_and(|n| n > max as u64);
+    if !rd.pattern.matches(path) || cc("private") || cc("no-store") || h.contains_key(http::header::SET_COOKIE) || too_large {
         return None;
     }
     let _ = resp.insert_header(USE_AS_DICTIONARY, rd.header.clone());
-    Some(Box::new(Capture { body: Vec::new(), max, over: false }))
+    let reserve = length.map_or(0, |n| usize::try_from(n).unwrap_or(0));
+    Some(Box::new(Capture { body: Vec::with_capacity(reserve), min, max, over: false }))
 }
 
 /// The decoded body of a response on its way to becoming a dictionary, up to the size limit.
 pub(crate) struct Capture {
     body: Vec<u8>,
+    min: usize,
     max: usize,
     over: bool,
 }
@@ -163,12 +179,14 @@ impl Capture {
 
     /// Called with the whole body received: keeps it under its hash.
     pub(crate) fn finish(self, route: &str, store: &Dictionaries) {
-        if self.over || self.body.is_empty() {
+        if self.over || self.body.len() < self.min.max(1) {
             return;
         }
         let hash = ring::digest::digest(&ring::digest::SHA256, &self.body);
         let Ok(hash) = Hash::try_from(hash.as_ref()) else { return };
-        store.insert(Dictionary { data: DictionaryData { bytes: Bytes::from(self.body), hash }, route: route.into() });
+        // Boxed first: a `Bytes` made from a `Vec` keeps its spare capacity.
+        let bytes = Bytes::from(self.body.into_boxed_slice());
+        store.insert(Dictionary { data: DictionaryData { bytes, hash }, route: route.into() });
     }
 }
 
@@ -192,7 +210,7 @@ mod tests {
     #[test]
     fn a_kept_dictionary_is_offered_only_when_everything_agrees() {
         let store = Dictionaries::new(&CompressionConfig::default());
-        let mut c = Capture { body: Vec::new(), max: 1 << 20, over: false };
+        let mut c = Capture { body: Vec::new(), min: 1, max: 1 << 20, over: false };
         c.push(b"function v1() {}");
         c.finish("/assets/*", &store);
         let hash = ring::digest::digest(&ring::digest::SHA256, b"function v1() {}");
@@ -215,16 +233,16 @@ mod tests {
     #[test]
     fn the_budget_and_the_size_limit_hold() {
         let cfg = CompressionConfig {
-            dictionaries_max_size: crate::config::ByteSize(100),
+            dictionaries_max_size: crate::config::ByteSize(2 * (50 + 2 + ENTRY_OVERHEAD)),
             dictionary_max_size: crate::config::ByteSize(60),
             ..CompressionConfig::default()
         };
         let store = Dictionaries::new(&cfg);
         for (i, len) in [(1u8, 50), (2, 50), (3, 50), (4, 61)] {
-            let mut c = Capture { body: Vec::new(), max: store.max_one(), over: false };
+            let mut c = Capture { body: Vec::new(), min: 1, max: store.max_one(), over: false };
             c.push(&vec![i; len]);
             c.finish("/r", &store);
         }
-        assert_eq!(store.stats(), (2, 100), "the oldest went; the 61-byte one was never kept");
+        assert_eq!(store.stats(), (2, 2 * (50 + 2 + ENTRY_OVERHEAD)), "the oldest went; the 61-byte one was never kept");
     }
 }

@@ -136,7 +136,8 @@ impl State {
         let immutable = crate::edge::fields::has_token(&resp.headers, http::header::CACHE_CONTROL, "immutable");
         let path = ctx.request.target.as_ref().map_or("", |t| t.path());
         if let Some(rd) = &route.dictionary {
-            ctx.compress.capture = crate::edge::dictionary::start(resp, rd, path, self.dictionaries.max_one());
+            let min = usize::try_from(z.min_size.0).unwrap_or(usize::MAX);
+            ctx.compress.capture = crate::edge::dictionary::start(resp, rd, path, min, self.dictionaries.max_one());
         }
         let dictionary = ctx.compress.dictionary.as_deref().map(|d| &d.data);
         let level = match (ctx.compress.coding, immutable) {

@@ -307,6 +307,40 @@ impl Metrics {
         self.upstream_errors.with_label_values(&[pool, kind]).inc();
     }
 
+    /// The counters `portier report` compares between the start and the end of a run, summed
+    /// over every label but the ones it reads (`cache_requests_total{cache_status="HIT"}`; a
+    /// histogram as its `_sum` and `_count`): a few dozen numbers, whatever the routes.
+    pub(crate) fn totals(&self) -> std::collections::BTreeMap<String, f64> {
+        let keep: [(&str, &[&str]); 7] = [
+            (CACHE_HIT.name, &[]),
+            (CACHE_REQUESTS.name, &["cache_status"]),
+            (CACHE_SERVED_BYTES.name, &["source"]),
+            (COMPRESSION_BYTES.name, &["encoding", "stage"]),
+            (SPAN_CALLS.name, &["http_status_code"]),
+            (UPSTREAM_DURATION.name, &[]),
+            (RESPONSE_SIZE.name, &[]),
+        ];
+        let mut out = std::collections::BTreeMap::new();
+        for family in self.registry.gather() {
+            let Some((name, labels)) = keep.iter().find(|(n, _)| *n == family.name()) else { continue };
+            for m in family.get_metric() {
+                let selected: Vec<String> = labels
+                    .iter()
+                    .filter_map(|l| m.get_label().iter().find(|p| p.name() == *l).map(|p| format!("{l}=\"{}\"", p.value())))
+                    .collect();
+                let key = if selected.is_empty() { name.to_string() } else { format!("{name}{{{}}}", selected.join(",")) };
+                if m.get_histogram().get_sample_count() > 0 || family.get_field_type() == prometheus::proto::MetricType::HISTOGRAM {
+                    let h = m.get_histogram();
+                    *out.entry(format!("{key}_sum")).or_insert(0.0) += h.get_sample_sum();
+                    *out.entry(format!("{key}_count")).or_insert(0.0) += h.get_sample_count() as f64;
+                } else {
+                    *out.entry(key).or_insert(0.0) += m.get_counter().get_value();
+                }
+            }
+        }
+        out
+    }
+
     /// Refreshes scrape-time values and renders the text exposition format.
     pub(crate) fn render(&self, ext: &External<'_>) -> String {
         if let Some(sp) = ext.spans {

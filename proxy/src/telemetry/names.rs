@@ -87,7 +87,8 @@ pub(crate) const COMPRESSION_BYTES: MetricName = m(
 
 pub(crate) const COMPRESSION_DICTIONARIES: MetricName =
     m("compression_dictionaries", "Compression dictionaries (RFC 9842) kept to answer Available-Dictionary with dcz");
-pub(crate) const COMPRESSION_DICTIONARY_BYTES: MetricName = m("compression_dictionary_bytes", "Bytes of the compression dictionaries kept");
+pub(crate) const COMPRESSION_DICTIONARY_BYTES: MetricName =
+    m("compression_dictionary_bytes", "Bytes the kept compression dictionaries count against their budget (bodies and bookkeeping)");
 
 /// OpenTelemetry's `http.server.response.body.size`, as Prometheus names it.
 pub(crate) const RESPONSE_SIZE: MetricName =

@@ -3,6 +3,11 @@
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// `2026-11-27T15:19:23.123Z`
+/// Milliseconds since the Unix epoch, now.
+pub(crate) fn unix_ms_now() -> u64 {
+    SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
 pub(crate) fn rfc3339_now() -> String {
     rfc3339(SystemTime::now())
 }

@@ -307,3 +307,36 @@ async fn chromium_gets_the_next_bundle_as_a_delta() {
         report["browser"], loads[0]["timing"][0]["encodedBodySize"], first["contentEncoding"]
     );
 }
+
+/// An origin's 304 names its own `Vary` (Express sends `Accept-Encoding`): the refreshed delta
+/// keeps Portier's `Available-Dictionary` in it, or a cache downstream could hand the delta to
+/// a client without the dictionary.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_revalidated_delta_keeps_its_vary() {
+    use crate::common::client::{Front, Proto};
+    let o = Scripted::start(|req, _| {
+        let v = if req.target.ends_with("v1.js") { 1 } else { 2 };
+        let etag = format!("\"r{v}\"");
+        if req.header("if-none-match") == Some(etag.as_str()) {
+            return Reply::new(304, &[("cache-control", "max-age=1"), ("etag", &etag), ("vary", "Accept-Encoding")], "");
+        }
+        Reply::new(200, &[("content-type", "text/javascript"), ("cache-control", "max-age=1"), ("etag", &etag)], bundle(v))
+    })
+    .await;
+    let f = Front::start(&config_for(o.addr, "dictionary = \"/assets/*.js\"", ""));
+    let (offer_v1, hash) = offer(&bundle(1));
+    for proto in Proto::ALL {
+        let (p1, p2) = (format!("/assets/{}/r.v1.js", proto.name()), format!("/assets/{}/r.v2.js", proto.name()));
+        assert_eq!(f.get(proto, &p1, &[("accept-encoding", DICT_AE)]).await.status, 200);
+        let ask = [("accept-encoding", DICT_AE), ("available-dictionary", offer_v1.as_str())];
+        let r = f.get(proto, &p2, &ask).await;
+        assert_eq!((r.header("x-cache"), r.header("content-encoding")), ("MISS", "dcz"), "{proto:?}");
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        for cache in ["REVALIDATED", "HIT"] {
+            let r = f.get(proto, &p2, &ask).await;
+            assert_eq!((r.header("x-cache"), r.header("content-encoding")), (cache, "dcz"), "{proto:?}");
+            assert_eq!(r.header("vary"), "Accept-Encoding, Available-Dictionary", "{proto:?} {cache}");
+            assert_eq!(decode_dcz(&r.body, &hash, &bundle(1)), bundle(2));
+        }
+    }
+}

@@ -8,6 +8,11 @@ use crate::common::*;
 use std::process::Command;
 
 fn lighthouse(url: &str) -> serde_json::Value {
+    lighthouse_only(url, "--only-audits=uses-text-compression,total-byte-weight")
+}
+
+/// Lighthouse on `url` with one `--only-audits=...` or `--only-categories=...` selection.
+pub(crate) fn lighthouse_only(url: &str, selection: &str) -> serde_json::Value {
     let dir = root().join("proxy/tests/browser");
     let profile = tempfile::tempdir().unwrap();
     let flags = format!(
@@ -20,7 +25,7 @@ fn lighthouse(url: &str) -> serde_json::Value {
         .env("CHROME_PATH", "/usr/bin/chromium")
         .arg("node_modules/lighthouse/cli/index.js")
         .arg(url)
-        .args(["--quiet", "--output=json", "--output-path=stdout", "--only-audits=uses-text-compression,total-byte-weight"])
+        .args(["--quiet", "--output=json", "--output-path=stdout", selection])
         .args(["--form-factor=desktop", "--screenEmulation.disabled", "--throttling-method=provided", "--max-wait-for-load=20000"])
         .arg(format!("--chrome-flags={flags}"))
         .output()

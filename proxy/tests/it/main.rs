@@ -23,6 +23,7 @@ mod prometheus;
 mod proof;
 mod protocols;
 mod reload;
+mod report;
 mod security;
 mod shared_cache;
 mod slow_clients;

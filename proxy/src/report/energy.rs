@@ -1,0 +1,88 @@
+//! The Sustainable Web Design model v4, as CO2.js implements it: energy per byte transferred,
+//! split between data centres, networks and user devices, operational and embodied, times a
+//! grid intensity. Every constant is here, and written into the report.
+
+use serde::Serialize;
+
+/// kWh per GB (10⁹ bytes), operational.
+pub(crate) const OPERATIONAL: Segments = Segments { data_centre: 0.055, network: 0.059, device: 0.080 };
+/// kWh per GB, embodied.
+pub(crate) const EMBODIED: Segments = Segments { data_centre: 0.012, network: 0.013, device: 0.081 };
+/// gCO2e per kWh, the model's global figure (also used for embodied energy).
+pub(crate) const GLOBAL_INTENSITY: f64 = 494.0;
+/// CO2.js's grid data for France (gCO2e/kWh).
+pub(crate) const FRANCE_INTENSITY: f64 = 44.18;
+
+#[derive(Debug, Clone, Copy, Serialize)]
+pub(crate) struct Segments {
+    pub data_centre: f64,
+    pub network: f64,
+    pub device: f64,
+}
+
+impl Segments {
+    fn total(self) -> f64 {
+        self.data_centre + self.network + self.device
+    }
+}
+
+/// The grid intensity to use: `world` (494), `FR` (44.18) or a number in gCO2e/kWh.
+pub(crate) fn intensity(s: &str) -> Result<f64, String> {
+    match s.to_ascii_lowercase().as_str() {
+        "world" | "global" => Ok(GLOBAL_INTENSITY),
+        "fr" | "france" => Ok(FRANCE_INTENSITY),
+        other => other
+            .parse::<f64>()
+            .ok()
+            .filter(|g| g.is_finite() && *g >= 0.0)
+            .ok_or_else(|| format!("--grid-intensity {s:?}: give world, FR or a number of gCO2e/kWh")),
+    }
+}
+
+#[derive(Debug, Clone, Copy, Serialize)]
+pub(crate) struct Estimate {
+    pub bytes: f64,
+    pub kwh: f64,
+    pub g_co2e: f64,
+}
+
+/// Bytes delivered to users: every segment counts.
+pub(crate) fn transfer(bytes: f64, intensity: f64) -> Estimate {
+    let kwh = bytes / 1e9 * (OPERATIONAL.total() + EMBODIED.total());
+    Estimate { bytes, kwh, g_co2e: kwh * intensity }
+}
+
+/// Bytes the origin did not produce (cache hits): at most the data-centre share, since the
+/// edge still sent them over the network to a device.
+pub(crate) fn data_centre_only(bytes: f64, intensity: f64) -> Estimate {
+    let kwh = bytes / 1e9 * (OPERATIONAL.data_centre + EMBODIED.data_centre);
+    Estimate { bytes, kwh, g_co2e: kwh * intensity }
+}
+
+/// The model's rating of one page view (grams per view, first visit).
+pub(crate) fn rating(g_per_view: f64) -> &'static str {
+    [(0.040, "A+"), (0.079, "A"), (0.145, "B"), (0.209, "C"), (0.278, "D"), (0.359, "E")]
+        .iter()
+        .find(|(limit, _)| g_per_view <= *limit)
+        .map_or("F", |(_, r)| r)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_models_own_example() {
+        // A 1 MB page at the global intensity: 0.001 GB × 0.30 kWh/GB × 494 ≈ 0.148 g (C).
+        let e = transfer(1e6, GLOBAL_INTENSITY);
+        assert!((e.kwh - 0.0003).abs() < 1e-12, "{e:?}");
+        assert!((e.g_co2e - 0.1482).abs() < 1e-9, "{e:?}");
+        assert_eq!(rating(e.g_co2e), "C");
+        assert_eq!(rating(0.04), "A+");
+        assert_eq!(rating(1.0), "F");
+        assert!((data_centre_only(1e9, 1.0).kwh - 0.067).abs() < 1e-12);
+        assert_eq!(intensity("FR"), Ok(44.18));
+        assert_eq!(intensity("100"), Ok(100.0));
+        assert!(intensity("-1").is_err() && intensity("lots").is_err());
+    }
+}

@@ -1,0 +1,245 @@
+//! What a run directory holds, read as the runbook's tools write it: k6's `--summary-export`
+//! (`*summary*.json`), k6's `--out json` points (`*metrics*.json`, one JSON object a line),
+//! Lighthouse's `--output json` (`lighthouse*.json`) and Portier's marks
+//! (`portier-start.json`, `portier-end.json`, written by `portier report mark`).
+
+use serde::Serialize;
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum InputError {
+    #[error("reading {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("{path}: not JSON ({source})")]
+    Json { path: PathBuf, source: serde_json::Error },
+    #[error("{path}: {what}")]
+    Shape { path: PathBuf, what: String },
+    #[error("{0}: no k6 summary (*summary*.json, from `k6 run --summary-export=...`)")]
+    NoSummary(PathBuf),
+}
+
+fn read_json(path: &Path) -> Result<Value, InputError> {
+    let text = std::fs::read(path).map_err(|source| InputError::Read { path: path.into(), source })?;
+    serde_json::from_slice(&text).map_err(|source| InputError::Json { path: path.into(), source })
+}
+
+/// k6's end-of-test summary.
+#[derive(Debug, Clone, Serialize, Default)]
+pub(crate) struct K6Summary {
+    pub requests: f64,
+    pub rps: f64,
+    pub avg_ms: f64,
+    pub p95_ms: Option<f64>,
+    pub p99_ms: Option<f64>,
+    /// `http_req_failed`'s rate (k6 counts statuses outside 200–399 and network errors).
+    pub failed_rate: f64,
+    pub data_received: f64,
+    pub data_sent: f64,
+    pub duration_s: Option<f64>,
+}
+
+fn summary(path: &Path) -> Result<K6Summary, InputError> {
+    let v = read_json(path)?;
+    let m = &v["metrics"];
+    let shape = |what: &str| InputError::Shape { path: path.into(), what: what.to_string() };
+    if !m.is_object() {
+        return Err(shape("no \"metrics\" object: is this k6's --summary-export file?"));
+    }
+    let num = |metric: &str, field: &str| m[metric][field].as_f64();
+    Ok(K6Summary {
+        requests: num("http_reqs", "count").ok_or_else(|| shape("metrics.http_reqs.count is missing"))?,
+        rps: num("http_reqs", "rate").unwrap_or(0.0),
+        avg_ms: num("http_req_duration", "avg").unwrap_or(0.0),
+        p95_ms: num("http_req_duration", "p(95)"),
+        p99_ms: num("http_req_duration", "p(99)"),
+        // Older exports give passes/fails with `value` the rate; newer ones `rate` too.
+        failed_rate: num("http_req_failed", "value").or_else(|| num("http_req_failed", "rate")).unwrap_or(0.0),
+        data_received: num("data_received", "count").unwrap_or(0.0),
+        data_sent: num("data_sent", "count").unwrap_or(0.0),
+        duration_s: v["state"]["testRunDurationMs"].as_f64().map(|ms| ms / 1000.0),
+    })
+}
+
+/// From k6's points: exact percentiles, the 5xx rate, and per-second series.
+#[derive(Debug, Clone, Serialize, Default)]
+pub(crate) struct K6Points {
+    pub requests: usize,
+    pub p95_ms: f64,
+    pub p99_ms: f64,
+    pub rate_5xx: f64,
+    pub start_ms: u64,
+    pub end_ms: u64,
+    /// (second from the start, requests, p95 ms, p99 ms)
+    pub per_second: Vec<(u64, usize, f64, f64)>,
+}
+
+pub(crate) fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    // Nearest rank above, as k6 reports p(95) of its own points closely enough to compare.
+    let rank = ((p / 100.0) * (sorted.len() - 1) as f64).round() as usize;
+    sorted[rank.min(sorted.len() - 1)]
+}
+
+fn rfc3339_ms(s: &str) -> Option<u64> {
+    let t = time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).ok()?;
+    u64::try_from(t.unix_timestamp_nanos() / 1_000_000).ok()
+}
+
+fn points(path: &Path) -> Result<K6Points, InputError> {
+    let text = std::fs::read_to_string(path).map_err(|source| InputError::Read { path: path.into(), source })?;
+    let mut durations: Vec<(u64, f64)> = Vec::new();
+    let (mut total, mut errors_5xx) = (0usize, 0usize);
+    for (i, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let v: Value =
+            serde_json::from_str(line).map_err(|e| InputError::Shape { path: path.into(), what: format!("line {}: {e}", i + 1) })?;
+        if v["type"] != "Point" {
+            continue;
+        }
+        let d = &v["data"];
+        match v["metric"].as_str() {
+            Some("http_req_duration") => {
+                if let (Some(t), Some(ms)) = (d["time"].as_str().and_then(rfc3339_ms), d["value"].as_f64()) {
+                    durations.push((t, ms));
+                }
+            }
+            Some("http_reqs") => {
+                total += 1;
+                if d["tags"]["status"].as_str().is_some_and(|s| s.starts_with('5')) {
+                    errors_5xx += 1;
+                }
+            }
+            _ => {}
+        }
+    }
+    if durations.is_empty() {
+        return Err(InputError::Shape { path: path.into(), what: "no http_req_duration points (k6 run --out json=...)".into() });
+    }
+    durations.sort_by_key(|(t, _)| *t);
+    let start = durations.first().map_or(0, |d| d.0);
+    let end = durations.last().map_or(0, |d| d.0);
+    let mut by_second: BTreeMap<u64, Vec<f64>> = BTreeMap::new();
+    for (t, ms) in &durations {
+        by_second.entry((t - start) / 1000).or_default().push(*ms);
+    }
+    let per_second = by_second
+        .into_iter()
+        .map(|(s, mut v)| {
+            v.sort_by(f64::total_cmp);
+            (s, v.len(), percentile(&v, 95.0), percentile(&v, 99.0))
+        })
+        .collect();
+    let mut all: Vec<f64> = durations.iter().map(|d| d.1).collect();
+    all.sort_by(f64::total_cmp);
+    Ok(K6Points {
+        requests: durations.len(),
+        p95_ms: percentile(&all, 95.0),
+        p99_ms: percentile(&all, 99.0),
+        rate_5xx: if total == 0 { 0.0 } else { errors_5xx as f64 / total as f64 },
+        start_ms: start,
+        end_ms: end,
+        per_second,
+    })
+}
+
+/// One Lighthouse report.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct Lighthouse {
+    pub url: String,
+    /// Category scores, 0–100.
+    pub scores: BTreeMap<String, f64>,
+    pub total_byte_weight: Option<f64>,
+    pub requests: Option<usize>,
+}
+
+fn lighthouse(path: &Path) -> Result<Lighthouse, InputError> {
+    let v = read_json(path)?;
+    let url = v["finalDisplayedUrl"].as_str().or_else(|| v["finalUrl"].as_str()).or_else(|| v["requestedUrl"].as_str());
+    let Some(url) = url else {
+        return Err(InputError::Shape {
+            path: path.into(),
+            what: "no finalDisplayedUrl/requestedUrl: is this Lighthouse's --output json?".into(),
+        });
+    };
+    let mut scores = BTreeMap::new();
+    if let Some(cats) = v["categories"].as_object() {
+        for (id, c) in cats {
+            if let Some(s) = c["score"].as_f64() {
+                scores.insert(id.clone(), (s * 100.0).round());
+            }
+        }
+    }
+    Ok(Lighthouse {
+        url: url.to_string(),
+        scores,
+        total_byte_weight: v["audits"]["total-byte-weight"]["numericValue"].as_f64(),
+        requests: v["audits"]["network-requests"]["details"]["items"].as_array().map(Vec::len),
+    })
+}
+
+/// A `portier report mark` file: the admin listener's `/metrics/totals`.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Mark {
+    pub time_ms: u64,
+    pub totals: BTreeMap<String, f64>,
+}
+
+fn mark(path: &Path) -> Result<Mark, InputError> {
+    let v = read_json(path)?;
+    let shape = |what: &str| InputError::Shape { path: path.into(), what: what.to_string() };
+    let time_ms = v["time_ms"].as_u64().ok_or_else(|| shape("no time_ms: written by `portier report mark`?"))?;
+    let totals = v["totals"].as_object().ok_or_else(|| shape("no totals object"))?;
+    Ok(Mark { time_ms, totals: totals.iter().filter_map(|(k, v)| Some((k.clone(), v.as_f64()?))).collect() })
+}
+
+/// Everything found in one run's directory.
+#[derive(Debug, Clone)]
+pub(crate) struct RunFiles {
+    pub summary: K6Summary,
+    pub points: Option<K6Points>,
+    pub lighthouse: Vec<Lighthouse>,
+    pub marks: Option<(Mark, Mark)>,
+    pub files: Vec<String>,
+}
+
+pub(crate) fn read_run(dir: &Path) -> Result<RunFiles, InputError> {
+    let entries = std::fs::read_dir(dir).map_err(|source| InputError::Read { path: dir.into(), source })?;
+    let mut names: Vec<PathBuf> =
+        entries.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.extension().is_some_and(|x| x == "json")).collect();
+    names.sort();
+    let file = |p: &PathBuf| p.file_name().map(|n| n.to_string_lossy().to_ascii_lowercase()).unwrap_or_default();
+    let summary_path = names.iter().find(|p| file(p).contains("summary")).ok_or_else(|| InputError::NoSummary(dir.into()))?;
+    let points = match names.iter().find(|p| file(p).contains("metrics")) {
+        Some(p) => Some(points(p)?),
+        None => None,
+    };
+    let lighthouse = names.iter().filter(|p| file(p).starts_with("lighthouse")).map(|p| lighthouse(p)).collect::<Result<Vec<_>, _>>()?;
+    let (start, end) = (dir.join("portier-start.json"), dir.join("portier-end.json"));
+    let marks = match (start.exists(), end.exists()) {
+        (true, true) => Some((mark(&start)?, mark(&end)?)),
+        (false, false) => None,
+        _ => return Err(InputError::Shape { path: dir.into(), what: "one of portier-start.json / portier-end.json is missing".into() }),
+    };
+    Ok(RunFiles { summary: summary(summary_path)?, points, lighthouse, marks, files: names.iter().map(file).collect() })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_and_timestamps() {
+        let v: Vec<f64> = (1..=100).map(f64::from).collect();
+        assert_eq!(percentile(&v, 95.0), 95.0);
+        assert_eq!(percentile(&v, 99.0), 99.0);
+        assert_eq!(percentile(&[], 95.0), 0.0);
+        assert_eq!(rfc3339_ms("2026-12-07T10:00:01.250+01:00"), Some(1_796_634_001_250));
+        assert_eq!(rfc3339_ms("yesterday"), None);
+    }
+}

@@ -1,0 +1,223 @@
+//! `portier report`: the runbook's before/after eco-design report from the files its runs
+//! leave (k6 summaries and points, Lighthouse reports) and Portier's own counters over each
+//! run (`portier report mark DIR start|end` samples the admin listener's `/metrics/totals`).
+//! One self-contained HTML page (inline SVG, prints to PDF), the same tables in Markdown, and
+//! JSON for scripts. The energy estimate is the Sustainable Web Design model v4 ([`energy`]).
+
+mod energy;
+mod inputs;
+mod render;
+
+use inputs::{K6Summary, Lighthouse, Mark};
+use serde::Serialize;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ReportError {
+    #[error(transparent)]
+    Input(#[from] inputs::InputError),
+    #[error("--run {0:?}: give NAME=DIR, e.g. baseline=results/baseline")]
+    RunSpec(String),
+    #[error("give at least one --run (the first is the baseline)")]
+    NoRun,
+    #[error("{0}")]
+    Grid(String),
+    #[error("writing {path}: {source}")]
+    Write { path: PathBuf, source: std::io::Error },
+    #[error("asking {admin} for /metrics/totals: {what}")]
+    Admin { admin: String, what: String },
+}
+
+/// What the cache and compression did over one run, from the two marks' difference.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct CacheWork {
+    pub window_s: f64,
+    pub requests: f64,
+    pub hits: f64,
+    pub hit_ratio: f64,
+    pub not_modified: f64,
+    pub share_304: f64,
+    pub origin_requests: f64,
+    pub origin_ms_avg: f64,
+    /// Hits × the run's mean origin time: what the origin would have spent answering them.
+    pub origin_time_avoided_s: f64,
+    pub bytes_from_cache: f64,
+    pub bytes_from_origin: f64,
+    pub compression: Vec<CodingWork>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct CodingWork {
+    pub encoding: String,
+    pub bytes_in: f64,
+    pub bytes_out: f64,
+    /// out / in.
+    pub ratio: f64,
+}
+
+fn cache_work(start: &Mark, end: &Mark) -> CacheWork {
+    let delta = |key: &str| (end.totals.get(key).copied().unwrap_or(0.0) - start.totals.get(key).copied().unwrap_or(0.0)).max(0.0);
+    let sum_where = |prefix: &str, want: &dyn Fn(&str) -> bool| -> f64 {
+        // From +0.0: an empty f64 sum is -0.0.
+        end.totals.keys().filter(|k| k.starts_with(prefix) && want(k)).map(|k| delta(k)).fold(0.0, |a, b| a + b)
+    };
+    // Every client request is a server span, whether the cache is on or off.
+    let calls = sum_where("traces_spanmetrics_calls_total", &|_| true);
+    let requests = calls;
+    let hits = delta("cache_hit_total");
+    let not_modified = sum_where("traces_spanmetrics_calls_total", &|k| k.contains("\"304\""));
+    let origin_requests = delta("upstream_request_duration_milliseconds_count");
+    let origin_ms = delta("upstream_request_duration_milliseconds_sum");
+    let origin_ms_avg = if origin_requests > 0.0 { origin_ms / origin_requests } else { 0.0 };
+    let mut codings: Vec<String> = end
+        .totals
+        .keys()
+        .filter_map(|k| k.strip_prefix("compression_bytes_total{encoding=\""))
+        .filter_map(|rest| rest.split('"').next())
+        .map(str::to_string)
+        .collect();
+    codings.dedup();
+    let compression = codings
+        .into_iter()
+        .map(|c| {
+            let bytes_in = delta(&format!("compression_bytes_total{{encoding=\"{c}\",stage=\"in\"}}"));
+            let bytes_out = delta(&format!("compression_bytes_total{{encoding=\"{c}\",stage=\"out\"}}"));
+            CodingWork { ratio: if bytes_in > 0.0 { bytes_out / bytes_in } else { 0.0 }, encoding: c, bytes_in, bytes_out }
+        })
+        .filter(|c| c.bytes_in > 0.0)
+        .collect();
+    CacheWork {
+        window_s: end.time_ms.saturating_sub(start.time_ms) as f64 / 1000.0,
+        requests,
+        hits,
+        hit_ratio: if requests > 0.0 { hits / requests } else { 0.0 },
+        not_modified,
+        share_304: if calls > 0.0 { not_modified / calls } else { 0.0 },
+        origin_requests,
+        origin_ms_avg,
+        origin_time_avoided_s: hits * origin_ms_avg / 1000.0,
+        bytes_from_cache: delta("cache_served_bytes_total{source=\"cache\"}"),
+        bytes_from_origin: delta("cache_served_bytes_total{source=\"origin\"}"),
+        compression,
+    }
+}
+
+/// One run, as the report shows it.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct Run {
+    pub name: String,
+    pub dir: String,
+    pub files: Vec<String>,
+    pub k6: K6Summary,
+    /// From k6's points when given (exact), else its summary.
+    pub p95_ms: Option<f64>,
+    pub p99_ms: Option<f64>,
+    /// Only k6's points carry the status of each request.
+    pub rate_5xx: Option<f64>,
+    pub lighthouse: Vec<Lighthouse>,
+    pub cache: Option<CacheWork>,
+    /// Bytes k6 received over the run, through the model.
+    pub transfer: energy::Estimate,
+    /// The first Lighthouse page's weight, through the model, and its rating.
+    pub per_view: Option<(energy::Estimate, &'static str)>,
+    /// Bytes served from the cache, at most the data-centre share.
+    pub origin_avoided: Option<energy::Estimate>,
+    /// (second, requests, p95 ms, p99 ms)
+    pub per_second: Vec<(u64, usize, f64, f64)>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct Report {
+    pub title: String,
+    pub generated: String,
+    pub grid_intensity: f64,
+    pub model: Model,
+    pub runs: Vec<Run>,
+}
+
+/// The constants used, written into the report.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct Model {
+    pub name: &'static str,
+    pub operational_kwh_per_gb: energy::Segments,
+    pub embodied_kwh_per_gb: energy::Segments,
+    pub gb: &'static str,
+}
+
+fn run(name: &str, dir: &Path, intensity: f64) -> Result<Run, ReportError> {
+    let f = inputs::read_run(dir)?;
+    let cache = f.marks.as_ref().map(|(s, e)| cache_work(s, e));
+    let per_view = f.lighthouse.iter().find_map(|l| l.total_byte_weight).map(|b| {
+        let e = energy::transfer(b, intensity);
+        (e, energy::rating(e.g_co2e))
+    });
+    Ok(Run {
+        name: name.to_string(),
+        dir: dir.display().to_string(),
+        files: f.files,
+        p95_ms: f.points.as_ref().map(|p| p.p95_ms).or(f.summary.p95_ms),
+        p99_ms: f.points.as_ref().map(|p| p.p99_ms).or(f.summary.p99_ms),
+        rate_5xx: f.points.as_ref().map(|p| p.rate_5xx),
+        transfer: energy::transfer(f.summary.data_received, intensity),
+        origin_avoided: cache.as_ref().map(|c| energy::data_centre_only(c.bytes_from_cache, intensity)),
+        per_second: f.points.map(|p| p.per_second).unwrap_or_default(),
+        k6: f.summary,
+        lighthouse: f.lighthouse,
+        cache,
+        per_view,
+    })
+}
+
+pub(crate) fn build(runs: &[String], out: &Path, grid: &str, title: &str) -> Result<Vec<PathBuf>, ReportError> {
+    let intensity = energy::intensity(grid).map_err(ReportError::Grid)?;
+    if runs.is_empty() {
+        return Err(ReportError::NoRun);
+    }
+    let mut built = Vec::new();
+    for spec in runs {
+        let (name, dir) =
+            spec.split_once('=').filter(|(n, d)| !n.is_empty() && !d.is_empty()).ok_or_else(|| ReportError::RunSpec(spec.clone()))?;
+        built.push(run(name, Path::new(dir), intensity)?);
+    }
+    let report = Report {
+        title: title.to_string(),
+        generated: crate::telemetry::time::rfc3339_now(),
+        grid_intensity: intensity,
+        model: Model {
+            name: "Sustainable Web Design model v4 (as CO2.js implements it)",
+            operational_kwh_per_gb: energy::OPERATIONAL,
+            embodied_kwh_per_gb: energy::EMBODIED,
+            gb: "10^9 bytes",
+        },
+        runs: built,
+    };
+    std::fs::create_dir_all(out).map_err(|source| ReportError::Write { path: out.into(), source })?;
+    let files = [
+        ("report.html", render::html(&report)),
+        ("report.md", render::markdown(&report)),
+        ("report.json", serde_json::to_string_pretty(&report).unwrap_or_default()),
+    ];
+    let mut written = Vec::new();
+    for (name, text) in files {
+        let path = out.join(name);
+        std::fs::write(&path, text).map_err(|source| ReportError::Write { path: path.clone(), source })?;
+        written.push(path);
+    }
+    Ok(written)
+}
+
+/// Samples the admin listener's counters into `dir/portier-{which}.json`.
+pub(crate) fn mark(dir: &Path, which: &str, admin: &str) -> Result<PathBuf, ReportError> {
+    let fail = |what: String| ReportError::Admin { admin: admin.to_string(), what };
+    let req = crate::http_client::Request { method: "GET", target: "/metrics/totals", host: admin, headers: &[], body: b"" };
+    let head = crate::http_client::send_blocking(admin, &req, std::time::Duration::from_secs(5)).map_err(|e| fail(e.to_string()))?;
+    if head.status != 200 {
+        return Err(fail(format!("status {}", head.status)));
+    }
+    let v: serde_json::Value = serde_json::from_slice(&head.body).map_err(|e| fail(e.to_string()))?;
+    std::fs::create_dir_all(dir).map_err(|source| ReportError::Write { path: dir.into(), source })?;
+    let path = dir.join(format!("portier-{which}.json"));
+    let text = serde_json::to_string_pretty(&v).unwrap_or_default();
+    std::fs::write(&path, text).map_err(|source| ReportError::Write { path: path.clone(), source })?;
+    Ok(path)
+}

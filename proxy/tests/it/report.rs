@@ -1,0 +1,132 @@
+//! `portier report` from the runbook's own files, for real: two k6 ramp runs against the demo
+//! (the baseline with the cache off, then the defaults), each between `portier report mark`
+//! start and end, with `--summary-export` and `--out json`, and a Lighthouse report of the
+//! home page; the report built from them is checked against those inputs, opened in headless
+//! Chromium and printed to PDF. The sample is kept in `proxy/tests/artifacts/report/`.
+
+use crate::common::prom::which;
+use crate::common::*;
+use std::path::Path;
+use std::process::Command;
+
+fn portier(args: &[&str]) -> String {
+    let out = Command::new(bin()).args(args).output().expect("portier runs");
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(out.status.success(), "portier {args:?}: {text}{}", String::from_utf8_lossy(&out.stderr));
+    text
+}
+
+fn ramp(dir: &Path, base: std::net::SocketAddr) {
+    let out = Command::new(which("k6"))
+        .args(["run", "--no-color", "--quiet"])
+        .arg(format!("--summary-export={}", dir.join("ramp-summary.json").display()))
+        .arg(format!("--out=json={}", dir.join("ramp-metrics.json").display()))
+        .arg(root().join("observability/k6/scripts/ramp.js"))
+        .env("K6_BASE_URL", format!("http://{base}"))
+        .env("K6_RAMP_STEP", "1s")
+        .env("K6_RAMP_MAX_VUS", "4")
+        .env("K6_NO_USAGE_REPORT", "true")
+        .output()
+        .expect("k6 runs (make test installs it into .venv)");
+    assert!(out.status.success(), "k6: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+}
+
+/// One run: marks around k6, then Lighthouse (outside the marks: the window is k6's).
+fn one_run(dir: &Path, config: &Path) -> serde_json::Value {
+    let demo = start_demo(config);
+    let d = dir.display().to_string();
+    let admin = demo.admin.to_string();
+    portier(&["report", "mark", &d, "start", "--admin", &admin]);
+    ramp(dir, demo.public);
+    portier(&["report", "mark", &d, "end", "--admin", &admin]);
+    let lh = crate::lighthouse::lighthouse_only(
+        &format!("http://127.0.0.1:{}/", demo.public.port()),
+        "--only-categories=performance,best-practices",
+    );
+    std::fs::write(dir.join("lighthouse-home.json"), lh.to_string()).unwrap();
+    serde_json::from_slice(&std::fs::read(dir.join("ramp-summary.json")).unwrap()).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_report_from_real_k6_runs_checked_and_printed() {
+    let work = tempfile::tempdir().unwrap();
+    let (base_dir, opt_dir, out) = (work.path().join("baseline"), work.path().join("optimised"), work.path().join("report"));
+    std::fs::create_dir_all(&base_dir).unwrap();
+    std::fs::create_dir_all(&opt_dir).unwrap();
+    let sample = std::fs::read_to_string(root().join("config/portier.toml")).unwrap();
+    let no_cache = sample.replacen("[cache]\nenabled = true", "[cache]\nenabled = false", 1);
+    assert_ne!(no_cache, sample, "the sample config's [cache] section moved");
+    let base_cfg = work.path().join("baseline.toml");
+    std::fs::write(&base_cfg, no_cache).unwrap();
+    let (b, o, bc, oc) = (base_dir.clone(), opt_dir.clone(), base_cfg.clone(), root().join("config/portier.toml"));
+    let (base_summary, opt_summary) = tokio::task::spawn_blocking(move || (one_run(&b, &bc), one_run(&o, &oc))).await.unwrap();
+
+    let runs = [format!("baseline={}", base_dir.display()), format!("optimised={}", opt_dir.display())];
+    let printed =
+        portier(&["report", "build", "--run", &runs[0], "--run", &runs[1], "--out", &out.display().to_string(), "--grid-intensity", "FR"]);
+    assert_eq!(printed.lines().count(), 3, "{printed}");
+    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("report.json")).unwrap()).unwrap();
+    assert_eq!(report["grid_intensity"], 44.18);
+    for (run, summary) in report["runs"].as_array().unwrap().iter().zip([&base_summary, &opt_summary]) {
+        let m = &summary["metrics"];
+        let f = |v: &serde_json::Value| v.as_f64().unwrap_or(f64::NAN);
+        assert_eq!(f(&run["k6"]["requests"]), f(&m["http_reqs"]["count"]), "{run}");
+        assert_eq!(f(&run["k6"]["rps"]), f(&m["http_reqs"]["rate"]));
+        assert_eq!(f(&run["k6"]["data_received"]), f(&m["data_received"]["count"]));
+        let p95 = run["p95_ms"].as_f64().unwrap();
+        let k6_p95 = m["http_req_duration"]["p(95)"].as_f64().unwrap();
+        assert!((p95 - k6_p95).abs() <= k6_p95 * 0.25 + 1.0, "p95 from the points {p95} vs k6's {k6_p95}");
+        assert_eq!(run["rate_5xx"], 0.0, "{run}");
+        // The model: every byte k6 received, 0.30 kWh/GB, the French grid.
+        let kwh = m["data_received"]["count"].as_f64().unwrap() / 1e9 * 0.30;
+        assert!((run["transfer"]["kwh"].as_f64().unwrap() - kwh).abs() < 1e-12);
+        assert!((run["transfer"]["g_co2e"].as_f64().unwrap() - kwh * 44.18).abs() < 1e-9);
+        let cache = &run["cache"];
+        // Two requests per iteration plus setup's sync: Portier saw what k6 sent.
+        assert_eq!(f(&cache["requests"]), f(&m["http_reqs"]["count"]), "{cache}");
+        assert!(run["lighthouse"][0]["total_byte_weight"].as_f64().unwrap() > 0.0);
+        assert!(run["per_second"].as_array().unwrap().len() >= 3, "a point per second of the run");
+    }
+    let (base, opt) = (&report["runs"][0]["cache"], &report["runs"][1]["cache"]);
+    assert_eq!(base["hits"], 0.0, "the baseline's cache is off: {base}");
+    assert!(opt["hit_ratio"].as_f64().unwrap() > 0.5, "the cached ramp: {opt}");
+    assert!(opt["origin_requests"].as_f64().unwrap() < base["origin_requests"].as_f64().unwrap(), "{base} {opt}");
+
+    let html = std::fs::read_to_string(out.join("report.html")).unwrap();
+    assert!(!html.contains("<script") && !html.contains("src=\"http") && !html.contains("href=\"http"), "self-contained");
+    for text in ["Before and after", "Cache and compression", "Energy and carbon", "Sustainable Web Design model v4", "<svg", "44.18"] {
+        assert!(html.contains(text), "{text}");
+    }
+    let md = std::fs::read_to_string(out.join("report.md")).unwrap();
+    assert!(md.contains("| latency p95 (ms) |") && md.contains("| cache hit ratio |"), "{md}");
+
+    // Printed by Chromium, and a screenshot kept with the sample.
+    let artifacts = root().join("proxy/tests/artifacts/report");
+    std::fs::create_dir_all(&artifacts).unwrap();
+    let pdf = out.join("report.pdf");
+    let url = format!("file://{}", out.join("report.html").display());
+    let chromium = |args: &[String]| {
+        let st = Command::new("/usr/bin/chromium")
+            .args([
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+            ])
+            .args(args)
+            .arg(&url)
+            .output()
+            .expect("chromium runs");
+        assert!(st.status.success(), "chromium: {}", String::from_utf8_lossy(&st.stderr));
+    };
+    chromium(&[format!("--print-to-pdf={}", pdf.display()), "--no-pdf-header-footer".into()]);
+    let bytes = std::fs::read(&pdf).unwrap();
+    assert!(bytes.starts_with(b"%PDF-") && bytes.len() > 10_000, "{} bytes", bytes.len());
+    chromium(&[format!("--screenshot={}", artifacts.join("report.png").display()), "--window-size=1100,2200".into()]);
+    assert!(artifacts.join("report.png").exists());
+    for f in ["report.html", "report.md", "report.json"] {
+        std::fs::copy(out.join(f), artifacts.join(f)).unwrap();
+    }
+}
