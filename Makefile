@@ -31,7 +31,8 @@ toolchain:
 
 # What the tests drive for real: Prometheus and promtool (Debian `prometheus`), curl (HTTP/2
 # and TLS checks), nginx, Varnish, wrk and h2load (Debian `nghttp2-client`; the benchmarks'
-# one-second smoke run; nginx is also the protocol matrix's strict origin), Pebble, Let's Encrypt's test ACME server (Debian `pebble`), headless
+# one-second smoke run; nginx is also the protocol matrix's strict origin), Caddy (Debian
+# `caddy`: the front door Portier replaces, for the page-weight comparison), Pebble, Let's Encrypt's test ACME server (Debian `pebble`), headless
 # Chromium (Debian `chromium`) through Lighthouse and playwright-core (npm, releases that run
 # on Debian 12's Node 18; no browser download), the OpenTelemetry JS SDK (npm) for an origin
 # instrumented as the API is, and in a project
@@ -50,6 +51,7 @@ test-deps: deps toolchain
 	@command -v redis-server >/dev/null || { $(call apt_install,redis-server); }
 	@command -v nginx >/dev/null && command -v varnishd >/dev/null && command -v wrk >/dev/null || { $(call apt_install,nginx-light varnish wrk); }
 	@command -v h2load >/dev/null || { $(call apt_install,nghttp2-client); }
+	@command -v caddy >/dev/null || { $(call apt_install,caddy); }
 	@command -v node >/dev/null || { $(call apt_install,nodejs npm); }
 	@v=$$(node -p 'process.versions.node.split(".")[0]'); [ "$$v" -ge 18 ] || { echo "Node $$v found; the browser test needs Node >= 18. Run: sudo apt-get install -y nodejs"; exit 1; }
 	@cd proxy/tests/browser && node -e 'const d=require("./package.json").dependencies;process.exit(Object.keys(d).every(n=>{try{return require("./node_modules/"+n+"/package.json").version===d[n]}catch(e){return false}})?0:1)' 2>/dev/null \

@@ -8,6 +8,7 @@ pub(crate) mod invalidate;
 pub(crate) mod key;
 pub(crate) mod policy;
 pub(crate) mod purge;
+pub(crate) mod recompress;
 pub(crate) mod revalidate;
 pub(crate) mod status;
 pub(crate) mod store;
@@ -71,6 +72,11 @@ impl HitSource {
 }
 
 impl CacheLayer {
+    /// Where entries live, for work done outside a request (the background re-compression).
+    pub(crate) fn storage(&self) -> &'static dyn Store {
+        self.storage
+    }
+
     /// Leaks the storage, lock and predictor: one per process, alive until exit.
     /// `tier_metrics`: the instruments of the tiers behind memory, registered whether or not they are
     /// configured (their dashboard rows then read 0, not "no data").

@@ -383,7 +383,7 @@ fn validate(cfg: &Config, declared: &std::collections::BTreeSet<String>, c: &mut
         }
     }
     let z = &cfg.compression;
-    for (key, level, range) in [("gzip_level", z.gzip_level, 1..=9), ("br_level", z.br_level, 1..=11), ("zstd_level", z.zstd_level, 1..=22)]
+    for (key, level, range) in [("gzip_level", z.gzip_level, 1..=9), ("br_level", z.br_level, 1..=11), ("zstd_level", z.zstd_level, 1..=19)]
     {
         if !range.contains(&level) {
             c.push(format!("compression.{key}"), format!("{level} is out of range {}..={}", range.start(), range.end()));

@@ -683,6 +683,11 @@ pub(crate) struct CompressionConfig {
     pub dictionaries_max_size: ByteSize,
     /// A larger response is not kept as a dictionary.
     pub dictionary_max_size: ByteSize,
+    /// Compress each stored text response again, in the background, at its coding's strongest
+    /// level, and keep the smaller copy (see `cache/recompress.rs`).
+    pub recompress: bool,
+    /// Larger bodies keep their first compression.
+    pub recompress_max_size: ByteSize,
 }
 
 impl Default for CompressionConfig {
@@ -694,6 +699,8 @@ impl Default for CompressionConfig {
             zstd_level: 3,
             dictionaries_max_size: ByteSize(32 << 20),
             dictionary_max_size: ByteSize(4 << 20),
+            recompress: true,
+            recompress_max_size: ByteSize(2 << 20),
         }
     }
 }

@@ -127,6 +127,7 @@ fn suffixed_etag(etag: &str, suffix: &str) -> Option<String> {
 /// the origin (which only knows its own validator).
 pub(crate) fn origin_etag(etag: &str) -> Option<String> {
     let inner = etag.strip_prefix('"')?.strip_suffix('"')?;
+    let inner = inner.strip_suffix("-max").unwrap_or(inner);
     let dcz =
         inner.rsplit_once("-dcz-").filter(|(_, id)| id.len() == 16 && id.bytes().all(|b| b.is_ascii_hexdigit())).map(|(base, _)| base);
     dcz.or_else(|| [Coding::Zstd, Coding::Br, Coding::Gzip].iter().find_map(|c| inner.strip_suffix(&format!("-{}", c.as_str()))))
@@ -143,6 +144,10 @@ pub(crate) fn prepare(
     dictionary: Option<&DictionaryData>,
     level: u32,
 ) -> Option<Encoder> {
+    // Pingora's dcz encoder cannot flush chunk by chunk: a body without a length (streamed,
+    // perhaps real-time) gets the ordinary coding instead, which the client accepts too.
+    let streamed = !resp.headers.contains_key(http::header::CONTENT_LENGTH);
+    let dictionary = dictionary.filter(|_| !streamed);
     let varies = |name| super::fields::has_token(&resp.headers, http::header::VARY, name);
     // One field line for what Portier adds.
     let added = match (varies("accept-encoding"), dictionary.is_some() && !varies("available-dictionary")) {
@@ -155,12 +160,13 @@ pub(crate) fn prepare(
         let _ = resp.append_header(http::header::VARY, http::HeaderValue::from_static(v));
     }
     let _ = resp.insert_header(MARKER_FIELD, http::HeaderValue::from_static("1"));
-    let (mut encoder, suffix) = match dictionary {
-        Some(d) => {
-            // The first 8 bytes of the hash tell the `dcz` variants' validators apart.
-            let id: String = d.hash[..8].iter().map(|b| format!("{b:02x}")).collect();
-            (Encoder::with_dictionary(d, level)?, format!("dcz-{id}"))
-        }
+    // The first 8 bytes of the hash tell the `dcz` variants' validators apart.
+    let delta = dictionary.and_then(|d| {
+        let id: String = d.hash[..8].iter().map(|b| format!("{b:02x}")).collect();
+        Some((Encoder::with_dictionary(d, level)?, format!("dcz-{id}")))
+    });
+    let (mut encoder, suffix) = match delta {
+        Some(d) => d,
         None => {
             let coding = coding?;
             (Encoder::new(coding, level).ok()?, coding.as_str().to_string())
@@ -168,13 +174,73 @@ pub(crate) fn prepare(
     };
     // Without a length the body is streamed (chunked or close-delimited) and may be real-time:
     // each chunk is flushed through the encoder, so it leaves as it came.
-    encoder.flush_each = !resp.headers.contains_key(http::header::CONTENT_LENGTH);
+    encoder.flush_each = streamed;
     let _ = resp.insert_header(http::header::CONTENT_ENCODING, encoder.label);
     resp.remove_header(&http::header::CONTENT_LENGTH);
     if let Some(tag) = resp.headers.get(http::header::ETAG).and_then(|v| v.to_str().ok()).and_then(|e| suffixed_etag(e, &suffix)) {
         let _ = resp.insert_header(http::header::ETAG, tag);
     }
     Some(encoder)
+}
+
+/// The strongest level of each coding that browsers decode (zstd past 19 needs a window
+/// larger than RFC 9659 allows).
+pub(crate) fn strongest(c: Coding) -> u32 {
+    match c {
+        Coding::Gzip => 9,
+        Coding::Br => 11,
+        Coding::Zstd => 19,
+    }
+}
+
+/// A whole body compressed at `level` in one go (the background re-compression).
+pub(crate) fn compress_all(coding: Coding, level: u32, body: &Bytes) -> Option<Bytes> {
+    let mut e = Encoder::new(coding, level).ok()?;
+    let mut b = Some(body.clone());
+    e.encode(&mut b, true).ok()?;
+    b
+}
+
+/// The validator of a variant re-compressed at the strongest level: other bytes than the
+/// first copy's, so another strong ETag (`"abc-br"` → `"abc-br-max"`); weak ones stay.
+pub(crate) fn strongest_etag(fast: &http::HeaderValue) -> Option<http::HeaderValue> {
+    let inner = fast.to_str().ok()?.strip_prefix('"')?.strip_suffix('"')?;
+    http::HeaderValue::from_str(&format!("\"{inner}-max\"")).ok()
+}
+
+/// The decoded body of a response, kept as it passes when it may become a dictionary or be
+/// re-compressed; dropped whole past `max` (never a partial body).
+pub(crate) struct Capture {
+    body: Vec<u8>,
+    max: usize,
+    over: bool,
+    /// Keep it as a compression dictionary ([`super::dictionary::keep`]).
+    pub(crate) dictionary: bool,
+    /// Re-compress it at this coding's strongest level once stored.
+    pub(crate) recompress: Option<Coding>,
+}
+
+impl Capture {
+    pub(crate) fn new(resp: &ResponseHeader, max: usize) -> Capture {
+        // Reserved from the declared length (never more than `max`): no regrowth.
+        let reserve = crate::edge::target::content_length(&resp.headers).map_or(0, |n| usize::try_from(n).unwrap_or(0).min(max));
+        Capture { body: Vec::with_capacity(reserve), max, over: false, dictionary: false, recompress: None }
+    }
+
+    pub(crate) fn push(&mut self, chunk: &[u8]) {
+        if self.over || self.body.len() + chunk.len() > self.max {
+            self.over = true;
+            self.body = Vec::new();
+            return;
+        }
+        self.body.extend_from_slice(chunk);
+    }
+
+    /// The whole body, or `None` past the limit.
+    pub(crate) fn into_body(self) -> Option<Bytes> {
+        // Boxed first: a `Bytes` made from a `Vec` keeps its spare capacity.
+        (!self.over).then(|| Bytes::from(self.body.into_boxed_slice()))
+    }
 }
 
 /// Where an encoder writes; drained after every chunk.
@@ -221,13 +287,15 @@ impl Encoder {
             Coding::Gzip => Writer::Gzip(flate2::write::GzEncoder::new(sink.clone(), flate2::Compression::new(level.min(9)))),
             // 4 KiB buffer, 22-bit window (4 MiB): the brotli defaults browsers expect.
             Coding::Br => Writer::Br(Box::new(brotli::CompressorWriter::new(sink.clone(), 4096, level.min(11), 22))),
-            Coding::Zstd => Writer::Zstd(zstd::stream::write::Encoder::new(sink.clone(), level.min(22) as i32)?),
+            // At most 19: above it zstd's window passes 8 MB, which RFC 9659 (and RFC 9842 for
+            // dcz) forbid for HTTP and browsers refuse.
+            Coding::Zstd => Writer::Zstd(zstd::stream::write::Encoder::new(sink.clone(), level.min(19) as i32)?),
         };
         Ok(Encoder { writer: Mutex::new(Some(writer)), sink, label: coding.as_str(), bytes_in: 0, bytes_out: 0, flush_each: false })
     }
 
     fn with_dictionary(d: &DictionaryData, level: u32) -> Option<Encoder> {
-        let enc = Algorithm::Dcz.maybe_compressor_with_dictionary(level.min(22), d)?;
+        let enc = Algorithm::Dcz.maybe_compressor_with_dictionary(level.min(19), d)?;
         Some(Encoder {
             writer: Mutex::new(Some(Writer::Dcz(enc))),
             sink: Sink::default(),
@@ -364,5 +432,10 @@ mod tests {
         assert_eq!(origin_etag("\"abc\""), None);
         assert_eq!(origin_etag("\"abc-dcz-0123456789abcdef\"").as_deref(), Some("\"abc\""));
         assert_eq!(origin_etag("\"abc-dcz-xyz\""), None, "not a suffix Portier writes");
+        assert_eq!(origin_etag("\"abc-br-max\"").as_deref(), Some("\"abc\""), "re-compressed");
+        assert_eq!(origin_etag("\"v-max\""), None, "an origin's own tag");
+        let max = strongest_etag(&http::HeaderValue::from_static("\"abc-br\"")).unwrap();
+        assert_eq!(max, "\"abc-br-max\"");
+        assert!(strongest_etag(&http::HeaderValue::from_static("W/\"abc\"")).is_none());
     }
 }

@@ -144,50 +144,31 @@ fn parse_available(v: &[u8]) -> Option<Hash> {
 /// Marks a response that may become a dictionary and returns the collector of its body; `None`
 /// when the route keeps none, the path is not the pattern's, or the response is not one every
 /// user may share (private, no-store, a cookie).
-/// A response too large to keep is not advertised (a browser would offer a hash Portier never
-/// holds); one smaller than `min` is not worth a dictionary.
-pub(crate) fn start(resp: &mut ResponseHeader, rd: &RouteDictionary, path: &str, min: usize, max: usize) -> Option<Box<Capture>> {
+/// Marks a response that may become a dictionary (`Use-As-Dictionary`); false when the route
+/// keeps none for this path, or the response is not one every user may share (private,
+/// no-store, a cookie), or too large to keep (a browser would offer a hash Portier never
+/// holds). Its decoded body then goes to [`keep`].
+pub(crate) fn start(resp: &mut ResponseHeader, rd: &RouteDictionary, path: &str, max: usize) -> bool {
     let h = &resp.headers;
     let cc = |token| super::fields::has_token(h, http::header::CACHE_CONTROL, token);
-    let length = super::target::content_length(h);
-    let too_large = length.is_some_and(|n| n > max as u64);
+    let too_large = super::target::content_length(h).is_some_and(|n| n > max as u64);
     if !rd.pattern.matches(path) || cc("private") || cc("no-store") || h.contains_key(http::header::SET_COOKIE) || too_large {
-        return None;
+        return false;
     }
     let _ = resp.insert_header(USE_AS_DICTIONARY, rd.header.clone());
-    let reserve = length.map_or(0, |n| usize::try_from(n).unwrap_or(0));
-    Some(Box::new(Capture { body: Vec::with_capacity(reserve), min, max, over: false }))
+    true
 }
 
-/// The decoded body of a response on its way to becoming a dictionary, up to the size limit.
-pub(crate) struct Capture {
-    body: Vec<u8>,
-    min: usize,
-    max: usize,
-    over: bool,
-}
-
-impl Capture {
-    pub(crate) fn push(&mut self, chunk: &[u8]) {
-        if self.over || self.body.len() + chunk.len() > self.max {
-            self.over = true;
-            self.body = Vec::new();
-            return;
-        }
-        self.body.extend_from_slice(chunk);
+/// Keeps a whole decoded body (at least `min` bytes) under its hash.
+pub(crate) fn keep(body: Bytes, min: usize, route: &str, store: &Dictionaries) {
+    // A body that starts with zstd's dictionary magic would be read as a trained
+    // dictionary, not as the raw content RFC 9842 means (no text response starts so).
+    if body.len() < min.max(1) || body.starts_with(&[0x37, 0xa4, 0x30, 0xec]) {
+        return;
     }
-
-    /// Called with the whole body received: keeps it under its hash.
-    pub(crate) fn finish(self, route: &str, store: &Dictionaries) {
-        if self.over || self.body.len() < self.min.max(1) {
-            return;
-        }
-        let hash = ring::digest::digest(&ring::digest::SHA256, &self.body);
-        let Ok(hash) = Hash::try_from(hash.as_ref()) else { return };
-        // Boxed first: a `Bytes` made from a `Vec` keeps its spare capacity.
-        let bytes = Bytes::from(self.body.into_boxed_slice());
-        store.insert(Dictionary { data: DictionaryData { bytes, hash }, route: route.into() });
-    }
+    let hash = ring::digest::digest(&ring::digest::SHA256, &body);
+    let Ok(hash) = Hash::try_from(hash.as_ref()) else { return };
+    store.insert(Dictionary { data: DictionaryData { bytes: body, hash }, route: route.into() });
 }
 
 #[cfg(test)]
@@ -210,9 +191,7 @@ mod tests {
     #[test]
     fn a_kept_dictionary_is_offered_only_when_everything_agrees() {
         let store = Dictionaries::new(&CompressionConfig::default());
-        let mut c = Capture { body: Vec::new(), min: 1, max: 1 << 20, over: false };
-        c.push(b"function v1() {}");
-        c.finish("/assets/*", &store);
+        keep(Bytes::from_static(b"function v1() {}"), 1, "/assets/*", &store);
         let hash = ring::digest::digest(&ring::digest::SHA256, b"function v1() {}");
         let offer = format!(":{}:", base64::engine::general_purpose::STANDARD.encode(hash.as_ref()));
         let path = "/assets/app.v2.js";
@@ -239,10 +218,9 @@ mod tests {
         };
         let store = Dictionaries::new(&cfg);
         for (i, len) in [(1u8, 50), (2, 50), (3, 50), (4, 61)] {
-            let mut c = Capture { body: Vec::new(), min: 1, max: store.max_one(), over: false };
-            c.push(&vec![i; len]);
-            c.finish("/r", &store);
+            keep(Bytes::from(vec![i; len]), 1, "/r", &store);
         }
+        keep(Bytes::from_static(b"tiny"), 10, "/r", &store);
         assert_eq!(store.stats(), (2, 2 * (50 + 2 + ENTRY_OVERHEAD)), "the oldest went; the 61-byte one was never kept");
     }
 }

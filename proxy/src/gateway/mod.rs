@@ -251,13 +251,13 @@ impl ProxyHttp for Gateway {
 
     fn upstream_response_body_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         body: &mut Option<Bytes>,
         end: bool,
         p: &mut Pinned,
     ) -> Result<Option<Duration>> {
         let Pinned { state, ctx } = p;
-        state.compress_body(body, end, ctx)?;
+        state.compress_body(session, body, end, ctx)?;
         Ok(None)
     }
 

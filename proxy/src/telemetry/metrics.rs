@@ -25,6 +25,8 @@ pub(crate) struct Metrics {
     pub coalesced: IntCounter,
     pub(crate) invalidation_skipped: IntCounter,
     compression_bytes: IntCounterVec,
+    recompressed: IntCounterVec,
+    recompress_saved: IntCounterVec,
     background: IntCounterVec,
     upstream_duration: HistogramVec,
     response_size: HistogramVec,
@@ -159,6 +161,8 @@ impl Metrics {
             coalesced: counter(&r, &CACHE_COALESCED)?,
             invalidation_skipped: counter(&r, &CACHE_INVALIDATION_SKIPPED)?,
             compression_bytes: counter_vec(&r, &COMPRESSION_BYTES, &["route", "encoding", "stage"])?,
+            recompressed: counter_vec(&r, &COMPRESSION_RECOMPRESSED, &["encoding", "outcome"])?,
+            recompress_saved: counter_vec(&r, &COMPRESSION_RECOMPRESS_SAVED, &["encoding"])?,
             background: counter_vec(&r, &CACHE_BACKGROUND_REFRESHES, &["outcome"])?,
             upstream_duration,
             response_size,
@@ -279,6 +283,15 @@ impl Metrics {
 
     pub(crate) fn upstream_response(&self, pool: &str, ms: f64) {
         self.upstream_duration.with_label_values(&[pool]).observe(ms);
+    }
+
+    /// One background re-compression: `outcome` is `replaced` (with `saved` bytes less),
+    /// `not_smaller`, `changed` (the stored copy moved on), `failed` or `dropped` (queue full).
+    pub(crate) fn recompressed(&self, encoding: &str, outcome: &str, saved: usize) {
+        self.recompressed.with_label_values(&[encoding, outcome]).inc();
+        if saved > 0 {
+            self.recompress_saved.with_label_values(&[encoding]).inc_by(saved as u64);
+        }
     }
 
     /// One compressed body: `before` bytes in, `after` bytes out.

@@ -85,6 +85,12 @@ pub(crate) const COMPRESSION_BYTES: MetricName = m(
     "Response body bytes compressed on their way into the cache, by route, encoding and stage (in: before, out: after)",
 );
 
+pub(crate) const COMPRESSION_RECOMPRESSED: MetricName = m(
+    "compression_recompressed_total",
+    "Stored responses compressed again in the background at the strongest level, by encoding and outcome",
+);
+pub(crate) const COMPRESSION_RECOMPRESS_SAVED: MetricName =
+    m("compression_recompress_saved_bytes_total", "Bytes the background re-compression took off stored responses, by encoding");
 pub(crate) const COMPRESSION_DICTIONARIES: MetricName =
     m("compression_dictionaries", "Compression dictionaries (RFC 9842) kept to answer Available-Dictionary with dcz");
 pub(crate) const COMPRESSION_DICTIONARY_BYTES: MetricName =

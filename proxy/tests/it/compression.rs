@@ -340,3 +340,70 @@ async fn a_revalidated_delta_keeps_its_vary() {
         }
     }
 }
+
+/// A real library (acorn, 247 KB, from the browser tests' npm install).
+fn library() -> String {
+    let path = root().join("proxy/tests/browser/node_modules/acorn/dist/acorn.js");
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e} (make test runs npm ci in proxy/tests/browser)", path.display()))
+}
+
+async fn metric(admin: std::net::SocketAddr, series: &str) -> f64 {
+    let text = get(admin, "/metrics").await.text();
+    text.lines().find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse().ok())).unwrap_or(0.0)
+}
+
+/// The first client gets the quick level; the stored copy is then compressed again at the
+/// strongest level in the background and replaces it (its own ETag, a hit, the same body
+/// decoded); a purge before that leaves nothing to bring back.
+#[tokio::test(flavor = "multi_thread")]
+async fn stored_text_is_recompressed_at_the_strongest_level_behind_the_first_response() {
+    use crate::common::client::{Front, Proto};
+    let lib = library();
+    let body = lib.clone();
+    let o = Scripted::start(move |_, _| {
+        Reply::new(200, &[("content-type", "text/javascript"), ("cache-control", "max-age=600"), ("etag", "\"a1\"")], body.clone())
+    })
+    .await;
+    let f = Front::start(&config_for(o.addr, "", ""));
+    for (proto, coding) in [(Proto::H1, "zstd"), (Proto::H2Tls, "zstd"), (Proto::H1Tls, "br")] {
+        let path = format!("/lib/{}.js", proto.name());
+        let first = f.get(proto, &path, &[("accept-encoding", coding)]).await;
+        assert_eq!(
+            (first.header("x-cache"), first.header("content-encoding"), first.header("etag")),
+            ("MISS", coding, format!("\"a1-{coding}\"").as_str())
+        );
+        let start = std::time::Instant::now();
+        let r = loop {
+            let r = f.get(proto, &path, &[("accept-encoding", coding)]).await;
+            assert_eq!(r.header("x-cache"), "HIT", "{proto:?}");
+            if r.header("etag") != format!("\"a1-{coding}\"") || start.elapsed() > Duration::from_secs(20) {
+                break r;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        assert_eq!(r.header("etag"), format!("\"a1-{coding}-max\""), "{proto:?}: replaced within 20 s");
+        assert_eq!(decode(coding, &r.body), lib.as_bytes(), "{proto:?}");
+        assert!(r.body.len() * 100 < first.body.len() * 92, "{proto:?} {coding}: {} -> {} bytes", first.body.len(), r.body.len());
+        assert_eq!(r.header("content-length"), r.body.len().to_string());
+        eprintln!("{coding}: first copy {} B, stored after re-compression {} B (of {})", first.body.len(), r.body.len(), lib.len());
+        let r = f.get(proto, &path, &[("accept-encoding", coding), ("if-none-match", &format!("\"a1-{coding}-max\""))]).await;
+        assert_eq!((r.status, r.header("x-cache")), (304, "HIT"));
+        assert_eq!(o.count(&path), 1, "{proto:?}: one origin request");
+    }
+    assert_eq!(metric(f.portier.admin, "compression_recompressed_total{encoding=\"zstd\",outcome=\"replaced\"}").await, 2.0);
+    assert!(metric(f.portier.admin, "compression_recompress_saved_bytes_total{encoding=\"br\"}").await > 1000.0);
+
+    // br 11 takes a few hundred milliseconds here: the PURGE lands first.
+    let r = f.get(Proto::H1, "/race.js", &[("accept-encoding", "br")]).await;
+    assert_eq!(r.header("x-cache"), "MISS");
+    // Past the fill's last step (stored right after the last byte is sent).
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(f.send(Proto::H1, "PURGE", "/race.js", &[], b"").await.unwrap().status, 200);
+    let start = std::time::Instant::now();
+    while metric(f.portier.admin, "compression_recompressed_total{encoding=\"br\",outcome=\"changed\"}").await < 1.0 {
+        assert!(start.elapsed() < Duration::from_secs(20), "the re-compression ended");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let r = f.get(Proto::H1, "/race.js", &[("accept-encoding", "br")]).await;
+    assert_eq!((r.header("x-cache"), r.header("etag")), ("MISS", "\"a1-br\""), "the purged copy did not come back");
+}

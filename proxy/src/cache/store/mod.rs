@@ -47,6 +47,19 @@ pub(crate) trait Store: Storage + Sync + Send {
         Vec::new()
     }
 
+    /// A stored variant re-encoded smaller ([`memory::MemStorage::reencode`]), in every tier;
+    /// false when the entry changed meanwhile and nothing was replaced.
+    fn reencode(
+        &'static self,
+        _key: &pingora_cache::key::CacheKey,
+        _expect_len: usize,
+        _expect_etag: Option<&http::HeaderValue>,
+        _etag: Option<http::HeaderValue>,
+        _body: Bytes,
+    ) -> bool {
+        false
+    }
+
     /// A request that took a fill lock for `primary` ended without storing anything (not
     /// storable, the origin failed, the client left): a tier holding a lock others wait on
     /// (the shared tier's, across replicas) gives it up now.

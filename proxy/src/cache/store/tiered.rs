@@ -172,6 +172,32 @@ impl Store for Tiered {
             tier.release_primary(primary);
         }
     }
+
+    fn reencode(
+        &'static self,
+        key: &CacheKey,
+        expect_len: usize,
+        expect_etag: Option<&http::HeaderValue>,
+        etag: Option<http::HeaderValue>,
+        body: bytes::Bytes,
+    ) -> bool {
+        let (combined, primary) = (key.combined_bin(), key.primary_bin());
+        // As a fill does: a purge from here on keeps the disk tier from writing it.
+        for tier in &self.tiers {
+            tier.filling(&combined);
+        }
+        let Some(entry) = self.l1.reencode(&combined, expect_len, expect_etag, etag, body) else {
+            return false;
+        };
+        if !self.tiers.is_empty() {
+            tokio::spawn(async move {
+                for tier in &self.tiers {
+                    tier.put(&combined, &primary, &entry).await;
+                }
+            });
+        }
+        true
+    }
 }
 
 /// A fill written to both tiers once complete. The fill lock taken on the shared tier is

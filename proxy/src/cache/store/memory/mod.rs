@@ -215,6 +215,40 @@ impl MemStorage {
         })
     }
 
+    /// Replaces a stored variant's body with `body`, a smaller encoding of the same content
+    /// (see [`crate::cache::recompress`]), and its validator with `etag`, when the entry is
+    /// still the copy that was `expect_len` bytes long with the ETag `expect_etag`: not purged,
+    /// expired, refreshed or refilled since (checked again under the lock, against the very
+    /// meta read). Returns the entry as it now is, for the tiers behind memory.
+    pub(crate) fn reencode(
+        &self,
+        combined: &HashBinary,
+        expect_len: usize,
+        expect_etag: Option<&http::HeaderValue>,
+        etag: Option<http::HeaderValue>,
+        body: Bytes,
+    ) -> Option<Entry> {
+        let cur = self.entry(combined)?;
+        let mut meta = cur.meta.meta().ok()?;
+        if cur.body.len() != expect_len || meta.response_header().headers.get(http::header::ETAG) != expect_etag {
+            return None;
+        }
+        let h = meta.response_header_mut();
+        if let Some(tag) = etag {
+            let _ = h.insert_header(http::header::ETAG, tag);
+        }
+        let _ = h.insert_header(http::header::CONTENT_LENGTH, body.len());
+        let new = Entry::new(StoredMeta::of(&meta).ok()?, body, cur.primary, cur.url.clone(), cur.tags.clone());
+        let mut inner = self.inner.lock();
+        let unchanged = inner.lru.peek(combined).is_some_and(|e| e.meta.same(&cur.meta) && e.body.as_ptr() == cur.body.as_ptr());
+        if !unchanged {
+            return None;
+        }
+        // Smaller than what it replaces: nothing to evict.
+        inner.insert(*combined, new.clone());
+        Some(new)
+    }
+
     fn insert(&self, combined: HashBinary, e: Entry) {
         let mut inner = self.inner.lock();
         inner.insert(combined, e);
@@ -305,6 +339,17 @@ impl super::Store for MemStorage {
             max_object: self.max_object,
             evictions: self.stats.evictions.load(Ordering::Relaxed),
         }
+    }
+
+    fn reencode(
+        &'static self,
+        key: &CacheKey,
+        expect_len: usize,
+        expect_etag: Option<&http::HeaderValue>,
+        etag: Option<http::HeaderValue>,
+        body: Bytes,
+    ) -> bool {
+        MemStorage::reencode(self, &key.combined_bin(), expect_len, expect_etag, etag, body).is_some()
     }
 }
 
