@@ -5,6 +5,10 @@
 //!    repository: its Rust sources (code, like a JS bundle) and its Grafana dashboards (JSON,
 //!    like API answers). In-process, the same crates Portier uses.
 //! 2. Hits of a ~100 KB script through a release `portier`, identity vs zstd variant.
+//! 3. The background re-compression (`compression.recompress`): the first request's time for
+//!    a 250 KB script (a miss: compressed at the quick level while it passes) with it on and
+//!    off, 5 alternating rounds of 20 new URLs each, each then hit once (which queues its
+//!    re-compression, running beside the next misses); and the bytes a hit then sends.
 //!
 //! Usage: `compress-bench [--portier target/release/portier] [--seconds 3] [--connections 16]`
 
@@ -15,7 +19,19 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 mod common;
-use common::{load_with, start_proxy};
+use common::{load_with, median, start_proxy};
+
+/// One GET on a new connection, read to its end: (milliseconds, body-and-head bytes).
+async fn one_get(addr: SocketAddr, path: &str) -> (f64, usize) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let t = Instant::now();
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let req = format!("GET {path} HTTP/1.1\r\nHost: bench\r\nAccept-Encoding: zstd\r\nConnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).await.expect("send");
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).await.expect("read");
+    (t.elapsed().as_secs_f64() * 1000.0, out.len())
+}
 
 fn files(dir: &std::path::Path, ext: &str, out: &mut Vec<u8>) {
     let Ok(entries) = std::fs::read_dir(dir) else { return };
@@ -130,4 +146,50 @@ async fn main() {
             println!("  round {round} {name:>8}: {rps:>8.0} req/s");
         }
     }
+    drop(p);
+
+    let big = Bytes::from(code[..code.len().min(250 * 1024)].to_vec());
+    let addr = origin(big.clone()).await;
+    let quiet = "[telemetry]\nmetrics = false\n[telemetry.access_log]\nformat = \"off\"";
+    let on = start_proxy(&portier, addr, quiet, "recompress-on");
+    let off = start_proxy(&portier, addr, &format!("[compression]\nrecompress = false\n{quiet}"), "recompress-off");
+    // Two cases: new scripts one after another (the background re-compression of the
+    // earlier ones runs beside the request measured), and one at a time with the background
+    // idle (the request path's own cost).
+    for (case, gap) in [("back to back", Duration::ZERO), ("background idle", Duration::from_millis(400))] {
+        println!("\nfirst request (a miss) for a {} KB script, zstd, {case}, 20 new URLs per round, medians:", big.len() / 1024);
+        println!("| round | recompress on (ms) | off (ms) | on / off |");
+        println!("| --- | --- | --- | --- |");
+        let mut ratios = Vec::new();
+        for round in 0..5 {
+            let mut times = [Vec::new(), Vec::new()];
+            for i in 0..20 {
+                for (k, p) in [&on, &off].iter().enumerate() {
+                    let path = format!("/{}/r{round}/{i}.js", gap.as_millis());
+                    times[k].push(one_get(p.public, &path).await.0);
+                    one_get(p.public, &path).await;
+                    tokio::time::sleep(gap).await;
+                }
+            }
+            let (a, b) = (median(&times[0]), median(&times[1]));
+            ratios.push(a / b);
+            println!("| {round} | {a:.2} | {b:.2} | {:.2} |", a / b);
+        }
+        let mut sorted = ratios.clone();
+        sorted.sort_by(f64::total_cmp);
+        println!("on / off: median {:.2} (range {:.2}–{:.2})", median(&ratios), sorted[0], sorted[sorted.len() - 1]);
+    }
+    // A new script, filled and hit once, once the queue has drained (at most 60 s).
+    for p in [&on, &off] {
+        one_get(p.public, "/final.js").await;
+        one_get(p.public, "/final.js").await;
+    }
+    let (_, hit_off) = one_get(off.public, "/final.js").await;
+    let start = Instant::now();
+    let mut hit_on = one_get(on.public, "/final.js").await.1;
+    while hit_on >= hit_off && start.elapsed() < Duration::from_secs(60) {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        hit_on = one_get(on.public, "/final.js").await.1;
+    }
+    println!("a hit afterwards sends {hit_on} bytes with it on, {hit_off} off ({:.3}×)", hit_on as f64 / hit_off as f64);
 }

@@ -64,6 +64,24 @@ pub(crate) struct HitSource {
     pub(crate) refreshing_elsewhere: bool,
 }
 
+/// A fresh hit from memory may queue its stored copy's re-compression ([`recompress`]).
+pub(crate) fn after_hit(
+    layer: &CacheLayer,
+    metrics: &std::sync::Arc<crate::telemetry::metrics::Metrics>,
+    cfg: &crate::config::CompressionConfig,
+    key: &pingora_cache::key::CacheKey,
+    meta: &pingora_cache::CacheMeta,
+    hit: &pingora_cache::storage::HitHandler,
+) {
+    if !cfg.recompress {
+        return;
+    }
+    if let Some(body) = store::tiered::memory_body(hit) {
+        let max = usize::try_from(cfg.recompress_max_size.0).unwrap_or(usize::MAX);
+        recompress::on_hit(layer.storage, metrics, key, meta, body, max);
+    }
+}
+
 impl HitSource {
     pub(crate) fn of(hit: &pingora_cache::storage::HitHandler) -> HitSource {
         let (tier, refreshing_elsewhere) = store::tiered::hit_origin(hit);
@@ -72,11 +90,6 @@ impl HitSource {
 }
 
 impl CacheLayer {
-    /// Where entries live, for work done outside a request (the background re-compression).
-    pub(crate) fn storage(&self) -> &'static dyn Store {
-        self.storage
-    }
-
     /// Leaks the storage, lock and predictor: one per process, alive until exit.
     /// `tier_metrics`: the instruments of the tiers behind memory, registered whether or not they are
     /// configured (their dashboard rows then read 0, not "no data").

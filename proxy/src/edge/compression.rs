@@ -208,23 +208,21 @@ pub(crate) fn strongest_etag(fast: &http::HeaderValue) -> Option<http::HeaderVal
     http::HeaderValue::from_str(&format!("\"{inner}-max\"")).ok()
 }
 
-/// The decoded body of a response, kept as it passes when it may become a dictionary or be
-/// re-compressed; dropped whole past `max` (never a partial body).
+/// The decoded body of a response, kept as it passes when it may become a dictionary;
+/// dropped whole past `max` (never a partial body).
 pub(crate) struct Capture {
     body: Vec<u8>,
     max: usize,
     over: bool,
     /// Keep it as a compression dictionary ([`super::dictionary::keep`]).
     pub(crate) dictionary: bool,
-    /// Re-compress it at this coding's strongest level once stored.
-    pub(crate) recompress: Option<Coding>,
 }
 
 impl Capture {
     pub(crate) fn new(resp: &ResponseHeader, max: usize) -> Capture {
         // Reserved from the declared length (never more than `max`): no regrowth.
         let reserve = crate::edge::target::content_length(&resp.headers).map_or(0, |n| usize::try_from(n).unwrap_or(0).min(max));
-        Capture { body: Vec::with_capacity(reserve), max, over: false, dictionary: false, recompress: None }
+        Capture { body: Vec::with_capacity(reserve), max, over: false, dictionary: false }
     }
 
     pub(crate) fn push(&mut self, chunk: &[u8]) {

@@ -117,10 +117,7 @@ pub(crate) struct CompressPart {
     pub(crate) dictionary: Option<std::sync::Arc<crate::edge::dictionary::Dictionary>>,
     /// Set while the origin's body is being compressed on its way to the cache.
     pub(crate) encoder: Option<Box<crate::edge::compression::Encoder>>,
-    /// The encoded copy's ETag, for the re-compression to find it stored.
-    pub(crate) etag: Option<http::HeaderValue>,
-    /// Set while a response that becomes a dictionary, or is re-compressed once stored, is
-    /// being received.
+    /// Set while a response that becomes a dictionary is being received.
     pub(crate) capture: Option<Box<crate::edge::compression::Capture>>,
 }
 

@@ -195,13 +195,16 @@ impl ProxyHttp for Gateway {
 
     async fn cache_hit_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         meta: &CacheMeta,
         hit: &mut HitHandler,
         is_fresh: bool,
         p: &mut Pinned,
     ) -> Result<Option<ForcedFreshness>> {
-        let Pinned { ctx, .. } = p;
+        let Pinned { state, ctx } = p;
+        if let (true, Some(cache), Some(key)) = (is_fresh, state.cache(), session.cache.maybe_cache_key()) {
+            crate::cache::after_hit(cache, &state.metrics, &state.config.compression, key, meta, hit);
+        }
         let source = crate::cache::HitSource::of(hit);
         ctx.cache.hit_tier = source.tier;
         Ok(request::hit_freshness(ctx, meta, is_fresh, source.refreshing_elsewhere))
@@ -251,13 +254,13 @@ impl ProxyHttp for Gateway {
 
     fn upstream_response_body_filter(
         &self,
-        session: &mut Session,
+        _session: &mut Session,
         body: &mut Option<Bytes>,
         end: bool,
         p: &mut Pinned,
     ) -> Result<Option<Duration>> {
         let Pinned { state, ctx } = p;
-        state.compress_body(session, body, end, ctx)?;
+        state.compress_body(body, end, ctx)?;
         Ok(None)
     }
 

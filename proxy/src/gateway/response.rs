@@ -216,6 +216,14 @@ pub(super) fn ranges(session: &Session, resp: &mut ResponseHeader) -> pingora_pr
     if asks_range && resp.status == 200 && total == Some(0) {
         return not_satisfiable(resp, 0);
     }
+    // A body Portier encoded may be encoded again (re-compressed at the strongest level)
+    // under the same Last-Modified: a date says nothing about which bytes the client holds,
+    // so only an entity tag (one per encoded copy) may resume a range (RFC 9110 §13.1.5).
+    let if_range_date =
+        req.headers.get(http::header::IF_RANGE).is_some_and(|v| !v.as_bytes().starts_with(b"\"") && !v.as_bytes().starts_with(b"W/"));
+    if asks_range && if_range_date && resp.headers.contains_key(crate::edge::compression::MARKER) {
+        return RangeType::None;
+    }
     let t = range_header_filter(req, resp, Some(200));
     let Some(total) = total else { return t };
     let empty = |r: &std::ops::Range<usize>| r.start >= r.end || r.end > total;

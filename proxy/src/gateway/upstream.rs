@@ -154,46 +154,24 @@ impl State {
             (Some(crate::config::Coding::Zstd), false) => z.zstd_level,
             (None, _) => 0,
         };
-        let origin_len = crate::edge::target::content_length(&resp.headers);
         // Boxed: most requests compress nothing, and the request's state is moved whole.
         ctx.compress.encoder = crate::edge::compression::prepare(resp, ctx.compress.coding, dictionary, level).map(Box::new);
-        // A first copy at the quick level is re-compressed at the strongest once stored (a
-        // GET the cache may keep; `dcz` deltas and `immutable` ones are at their level already).
-        let recompress = match (&ctx.compress.encoder, ctx.compress.coding) {
-            (Some(enc), Some(c)) if enc.label == c.as_str() => {
-                let small_enough = origin_len.is_none_or(|n| n <= z.recompress_max_size.0);
-                (z.recompress
-                    && level < crate::edge::compression::strongest(c)
-                    && session.cache.enabled()
-                    && small_enough
-                    && session.req_header().method == http::Method::GET)
-                    .then_some(c)
-            }
-            _ => None,
-        };
-        if recompress.is_some() {
-            ctx.compress.etag = resp.headers.get(http::header::ETAG).cloned();
-        }
-        if keep_dictionary || recompress.is_some() {
-            let for_recompress = if recompress.is_some() { usize::try_from(z.recompress_max_size.0).unwrap_or(usize::MAX) } else { 0 };
-            let max = if keep_dictionary { max_dictionary } else { 0 }.max(for_recompress);
-            let mut c = crate::edge::compression::Capture::new(resp, max);
-            c.dictionary = keep_dictionary;
-            c.recompress = recompress;
+        if keep_dictionary {
+            let mut c = crate::edge::compression::Capture::new(resp, max_dictionary);
+            c.dictionary = true;
             ctx.compress.capture = Some(Box::new(c));
         }
     }
 
     /// Compresses the origin's body chunk by chunk, before the cache sees it. A response that
-    /// becomes a dictionary or is re-compressed once stored is collected as the origin sent
-    /// it (decoded), first.
-    pub(super) fn compress_body(&self, session: &Session, body: &mut Option<bytes::Bytes>, end: bool, ctx: &mut Ctx) -> Result<()> {
+    /// becomes a dictionary is collected as the origin sent it (decoded), first.
+    pub(super) fn compress_body(&self, body: &mut Option<bytes::Bytes>, end: bool, ctx: &mut Ctx) -> Result<()> {
         if let Some(c) = ctx.compress.capture.as_mut() {
             c.push(body.as_deref().unwrap_or_default());
         }
         let Some(enc) = ctx.compress.encoder.as_mut() else {
             if end {
-                self.body_received(session, ctx, None);
+                self.body_received(ctx);
             }
             return Ok(());
         };
@@ -201,27 +179,19 @@ impl State {
         if end {
             let (before, after) = enc.sizes();
             self.metrics.compressed(ctx.route.pattern(), enc.label, before, after);
-            self.body_received(session, ctx, Some(after));
+            self.body_received(ctx);
         }
         Ok(())
     }
 
-    /// The whole body arrived: keep it as a dictionary, queue its re-compression.
-    fn body_received(&self, session: &Session, ctx: &mut Ctx, stored_len: Option<usize>) {
+    /// The whole body arrived: a dictionary's is kept.
+    fn body_received(&self, ctx: &mut Ctx) {
         let Some(c) = ctx.compress.capture.take() else { return };
-        let (keep, recompress) = (c.dictionary, c.recompress);
+        let keep = c.dictionary;
         let Some(original) = c.into_body() else { return };
         if keep {
             let min = usize::try_from(self.config.compression.min_size.0).unwrap_or(usize::MAX);
-            crate::edge::dictionary::keep(original.clone(), min, ctx.route.pattern(), &self.dictionaries);
-        }
-        // Only a fill in progress: a response the cache refused has nothing to replace.
-        let filling = matches!(session.cache.phase(), CachePhase::Miss | CachePhase::Expired);
-        if let (Some(coding), Some(stored_len), Some(cache), true) = (recompress, stored_len, self.cache(), filling) {
-            let Some(key) = session.cache.maybe_cache_key() else { return };
-            let stored_etag = ctx.compress.etag.take();
-            let job = crate::cache::recompress::Job { key: key.clone(), coding, original, stored_len, stored_etag };
-            crate::cache::recompress::schedule(cache.storage(), &self.metrics, job);
+            crate::edge::dictionary::keep(original, min, ctx.route.pattern(), &self.dictionaries);
         }
     }
 }

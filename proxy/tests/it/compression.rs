@@ -352,29 +352,42 @@ async fn metric(admin: std::net::SocketAddr, series: &str) -> f64 {
     text.lines().find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse().ok())).unwrap_or(0.0)
 }
 
-/// The first client gets the quick level; the stored copy is then compressed again at the
-/// strongest level in the background and replaces it (its own ETag, a hit, the same body
-/// decoded); a purge before that leaves nothing to bring back.
+/// The first client gets the quick level; once the stored copy is hit it is compressed again
+/// at the strongest level in the background and replaces it (its own ETag, a hit, the same
+/// body decoded); a purge before that leaves nothing to bring back; an If-Range date never
+/// resumes across the two copies.
 #[tokio::test(flavor = "multi_thread")]
 async fn stored_text_is_recompressed_at_the_strongest_level_behind_the_first_response() {
     use crate::common::client::{Front, Proto};
     let lib = library();
     let body = lib.clone();
     let o = Scripted::start(move |_, _| {
-        Reply::new(200, &[("content-type", "text/javascript"), ("cache-control", "max-age=600"), ("etag", "\"a1\"")], body.clone())
+        Reply::new(
+            200,
+            &[
+                ("content-type", "text/javascript"),
+                ("cache-control", "max-age=600"),
+                ("etag", "\"a1\""),
+                ("last-modified", "Wed, 21 Oct 2026 07:28:00 GMT"),
+            ],
+            body.clone(),
+        )
     })
     .await;
     let f = Front::start(&config_for(o.addr, "", ""));
     for (proto, coding) in [(Proto::H1, "zstd"), (Proto::H2Tls, "zstd"), (Proto::H1Tls, "br")] {
         let path = format!("/lib/{}.js", proto.name());
-        let first = f.get(proto, &path, &[("accept-encoding", coding)]).await;
+        let ae = [("accept-encoding", coding)];
+        let first = f.get(proto, &path, &ae).await;
         assert_eq!(
             (first.header("x-cache"), first.header("content-encoding"), first.header("etag")),
             ("MISS", coding, format!("\"a1-{coding}\"").as_str())
         );
+        let range = [("accept-encoding", coding), ("range", "bytes=0-999")];
+        assert_eq!(f.get(proto, &path, &range).await.status, 206);
         let start = std::time::Instant::now();
         let r = loop {
-            let r = f.get(proto, &path, &[("accept-encoding", coding)]).await;
+            let r = f.get(proto, &path, &ae).await;
             assert_eq!(r.header("x-cache"), "HIT", "{proto:?}");
             if r.header("etag") != format!("\"a1-{coding}\"") || start.elapsed() > Duration::from_secs(20) {
                 break r;
@@ -388,22 +401,38 @@ async fn stored_text_is_recompressed_at_the_strongest_level_behind_the_first_res
         eprintln!("{coding}: first copy {} B, stored after re-compression {} B (of {})", first.body.len(), r.body.len(), lib.len());
         let r = f.get(proto, &path, &[("accept-encoding", coding), ("if-none-match", &format!("\"a1-{coding}-max\""))]).await;
         assert_eq!((r.status, r.header("x-cache")), (304, "HIT"));
+        // Resuming the first copy's download by its date: the whole new copy, not a mix.
+        let resume = [("accept-encoding", coding), ("range", "bytes=1000-"), ("if-range", "Wed, 21 Oct 2026 07:28:00 GMT")];
+        let r = f.get(proto, &path, &resume).await;
+        assert_eq!((r.status, r.body.len()), (200, r.header("content-length").parse().unwrap()), "{proto:?}");
+        let r = f
+            .get(proto, &path, &[("accept-encoding", coding), ("range", "bytes=1000-"), ("if-range", &format!("\"a1-{coding}-max\""))])
+            .await;
+        assert_eq!(r.status, 206, "its own entity tag resumes it");
         assert_eq!(o.count(&path), 1, "{proto:?}: one origin request");
     }
     assert_eq!(metric(f.portier.admin, "compression_recompressed_total{encoding=\"zstd\",outcome=\"replaced\"}").await, 2.0);
     assert!(metric(f.portier.admin, "compression_recompress_saved_bytes_total{encoding=\"br\"}").await > 1000.0);
 
     // br 11 takes a few hundred milliseconds here: the PURGE lands first.
-    let r = f.get(Proto::H1, "/race.js", &[("accept-encoding", "br")]).await;
-    assert_eq!(r.header("x-cache"), "MISS");
-    // Past the fill's last step (stored right after the last byte is sent).
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    let br = [("accept-encoding", "br")];
+    assert_eq!(f.get(Proto::H1, "/race.js", &br).await.header("x-cache"), "MISS");
+    assert_eq!(f.get(Proto::H1, "/race.js", &br).await.header("x-cache"), "HIT");
     assert_eq!(f.send(Proto::H1, "PURGE", "/race.js", &[], b"").await.unwrap().status, 200);
     let start = std::time::Instant::now();
     while metric(f.portier.admin, "compression_recompressed_total{encoding=\"br\",outcome=\"changed\"}").await < 1.0 {
         assert!(start.elapsed() < Duration::from_secs(20), "the re-compression ended");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let r = f.get(Proto::H1, "/race.js", &[("accept-encoding", "br")]).await;
+    let r = f.get(Proto::H1, "/race.js", &br).await;
     assert_eq!((r.header("x-cache"), r.header("etag")), ("MISS", "\"a1-br\""), "the purged copy did not come back");
+    // Requested once and never again (a cache-busting query): nothing to re-compress.
+    for i in 0..5 {
+        assert_eq!(f.get(Proto::H1, &format!("/bust.js?v={i}"), &br).await.header("x-cache"), "MISS");
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for outcome in ["replaced", "changed"] {
+        let series = format!("compression_recompressed_total{{encoding=\"br\",outcome=\"{outcome}\"}}");
+        assert_eq!(metric(f.portier.admin, &series).await, 1.0, "{outcome}: nothing queued for URLs never hit");
+    }
 }

@@ -47,16 +47,9 @@ pub(crate) trait Store: Storage + Sync + Send {
         Vec::new()
     }
 
-    /// A stored variant re-encoded smaller ([`memory::MemStorage::reencode`]), in every tier;
+    /// The memory tier's copy of a variant re-encoded smaller ([`memory::MemStorage::reencode`]);
     /// false when the entry changed meanwhile and nothing was replaced.
-    fn reencode(
-        &'static self,
-        _key: &pingora_cache::key::CacheKey,
-        _expect_len: usize,
-        _expect_etag: Option<&http::HeaderValue>,
-        _etag: Option<http::HeaderValue>,
-        _body: Bytes,
-    ) -> bool {
+    fn reencode(&self, _key: &pingora_cache::key::CacheKey, _stored: &Bytes, _etag: Option<http::HeaderValue>, _body: Bytes) -> bool {
         false
     }
 

@@ -28,6 +28,11 @@ pub(crate) fn hit_origin(hit: &HitHandler) -> (HitTier, bool) {
     hit.as_any().downcast_ref::<Hit>().map_or((HitTier::Memory, false), |h| (h.tier, h.refreshing_elsewhere))
 }
 
+/// The stored body of a hit answered from memory.
+pub(crate) fn memory_body(hit: &HitHandler) -> Option<&Bytes> {
+    hit.as_any().downcast_ref::<Hit>().filter(|h| h.tier == HitTier::Memory).map(Hit::stored_body)
+}
+
 impl Tiered {
     pub(crate) fn leak(self) -> &'static Tiered {
         Box::leak(Box::new(self))
@@ -173,30 +178,10 @@ impl Store for Tiered {
         }
     }
 
-    fn reencode(
-        &'static self,
-        key: &CacheKey,
-        expect_len: usize,
-        expect_etag: Option<&http::HeaderValue>,
-        etag: Option<http::HeaderValue>,
-        body: bytes::Bytes,
-    ) -> bool {
-        let (combined, primary) = (key.combined_bin(), key.primary_bin());
-        // As a fill does: a purge from here on keeps the disk tier from writing it.
-        for tier in &self.tiers {
-            tier.filling(&combined);
-        }
-        let Some(entry) = self.l1.reencode(&combined, expect_len, expect_etag, etag, body) else {
-            return false;
-        };
-        if !self.tiers.is_empty() {
-            tokio::spawn(async move {
-                for tier in &self.tiers {
-                    tier.put(&combined, &primary, &entry).await;
-                }
-            });
-        }
-        true
+    /// Memory only: the disk and shared tiers keep the first copy (each write there is a fill
+    /// with its own locks and purge guards, which a background replacement must not take).
+    fn reencode(&self, key: &CacheKey, stored: &Bytes, etag: Option<http::HeaderValue>, body: Bytes) -> bool {
+        self.l1.reencode(&key.combined_bin(), stored, etag, body)
     }
 }
 

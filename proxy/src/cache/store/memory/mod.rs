@@ -217,36 +217,32 @@ impl MemStorage {
 
     /// Replaces a stored variant's body with `body`, a smaller encoding of the same content
     /// (see [`crate::cache::recompress`]), and its validator with `etag`, when the entry is
-    /// still the copy that was `expect_len` bytes long with the ETag `expect_etag`: not purged,
-    /// expired, refreshed or refilled since (checked again under the lock, against the very
-    /// meta read). Returns the entry as it now is, for the tiers behind memory.
-    pub(crate) fn reencode(
-        &self,
-        combined: &HashBinary,
-        expect_len: usize,
-        expect_etag: Option<&http::HeaderValue>,
-        etag: Option<http::HeaderValue>,
-        body: Bytes,
-    ) -> Option<Entry> {
-        let cur = self.entry(combined)?;
-        let mut meta = cur.meta.meta().ok()?;
-        if cur.body.len() != expect_len || meta.response_header().headers.get(http::header::ETAG) != expect_etag {
-            return None;
-        }
+    /// still the copy whose body is `stored` (the same allocation) with the meta it had when
+    /// read here: not purged, expired, refreshed or refilled since (checked again under the
+    /// lock). `Content-Length` follows the new body.
+    pub(crate) fn reencode(&self, combined: &HashBinary, stored: &Bytes, etag: Option<http::HeaderValue>, body: Bytes) -> bool {
+        let same_body = |e: &Entry| e.body.as_ptr() == stored.as_ptr() && e.body.len() == stored.len();
+        let Some(cur) = self.entry(combined).filter(|e| same_body(e)) else { return false };
+        let Ok(mut meta) = cur.meta.meta() else { return false };
         let h = meta.response_header_mut();
         if let Some(tag) = etag {
             let _ = h.insert_header(http::header::ETAG, tag);
         }
         let _ = h.insert_header(http::header::CONTENT_LENGTH, body.len());
-        let new = Entry::new(StoredMeta::of(&meta).ok()?, body, cur.primary, cur.url.clone(), cur.tags.clone());
+        let Ok(new_meta) = StoredMeta::of(&meta) else { return false };
+        let new = Entry::new(new_meta, body, cur.primary, cur.url.clone(), cur.tags.clone());
         let mut inner = self.inner.lock();
-        let unchanged = inner.lru.peek(combined).is_some_and(|e| e.meta.same(&cur.meta) && e.body.as_ptr() == cur.body.as_ptr());
-        if !unchanged {
-            return None;
+        if !inner.lru.peek(combined).is_some_and(|e| same_body(e) && e.meta.same(&cur.meta)) {
+            return false;
         }
-        // Smaller than what it replaces: nothing to evict.
-        inner.insert(*combined, new.clone());
-        Some(new)
+        // In place, where it was in the LRU order (the replacement is not a use), keeping
+        // what else the entry is counted for (its URL, the parameter index).
+        let Some(e) = inner.lru.peek_mut(combined) else { return false };
+        let old = e.size;
+        let size = old - e.body.len() - e.meta.weight() + new.body.len() + new.meta.weight();
+        *e = Entry { size, ..new };
+        inner.bytes = inner.bytes - old + size;
+        true
     }
 
     fn insert(&self, combined: HashBinary, e: Entry) {
@@ -267,6 +263,10 @@ impl MemStorage {
     /// Metas are rewritten outside the lock, so hits never wait for the (de)serialisation;
     /// an entry refilled meanwhile keeps its new meta. Returns how many were expired.
     fn expire_keys(&self, keys: &[HashBinary]) -> usize {
+        self.expire_keys_once(keys, false)
+    }
+
+    fn expire_keys_once(&self, keys: &[HashBinary], retried: bool) -> usize {
         let read: Vec<(HashBinary, StoredMeta)> = {
             let inner = self.inner.lock();
             keys.iter().filter_map(|k| inner.lru.peek(k).map(|e| (*k, e.meta.clone()))).collect()
@@ -281,13 +281,24 @@ impl MemStorage {
                 Some((k, old, StoredMeta::of(&meta).ok()?))
             })
             .collect();
-        let mut inner = self.inner.lock();
+        let mut changed = Vec::new();
         let mut n = 0;
-        for (k, old, new) in rewritten {
-            let unchanged = inner.lru.peek(&k).is_some_and(|e| e.meta.same(&old));
-            if unchanged && inner.replace_meta(&k, new) {
-                n += 1;
+        {
+            let mut inner = self.inner.lock();
+            for (k, old, new) in rewritten {
+                let unchanged = inner.lru.peek(&k).is_some_and(|e| e.meta.same(&old));
+                if unchanged && inner.replace_meta(&k, new) {
+                    n += 1;
+                } else if inner.lru.contains(&k) {
+                    changed.push(k);
+                }
             }
+        }
+        // Changed between the two locks (a refill, a re-encoded copy): expired again, once;
+        // a fresh refill expired too is one revalidation, a re-encoded copy left fresh would
+        // be a purge lost.
+        if !changed.is_empty() && !retried {
+            n += self.expire_keys_once(&changed, true);
         }
         n
     }
@@ -341,15 +352,8 @@ impl super::Store for MemStorage {
         }
     }
 
-    fn reencode(
-        &'static self,
-        key: &CacheKey,
-        expect_len: usize,
-        expect_etag: Option<&http::HeaderValue>,
-        etag: Option<http::HeaderValue>,
-        body: Bytes,
-    ) -> bool {
-        MemStorage::reencode(self, &key.combined_bin(), expect_len, expect_etag, etag, body).is_some()
+    fn reencode(&self, key: &CacheKey, stored: &Bytes, etag: Option<http::HeaderValue>, body: Bytes) -> bool {
+        MemStorage::reencode(self, &key.combined_bin(), stored, etag, body)
     }
 }
 
@@ -408,9 +412,26 @@ impl Storage for MemStorage {
 
     /// Never panics: an entry purged or evicted while a revalidation was in flight is simply
     /// not there any more (`Ok(false)`).
+    /// The body does not change, so its framing and validator are the stored entry's as it is
+    /// now (the meta given was read before; the entry may have been re-encoded since).
     async fn update_meta(&'static self, key: &CacheKey, meta: &CacheMeta, _trace: &SpanHandle) -> Result<bool> {
-        let stored = StoredMeta::of(meta)?;
-        Ok(self.inner.lock().replace_meta(&key.combined_bin(), stored))
+        let combined = key.combined_bin();
+        let Some(cur) = self.entry(&combined) else { return Ok(false) };
+        let mut meta = StoredMeta::of(meta)?.meta()?;
+        let now = cur.meta.meta()?;
+        let h = meta.response_header_mut();
+        for name in [http::header::ETAG, http::header::CONTENT_LENGTH] {
+            h.remove_header(&name);
+            for v in now.response_header().headers.get_all(&name) {
+                let _ = h.append_header(name.clone(), v.clone());
+            }
+        }
+        let stored = StoredMeta::of(&meta)?;
+        let mut inner = self.inner.lock();
+        if !inner.lru.peek(&combined).is_some_and(|e| e.body.as_ptr() == cur.body.as_ptr() && e.meta.same(&cur.meta)) {
+            return Ok(false);
+        }
+        Ok(inner.replace_meta(&combined, stored))
     }
 
     fn support_streaming_partial_write(&self) -> bool {
@@ -458,6 +479,11 @@ impl Hit {
     pub(crate) fn new(body: Bytes, tier: HitTier) -> Hit {
         let end = body.len();
         Hit { body, start: 0, end, done: false, tier, refreshing_elsewhere: false }
+    }
+
+    /// The stored body, whole (what identifies the stored copy).
+    pub(crate) fn stored_body(&self) -> &Bytes {
+        &self.body
     }
 }
 
@@ -610,6 +636,33 @@ mod tests {
         let mut m = s.get_miss_handler(&key, &meta(tags), &Span::inactive().handle()).await.unwrap();
         m.write_body(Bytes::copy_from_slice(body), true).await.unwrap();
         m.finish().await.unwrap();
+    }
+
+    /// The re-compression's replacement: only the very copy it read, never a refill; and a
+    /// revalidation that read the entry before it keeps the new body's framing and validator.
+    #[tokio::test]
+    async fn a_reencoded_copy_replaces_only_its_own_entry_and_keeps_its_framing() {
+        let s = MemStorage::new(1 << 20, 1 << 20).leak();
+        let key = CacheKey::new("http://h/r", "");
+        let combined = key.combined_bin();
+        fill(s, "http://h/r", None, b"first copy, quick level", "").await;
+        let first = s.entry(&combined).unwrap();
+        let (old_meta, _) = s.lookup(&key, &Span::inactive().handle()).await.unwrap().unwrap();
+        fill(s, "http://h/r", None, b"first copy, quick level", "").await;
+        assert!(!s.reencode(&combined, &first.body, None, Bytes::from_static(b"smaller")), "a refill with the same bytes is another copy");
+        let refilled = s.entry(&combined).unwrap();
+        let before = s.size();
+        let etag = http::HeaderValue::from_static("\"x-max\"");
+        assert!(s.reencode(&combined, &refilled.body, Some(etag.clone()), Bytes::from_static(b"smaller")));
+        let now = s.entry(&combined).unwrap();
+        assert!(s.size() < before && s.size() == now.size(), "the one entry's new size is what is counted");
+        assert_eq!(&now.body[..], b"smaller");
+        assert!(!s.reencode(&combined, &refilled.body, None, Bytes::from_static(b"x")), "once");
+        // A 304 whose lookup came before: merged onto the old meta, stored with the new framing.
+        assert!(s.update_meta(&key, &old_meta, &Span::inactive().handle()).await.unwrap());
+        let (meta, _) = s.lookup(&key, &Span::inactive().handle()).await.unwrap().unwrap();
+        let h = &meta.response_header().headers;
+        assert_eq!((h.get("content-length").unwrap(), h.get("etag")), (&http::HeaderValue::from(7), Some(&etag)));
     }
 
     #[tokio::test]
