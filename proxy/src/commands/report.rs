@@ -30,13 +30,32 @@ pub enum ReportCommand {
         grid_intensity: String,
         #[arg(long, default_value = "Eco-design report")]
         title: String,
+        /// Read Portier's counters over each run from this Prometheus (e.g.
+        /// http://127.0.0.1:9090) instead of the marks, and chart the hit ratio; the window is
+        /// the marks' times, else the first and last k6 points.
+        #[arg(long)]
+        prometheus: Option<String>,
+        /// `service_name` of Portier's span metrics in that Prometheus.
+        #[arg(long, default_value = "proxy")]
+        service_name: String,
+        /// That Prometheus's scrape interval: a run's end is read one interval later (keep
+        /// Portier idle that long after a run, or use the marks).
+        #[arg(long, default_value = "15s")]
+        scrape_interval: String,
     },
 }
 
 pub(crate) fn command(c: ReportCommand) -> ExitCode {
     let result = match c {
         ReportCommand::Mark { dir, which, admin } => crate::report::mark(&dir, &which, &admin).map(|p| vec![p]),
-        ReportCommand::Build { runs, out, grid_intensity, title } => crate::report::build(&runs, &out, &grid_intensity, &title),
+        ReportCommand::Build { runs, out, grid_intensity, title, prometheus, service_name, scrape_interval } => {
+            let scrape_interval = match scrape_interval.parse::<crate::config::HumanDuration>() {
+                Ok(d) => d.get(),
+                Err(e) => return super::fail(format!("--scrape-interval: {e}")),
+            };
+            let sources = crate::report::Sources { prometheus: prometheus.as_deref(), service_name: &service_name, scrape_interval };
+            crate::report::build(&runs, &out, &grid_intensity, &title, &sources)
+        }
     };
     match result {
         Ok(paths) => {

@@ -6,6 +6,7 @@
 
 mod energy;
 mod inputs;
+mod prometheus;
 mod render;
 
 use inputs::{K6Summary, Lighthouse, Mark};
@@ -26,6 +27,17 @@ pub(crate) enum ReportError {
     Write { path: PathBuf, source: std::io::Error },
     #[error("asking {admin} for /metrics/totals: {what}")]
     Admin { admin: String, what: String },
+    #[error(transparent)]
+    Prometheus(#[from] prometheus::PromError),
+    #[error("{0}: --prometheus needs the run's time window: portier-start.json and portier-end.json, or k6 points (*metrics*.json)")]
+    NoWindow(PathBuf),
+}
+
+/// Where Portier's counters come from: the marks in each run's directory, or Prometheus.
+pub(crate) struct Sources<'a> {
+    pub prometheus: Option<&'a str>,
+    pub service_name: &'a str,
+    pub scrape_interval: std::time::Duration,
 }
 
 /// What the cache and compression did over one run, from the two marks' difference.
@@ -124,6 +136,10 @@ pub(crate) struct Run {
     pub origin_avoided: Option<energy::Estimate>,
     /// (second, requests, p95 ms, p99 ms)
     pub per_second: Vec<(u64, usize, f64, f64)>,
+    /// `marks` or `prometheus`: where `cache` comes from.
+    pub counters_from: Option<&'static str>,
+    /// (second, hit ratio), from Prometheus.
+    pub hit_ratio: Vec<(u64, f64)>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -144,9 +160,19 @@ pub(crate) struct Model {
     pub gb: &'static str,
 }
 
-fn run(name: &str, dir: &Path, intensity: f64) -> Result<Run, ReportError> {
+fn run(name: &str, dir: &Path, intensity: f64, prom: Option<&prometheus::Prometheus>) -> Result<Run, ReportError> {
     let f = inputs::read_run(dir)?;
-    let cache = f.marks.as_ref().map(|(s, e)| cache_work(s, e));
+    let (cache, counters_from, hit_ratio) = match prom {
+        Some(p) => {
+            let window =
+                f.marks.as_ref().map(|(s, e)| (s.time_ms, e.time_ms)).or_else(|| f.points.as_ref().map(|p| (p.start_ms, p.end_ms)));
+            let (start, end) = window.ok_or_else(|| ReportError::NoWindow(dir.into()))?;
+            let (s, e) = p.window(start, end)?;
+            let (s, e) = (Mark { time_ms: start, totals: s }, Mark { time_ms: end, totals: e });
+            (Some(cache_work(&s, &e)), Some("prometheus"), p.hit_ratio(start, end)?)
+        }
+        None => (f.marks.as_ref().map(|(s, e)| cache_work(s, e)), f.marks.as_ref().map(|_| "marks"), Vec::new()),
+    };
     let per_view = f.lighthouse.iter().find_map(|l| l.total_byte_weight).map(|b| {
         let e = energy::transfer(b, intensity);
         (e, energy::rating(e.g_co2e))
@@ -161,6 +187,8 @@ fn run(name: &str, dir: &Path, intensity: f64) -> Result<Run, ReportError> {
         transfer: energy::transfer(f.summary.data_received, intensity),
         origin_avoided: cache.as_ref().map(|c| energy::data_centre_only(c.bytes_from_cache, intensity)),
         per_second: f.points.map(|p| p.per_second).unwrap_or_default(),
+        counters_from,
+        hit_ratio,
         k6: f.summary,
         lighthouse: f.lighthouse,
         cache,
@@ -168,16 +196,17 @@ fn run(name: &str, dir: &Path, intensity: f64) -> Result<Run, ReportError> {
     })
 }
 
-pub(crate) fn build(runs: &[String], out: &Path, grid: &str, title: &str) -> Result<Vec<PathBuf>, ReportError> {
+pub(crate) fn build(runs: &[String], out: &Path, grid: &str, title: &str, sources: &Sources<'_>) -> Result<Vec<PathBuf>, ReportError> {
     let intensity = energy::intensity(grid).map_err(ReportError::Grid)?;
     if runs.is_empty() {
         return Err(ReportError::NoRun);
     }
+    let prom = sources.prometheus.map(|url| prometheus::Prometheus::new(url, sources.service_name, sources.scrape_interval)).transpose()?;
     let mut built = Vec::new();
     for spec in runs {
         let (name, dir) =
             spec.split_once('=').filter(|(n, d)| !n.is_empty() && !d.is_empty()).ok_or_else(|| ReportError::RunSpec(spec.clone()))?;
-        built.push(run(name, Path::new(dir), intensity)?);
+        built.push(run(name, Path::new(dir), intensity, prom.as_ref())?);
     }
     let report = Report {
         title: title.to_string(),

@@ -118,7 +118,7 @@ fn cache_table(r: &Report) -> Option<Table> {
     head.extend(r.runs.iter().map(|run| run.name.clone()));
     type Pick = fn(&super::CacheWork) -> String;
     let rows: Vec<(&str, Pick)> = vec![
-        ("window (s, between the marks)", |c| num(c.window_s, 1)),
+        ("window (s)", |c| num(c.window_s, 1)),
         ("client requests", |c| num(c.requests, 0)),
         ("answered from cache (HIT, STALE)", |c| num(c.hits, 0)),
         ("hit ratio", |c| pct(c.hit_ratio)),
@@ -182,7 +182,8 @@ fn method(r: &Report) -> String {
          304s reduce) count in every segment. Cache hits save origin work, not transfer: the bytes served from cache are \
          shown against the data-centre share only, as an upper bound. k6 measures what its virtual users received \
          (headers and bodies); Lighthouse measures one page view in Chromium. Portier's figures are the difference of its \
-         counters between `portier report mark DIR start` and `end`.",
+         counters between the run's two marks (`portier report mark DIR start|end`) or, with `--prometheus`, \
+         Prometheus's values of them at those times.",
         r.model.name, o.data_centre, o.network, o.device, e.data_centre, e.network, e.device, r.model.gb, r.grid_intensity
     )
 }
@@ -273,6 +274,11 @@ pub(super) fn html(r: &Report) -> String {
         out.push_str(&chart("Latency p95 per second", "ms", &series(|p| p.2)));
         out.push_str(&chart("Latency p99 per second", "ms", &series(|p| p.3)));
         out.push_str(&chart("Requests per second", "req/s", &series(|p| p.1 as f64)));
+    }
+    if r.runs.iter().any(|run| !run.hit_ratio.is_empty()) {
+        let series: Vec<(String, Vec<(f64, f64)>)> =
+            r.runs.iter().map(|run| (run.name.clone(), run.hit_ratio.iter().map(|(t, v)| (*t as f64, v * 100.0)).collect())).collect();
+        out.push_str(&chart("Cache hit ratio (Prometheus)", "%", &series));
     }
     let _ = write!(out, "<h2>Method</h2><p class=\"method\">{}</p><h2>Inputs</h2><ul>", esc(&method(r)));
     for run in &r.runs {

@@ -1,8 +1,9 @@
 //! `portier report` from the runbook's own files, for real: two k6 ramp runs against the demo
 //! (the baseline with the cache off, then the defaults), each between `portier report mark`
 //! start and end, with `--summary-export` and `--out json`, and a Lighthouse report of the
-//! home page; the report built from them is checked against those inputs, opened in headless
-//! Chromium and printed to PDF. The sample is kept in `proxy/tests/artifacts/report/`.
+//! home page, while a real Prometheus scrapes both; the report built from them (from the
+//! marks, then from Prometheus) is checked against those inputs, opened in headless Chromium
+//! and printed to PDF. The sample is kept in `proxy/tests/artifacts/report/`.
 
 use crate::common::prom::which;
 use crate::common::*;
@@ -31,14 +32,18 @@ fn ramp(dir: &Path, base: std::net::SocketAddr) {
     assert!(out.status.success(), "k6: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
 }
 
-/// One run: marks around k6, then Lighthouse (outside the marks: the window is k6's).
-fn one_run(dir: &Path, config: &Path) -> serde_json::Value {
-    let demo = start_demo(config);
+/// One run: marks around k6, then Lighthouse (outside the marks: the window is k6's). Quiet
+/// for two seconds around each mark, so Prometheus's last scrape before a mark (1 s apart)
+/// holds the same counts as the mark.
+fn one_run(dir: &Path, demo: &Demo) -> serde_json::Value {
     let d = dir.display().to_string();
     let admin = demo.admin.to_string();
+    let quiet = || std::thread::sleep(std::time::Duration::from_secs(2));
+    quiet();
     portier(&["report", "mark", &d, "start", "--admin", &admin]);
     ramp(dir, demo.public);
     portier(&["report", "mark", &d, "end", "--admin", &admin]);
+    quiet();
     let lh = crate::lighthouse::lighthouse_only(
         &format!("http://127.0.0.1:{}/", demo.public.port()),
         "--only-categories=performance,best-practices",
@@ -58,8 +63,15 @@ async fn a_report_from_real_k6_runs_checked_and_printed() {
     assert_ne!(no_cache, sample, "the sample config's [cache] section moved");
     let base_cfg = work.path().join("baseline.toml");
     std::fs::write(&base_cfg, no_cache).unwrap();
-    let (b, o, bc, oc) = (base_dir.clone(), opt_dir.clone(), base_cfg.clone(), root().join("config/portier.toml"));
-    let (base_summary, opt_summary) = tokio::task::spawn_blocking(move || (one_run(&b, &bc), one_run(&o, &oc))).await.unwrap();
+    let (base_demo, opt_demo) = (start_demo(&base_cfg), start_demo(&root().join("config/portier.toml")));
+    let prom = crate::common::prom::start_prometheus_scraping(&[base_demo.admin, opt_demo.admin]).await;
+    let (b, o) = (base_dir.clone(), opt_dir.clone());
+    let (base_summary, opt_summary, base_demo, opt_demo) = tokio::task::spawn_blocking(move || {
+        let (bs, os) = (one_run(&b, &base_demo), one_run(&o, &opt_demo));
+        (bs, os, base_demo, opt_demo)
+    })
+    .await
+    .unwrap();
 
     let runs = [format!("baseline={}", base_dir.display()), format!("optimised={}", opt_dir.display())];
     let printed =
@@ -92,6 +104,38 @@ async fn a_report_from_real_k6_runs_checked_and_printed() {
     assert!(opt["hit_ratio"].as_f64().unwrap() > 0.5, "the cached ramp: {opt}");
     assert!(opt["origin_requests"].as_f64().unwrap() < base["origin_requests"].as_f64().unwrap(), "{base} {opt}");
 
+    // The same counters read from Prometheus at the marks' times, and the hit ratio over time.
+    let from_prom = work.path().join("report-prometheus");
+    let prom_url = format!("http://{}", prom.addr);
+    portier(&[
+        "report",
+        "build",
+        "--run",
+        &runs[0],
+        "--run",
+        &runs[1],
+        "--out",
+        &from_prom.display().to_string(),
+        "--prometheus",
+        &prom_url,
+        "--scrape-interval",
+        "1500ms",
+    ]);
+    let rp: serde_json::Value = serde_json::from_slice(&std::fs::read(from_prom.join("report.json")).unwrap()).unwrap();
+    for (a, b) in report["runs"].as_array().unwrap().iter().zip(rp["runs"].as_array().unwrap()) {
+        assert_eq!((a["counters_from"].as_str(), b["counters_from"].as_str()), (Some("marks"), Some("prometheus")));
+        for field in ["requests", "hits", "origin_requests", "bytes_from_cache"] {
+            assert_eq!(a["cache"][field], b["cache"][field], "{field}: marks {} vs Prometheus {}", a["cache"], b["cache"]);
+        }
+    }
+    let ratios = |run: &serde_json::Value| run["hit_ratio"].as_array().unwrap().iter().map(|p| p[1].as_f64().unwrap()).collect::<Vec<_>>();
+    let (base_r, opt_r) = (ratios(&rp["runs"][0]), ratios(&rp["runs"][1]));
+    assert!(base_r.len() >= 3 && base_r.iter().all(|r| *r == 0.0), "{base_r:?}");
+    assert!(opt_r.iter().any(|r| *r > 0.5), "{opt_r:?}");
+    let prom_html = std::fs::read_to_string(from_prom.join("report.html")).unwrap();
+    assert!(prom_html.contains("Cache hit ratio (Prometheus)"));
+    drop((base_demo, opt_demo));
+
     let html = std::fs::read_to_string(out.join("report.html")).unwrap();
     assert!(!html.contains("<script") && !html.contains("src=\"http") && !html.contains("href=\"http"), "self-contained");
     for text in ["Before and after", "Cache and compression", "Energy and carbon", "Sustainable Web Design model v4", "<svg", "44.18"] {
@@ -103,8 +147,8 @@ async fn a_report_from_real_k6_runs_checked_and_printed() {
     // Printed by Chromium, and a screenshot kept with the sample.
     let artifacts = root().join("proxy/tests/artifacts/report");
     std::fs::create_dir_all(&artifacts).unwrap();
-    let pdf = out.join("report.pdf");
-    let url = format!("file://{}", out.join("report.html").display());
+    let pdf = from_prom.join("report.pdf");
+    let url = format!("file://{}", from_prom.join("report.html").display());
     let chromium = |args: &[String]| {
         let st = Command::new("/usr/bin/chromium")
             .args([
@@ -127,6 +171,6 @@ async fn a_report_from_real_k6_runs_checked_and_printed() {
     chromium(&[format!("--screenshot={}", artifacts.join("report.png").display()), "--window-size=1100,2200".into()]);
     assert!(artifacts.join("report.png").exists());
     for f in ["report.html", "report.md", "report.json"] {
-        std::fs::copy(out.join(f), artifacts.join(f)).unwrap();
+        std::fs::copy(from_prom.join(f), artifacts.join(f)).unwrap();
     }
 }

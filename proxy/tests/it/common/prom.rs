@@ -32,9 +32,17 @@ impl Drop for Prometheus {
 
 /// Prometheus cannot bind port 0 itself, so a free loopback port is picked and released.
 pub async fn start_prometheus(target: SocketAddr) -> Prometheus {
+    start_prometheus_scraping(&[target]).await
+}
+
+/// A Prometheus scraping every one of `targets` each second (job `proxy`).
+pub async fn start_prometheus_scraping(targets: &[SocketAddr]) -> Prometheus {
+    let target = targets[0];
+    let list: Vec<String> = targets.iter().map(|t| format!("\"{t}\"")).collect();
     let dir = tempfile::tempdir().unwrap();
     let cfg = format!(
-        "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n  - job_name: proxy\n    static_configs:\n      - targets: [\"{target}\"]\n"
+        "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n  - job_name: proxy\n    static_configs:\n      - targets: [{}]\n",
+        list.join(", ")
     );
     let cfg_path = dir.path().join("prometheus.yml");
     std::fs::write(&cfg_path, cfg).unwrap();
