@@ -28,6 +28,10 @@ pub enum ReportCommand {
         /// gCO2e per kWh: world (494, the model's default), FR (44.18), or a number.
         #[arg(long, default_value = "world")]
         grid_intensity: String,
+        /// Six kWh/GB figures replacing the model's: operational then embodied, each for data
+        /// centre, network and device (default 0.055,0.059,0.080,0.012,0.013,0.081).
+        #[arg(long)]
+        swd_constants: Option<String>,
         #[arg(long, default_value = "Eco-design report")]
         title: String,
         /// Read Portier's counters over each run from this Prometheus (e.g.
@@ -48,12 +52,17 @@ pub enum ReportCommand {
 pub(crate) fn command(c: ReportCommand) -> ExitCode {
     let result = match c {
         ReportCommand::Mark { dir, which, admin } => crate::report::mark(&dir, &which, &admin).map(|p| vec![p]),
-        ReportCommand::Build { runs, out, grid_intensity, title, prometheus, service_name, scrape_interval } => {
+        ReportCommand::Build { runs, out, grid_intensity, title, prometheus, service_name, scrape_interval, swd_constants } => {
             let scrape_interval = match scrape_interval.parse::<crate::config::HumanDuration>() {
                 Ok(d) => d.get(),
                 Err(e) => return super::fail(format!("--scrape-interval: {e}")),
             };
-            let sources = crate::report::Sources { prometheus: prometheus.as_deref(), service_name: &service_name, scrape_interval };
+            let sources = crate::report::Sources {
+                prometheus: prometheus.as_deref(),
+                service_name: &service_name,
+                scrape_interval,
+                swd_constants: swd_constants.as_deref(),
+            };
             crate::report::build(&runs, &out, &grid_intensity, &title, &sources)
         }
     };

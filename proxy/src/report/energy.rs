@@ -13,7 +13,7 @@ pub(crate) const GLOBAL_INTENSITY: f64 = 494.0;
 /// CO2.js's grid data for France (gCO2e/kWh).
 pub(crate) const FRANCE_INTENSITY: f64 = 44.18;
 
-#[derive(Debug, Clone, Copy, Serialize)]
+#[derive(Debug, Clone, Copy, Serialize, PartialEq)]
 pub(crate) struct Segments {
     pub data_centre: f64,
     pub network: f64,
@@ -46,17 +46,53 @@ pub(crate) struct Estimate {
     pub g_co2e: f64,
 }
 
-/// Bytes delivered to users: every segment counts.
-pub(crate) fn transfer(bytes: f64, intensity: f64) -> Estimate {
-    let kwh = bytes / 1e9 * (OPERATIONAL.total() + EMBODIED.total());
-    Estimate { bytes, kwh, g_co2e: kwh * intensity }
+/// The constants in use: the model's own unless `--swd-constants` gives others.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub(crate) struct Constants {
+    pub operational_kwh_per_gb: Segments,
+    pub embodied_kwh_per_gb: Segments,
+    pub grid_intensity: f64,
 }
 
-/// Bytes the origin did not produce (cache hits): at most the data-centre share, since the
-/// edge still sent them over the network to a device.
-pub(crate) fn data_centre_only(bytes: f64, intensity: f64) -> Estimate {
-    let kwh = bytes / 1e9 * (OPERATIONAL.data_centre + EMBODIED.data_centre);
-    Estimate { bytes, kwh, g_co2e: kwh * intensity }
+impl Constants {
+    pub(crate) fn new(intensity: f64) -> Constants {
+        Constants { operational_kwh_per_gb: OPERATIONAL, embodied_kwh_per_gb: EMBODIED, grid_intensity: intensity }
+    }
+
+    /// Six kWh/GB figures, `dc,network,device` operational then embodied.
+    pub(crate) fn with_segments(self, spec: &str) -> Result<Constants, String> {
+        let v: Vec<f64> = spec
+            .split(',')
+            .map(|x| x.trim().parse::<f64>())
+            .collect::<Result<_, _>>()
+            .map_err(|e| format!("--swd-constants {spec:?}: {e}"))?;
+        let [a, b, c, d, e, f] = v[..] else {
+            return Err(format!(
+                "--swd-constants {spec:?}: give six kWh/GB figures (operational then embodied: data centre, network, device)"
+            ));
+        };
+        if v.iter().any(|x| !x.is_finite() || *x < 0.0) {
+            return Err(format!("--swd-constants {spec:?}: figures are kWh per GB, 0 or more"));
+        }
+        Ok(Constants {
+            operational_kwh_per_gb: Segments { data_centre: a, network: b, device: c },
+            embodied_kwh_per_gb: Segments { data_centre: d, network: e, device: f },
+            ..self
+        })
+    }
+
+    /// Bytes delivered to users: every segment counts.
+    pub(crate) fn transfer(&self, bytes: f64) -> Estimate {
+        let kwh = bytes / 1e9 * (self.operational_kwh_per_gb.total() + self.embodied_kwh_per_gb.total());
+        Estimate { bytes, kwh, g_co2e: kwh * self.grid_intensity }
+    }
+
+    /// Bytes the origin did not produce (cache hits): at most the data-centre share, since the
+    /// edge still sent them over the network to a device.
+    pub(crate) fn data_centre_only(&self, bytes: f64) -> Estimate {
+        let kwh = bytes / 1e9 * (self.operational_kwh_per_gb.data_centre + self.embodied_kwh_per_gb.data_centre);
+        Estimate { bytes, kwh, g_co2e: kwh * self.grid_intensity }
+    }
 }
 
 /// The model's rating of one page view (grams per view, first visit).
@@ -74,13 +110,17 @@ mod tests {
     #[test]
     fn the_models_own_example() {
         // A 1 MB page at the global intensity: 0.001 GB × 0.30 kWh/GB × 494 ≈ 0.148 g (C).
-        let e = transfer(1e6, GLOBAL_INTENSITY);
+        let m = Constants::new(GLOBAL_INTENSITY);
+        let e = m.transfer(1e6);
         assert!((e.kwh - 0.0003).abs() < 1e-12, "{e:?}");
         assert!((e.g_co2e - 0.1482).abs() < 1e-9, "{e:?}");
         assert_eq!(rating(e.g_co2e), "C");
         assert_eq!(rating(0.04), "A+");
         assert_eq!(rating(1.0), "F");
-        assert!((data_centre_only(1e9, 1.0).kwh - 0.067).abs() < 1e-12);
+        assert!((Constants::new(1.0).data_centre_only(1e9).kwh - 0.067).abs() < 1e-12);
+        let custom = m.with_segments("1,0,0,0,0,0").unwrap();
+        assert_eq!((custom.transfer(1e9).kwh, custom.grid_intensity), (1.0, GLOBAL_INTENSITY));
+        assert!(m.with_segments("1,2").is_err() && m.with_segments("1,1,1,1,1,-1").is_err() && m.with_segments("a,1,1,1,1,1").is_err());
         assert_eq!(intensity("FR"), Ok(44.18));
         assert_eq!(intensity("100"), Ok(100.0));
         assert!(intensity("-1").is_err() && intensity("lots").is_err());

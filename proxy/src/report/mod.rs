@@ -21,6 +21,7 @@ pub(crate) enum ReportError {
     RunSpec(String),
     #[error("give at least one --run (the first is the baseline)")]
     NoRun,
+    /// A bad `--grid-intensity` or `--swd-constants`, named in the message.
     #[error("{0}")]
     Grid(String),
     #[error("writing {path}: {source}")]
@@ -38,6 +39,8 @@ pub(crate) struct Sources<'a> {
     pub prometheus: Option<&'a str>,
     pub service_name: &'a str,
     pub scrape_interval: std::time::Duration,
+    /// Six kWh/GB figures replacing the model's (`--swd-constants`).
+    pub swd_constants: Option<&'a str>,
 }
 
 /// What the cache and compression did over one run, from the two marks' difference.
@@ -155,12 +158,14 @@ pub(crate) struct Report {
 #[derive(Debug, Clone, Serialize)]
 pub(crate) struct Model {
     pub name: &'static str,
-    pub operational_kwh_per_gb: energy::Segments,
-    pub embodied_kwh_per_gb: energy::Segments,
+    /// Whether they are the model's own (`--swd-constants` not given).
+    pub default_constants: bool,
+    #[serde(flatten)]
+    pub constants: energy::Constants,
     pub gb: &'static str,
 }
 
-fn run(name: &str, dir: &Path, intensity: f64, prom: Option<&prometheus::Prometheus>) -> Result<Run, ReportError> {
+fn run(name: &str, dir: &Path, model: &energy::Constants, prom: Option<&prometheus::Prometheus>) -> Result<Run, ReportError> {
     let f = inputs::read_run(dir)?;
     let (cache, counters_from, hit_ratio) = match prom {
         Some(p) => {
@@ -174,7 +179,7 @@ fn run(name: &str, dir: &Path, intensity: f64, prom: Option<&prometheus::Prometh
         None => (f.marks.as_ref().map(|(s, e)| cache_work(s, e)), f.marks.as_ref().map(|_| "marks"), Vec::new()),
     };
     let per_view = f.lighthouse.iter().find_map(|l| l.total_byte_weight).map(|b| {
-        let e = energy::transfer(b, intensity);
+        let e = model.transfer(b);
         (e, energy::rating(e.g_co2e))
     });
     Ok(Run {
@@ -184,8 +189,8 @@ fn run(name: &str, dir: &Path, intensity: f64, prom: Option<&prometheus::Prometh
         p95_ms: f.points.as_ref().map(|p| p.p95_ms).or(f.summary.p95_ms),
         p99_ms: f.points.as_ref().map(|p| p.p99_ms).or(f.summary.p99_ms),
         rate_5xx: f.points.as_ref().map(|p| p.rate_5xx),
-        transfer: energy::transfer(f.summary.data_received, intensity),
-        origin_avoided: cache.as_ref().map(|c| energy::data_centre_only(c.bytes_from_cache, intensity)),
+        transfer: model.transfer(f.summary.data_received),
+        origin_avoided: cache.as_ref().map(|c| model.data_centre_only(c.bytes_from_cache)),
         per_second: f.points.map(|p| p.per_second).unwrap_or_default(),
         counters_from,
         hit_ratio,
@@ -198,6 +203,10 @@ fn run(name: &str, dir: &Path, intensity: f64, prom: Option<&prometheus::Prometh
 
 pub(crate) fn build(runs: &[String], out: &Path, grid: &str, title: &str, sources: &Sources<'_>) -> Result<Vec<PathBuf>, ReportError> {
     let intensity = energy::intensity(grid).map_err(ReportError::Grid)?;
+    let constants = match sources.swd_constants {
+        Some(spec) => energy::Constants::new(intensity).with_segments(spec).map_err(ReportError::Grid)?,
+        None => energy::Constants::new(intensity),
+    };
     if runs.is_empty() {
         return Err(ReportError::NoRun);
     }
@@ -206,7 +215,7 @@ pub(crate) fn build(runs: &[String], out: &Path, grid: &str, title: &str, source
     for spec in runs {
         let (name, dir) =
             spec.split_once('=').filter(|(n, d)| !n.is_empty() && !d.is_empty()).ok_or_else(|| ReportError::RunSpec(spec.clone()))?;
-        built.push(run(name, Path::new(dir), intensity, prom.as_ref())?);
+        built.push(run(name, Path::new(dir), &constants, prom.as_ref())?);
     }
     let report = Report {
         title: title.to_string(),
@@ -214,8 +223,8 @@ pub(crate) fn build(runs: &[String], out: &Path, grid: &str, title: &str, source
         grid_intensity: intensity,
         model: Model {
             name: "Sustainable Web Design model v4 (as CO2.js implements it)",
-            operational_kwh_per_gb: energy::OPERATIONAL,
-            embodied_kwh_per_gb: energy::EMBODIED,
+            default_constants: sources.swd_constants.is_none(),
+            constants,
             gb: "10^9 bytes",
         },
         runs: built,

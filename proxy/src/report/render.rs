@@ -174,17 +174,18 @@ fn energy_table(r: &Report) -> Table {
 }
 
 fn method(r: &Report) -> String {
-    let o = r.model.operational_kwh_per_gb;
-    let e = r.model.embodied_kwh_per_gb;
+    let o = r.model.constants.operational_kwh_per_gb;
+    let e = r.model.constants.embodied_kwh_per_gb;
+    let which = if r.model.default_constants { "its own constants" } else { "constants given with --swd-constants" };
     format!(
-        "{}: operational {} / {} / {} kWh per GB and embodied {} / {} / {} kWh per GB for data centre / network / device \
+        "{} with {which}: operational {} / {} / {} kWh per GB and embodied {} / {} / {} kWh per GB for data centre / network / device \
          (GB = {}), grid intensity {} gCO2e/kWh (also for embodied energy). Bytes delivered to users (what compression and \
          304s reduce) count in every segment. Cache hits save origin work, not transfer: the bytes served from cache are \
          shown against the data-centre share only, as an upper bound. k6 measures what its virtual users received \
          (headers and bodies); Lighthouse measures one page view in Chromium. Portier's figures are the difference of its \
          counters between the run's two marks (`portier report mark DIR start|end`) or, with `--prometheus`, \
          Prometheus's values of them at those times.",
-        r.model.name, o.data_centre, o.network, o.device, e.data_centre, e.network, e.device, r.model.gb, r.grid_intensity
+        r.model.name, o.data_centre, o.network, o.device, e.data_centre, e.network, e.device, r.model.gb, r.model.constants.grid_intensity
     )
 }
 

@@ -136,6 +136,17 @@ async fn a_report_from_real_k6_runs_checked_and_printed() {
     assert!(prom_html.contains("Cache hit ratio (Prometheus)"));
     drop((base_demo, opt_demo));
 
+    // The model's constants replaced: every byte at 1 kWh/GB in the data centre, 100 g/kWh.
+    let custom = work.path().join("report-custom");
+    let c = custom.display().to_string();
+    portier(&["report", "build", "--run", &runs[1], "--out", &c, "--grid-intensity", "100", "--swd-constants", "1,0,0,0,0,0"]);
+    let rc: serde_json::Value = serde_json::from_slice(&std::fs::read(custom.join("report.json")).unwrap()).unwrap();
+    let received = opt_summary["metrics"]["data_received"]["count"].as_f64().unwrap();
+    assert!((rc["runs"][0]["transfer"]["kwh"].as_f64().unwrap() - received / 1e9).abs() < 1e-12, "{rc}");
+    assert!((rc["runs"][0]["transfer"]["g_co2e"].as_f64().unwrap() - received / 1e9 * 100.0).abs() < 1e-9);
+    assert_eq!(rc["model"]["default_constants"], false);
+    assert!(std::fs::read_to_string(custom.join("report.md")).unwrap().contains("constants given with --swd-constants"));
+
     let html = std::fs::read_to_string(out.join("report.html")).unwrap();
     assert!(!html.contains("<script") && !html.contains("src=\"http") && !html.contains("href=\"http"), "self-contained");
     for text in ["Before and after", "Cache and compression", "Energy and carbon", "Sustainable Web Design model v4", "<svg", "44.18"] {
@@ -173,4 +184,51 @@ async fn a_report_from_real_k6_runs_checked_and_printed() {
     for f in ["report.html", "report.md", "report.json"] {
         std::fs::copy(from_prom.join(f), artifacts.join(f)).unwrap();
     }
+}
+
+/// Broken inputs: exit 1 with the file and the reason, and nothing written.
+#[test]
+fn a_report_refuses_broken_inputs_naming_them() {
+    let work = tempfile::tempdir().unwrap();
+    let run = work.path().join("run");
+    std::fs::create_dir_all(&run).unwrap();
+    let out = work.path().join("out");
+    let build = |extra: &[&str]| {
+        let mut args = vec!["report", "build", "--out", out.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        let o = Command::new(bin()).args(&args).output().unwrap();
+        (o.status.code(), String::from_utf8_lossy(&o.stderr).to_string())
+    };
+    let spec = format!("base={}", run.display());
+    let (code, err) = build(&["--run", &spec]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("no k6 summary") && err.contains(&run.display().to_string()), "{err}");
+    std::fs::write(run.join("ramp-summary.json"), "{\"metrics\": 3").unwrap();
+    let (_, err) = build(&["--run", &spec]);
+    assert!(err.contains("ramp-summary.json") && err.contains("not JSON"), "{err}");
+    std::fs::write(run.join("ramp-summary.json"), "{\"root_group\": {}}").unwrap();
+    let (_, err) = build(&["--run", &spec]);
+    assert!(err.contains("ramp-summary.json") && err.contains("metrics"), "{err}");
+    std::fs::write(run.join("ramp-summary.json"), "{\"metrics\": {\"http_reqs\": {\"count\": 10, \"rate\": 2}}}").unwrap();
+    std::fs::write(run.join("portier-start.json"), "{\"time_ms\": 1, \"totals\": {}}").unwrap();
+    let (_, err) = build(&["--run", &spec]);
+    assert!(err.contains("portier-end.json"), "one mark without the other: {err}");
+    std::fs::remove_file(run.join("portier-start.json")).unwrap();
+    for (args, needle) in [
+        (vec!["--run", "nodir"], "NAME=DIR"),
+        (vec!["--run", spec.as_str(), "--grid-intensity", "lots"], "--grid-intensity"),
+        (vec!["--run", spec.as_str(), "--swd-constants", "1,2"], "--swd-constants"),
+        (vec!["--run", spec.as_str(), "--prometheus", "localhost:9090"], "--prometheus"),
+        (vec!["--run", spec.as_str(), "--prometheus", "http://127.0.0.1:9"], "--prometheus needs the run's time window"),
+        (vec!["--run", spec.as_str(), "--scrape-interval", "soon", "--prometheus", "http://127.0.0.1:9"], "--scrape-interval"),
+    ] {
+        let (code, err) = build(&args);
+        assert_eq!(code, Some(1), "{args:?}");
+        assert!(err.contains(needle), "{args:?}: {err}");
+    }
+    assert!(!out.exists(), "nothing written");
+    let (code, _) = build(&["--run", &spec]);
+    assert_eq!(code, Some(0), "a summary alone is enough");
+    let md = std::fs::read_to_string(out.join("report.md")).unwrap();
+    assert!(md.contains("| requests | 10 |"), "{md}");
 }
