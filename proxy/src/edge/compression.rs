@@ -208,39 +208,6 @@ pub(crate) fn strongest_etag(fast: &http::HeaderValue) -> Option<http::HeaderVal
     http::HeaderValue::from_str(&format!("\"{inner}-max\"")).ok()
 }
 
-/// The decoded body of a response, kept as it passes when it may become a dictionary;
-/// dropped whole past `max` (never a partial body).
-pub(crate) struct Capture {
-    body: Vec<u8>,
-    max: usize,
-    over: bool,
-    /// Keep it as a compression dictionary ([`super::dictionary::keep`]).
-    pub(crate) dictionary: bool,
-}
-
-impl Capture {
-    pub(crate) fn new(resp: &ResponseHeader, max: usize) -> Capture {
-        // Reserved from the declared length (never more than `max`): no regrowth.
-        let reserve = crate::edge::target::content_length(&resp.headers).map_or(0, |n| usize::try_from(n).unwrap_or(0).min(max));
-        Capture { body: Vec::with_capacity(reserve), max, over: false, dictionary: false }
-    }
-
-    pub(crate) fn push(&mut self, chunk: &[u8]) {
-        if self.over || self.body.len() + chunk.len() > self.max {
-            self.over = true;
-            self.body = Vec::new();
-            return;
-        }
-        self.body.extend_from_slice(chunk);
-    }
-
-    /// The whole body, or `None` past the limit.
-    pub(crate) fn into_body(self) -> Option<Bytes> {
-        // Boxed first: a `Bytes` made from a `Vec` keeps its spare capacity.
-        (!self.over).then(|| Bytes::from(self.body.into_boxed_slice()))
-    }
-}
-
 /// Where an encoder writes; drained after every chunk.
 #[derive(Clone, Default)]
 struct Sink(Arc<Mutex<Vec<u8>>>);

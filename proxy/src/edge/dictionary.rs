@@ -171,6 +171,37 @@ pub(crate) fn keep(body: Bytes, min: usize, route: &str, store: &Dictionaries) {
     store.insert(Dictionary { data: DictionaryData { bytes: body, hash }, route: route.into() });
 }
 
+/// The decoded body of a response that becomes a dictionary, kept as it passes; dropped whole
+/// past `max` (never a partial body).
+pub(crate) struct Capture {
+    body: Vec<u8>,
+    max: usize,
+    over: bool,
+}
+
+impl Capture {
+    pub(crate) fn new(resp: &ResponseHeader, max: usize) -> Capture {
+        // Reserved from the declared length (never more than `max`): no regrowth.
+        let reserve = crate::edge::target::content_length(&resp.headers).map_or(0, |n| usize::try_from(n).unwrap_or(0).min(max));
+        Capture { body: Vec::with_capacity(reserve), max, over: false }
+    }
+
+    pub(crate) fn push(&mut self, chunk: &[u8]) {
+        if self.over || self.body.len() + chunk.len() > self.max {
+            self.over = true;
+            self.body = Vec::new();
+            return;
+        }
+        self.body.extend_from_slice(chunk);
+    }
+
+    /// The whole body, or `None` past the limit.
+    pub(crate) fn into_body(self) -> Option<Bytes> {
+        // Boxed first: a `Bytes` made from a `Vec` keeps its spare capacity.
+        (!self.over).then(|| Bytes::from(self.body.into_boxed_slice()))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

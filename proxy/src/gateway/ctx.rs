@@ -118,7 +118,7 @@ pub(crate) struct CompressPart {
     /// Set while the origin's body is being compressed on its way to the cache.
     pub(crate) encoder: Option<Box<crate::edge::compression::Encoder>>,
     /// Set while a response that becomes a dictionary is being received.
-    pub(crate) capture: Option<Box<crate::edge::compression::Capture>>,
+    pub(crate) capture: Option<Box<crate::edge::dictionary::Capture>>,
 }
 
 /// Tracing state.

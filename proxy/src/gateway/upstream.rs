@@ -154,13 +154,12 @@ impl State {
             (Some(crate::config::Coding::Zstd), false) => z.zstd_level,
             (None, _) => 0,
         };
+        // Before `prepare` drops the origin's Content-Length, which sizes the capture.
+        if keep_dictionary {
+            ctx.compress.capture = Some(Box::new(crate::edge::dictionary::Capture::new(resp, max_dictionary)));
+        }
         // Boxed: most requests compress nothing, and the request's state is moved whole.
         ctx.compress.encoder = crate::edge::compression::prepare(resp, ctx.compress.coding, dictionary, level).map(Box::new);
-        if keep_dictionary {
-            let mut c = crate::edge::compression::Capture::new(resp, max_dictionary);
-            c.dictionary = true;
-            ctx.compress.capture = Some(Box::new(c));
-        }
     }
 
     /// Compresses the origin's body chunk by chunk, before the cache sees it. A response that
@@ -169,29 +168,18 @@ impl State {
         if let Some(c) = ctx.compress.capture.as_mut() {
             c.push(body.as_deref().unwrap_or_default());
         }
-        let Some(enc) = ctx.compress.encoder.as_mut() else {
+        if let Some(enc) = ctx.compress.encoder.as_mut() {
+            enc.encode(body, end)?;
             if end {
-                self.body_received(ctx);
+                let (before, after) = enc.sizes();
+                self.metrics.compressed(ctx.route.pattern(), enc.label, before, after);
             }
-            return Ok(());
-        };
-        enc.encode(body, end)?;
-        if end {
-            let (before, after) = enc.sizes();
-            self.metrics.compressed(ctx.route.pattern(), enc.label, before, after);
-            self.body_received(ctx);
+        }
+        // The whole body arrived: a dictionary's is kept.
+        if let Some(whole) = ctx.compress.capture.take_if(|_| end).and_then(|c| c.into_body()) {
+            let min = usize::try_from(self.config.compression.min_size.0).unwrap_or(usize::MAX);
+            crate::edge::dictionary::keep(whole, min, ctx.route.pattern(), &self.dictionaries);
         }
         Ok(())
-    }
-
-    /// The whole body arrived: a dictionary's is kept.
-    fn body_received(&self, ctx: &mut Ctx) {
-        let Some(c) = ctx.compress.capture.take() else { return };
-        let keep = c.dictionary;
-        let Some(original) = c.into_body() else { return };
-        if keep {
-            let min = usize::try_from(self.config.compression.min_size.0).unwrap_or(usize::MAX);
-            crate::edge::dictionary::keep(original, min, ctx.route.pattern(), &self.dictionaries);
-        }
     }
 }

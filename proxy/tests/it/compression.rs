@@ -342,7 +342,7 @@ async fn a_revalidated_delta_keeps_its_vary() {
 }
 
 /// A real library (acorn, 247 KB, from the browser tests' npm install).
-fn library() -> String {
+pub(crate) fn library() -> String {
     let path = root().join("proxy/tests/browser/node_modules/acorn/dist/acorn.js");
     std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e} (make test runs npm ci in proxy/tests/browser)", path.display()))
 }
