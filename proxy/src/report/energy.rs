@@ -8,7 +8,9 @@ use serde::Serialize;
 pub(crate) const OPERATIONAL: Segments = Segments { data_centre: 0.055, network: 0.059, device: 0.080 };
 /// kWh per GB, embodied.
 pub(crate) const EMBODIED: Segments = Segments { data_centre: 0.012, network: 0.013, device: 0.081 };
-/// gCO2e per kWh, the model's global figure (also used for embodied energy).
+/// gCO2e per kWh, the model's global figure. CO2.js applies a chosen grid intensity to the
+/// operational energy only: embodied energy was spent where the hardware was made, so it stays
+/// at this global figure whatever `--grid-intensity` says.
 pub(crate) const GLOBAL_INTENSITY: f64 = 494.0;
 /// CO2.js's grid data for France (gCO2e/kWh).
 pub(crate) const FRANCE_INTENSITY: f64 = 44.18;
@@ -81,17 +83,24 @@ impl Constants {
         })
     }
 
+    fn estimate(&self, bytes: f64, operational: f64, embodied: f64) -> Estimate {
+        let gb = bytes / 1e9;
+        Estimate {
+            bytes,
+            kwh: gb * (operational + embodied),
+            g_co2e: gb * (operational * self.grid_intensity + embodied * GLOBAL_INTENSITY),
+        }
+    }
+
     /// Bytes delivered to users: every segment counts.
     pub(crate) fn transfer(&self, bytes: f64) -> Estimate {
-        let kwh = bytes / 1e9 * (self.operational_kwh_per_gb.total() + self.embodied_kwh_per_gb.total());
-        Estimate { bytes, kwh, g_co2e: kwh * self.grid_intensity }
+        self.estimate(bytes, self.operational_kwh_per_gb.total(), self.embodied_kwh_per_gb.total())
     }
 
     /// Bytes the origin did not produce (cache hits): at most the data-centre share, since the
     /// edge still sent them over the network to a device.
     pub(crate) fn data_centre_only(&self, bytes: f64) -> Estimate {
-        let kwh = bytes / 1e9 * (self.operational_kwh_per_gb.data_centre + self.embodied_kwh_per_gb.data_centre);
-        Estimate { bytes, kwh, g_co2e: kwh * self.grid_intensity }
+        self.estimate(bytes, self.operational_kwh_per_gb.data_centre, self.embodied_kwh_per_gb.data_centre)
     }
 }
 
@@ -124,5 +133,22 @@ mod tests {
         assert_eq!(intensity("FR"), Ok(44.18));
         assert_eq!(intensity("100"), Ok(100.0));
         assert!(intensity("-1").is_err() && intensity("lots").is_err());
+    }
+
+    #[test]
+    fn a_national_grid_changes_the_operational_share_only() {
+        // CO2.js SWDM v4 with France's grid: 0.194 kWh/GB × 44.18 + 0.106 kWh/GB × 494 per GB.
+        let fr = Constants::new(FRANCE_INTENSITY);
+        let gb = fr.transfer(1e9);
+        assert!((gb.kwh - 0.3).abs() < 1e-12, "{gb:?}");
+        assert!((gb.g_co2e - (0.194 * 44.18 + 0.106 * 494.0)).abs() < 1e-9, "{gb:?}");
+        // A 1 MB first visit on that grid: 0.0609 g, an A (a global grid makes it a C).
+        let page = fr.transfer(1e6).g_co2e;
+        assert!((page - 0.06093492).abs() < 1e-9 && rating(page) == "A", "{page}");
+        let dc = fr.data_centre_only(1e9);
+        assert!((dc.g_co2e - (0.055 * 44.18 + 0.012 * 494.0)).abs() < 1e-9, "{dc:?}");
+        // Embodied figures set to zero leave the chosen grid alone in the product.
+        let op_only = Constants::new(100.0).with_segments("1,0,0,0,0,0").unwrap();
+        assert_eq!(op_only.transfer(1e9).g_co2e, 100.0);
     }
 }

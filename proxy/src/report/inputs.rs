@@ -37,7 +37,6 @@ pub(crate) struct K6Summary {
     pub failed_rate: f64,
     pub data_received: f64,
     pub data_sent: f64,
-    pub duration_s: Option<f64>,
 }
 
 fn summary(path: &Path) -> Result<K6Summary, InputError> {
@@ -58,30 +57,31 @@ fn summary(path: &Path) -> Result<K6Summary, InputError> {
         failed_rate: num("http_req_failed", "value").or_else(|| num("http_req_failed", "rate")).unwrap_or(0.0),
         data_received: num("data_received", "count").unwrap_or(0.0),
         data_sent: num("data_sent", "count").unwrap_or(0.0),
-        duration_s: v["state"]["testRunDurationMs"].as_f64().map(|ms| ms / 1000.0),
     })
 }
 
-/// From k6's points: exact percentiles, the 5xx rate, and per-second series.
+/// From k6's points: percentiles over every request (as k6 computes them), the 5xx rate, and
+/// per-second series.
 #[derive(Debug, Clone, Serialize, Default)]
 pub(crate) struct K6Points {
     pub requests: usize,
     pub p95_ms: f64,
     pub p99_ms: f64,
-    pub rate_5xx: f64,
+    /// `None` when no point carried a `status` tag (k6 run with other `--system-tags`).
+    pub rate_5xx: Option<f64>,
     pub start_ms: u64,
     pub end_ms: u64,
-    /// (second from the start, requests, p95 ms, p99 ms)
+    /// (second from the start, requests, p95 ms, p99 ms); a second without a completed
+    /// request has 0 requests and no percentiles (NaN, null in JSON).
     pub per_second: Vec<(u64, usize, f64, f64)>,
 }
 
+/// k6's own percentile (its TrendSink): linear between the two values around `p·(n−1)`.
 pub(crate) fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return 0.0;
-    }
-    // Nearest rank above, as k6 reports p(95) of its own points closely enough to compare.
-    let rank = ((p / 100.0) * (sorted.len() - 1) as f64).round() as usize;
-    sorted[rank.min(sorted.len() - 1)]
+    let Some(last) = sorted.len().checked_sub(1) else { return 0.0 };
+    let at = p / 100.0 * last as f64;
+    let (lo, hi) = (at.floor() as usize, (at.ceil() as usize).min(last));
+    sorted[lo] + (sorted[hi] - sorted[lo]) * (at - lo as f64)
 }
 
 fn rfc3339_ms(s: &str) -> Option<u64> {
@@ -90,15 +90,23 @@ fn rfc3339_ms(s: &str) -> Option<u64> {
 }
 
 fn points(path: &Path) -> Result<K6Points, InputError> {
-    let text = std::fs::read_to_string(path).map_err(|source| InputError::Read { path: path.into(), source })?;
+    use std::io::BufRead;
+    let file = std::fs::File::open(path).map_err(|source| InputError::Read { path: path.into(), source })?;
+    // A line at a time: a long run's file is gigabytes.
+    let mut lines = std::io::BufReader::new(file).split(b'\n').enumerate().peekable();
     let mut durations: Vec<(u64, f64)> = Vec::new();
-    let (mut total, mut errors_5xx) = (0usize, 0usize);
-    for (i, line) in text.lines().enumerate() {
-        if line.trim().is_empty() {
+    let (mut tagged, mut errors_5xx) = (0usize, 0usize);
+    while let Some((i, line)) = lines.next() {
+        let line = line.map_err(|source| InputError::Read { path: path.into(), source })?;
+        if line.iter().all(u8::is_ascii_whitespace) {
             continue;
         }
-        let v: Value =
-            serde_json::from_str(line).map_err(|e| InputError::Shape { path: path.into(), what: format!("line {}: {e}", i + 1) })?;
+        let v: Value = match serde_json::from_slice(&line) {
+            Ok(v) => v,
+            // k6 stopped mid-write: the last line may be cut; anything else is refused.
+            Err(_) if lines.peek().is_none() => break,
+            Err(e) => return Err(InputError::Shape { path: path.into(), what: format!("line {}: {e}", i + 1) }),
+        };
         if v["type"] != "Point" {
             continue;
         }
@@ -110,9 +118,9 @@ fn points(path: &Path) -> Result<K6Points, InputError> {
                 }
             }
             Some("http_reqs") => {
-                total += 1;
-                if d["tags"]["status"].as_str().is_some_and(|s| s.starts_with('5')) {
-                    errors_5xx += 1;
+                if let Some(status) = d["tags"]["status"].as_str() {
+                    tagged += 1;
+                    errors_5xx += usize::from(status.starts_with('5'));
                 }
             }
             _ => {}
@@ -128,11 +136,13 @@ fn points(path: &Path) -> Result<K6Points, InputError> {
     for (t, ms) in &durations {
         by_second.entry((t - start) / 1000).or_default().push(*ms);
     }
-    let per_second = by_second
-        .into_iter()
-        .map(|(s, mut v)| {
-            v.sort_by(f64::total_cmp);
-            (s, v.len(), percentile(&v, 95.0), percentile(&v, 99.0))
+    let per_second = (0..=(end - start) / 1000)
+        .map(|s| match by_second.get_mut(&s) {
+            Some(v) => {
+                v.sort_by(f64::total_cmp);
+                (s, v.len(), percentile(v, 95.0), percentile(v, 99.0))
+            }
+            None => (s, 0, f64::NAN, f64::NAN),
         })
         .collect();
     let mut all: Vec<f64> = durations.iter().map(|d| d.1).collect();
@@ -141,7 +151,7 @@ fn points(path: &Path) -> Result<K6Points, InputError> {
         requests: durations.len(),
         p95_ms: percentile(&all, 95.0),
         p99_ms: percentile(&all, 99.0),
-        rate_5xx: if total == 0 { 0.0 } else { errors_5xx as f64 / total as f64 },
+        rate_5xx: (tagged > 0).then(|| errors_5xx as f64 / tagged as f64),
         start_ms: start,
         end_ms: end,
         per_second,
@@ -210,23 +220,49 @@ pub(crate) struct RunFiles {
 
 pub(crate) fn read_run(dir: &Path) -> Result<RunFiles, InputError> {
     let entries = std::fs::read_dir(dir).map_err(|source| InputError::Read { path: dir.into(), source })?;
-    let mut names: Vec<PathBuf> =
-        entries.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.extension().is_some_and(|x| x == "json")).collect();
-    names.sort();
-    let file = |p: &PathBuf| p.file_name().map(|n| n.to_string_lossy().to_ascii_lowercase()).unwrap_or_default();
-    let summary_path = names.iter().find(|p| file(p).contains("summary")).ok_or_else(|| InputError::NoSummary(dir.into()))?;
-    let points = match names.iter().find(|p| file(p).contains("metrics")) {
-        Some(p) => Some(points(p)?),
-        None => None,
+    let name = |p: &PathBuf| p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let lower = |p: &PathBuf| name(p).to_ascii_lowercase();
+    let mut json: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| lower(p).ends_with(".json")).collect();
+    json.sort();
+    // Each kind by its name; two of one kind is a question only the user can answer.
+    let one = |kind: &str, want: &dyn Fn(&str) -> bool| -> Result<Option<PathBuf>, InputError> {
+        let found: Vec<&PathBuf> = json.iter().filter(|p| want(&lower(p))).collect();
+        match found[..] {
+            [] => Ok(None),
+            [p] => Ok(Some(p.clone())),
+            _ => Err(InputError::Shape {
+                path: dir.into(),
+                what: format!(
+                    "several {kind} files ({}): keep one per run directory",
+                    found.iter().map(|p| name(p)).collect::<Vec<_>>().join(", ")
+                ),
+            }),
+        }
     };
-    let lighthouse = names.iter().filter(|p| file(p).starts_with("lighthouse")).map(|p| lighthouse(p)).collect::<Result<Vec<_>, _>>()?;
+    let k6 = |n: &str| !n.starts_with("lighthouse") && !n.starts_with("portier-");
+    let summary_path =
+        one("k6 summary (*summary*.json)", &|n| k6(n) && n.contains("summary"))?.ok_or_else(|| InputError::NoSummary(dir.into()))?;
+    let points_path = one("k6 points (*metrics*.json)", &|n| k6(n) && n.contains("metrics"))?;
+    let lighthouse_paths: Vec<&PathBuf> = json.iter().filter(|p| lower(p).starts_with("lighthouse")).collect();
     let (start, end) = (dir.join("portier-start.json"), dir.join("portier-end.json"));
     let marks = match (start.exists(), end.exists()) {
         (true, true) => Some((mark(&start)?, mark(&end)?)),
         (false, false) => None,
         _ => return Err(InputError::Shape { path: dir.into(), what: "one of portier-start.json / portier-end.json is missing".into() }),
     };
-    Ok(RunFiles { summary: summary(summary_path)?, points, lighthouse, marks, files: names.iter().map(file).collect() })
+    let mut files = vec![name(&summary_path)];
+    files.extend(points_path.iter().map(name));
+    files.extend(lighthouse_paths.iter().map(|p| name(p)));
+    if marks.is_some() {
+        files.extend(["portier-start.json".to_string(), "portier-end.json".to_string()]);
+    }
+    Ok(RunFiles {
+        summary: summary(&summary_path)?,
+        points: points_path.as_deref().map(points).transpose()?,
+        lighthouse: lighthouse_paths.into_iter().map(|p| lighthouse(p)).collect::<Result<Vec<_>, _>>()?,
+        marks,
+        files,
+    })
 }
 
 #[cfg(test)]
@@ -236,8 +272,9 @@ mod tests {
     #[test]
     fn percentiles_and_timestamps() {
         let v: Vec<f64> = (1..=100).map(f64::from).collect();
-        assert_eq!(percentile(&v, 95.0), 95.0);
-        assert_eq!(percentile(&v, 99.0), 99.0);
+        assert!((percentile(&v, 95.0) - 95.05).abs() < 1e-9, "k6's interpolation");
+        assert_eq!(percentile(&[10.0, 1000.0], 95.0), 950.5);
+        assert_eq!(percentile(&[7.0], 99.0), 7.0);
         assert_eq!(percentile(&[], 95.0), 0.0);
         assert_eq!(rfc3339_ms("2026-12-07T10:00:01.250+01:00"), Some(1_796_634_001_250));
         assert_eq!(rfc3339_ms("yesterday"), None);

@@ -30,6 +30,8 @@ pub(crate) enum ReportError {
     Admin { admin: String, what: String },
     #[error(transparent)]
     Prometheus(#[from] prometheus::PromError),
+    #[error("Portier's counters, {0}")]
+    Counters(String),
     #[error("{0}: --prometheus needs the run's time window: portier-start.json and portier-end.json, or k6 points (*metrics*.json)")]
     NoWindow(PathBuf),
 }
@@ -53,12 +55,18 @@ pub(crate) struct CacheWork {
     pub not_modified: f64,
     pub share_304: f64,
     pub origin_requests: f64,
-    pub origin_ms_avg: f64,
-    /// Hits × the run's mean origin time: what the origin would have spent answering them.
-    pub origin_time_avoided_s: f64,
-    pub bytes_from_cache: f64,
-    pub bytes_from_origin: f64,
+    /// `None` without an origin request.
+    pub origin_ms_avg: Option<f64>,
+    /// Hits × the baseline's mean origin time (this run's when the baseline has none): what
+    /// the origin would have spent answering them, to the response header.
+    pub origin_time_avoided_s: Option<f64>,
+    /// `None` when the cache was off (these are only counted through it).
+    pub bytes_from_cache: Option<f64>,
+    pub bytes_from_origin: Option<f64>,
+    /// Compressed on the way into the cache, per coding.
     pub compression: Vec<CodingWork>,
+    /// Bytes the background re-compression took off stored copies.
+    pub recompress_saved: f64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -70,8 +78,16 @@ pub(crate) struct CodingWork {
     pub ratio: f64,
 }
 
-fn cache_work(start: &Mark, end: &Mark) -> CacheWork {
-    let delta = |key: &str| (end.totals.get(key).copied().unwrap_or(0.0) - start.totals.get(key).copied().unwrap_or(0.0)).max(0.0);
+/// The counters' differences; a counter that went down (Portier restarted, marks swapped, a
+/// replica gone from Prometheus) makes every figure wrong and is refused.
+fn cache_work(start: &Mark, end: &Mark, what: &str) -> Result<CacheWork, ReportError> {
+    if end.time_ms < start.time_ms {
+        return Err(ReportError::Counters(format!("{what}: the end ({}) is before the start ({})", end.time_ms, start.time_ms)));
+    }
+    if let Some(k) = start.totals.iter().find(|(k, v)| end.totals.get(*k).copied().unwrap_or(0.0) < **v).map(|(k, _)| k) {
+        return Err(ReportError::Counters(format!("{what}: {k} went down between start and end (a restart during the run?)")));
+    }
+    let delta = |key: &str| end.totals.get(key).copied().unwrap_or(0.0) - start.totals.get(key).copied().unwrap_or(0.0);
     let sum_where = |prefix: &str, want: &dyn Fn(&str) -> bool| -> f64 {
         // From +0.0: an empty f64 sum is -0.0.
         end.totals.keys().filter(|k| k.starts_with(prefix) && want(k)).map(|k| delta(k)).fold(0.0, |a, b| a + b)
@@ -83,7 +99,8 @@ fn cache_work(start: &Mark, end: &Mark) -> CacheWork {
     let not_modified = sum_where("traces_spanmetrics_calls_total", &|k| k.contains("\"304\""));
     let origin_requests = delta("upstream_request_duration_milliseconds_count");
     let origin_ms = delta("upstream_request_duration_milliseconds_sum");
-    let origin_ms_avg = if origin_requests > 0.0 { origin_ms / origin_requests } else { 0.0 };
+    let origin_ms_avg = (origin_requests > 0.0).then(|| origin_ms / origin_requests);
+    let through_cache = sum_where("cache_requests_total{", &|_| true) > 0.0;
     let mut codings: Vec<String> = end
         .totals
         .keys()
@@ -101,8 +118,8 @@ fn cache_work(start: &Mark, end: &Mark) -> CacheWork {
         })
         .filter(|c| c.bytes_in > 0.0)
         .collect();
-    CacheWork {
-        window_s: end.time_ms.saturating_sub(start.time_ms) as f64 / 1000.0,
+    Ok(CacheWork {
+        window_s: (end.time_ms - start.time_ms) as f64 / 1000.0,
         requests,
         hits,
         hit_ratio: if requests > 0.0 { hits / requests } else { 0.0 },
@@ -110,11 +127,12 @@ fn cache_work(start: &Mark, end: &Mark) -> CacheWork {
         share_304: if calls > 0.0 { not_modified / calls } else { 0.0 },
         origin_requests,
         origin_ms_avg,
-        origin_time_avoided_s: hits * origin_ms_avg / 1000.0,
-        bytes_from_cache: delta("cache_served_bytes_total{source=\"cache\"}"),
-        bytes_from_origin: delta("cache_served_bytes_total{source=\"origin\"}"),
+        origin_time_avoided_s: None,
+        bytes_from_cache: through_cache.then(|| delta("cache_served_bytes_total{source=\"cache\"}")),
+        bytes_from_origin: through_cache.then(|| delta("cache_served_bytes_total{source=\"origin\"}")),
         compression,
-    }
+        recompress_saved: sum_where("compression_recompress_saved_bytes_total", &|_| true),
+    })
 }
 
 /// One run, as the report shows it.
@@ -174,11 +192,15 @@ fn run(name: &str, dir: &Path, model: &energy::Constants, prom: Option<&promethe
             let (start, end) = window.ok_or_else(|| ReportError::NoWindow(dir.into()))?;
             let (s, e) = p.window(start, end)?;
             let (s, e) = (Mark { time_ms: start, totals: s }, Mark { time_ms: end, totals: e });
-            (Some(cache_work(&s, &e)), Some("prometheus"), p.hit_ratio(start, end)?)
+            (Some(cache_work(&s, &e, &format!("{} (Prometheus)", dir.display()))?), Some("prometheus"), p.hit_ratio(start, end)?)
         }
-        None => (f.marks.as_ref().map(|(s, e)| cache_work(s, e)), f.marks.as_ref().map(|_| "marks"), Vec::new()),
+        None => {
+            let what = dir.join("portier-start.json, portier-end.json").display().to_string();
+            (f.marks.as_ref().map(|(s, e)| cache_work(s, e, &what)).transpose()?, f.marks.as_ref().map(|_| "marks"), Vec::new())
+        }
     };
-    let per_view = f.lighthouse.iter().find_map(|l| l.total_byte_weight).map(|b| {
+    // The first Lighthouse report only, for every row (scores, weight, rating alike).
+    let per_view = f.lighthouse.first().and_then(|l| l.total_byte_weight).map(|b| {
         let e = model.transfer(b);
         (e, energy::rating(e.g_co2e))
     });
@@ -188,9 +210,9 @@ fn run(name: &str, dir: &Path, model: &energy::Constants, prom: Option<&promethe
         files: f.files,
         p95_ms: f.points.as_ref().map(|p| p.p95_ms).or(f.summary.p95_ms),
         p99_ms: f.points.as_ref().map(|p| p.p99_ms).or(f.summary.p99_ms),
-        rate_5xx: f.points.as_ref().map(|p| p.rate_5xx),
+        rate_5xx: f.points.as_ref().and_then(|p| p.rate_5xx),
         transfer: model.transfer(f.summary.data_received),
-        origin_avoided: cache.as_ref().map(|c| model.data_centre_only(c.bytes_from_cache)),
+        origin_avoided: cache.as_ref().and_then(|c| c.bytes_from_cache).map(|b| model.data_centre_only(b)),
         per_second: f.points.map(|p| p.per_second).unwrap_or_default(),
         counters_from,
         hit_ratio,
@@ -216,6 +238,14 @@ pub(crate) fn build(runs: &[String], out: &Path, grid: &str, title: &str, source
         let (name, dir) =
             spec.split_once('=').filter(|(n, d)| !n.is_empty() && !d.is_empty()).ok_or_else(|| ReportError::RunSpec(spec.clone()))?;
         built.push(run(name, Path::new(dir), &constants, prom.as_ref())?);
+    }
+    // What the hits would have cost the origin: the baseline's mean origin time (with the
+    // cache on, a run's own misses are few and colder).
+    let baseline_ms = built.first().and_then(|r| r.cache.as_ref()).and_then(|c| c.origin_ms_avg);
+    for r in &mut built {
+        if let Some(c) = r.cache.as_mut() {
+            c.origin_time_avoided_s = baseline_ms.or(c.origin_ms_avg).map(|ms| c.hits * ms / 1000.0);
+        }
     }
     let report = Report {
         title: title.to_string(),

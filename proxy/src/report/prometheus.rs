@@ -62,7 +62,9 @@ impl Prometheus {
     /// The totals at `t_ms`, keyed as `/metrics/totals` keys them.
     fn totals_at(&self, t_ms: u64) -> Result<Totals, PromError> {
         let svc = &self.service;
-        let queries: [(String, &str, &[&str]); 6] = [
+        let queries: [(String, &str, &[&str]); 8] = [
+            ("sum by (cache_status) (cache_requests_total)".into(), "cache_requests_total", &["cache_status"]),
+            ("sum(compression_recompress_saved_bytes_total)".into(), "compression_recompress_saved_bytes_total", &[]),
             ("sum(cache_hit_total)".into(), "cache_hit_total", &[]),
             (
                 format!("sum by (http_status_code) (traces_spanmetrics_calls_total{{service_name=\"{svc}\"}})"),
@@ -92,10 +94,11 @@ impl Prometheus {
     pub(crate) fn hit_ratio(&self, start_ms: u64, end_ms: u64) -> Result<Vec<(u64, f64)>, PromError> {
         let span = end_ms.saturating_sub(start_ms) / 1000;
         let step = (span / 200).max(1);
-        // The rate window spans a few scrapes whatever the step.
+        // The rate window spans a few scrapes whatever the step; a step without requests has
+        // no ratio (`> 0` drops it) rather than a 0% that reads as a cold cache.
         let window = (step * 4).max(5);
         let q = format!(
-            "sum(rate(cache_hit_total[{window}s])) / clamp_min(sum(rate(traces_spanmetrics_calls_total{{service_name=\"{}\"}}[{window}s])), 1e-9)",
+            "sum(rate(cache_hit_total[{window}s])) / (sum(rate(traces_spanmetrics_calls_total{{service_name=\"{}\"}}[{window}s])) > 0)",
             self.service
         );
         let target =

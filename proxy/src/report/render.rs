@@ -72,6 +72,7 @@ fn comparison(r: &Report) -> Table {
         ("page requests (Lighthouse)", |r| r.lighthouse.first().and_then(|l| l.requests.map(|n| n as f64)), |v| num(v, 0)),
         ("gCO2e per page view", |r| r.per_view.map(|(e, _)| e.g_co2e), grams),
         ("gCO2e for the run's transfer", |r| Some(r.transfer.g_co2e), grams),
+        ("gCO2e per request", |r| (r.k6.requests > 0.0).then(|| r.transfer.g_co2e / r.k6.requests), grams),
     ];
     let mut rows: Vec<Vec<String>> = measures
         .into_iter()
@@ -100,8 +101,16 @@ fn comparison(r: &Report) -> Table {
         rows.push(row);
     }
     if r.runs.iter().any(|run| run.per_view.is_some()) {
-        let mut row = vec!["rating per page view (SWD v4)".to_string()];
+        let mut row = vec!["rating per page view (SWD v4, first visit)".to_string()];
         row.extend(r.runs.iter().map(|run| run.per_view.map_or("—".into(), |(_, rating)| rating.to_string())));
+        if r.runs.len() >= 2 {
+            row.push(String::new());
+        }
+        rows.push(row);
+    }
+    if r.runs.iter().any(|run| !run.lighthouse.is_empty()) {
+        let mut row = vec!["page audited by Lighthouse".to_string()];
+        row.extend(r.runs.iter().map(|run| run.lighthouse.first().map_or("—".into(), |l| l.url.clone())));
         if r.runs.len() >= 2 {
             row.push(String::new());
         }
@@ -125,10 +134,11 @@ fn cache_table(r: &Report) -> Option<Table> {
         ("304 Not Modified sent", |c| num(c.not_modified, 0)),
         ("304 share", |c| pct(c.share_304)),
         ("origin requests", |c| num(c.origin_requests, 0)),
-        ("mean origin time (ms)", |c| num(c.origin_ms_avg, 2)),
-        ("origin time avoided (s, hits × mean origin time)", |c| num(c.origin_time_avoided_s, 2)),
-        ("body bytes from cache", |c| bytes(c.bytes_from_cache)),
-        ("body bytes from origin", |c| bytes(c.bytes_from_origin)),
+        ("mean origin time to the response header (ms)", |c| opt(c.origin_ms_avg, 2)),
+        ("origin time avoided (s, hits × the baseline's mean origin time)", |c| opt(c.origin_time_avoided_s, 2)),
+        ("body bytes from cache", |c| c.bytes_from_cache.map_or("—".into(), bytes)),
+        ("body bytes from origin", |c| c.bytes_from_origin.map_or("—".into(), bytes)),
+        ("taken off stored copies by the background re-compression", |c| bytes(c.recompress_saved)),
     ];
     let mut out: Vec<Vec<String>> = rows
         .into_iter()
@@ -143,12 +153,12 @@ fn cache_table(r: &Report) -> Option<Table> {
     codings.sort();
     codings.dedup();
     for coding in codings {
-        let mut row = vec![format!("compressed with {coding}: in → out (saved)")];
+        let mut row = vec![format!("compressed into the cache with {coding}: in → out (×ratio)")];
         row.extend(r.runs.iter().map(|run| {
             run.cache
                 .as_ref()
                 .and_then(|c| c.compression.iter().find(|w| w.encoding == coding))
-                .map_or("—".into(), |w| format!("{} → {} ({})", bytes(w.bytes_in), bytes(w.bytes_out), bytes(w.bytes_in - w.bytes_out)))
+                .map_or("—".into(), |w| format!("{} → {} (×{:.3})", bytes(w.bytes_in), bytes(w.bytes_out), w.ratio))
         }));
         out.push(row);
     }
@@ -177,15 +187,37 @@ fn method(r: &Report) -> String {
     let o = r.model.constants.operational_kwh_per_gb;
     let e = r.model.constants.embodied_kwh_per_gb;
     let which = if r.model.default_constants { "its own constants" } else { "constants given with --swd-constants" };
+    let sources: Vec<String> = r
+        .runs
+        .iter()
+        .map(|run| {
+            let from = match run.counters_from {
+                Some("prometheus") => "Prometheus's values of its counters at the run's start and end",
+                Some(_) => "the difference of its counters between the run's two marks (portier report mark DIR start|end)",
+                None => "none (no marks, no --prometheus)",
+            };
+            format!("{}: {from}", run.name)
+        })
+        .collect();
     format!(
-        "{} with {which}: operational {} / {} / {} kWh per GB and embodied {} / {} / {} kWh per GB for data centre / network / device \
-         (GB = {}), grid intensity {} gCO2e/kWh (also for embodied energy). Bytes delivered to users (what compression and \
-         304s reduce) count in every segment. Cache hits save origin work, not transfer: the bytes served from cache are \
-         shown against the data-centre share only, as an upper bound. k6 measures what its virtual users received \
-         (headers and bodies); Lighthouse measures one page view in Chromium. Portier's figures are the difference of its \
-         counters between the run's two marks (`portier report mark DIR start|end`) or, with `--prometheus`, \
-         Prometheus's values of them at those times.",
-        r.model.name, o.data_centre, o.network, o.device, e.data_centre, e.network, e.device, r.model.gb, r.model.constants.grid_intensity
+        "No energy was measured: the figures are an estimate from bytes transferred. {} with {which}: operational {} / {} / {} kWh \
+         per GB and embodied {} / {} / {} kWh per GB for data centre / network / device (GB = {}). Operational energy is \
+         multiplied by the chosen grid intensity ({} gCO2e/kWh), embodied energy by the global {} gCO2e/kWh, as CO2.js does. \
+         Bytes delivered to users (what compression and 304s reduce) count in every segment. Cache hits save origin work, \
+         not transfer: the bytes served from cache are shown against the data-centre share only, as an upper bound. The page \
+         rating is one first visit (no browser cache) of the page Lighthouse audited. k6 measures what its virtual users \
+         received (headers and bodies); Lighthouse measures one page view in Chromium. Portier's figures come from {}.",
+        r.model.name,
+        o.data_centre,
+        o.network,
+        o.device,
+        e.data_centre,
+        e.network,
+        e.device,
+        r.model.gb,
+        r.model.constants.grid_intensity,
+        super::energy::GLOBAL_INTENSITY,
+        sources.join("; ")
     )
 }
 
@@ -206,7 +238,7 @@ const COLOURS: [&str; 4] = ["#8a8a8a", "#1f7a4d", "#2b6cb0", "#b7791f"];
 fn chart(title: &str, unit: &str, series: &[(String, Vec<(f64, f64)>)]) -> String {
     let (w, h, pad) = (640.0, 220.0, 40.0);
     let max_x = series.iter().flat_map(|(_, p)| p.iter().map(|p| p.0)).fold(1.0, f64::max);
-    let max_y = series.iter().flat_map(|(_, p)| p.iter().map(|p| p.1)).fold(0.0, f64::max).max(1e-9) * 1.1;
+    let max_y = series.iter().flat_map(|(_, p)| p.iter().map(|p| p.1)).filter(|y| y.is_finite()).fold(0.0, f64::max).max(1e-9) * 1.1;
     let mut svg = format!(
         "<figure><figcaption>{}</figcaption><svg viewBox=\"0 0 {w} {h}\" width=\"{w}\" height=\"{h}\" role=\"img\" aria-label=\"{}\">\
          <line x1=\"{pad}\" y1=\"{y0}\" x2=\"{x1}\" y2=\"{y0}\" stroke=\"#999\"/><line x1=\"{pad}\" y1=\"10\" x2=\"{pad}\" y2=\"{y0}\" stroke=\"#999\"/>\
@@ -223,11 +255,14 @@ fn chart(title: &str, unit: &str, series: &[(String, Vec<(f64, f64)>)]) -> Strin
     );
     for (i, (name, points)) in series.iter().enumerate() {
         let colour = COLOURS[i % COLOURS.len()];
-        let pts: Vec<String> = points
-            .iter()
-            .map(|(x, y)| format!("{:.1},{:.1}", pad + x / max_x * (w - pad - 10.0), (h - pad) - y / max_y * (h - pad - 10.0)))
-            .collect();
-        let _ = write!(svg, "<polyline fill=\"none\" stroke=\"{colour}\" stroke-width=\"1.5\" points=\"{}\"/>", pts.join(" "));
+        // A second without a value (no request completed) breaks the line rather than drawing 0.
+        for segment in points.split(|p| !p.1.is_finite()).filter(|s| !s.is_empty()) {
+            let pts: Vec<String> = segment
+                .iter()
+                .map(|(x, y)| format!("{:.1},{:.1}", pad + x / max_x * (w - pad - 10.0), (h - pad) - y / max_y * (h - pad - 10.0)))
+                .collect();
+            let _ = write!(svg, "<polyline fill=\"none\" stroke=\"{colour}\" stroke-width=\"1.5\" points=\"{}\"/>", pts.join(" "));
+        }
         let _ = write!(
             svg,
             "<text x=\"{}\" y=\"{}\" font-size=\"11\" fill=\"{colour}\">{}</text>",
@@ -289,17 +324,36 @@ pub(super) fn html(r: &Report) -> String {
     out
 }
 
-pub(super) fn markdown(r: &Report) -> String {
-    let mut out = format!("# {}\n\nGenerated {} by `portier report`.\n", r.title, r.generated);
-    for t in tables(r) {
-        let _ = write!(out, "\n## {}\n\n| {} |\n|{}\n", t.title, t.head.join(" | "), " --- |".repeat(t.head.len()));
-        for row in &t.rows {
-            let _ = writeln!(out, "| {} |", row.join(" | "));
+/// A Markdown table cell or line: a run name or path with `|`, `*` or `<` in it must not
+/// break the table or become markup.
+fn md(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '\n' | '\r' => out.push(' '),
+            '\\' | '|' | '*' | '_' | '`' | '<' | '>' | '[' | ']' | '#' => {
+                out.push('\\');
+                out.push(c);
+            }
+            c => out.push(c),
         }
     }
-    let _ = write!(out, "\n## Method\n\n{}\n\n## Inputs\n\n", method(r));
+    out
+}
+
+pub(super) fn markdown(r: &Report) -> String {
+    let cells = |row: &[String]| row.iter().map(|c| md(c)).collect::<Vec<_>>().join(" | ");
+    let mut out = format!("# {}\n\nGenerated {} by `portier report`.\n", md(&r.title), r.generated);
+    for t in tables(r) {
+        let _ = write!(out, "\n## {}\n\n| {} |\n|{}\n", t.title, cells(&t.head), " --- |".repeat(t.head.len()));
+        for row in &t.rows {
+            let _ = writeln!(out, "| {} |", cells(row));
+        }
+    }
+    let _ = write!(out, "\n## Method\n\n{}\n\n## Inputs\n\n", md(&method(r)));
     for run in &r.runs {
-        let _ = writeln!(out, "- {}: `{}` ({})", run.name, run.dir, run.files.join(", "));
+        let files: Vec<String> = run.files.iter().map(|f| md(f)).collect();
+        let _ = writeln!(out, "- {}: {} ({})", md(&run.name), md(&run.dir), files.join(", "));
     }
     out
 }

@@ -324,7 +324,8 @@ impl Metrics {
     /// over every label but the ones it reads (`cache_requests_total{cache_status="HIT"}`; a
     /// histogram as its `_sum` and `_count`): a few dozen numbers, whatever the routes.
     pub(crate) fn totals(&self) -> std::collections::BTreeMap<String, f64> {
-        let keep: [(&str, &[&str]); 7] = [
+        let keep: [(&str, &[&str]); 8] = [
+            (COMPRESSION_RECOMPRESS_SAVED.name, &[]),
             (CACHE_HIT.name, &[]),
             (CACHE_REQUESTS.name, &["cache_status"]),
             (CACHE_SERVED_BYTES.name, &["source"]),
