@@ -188,6 +188,10 @@ pub(crate) struct Limits {
     pub max_requests_per_client: usize,
     /// What `Retry-After` says on those 503s.
     pub retry_after: HumanDuration,
+    /// QUIC handshakes in progress above which a new HTTP/3 client must first prove its
+    /// address with a Retry round trip (RFC 9000 §8.1), so spoofed sources cannot make
+    /// Portier send handshakes to others; 0: every client, always.
+    pub quic_retry_above: usize,
 }
 
 /// Pingora's HTTP/1 parser refuses more header fields than this whatever the configuration.
@@ -208,6 +212,7 @@ impl Default for Limits {
             max_connections: 0,
             max_requests_per_client: 256,
             retry_after: HumanDuration::from_secs(1),
+            quic_retry_above: 64,
         }
     }
 }
@@ -598,6 +603,14 @@ pub(crate) struct TlsConfig {
     /// Offer HTTP/2 (ALPN `h2`) next to HTTP/1.1.
     #[serde(default = "yes")]
     pub http2: bool,
+    /// Serve HTTP/3 over QUIC on the same port (UDP), with the same certificates, and
+    /// advertise it with `Alt-Svc` on HTTPS responses.
+    #[serde(default)]
+    pub http3: bool,
+    /// The UDP port `Alt-Svc` names, when clients reach it on another than `listen`'s (a
+    /// Compose mapping `443:8443/udp`); default: `listen`'s port.
+    #[serde(default)]
+    pub http3_port: Option<std::num::NonZeroU16>,
     /// Answer plain-HTTP requests with a 308 to the same URL over HTTPS.
     #[serde(default)]
     pub redirect_http: bool,

@@ -205,7 +205,7 @@ pub struct Pseudonym {
     name: String,
     /// `Via` values for a message received over HTTP/1.0, 1.1 and 2, made once: the hit path
     /// writes one on every response.
-    via: [http::HeaderValue; 3],
+    via: [http::HeaderValue; 4],
 }
 
 impl FromStr for Pseudonym {
@@ -218,7 +218,7 @@ impl FromStr for Pseudonym {
             return Err(bad());
         }
         let via = |v: &str| http::HeaderValue::from_str(&format!("{v} {s}")).map_err(|_| bad());
-        Ok(Pseudonym { name: s.to_string(), via: [via("1.0")?, via("1.1")?, via("2")?] })
+        Ok(Pseudonym { name: s.to_string(), via: [via("1.0")?, via("1.1")?, via("2")?, via("3")?] })
     }
 }
 
@@ -227,12 +227,12 @@ impl Pseudonym {
         &self.name
     }
 
-    /// `<version> <name>` for a message received over `version` (no listener speaks HTTP/3
-    /// yet; it will need its own value).
+    /// `<version> <name>` for a message received over `version`.
     pub fn via(&self, version: http::Version) -> &http::HeaderValue {
         match version {
             http::Version::HTTP_09 | http::Version::HTTP_10 => &self.via[0],
             http::Version::HTTP_2 => &self.via[2],
+            http::Version::HTTP_3 => &self.via[3],
             _ => &self.via[1],
         }
     }
@@ -246,6 +246,7 @@ impl Default for Pseudonym {
                 http::HeaderValue::from_static("1.0 portier"),
                 http::HeaderValue::from_static("1.1 portier"),
                 http::HeaderValue::from_static("2 portier"),
+                http::HeaderValue::from_static("3 portier"),
             ],
         }
     }

@@ -113,6 +113,7 @@ fn keep_what_needs_a_restart(old: &Config, new: &mut Config) -> Vec<&'static str
     keep!("limits.body_timeout", limits.body_timeout);
     keep!("limits.min_body_rate", limits.min_body_rate);
     keep!("limits.max_connections", limits.max_connections);
+    keep!("limits.quic_retry_above", limits.quic_retry_above);
     // The store is built once per process (its memory is the process's for good): turning the
     // cache off and on again by reload would leak one and start a second shared-tier thread.
     keep!("cache.enabled", cache.enabled);

@@ -240,14 +240,14 @@ fn is_dot_segment(seg: &[u8]) -> bool {
     (1..=2).contains(&dots)
 }
 
-/// The `Host` field: exactly one, valid; absent only before HTTP/1.1. An HTTP/2 request
+/// The `Host` field: exactly one, valid; absent only before HTTP/1.1. An HTTP/2 or HTTP/3 request
 /// names its authority in `:authority` (the URI) and usually sends no `Host`: the field is
-/// written from it (RFC 9113 §8.3.1), because the URI's authority is dropped when the request
+/// written from it (RFC 9113 §8.3.1, RFC 9114 §4.3.1), because the URI's authority is dropped when the request
 /// is rewritten to origin-form, and an HTTP/1.1 origin must get the `Host` an HTTP/1.1 client
 /// would have sent (Pingora would otherwise send `Host: `, which nginx refuses with 400).
 fn host_field(req: &mut RequestHeader, scheme: Scheme) -> Result<Option<Authority>, Refused> {
     let from_uri = match req.uri.authority() {
-        Some(a) if req.version == http::Version::HTTP_2 => {
+        Some(a) if req.version >= http::Version::HTTP_2 => {
             Some(Authority::parse(a.as_str().as_bytes(), scheme).map_err(|_| Refused(":authority is not uri-host[:port]"))?)
         }
         _ => None,
@@ -278,11 +278,11 @@ fn host_field(req: &mut RequestHeader, scheme: Scheme) -> Result<Option<Authorit
     Ok(Some(host))
 }
 
-/// HTTP/2's `:scheme` must be the connection's: a client saying `http` over TLS (or `https`
+/// The `:scheme` of HTTP/2 and HTTP/3 must be the connection's: a client saying `http` over TLS (or `https`
 /// in cleartext) would be keyed and forwarded as one scheme while speaking the other.
 fn h2_scheme(req: &RequestHeader, scheme: Scheme) -> Result<(), Refused> {
     match req.uri.scheme_str() {
-        Some(s) if req.version == http::Version::HTTP_2 && !s.eq_ignore_ascii_case(scheme.as_str()) => {
+        Some(s) if req.version >= http::Version::HTTP_2 && !s.eq_ignore_ascii_case(scheme.as_str()) => {
             Err(Refused(":scheme is not this connection's scheme"))
         }
         _ => Ok(()),

@@ -80,6 +80,16 @@ impl ResolvesServerCert for CertStore {
     }
 }
 
+/// `Alt-Svc` naming the HTTP/3 port (RFC 7838 §3, RFC 9114 §3.1.1): a day's `ma`, as Caddy
+/// sends, so a browser that learnt it once tries QUIC first on its next visits.
+pub(crate) fn alt_svc(t: &TlsConfig) -> Option<http::HeaderValue> {
+    if !t.http3 {
+        return None;
+    }
+    let port = t.http3_port.map_or(t.listen.0.port(), |p| p.get());
+    http::HeaderValue::from_str(&format!("h3=\":{port}\"; ma=86400")).ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -115,3 +125,4 @@ mod tests {
         assert!(matches!(load_pair(&CertificateFiles { cert: empty, key: cert }).unwrap_err(), TlsError::NoCertificate { .. }));
     }
 }
+

@@ -56,6 +56,8 @@ pub(crate) struct State {
     pub(crate) operator: Arc<crate::gateway::operator_view::OperatorView>,
     /// Compression dictionaries (RFC 9842), kept across reloads.
     pub(crate) dictionaries: Arc<crate::edge::dictionary::Dictionaries>,
+    /// `Alt-Svc` for HTTPS responses when HTTP/3 is served.
+    pub(crate) alt_svc: Option<http::HeaderValue>,
 }
 
 /// What outlives a configuration reload.
@@ -116,6 +118,7 @@ impl State {
         let Lasting { metrics, access_log, tracing, profiling, challenges, connections, operator, dictionaries } = shared;
         State {
             router: Router::new(&config.routes, &upstreams, config.limits.max_body.bytes()),
+            alt_svc: config.tls.as_ref().and_then(crate::edge::tls::alt_svc),
             methods: KnownMethods::new(config.invalidation.iter().map(|r| r.method.0.clone())),
             client_slots: crate::edge::limits::ClientSlots::new(config.limits.max_requests_per_client),
             config,

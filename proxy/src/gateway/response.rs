@@ -105,6 +105,9 @@ impl State {
         if let (true, Some(hsts)) = (https, self.config.tls.as_ref().and_then(|t| t.hsts.as_deref())) {
             resp.insert_header("strict-transport-security", hsts)?;
         }
+        if let (true, Some(alt_svc)) = (https, &self.alt_svc) {
+            resp.insert_header(http::header::ALT_SVC, alt_svc.clone())?;
+        }
         for cookie in ctx.cache.cookies_for_client.drain(..) {
             resp.append_header(http::header::SET_COOKIE, cookie)?;
         }

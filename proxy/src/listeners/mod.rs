@@ -1,8 +1,11 @@
 //! Process assembly: binds the listeners, builds the Pingora server and its services, and
 //! handles graceful shutdown. One file per listener: [`plain`] (HTTP/1.1 in clear),
-//! [`tls`] (HTTPS, HTTP/2 by ALPN), [`admin`] (the admin API).
+//! [`tls`] (HTTPS, HTTP/2 by ALPN), [`http3`] (HTTP/3 over QUIC on the TLS port), [`admin`]
+//! (the admin API).
 
 mod admin;
+mod h3_session;
+mod http3;
 mod plain;
 mod tls;
 
@@ -163,11 +166,13 @@ pub(crate) fn run(mut config: Config, source: Option<std::path::PathBuf>, on_bou
             let (store, certs) = crate::edge::tls::CertStore::load(t)?;
             crate::edge::tls::announce(&certs, "tls_certificates_loaded");
             let bound = bind("tls.listen", t.listen.0)?;
-            Some((Arc::new(store), bound))
+            // The same port number over UDP, so `Alt-Svc` names one port for both.
+            let udp = if t.http3 { Some(http3::bind(bound.addr)?) } else { None };
+            Some((Arc::new(store), bound, udp))
         }
         None => None,
     };
-    let addrs = BoundAddrs { public: public.addr, admin: admin.addr, tls: tls.as_ref().map(|(_, b)| b.addr) };
+    let addrs = BoundAddrs { public: public.addr, admin: admin.addr, tls: tls.as_ref().map(|(_, b, _)| b.addr) };
     // The redirect to HTTPS names the port actually bound (`:0` in the config is not a port).
     if let (Some(t), Some(addr)) = (config.tls.as_mut(), addrs.tls) {
         t.listen = crate::config::ListenAddr(addr);
@@ -203,7 +208,8 @@ pub(crate) fn run(mut config: Config, source: Option<std::path::PathBuf>, on_bou
         events::emit("info", "profiling_push_started", &[("url", url), ("application", &tel.service_name)]);
     }
     let live = Arc::new(arc_swap::ArcSwap::new(state.clone()));
-    let certs = tls.as_ref().map(|(store, _)| store.clone());
+    let state_http3 = state.config.tls.as_ref().is_some_and(|t| t.http3);
+    let certs = tls.as_ref().map(|(store, _, _)| store.clone());
     let reloader = Arc::new(crate::control::reload::Reloader::new(source, live.clone(), certs));
     reloader.clone().reload_on_sighup();
     let mut proxy = pingora_proxy::http_proxy_service_with_name(&server.configuration, Gateway { live: live.clone() }, "portier");
@@ -214,14 +220,36 @@ pub(crate) fn run(mut config: Config, source: Option<std::path::PathBuf>, on_bou
     let buffers = L4BufferSettings::default().write(WRITE_BUFFER);
     plain::listen(&mut proxy, addrs.public, buffers);
     let mut sockets = vec![public];
-    if let (Some((store, bound)), Some(t)) = (tls, &state.config.tls) {
+    let mut quic = None;
+    if let (Some((store, bound, udp)), Some(t)) = (tls, &state.config.tls) {
         tls::listen(&mut proxy, bound.addr, buffers, store.clone(), t)?;
         sockets.push(bound);
+        if let Some(udp) = udp {
+            // Its own `HttpProxy` over the same gateway: Pingora's service owns the TCP one.
+            let mut h3 = pingora_proxy::HttpProxy::new(Gateway { live: live.clone() }, server.configuration.clone());
+            h3.server_options =
+                Some(crate::edge::limits::server_options(&state.config.limits, &state.config.timeouts, state.connections.clone()));
+            h3.handle_init_modules();
+            let listener = http3::Http3::new(
+                udp,
+                store.clone(),
+                Arc::new(h3),
+                state.connections.clone(),
+                &state.config.limits,
+                &state.config.timeouts,
+            )?;
+            let mut service = pingora_core::services::background::background_service("http3", listener);
+            service.threads = Some(threads);
+            quic = Some(service);
+        }
         if let Some(acme) = &t.acme {
             crate::control::acme::start(acme.clone(), store.clone(), state.challenges.clone());
         }
     }
     server.add_service(PreBound { inner: proxy, sockets });
+    if let Some(service) = quic {
+        server.add_service(service);
+    }
     server.add_service(PreBound { inner: admin::service(addrs.admin, live.clone(), reloader.clone()), sockets: vec![admin] });
 
     server.add_service(pingora_core::services::background::background_service("health-checks", HealthChecks { live, reloader }));
@@ -233,6 +261,7 @@ pub(crate) fn run(mut config: Config, source: Option<std::path::PathBuf>, on_bou
             ("public", &addrs.public.to_string()),
             ("admin", &addrs.admin.to_string()),
             ("tls", &addrs.tls.map(|a| a.to_string()).unwrap_or_default()),
+            ("http3", &addrs.tls.filter(|_| state_http3).map(|a| a.to_string()).unwrap_or_default()),
             ("version", env!("CARGO_PKG_VERSION")),
         ],
     );

@@ -38,7 +38,7 @@ async fn the_origins_cache_status_and_server_timing_are_kept_and_via_names_each_
         assert!(timing.starts_with("db;dur=53, app;dur=47.2, cache;desc=\"MISS\", origin;dur="), "{proto:?}: {timing}");
         assert_eq!(miss.header("via"), "1.1 origin-cache, 1.1 portier", "{proto:?}");
         let seen = o.last(&path).expect("asked");
-        let client_version = if proto == Proto::H2Tls { "2" } else { "1.1" };
+        let client_version = proto.version();
         assert_eq!(
             seen.header("via"),
             Some(format!("{client_version} portier").as_str()),

@@ -1,6 +1,7 @@
-//! One client for every protocol a browser uses: plain HTTP/1.1, HTTP/1.1 over TLS and HTTP/2
-//! over TLS (ALPN), so a test written once runs on each ([`Proto::ALL`]). HTTP/2 requests are
-//! sent as browsers send them: `:authority` and no `Host` field, cookies split one per field.
+//! One client for every protocol a browser uses: plain HTTP/1.1, HTTP/1.1 over TLS, HTTP/2
+//! over TLS (ALPN) and HTTP/3 over QUIC (quinn + h3, on the TLS port's UDP twin), so a test
+//! written once runs on each ([`Proto::ALL`]). HTTP/2 and HTTP/3 requests are sent as browsers
+//! send them: `:authority` and no `Host` field, cookies split one per field.
 
 use super::{request, Portier, Resp};
 use bytes::Bytes;
@@ -15,16 +16,27 @@ pub enum Proto {
     H1,
     H1Tls,
     H2Tls,
+    H3,
 }
 
 impl Proto {
-    pub const ALL: [Proto; 3] = [Proto::H1, Proto::H1Tls, Proto::H2Tls];
+    pub const ALL: [Proto; 4] = [Proto::H1, Proto::H1Tls, Proto::H2Tls, Proto::H3];
 
     pub fn name(self) -> &'static str {
         match self {
             Proto::H1 => "h1",
             Proto::H1Tls => "h1-tls",
             Proto::H2Tls => "h2-tls",
+            Proto::H3 => "h3",
+        }
+    }
+
+    /// The `network.protocol.version` Portier logs for it.
+    pub fn version(self) -> &'static str {
+        match self {
+            Proto::H1 | Proto::H1Tls => "1.1",
+            Proto::H2Tls => "2",
+            Proto::H3 => "3",
         }
     }
 
@@ -74,6 +86,49 @@ impl TestCert {
         Arc::new(c)
     }
 
+    /// One HTTP/3 request on a new QUIC connection to `addr` for `a.test`.
+    pub async fn h3(&self, addr: SocketAddr, method: &str, uri: &str, headers: &[(&str, &str)], body: &[u8]) -> std::io::Result<Resp> {
+        let io = |e: &dyn std::fmt::Display| std::io::Error::other(e.to_string());
+        let mut tls = (*self.client_config(b"h3")).clone();
+        tls.enable_early_data = false;
+        let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).map_err(|e| io(&e))?;
+        let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap())?;
+        endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(crypto)));
+        let run = async {
+            let conn = endpoint.connect(addr, "a.test").map_err(|e| io(&e))?.await.map_err(|e| io(&e))?;
+            let (mut driver, mut send) = h3::client::new(h3_quinn::Connection::new(conn)).await.map_err(|e| io(&e))?;
+            let drive = tokio::spawn(async move { std::future::poll_fn(|cx| driver.poll_close(cx)).await });
+            let mut req = http::Request::builder().method(method).uri(uri);
+            for (k, v) in headers {
+                req = req.header(*k, *v);
+            }
+            // As browsers send a fetch body: its length declared.
+            if !body.is_empty() {
+                req = req.header("content-length", body.len());
+            }
+            let req = req.body(()).map_err(|e| io(&e))?;
+            let mut stream = send.send_request(req).await.map_err(|e| io(&e))?;
+            if !body.is_empty() {
+                stream.send_data(Bytes::copy_from_slice(body)).await.map_err(|e| io(&e))?;
+            }
+            stream.finish().await.map_err(|e| io(&e))?;
+            let resp = stream.recv_response().await.map_err(|e| io(&e))?;
+            let mut got = Vec::new();
+            while let Some(mut chunk) = stream.recv_data().await.map_err(|e| io(&e))? {
+                use bytes::Buf;
+                got.extend_from_slice(&chunk.copy_to_bytes(chunk.remaining()));
+            }
+            drop(send);
+            drive.abort();
+            let headers =
+                resp.headers().iter().map(|(k, v)| (k.as_str().to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned())).collect();
+            Ok(Resp { status: resp.status().as_u16(), headers, body: got })
+        };
+        let out = tokio::time::timeout(Duration::from_secs(30), run).await.map_err(|e| io(&e))?;
+        endpoint.close(0u32.into(), b"done");
+        out
+    }
+
     /// A TLS connection to `addr` for `a.test`, offering only `alpn`.
     pub async fn connect(&self, addr: SocketAddr, alpn: &[u8]) -> std::io::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
         let tcp = tokio::net::TcpStream::connect(addr).await?;
@@ -90,11 +145,11 @@ pub struct Front {
 }
 
 impl Front {
-    /// `config` without `[tls]` (added here, HTTP/2 on) or `[listen]`.
+    /// `config` without `[tls]` (added here, HTTP/2 and HTTP/3 on) or `[listen]`.
     pub fn start(config: &str) -> Front {
         let dir = tempfile::tempdir().unwrap();
         let cert = TestCert::new(dir.path());
-        let portier = Portier::start(&format!("{config}\n{}", cert.tls_section()));
+        let portier = Portier::start(&format!("{config}\n{}http3 = true\n", cert.tls_section()));
         assert!(portier.tls.is_some(), "the TLS listener is bound");
         Front { portier, cert, _dir: dir }
     }
@@ -126,6 +181,7 @@ impl Front {
                 h.extend_from_slice(headers);
                 request(addr, method, path, &h, body).await
             }
+            Proto::H3 => self.cert.h3(addr, method, &format!("https://{authority}{path}"), headers, body).await,
             Proto::H1Tls | Proto::H2Tls => {
                 let h2 = proto == Proto::H2Tls;
                 let tls = self.cert.connect(addr, if h2 { b"h2" } else { b"http/1.1" }).await?;

@@ -140,7 +140,10 @@ impl ConnectionLimit {
         self.refused.load(std::sync::atomic::Ordering::Relaxed)
     }
 
-    fn acquire(self: &Arc<Self>) -> Option<ConnectionSlot> {
+    /// A place for one connection, held until the slot drops; `None` (counted as refused)
+    /// when `max` are open. Public so a listener outside Pingora's accept loop (Portier's
+    /// QUIC one) counts its connections against the same maximum.
+    pub fn acquire(self: &Arc<Self>) -> Option<ConnectionSlot> {
         use std::sync::atomic::Ordering;
         let taken = self
             .open
@@ -171,7 +174,9 @@ impl ConnectionLimit {
     }
 }
 
-struct ConnectionSlot(Arc<ConnectionLimit>);
+/// Portier: one open connection of a [`ConnectionLimit`].
+#[derive(Debug)]
+pub struct ConnectionSlot(Arc<ConnectionLimit>);
 
 impl Drop for ConnectionSlot {
     fn drop(&mut self) {

@@ -41,7 +41,7 @@ pub struct BodyDeadline {
 
 impl BodyDeadline {
     /// The instant the body must be complete by, given when it started and what has arrived.
-    pub(crate) fn at(&self, start: tokio::time::Instant, read: usize) -> tokio::time::Instant {
+    pub fn at(&self, start: tokio::time::Instant, read: usize) -> tokio::time::Instant {
         let extra = match self.min_rate {
             0 => std::time::Duration::ZERO,
             r => std::time::Duration::from_millis((read as u64).saturating_mul(1000) / r),

@@ -1,0 +1,249 @@
+//! HTTP/3 on the TLS port over UDP (`tls.http3`): QUIC from quinn, with the TLS listener's
+//! certificate resolver (SNI, SIGHUP reloads and ACME renewals reach it unchanged), HTTP/3
+//! framing and QPACK from h3, and each request handed to the same `ProxyHttp` gateway as a
+//! Pingora custom session ([`super::h3_session`]).
+//!
+//! Protections, from the first packet: a new client proves its address with a Retry when
+//! more than `limits.quic_retry_above` handshakes are in progress; the handshake has
+//! `limits.handshake_timeout`; a connection counts against `limits.max_connections` with the
+//! TCP ones; the request head must arrive within `limits.head_timeout` and fit
+//! `limits.max_headers` (QPACK's field section size); streams and flow-control windows are
+//! bounded; an idle connection closes after `timeouts.client_idle`; 0-RTT is off, so no
+//! request can be replayed.
+
+use super::h3_session::H3Session;
+use super::ServerError;
+use crate::config::{Limits, Timeouts};
+use crate::edge::tls::CertStore;
+use crate::gateway::Gateway;
+use crate::telemetry::events;
+use async_trait::async_trait;
+use bytes::Bytes;
+use pingora_core::apps::{ConnectionLimit, HttpServerApp};
+use pingora_core::protocols::http::ServerSession;
+use pingora_core::protocols::tls::SslDigest;
+use pingora_core::protocols::Digest;
+use pingora_core::server::ShutdownWatch;
+use pingora_proxy::HttpProxy;
+use std::net::{SocketAddr, UdpSocket};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// Requests open at once on one connection (RFC 9114 §5: the client may open no more);
+/// the figure HTTP/2 servers commonly use.
+const MAX_STREAMS: u32 = 100;
+/// Per stream and per connection, what a client may send before Portier reads it.
+const STREAM_WINDOW: u32 = 1024 * 1024;
+const CONNECTION_WINDOW: u32 = 4 * 1024 * 1024;
+/// How long a draining process waits for open HTTP/3 requests after GOAWAY.
+const DRAIN: Duration = Duration::from_secs(5);
+
+/// The UDP socket on the TLS listener's port, bound before Pingora starts like the TCP ones.
+pub(super) fn bind(addr: SocketAddr) -> Result<UdpSocket, ServerError> {
+    let err = |source| ServerError::Bind { which: "tls.listen (UDP, tls.http3)", addr, source };
+    let socket = UdpSocket::bind(addr).map_err(err)?;
+    socket.set_nonblocking(true).map_err(err)?;
+    Ok(socket)
+}
+
+/// QUIC's TLS: 1.3 only (RFC 9001 §4.2), ALPN `h3`, no early data.
+fn server_config(store: Arc<CertStore>, timeouts: &Timeouts) -> Result<quinn::ServerConfig, ServerError> {
+    let tls_err = |reason: String| ServerError::Tls(crate::edge::tls::TlsError::Read { path: "tls.http3".into(), reason });
+    let mut tls = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| tls_err(e.to_string()))?
+        .with_no_client_auth()
+        .with_cert_resolver(store);
+    tls.alpn_protocols = vec![b"h3".to_vec()];
+    tls.max_early_data_size = 0;
+    let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls).map_err(|e| tls_err(e.to_string()))?;
+    let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+    let mut transport = quinn::TransportConfig::default();
+    let idle = quinn::IdleTimeout::try_from(timeouts.client_idle.get()).map_err(|e| tls_err(format!("timeouts.client_idle: {e}")))?;
+    transport
+        .max_idle_timeout(Some(idle))
+        .max_concurrent_bidi_streams(MAX_STREAMS.into())
+        // The client's control stream and its two QPACK streams, nothing else.
+        .max_concurrent_uni_streams(3u32.into())
+        .stream_receive_window(STREAM_WINDOW.into())
+        .receive_window(CONNECTION_WINDOW.into())
+        .send_window(u64::from(CONNECTION_WINDOW));
+    server.transport_config(Arc::new(transport));
+    Ok(server)
+}
+
+/// The HTTP/3 listener, as a Pingora background service (its own runtime, stopped with the rest).
+pub(super) struct Http3 {
+    socket: Mutex<Option<UdpSocket>>,
+    config: quinn::ServerConfig,
+    proxy: Arc<HttpProxy<Gateway>>,
+    gate: Arc<ConnectionLimit>,
+    limits: Limits,
+}
+
+impl Http3 {
+    pub(super) fn new(
+        socket: UdpSocket,
+        store: Arc<CertStore>,
+        proxy: Arc<HttpProxy<Gateway>>,
+        gate: Arc<ConnectionLimit>,
+        limits: &Limits,
+        timeouts: &Timeouts,
+    ) -> Result<Http3, ServerError> {
+        Ok(Http3 { socket: Mutex::new(Some(socket)), config: server_config(store, timeouts)?, proxy, gate, limits: limits.clone() })
+    }
+}
+
+#[async_trait]
+impl pingora_core::services::background::BackgroundService for Http3 {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let Some(socket) = self.socket.lock().unwrap_or_else(|e| e.into_inner()).take() else { return };
+        let local = socket.local_addr().ok();
+        let endpoint = match quinn::Endpoint::new(
+            quinn::EndpointConfig::default(),
+            Some(self.config.clone()),
+            socket,
+            Arc::new(quinn::TokioRuntime),
+        ) {
+            Ok(e) => e,
+            Err(e) => {
+                events::emit("error", "http3_failed", &[("error", &e.to_string())]);
+                return;
+            }
+        };
+        let handshaking = Arc::new(AtomicUsize::new(0));
+        let (goaway, _) = tokio::sync::watch::channel(false);
+        loop {
+            let incoming = tokio::select! {
+                i = endpoint.accept() => i,
+                _ = shutdown.changed() => None,
+            };
+            let Some(incoming) = incoming else { break };
+            // A spoofed source cannot make Portier answer with a handshake: under load (or
+            // always, with 0) the client first echoes a Retry token from its real address.
+            if handshaking.load(Ordering::Relaxed) >= self.limits.quic_retry_above && !incoming.remote_address_validated() {
+                if incoming.may_retry() {
+                    let _ = incoming.retry();
+                } else {
+                    incoming.ignore();
+                }
+                continue;
+            }
+            let Some(slot) = self.gate.acquire() else {
+                incoming.refuse();
+                continue;
+            };
+            let conn = Connection {
+                proxy: self.proxy.clone(),
+                limits: self.limits.clone(),
+                local,
+                shutdown: shutdown.clone(),
+                goaway: goaway.subscribe(),
+            };
+            let handshaking = handshaking.clone();
+            tokio::spawn(async move {
+                let _slot = slot;
+                conn.serve(incoming, handshaking).await;
+            });
+        }
+        let _ = goaway.send(true);
+        let _ = tokio::time::timeout(DRAIN, endpoint.wait_idle()).await;
+        endpoint.close(0u32.into(), b"shutting down");
+    }
+}
+
+struct Connection {
+    proxy: Arc<HttpProxy<Gateway>>,
+    limits: Limits,
+    local: Option<SocketAddr>,
+    shutdown: ShutdownWatch,
+    goaway: tokio::sync::watch::Receiver<bool>,
+}
+
+/// Counts a handshake in progress for as long as it lives.
+struct Handshaking(Arc<AtomicUsize>);
+
+impl Drop for Handshaking {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl Connection {
+    async fn serve(mut self, incoming: quinn::Incoming, handshaking: Arc<AtomicUsize>) {
+        let peer = incoming.remote_address();
+        handshaking.fetch_add(1, Ordering::Relaxed);
+        let counted = Handshaking(handshaking);
+        let conn = match incoming.accept() {
+            Ok(connecting) => tokio::time::timeout(self.limits.handshake_timeout.get(), connecting).await,
+            Err(_) => return,
+        };
+        drop(counted);
+        let Ok(Ok(conn)) = conn else { return };
+        let digest = Digest {
+            ssl_digest: Some(Arc::new(SslDigest::new("TLS13_AES_128_GCM_SHA256", "TLSv1.3", None, None, Vec::new()))),
+            ..Default::default()
+        };
+        let mut builder = h3::server::builder();
+        builder.max_field_section_size(self.limits.max_headers.bytes());
+        let settings = builder.build::<_, Bytes>(h3_quinn::Connection::new(conn));
+        let Ok(Ok(mut h3)) = tokio::time::timeout(self.limits.head_timeout.get(), settings).await else { return };
+        loop {
+            let next = tokio::select! {
+                n = h3.accept() => n,
+                _ = self.goaway.changed() => {
+                    // GOAWAY: requests already open finish; the client opens no more here.
+                    let _ = h3.shutdown(0).await;
+                    continue;
+                }
+            };
+            let resolver = match next {
+                Ok(Some(r)) => r,
+                Ok(None) | Err(_) => break,
+            };
+            let proxy = self.proxy.clone();
+            let shutdown = self.shutdown.clone();
+            let (head_timeout, local, digest) = (self.limits.head_timeout.get(), self.local, digest.clone());
+            let deadline = Some(pingora_core::protocols::http::BodyDeadline {
+                base: self.limits.body_timeout.get(),
+                min_rate: self.limits.min_body_rate.bytes(),
+            });
+            tokio::spawn(async move {
+                // The head must come within the deadline, as on HTTP/1 and HTTP/2.
+                let Ok(Ok((req, mut stream))) = tokio::time::timeout(head_timeout, resolver.resolve_request()).await else { return };
+                let Some(header) = request_header(req) else {
+                    // A malformed request is a stream error (RFC 9114 §4.1.2); the
+                    // connection's other requests go on.
+                    stream.stop_stream(h3::error::Code::H3_MESSAGE_ERROR);
+                    stream.stop_sending(h3::error::Code::H3_MESSAGE_ERROR);
+                    return;
+                };
+                let mut session = H3Session::new(header, stream, peer, local, digest, deadline);
+                if session.look_ahead(head_timeout).await.is_err() {
+                    return;
+                }
+                let _ = proxy.process_new_http(ServerSession::new_custom(Box::new(session)), &shutdown).await;
+            });
+        }
+    }
+}
+
+/// The request as Pingora holds it, version `HTTP/3`; a target with bytes no URI may hold
+/// (h3 is lenient about `:path`) or conflicting `Content-Length` values is refused before
+/// anything reads it, as the HTTP/2 session does.
+fn request_header(req: http::Request<()>) -> Option<pingora_http::RequestHeader> {
+    let (mut parts, ()) = req.into_parts();
+    parts.version = http::Version::HTTP_3;
+    let header = pingora_http::RequestHeader::from(parts);
+    if header.raw_path().iter().any(|b| *b <= b' ' || *b == 0x7f) {
+        return None;
+    }
+    let mut lengths = header.headers.get_all(http::header::CONTENT_LENGTH).iter();
+    if let Some(first) = lengths.next() {
+        if lengths.any(|v| v != first) || !first.as_bytes().iter().all(u8::is_ascii_digit) || first.is_empty() {
+            return None;
+        }
+    }
+    Some(header)
+}
