@@ -125,4 +125,3 @@ mod tests {
         assert!(matches!(load_pair(&CertificateFiles { cert: empty, key: cert }).unwrap_err(), TlsError::NoCertificate { .. }));
     }
 }
-

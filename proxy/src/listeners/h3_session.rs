@@ -135,6 +135,14 @@ impl H3Session {
         self.req.headers.get(http::header::CONTENT_LENGTH).is_some_and(|v| v.as_bytes() == b"0")
     }
 
+    /// A request whose body (or end) never came: both directions reset, so the client's
+    /// stream credit comes back at once (RFC 9114 §4.1.1: H3_REQUEST_INCOMPLETE).
+    pub(super) fn refuse_incomplete(&mut self) {
+        self.ended = true;
+        self.send.stop_stream(h3::error::Code::H3_REQUEST_INCOMPLETE);
+        self.recv.stop_sending(h3::error::Code::H3_REQUEST_INCOMPLETE);
+    }
+
     /// A response that cannot be completed is reset, so the client cannot take what it got
     /// for the whole (RFC 9114 §4.1.1: H3_INTERNAL_ERROR).
     fn abandon_stream(&mut self) {

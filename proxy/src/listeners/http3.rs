@@ -204,7 +204,8 @@ impl Connection {
             };
             let proxy = self.proxy.clone();
             let shutdown = self.shutdown.clone();
-            let (head_timeout, local, digest) = (self.limits.head_timeout.get(), self.local, digest.clone());
+            let (head_timeout, body_timeout) = (self.limits.head_timeout.get(), self.limits.body_timeout.get());
+            let (local, digest) = (self.local, digest.clone());
             let deadline = Some(pingora_core::protocols::http::BodyDeadline {
                 base: self.limits.body_timeout.get(),
                 min_rate: self.limits.min_body_rate.bytes(),
@@ -220,13 +221,21 @@ impl Connection {
                     return;
                 };
                 let mut session = H3Session::new(header, stream, peer, local, digest, deadline);
-                if session.look_ahead(head_timeout).await.is_err() {
+                // A declared body has the body's deadline to start; no body, the head's.
+                let declared = session_declares_body(&session);
+                if session.look_ahead(if declared { body_timeout } else { head_timeout }).await.is_err() {
+                    session.refuse_incomplete();
                     return;
                 }
                 let _ = proxy.process_new_http(ServerSession::new_custom(Box::new(session)), &shutdown).await;
             });
         }
     }
+}
+
+fn session_declares_body(s: &H3Session) -> bool {
+    use pingora_core::protocols::http::custom::server::Session;
+    s.req_header().headers.get(http::header::CONTENT_LENGTH).is_some_and(|v| v.as_bytes() != b"0")
 }
 
 /// The request as Pingora holds it, version `HTTP/3`; a target with bytes no URI may hold

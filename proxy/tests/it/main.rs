@@ -15,6 +15,7 @@ mod disk_cache;
 mod docs;
 mod foundation;
 mod hardening;
+mod http3;
 mod layout;
 mod lighthouse;
 mod operator_ui;

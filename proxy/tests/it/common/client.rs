@@ -54,6 +54,9 @@ pub struct TestCert {
     pub cert: PathBuf,
     pub key: PathBuf,
     der: rustls::pki_types::CertificateDer<'static>,
+    /// Base64 of the SHA-256 of the certificate's SubjectPublicKeyInfo, as Chromium's
+    /// `--ignore-certificate-errors-spki-list` takes it (QUIC has no "accept any certificate").
+    pub spki_sha256: String,
 }
 
 impl TestCert {
@@ -62,7 +65,11 @@ impl TestCert {
         let (cert, key) = (dir.join("a.test.pem"), dir.join("a.test.key"));
         std::fs::write(&cert, c.cert.pem()).unwrap();
         std::fs::write(&key, c.signing_key.serialize_pem()).unwrap();
-        TestCert { cert, key, der: c.cert.der().clone() }
+        use base64::Engine as _;
+        let (_, parsed) = x509_parser::parse_x509_certificate(c.cert.der()).unwrap();
+        let spki = ring::digest::digest(&ring::digest::SHA256, parsed.public_key().raw);
+        let spki_sha256 = base64::engine::general_purpose::STANDARD.encode(spki.as_ref());
+        TestCert { cert, key, der: c.cert.der().clone(), spki_sha256 }
     }
 
     /// The `[tls]` section serving this certificate on a port-0 listener.
@@ -74,7 +81,7 @@ impl TestCert {
         )
     }
 
-    fn client_config(&self, alpn: &[u8]) -> Arc<rustls::ClientConfig> {
+    pub fn client_config(&self, alpn: &[u8]) -> Arc<rustls::ClientConfig> {
         let mut roots = rustls::RootCertStore::empty();
         roots.add(self.der.clone()).unwrap();
         let mut c = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
@@ -86,45 +93,34 @@ impl TestCert {
         Arc::new(c)
     }
 
+    /// A QUIC client endpoint trusting this certificate, offering ALPN `h3`.
+    pub fn quic_client(&self) -> quinn::Endpoint {
+        let tls = (*self.client_config(b"h3")).clone();
+        let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).expect("TLS 1.3 with ring");
+        let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).expect("a UDP socket on loopback");
+        endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(crypto)));
+        endpoint
+    }
+
+    /// An HTTP/3 connection to `addr` for `a.test`: the QUIC connection, the request sender,
+    /// and the task driving the connection.
+    pub async fn h3_connect(&self, endpoint: &quinn::Endpoint, addr: SocketAddr) -> std::io::Result<H3Conn> {
+        let conn = endpoint.connect(addr, "a.test").map_err(io)?.await.map_err(io)?;
+        let (mut driver, send) = h3::client::new(h3_quinn::Connection::new(conn.clone())).await.map_err(io)?;
+        let drive = tokio::spawn(async move { std::future::poll_fn(|cx| driver.poll_close(cx)).await.to_string() });
+        Ok(H3Conn { conn, send, drive })
+    }
+
     /// One HTTP/3 request on a new QUIC connection to `addr` for `a.test`.
     pub async fn h3(&self, addr: SocketAddr, method: &str, uri: &str, headers: &[(&str, &str)], body: &[u8]) -> std::io::Result<Resp> {
-        let io = |e: &dyn std::fmt::Display| std::io::Error::other(e.to_string());
-        let mut tls = (*self.client_config(b"h3")).clone();
-        tls.enable_early_data = false;
-        let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).map_err(|e| io(&e))?;
-        let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap())?;
-        endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(crypto)));
+        let endpoint = self.quic_client();
         let run = async {
-            let conn = endpoint.connect(addr, "a.test").map_err(|e| io(&e))?.await.map_err(|e| io(&e))?;
-            let (mut driver, mut send) = h3::client::new(h3_quinn::Connection::new(conn)).await.map_err(|e| io(&e))?;
-            let drive = tokio::spawn(async move { std::future::poll_fn(|cx| driver.poll_close(cx)).await });
-            let mut req = http::Request::builder().method(method).uri(uri);
-            for (k, v) in headers {
-                req = req.header(*k, *v);
-            }
-            // As browsers send a fetch body: its length declared.
-            if !body.is_empty() {
-                req = req.header("content-length", body.len());
-            }
-            let req = req.body(()).map_err(|e| io(&e))?;
-            let mut stream = send.send_request(req).await.map_err(|e| io(&e))?;
-            if !body.is_empty() {
-                stream.send_data(Bytes::copy_from_slice(body)).await.map_err(|e| io(&e))?;
-            }
-            stream.finish().await.map_err(|e| io(&e))?;
-            let resp = stream.recv_response().await.map_err(|e| io(&e))?;
-            let mut got = Vec::new();
-            while let Some(mut chunk) = stream.recv_data().await.map_err(|e| io(&e))? {
-                use bytes::Buf;
-                got.extend_from_slice(&chunk.copy_to_bytes(chunk.remaining()));
-            }
-            drop(send);
-            drive.abort();
-            let headers =
-                resp.headers().iter().map(|(k, v)| (k.as_str().to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned())).collect();
-            Ok(Resp { status: resp.status().as_u16(), headers, body: got })
+            let mut c = self.h3_connect(&endpoint, addr).await?;
+            let r = c.request(method, uri, headers, body).await;
+            c.drive.abort();
+            r
         };
-        let out = tokio::time::timeout(Duration::from_secs(30), run).await.map_err(|e| io(&e))?;
+        let out = tokio::time::timeout(Duration::from_secs(30), run).await.map_err(io)?;
         endpoint.close(0u32.into(), b"done");
         out
     }
@@ -224,5 +220,46 @@ impl Front {
                 Ok(Resp { status, headers, body })
             }
         }
+    }
+}
+
+fn io(e: impl std::fmt::Display) -> std::io::Error {
+    std::io::Error::other(e.to_string())
+}
+
+/// An open HTTP/3 connection (see [`TestCert::h3_connect`]).
+pub struct H3Conn {
+    pub conn: quinn::Connection,
+    pub send: h3::client::SendRequest<h3_quinn::OpenStreams, Bytes>,
+    /// Ends with the connection's close reason.
+    pub drive: tokio::task::JoinHandle<String>,
+}
+
+impl H3Conn {
+    /// One request on this connection.
+    pub async fn request(&mut self, method: &str, uri: &str, headers: &[(&str, &str)], body: &[u8]) -> std::io::Result<Resp> {
+        let mut req = http::Request::builder().method(method).uri(uri);
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        // As browsers send a fetch body: its length declared.
+        if !body.is_empty() {
+            req = req.header("content-length", body.len());
+        }
+        let req = req.body(()).map_err(io)?;
+        let mut stream = self.send.send_request(req).await.map_err(io)?;
+        if !body.is_empty() {
+            stream.send_data(Bytes::copy_from_slice(body)).await.map_err(io)?;
+        }
+        stream.finish().await.map_err(io)?;
+        let resp = stream.recv_response().await.map_err(io)?;
+        let mut got = Vec::new();
+        while let Some(mut chunk) = stream.recv_data().await.map_err(io)? {
+            use bytes::Buf;
+            got.extend_from_slice(&chunk.copy_to_bytes(chunk.remaining()));
+        }
+        let headers =
+            resp.headers().iter().map(|(k, v)| (k.as_str().to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned())).collect();
+        Ok(Resp { status: resp.status().as_u16(), headers, body: got })
     }
 }

@@ -1,0 +1,323 @@
+//! HTTP/3 itself (the cache over it is proved by the protocol matrix, `protocols.rs`, where
+//! [`Proto::H3`] runs every scenario): `Alt-Svc`, the keys, and what a hostile or broken
+//! client meets: oversized QPACK headers, malformed frames, stalled request streams, junk
+//! datagrams, stalled handshakes, a connection cap shared with TCP, Retry, idle connections.
+//! Real QUIC from quinn + h3 on loopback, and headless Chromium forced onto QUIC.
+
+use crate::common::client::{Front, Proto, TestCert};
+use crate::common::scripted::{Reply, Scripted};
+use crate::common::*;
+use std::time::Duration;
+
+fn pool_config(origin: std::net::SocketAddr, top: &str) -> String {
+    format!("{top}\n[upstreams.o]\naddresses = [\"{origin}\"]\n[[routes]]\npath = \"/*\"\npool = \"o\"\n")
+}
+
+async fn origin() -> Scripted {
+    Scripted::start(|req, n| Reply::new(200, &[("cache-control", "max-age=60")], format!("{} #{n}", req.target))).await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn alt_svc_names_the_port_and_http3_can_be_off() {
+    let o = origin().await;
+    let f = Front::start(&pool_config(o.addr, ""));
+    let port = f.addr(Proto::H3).port();
+    for proto in [Proto::H1Tls, Proto::H2Tls, Proto::H3] {
+        let r = f.get(proto, &format!("/alt/{}", proto.name()), &[]).await;
+        assert_eq!(r.header("alt-svc"), format!("h3=\":{port}\"; ma=86400"), "{proto:?}: {r:?}");
+    }
+    assert_eq!(f.get(Proto::H1, "/alt/plain", &[]).await.opt_header("alt-svc"), None, "not on plain HTTP");
+
+    // Off: no Alt-Svc, and nothing answers QUIC on the port.
+    let dir = tempfile::tempdir().unwrap();
+    let cert = TestCert::new(dir.path());
+    let p = Portier::start(&format!("{}\n{}http3 = false\n", pool_config(o.addr, ""), cert.tls_section()));
+    let tls = p.tls.unwrap();
+    let off = format!("https://a.test:{}/x", tls.port());
+    let conn = tokio::time::timeout(Duration::from_secs(3), cert.h3(tls, "GET", &off, &[], b"")).await;
+    assert!(!matches!(conn, Ok(Ok(_))), "no HTTP/3 when tls.http3 is off");
+
+    // A published port other than the bound one (a Compose mapping).
+    let p = Portier::start(&format!("{}\n{}http3 = true\nhttp3_port = 443\n", pool_config(o.addr, ""), cert.tls_section()));
+    let tls = p.tls.unwrap();
+    let r = cert.h3(tls, "GET", &format!("https://a.test:{}/mapped", tls.port()), &[], b"").await.unwrap();
+    assert_eq!((r.status, r.header("alt-svc")), (200, "h3=\":443\"; ma=86400"));
+
+    for (bad, key) in [("http3_port = 0", "tls.http3_port"), ("http3 = \"yes\"", "tls.http3")] {
+        let path = dir.path().join("bad.toml");
+        std::fs::write(&path, format!("{}\n{}{bad}\n", pool_config(o.addr, ""), cert.tls_section())).unwrap();
+        let out = std::process::Command::new(bin()).arg("check").arg("--config").arg(&path).output().unwrap();
+        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert!(!out.status.success() && text.contains(key), "{bad}: {text}");
+    }
+}
+
+/// A request head over `limits.max_headers` (QPACK's field section size) never reaches the
+/// origin; the connection, and the next request, are unaffected.
+#[tokio::test(flavor = "multi_thread")]
+async fn oversized_headers_and_malformed_frames_are_refused_and_contained() {
+    let o = origin().await;
+    let f = Front::start(&pool_config(o.addr, "[limits]\nmax_headers = \"16KiB\"\nmax_header = \"4KiB\""));
+    let addr = f.addr(Proto::H3);
+    let uri = |p: &str| format!("https://{}{p}", f.authority(Proto::H3));
+    let endpoint = f.cert.quic_client();
+    // A client that ignores the server's SETTINGS (h3's own client refuses to send this):
+    // a HEADERS frame of 20 KiB, QPACK-encoded by hand with literal fields only.
+    let raw = endpoint.connect(addr, "a.test").unwrap().await.unwrap();
+    // The encoding is right: the same frame with a small field is a request.
+    let (mut send, mut recv) = raw.open_bi().await.unwrap();
+    send.write_all(&headers_frame(&f.authority(Proto::H3), "/small", &[("x-small", "v")])).await.unwrap();
+    send.finish().unwrap();
+    let _ = tokio::time::timeout(Duration::from_secs(5), recv.read_to_end(64 * 1024)).await;
+    assert_eq!(o.count("/small"), 1, "a hand-encoded request of ordinary size is served: {:?}", o.seen());
+    let (mut send, mut recv) = raw.open_bi().await.unwrap();
+    send.write_all(&headers_frame(&f.authority(Proto::H3), "/big", &[("x-big", &"v".repeat(20 * 1024))])).await.unwrap();
+    send.finish().unwrap();
+    let answer = tokio::time::timeout(Duration::from_secs(5), recv.read_to_end(64 * 1024)).await;
+    assert!(answer.is_ok(), "answered or reset, not left hanging: {answer:?}");
+    assert_eq!(o.count("/big"), 0, "the oversized head went no further");
+    // Under QPACK's limit but over the per-field limit Portier checks: a 431.
+    let endpoint2 = f.cert.quic_client();
+    let mut c2 = f.cert.h3_connect(&endpoint2, addr).await.unwrap();
+    let r = c2.request("GET", &uri("/mid"), &[("x-mid", &"m".repeat(6000))], b"").await.unwrap();
+    assert_eq!(r.status, 431, "{r:?}");
+    assert_eq!(c2.request("GET", &uri("/after-big"), &[], b"").await.unwrap().status, 200, "the same connection goes on");
+
+    // Raw bytes that are no HTTP/3 frame sequence on a request stream: a connection error
+    // (RFC 9114 §7.1) for that connection only.
+    let raw = endpoint.connect(addr, "a.test").unwrap().await.unwrap();
+    let (mut send, _recv) = raw.open_bi().await.unwrap();
+    send.write_all(&[0x01, 0x40, 0xff, 0xde, 0xad, 0xbe, 0xef]).await.unwrap();
+    send.finish().unwrap();
+    let closed = tokio::time::timeout(Duration::from_secs(5), raw.closed()).await;
+    assert!(closed.is_ok(), "a malformed HEADERS frame closes that connection");
+    let mut c4 = f.cert.h3_connect(&endpoint, addr).await.unwrap();
+    assert_eq!(c4.request("GET", &uri("/fine"), &[], b"").await.unwrap().status, 200, "others are unaffected");
+    assert_eq!(o.seen().len(), 3, "only /small, /after-big and /fine reached the origin: {:?}", o.seen());
+}
+
+/// A request stream whose head never ends (or whose body never comes) is closed at
+/// `limits.head_timeout` / `limits.body_timeout` while the connection's other requests go on;
+/// junk datagrams and a handshake that never completes hold nothing.
+#[tokio::test(flavor = "multi_thread")]
+async fn stalled_streams_junk_datagrams_and_stalled_handshakes_are_bounded() {
+    let o = origin().await;
+    let f = Front::start(&pool_config(
+        o.addr,
+        "[limits]\nhead_timeout = \"1s\"\nhandshake_timeout = \"1s\"\nbody_timeout = \"1s\"\nmin_body_rate = 0",
+    ));
+    let addr = f.addr(Proto::H3);
+    let uri = |p: &str| format!("https://{}{p}", f.authority(Proto::H3));
+    let endpoint = f.cert.quic_client();
+    let mut c = f.cert.h3_connect(&endpoint, addr).await.unwrap();
+    // A POST declaring a body it never sends.
+    let req = http::Request::builder().method("POST").uri(uri("/stalled")).header("content-length", "10").body(()).unwrap();
+    let mut stalled = c.send.send_request(req).await.unwrap();
+    let started = std::time::Instant::now();
+    let ok = c.request("GET", &uri("/meanwhile"), &[], b"").await.unwrap();
+    assert_eq!(ok.status, 200, "the same connection serves others");
+    let answer = tokio::time::timeout(Duration::from_secs(10), stalled.recv_response()).await.expect("bounded");
+    assert!(started.elapsed() < Duration::from_secs(8), "{:?}", started.elapsed());
+    if let Ok(r) = answer {
+        assert!(r.status().as_u16() >= 400, "{r:?}");
+    }
+    assert_eq!(o.count("/stalled"), 0, "no half-received body reached the origin's handler as complete: {:?}", o.seen());
+
+    // Junk datagrams, then an Initial-looking packet that never completes a handshake.
+    let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    for n in 0..200u32 {
+        let mut junk = vec![0u8; 1200];
+        junk[0] = if n % 2 == 0 { 0xc3 } else { 0x41 };
+        junk[1..5].copy_from_slice(&n.to_be_bytes());
+        udp.send_to(&junk, addr).unwrap();
+    }
+    let half = endpoint.connect(addr, "a.test").unwrap();
+    drop(half);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let mut fresh = f.cert.h3_connect(&endpoint, addr).await.unwrap();
+    assert_eq!(fresh.request("GET", &uri("/after-junk"), &[], b"").await.unwrap().status, 200);
+}
+
+/// A flood of request streams on one connection: at most 100 are open at once (the client
+/// waits for credit), all are answered; streams that never end are reset at
+/// `limits.head_timeout` and the connection serves again.
+#[tokio::test(flavor = "multi_thread")]
+async fn stream_floods_are_bounded() {
+    let o = origin().await;
+    let f = Front::start(&pool_config(o.addr, "[limits]\nhead_timeout = \"1s\"\nmax_requests_per_client = 1000"));
+    let addr = f.addr(Proto::H3);
+    let endpoint = f.cert.quic_client();
+    let c = f.cert.h3_connect(&endpoint, addr).await.unwrap();
+    let authority = f.authority(Proto::H3);
+    let requests: Vec<_> = (0..150)
+        .map(|i| {
+            let mut send = c.send.clone();
+            let uri = format!("https://{authority}/flood/{}", i % 10);
+            tokio::spawn(async move {
+                let req = http::Request::builder().uri(uri).body(()).unwrap();
+                let mut s = send.send_request(req).await.unwrap();
+                s.finish().await.unwrap();
+                let r = s.recv_response().await.unwrap();
+                while s.recv_data().await.unwrap().is_some() {}
+                r.status().as_u16()
+            })
+        })
+        .collect();
+    for r in requests {
+        assert_eq!(tokio::time::timeout(Duration::from_secs(20), r).await.unwrap().unwrap(), 200);
+    }
+    // Streams whose requests never end: each is reset at head_timeout, none is forwarded,
+    // and the connection goes on serving.
+    let mut stalled = Vec::new();
+    for i in 0..90 {
+        let req = http::Request::builder().uri(format!("https://{authority}/never/{i}")).body(()).unwrap();
+        let mut send = c.send.clone();
+        let opened = tokio::time::timeout(Duration::from_secs(5), send.send_request(req)).await;
+        stalled.push(opened.expect("within the stream credit").unwrap());
+    }
+    let started = std::time::Instant::now();
+    for s in &mut stalled {
+        let answer = tokio::time::timeout(Duration::from_secs(5), s.recv_response()).await.expect("reset, not held");
+        assert!(answer.is_err(), "a stalled request gets no response: {answer:?}");
+    }
+    assert!(started.elapsed() >= Duration::from_millis(500), "held until head_timeout: {:?}", started.elapsed());
+    let mut next = H3Request::new(c.send.clone());
+    let status = tokio::time::timeout(Duration::from_secs(8), next.get(&format!("https://{authority}/after-flood"))).await.unwrap();
+    assert_eq!(status, 200);
+    assert_eq!(o.seen().iter().filter(|s| s.target.starts_with("/never/")).count(), 0, "no stalled request was forwarded");
+}
+
+struct H3Request(h3::client::SendRequest<h3_quinn::OpenStreams, bytes::Bytes>);
+
+impl H3Request {
+    fn new(s: h3::client::SendRequest<h3_quinn::OpenStreams, bytes::Bytes>) -> Self {
+        H3Request(s)
+    }
+
+    async fn get(&mut self, uri: &str) -> u16 {
+        let req = http::Request::builder().uri(uri).body(()).unwrap();
+        let mut s = self.0.send_request(req).await.unwrap();
+        s.finish().await.unwrap();
+        let r = s.recv_response().await.unwrap();
+        r.status().as_u16()
+    }
+}
+
+/// QUIC connections count against `limits.max_connections` with the TCP ones; with
+/// `limits.quic_retry_above = 0` every client proves its address first and still gets in;
+/// an idle connection is closed after `timeouts.client_idle`.
+#[tokio::test(flavor = "multi_thread")]
+async fn connection_cap_retry_and_idle_timeout() {
+    let o = origin().await;
+    let f = Front::start(&pool_config(o.addr, "[limits]\nmax_connections = 1\nquic_retry_above = 0\n[timeouts]\nclient_idle = \"2s\""));
+    let addr = f.addr(Proto::H3);
+    let uri = |p: &str| format!("https://{}{p}", f.authority(Proto::H3));
+    let endpoint = f.cert.quic_client();
+    let mut first = f.cert.h3_connect(&endpoint, addr).await.expect("through Retry");
+    assert_eq!(first.request("GET", &uri("/one"), &[], b"").await.unwrap().status, 200);
+    let second = tokio::time::timeout(Duration::from_secs(5), f.cert.h3_connect(&endpoint, addr)).await;
+    assert!(!matches!(second, Ok(Ok(_))), "a second connection is refused while one is open");
+    let tcp = f.get(Proto::H1, "/tcp", &[]).await;
+    assert_eq!(tcp.status, 503, "the TCP listeners count the QUIC connection too: {tcp:?}");
+    // Idle: closed by Portier after client_idle, which frees the place.
+    let reason = tokio::time::timeout(Duration::from_secs(6), first.conn.closed()).await.expect("closed while idle");
+    assert!(matches!(reason, quinn::ConnectionError::TimedOut), "{reason:?}");
+    // The server's own idle timer fires about when the client's does: give it a moment.
+    let mut again = None;
+    for _ in 0..30 {
+        if let Ok(c) = f.cert.h3_connect(&endpoint, addr).await {
+            again = Some(c);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut again = again.expect("the place is free again");
+    assert_eq!(again.request("GET", &uri("/two"), &[], b"").await.unwrap().status, 200);
+}
+
+/// Debian's Chromium forced onto QUIC for the origin: the navigation is `h3`, and a second
+/// visit (a fresh browser cache) is a HIT from Portier.
+#[tokio::test(flavor = "multi_thread")]
+async fn chromium_over_http3_hits() {
+    assert!(
+        root().join("proxy/tests/browser/node_modules/playwright-core").exists(),
+        "playwright-core missing: run `make test` (it runs `npm ci` in proxy/tests/browser)"
+    );
+    let o = Scripted::start(|req, n| {
+        let host = req.header("host").unwrap_or("(none)").to_string();
+        Reply::new(200, &[("cache-control", "max-age=60"), ("content-type", "text/html")], format!("<p>host={host} #{n}</p>"))
+    })
+    .await;
+    let f = Front::start(&pool_config(o.addr, ""));
+    let url = format!("https://{}/page", f.authority(Proto::H3));
+    let script = root().join("proxy/tests/browser/h3.mjs");
+    let spki = f.cert.spki_sha256.clone();
+    let out =
+        tokio::task::spawn_blocking(move || std::process::Command::new("node").arg(script).arg(url).arg(spki).output().expect("node runs"))
+            .await
+            .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}\n{}", String::from_utf8_lossy(&out.stderr));
+    let report: serde_json::Value = serde_json::from_str(text.trim()).unwrap_or_else(|e| panic!("{e}: {text}"));
+    let loads = report["loads"].as_array().unwrap();
+    let expected_body = format!("host={} #1", f.authority(Proto::H3));
+    for (load, cache) in loads.iter().zip(["MISS", "HIT"]) {
+        assert_eq!(load["protocol"], "h3", "{report}");
+        assert_eq!(load["status"], 200, "{report}");
+        assert_eq!(load["xCache"], cache, "{report}");
+        assert_eq!(load["body"], expected_body.as_str(), "{report}");
+    }
+    assert_eq!(o.count("/page"), 1, "the second visit came from Portier's cache");
+    let lines = f.portier.stdout_lines();
+    assert!(lines.iter().any(|l| l.contains("\"path\":\"/page\"") && l.contains("\"protocol\":\"3\"")), "{lines:#?}");
+}
+
+/// A QUIC variable-length integer (RFC 9000 §16).
+fn varint(out: &mut Vec<u8>, v: u64) {
+    match v {
+        0..=63 => out.push(v as u8),
+        64..=16383 => out.extend_from_slice(&(0x4000 | v as u16).to_be_bytes()),
+        _ => out.extend_from_slice(&(0x8000_0000 | v as u32).to_be_bytes()),
+    }
+}
+
+/// A QPACK integer with an `n`-bit prefix (RFC 7541 §5.1), `flags` in the first byte's high bits.
+fn qint(out: &mut Vec<u8>, flags: u8, n: u32, mut v: usize) {
+    let max = (1usize << n) - 1;
+    if v < max {
+        out.push(flags | v as u8);
+        return;
+    }
+    out.push(flags | max as u8);
+    v -= max;
+    while v >= 128 {
+        out.push((v % 128 + 128) as u8);
+        v /= 128;
+    }
+    out.push(v as u8);
+}
+
+/// A GET's HEADERS frame: static-table pseudo-fields and literal fields (RFC 9204 §4.5).
+fn headers_frame(authority: &str, path: &str, fields: &[(&str, &str)]) -> Vec<u8> {
+    let mut block = vec![0x00, 0x00]; // Required Insert Count 0, Base 0: no dynamic table.
+    block.push(0xc0 | 17); // :method GET (static 17)
+    block.push(0xc0 | 23); // :scheme https (static 23)
+    let literal_with_static_name = |block: &mut Vec<u8>, index: usize, value: &str| {
+        qint(block, 0x50, 4, index);
+        qint(block, 0x00, 7, value.len());
+        block.extend_from_slice(value.as_bytes());
+    };
+    literal_with_static_name(&mut block, 0, authority); // :authority
+    literal_with_static_name(&mut block, 1, path); // :path
+    for (name, value) in fields {
+        qint(&mut block, 0x20, 3, name.len());
+        block.extend_from_slice(name.as_bytes());
+        qint(&mut block, 0x00, 7, value.len());
+        block.extend_from_slice(value.as_bytes());
+    }
+    let mut frame = Vec::new();
+    varint(&mut frame, 0x01);
+    varint(&mut frame, block.len() as u64);
+    frame.extend_from_slice(&block);
+    frame
+}
