@@ -32,10 +32,25 @@ const CONNECTION_FIELDS: [http::HeaderName; 5] = [
     http::HeaderName::from_static("proxy-connection"),
 ];
 
+/// What every request of one connection shares.
+#[derive(Clone)]
+pub(super) struct Conn {
+    pub(super) conn: quinn::Connection,
+    pub(super) client: std::net::SocketAddr,
+    pub(super) server: Option<std::net::SocketAddr>,
+    pub(super) digest: Digest,
+    pub(super) body_deadline: Option<BodyDeadline>,
+    pub(super) write_stall: Duration,
+}
+
 pub(super) struct H3Session {
     req: RequestHeader,
     send: SendHalf,
-    recv: RecvHalf,
+    /// `None` once the request side is given up: dropping it makes quinn send STOP_SENDING.
+    /// (h3-quinn's own `stop_sending` unwraps a stream a cancelled read may have taken.)
+    recv: Option<RecvHalf>,
+    /// The connection, to learn when the client is gone while the response is prepared.
+    conn: quinn::Connection,
     client: Option<SocketAddr>,
     server: Option<SocketAddr>,
     digest: Digest,
@@ -56,38 +71,39 @@ pub(super) struct H3Session {
 }
 
 impl H3Session {
-    pub(super) fn new(
-        req: RequestHeader,
-        stream: RequestStream<h3_quinn::BidiStream<Bytes>, Bytes>,
-        client: std::net::SocketAddr,
-        server: Option<std::net::SocketAddr>,
-        digest: Digest,
-        body_deadline: Option<BodyDeadline>,
-    ) -> H3Session {
+    pub(super) fn new(req: RequestHeader, stream: RequestStream<h3_quinn::BidiStream<Bytes>, Bytes>, c: Conn) -> H3Session {
         let (send, recv) = stream.split();
         H3Session {
             req,
             send,
-            recv,
-            client: Some(SocketAddr::Inet(client)),
-            server: server.map(SocketAddr::Inet),
-            digest,
+            recv: Some(recv),
+            conn: c.conn,
+            client: Some(SocketAddr::Inet(c.client)),
+            server: c.server.map(SocketAddr::Inet),
+            digest: c.digest,
             response: None,
             ended: false,
             body_done: false,
             body_read: 0,
             body_sent: 0,
-            body_deadline,
+            body_deadline: c.body_deadline,
             body_started: None,
             retry_buffer: None,
             first: None,
             read_timeout: None,
-            write_timeout: None,
+            // A client that stops granting flow-control credit would hold a response (and a
+            // cache fill others wait on) forever: each write must progress within this.
+            write_timeout: Some(c.write_stall),
             drain_timeout: None,
         }
     }
 
     async fn end(&mut self) -> Result<()> {
+        if !self.ended && self.response.is_none() {
+            // No head was sent: a bare end of stream would read as a malformed response.
+            self.abandon_stream();
+            return Ok(());
+        }
         if !self.ended {
             self.ended = true;
             let t = self.write_timeout;
@@ -115,6 +131,12 @@ impl H3Session {
             parts.headers.remove(f);
         }
         parts.version = http::Version::HTTP_3;
+        // As Pingora's HTTP/1 and HTTP/2 servers do (RFC 9110 §6.6.1): the origin's, else now.
+        if !parts.headers.contains_key(http::header::DATE) {
+            if let Ok(now) = http::HeaderValue::from_str(&httpdate::fmt_http_date(std::time::SystemTime::now())) {
+                parts.headers.insert(http::header::DATE, now);
+            }
+        }
         let head = http::Response::from_parts(parts, ());
         let t = self.write_timeout;
         let f = self.send.send_response(head);
@@ -140,7 +162,7 @@ impl H3Session {
     pub(super) fn refuse_incomplete(&mut self) {
         self.ended = true;
         self.send.stop_stream(h3::error::Code::H3_REQUEST_INCOMPLETE);
-        self.recv.stop_sending(h3::error::Code::H3_REQUEST_INCOMPLETE);
+        self.recv = None;
     }
 
     /// A response that cannot be completed is reset, so the client cannot take what it got
@@ -150,7 +172,7 @@ impl H3Session {
             self.ended = true;
             self.send.stop_stream(h3::error::Code::H3_INTERNAL_ERROR);
         }
-        self.recv.stop_sending(h3::error::Code::H3_NO_ERROR);
+        self.recv = None;
     }
 
     /// Whether the request has a body at all. HTTP/3 says so only by the stream's end (a GET
@@ -172,7 +194,7 @@ impl H3Session {
     }
 
     async fn recv_chunk(&mut self) -> Result<Option<Bytes>> {
-        chunk(&mut self.recv).await
+        chunk(self.recv.as_mut()).await
     }
 
     async fn read(&mut self) -> Result<Option<Bytes>> {
@@ -184,7 +206,7 @@ impl H3Session {
         }
         let (deadline, timeout) = (self.body_deadline, self.read_timeout);
         let at = deadline.map(|d| d.at(*self.body_started.get_or_insert_with(Instant::now), self.body_read));
-        let recv = chunk(&mut self.recv);
+        let recv = chunk(self.recv.as_mut());
         let data = match (at, timeout) {
             (Some(at), _) => {
                 tokio::time::timeout_at(at, recv).await.or_err(ErrorType::ReadTimedout, "request body slower than the minimum rate")?
@@ -212,7 +234,20 @@ impl H3Session {
     }
 }
 
-async fn chunk(recv: &mut RecvHalf) -> Result<Option<Bytes>> {
+/// A response dropped unfinished (the origin failed mid-body, the request was cancelled) is
+/// reset: quinn would otherwise end the stream cleanly, and a client would take a cut body
+/// for the whole.
+impl Drop for H3Session {
+    fn drop(&mut self) {
+        if !self.ended {
+            self.ended = true;
+            self.send.stop_stream(h3::error::Code::H3_INTERNAL_ERROR);
+        }
+    }
+}
+
+async fn chunk(recv: Option<&mut RecvHalf>) -> Result<Option<Bytes>> {
+    let Some(recv) = recv else { return Error::e_explain(ErrorType::ReadError, "the HTTP/3 request stream was given up") };
     let data = recv.recv_data().await.or_err(ErrorType::ReadError, "reading the HTTP/3 request body")?;
     Ok(data.map(|mut buf| buf.copy_to_bytes(buf.remaining())))
 }
@@ -379,9 +414,10 @@ impl Session for H3Session {
 
     async fn read_body_or_idle(&mut self, no_body_expected: bool) -> Result<Option<Bytes>> {
         if no_body_expected || self.is_body_done() {
-            // A QUIC stream tells nothing more once its request is read: a client that goes
-            // away shows as a failed write, and the connection's idle timeout ends the rest.
-            std::future::pending::<()>().await;
+            // As HTTP/2's `idle()`: resolves only when the client is gone, so a long origin
+            // response is not worked on for nobody.
+            let why = self.conn.closed().await;
+            return Error::e_explain(ErrorType::ConnectionClosed, format!("the HTTP/3 client went away: {why}"));
         }
         self.read().await
     }

@@ -11,7 +11,7 @@
 //! bounded; an idle connection closes after `timeouts.client_idle`; 0-RTT is off, so no
 //! request can be replayed.
 
-use super::h3_session::H3Session;
+use super::h3_session::{Conn, H3Session};
 use super::ServerError;
 use crate::config::{Limits, Timeouts};
 use crate::edge::tls::CertStore;
@@ -36,8 +36,6 @@ const MAX_STREAMS: u32 = 100;
 /// Per stream and per connection, what a client may send before Portier reads it.
 const STREAM_WINDOW: u32 = 1024 * 1024;
 const CONNECTION_WINDOW: u32 = 4 * 1024 * 1024;
-/// How long a draining process waits for open HTTP/3 requests after GOAWAY.
-const DRAIN: Duration = Duration::from_secs(5);
 
 /// The UDP socket on the TLS listener's port, bound before Pingora starts like the TCP ones.
 pub(super) fn bind(addr: SocketAddr) -> Result<UdpSocket, ServerError> {
@@ -79,7 +77,17 @@ pub(super) struct Http3 {
     config: quinn::ServerConfig,
     proxy: Arc<HttpProxy<Gateway>>,
     gate: Arc<ConnectionLimit>,
+    settings: Arc<Settings>,
+}
+
+/// What each connection and request reads, fixed at start like the TCP listeners' limits.
+struct Settings {
     limits: Limits,
+    /// A connection with no request open for this long is closed (GOAWAY, then close),
+    /// whatever PINGs keep QUIC's own idle timer alive.
+    idle: Duration,
+    /// How long open requests may finish after GOAWAY when the process stops.
+    grace: Duration,
 }
 
 impl Http3 {
@@ -88,10 +96,17 @@ impl Http3 {
         store: Arc<CertStore>,
         proxy: Arc<HttpProxy<Gateway>>,
         gate: Arc<ConnectionLimit>,
-        limits: &Limits,
-        timeouts: &Timeouts,
+        config: &crate::config::Config,
     ) -> Result<Http3, ServerError> {
-        Ok(Http3 { socket: Mutex::new(Some(socket)), config: server_config(store, timeouts)?, proxy, gate, limits: limits.clone() })
+        let settings =
+            Settings { limits: config.limits.clone(), idle: config.timeouts.client_idle.get(), grace: config.server.grace_period.get() };
+        Ok(Http3 {
+            socket: Mutex::new(Some(socket)),
+            config: server_config(store, &config.timeouts)?,
+            proxy,
+            gate,
+            settings: Arc::new(settings),
+        })
     }
 }
 
@@ -121,41 +136,39 @@ impl pingora_core::services::background::BackgroundService for Http3 {
             };
             let Some(incoming) = incoming else { break };
             // A spoofed source cannot make Portier answer with a handshake: under load (or
-            // always, with 0) the client first echoes a Retry token from its real address.
-            if handshaking.load(Ordering::Relaxed) >= self.limits.quic_retry_above && !incoming.remote_address_validated() {
-                if incoming.may_retry() {
-                    let _ = incoming.retry();
-                } else {
-                    incoming.ignore();
-                }
+            // always, with 0) the client first echoes a Retry token from its real address
+            // (quinn allows a Retry whenever the address is not yet validated).
+            if handshaking.load(Ordering::Relaxed) >= self.settings.limits.quic_retry_above && !incoming.remote_address_validated() {
+                let _ = incoming.retry();
                 continue;
             }
             let Some(slot) = self.gate.acquire() else {
                 incoming.refuse();
                 continue;
             };
+            // Counted before the task starts, so a burst sees every handshake it started.
+            let counted = Handshaking::start(&handshaking);
             let conn = Connection {
                 proxy: self.proxy.clone(),
-                limits: self.limits.clone(),
+                settings: self.settings.clone(),
                 local,
                 shutdown: shutdown.clone(),
                 goaway: goaway.subscribe(),
             };
-            let handshaking = handshaking.clone();
             tokio::spawn(async move {
                 let _slot = slot;
-                conn.serve(incoming, handshaking).await;
+                conn.serve(incoming, counted).await;
             });
         }
         let _ = goaway.send(true);
-        let _ = tokio::time::timeout(DRAIN, endpoint.wait_idle()).await;
+        let _ = tokio::time::timeout(self.settings.grace, endpoint.wait_idle()).await;
         endpoint.close(0u32.into(), b"shutting down");
     }
 }
 
 struct Connection {
     proxy: Arc<HttpProxy<Gateway>>,
-    limits: Limits,
+    settings: Arc<Settings>,
     local: Option<SocketAddr>,
     shutdown: ShutdownWatch,
     goaway: tokio::sync::watch::Receiver<bool>,
@@ -164,63 +177,122 @@ struct Connection {
 /// Counts a handshake in progress for as long as it lives.
 struct Handshaking(Arc<AtomicUsize>);
 
+impl Handshaking {
+    fn start(count: &Arc<AtomicUsize>) -> Handshaking {
+        count.fetch_add(1, Ordering::Relaxed);
+        Handshaking(count.clone())
+    }
+}
+
 impl Drop for Handshaking {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
+/// The requests open on one connection and when the last one ended.
+struct Activity {
+    open: AtomicUsize,
+    last: Mutex<tokio::time::Instant>,
+}
+
+/// One request's place in its connection's [`Activity`].
+struct Open(Arc<Activity>);
+
+impl Open {
+    fn new(a: &Arc<Activity>) -> Open {
+        a.open.fetch_add(1, Ordering::Relaxed);
+        Open(a.clone())
+    }
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        *self.0.last.lock().unwrap_or_else(|e| e.into_inner()) = tokio::time::Instant::now();
+        self.0.open.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl Activity {
+    /// Resolves once no request has been open for `idle`.
+    async fn idle_for(&self, idle: Duration) {
+        loop {
+            let since = *self.last.lock().unwrap_or_else(|e| e.into_inner());
+            if self.open.load(Ordering::Relaxed) == 0 && since.elapsed() >= idle {
+                return;
+            }
+            let wait = if self.open.load(Ordering::Relaxed) == 0 { idle.saturating_sub(since.elapsed()) } else { idle };
+            tokio::time::sleep(wait.max(Duration::from_millis(10))).await;
+        }
+    }
+}
+
 impl Connection {
-    async fn serve(mut self, incoming: quinn::Incoming, handshaking: Arc<AtomicUsize>) {
+    async fn serve(mut self, incoming: quinn::Incoming, counted: Handshaking) {
         let peer = incoming.remote_address();
-        handshaking.fetch_add(1, Ordering::Relaxed);
-        let counted = Handshaking(handshaking);
+        let limits = &self.settings.limits;
         let conn = match incoming.accept() {
-            Ok(connecting) => tokio::time::timeout(self.limits.handshake_timeout.get(), connecting).await,
+            Ok(connecting) => tokio::time::timeout(limits.handshake_timeout.get(), connecting).await,
             Err(_) => return,
         };
         drop(counted);
         let Ok(Ok(conn)) = conn else { return };
-        let digest = Digest {
-            ssl_digest: Some(Arc::new(SslDigest::new("TLS13_AES_128_GCM_SHA256", "TLSv1.3", None, None, Vec::new()))),
-            ..Default::default()
-        };
+        let digest =
+            Digest { ssl_digest: Some(Arc::new(SslDigest::new("TLS13", "TLSv1.3", None, None, Vec::new()))), ..Default::default() };
         let mut builder = h3::server::builder();
-        builder.max_field_section_size(self.limits.max_headers.bytes());
-        let settings = builder.build::<_, Bytes>(h3_quinn::Connection::new(conn));
-        let Ok(Ok(mut h3)) = tokio::time::timeout(self.limits.head_timeout.get(), settings).await else { return };
+        builder.max_field_section_size(limits.max_headers.bytes());
+        let settings = builder.build::<_, Bytes>(h3_quinn::Connection::new(conn.clone()));
+        let Ok(Ok(mut h3)) = tokio::time::timeout(limits.head_timeout.get(), settings).await else { return };
+        let shared = Conn {
+            conn: conn.clone(),
+            client: peer,
+            server: self.local,
+            digest,
+            body_deadline: Some(pingora_core::protocols::http::BodyDeadline {
+                base: limits.body_timeout.get(),
+                min_rate: limits.min_body_rate.bytes(),
+            }),
+            // A response write that makes no progress for as long as a body may take fails.
+            write_stall: limits.body_timeout.get(),
+        };
+        let activity = Arc::new(Activity { open: AtomicUsize::new(0), last: Mutex::new(tokio::time::Instant::now()) });
+        let mut draining = false;
         loop {
             let next = tokio::select! {
                 n = h3.accept() => n,
-                _ = self.goaway.changed() => {
-                    // GOAWAY: requests already open finish; the client opens no more here.
-                    let _ = h3.shutdown(0).await;
+                _ = self.goaway.changed(), if !draining => {
+                    // GOAWAY naming the next stream: every request accepted so far is served
+                    // (RFC 9114 §5.2), the client sends new ones elsewhere.
+                    draining = true;
+                    let _ = h3.shutdown(1).await;
                     continue;
+                }
+                _ = activity.idle_for(self.settings.idle) => {
+                    let _ = h3.shutdown(1).await;
+                    conn.close(h3::error::Code::H3_NO_ERROR.value().try_into().unwrap_or_default(), b"idle");
+                    break;
                 }
             };
             let resolver = match next {
                 Ok(Some(r)) => r,
                 Ok(None) | Err(_) => break,
             };
+            let open = Open::new(&activity);
             let proxy = self.proxy.clone();
             let shutdown = self.shutdown.clone();
-            let (head_timeout, body_timeout) = (self.limits.head_timeout.get(), self.limits.body_timeout.get());
-            let (local, digest) = (self.local, digest.clone());
-            let deadline = Some(pingora_core::protocols::http::BodyDeadline {
-                base: self.limits.body_timeout.get(),
-                min_rate: self.limits.min_body_rate.bytes(),
-            });
+            let (head_timeout, body_timeout) = (limits.head_timeout.get(), limits.body_timeout.get());
+            let shared = shared.clone();
             tokio::spawn(async move {
+                let _open = open;
                 // The head must come within the deadline, as on HTTP/1 and HTTP/2.
                 let Ok(Ok((req, mut stream))) = tokio::time::timeout(head_timeout, resolver.resolve_request()).await else { return };
                 let Some(header) = request_header(req) else {
                     // A malformed request is a stream error (RFC 9114 §4.1.2); the
                     // connection's other requests go on.
                     stream.stop_stream(h3::error::Code::H3_MESSAGE_ERROR);
-                    stream.stop_sending(h3::error::Code::H3_MESSAGE_ERROR);
                     return;
                 };
-                let mut session = H3Session::new(header, stream, peer, local, digest, deadline);
+                let mut session = H3Session::new(header, stream, shared);
                 // A declared body has the body's deadline to start; no body, the head's.
                 let declared = session_declares_body(&session);
                 if session.look_ahead(if declared { body_timeout } else { head_timeout }).await.is_err() {
@@ -250,9 +322,22 @@ fn request_header(req: http::Request<()>) -> Option<pingora_http::RequestHeader>
     }
     let mut lengths = header.headers.get_all(http::header::CONTENT_LENGTH).iter();
     if let Some(first) = lengths.next() {
-        if lengths.any(|v| v != first) || !first.as_bytes().iter().all(u8::is_ascii_digit) || first.is_empty() {
+        let valid = std::str::from_utf8(first.as_bytes())
+            .ok()
+            .filter(|v| v.bytes().all(|b| b.is_ascii_digit()))
+            .and_then(|v| v.parse::<u64>().ok());
+        if valid.is_none() || lengths.any(|v| v != first) {
             return None;
         }
+    }
+    // Connection-specific fields make an HTTP/3 request malformed (RFC 9114 §4.2); `te` may
+    // only say `trailers`.
+    let forbidden = [http::header::CONNECTION, http::header::TRANSFER_ENCODING, http::header::UPGRADE];
+    if forbidden.iter().any(|f| header.headers.contains_key(f))
+        || ["keep-alive", "proxy-connection"].iter().any(|f| header.headers.contains_key(*f))
+        || header.headers.get_all(http::header::TE).iter().any(|v| !v.as_bytes().eq_ignore_ascii_case(b"trailers"))
+    {
+        return None;
     }
     Some(header)
 }

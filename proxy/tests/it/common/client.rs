@@ -95,10 +95,17 @@ impl TestCert {
 
     /// A QUIC client endpoint trusting this certificate, offering ALPN `h3`.
     pub fn quic_client(&self) -> quinn::Endpoint {
+        self.quic_client_with(quinn::TransportConfig::default())
+    }
+
+    /// [`Self::quic_client`] with its own transport settings (keep-alive PINGs, say).
+    pub fn quic_client_with(&self, transport: quinn::TransportConfig) -> quinn::Endpoint {
         let tls = (*self.client_config(b"h3")).clone();
         let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).expect("TLS 1.3 with ring");
         let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).expect("a UDP socket on loopback");
-        endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(crypto)));
+        let mut config = quinn::ClientConfig::new(Arc::new(crypto));
+        config.transport_config(Arc::new(transport));
+        endpoint.set_default_client_config(config);
         endpoint
     }
 
@@ -236,20 +243,35 @@ pub struct H3Conn {
 }
 
 impl H3Conn {
-    /// One request on this connection.
+    /// One request on this connection, its body's length declared (as browsers send a fetch body).
     pub async fn request(&mut self, method: &str, uri: &str, headers: &[(&str, &str)], body: &[u8]) -> std::io::Result<Resp> {
+        self.request_with(method, uri, headers, body, true).await
+    }
+
+    /// One request; without `declare_length`, the body goes in two DATA frames and only the
+    /// stream's end says where it stops (a streamed upload).
+    pub async fn request_with(
+        &mut self,
+        method: &str,
+        uri: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+        declare_length: bool,
+    ) -> std::io::Result<Resp> {
         let mut req = http::Request::builder().method(method).uri(uri);
         for (k, v) in headers {
             req = req.header(*k, *v);
         }
-        // As browsers send a fetch body: its length declared.
-        if !body.is_empty() {
+        if !body.is_empty() && declare_length {
             req = req.header("content-length", body.len());
         }
         let req = req.body(()).map_err(io)?;
         let mut stream = self.send.send_request(req).await.map_err(io)?;
         if !body.is_empty() {
-            stream.send_data(Bytes::copy_from_slice(body)).await.map_err(io)?;
+            let (a, b) = body.split_at(if declare_length { body.len() } else { body.len() / 2 });
+            for part in [a, b].into_iter().filter(|p| !p.is_empty()) {
+                stream.send_data(Bytes::copy_from_slice(part)).await.map_err(io)?;
+            }
         }
         stream.finish().await.map_err(io)?;
         let resp = stream.recv_response().await.map_err(io)?;

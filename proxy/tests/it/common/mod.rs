@@ -201,6 +201,15 @@ impl Portier {
     pub fn stdout_lines(&self) -> Vec<String> {
         self.stdout.lock().unwrap().clone()
     }
+
+    pub fn stderr_lines(&self) -> Vec<String> {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    /// Panics Portier printed (a task's panic does not stop the process, so look).
+    pub fn panics(&self) -> Vec<String> {
+        self.stdout_lines().into_iter().chain(self.stderr_lines()).filter(|l| l.contains("panicked")).collect()
+    }
 }
 
 impl Drop for Portier {
