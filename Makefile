@@ -4,7 +4,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: all build release demo image test deps toolchain test-deps bench bench-vs bench-disk fuzz fresh-check fmt lint unit clean
+.PHONY: all build release demo image test deps toolchain test-deps bench bench-vs bench-disk bench-h3 fuzz fresh-check fmt lint unit clean
 
 all: build
 
@@ -114,6 +114,11 @@ bench-vs: deps
 	@command -v valgrind >/dev/null || { $(call apt_install,valgrind); }
 	$(CARGO) build --release -p portier -p portier-benches
 	./target/release/vs-bench --rounds 5 --seconds 3 --callgrind
+
+# Issue 28's figures: HTTP/3 hits vs HTTP/2 hits of the same objects from one Portier.
+bench-h3: deps
+	$(CARGO) build --release -p portier -p portier-benches
+	./target/release/h3-bench --rounds 5 --seconds 3
 
 # Fuzzes every parser Portier writes or configures (fuzz/fuzz_targets: request heads, response
 # heads, directive lists, cache URLs, invalidation and purge bodies, config files) for

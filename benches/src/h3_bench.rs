@@ -74,6 +74,8 @@ struct Run {
     rps: f64,
     p99_ms: f64,
     errors: u64,
+    /// Portier's CPU time (user + system) per request, µs: whether it or the client was the limit.
+    cpu_us: f64,
 }
 
 /// Latencies in microseconds, kept per worker and merged at the end.
@@ -82,7 +84,7 @@ type Latencies = Vec<u32>;
 fn summarise(lat: &mut [u32], done: u64, errors: u64, secs: f64) -> Run {
     lat.sort_unstable();
     let p99 = lat.get(((lat.len() as f64 * 0.99) as usize).min(lat.len().saturating_sub(1))).copied().unwrap_or(0);
-    Run { rps: done as f64 / secs, p99_ms: f64::from(p99) / 1000.0, errors }
+    Run { rps: done as f64 / secs, p99_ms: f64::from(p99) / 1000.0, errors, cpu_us: 0.0 }
 }
 
 async fn run_h2(addr: SocketAddr, cert: &rustls::pki_types::CertificateDer<'static>, path: &str, a: &Args) -> Run {
@@ -199,6 +201,25 @@ async fn finish(
     summarise(&mut lat, counted, errors.load(Ordering::Relaxed), secs)
 }
 
+/// User + system CPU seconds of a process so far (/proc/PID/stat, clock ticks of 1/100 s).
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let fields: Vec<&str> = stat.rsplit_once(')').map(|(_, rest)| rest.split_whitespace().collect()).unwrap_or_default();
+    let tick = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    (tick(11) + tick(12)) / 100.0
+}
+
+/// One measured run with Portier's CPU time per request.
+async fn measured(pid: u32, seconds: u64, run: impl std::future::Future<Output = Run>) -> Run {
+    let before = cpu_seconds(pid);
+    let mut r = run.await;
+    let requests = r.rps * seconds as f64;
+    if requests > 0.0 {
+        r.cpu_us = (cpu_seconds(pid) - before) * 1e6 / requests;
+    }
+    r
+}
+
 fn range(v: &[f64]) -> (f64, f64) {
     (v.iter().copied().fold(f64::INFINITY, f64::min), v.iter().copied().fold(f64::NEG_INFINITY, f64::max))
 }
@@ -247,14 +268,15 @@ fn main() {
         let mut failed = false;
         let mut out = format!(
             "HTTP/3 vs HTTP/2 hits, {} round(s) × {} s each, {} connections × {} streams, Portier (one thread) on CPU {}, client and origin on CPU {other}\n\n\
-             | object | HTTP/2 req/s | HTTP/3 req/s | H3 ÷ H2 | HTTP/2 p99 | HTTP/3 p99 |\n|---|---|---|---|---|---|\n",
+             | object | HTTP/2 req/s | HTTP/3 req/s | H3 ÷ H2 | HTTP/2 p99 | HTTP/3 p99 | Portier CPU per request, H2 / H3 |\n|---|---|---|---|---|---|---|\n",
             a.rounds, a.seconds, a.connections, a.streams, a.cpu
         );
         for (label, path) in objects {
             let (mut h2, mut h3) = (Vec::new(), Vec::new());
             for _ in 0..a.rounds {
-                h2.push(run_h2(tls, &der, path, &a).await);
-                h3.push(run_h3(tls, &der, path, &a).await);
+                let pid = p.child.id();
+                h2.push(measured(pid, a.seconds, run_h2(tls, &der, path, &a)).await);
+                h3.push(measured(pid, a.seconds, run_h3(tls, &der, path, &a)).await);
             }
             let med = |v: &[Run], f: fn(&Run) -> f64| median(&v.iter().map(f).collect::<Vec<_>>());
             let rng = |v: &[Run], f: fn(&Run) -> f64| range(&v.iter().map(f).collect::<Vec<_>>());
@@ -265,12 +287,14 @@ fn main() {
                 format!("{:.d$} ({lo:.d$}–{hi:.d$})", med(v, f))
             };
             out += &format!(
-                "| {label} | {} | {} | {:.2} ({rl:.2}–{rh:.2}) | {} ms | {} ms |\n",
+                "| {label} | {} | {} | {:.2} ({rl:.2}–{rh:.2}) | {} ms | {} ms | {:.0} / {:.0} µs |\n",
                 cell(&h2, |r| r.rps, 0),
                 cell(&h3, |r| r.rps, 0),
                 median(&ratios),
                 cell(&h2, |r| r.p99_ms, 2),
                 cell(&h3, |r| r.p99_ms, 2),
+                med(&h2, |r| r.cpu_us),
+                med(&h3, |r| r.cpu_us),
             );
             let errors: u64 = h2.iter().chain(&h3).map(|r| r.errors).sum();
             if errors > 0 || h2.iter().chain(&h3).any(|r| r.rps <= 0.0) {

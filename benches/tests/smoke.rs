@@ -50,3 +50,20 @@ fn vs_bench_smoke_runs_every_scenario() {
     let memory = row("resident memory per cached 2 KB object");
     assert!(memory[3].ends_with(" B") && memory[3] != "0 B", "Portier's memory cell: {:?}", memory[3]);
 }
+
+#[test]
+fn h3_bench_smoke_measures_both_protocols() {
+    let out = Command::new(env!("CARGO_BIN_EXE_h3-bench")).arg("--smoke").arg("--portier").arg(portier()).output().expect("h3-bench runs");
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "h3-bench --smoke failed\nstdout:\n{stdout}\nstderr:\n{stderr}");
+    for label in ["2 KB", "100 KB"] {
+        let line =
+            stdout.lines().find(|l| l.starts_with(&format!("| {label} |"))).unwrap_or_else(|| panic!("no {label} row in:\n{stdout}"));
+        let cells: Vec<&str> = line.split('|').map(str::trim).filter(|c| !c.is_empty()).collect();
+        for (proto, cell) in [("HTTP/2", cells[1]), ("HTTP/3", cells[2])] {
+            let rate: f64 = cell.split_whitespace().next().and_then(|c| c.parse().ok()).unwrap_or(0.0);
+            assert!(rate > 0.0, "{label} over {proto}: {cell:?}");
+        }
+    }
+    assert!(stdout.contains("0 during the hit runs"), "{stdout}");
+}

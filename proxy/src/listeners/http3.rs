@@ -17,6 +17,7 @@ use crate::config::{Limits, Timeouts};
 use crate::edge::tls::CertStore;
 use crate::gateway::Gateway;
 use crate::telemetry::events;
+use crate::telemetry::metrics::Metrics;
 use async_trait::async_trait;
 use bytes::Bytes;
 use pingora_core::apps::{ConnectionLimit, HttpServerApp};
@@ -78,6 +79,7 @@ pub(super) struct Http3 {
     proxy: Arc<HttpProxy<Gateway>>,
     gate: Arc<ConnectionLimit>,
     settings: Arc<Settings>,
+    metrics: Arc<Metrics>,
 }
 
 /// What each connection and request reads, fixed at start like the TCP listeners' limits.
@@ -97,6 +99,7 @@ impl Http3 {
         proxy: Arc<HttpProxy<Gateway>>,
         gate: Arc<ConnectionLimit>,
         config: &crate::config::Config,
+        metrics: Arc<Metrics>,
     ) -> Result<Http3, ServerError> {
         let settings =
             Settings { limits: config.limits.clone(), idle: config.timeouts.client_idle.get(), grace: config.server.grace_period.get() };
@@ -106,6 +109,7 @@ impl Http3 {
             proxy,
             gate,
             settings: Arc::new(settings),
+            metrics,
         })
     }
 }
@@ -140,10 +144,12 @@ impl pingora_core::services::background::BackgroundService for Http3 {
             // (quinn allows a Retry whenever the address is not yet validated).
             if handshaking.load(Ordering::Relaxed) >= self.settings.limits.quic_retry_above && !incoming.remote_address_validated() {
                 let _ = incoming.retry();
+                self.metrics.quic_handshake("retry");
                 continue;
             }
             let Some(slot) = self.gate.acquire() else {
                 incoming.refuse();
+                self.metrics.quic_handshake("refused");
                 continue;
             };
             // Counted before the task starts, so a burst sees every handshake it started.
@@ -151,6 +157,7 @@ impl pingora_core::services::background::BackgroundService for Http3 {
             let conn = Connection {
                 proxy: self.proxy.clone(),
                 settings: self.settings.clone(),
+                metrics: self.metrics.clone(),
                 local,
                 shutdown: shutdown.clone(),
                 goaway: goaway.subscribe(),
@@ -169,6 +176,7 @@ impl pingora_core::services::background::BackgroundService for Http3 {
 struct Connection {
     proxy: Arc<HttpProxy<Gateway>>,
     settings: Arc<Settings>,
+    metrics: Arc<Metrics>,
     local: Option<SocketAddr>,
     shutdown: ShutdownWatch,
     goaway: tokio::sync::watch::Receiver<bool>,
@@ -233,10 +241,17 @@ impl Connection {
         let limits = &self.settings.limits;
         let conn = match incoming.accept() {
             Ok(connecting) => tokio::time::timeout(limits.handshake_timeout.get(), connecting).await,
-            Err(_) => return,
+            Err(_) => {
+                self.metrics.quic_handshake("failed");
+                return;
+            }
         };
         drop(counted);
-        let Ok(Ok(conn)) = conn else { return };
+        let Ok(Ok(conn)) = conn else {
+            self.metrics.quic_handshake("failed");
+            return;
+        };
+        self.metrics.quic_handshake("accepted");
         let digest =
             Digest { ssl_digest: Some(Arc::new(SslDigest::new("TLS13", "TLSv1.3", None, None, Vec::new()))), ..Default::default() };
         let mut builder = h3::server::builder();

@@ -230,7 +230,8 @@ pub(crate) fn run(mut config: Config, source: Option<std::path::PathBuf>, on_bou
             h3.server_options =
                 Some(crate::edge::limits::server_options(&state.config.limits, &state.config.timeouts, state.connections.clone()));
             h3.handle_init_modules();
-            let listener = http3::Http3::new(udp, store.clone(), Arc::new(h3), state.connections.clone(), &state.config)?;
+            let listener =
+                http3::Http3::new(udp, store.clone(), Arc::new(h3), state.connections.clone(), &state.config, state.metrics.clone())?;
             let mut service = pingora_core::services::background::background_service("http3", listener);
             service.threads = Some(threads);
             quic = Some(service);

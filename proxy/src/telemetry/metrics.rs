@@ -34,6 +34,7 @@ pub(crate) struct Metrics {
     upstream_healthy: GaugeVec,
     limits_refused: IntCounterVec,
     auth_checks: IntCounterVec,
+    quic_handshakes: IntCounterVec,
     connections_open: IntGauge,
     uptime: Gauge,
     spans_exported: IntCounter,
@@ -72,6 +73,9 @@ pub(crate) struct External<'a> {
     /// Compression dictionaries kept, and their bytes.
     pub dictionaries: (usize, u64),
 }
+
+/// The `outcome` label values of `quic_handshakes_total`.
+pub(crate) const QUIC_OUTCOMES: [&str; 4] = ["accepted", "retry", "refused", "failed"];
 
 /// The `limit` label values of `limits_refused_total`.
 const LIMITS: [&str; 5] = ["uri", "headers", "body", "requests_per_client", "connections"];
@@ -170,6 +174,7 @@ impl Metrics {
             upstream_healthy,
             limits_refused: counter_vec(&r, &LIMITS_REFUSED, &["limit"])?,
             auth_checks: counter_vec(&r, &AUTH_CHECKS, &["outcome"])?,
+            quic_handshakes: counter_vec(&r, &QUIC_HANDSHAKES, &["outcome"])?,
             connections_open: gauge(&r, &CONNECTIONS_OPEN)?,
             uptime,
             spans_exported: counter(&r, &TRACE_SPANS_EXPORTED)?,
@@ -196,6 +201,9 @@ impl Metrics {
         }
         for limit in LIMITS {
             m.limits_refused.with_label_values(&[limit]);
+        }
+        for outcome in QUIC_OUTCOMES {
+            m.quic_handshakes.with_label_values(&[outcome]);
         }
         for outcome in labels.auth_outcomes {
             m.auth_checks.with_label_values(&[outcome]);
@@ -303,6 +311,11 @@ impl Metrics {
     /// How a Basic authentication check ended.
     pub(crate) fn auth_checked(&self, outcome: &'static str) {
         self.auth_checks.with_label_values(&[outcome]).inc();
+    }
+
+    /// An HTTP/3 connection attempt's outcome (one of [`QUIC_OUTCOMES`]).
+    pub(crate) fn quic_handshake(&self, outcome: &'static str) {
+        self.quic_handshakes.with_label_values(&[outcome]).inc();
     }
 
     /// A request refused by a `[limits]` setting (one of [`LIMITS`]).

@@ -127,6 +127,10 @@ pub(crate) const LIMITS_REFUSED: MetricName = m(
 );
 pub(crate) const AUTH_CHECKS: MetricName =
     m("auth_checks_total", "Basic authentication checks by outcome (verified, remembered, missing, failed, rate_limited: 429, busy: 503)");
+pub(crate) const QUIC_HANDSHAKES: MetricName = m(
+    "quic_handshakes_total",
+    "HTTP/3 connection attempts by outcome (accepted, retry: asked to prove its address first, refused: limits.max_connections, failed: timed out or broken)",
+);
 pub(crate) const CONNECTIONS_OPEN: MetricName = m("connections_open", "Client connections open on the public listeners");
 
 pub(crate) const UPTIME: MetricName = m("portier_uptime_seconds", "Seconds since the process started");

@@ -70,6 +70,21 @@ async fn oversized_headers_and_malformed_frames_are_refused_and_contained() {
     send.finish().unwrap();
     let _ = tokio::time::timeout(Duration::from_secs(5), recv.read_to_end(64 * 1024)).await;
     assert_eq!(o.count("/small"), 1, "a hand-encoded request of ordinary size is served: {:?}", o.seen());
+    // Connection-specific fields make a request malformed (RFC 9114 §4.2): refused, not forwarded.
+    for (path, field) in [("/te", ("te", "gzip")), ("/conn", ("connection", "close")), ("/chunked", ("transfer-encoding", "chunked"))] {
+        let (mut send, mut recv) = raw.open_bi().await.unwrap();
+        send.write_all(&headers_frame(&f.authority(Proto::H3), path, &[field])).await.unwrap();
+        send.finish().unwrap();
+        let got = tokio::time::timeout(Duration::from_secs(5), recv.read_to_end(64 * 1024)).await.expect("answered or reset");
+        assert!(got.is_err(), "{path}: the stream is reset, no response: {got:?}");
+        assert_eq!(o.count(path), 0, "{path} was not forwarded");
+    }
+    // Per stream: the same connection still serves a well-formed request.
+    let (mut send, mut recv) = raw.open_bi().await.unwrap();
+    send.write_all(&headers_frame(&f.authority(Proto::H3), "/small2", &[("x-small", "v")])).await.unwrap();
+    send.finish().unwrap();
+    let _ = tokio::time::timeout(Duration::from_secs(5), recv.read_to_end(64 * 1024)).await;
+    assert_eq!(o.count("/small2"), 1, "the connection outlived the refused streams");
     let (mut send, mut recv) = raw.open_bi().await.unwrap();
     send.write_all(&headers_frame(&f.authority(Proto::H3), "/big", &[("x-big", &"v".repeat(20 * 1024))])).await.unwrap();
     send.finish().unwrap();
@@ -93,7 +108,7 @@ async fn oversized_headers_and_malformed_frames_are_refused_and_contained() {
     assert!(closed.is_ok(), "a malformed HEADERS frame closes that connection");
     let mut c4 = f.cert.h3_connect(&endpoint, addr).await.unwrap();
     assert_eq!(c4.request("GET", &uri("/fine"), &[], b"").await.unwrap().status, 200, "others are unaffected");
-    assert_eq!(o.seen().len(), 3, "only /small, /after-big and /fine reached the origin: {:?}", o.seen());
+    assert_eq!(o.seen().len(), 4, "only /small, /small2, /after-big and /fine reached the origin: {:?}", o.seen());
 }
 
 /// A request stream whose body never comes is reset with H3_REQUEST_INCOMPLETE at
@@ -285,6 +300,11 @@ async fn connection_cap_retry_and_idle_timeout() {
     }
     let mut again = again.expect("the place is free again");
     assert_eq!(again.request("GET", &uri("/two"), &[], b"").await.unwrap().status, 200);
+    // Every client was sent a Retry first (quic_retry_above = 0), the second was refused.
+    let m = get(f.portier.admin, "/metrics").await.text();
+    let count = |outcome: &str| metric_value(&m, &format!("quic_handshakes_total{{outcome=\"{outcome}\"}}")).unwrap_or(-1.0);
+    assert!(count("accepted") >= 2.0 && count("refused") >= 1.0, "{m}");
+    assert!(count("retry") >= count("accepted") + count("refused"), "a Retry before each: {m}");
 }
 
 /// Debian's Chromium forced onto QUIC for the origin: the navigation is `h3`, and a second
