@@ -37,6 +37,10 @@ const MAX_STREAMS: u32 = 100;
 /// Per stream and per connection, what a client may send before Portier reads it.
 const STREAM_WINDOW: u32 = 1024 * 1024;
 const CONNECTION_WINDOW: u32 = 4 * 1024 * 1024;
+/// Malformed requests one connection may send before it is closed (H3_MESSAGE_ERROR), as
+/// Pingora's HTTP/2 server bounds them: each costs a decode and a reset, and a client sending
+/// only those is not a browser.
+const MAX_MALFORMED: usize = 32;
 
 /// The UDP socket on the TLS listener's port, bound before Pingora starts like the TCP ones.
 pub(super) fn bind(addr: SocketAddr) -> Result<UdpSocket, ServerError> {
@@ -201,6 +205,7 @@ impl Drop for Handshaking {
 /// The requests open on one connection and when the last one ended.
 struct Activity {
     open: AtomicUsize,
+    malformed: AtomicUsize,
     last: Mutex<tokio::time::Instant>,
 }
 
@@ -270,7 +275,8 @@ impl Connection {
             // A response write that makes no progress for as long as a body may take fails.
             write_stall: limits.body_timeout.get(),
         };
-        let activity = Arc::new(Activity { open: AtomicUsize::new(0), last: Mutex::new(tokio::time::Instant::now()) });
+        let activity =
+            Arc::new(Activity { open: AtomicUsize::new(0), malformed: AtomicUsize::new(0), last: Mutex::new(tokio::time::Instant::now()) });
         let mut draining = false;
         loop {
             let next = tokio::select! {
@@ -296,7 +302,9 @@ impl Connection {
             let proxy = self.proxy.clone();
             let shutdown = self.shutdown.clone();
             let (head_timeout, body_timeout) = (limits.head_timeout.get(), limits.body_timeout.get());
-            let shared = shared.clone();
+            // The address of this moment: QUIC lets a client move (connection migration).
+            let shared = Conn { client: conn.remote_address(), ..shared.clone() };
+            let (activity, conn) = (activity.clone(), conn.clone());
             tokio::spawn(async move {
                 let _open = open;
                 // The head must come within the deadline, as on HTTP/1 and HTTP/2.
@@ -305,6 +313,9 @@ impl Connection {
                     // A malformed request is a stream error (RFC 9114 §4.1.2); the
                     // connection's other requests go on.
                     stream.stop_stream(h3::error::Code::H3_MESSAGE_ERROR);
+                    if activity.malformed.fetch_add(1, Ordering::Relaxed) + 1 >= MAX_MALFORMED {
+                        conn.close(h3::error::Code::H3_MESSAGE_ERROR.value().try_into().unwrap_or_default(), b"malformed requests");
+                    }
                     return;
                 };
                 let mut session = H3Session::new(header, stream, shared);

@@ -23,7 +23,7 @@ pub(crate) struct RequestSummary<'a> {
     pub(crate) span_name: &'a str,
     pub(crate) host: &'a str,
     pub(crate) path: &'a str,
-    /// `1.0`, `1.1` or `2`: the client's HTTP version (`network.protocol.version`).
+    /// `1.0`, `1.1`, `2` or `3`: the client's HTTP version (`network.protocol.version`).
     pub(crate) protocol: &'static str,
     /// `http` or `https`: the client connection's (`url.scheme`).
     pub(crate) scheme: &'static str,

@@ -91,6 +91,15 @@ async fn oversized_headers_and_malformed_frames_are_refused_and_contained() {
     let answer = tokio::time::timeout(Duration::from_secs(5), recv.read_to_end(64 * 1024)).await;
     assert!(answer.is_ok(), "answered or reset, not left hanging: {answer:?}");
     assert_eq!(o.count("/big"), 0, "the oversized head went no further");
+    // A connection sending only malformed requests is closed after 32 of them.
+    let spammer = endpoint.connect(addr, "a.test").unwrap().await.unwrap();
+    for i in 0..40 {
+        let Ok((mut send, _recv)) = spammer.open_bi().await else { break };
+        let _ = send.write_all(&headers_frame(&f.authority(Proto::H3), &format!("/spam/{i}"), &[("te", "gzip")])).await;
+        let _ = send.finish();
+    }
+    let closed = tokio::time::timeout(Duration::from_secs(5), spammer.closed()).await.expect("closed after its malformed budget");
+    assert!(matches!(&closed, quinn::ConnectionError::ApplicationClosed(c) if u64::from(c.error_code) == 0x10e), "{closed:?}");
     // Under QPACK's limit but over the per-field limit Portier checks: a 431.
     let endpoint2 = f.cert.quic_client();
     let mut c2 = f.cert.h3_connect(&endpoint2, addr).await.unwrap();

@@ -1,6 +1,7 @@
 //! HTTPS over real sockets with real curl: HTTP/2 by ALPN, certificates chosen by SNI,
 //! reloaded on SIGHUP, the real scheme in X-Forwarded-Proto and the cache key, HSTS, the
-//! redirect from plain HTTP, and `portier check` on a key that does not match.
+//! redirect from plain HTTP, `portier check` on a key that does not match, and the same
+//! certificates (SNI, SIGHUP) over HTTP/3.
 
 use crate::common::scripted::{Reply, Scripted};
 use crate::common::*;
@@ -156,4 +157,58 @@ async fn origins_over_tls_are_verified() {
     let lax = edge(&stranger.cert, false);
     assert_eq!(get(lax.public, "/z").await.status, 200, "verify = false accepts it");
     assert_eq!(o.count("/y"), 0);
+}
+
+/// An HTTP/3 GET trusting only `ca`, for `host` (SNI and `:authority`): the status, or why not.
+async fn h3_get(tls: std::net::SocketAddr, host: &str, ca: &Path, path: &str) -> Result<u16, String> {
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(rustls::pki_types::CertificateDer::from_pem_file(ca).map_err(|e| e.to_string())?).map_err(|e| e.to_string())?;
+    let mut c = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::ring::default_provider()))
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    c.alpn_protocols = vec![b"h3".to_vec()];
+    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(c).map_err(|e| e.to_string())?;
+    let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).map_err(|e| e.to_string())?;
+    endpoint.set_default_client_config(quinn::ClientConfig::new(std::sync::Arc::new(crypto)));
+    let run = async {
+        let conn = endpoint.connect(tls, host).map_err(|e| e.to_string())?.await.map_err(|e| e.to_string())?;
+        let (mut driver, mut send) = h3::client::new(h3_quinn::Connection::new(conn)).await.map_err(|e| e.to_string())?;
+        let drive = tokio::spawn(async move { std::future::poll_fn(|cx| driver.poll_close(cx)).await });
+        let req = http::Request::get(format!("https://{host}:{}{path}", tls.port())).body(()).map_err(|e| e.to_string())?;
+        let mut s = send.send_request(req).await.map_err(|e| e.to_string())?;
+        s.finish().await.map_err(|e| e.to_string())?;
+        let status = s.recv_response().await.map_err(|e| e.to_string())?.status().as_u16();
+        drive.abort();
+        Ok(status)
+    };
+    let out = tokio::time::timeout(Duration::from_secs(10), run).await.map_err(|e| e.to_string())?;
+    endpoint.close(0u32.into(), b"done");
+    out
+}
+
+/// HTTP/3 serves the TLS listener's certificates: chosen by SNI, and the reloaded ones after
+/// SIGHUP, on UDP as on TCP.
+#[tokio::test(flavor = "multi_thread")]
+async fn http3_uses_the_same_certificates_sni_and_reload() {
+    let o = Scripted::start(|req, n| Reply::new(200, &[("cache-control", "max-age=60")], format!("{} #{n}", req.target))).await;
+    let dir = tempfile::tempdir().unwrap();
+    let a = make(dir.path(), "a", &["localhost"]);
+    let b = make(dir.path(), "b", &["other.test"]);
+    let cfg = config(o.addr, &a, &b).replacen("[tls]\n", "[tls]\nhttp3 = true\n", 1);
+    let p = Portier::start(&cfg);
+    let tls = p.tls.unwrap();
+    assert_eq!(h3_get(tls, "localhost", &a.cert, "/x").await, Ok(200));
+    assert_eq!(h3_get(tls, "other.test", &b.cert, "/y").await, Ok(200), "the other certificate, by SNI");
+    assert!(h3_get(tls, "other.test", &a.cert, "/y").await.is_err(), "a's certificate does not cover other.test");
+    let before = dir.path().join("before.pem");
+    std::fs::copy(&a.cert, &before).unwrap();
+    let fresh = make(dir.path(), "a", &["localhost"]);
+    p.signal(libc::SIGHUP);
+    let served_new = eventually(Duration::from_secs(5), async || h3_get(tls, "localhost", &fresh.cert, "/x").await == Ok(200)).await;
+    assert!(served_new, "the reloaded certificate is served over QUIC");
+    assert!(h3_get(tls, "localhost", &before, "/x").await.is_err(), "the certificate from before the reload is no longer served");
+    assert_eq!(o.count("/x"), 1, "HTTP/3 hits came from the cache");
 }
