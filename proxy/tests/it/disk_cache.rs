@@ -239,7 +239,7 @@ async fn disk_hits_on_every_protocol() {
         assert!(r.header("cache-status").ends_with("; detail=disk"), "{}: {}", proto.name(), r.header("cache-status"));
         assert!(r.text().starts_with(&format!("v1 /d/{round}/1")), "{}: the stored body", proto.name());
     }
-    assert_eq!(origin.seen().len(), 12, "four fills per protocol, no origin request for the disk hits");
+    assert_eq!(origin.seen().len(), 4 * Proto::ALL.len(), "four fills per protocol, no origin request for the disk hits");
 }
 
 /// With Redis beside it, another replica's purge reaches this replica's disk, not only its
