@@ -104,26 +104,18 @@ async fn run_h2(addr: SocketAddr, cert: &rustls::pki_types::CertificateDer<'stat
                 .expect("h2 handshake");
         tokio::spawn(conn);
         for _ in 0..a.streams {
-            let (mut send, stop, done, errors) = (send.clone(), stop.clone(), done.clone(), errors.clone());
             let uri = format!("https://localhost:{}{path}", addr.port());
-            workers.push(tokio::spawn(async move {
-                let mut lat = Latencies::new();
-                while !stop.load(Ordering::Relaxed) {
-                    let t = Instant::now();
+            workers.push(tokio::spawn(worker(&stop, &done, &errors, send.clone(), move |mut send| {
+                let uri = uri.clone();
+                async move {
                     let req = http::Request::get(&uri).body(http_body_util::Empty::<Bytes>::new()).expect("request");
                     let ok = match send.send_request(req).await {
                         Ok(resp) => resp.status() == 200 && resp.into_body().collect().await.is_ok(),
                         Err(_) => false,
                     };
-                    if ok {
-                        done.fetch_add(1, Ordering::Relaxed);
-                        lat.push(t.elapsed().as_micros() as u32);
-                    } else {
-                        errors.fetch_add(1, Ordering::Relaxed);
-                    }
+                    (send, ok)
                 }
-                lat
-            }));
+            })));
         }
     }
     finish(workers, stop, done, errors, a.seconds).await
@@ -142,12 +134,10 @@ async fn run_h3(addr: SocketAddr, cert: &rustls::pki_types::CertificateDer<'stat
         let (mut driver, send) = h3::client::new(h3_quinn::Connection::new(conn)).await.expect("h3 connection");
         drivers.push(tokio::spawn(async move { std::future::poll_fn(|cx| driver.poll_close(cx)).await }));
         for _ in 0..a.streams {
-            let (mut send, stop, done, errors) = (send.clone(), stop.clone(), done.clone(), errors.clone());
             let uri = format!("https://localhost:{}{path}", addr.port());
-            workers.push(tokio::spawn(async move {
-                let mut lat = Latencies::new();
-                while !stop.load(Ordering::Relaxed) {
-                    let t = Instant::now();
+            workers.push(tokio::spawn(worker(&stop, &done, &errors, send.clone(), move |mut send| {
+                let uri = uri.clone();
+                async move {
                     let ok = async {
                         let req = http::Request::get(&uri).body(()).ok()?;
                         let mut s = send.send_request(req).await.ok()?;
@@ -160,15 +150,9 @@ async fn run_h3(addr: SocketAddr, cert: &rustls::pki_types::CertificateDer<'stat
                     }
                     .await
                     .is_some();
-                    if ok {
-                        done.fetch_add(1, Ordering::Relaxed);
-                        lat.push(t.elapsed().as_micros() as u32);
-                    } else {
-                        errors.fetch_add(1, Ordering::Relaxed);
-                    }
+                    (send, ok)
                 }
-                lat
-            }));
+            })));
         }
     }
     let r = finish(workers, stop, done, errors, a.seconds).await;
@@ -177,6 +161,38 @@ async fn run_h3(addr: SocketAddr, cert: &rustls::pki_types::CertificateDer<'stat
     }
     endpoint.close(0u32.into(), b"done");
     r
+}
+
+/// One closed-loop client: `request` (which hands its sender back) until `stop`, the
+/// successes counted and timed, the failures counted.
+fn worker<S, F, Fut>(
+    stop: &Arc<AtomicBool>,
+    done: &Arc<AtomicU64>,
+    errors: &Arc<AtomicU64>,
+    send: S,
+    mut request: F,
+) -> impl std::future::Future<Output = Latencies>
+where
+    F: FnMut(S) -> Fut,
+    Fut: std::future::Future<Output = (S, bool)>,
+{
+    let (stop, done, errors) = (stop.clone(), done.clone(), errors.clone());
+    async move {
+        let mut lat = Latencies::new();
+        let mut send = Some(send);
+        while let (false, Some(s)) = (stop.load(Ordering::Relaxed), send.take()) {
+            let t = Instant::now();
+            let (s, ok) = request(s).await;
+            send = Some(s);
+            if ok {
+                done.fetch_add(1, Ordering::Relaxed);
+                lat.push(t.elapsed().as_micros() as u32);
+            } else {
+                errors.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        lat
+    }
 }
 
 async fn finish(

@@ -106,13 +106,7 @@ impl H3Session {
         }
         if !self.ended {
             self.ended = true;
-            let t = self.write_timeout;
-            let f = self.send.finish();
-            let res = match t {
-                Some(t) => tokio::time::timeout(t, f).await.or_err(ErrorType::WriteTimedout, "finishing the HTTP/3 response")?,
-                None => f.await,
-            };
-            res.or_err(ErrorType::WriteError, "finishing the HTTP/3 response")?;
+            written(self.write_timeout, "finishing the HTTP/3 response", self.send.finish()).await?;
         }
         Ok(())
     }
@@ -138,13 +132,7 @@ impl H3Session {
             }
         }
         let head = http::Response::from_parts(parts, ());
-        let t = self.write_timeout;
-        let f = self.send.send_response(head);
-        let res = match t {
-            Some(t) => tokio::time::timeout(t, f).await.or_err(ErrorType::WriteTimedout, "writing the HTTP/3 response head")?,
-            None => f.await,
-        };
-        res.or_err(ErrorType::WriteError, "writing the HTTP/3 response head")?;
+        written(self.write_timeout, "writing the HTTP/3 response head", self.send.send_response(head)).await?;
         self.response = Some(resp.clone());
         if end {
             self.end().await?;
@@ -234,6 +222,19 @@ impl H3Session {
     }
 }
 
+/// A write to the client, bounded by the write timeout when one is set.
+async fn written<T>(
+    limit: Option<Duration>,
+    what: &'static str,
+    f: impl std::future::Future<Output = std::result::Result<T, h3::error::StreamError>>,
+) -> Result<T> {
+    let res = match limit {
+        Some(t) => tokio::time::timeout(t, f).await.or_err(ErrorType::WriteTimedout, what)?,
+        None => f.await,
+    };
+    res.or_err(ErrorType::WriteError, what)
+}
+
 /// A response dropped unfinished (the origin failed mid-body, the request was cancelled) is
 /// reset: quinn would otherwise end the stream cleanly, and a client would take a cut body
 /// for the whole.
@@ -295,13 +296,7 @@ impl Session for H3Session {
         }
         if !data.is_empty() {
             let len = data.len();
-            let t = self.write_timeout;
-            let f = self.send.send_data(data);
-            let res = match t {
-                Some(t) => tokio::time::timeout(t, f).await.or_err(ErrorType::WriteTimedout, "writing the HTTP/3 response body")?,
-                None => f.await,
-            };
-            res.or_err(ErrorType::WriteError, "writing the HTTP/3 response body")?;
+            written(self.write_timeout, "writing the HTTP/3 response body", self.send.send_data(data)).await?;
             self.body_sent += len;
         }
         if end {
@@ -314,13 +309,7 @@ impl Session for H3Session {
         if self.ended {
             return Ok(());
         }
-        let t = self.write_timeout;
-        let f = self.send.send_trailers(trailers);
-        let res = match t {
-            Some(t) => tokio::time::timeout(t, f).await.or_err(ErrorType::WriteTimedout, "writing the HTTP/3 trailers")?,
-            None => f.await,
-        };
-        res.or_err(ErrorType::WriteError, "writing the HTTP/3 trailers")?;
+        written(self.write_timeout, "writing the HTTP/3 trailers", self.send.send_trailers(trailers)).await?;
         self.end().await
     }
 

@@ -299,33 +299,13 @@ async fn a_strict_nginx_origin_serves_every_protocol() {
 /// sees the `Host` the browser meant, and a second visit (a fresh browser cache) is a HIT.
 #[tokio::test(flavor = "multi_thread")]
 async fn chromium_over_http2_reaches_the_origin_intact_and_hits() {
-    assert!(
-        root().join("proxy/tests/browser/node_modules/playwright-core").exists(),
-        "playwright-core missing: run `make test` (it runs `npm ci` in proxy/tests/browser)"
-    );
-    assert!(std::path::Path::new("/usr/bin/chromium").exists(), "chromium missing: run `make test` or `apt-get install -y chromium`");
     let o = Scripted::start(|req, n| {
         let host = req.header("host").unwrap_or("(none)").to_string();
         Reply::new(200, &[("cache-control", "max-age=60"), ("content-type", "text/html")], format!("<p>host={host} #{n}</p>"))
     })
     .await;
     let f = Front::start(&pool_config(o.addr, ""));
-    let url = format!("https://{}/page", f.authority(Proto::H2Tls));
-    let script = root().join("proxy/tests/browser/h2.mjs");
-    let out = tokio::task::spawn_blocking(move || std::process::Command::new("node").arg(script).arg(url).output().expect("node runs"))
-        .await
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{text}\n{}", String::from_utf8_lossy(&out.stderr));
-    let report: serde_json::Value = serde_json::from_str(text.trim()).unwrap_or_else(|e| panic!("{e}: {text}"));
-    let loads = report["loads"].as_array().unwrap();
-    let expected_body = format!("host={} #1", f.authority(Proto::H2Tls));
-    for (load, cache) in loads.iter().zip(["MISS", "HIT"]) {
-        assert_eq!(load["protocol"], "h2", "{report}");
-        assert_eq!(load["status"], 200, "{report}");
-        assert_eq!(load["xCache"], cache, "{report}");
-        assert_eq!(load["body"], expected_body.as_str(), "{report}");
-    }
+    f.chromium_visits_twice(Proto::H2Tls, "/page", &format!("host={} #1", f.authority(Proto::H2Tls))).await;
     assert_eq!(o.count("/page"), 1, "the second visit came from Portier's cache");
     assert_eq!(o.last("/page").unwrap().header("host"), Some(f.authority(Proto::H2Tls).as_str()));
 }

@@ -170,6 +170,42 @@ impl Front {
         format!("a.test:{}", self.addr(proto).port())
     }
 
+    /// Two visits of `path` by headless Chromium (`browser/visit.mjs`, a fresh browser cache
+    /// each) over `proto` (HTTP/2 by ALPN, or HTTP/3 forced for the origin): asserts the
+    /// protocol, a MISS then a HIT and `body` each time; returns the script's report.
+    pub async fn chromium_visits_twice(&self, proto: Proto, path: &str, body: &str) -> serde_json::Value {
+        let root = super::root();
+        assert!(
+            root.join("proxy/tests/browser/node_modules/playwright-core").exists(),
+            "playwright-core missing: run `make test` (it runs `npm ci` in proxy/tests/browser)"
+        );
+        assert!(Path::new("/usr/bin/chromium").exists(), "chromium missing: run `make test` or `apt-get install -y chromium`");
+        let (want, spki) = match proto {
+            Proto::H2Tls => ("h2", None),
+            Proto::H3 => ("h3", Some(self.cert.spki_sha256.clone())),
+            other => panic!("Chromium is driven over HTTP/2 or HTTP/3 here, not {other:?}"),
+        };
+        let url = format!("https://{}{path}", self.authority(proto));
+        let script = root.join("proxy/tests/browser/visit.mjs");
+        let out = tokio::task::spawn_blocking(move || {
+            std::process::Command::new("node").arg(script).arg(url).args(spki).output().expect("node runs")
+        })
+        .await
+        .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{text}\n{}", String::from_utf8_lossy(&out.stderr));
+        let report: serde_json::Value = serde_json::from_str(text.trim()).unwrap_or_else(|e| panic!("{e}: {text}"));
+        let loads = report["loads"].as_array().unwrap();
+        assert_eq!(loads.len(), 2, "{report}");
+        for (load, cache) in loads.iter().zip(["MISS", "HIT"]) {
+            assert_eq!(load["protocol"], want, "{report}");
+            assert_eq!(load["status"], 200, "{report}");
+            assert_eq!(load["xCache"], cache, "{report}");
+            assert_eq!(load["body"], body, "{report}");
+        }
+        report
+    }
+
     pub async fn get(&self, proto: Proto, path: &str, headers: &[(&str, &str)]) -> Resp {
         self.send(proto, "GET", path, headers, b"").await.unwrap_or_else(|e| panic!("{} GET {path}: {e}", proto.name()))
     }
