@@ -27,6 +27,11 @@ async fn alt_svc_names_the_port_and_http3_can_be_off() {
         assert_eq!(r.header("alt-svc"), format!("h3=\":{port}\"; ma=86400"), "{proto:?}: {r:?}");
     }
     assert_eq!(f.get(Proto::H1, "/alt/plain", &[]).await.opt_header("alt-svc"), None, "not on plain HTTP");
+    // HEAD over HTTP/3: the head a GET gets (its Content-Length), no body, from the cache.
+    let get = f.get(Proto::H3, "/alt/h3", &[]).await;
+    let head = f.send(Proto::H3, "HEAD", "/alt/h3", &[], b"").await.unwrap();
+    assert_eq!((head.status, head.header("x-cache"), head.body.len()), (200, "HIT", 0), "{head:?}");
+    assert_eq!(head.header("content-length"), get.body.len().to_string(), "{head:?}");
 
     // Off: no Alt-Svc, and nothing answers QUIC on the port.
     let dir = tempfile::tempdir().unwrap();
