@@ -438,3 +438,26 @@ async fn aioquic_misses_hits_and_revalidates() {
     assert!(revalidated.iter().all(|r| r["status"] == 304 && r["body"] == ""), "{revalidated:?}");
     assert_eq!(o.count("/aq"), 1, "answered from the stored copy");
 }
+
+/// SIGTERM with an HTTP/3 request in flight: it is answered in full, then the process exits
+/// cleanly (GOAWAY keeps accepted requests; the drain is the grace period's).
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_lets_an_http3_request_in_flight_finish() {
+    let api = crate::common::origin().await;
+    let f = Front::start(&pool_config(api.addr, "[server]\ngrace_period = \"5s\""));
+    let (addr, authority) = (f.addr(Proto::H3), f.authority(Proto::H3));
+    let endpoint = f.cert.quic_client();
+    let mut c = f.cert.h3_connect(&endpoint, addr).await.unwrap();
+    let slow = tokio::spawn(async move { c.request("GET", &format!("https://{authority}/api/slow?ms=1200"), &[], b"").await });
+    assert!(eventually(Duration::from_secs(3), async || api.state.hits("/api/slow?ms=1200") == 1).await);
+    f.portier.signal(libc::SIGTERM);
+    let r = slow.await.unwrap().expect("the in-flight HTTP/3 request completes");
+    assert_eq!((r.status, r.json()["slept_ms"].as_u64()), (200, Some(1200)), "{r:?}");
+    let mut p = f.portier;
+    let (status, lines) = tokio::task::spawn_blocking(move || (p.wait_exit(Duration::from_secs(8)), p.stdout_lines())).await.unwrap();
+    assert!(status.expect("exits within the grace period").success(), "{lines:?}");
+    assert!(
+        lines.iter().any(|l| l.contains("\"event\":\"shutdown_complete\"") && l.contains("\"in_flight_abandoned\":\"0\"")),
+        "{lines:?}"
+    );
+}
