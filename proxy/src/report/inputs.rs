@@ -208,6 +208,58 @@ fn mark(path: &Path) -> Result<Mark, InputError> {
     Ok(Mark { time_ms, totals: totals.iter().filter_map(|(k, v)| Some((k.clone(), v.as_f64()?))).collect() })
 }
 
+/// A CPU profile's widest functions by their own samples (what a flame graph shows widest at
+/// its top), for the runbook's "hotpath CPU" row.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct HotPath {
+    pub samples: f64,
+    /// (function, share of all samples), widest first.
+    pub top: Vec<(String, f64)>,
+}
+
+/// A pprof protobuf, gzipped or not (Portier's `/debug/pprof/profile`, Pyroscope's and
+/// `go tool pprof`'s exports): each sample's leaf function (the innermost inlined one).
+fn profile(path: &Path) -> Result<HotPath, InputError> {
+    use pprof::protos::Message as _;
+    use std::io::Read as _;
+    let raw = std::fs::read(path).map_err(|source| InputError::Read { path: path.into(), source })?;
+    let shape = |what: String| InputError::Shape { path: path.into(), what };
+    let bytes = if raw.starts_with(&[0x1f, 0x8b]) {
+        let mut out = Vec::new();
+        flate2::read::GzDecoder::new(&raw[..]).take(512 << 20).read_to_end(&mut out).map_err(|e| shape(format!("not gzip: {e}")))?;
+        out
+    } else {
+        raw
+    };
+    let p = pprof::protos::Profile::decode(bytes.as_slice()).map_err(|e| shape(format!("not a pprof profile: {e}")))?;
+    let text = |i: i64| usize::try_from(i).ok().and_then(|i| p.string_table.get(i)).map(String::as_str).unwrap_or("?");
+    // CPU time where the profile has it, else its first value (sample counts).
+    let column = p.sample_type.iter().position(|t| text(t.ty) == "cpu").unwrap_or(0);
+    let functions: std::collections::HashMap<u64, &str> = p.function.iter().map(|f| (f.id, text(f.name))).collect();
+    let leaf: std::collections::HashMap<u64, &str> = p
+        .location
+        .iter()
+        .filter_map(|l| Some((l.id, l.line.first().and_then(|line| functions.get(&line.function_id).copied())?)))
+        .collect();
+    // A sampling profiler's own frames (the signal handler unwinding the stack) sit above the
+    // code it sampled in some profiles (pprof-rs's): they are not where the time went.
+    let profiler =
+        |f: &str| ["libunwind", "backtrace::", "pprof::", "perf_signal_handler", "__restore_rt", "_Unwind_"].iter().any(|p| f.contains(p));
+    let mut own: std::collections::HashMap<&str, f64> = std::collections::HashMap::new();
+    let mut samples = 0.0;
+    for s in &p.sample {
+        let v = s.value.get(column).copied().unwrap_or(0) as f64;
+        samples += v;
+        let name = s.location_id.iter().filter_map(|id| leaf.get(id).copied()).find(|f| !profiler(f)).unwrap_or("(unknown)");
+        *own.entry(name).or_default() += v;
+    }
+    // An idle process's profile is empty, and says so in the report.
+    let mut top: Vec<(String, f64)> = own.into_iter().filter(|_| samples > 0.0).map(|(n, v)| (n.to_string(), v / samples)).collect();
+    top.sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    top.truncate(3);
+    Ok(HotPath { samples, top })
+}
+
 /// Everything found in one run's directory.
 #[derive(Debug, Clone)]
 pub(crate) struct RunFiles {
@@ -215,6 +267,7 @@ pub(crate) struct RunFiles {
     pub points: Option<K6Points>,
     pub lighthouse: Vec<Lighthouse>,
     pub marks: Option<(Mark, Mark)>,
+    pub hot_path: Option<HotPath>,
     pub files: Vec<String>,
 }
 
@@ -222,7 +275,9 @@ pub(crate) fn read_run(dir: &Path) -> Result<RunFiles, InputError> {
     let entries = std::fs::read_dir(dir).map_err(|source| InputError::Read { path: dir.into(), source })?;
     let name = |p: &PathBuf| p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let lower = |p: &PathBuf| name(p).to_ascii_lowercase();
-    let mut json: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| lower(p).ends_with(".json")).collect();
+    let is_profile = |n: &str| n.ends_with(".pb.gz") || n.ends_with(".pb") || n.ends_with(".pprof");
+    let mut json: Vec<PathBuf> =
+        entries.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| lower(p).ends_with(".json") || is_profile(&lower(p))).collect();
     json.sort();
     // Each kind by its name; two of one kind is a question only the user can answer.
     let one = |kind: &str, want: &dyn Fn(&str) -> bool| -> Result<Option<PathBuf>, InputError> {
@@ -239,11 +294,13 @@ pub(crate) fn read_run(dir: &Path) -> Result<RunFiles, InputError> {
             }),
         }
     };
-    let k6 = |n: &str| !n.starts_with("lighthouse") && !n.starts_with("portier-");
+    let k6 = |n: &str| n.ends_with(".json") && !n.starts_with("lighthouse") && !n.starts_with("portier-");
+    let profile_path = one("CPU profile (*.pb.gz, *.pb, *.pprof)", &|n| is_profile(n))?;
     let summary_path =
         one("k6 summary (*summary*.json)", &|n| k6(n) && n.contains("summary"))?.ok_or_else(|| InputError::NoSummary(dir.into()))?;
     let points_path = one("k6 points (*metrics*.json)", &|n| k6(n) && n.contains("metrics"))?;
-    let lighthouse_paths: Vec<&PathBuf> = json.iter().filter(|p| lower(p).starts_with("lighthouse")).collect();
+    let lighthouse_paths: Vec<&PathBuf> =
+        json.iter().filter(|p| lower(p).starts_with("lighthouse") && lower(p).ends_with(".json")).collect();
     let (start, end) = (dir.join("portier-start.json"), dir.join("portier-end.json"));
     let marks = match (start.exists(), end.exists()) {
         (true, true) => Some((mark(&start)?, mark(&end)?)),
@@ -256,11 +313,13 @@ pub(crate) fn read_run(dir: &Path) -> Result<RunFiles, InputError> {
     if marks.is_some() {
         files.extend(["portier-start.json".to_string(), "portier-end.json".to_string()]);
     }
+    files.extend(profile_path.iter().map(name));
     Ok(RunFiles {
         summary: summary(&summary_path)?,
         points: points_path.as_deref().map(points).transpose()?,
         lighthouse: lighthouse_paths.into_iter().map(|p| lighthouse(p)).collect::<Result<Vec<_>, _>>()?,
         marks,
+        hot_path: profile_path.as_deref().map(profile).transpose()?,
         files,
     })
 }
@@ -278,5 +337,40 @@ mod tests {
         assert_eq!(percentile(&[], 95.0), 0.0);
         assert_eq!(rfc3339_ms("2026-12-07T10:00:01.250+01:00"), Some(1_796_634_001_250));
         assert_eq!(rfc3339_ms("yesterday"), None);
+    }
+
+    #[test]
+    fn a_profiles_widest_functions_by_own_samples() {
+        use pprof::protos::{Function, Line, Location, Message as _, Profile, Sample, ValueType};
+        let strings =
+            ["", "samples", "count", "cpu", "nanoseconds", "main", "parse", "memcpy", "backtrace::trace"].map(String::from).to_vec();
+        let loc = |id: u64, f: u64| Location { id, line: vec![Line { function_id: f, line: 1 }], ..Default::default() };
+        let p = Profile {
+            sample_type: vec![ValueType { ty: 1, unit: 2 }, ValueType { ty: 3, unit: 4 }],
+            function: (1..=4).map(|id| Function { id, name: 4 + id as i64, ..Default::default() }).collect(),
+            location: vec![loc(1, 1), loc(2, 2), loc(3, 3), loc(4, 4)],
+            // memcpy under parse under main: 30 ns; parse itself 20; main 10.
+            sample: vec![
+                Sample { location_id: vec![3, 2, 1], value: vec![3, 30], ..Default::default() },
+                Sample { location_id: vec![2, 1], value: vec![2, 20], ..Default::default() },
+                Sample { location_id: vec![1], value: vec![5, 10], ..Default::default() },
+                // The profiler's own unwinding frame on top: the time is memcpy's.
+                Sample { location_id: vec![4, 3, 2, 1], value: vec![1, 6], ..Default::default() },
+            ],
+            string_table: strings,
+            ..Default::default()
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cpu.pb.gz");
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        std::io::Write::write_all(&mut gz, &p.encode_to_vec()).unwrap();
+        std::fs::write(&path, gz.finish().unwrap()).unwrap();
+        let h = profile(&path).unwrap();
+        assert_eq!(h.samples, 66.0, "the cpu column, not the counts");
+        let names: Vec<&str> = h.top.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["memcpy", "parse", "main"]);
+        assert!((h.top[0].1 - 36.0 / 66.0).abs() < 1e-12, "{h:?}");
+        std::fs::write(&path, b"not a profile").unwrap();
+        assert!(profile(&path).unwrap_err().to_string().contains("not a pprof profile"));
     }
 }

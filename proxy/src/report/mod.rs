@@ -67,6 +67,8 @@ pub(crate) struct CacheWork {
     pub compression: Vec<CodingWork>,
     /// Bytes the background re-compression took off stored copies.
     pub recompress_saved: f64,
+    /// Portier's own CPU time (user + system, all threads) per client request, µs.
+    pub cpu_us_per_request: Option<f64>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -132,6 +134,8 @@ fn cache_work(start: &Mark, end: &Mark, what: &str) -> Result<CacheWork, ReportE
         bytes_from_origin: through_cache.then(|| delta("cache_served_bytes_total{source=\"origin\"}")),
         compression,
         recompress_saved: sum_where("compression_recompress_saved_bytes_total", &|_| true),
+        cpu_us_per_request: (requests > 0.0 && end.totals.contains_key("process_cpu_seconds_total"))
+            .then(|| delta("process_cpu_seconds_total") * 1e6 / requests),
     })
 }
 
@@ -148,6 +152,8 @@ pub(crate) struct Run {
     /// Only k6's points carry the status of each request.
     pub rate_5xx: Option<f64>,
     pub lighthouse: Vec<Lighthouse>,
+    /// The CPU profile given with the run (`*.pb.gz`), its widest functions.
+    pub hot_path: Option<inputs::HotPath>,
     pub cache: Option<CacheWork>,
     /// Bytes k6 received over the run, through the model.
     pub transfer: energy::Estimate,
@@ -192,7 +198,13 @@ fn run(name: &str, dir: &Path, model: &energy::Constants, prom: Option<&promethe
             let (start, end) = window.ok_or_else(|| ReportError::NoWindow(dir.into()))?;
             let (s, e) = p.window(start, end)?;
             let (s, e) = (Mark { time_ms: start, totals: s }, Mark { time_ms: end, totals: e });
-            (Some(cache_work(&s, &e, &format!("{} (Prometheus)", dir.display()))?), Some("prometheus"), p.hit_ratio(start, end)?)
+            let mut work = cache_work(&s, &e, &format!("{} (Prometheus)", dir.display()))?;
+            // Prometheus holds the process collector's whole seconds: under 10 s of CPU the
+            // figure would be more rounding than measurement (the marks read microseconds).
+            if work.cpu_us_per_request.is_some_and(|us| us * work.requests / 1e6 < 10.0) {
+                work.cpu_us_per_request = None;
+            }
+            (Some(work), Some("prometheus"), p.hit_ratio(start, end)?)
         }
         None => {
             let what = dir.join("portier-start.json, portier-end.json").display().to_string();
@@ -218,6 +230,7 @@ fn run(name: &str, dir: &Path, model: &energy::Constants, prom: Option<&promethe
         hit_ratio,
         k6: f.summary,
         lighthouse: f.lighthouse,
+        hot_path: f.hot_path,
         cache,
         per_view,
     })

@@ -62,7 +62,10 @@ impl Prometheus {
     /// The totals at `t_ms`, keyed as `/metrics/totals` keys them.
     fn totals_at(&self, t_ms: u64) -> Result<Totals, PromError> {
         let svc = &self.service;
-        let queries: [(String, &str, &[&str]); 8] = [
+        let queries: [(String, &str, &[&str]); 9] = [
+            // Every process exports this; Portier's are the targets that also export its build
+            // info. Whole seconds (the marks read it to the microsecond).
+            ("sum(process_cpu_seconds_total and on(job, instance) portier_build_info)".into(), "process_cpu_seconds_total", &[]),
             ("sum by (cache_status) (cache_requests_total)".into(), "cache_requests_total", &["cache_status"]),
             ("sum(compression_recompress_saved_bytes_total)".into(), "compression_recompress_saved_bytes_total", &[]),
             ("sum(cache_hit_total)".into(), "cache_hit_total", &[]),

@@ -37,6 +37,32 @@ fn grams(v: f64) -> String {
     }
 }
 
+/// A Rust or C++ function shortened to its last two path segments, generic arguments,
+/// qualified-path brackets and symbol hashes dropped (`<alloc::boxed::Box<T>>::into_raw` →
+/// `Box::into_raw`, `<T as core::fmt::Debug>::fmt` → `Debug::fmt`): a table cell, not a
+/// symbol table.
+fn short_function(name: &str) -> String {
+    let mut plain = String::with_capacity(name.len());
+    let mut generic_depth = 0usize;
+    let mut prev = ' ';
+    for c in name.chars() {
+        match c {
+            '<' if generic_depth > 0 || prev.is_alphanumeric() || prev == '_' => generic_depth += 1,
+            '>' if generic_depth > 0 => generic_depth -= 1,
+            '<' | '>' => {}
+            _ if generic_depth > 0 => {}
+            c => plain.push(c),
+        }
+        if generic_depth == 0 && c != '>' {
+            prev = c;
+        }
+    }
+    let plain = plain.rsplit(" as ").next().unwrap_or(&plain);
+    let parts: Vec<&str> =
+        plain.split("::").filter(|p| !(p.is_empty() || p.starts_with("{{") || p.starts_with('h') && p.len() == 17)).collect();
+    parts[parts.len().saturating_sub(2)..].join("::")
+}
+
 fn pct(v: f64) -> String {
     format!("{:.1}%", v * 100.0)
 }
@@ -108,6 +134,22 @@ fn comparison(r: &Report) -> Table {
         }
         rows.push(row);
     }
+    if r.runs.iter().any(|run| run.hot_path.is_some()) {
+        // The runbook's "hotpath CPU": what the given profile spent most of its samples in.
+        let mut row = vec!["CPU hot path (profile: widest functions by own samples)".to_string()];
+        row.extend(r.runs.iter().map(|run| {
+            run.hot_path.as_ref().map_or("—".into(), |h| match h.top.is_empty() {
+                true => "— (the profile has no samples)".into(),
+                false => {
+                    h.top.iter().map(|(name, share)| format!("{} {}", short_function(name), pct(*share))).collect::<Vec<_>>().join(", ")
+                }
+            })
+        }));
+        if r.runs.len() >= 2 {
+            row.push(String::new());
+        }
+        rows.push(row);
+    }
     if r.runs.iter().any(|run| !run.lighthouse.is_empty()) {
         let mut row = vec!["page audited by Lighthouse".to_string()];
         row.extend(r.runs.iter().map(|run| run.lighthouse.first().map_or("—".into(), |l| l.url.clone())));
@@ -139,6 +181,7 @@ fn cache_table(r: &Report) -> Option<Table> {
         ("body bytes from cache", |c| c.bytes_from_cache.map_or("—".into(), bytes)),
         ("body bytes from origin", |c| c.bytes_from_origin.map_or("—".into(), bytes)),
         ("taken off stored copies by the background re-compression", |c| bytes(c.recompress_saved)),
+        ("Portier CPU per request (µs, all threads)", |c| opt(c.cpu_us_per_request, 1)),
     ];
     let mut out: Vec<Vec<String>> = rows
         .into_iter()
@@ -206,7 +249,10 @@ fn method(r: &Report) -> String {
          Bytes delivered to users (what compression and 304s reduce) count in every segment. Cache hits save origin work, \
          not transfer: the bytes served from cache are shown against the data-centre share only, as an upper bound. The page \
          rating is one first visit (no browser cache) of the page Lighthouse audited. k6 measures what its virtual users \
-         received (headers and bodies); Lighthouse measures one page view in Chromium. Portier's figures come from {}.",
+         received (headers and bodies); Lighthouse measures one page view in Chromium. Portier's CPU per request is all its \
+         threads' time over the window (idle work included) divided by its requests; from Prometheus it needs 10 s of CPU or \
+         more, the exported counter being whole seconds. The CPU hot path is the given profile's widest functions by their own \
+         samples. Portier's figures come from {}.",
         r.model.name,
         o.data_centre,
         o.network,
@@ -356,4 +402,19 @@ pub(super) fn markdown(r: &Report) -> String {
         let _ = writeln!(out, "- {}: {} ({})", md(&run.name), md(&run.dir), files.join(", "));
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::short_function;
+
+    #[test]
+    fn function_names_fit_a_cell() {
+        assert_eq!(short_function("<alloc::boxed::Box<T>>::into_raw"), "Box::into_raw");
+        assert_eq!(short_function("<T as core::fmt::Debug>::fmt"), "Debug::fmt");
+        assert_eq!(short_function("std::sys::pal::unix::time::Timespec::sub_timespec"), "Timespec::sub_timespec");
+        assert_eq!(short_function("portier::gateway::Gateway::request_filter::{{closure}}"), "Gateway::request_filter");
+        assert_eq!(short_function("core::ptr::drop_in_place<hyper::Body>::h0123456789abcdef"), "ptr::drop_in_place");
+        assert_eq!(short_function("memcpy"), "memcpy");
+    }
 }

@@ -53,6 +53,17 @@ fn one_run(dir: &Path, demo: &Demo) -> serde_json::Value {
         "--only-categories=performance,best-practices",
     );
     std::fs::write(dir.join("lighthouse-home.json"), lh.to_string()).unwrap();
+    // Portier's own CPU profile (as the runbook's Pyroscope would give one), taken under a
+    // burst of requests after the window, so it has samples whatever k6's small ramp left idle.
+    let profile_path = dir.join("portier-cpu.pb");
+    let url = format!("http://{admin}/debug/pprof/profile?seconds=1");
+    let profiler = std::thread::spawn(move || Command::new("curl").args(["-sf", "-o"]).arg(&profile_path).arg(url).status());
+    let burst = format!("http://{}/api/stats/summary?username=demo&n=[1-3000]", demo.public);
+    let started = std::time::Instant::now();
+    while !profiler.is_finished() && started.elapsed() < std::time::Duration::from_secs(10) {
+        let _ = Command::new("curl").args(["-s", "--max-time", "2"]).arg(&burst).stdout(std::process::Stdio::null()).status();
+    }
+    assert!(profiler.join().unwrap().is_ok_and(|s| s.success()), "the profile endpoint answered");
     serde_json::from_slice(&std::fs::read(dir.join("ramp-summary.json")).unwrap()).unwrap()
 }
 
@@ -104,6 +115,9 @@ async fn a_report_from_real_k6_runs_checked_and_printed() {
         assert_eq!(f(&cache["requests"]), f(&m["http_reqs"]["count"]), "{cache}");
         assert!(run["lighthouse"][0]["total_byte_weight"].as_f64().unwrap() > 0.0);
         assert!(run["per_second"].as_array().unwrap().len() >= 3, "a point per second of the run");
+        let top = run["hot_path"]["top"].as_array().unwrap();
+        assert!(!top.is_empty() && top.iter().all(|t| t[1].as_f64().unwrap() > 0.0), "{}", run["hot_path"]);
+        assert!(cache["cpu_us_per_request"].as_f64().unwrap() > 0.0, "{cache}");
     }
     let (base, opt) = (&report["runs"][0]["cache"], &report["runs"][1]["cache"]);
     assert_eq!(base["hits"], 0.0, "the baseline's cache is off: {base}");
@@ -163,7 +177,16 @@ async fn a_report_from_real_k6_runs_checked_and_printed() {
 
     let html = std::fs::read_to_string(out.join("report.html")).unwrap();
     assert!(!html.contains("<script") && !html.contains("src=\"http") && !html.contains("href=\"http"), "self-contained");
-    for text in ["Before and after", "Cache and compression", "Energy and carbon", "Sustainable Web Design model v4", "<svg", "44.18"] {
+    for text in [
+        "Before and after",
+        "Cache and compression",
+        "Energy and carbon",
+        "Sustainable Web Design model v4",
+        "<svg",
+        "44.18",
+        "CPU hot path",
+        "Portier CPU per request",
+    ] {
         assert!(html.contains(text), "{text}");
     }
     let md = std::fs::read_to_string(out.join("report.md")).unwrap();
