@@ -187,6 +187,9 @@ impl H3Session {
 
     async fn read(&mut self) -> Result<Option<Bytes>> {
         if let Some(first) = self.first.take() {
+            if self.declared_length().is_some_and(|n| first.len() as u64 > n) {
+                return Error::e_explain(ErrorType::ReadError, "HTTP/3 request body longer than its Content-Length");
+            }
             return Ok(Some(self.account(first)));
         }
         if self.body_done {
@@ -204,9 +207,22 @@ impl H3Session {
         };
         let Some(bytes) = data? else {
             self.body_done = true;
+            // DATA frames that add up to other than the declared length make the request
+            // malformed (RFC 9114 §4.1.2): an origin would wait for the missing bytes.
+            if self.declared_length().is_some_and(|n| n != self.body_read as u64) {
+                return Error::e_explain(ErrorType::ReadError, "HTTP/3 request body shorter than its Content-Length");
+            }
             return Ok(None);
         };
+        if self.declared_length().is_some_and(|n| (self.body_read + bytes.len()) as u64 > n) {
+            return Error::e_explain(ErrorType::ReadError, "HTTP/3 request body longer than its Content-Length");
+        }
         Ok(Some(self.account(bytes)))
+    }
+
+    /// The request's Content-Length (checked to be one number when the request was accepted).
+    fn declared_length(&self) -> Option<u64> {
+        self.req.headers.get(http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok())
     }
 
     fn account(&mut self, bytes: Bytes) -> Bytes {
