@@ -105,8 +105,10 @@ impl H3Session {
             return Ok(());
         }
         if !self.ended {
-            self.ended = true;
+            // Marked ended only once the end is written: a finish that fails halfway (h3 writes
+            // a GREASE frame with it) leaves Drop to reset the stream.
             written(self.write_timeout, "finishing the HTTP/3 response", self.send.finish()).await?;
+            self.ended = true;
         }
         Ok(())
     }

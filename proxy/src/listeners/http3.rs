@@ -41,6 +41,8 @@ const CONNECTION_WINDOW: u32 = 4 * 1024 * 1024;
 /// Pingora's HTTP/2 server bounds them: each costs a decode and a reset, and a client sending
 /// only those is not a browser.
 const MAX_MALFORMED: usize = 32;
+/// How long a GOAWAY may take to write (a client can withhold the control stream's credit).
+const GOAWAY_WRITE: Duration = Duration::from_secs(1);
 
 /// The UDP socket on the TLS listener's port, bound before Pingora starts like the TCP ones.
 pub(super) fn bind(addr: SocketAddr) -> Result<UdpSocket, ServerError> {
@@ -285,11 +287,15 @@ impl Connection {
                     // GOAWAY naming the next stream: every request accepted so far is served
                     // (RFC 9114 §5.2), the client sends new ones elsewhere.
                     draining = true;
-                    let _ = h3.shutdown(1).await;
+                    // Bounded: GOAWAY goes on the control stream, whose credit a client may withhold.
+                    let _ = tokio::time::timeout(GOAWAY_WRITE, h3.shutdown(1)).await;
                     continue;
                 }
                 _ = activity.idle_for(self.settings.idle) => {
-                    let _ = h3.shutdown(1).await;
+                    // No request open: GOAWAY promising none, a moment for the client to close
+                    // itself (and for the last bytes queued to leave), then the close.
+                    let _ = tokio::time::timeout(GOAWAY_WRITE, h3.shutdown(0)).await;
+                    let _ = tokio::time::timeout(GOAWAY_WRITE, conn.closed()).await;
                     conn.close(h3::error::Code::H3_NO_ERROR.value().try_into().unwrap_or_default(), b"idle");
                     break;
                 }

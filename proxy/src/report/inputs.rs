@@ -132,6 +132,10 @@ fn points(path: &Path) -> Result<K6Points, InputError> {
     durations.sort_by_key(|(t, _)| *t);
     let start = durations.first().map_or(0, |d| d.0);
     let end = durations.last().map_or(0, |d| d.0);
+    // A second per row of the charts: a stray point days away would make millions of them.
+    if end - start > 7 * 86_400_000 {
+        return Err(InputError::Shape { path: path.into(), what: "its points span more than 7 days: not one run".into() });
+    }
     let mut by_second: BTreeMap<u64, Vec<f64>> = BTreeMap::new();
     for (t, ms) in &durations {
         by_second.entry((t - start) / 1000).or_default().push(*ms);
@@ -222,15 +226,26 @@ pub(crate) struct HotPath {
 fn profile(path: &Path) -> Result<HotPath, InputError> {
     use pprof::protos::Message as _;
     use std::io::Read as _;
-    let raw = std::fs::read(path).map_err(|source| InputError::Read { path: path.into(), source })?;
+    // A real profile is a few MiB; a crafted one could decode into many times its size.
+    const MAX: u64 = 64 << 20;
     let shape = |what: String| InputError::Shape { path: path.into(), what };
+    let file = std::fs::File::open(path).map_err(|source| InputError::Read { path: path.into(), source })?;
+    let mut raw = Vec::new();
+    file.take(MAX + 1).read_to_end(&mut raw).map_err(|source| InputError::Read { path: path.into(), source })?;
     let bytes = if raw.starts_with(&[0x1f, 0x8b]) {
         let mut out = Vec::new();
-        flate2::read::GzDecoder::new(&raw[..]).take(512 << 20).read_to_end(&mut out).map_err(|e| shape(format!("not gzip: {e}")))?;
+        flate2::read::GzDecoder::new(&raw[..]).take(MAX + 1).read_to_end(&mut out).map_err(|e| shape(format!("not gzip: {e}")))?;
         out
     } else {
         raw
     };
+    if bytes.len() as u64 > MAX {
+        return Err(shape(format!("larger than {} MiB: not a CPU profile of one run", MAX >> 20)));
+    }
+    // Each element decodes into tens of bytes from two: bound the decoded size too.
+    if bytes.iter().filter(|b| **b == 0x12 || **b == 0x22).count() > 4_000_000 {
+        return Err(shape("more samples or locations than one run's profile holds".into()));
+    }
     let p = pprof::protos::Profile::decode(bytes.as_slice()).map_err(|e| shape(format!("not a pprof profile: {e}")))?;
     let text = |i: i64| usize::try_from(i).ok().and_then(|i| p.string_table.get(i)).map(String::as_str).unwrap_or("?");
     // CPU time where the profile has it, else its first value (sample counts).
@@ -372,5 +387,21 @@ mod tests {
         assert!((h.top[0].1 - 36.0 / 66.0).abs() < 1e-12, "{h:?}");
         std::fs::write(&path, b"not a profile").unwrap();
         assert!(profile(&path).unwrap_err().to_string().contains("not a pprof profile"));
+    }
+
+    #[test]
+    fn inputs_that_would_exhaust_memory_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        // Empty samples, two bytes each in the file, tens once decoded.
+        let path = dir.path().join("cpu.pb");
+        std::fs::write(&path, [0x12u8, 0x00].repeat(4_000_001)).unwrap();
+        assert!(profile(&path).unwrap_err().to_string().contains("more samples"), "a crafted profile");
+        // Two k6 points eight days apart: millions of per-second rows.
+        let points_path = dir.path().join("ramp-metrics.json");
+        let point = |t: &str| {
+            format!("{{\"type\":\"Point\",\"metric\":\"http_req_duration\",\"data\":{{\"time\":\"{t}\",\"value\":1.0,\"tags\":{{}}}}}}\n")
+        };
+        std::fs::write(&points_path, point("2026-12-01T00:00:00Z") + &point("2026-12-09T00:00:00Z")).unwrap();
+        assert!(points(&points_path).unwrap_err().to_string().contains("7 days"));
     }
 }
