@@ -65,6 +65,8 @@ pub(super) struct H3Session {
     retry_buffer: Option<(Vec<u8>, bool)>,
     /// The body's first chunk, read before the request goes on (see [`H3Session::look_ahead`]).
     first: Option<Bytes>,
+    /// The request's Content-Length, read once (checked to be one number on acceptance).
+    declared: Option<u64>,
     read_timeout: Option<Duration>,
     write_timeout: Option<Duration>,
     drain_timeout: Option<Duration>,
@@ -73,7 +75,9 @@ pub(super) struct H3Session {
 impl H3Session {
     pub(super) fn new(req: RequestHeader, stream: RequestStream<h3_quinn::BidiStream<Bytes>, Bytes>, c: Conn) -> H3Session {
         let (send, recv) = stream.split();
+        let declared = req.headers.get(http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok());
         H3Session {
+            declared,
             req,
             send,
             recv: Some(recv),
@@ -144,7 +148,12 @@ impl H3Session {
 
     /// `Content-Length: 0`: nothing to wait for (the stream's end may come later).
     fn declared_empty(&self) -> bool {
-        self.req.headers.get(http::header::CONTENT_LENGTH).is_some_and(|v| v.as_bytes() == b"0")
+        self.declared == Some(0)
+    }
+
+    /// A body is announced (a non-zero Content-Length): it gets the body's deadline to start.
+    pub(super) fn declares_body(&self) -> bool {
+        self.declared.is_some_and(|n| n > 0)
     }
 
     /// A request whose body (or end) never came: both directions reset, so the client's
@@ -189,7 +198,7 @@ impl H3Session {
 
     async fn read(&mut self) -> Result<Option<Bytes>> {
         if let Some(first) = self.first.take() {
-            if self.declared_length().is_some_and(|n| first.len() as u64 > n) {
+            if self.declared.is_some_and(|n| first.len() as u64 > n) {
                 return Error::e_explain(ErrorType::ReadError, "HTTP/3 request body longer than its Content-Length");
             }
             return Ok(Some(self.account(first)));
@@ -211,20 +220,15 @@ impl H3Session {
             self.body_done = true;
             // DATA frames that add up to other than the declared length make the request
             // malformed (RFC 9114 §4.1.2): an origin would wait for the missing bytes.
-            if self.declared_length().is_some_and(|n| n != self.body_read as u64) {
+            if self.declared.is_some_and(|n| n != self.body_read as u64) {
                 return Error::e_explain(ErrorType::ReadError, "HTTP/3 request body shorter than its Content-Length");
             }
             return Ok(None);
         };
-        if self.declared_length().is_some_and(|n| (self.body_read + bytes.len()) as u64 > n) {
+        if self.declared.is_some_and(|n| (self.body_read + bytes.len()) as u64 > n) {
             return Error::e_explain(ErrorType::ReadError, "HTTP/3 request body longer than its Content-Length");
         }
         Ok(Some(self.account(bytes)))
-    }
-
-    /// The request's Content-Length (checked to be one number when the request was accepted).
-    fn declared_length(&self) -> Option<u64> {
-        self.req.headers.get(http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok())
     }
 
     fn account(&mut self, bytes: Bytes) -> Bytes {

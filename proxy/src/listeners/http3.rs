@@ -326,7 +326,7 @@ impl Connection {
                 };
                 let mut session = H3Session::new(header, stream, shared);
                 // A declared body has the body's deadline to start; no body, the head's.
-                let declared = session_declares_body(&session);
+                let declared = session.declares_body();
                 if session.look_ahead(if declared { body_timeout } else { head_timeout }).await.is_err() {
                     session.refuse_incomplete();
                     return;
@@ -335,11 +335,6 @@ impl Connection {
             });
         }
     }
-}
-
-fn session_declares_body(s: &H3Session) -> bool {
-    use pingora_core::protocols::http::custom::server::Session;
-    s.req_header().headers.get(http::header::CONTENT_LENGTH).is_some_and(|v| v.as_bytes() != b"0")
 }
 
 /// The request as Pingora holds it, version `HTTP/3`; a target with bytes no URI may hold
