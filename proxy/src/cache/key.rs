@@ -11,8 +11,14 @@ use pingora_http::RequestHeader;
 /// predictor, and `CacheKey` hashes (blake2) anew on each call unless given the result.
 pub(crate) fn cache_key(url: &CacheUrl) -> CacheKey {
     use pingora_cache::key::CacheHashKey;
+    let hash = CacheKey::new(url.as_str(), "").primary_bin();
+    cache_key_hashed(url, hash)
+}
+
+/// [`cache_key`] for a URL whose key hash this request computed already (`hash` is
+/// `cache_key(url)`'s): the fast path's, when Pingora asks for the key after it.
+pub(crate) fn cache_key_hashed(url: &CacheUrl, hash: HashBinary) -> CacheKey {
     let mut key = CacheKey::new(url.as_str(), "");
-    let hash = key.primary_bin();
     key.set_primary_bin_override(hash);
     key
 }
@@ -85,11 +91,14 @@ fn variant_value(name: &str, req: &RequestHeader) -> Vec<u8> {
 /// it, so a response stored with or without that name in its `Vary` gives one answer.
 pub(crate) fn variance(meta: &CacheMeta, req: &RequestHeader, coding: Option<Coding>, dictionary: Option<&[u8; 32]>) -> Option<HashBinary> {
     let headers = &meta.response_header().headers;
+    if dictionary.is_none() && headers.contains_key(crate::edge::compression::MARKER) && varies_on_encoding_alone(headers) {
+        return Some(encoded_variance(coding));
+    }
     let mut names = super::directives::field_tokens(headers, http::header::VARY);
     names.sort();
     names.dedup();
     let portier_encodes = headers.contains_key(crate::edge::compression::MARKER);
-    let mut vb = VarianceBuilder::new();
+    let mut pairs = Vec::with_capacity(names.len());
     for name in names {
         if portier_encodes && name == "available-dictionary" {
             continue;
@@ -102,9 +111,78 @@ pub(crate) fn variance(meta: &CacheMeta, req: &RequestHeader, coding: Option<Cod
         } else {
             variant_value(&name, req)
         };
-        vb.add_owned_name_value(name, value);
+        pairs.push((name, value));
     }
-    vb.finalize()
+    if pairs.is_empty() {
+        return None;
+    }
+    memoized_variance(pairs)
+}
+
+/// `Vary: Accept-Encoding` and nothing else, as Portier writes it on what it compresses.
+fn varies_on_encoding_alone(headers: &http::HeaderMap) -> bool {
+    let mut lines = headers.get_all(http::header::VARY).iter();
+    matches!((lines.next(), lines.next()), (Some(v), None) if v.as_bytes().trim_ascii().eq_ignore_ascii_case(b"accept-encoding"))
+}
+
+/// The variance of a response Portier compresses, varying on `Accept-Encoding` alone: one of
+/// four, computed once, the same hash the general path gives (tested).
+fn encoded_variance(coding: Option<Coding>) -> HashBinary {
+    static TABLE: std::sync::OnceLock<[HashBinary; 4]> = std::sync::OnceLock::new();
+    let table = TABLE.get_or_init(|| {
+        [None, Some(Coding::Gzip), Some(Coding::Br), Some(Coding::Zstd)].map(|c| {
+            let mut vb = VarianceBuilder::new();
+            vb.add_owned_value("accept-encoding", format!("coding={}", c.map_or("identity", Coding::as_str)).into_bytes());
+            vb.finalize().unwrap_or_default()
+        })
+    });
+    table[match coding {
+        None => 0,
+        Some(Coding::Gzip) => 1,
+        Some(Coding::Br) => 2,
+        Some(Coding::Zstd) => 3,
+    }]
+}
+
+/// Variance hashes already computed on this thread, by their exact inputs. Blake2 over the
+/// names and values was ~5,000 instructions of every hit of a varying response (most of them
+/// one of four `Accept-Encoding` variants); a lookup here is a few hundred. Bounded: inputs
+/// over `MEMO_MAX_INPUT` bytes are not kept, and a full table is emptied.
+fn memoized_variance(pairs: Vec<(String, Vec<u8>)>) -> Option<HashBinary> {
+    use std::cell::RefCell;
+    use std::collections::HashMap;
+    const MEMO_MAX_INPUT: usize = 256;
+    const MEMO_ENTRIES: usize = 512;
+    thread_local! {
+        static MEMO: RefCell<HashMap<Vec<u8>, HashBinary>> = RefCell::new(HashMap::new());
+    }
+    // Each part length-prefixed: no two different lists of pairs give the same bytes.
+    let mut input = Vec::with_capacity(pairs.iter().map(|(n, v)| n.len() + v.len() + 8).sum());
+    for (n, v) in &pairs {
+        input.extend_from_slice(&(n.len() as u32).to_le_bytes());
+        input.extend_from_slice(n.as_bytes());
+        input.extend_from_slice(&(v.len() as u32).to_le_bytes());
+        input.extend_from_slice(v);
+    }
+    let known = (input.len() <= MEMO_MAX_INPUT).then(|| MEMO.with(|m| m.borrow().get(&input).copied())).flatten();
+    if known.is_some() {
+        return known;
+    }
+    let mut vb = VarianceBuilder::new();
+    for (n, v) in pairs {
+        vb.add_owned_name_value(n, v);
+    }
+    let hash = vb.finalize()?;
+    if input.len() <= MEMO_MAX_INPUT {
+        MEMO.with(|m| {
+            let mut m = m.borrow_mut();
+            if m.len() >= MEMO_ENTRIES {
+                m.clear();
+            }
+            m.insert(input, hash);
+        });
+    }
+    Some(hash)
 }
 
 #[cfg(test)]
@@ -141,6 +219,54 @@ mod tests {
         assert_eq!(al(&[b"da, en"]), al(&[b"da,en"]), "whitespace around elements");
         assert_ne!(al(&[b"da, en"]), al(&[b"en, da"]), "order kept where it may matter");
         assert_ne!(al(&[b"a;x=\"1,2\""]), al(&[b"a;x=\"1", b"2\""]), "a quoted comma is not a separator");
+    }
+
+    #[test]
+    fn the_encoded_variants_shortcut_gives_the_general_hash() {
+        for vary in ["Accept-Encoding", " accept-encoding "] {
+            let mut h = ResponseHeader::build(200, None).unwrap();
+            h.insert_header("vary", vary).unwrap();
+            h.insert_header(crate::edge::compression::MARKER, "1").unwrap();
+            let now = SystemTime::now();
+            let m = CacheMeta::new(now, now, 0, 0, h);
+            let r = RequestHeader::build("GET", b"/", None).unwrap();
+            for c in [None, Some(Coding::Gzip), Some(Coding::Br), Some(Coding::Zstd)] {
+                let mut vb = VarianceBuilder::new();
+                let v = format!("coding={}", c.map_or("identity", Coding::as_str));
+                vb.add_value("accept-encoding", v.as_bytes());
+                assert_eq!(variance(&m, &r, c, None), vb.finalize(), "{vary} {c:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_remembered_variance_is_the_one_computed() {
+        let m = meta("Accept-Language, Cookie");
+        let mut r = RequestHeader::build("GET", b"/", None).unwrap();
+        r.append_header("accept-language", "da").unwrap();
+        r.append_header("cookie", "a=1").unwrap();
+        let mut vb = VarianceBuilder::new();
+        vb.add_value("accept-language", b"=da");
+        vb.add_value("cookie", b"=a=1");
+        let want = vb.finalize();
+        assert_eq!(variance(&m, &r, None, None), want, "first, computed");
+        assert_eq!(variance(&m, &r, None, None), want, "then, remembered");
+        let mut other = RequestHeader::build("GET", b"/", None).unwrap();
+        other.append_header("accept-language", "da").unwrap();
+        other.append_header("cookie", "a=2").unwrap();
+        assert_ne!(variance(&m, &other, None, None), want);
+        // Past the size bound nothing is remembered, and the answer is still right.
+        let long = "x".repeat(400);
+        other.insert_header("cookie", long.as_str()).unwrap();
+        let mut vb = VarianceBuilder::new();
+        vb.add_value("accept-language", b"=da");
+        let v = format!("={long}");
+        vb.add_value("cookie", v.as_bytes());
+        assert_eq!(variance(&m, &other, None, None), vb.finalize());
+        assert!(
+            variance(&meta("X-None"), &RequestHeader::build("GET", b"/", None).unwrap(), None, None).is_some(),
+            "an absent field varies too"
+        );
     }
 
     #[test]

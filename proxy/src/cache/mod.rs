@@ -42,6 +42,9 @@ use store::Store;
 pub(crate) struct CacheLayer {
     /// Where entries live (the in-memory store by default).
     storage: &'static dyn Store,
+    /// The memory tier (`storage` itself, or the first of its tiers): fresh hits are read
+    /// from it directly ([`Self::fresh_in_memory`]).
+    memory: &'static MemStorage,
     lock: &'static CacheKeyLockImpl,
     /// Remembers keys whose responses were uncacheable, so later requests for them skip the
     /// lookup and the lock: after one uncacheable fill, waiters are not all released to the
@@ -73,12 +76,8 @@ pub(crate) fn after_hit(
     meta: &pingora_cache::CacheMeta,
     hit: &pingora_cache::storage::HitHandler,
 ) {
-    if !cfg.recompress {
-        return;
-    }
     if let Some(body) = store::tiered::memory_body(hit) {
-        let max = usize::try_from(cfg.recompress_max_size.0).unwrap_or(usize::MAX);
-        recompress::on_hit(layer.storage, metrics, key, meta, body, max);
+        layer.after_memory_hit(metrics, cfg, key, meta, body);
     }
 }
 
@@ -125,6 +124,7 @@ impl CacheLayer {
         let storage: &'static dyn Store = if tiers.is_empty() { memory } else { store::tiered::Tiered { l1: memory, tiers }.leak() };
         CacheLayer {
             storage,
+            memory,
             lock: Box::leak(CacheLock::new_boxed(lock_timeout)),
             // Only what the response says is remembered: a client's `no-store` or an
             // `Authorization` request must not make the URL skip the lock for everyone.
@@ -146,6 +146,7 @@ impl CacheLayer {
         config.lock_timeout = self.config.lock_timeout;
         CacheLayer {
             storage: self.storage,
+            memory: self.memory,
             lock: self.lock,
             predictor: self.predictor,
             lock_timeout: self.lock_timeout,
@@ -195,6 +196,54 @@ impl CacheLayer {
     /// A request that may hold a fill lock ended without storing: see [`Store::request_ended`].
     pub(crate) fn request_ended(&self, primary: &pingora_cache::key::HashBinary) {
         self.storage.request_ended(primary);
+    }
+
+    /// A fresh entry of the memory tier for this request, found as Pingora's lookup finds
+    /// one: the key's primary slot, then, when the stored response varies and this request
+    /// is another variant, the variant's own slot, valid only if stored after the primary
+    /// (the primary's provenance is the tombstone of older variants). `key` ends as Pingora
+    /// leaves it (the variance set for a variant slot). None sends the request down
+    /// Pingora's own path: nothing fresh in memory, or a key the predictor remembers as
+    /// uncacheable (Pingora skips the lookup for those).
+    pub(crate) fn fresh_in_memory(
+        &self,
+        key: &mut pingora_cache::CacheKey,
+        variance: impl Fn(&pingora_cache::CacheMeta) -> Option<pingora_cache::key::HashBinary>,
+        now: std::time::SystemTime,
+    ) -> Option<(pingora_cache::CacheMeta, bytes::Bytes)> {
+        use pingora_cache::key::CacheHashKey as _;
+        if !self.predictor.cacheable_prediction(key) {
+            return None;
+        }
+        let (meta, body) = self.memory.get(&key.combined_bin()).ok()??;
+        let (meta, body) = match variance(&meta) {
+            Some(v) if meta.variance() != Some(v) => {
+                key.set_variance_key(v);
+                let (variant, body) = self.memory.get(&key.combined_bin()).ok()??;
+                if variant.created() < meta.provenance() || variant.variance() != Some(v) {
+                    return None;
+                }
+                (variant, body)
+            }
+            _ => (meta, body),
+        };
+        meta.is_fresh(now).then_some((meta, body))
+    }
+
+    /// A fresh hit answered from memory by [`Self::fresh_in_memory`] may queue its stored
+    /// copy's re-compression, as one through Pingora does ([`after_hit`]).
+    pub(crate) fn after_memory_hit(
+        &self,
+        metrics: &std::sync::Arc<crate::telemetry::metrics::Metrics>,
+        cfg: &crate::config::CompressionConfig,
+        key: &pingora_cache::key::CacheKey,
+        meta: &pingora_cache::CacheMeta,
+        body: &bytes::Bytes,
+    ) {
+        if cfg.recompress {
+            let max = usize::try_from(cfg.recompress_max_size.0).unwrap_or(usize::MAX);
+            recompress::on_hit(self.storage, metrics, key, meta, body, max);
+        }
     }
 
     pub(crate) fn enable(&self, session: &mut Session) {

@@ -103,6 +103,9 @@ pub(crate) struct CachePart {
     pub(crate) precondition_failed: bool,
     /// Set once, where the response header is built; everything else reads it.
     pub(crate) outcome: Option<Outcome>,
+    /// A fresh hit answered from memory before Pingora's cache ran (see `fast_hit`): the
+    /// cache's phase says nothing about this request.
+    pub(crate) answered_from_memory: bool,
     /// Invalidation rules matching this request, and the start of its body they may read.
     pub(crate) invalidation_rules: Vec<usize>,
     pub(crate) captured_body: Option<Vec<u8>>,

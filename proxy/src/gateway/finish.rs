@@ -9,7 +9,7 @@ use pingora_proxy::Session;
 
 impl State {
     pub(super) fn finish(&self, session: &mut Session, ctx: &mut Ctx, error: Option<&pingora_error::Error>) {
-        let phase_status = CacheStatus::from_phase(session.cache.phase());
+        let phase_status = if ctx.cache.answered_from_memory { CacheStatus::Hit } else { CacheStatus::from_phase(session.cache.phase()) };
         self.release_fill_lock(ctx, phase_status, error.is_none());
         if session.subrequest_ctx.is_some() {
             self.metrics.background_refresh(phase_status.as_str());

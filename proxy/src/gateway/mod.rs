@@ -5,6 +5,7 @@
 
 mod ctx;
 pub(crate) mod error_page;
+mod fast_hit;
 mod finish;
 pub(crate) mod operator_view;
 mod refusal;
@@ -170,10 +171,11 @@ impl ProxyHttp for Gateway {
         Ok(())
     }
 
-    /// Returns true when Portier answered the request itself.
+    /// Returns true when Portier answered the request itself: a refusal, a local answer, or
+    /// a fresh hit from memory.
     async fn request_filter(&self, session: &mut Session, p: &mut Pinned) -> Result<bool> {
         let Pinned { state, ctx } = p;
-        let Some(refusal) = state.admit(session, ctx).await else { return Ok(false) };
+        let Some(refusal) = state.admit(session, ctx).await else { return state.answer_fresh_hit(session, ctx).await };
         state.answer(session, ctx, refusal).await?;
         Ok(true)
     }

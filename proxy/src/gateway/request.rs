@@ -325,7 +325,10 @@ pub(super) fn cache_key(ctx: &mut Ctx) -> Result<CacheKey> {
         .url
         .as_ref()
         .ok_or_else(|| Error::explain(ErrorType::InternalError, "cache key asked before the target was checked"))?;
-    let key = key::cache_key(url);
+    let key = match ctx.cache.key_hash {
+        Some(hash) => key::cache_key_hashed(url, hash),
+        None => key::cache_key(url),
+    };
     ctx.cache.key_hash = Some(key.primary_bin());
     Ok(key)
 }

@@ -8,7 +8,7 @@ use crate::cache::{conditional, invalidate, policy, revalidate};
 use crate::gateway::error_page;
 use crate::gateway::response_headers;
 use bytes::Bytes;
-use pingora_cache::{NoCacheReason, RespCacheable};
+use pingora_cache::{CacheMeta, NoCacheReason, RespCacheable};
 use pingora_error::{Error, ErrorSource, Result};
 use pingora_http::ResponseHeader;
 use pingora_proxy::{FailToProxy, Session};
@@ -70,25 +70,24 @@ impl State {
 
     /// What the client sees: cache status headers, `Age` from the store, the request id.
     pub(super) fn status_headers(&self, session: &Session, resp: &mut ResponseHeader, ctx: &mut Ctx) -> Result<()> {
-        // Portier speaks its own HTTP version (RFC 9110 §2.5), whatever the origin's status line said.
-        resp.set_version(http::Version::HTTP_11);
-        // An interim response (103 Early Hints) is not the response: no cache status on it.
-        if resp.status.is_informational() {
+        if !final_response(resp) {
             return Ok(());
-        }
-        // A 204 has no content, so no Content-Length either (RFC 9110 §8.6).
-        if resp.status == 204 {
-            resp.remove_header(&http::header::CONTENT_LENGTH);
         }
         let o = self.outcome(session, ctx);
         if o.status == CacheStatus::Hit && session.cache.lock_duration().is_some() {
             self.metrics.coalesced.inc();
         }
+        self.stamp(resp, ctx, &o, session.cache.maybe_cache_meta())
+    }
+
+    /// The headers every answer gets from its decided outcome: `Cache-Status` and the rest,
+    /// `Age` when built from `stored`, the precondition's 412, HSTS, `Alt-Svc`, the request id.
+    pub(super) fn stamp(&self, resp: &mut ResponseHeader, ctx: &mut Ctx, o: &Outcome, stored: Option<&CacheMeta>) -> Result<()> {
         o.write_headers(resp, ctx.upstream.time.map(|d| d.as_secs_f64() * 1000.0), self.config.server.name.as_str())?;
-        // A fresh hit went through Pingora's `cache_hit_header`, which set `Age` from the same
-        // meta; the others (stale, revalidated) did not.
+        // A fresh hit went through `cache_hit_header` (Pingora's or the fast path's), which
+        // set `Age` from the same meta; the others (stale, revalidated) did not.
         if o.status.built_from_store() && !(o.status == CacheStatus::Hit && resp.headers.contains_key(http::header::AGE)) {
-            if let Some(meta) = session.cache.maybe_cache_meta() {
+            if let Some(meta) = stored {
                 resp.insert_header(http::header::AGE, meta.age().as_secs())?;
             }
         }
@@ -161,6 +160,21 @@ impl State {
         }
         FailToProxy { error_code: code, can_reuse_downstream: false }
     }
+}
+
+/// Portier's HTTP version and a 204's framing; false for an interim response (103 Early
+/// Hints), which is not the response and gets no cache status.
+pub(super) fn final_response(resp: &mut ResponseHeader) -> bool {
+    // Portier speaks its own HTTP version (RFC 9110 §2.5), whatever the origin's status line said.
+    resp.set_version(http::Version::HTTP_11);
+    if resp.status.is_informational() {
+        return false;
+    }
+    // A 204 has no content, so no Content-Length either (RFC 9110 §8.6).
+    if resp.status == 204 {
+        resp.remove_header(&http::header::CONTENT_LENGTH);
+    }
+    true
 }
 
 /// `If-Match` / `If-Unmodified-Since` (RFC 9110 §13.2.2, evaluated first) fail with 412,

@@ -183,6 +183,14 @@ impl MemStorage {
         self.purge_keys(&[*combined], soft)
     }
 
+    /// What a lookup finds under `combined`: its meta and body (shared, not copied). A use:
+    /// the entry moves to the front of the LRU order.
+    pub(crate) fn get(&self, combined: &HashBinary) -> Result<Option<(CacheMeta, Bytes)>> {
+        let found = self.inner.lock().lru.get(combined).map(|e| (e.meta.clone(), e.body.clone()));
+        let Some((stored, body)) = found else { return Ok(None) };
+        Ok(Some((stored.meta()?, body)))
+    }
+
     /// A copy of a stored entry (its meta and body shared, not copied), for the shared tier.
     pub(crate) fn entry(&self, combined: &HashBinary) -> Option<Entry> {
         self.inner.lock().lru.peek(combined).cloned()
@@ -381,14 +389,10 @@ fn tags_of(meta: &CacheMeta) -> Box<[String]> {
 #[async_trait::async_trait]
 impl Storage for MemStorage {
     async fn lookup(&'static self, key: &CacheKey, _trace: &SpanHandle) -> Result<Option<(CacheMeta, HitHandler)>> {
-        let found = {
-            let mut inner = self.inner.lock();
-            inner.lru.get(&key.combined_bin()).map(|e| (e.meta.clone(), e.body.clone()))
-        };
-        let Some((stored, body)) = found else {
+        let Some((meta, body)) = self.get(&key.combined_bin())? else {
             return Ok(None);
         };
-        Ok(Some((stored.meta()?, Box::new(Hit::new(body, HitTier::Memory)))))
+        Ok(Some((meta, Box::new(Hit::new(body, HitTier::Memory)))))
     }
 
     async fn get_miss_handler(&'static self, key: &CacheKey, meta: &CacheMeta, _trace: &SpanHandle) -> Result<MissHandler> {
