@@ -117,7 +117,7 @@ impl Directives {
         d
     }
 
-    pub(crate) fn from_headers(h: &http::HeaderMap, name: &str) -> Directives {
+    pub(crate) fn from_headers(h: &http::HeaderMap, name: impl http::header::AsHeaderName) -> Directives {
         Directives::parse(h.get_all(name).iter().filter_map(|v| v.to_str().ok()))
     }
 

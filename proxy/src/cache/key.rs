@@ -91,13 +91,13 @@ fn variant_value(name: &str, req: &RequestHeader) -> Vec<u8> {
 /// it, so a response stored with or without that name in its `Vary` gives one answer.
 pub(crate) fn variance(meta: &CacheMeta, req: &RequestHeader, coding: Option<Coding>, dictionary: Option<&[u8; 32]>) -> Option<HashBinary> {
     let headers = &meta.response_header().headers;
-    if dictionary.is_none() && headers.contains_key(crate::edge::compression::MARKER) && varies_on_encoding_alone(headers) {
+    if dictionary.is_none() && headers.contains_key(crate::edge::compression::MARKER_NAME) && varies_on_encoding_alone(headers) {
         return Some(encoded_variance(coding));
     }
     let mut names = super::directives::field_tokens(headers, http::header::VARY);
     names.sort();
     names.dedup();
-    let portier_encodes = headers.contains_key(crate::edge::compression::MARKER);
+    let portier_encodes = headers.contains_key(crate::edge::compression::MARKER_NAME);
     let mut pairs = Vec::with_capacity(names.len());
     for name in names {
         if portier_encodes && name == "available-dictionary" {

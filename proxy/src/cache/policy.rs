@@ -114,7 +114,7 @@ pub(crate) fn response_directives(resp: &ResponseHeader) -> (Directives, bool) {
             return (d, true);
         }
     }
-    (Directives::from_headers(&resp.headers, "cache-control"), false)
+    (Directives::from_headers(&resp.headers, http::header::CACHE_CONTROL), false)
 }
 
 fn header_date(h: &ResponseHeader, name: &str) -> Option<SystemTime> {
@@ -291,11 +291,11 @@ pub(crate) struct RequestRules {
 }
 
 pub(crate) fn request_rules(req: &RequestHeader) -> RequestRules {
-    let d = Directives::from_headers(&req.headers, "cache-control");
+    let d = Directives::from_headers(&req.headers, http::header::CACHE_CONTROL);
     let pragma_no_cache = !d.present
         && req
             .headers
-            .get_all("pragma")
+            .get_all(http::header::PRAGMA)
             .iter()
             .filter_map(|v| v.to_str().ok())
             .any(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("no-cache")));

@@ -61,7 +61,8 @@ fn first_look(combined: HashBinary, body: &Bytes) -> bool {
 /// Portier encoded it at less than the strongest level and it is at most `max` bytes decoded.
 pub(crate) fn on_hit(store: &'static dyn Store, metrics: &Arc<Metrics>, key: &CacheKey, meta: &CacheMeta, body: &Bytes, max: usize) {
     let h = &meta.response_header().headers;
-    if !h.contains_key(crate::edge::compression::MARKER) || crate::edge::fields::has_token(h, http::header::CACHE_CONTROL, "immutable") {
+    if !h.contains_key(crate::edge::compression::MARKER_NAME) || crate::edge::fields::has_token(h, http::header::CACHE_CONTROL, "immutable")
+    {
         return;
     }
     let coding = match h.get(http::header::CONTENT_ENCODING).map(http::HeaderValue::as_bytes) {

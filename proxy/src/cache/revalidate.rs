@@ -57,7 +57,7 @@ pub(crate) fn merge_304(merged_by_pingora: &ResponseHeader, not_modified: &Respo
         // go out with the origin's `Vary` and a cache downstream could hand it to a client
         // without the dictionary (RFC 9842 §6.2).
         let sh = &stored.response_header().headers;
-        if sh.contains_key(crate::edge::compression::MARKER) {
+        if sh.contains_key(crate::edge::compression::MARKER_NAME) {
             let kept: Vec<http::HeaderValue> = sh.get_all(http::header::VARY).iter().cloned().collect();
             let stored_names = crate::cache::directives::field_tokens(sh, http::header::VARY);
             let added: Vec<String> = crate::cache::directives::field_tokens(&not_modified.headers, http::header::VARY)

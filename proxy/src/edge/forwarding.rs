@@ -38,7 +38,7 @@ impl std::ops::Deref for RequestId {
 /// Keeps a client's `X-Request-Id` when it is a sane token (so a trace started upstream of
 /// Portier keeps its id); otherwise makes a new one.
 pub(crate) fn request_id(req: &RequestHeader) -> RequestId {
-    if let Some(v) = req.headers.get(REQUEST_ID) {
+    if let Some(v) = req.headers.get(&crate::edge::fields::X_REQUEST_ID.0) {
         let b = v.as_bytes();
         if !b.is_empty() && b.len() <= 128 && b.iter().all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(b)) {
             return RequestId(v.clone());

@@ -27,8 +27,11 @@ impl State {
         if not_modified {
             pingora_core::protocols::http::conditional_filter::to_304(&mut header);
         }
-        // No `Range` reaches here: this adds `Accept-Ranges` as Pingora's hit path does.
-        response::ranges(session, &mut header);
+        // No `Range` reaches here, so of Pingora's range filter only this is left: a 200 with a
+        // length may be asked for ranges next time (`range_header_filter`, nginx's behaviour).
+        if header.status == http::StatusCode::OK && crate::edge::target::content_length(&header.headers).is_some() {
+            let _ = header.insert_header(http::header::ACCEPT_RANGES, http::HeaderValue::from_static("bytes"));
+        }
         let header_only = not_modified || session.req_header().method == http::Method::HEAD;
         let facts = Facts {
             decision: ctx.cache.decision,

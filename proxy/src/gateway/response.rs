@@ -238,7 +238,7 @@ pub(super) fn ranges(session: &Session, resp: &mut ResponseHeader) -> pingora_pr
     // so only an entity tag (one per encoded copy) may resume a range (RFC 9110 §13.1.5).
     let if_range_date =
         req.headers.get(http::header::IF_RANGE).is_some_and(|v| !v.as_bytes().starts_with(b"\"") && !v.as_bytes().starts_with(b"W/"));
-    if asks_range && if_range_date && resp.headers.contains_key(crate::edge::compression::MARKER) {
+    if asks_range && if_range_date && resp.headers.contains_key(crate::edge::compression::MARKER_NAME) {
         return RangeType::None;
     }
     let t = range_header_filter(req, resp, Some(200));

@@ -256,7 +256,8 @@ fn rand_u64() -> u64 {
 
 /// `(trace id, sampled)` of a valid incoming `traceparent`.
 fn parse_traceparent(req: &RequestHeader) -> Option<(String, bool)> {
-    let tp = req.headers.get("traceparent")?.to_str().ok()?.trim();
+    const TRACEPARENT: http::HeaderName = http::HeaderName::from_static("traceparent");
+    let tp = req.headers.get(TRACEPARENT)?.to_str().ok()?.trim();
     let mut parts = tp.split('-');
     let (v, id, span, flags) = (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
     let hex = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_hexdigit()) && s.bytes().any(|b| b != b'0');
