@@ -670,6 +670,36 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_head_built_before_a_change_is_not_served_after_it() {
+        let s = MemStorage::new(1 << 20, 1 << 20).leak();
+        let key = CacheKey::new("http://h/head", "");
+        let combined = key.combined_bin();
+        fill(s, "http://h/head", None, b"the first copy", "").await;
+        for _ in 0..2 {
+            // Built, then copied from this thread's recent heads.
+            let (meta, _) = s.get(&combined).unwrap().unwrap();
+            assert_eq!(meta.response_header().headers.get("content-length").unwrap(), "14");
+        }
+        let stored = s.entry(&combined).unwrap();
+        let etag = http::HeaderValue::from_static("\"smaller\"");
+        assert!(s.reencode(&combined, &stored.body, Some(etag.clone()), Bytes::from_static(b"smaller")));
+        let (meta, body) = s.get(&combined).unwrap().unwrap();
+        let h = &meta.response_header().headers;
+        assert_eq!(
+            (h.get("content-length").unwrap(), h.get("etag"), &body[..]),
+            (&http::HeaderValue::from(7), Some(&etag), &b"smaller"[..])
+        );
+        // Heads of many other entries push this one out; it is built again, the same.
+        for i in 0..40 {
+            let url = format!("http://h/other{i}");
+            fill(s, &url, None, b"x", "").await;
+            let _ = s.get(&CacheKey::new(url.as_str(), "").combined_bin()).unwrap();
+        }
+        let (again, _) = s.get(&combined).unwrap().unwrap();
+        assert_eq!(again.response_header().headers.get("etag"), Some(&etag));
+    }
+
+    #[tokio::test]
     async fn budget_holds_and_lru_evicts_oldest() {
         let s = MemStorage::new(20_000, 8_000).leak();
         for i in 0..60 {
