@@ -259,8 +259,10 @@ const RECENT_HEADS: usize = 32;
 /// heads per thread, and the metas they hold alive past their eviction.
 fn recent_head(d: &Arc<Decoded>) -> pingora_http::ResponseHeader {
     use std::cell::RefCell;
+    /// The heads, each with the meta it was built from, and the slot the next one replaces.
+    type Heads = (Vec<(Arc<Decoded>, pingora_http::ResponseHeader)>, usize);
     thread_local! {
-        static HEADS: RefCell<(Vec<(Arc<Decoded>, pingora_http::ResponseHeader)>, usize)> = const { RefCell::new((Vec::new(), 0)) };
+        static HEADS: RefCell<Heads> = const { RefCell::new((Vec::new(), 0)) };
     }
     HEADS.with(|heads| {
         let mut heads = heads.borrow_mut();
