@@ -14,32 +14,41 @@ pub(crate) fn cache_key(url: &CacheUrl) -> CacheKey {
 }
 
 /// The key hash of a URL: Pingora's (blake2 of the primary key, ~2,200 instructions), kept
-/// per thread for the URLs asked most recently (a lookup is a few hundred). Bounded: long
-/// URLs are not kept, and a full table is emptied.
+/// per thread for the URLs asked most recently (a lookup is a few hundred).
 fn primary_hash(url: &str) -> HashBinary {
     use pingora_cache::key::CacheHashKey;
-    use std::cell::RefCell;
-    use std::collections::HashMap;
-    const MEMO_MAX_URL: usize = 512;
-    const MEMO_ENTRIES: usize = 1024;
     thread_local! {
-        static MEMO: RefCell<HashMap<Box<str>, HashBinary>> = RefCell::new(HashMap::new());
+        static MEMO: Memo = Memo::default();
     }
-    let keep = url.len() <= MEMO_MAX_URL;
-    if let Some(hash) = keep.then(|| MEMO.with(|m| m.borrow().get(url).copied())).flatten() {
-        return hash;
+    remembered(&MEMO, url.as_bytes(), 512, 1024, || Some(CacheKey::new(url, "").primary_bin())).unwrap_or_default()
+}
+
+type Memo = std::cell::RefCell<std::collections::HashMap<Box<[u8]>, HashBinary>>;
+
+/// `compute()`, remembered in this thread's `memo` by its exact `input`. Bounded: inputs over
+/// `max_input` bytes are not kept, and a table of `max_entries` is emptied.
+fn remembered(
+    memo: &'static std::thread::LocalKey<Memo>,
+    input: &[u8],
+    max_input: usize,
+    max_entries: usize,
+    compute: impl FnOnce() -> Option<HashBinary>,
+) -> Option<HashBinary> {
+    let keep = input.len() <= max_input;
+    if let Some(hash) = keep.then(|| memo.with(|m| m.borrow().get(input).copied())).flatten() {
+        return Some(hash);
     }
-    let hash = CacheKey::new(url, "").primary_bin();
+    let hash = compute()?;
     if keep {
-        MEMO.with(|m| {
+        memo.with(|m| {
             let mut m = m.borrow_mut();
-            if m.len() >= MEMO_ENTRIES {
+            if m.len() >= max_entries {
                 m.clear();
             }
-            m.insert(url.into(), hash);
+            m.insert(input.into(), hash);
         });
     }
-    hash
+    Some(hash)
 }
 
 /// [`cache_key`] for a URL whose key hash this request computed already (`hash` is
@@ -172,16 +181,11 @@ fn encoded_variance(coding: Option<Coding>) -> HashBinary {
 }
 
 /// Variance hashes already computed on this thread, by their exact inputs. Blake2 over the
-/// names and values was ~5,000 instructions of every hit of a varying response (most of them
-/// one of four `Accept-Encoding` variants); a lookup here is a few hundred. Bounded: inputs
-/// over `MEMO_MAX_INPUT` bytes are not kept, and a full table is emptied.
+/// names and values was ~5,000 instructions of every hit of a varying response; a lookup here
+/// is a few hundred.
 fn memoized_variance(pairs: Vec<(String, Vec<u8>)>) -> Option<HashBinary> {
-    use std::cell::RefCell;
-    use std::collections::HashMap;
-    const MEMO_MAX_INPUT: usize = 256;
-    const MEMO_ENTRIES: usize = 512;
     thread_local! {
-        static MEMO: RefCell<HashMap<Vec<u8>, HashBinary>> = RefCell::new(HashMap::new());
+        static MEMO: Memo = Memo::default();
     }
     // Each part length-prefixed: no two different lists of pairs give the same bytes.
     let mut input = Vec::with_capacity(pairs.iter().map(|(n, v)| n.len() + v.len() + 8).sum());
@@ -191,25 +195,13 @@ fn memoized_variance(pairs: Vec<(String, Vec<u8>)>) -> Option<HashBinary> {
         input.extend_from_slice(&(v.len() as u32).to_le_bytes());
         input.extend_from_slice(v);
     }
-    let known = (input.len() <= MEMO_MAX_INPUT).then(|| MEMO.with(|m| m.borrow().get(&input).copied())).flatten();
-    if known.is_some() {
-        return known;
-    }
-    let mut vb = VarianceBuilder::new();
-    for (n, v) in pairs {
-        vb.add_owned_name_value(n, v);
-    }
-    let hash = vb.finalize()?;
-    if input.len() <= MEMO_MAX_INPUT {
-        MEMO.with(|m| {
-            let mut m = m.borrow_mut();
-            if m.len() >= MEMO_ENTRIES {
-                m.clear();
-            }
-            m.insert(input, hash);
-        });
-    }
-    Some(hash)
+    remembered(&MEMO, &input, 256, 512, || {
+        let mut vb = VarianceBuilder::new();
+        for (n, v) in pairs {
+            vb.add_owned_name_value(n, v);
+        }
+        vb.finalize()
+    })
 }
 
 #[cfg(test)]

@@ -217,6 +217,10 @@ impl CacheLayer {
         }
         let (meta, body) = self.memory.get(&key.combined_bin()).ok()??;
         let (meta, body) = match variance(&meta) {
+            // With tiers behind memory, Pingora's lookup of a stale primary asks them for a
+            // fresher one (another replica's refresh), whose provenance and `Vary` then pick
+            // the variant: only a fresh primary is taken as it is here.
+            Some(_) if self.has_tiers() && !meta.is_fresh(now) => return None,
             Some(v) if meta.variance() != Some(v) => {
                 key.set_variance_key(v);
                 let (variant, body) = self.memory.get(&key.combined_bin()).ok()??;
@@ -228,6 +232,11 @@ impl CacheLayer {
             _ => (meta, body),
         };
         meta.is_fresh(now).then_some((meta, body))
+    }
+
+    /// Whether tiers (disk, Redis) stand behind the memory one.
+    fn has_tiers(&self) -> bool {
+        !std::ptr::addr_eq(self.storage as *const dyn Store, self.memory as *const MemStorage)
     }
 
     /// A fresh hit answered from memory by [`Self::fresh_in_memory`] may queue its stored

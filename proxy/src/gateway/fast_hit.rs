@@ -53,11 +53,13 @@ impl State {
         ctx.cache.outcome = Some(outcome);
         ctx.cache.answered_from_memory = true;
         self.invalidate_after(session, &header, ctx);
-        session.write_response_header(Box::new(header), header_only).await?;
+        // A failed write is the client's connection (as Pingora's hit path marks it), not an
+        // origin failure: no error page, and the hit stays the outcome logged and counted.
+        session.write_response_header(Box::new(header), header_only).await.map_err(|e| e.into_down())?;
         if !header_only {
             let mut body = Some(body);
             response::count_body(ctx, &mut body);
-            session.write_response_body(body, true).await?;
+            session.write_response_body(body, true).await.map_err(|e| e.into_down())?;
         }
         Ok(true)
     }

@@ -13,7 +13,7 @@ pub(crate) static NEVER_SENT: [http::HeaderName; 5] = [
     http::HeaderName::from_static("surrogate-control"),
     http::HeaderName::from_static("cache-tag"),
     http::HeaderName::from_static("surrogate-key"),
-    http::HeaderName::from_static(crate::edge::compression::MARKER),
+    crate::edge::compression::MARKER_NAME,
 ];
 
 /// The headers that prove the cache, readable by a cross-origin page's script.
