@@ -451,3 +451,48 @@ async fn a_damaged_value_in_redis_is_never_served() {
         assert_eq!((r.header("x-cache"), r.text()), ("HIT", format!("v2 {path}")), "{path}: the good copy from redis");
     }
 }
+
+/// A replica's memory answers a fresh hit before Pingora's lookup, but not from a stale
+/// primary: there Pingora asks Redis for a fresher one, and another replica's refresh may
+/// have started a new `Vary` family that makes this replica's fresh copy of a variant
+/// obsolete. A keeps `en` (the primary, short-lived) and `fr` (a variant, long-lived); once
+/// `en` is stale, B refreshes it and the origin has stopped varying on `X-Lang`. A's next
+/// `fr` request is then B's new answer from Redis, not A's old `fr`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_variant_in_memory_is_not_served_past_another_replicas_new_vary_family() {
+    let redis = Redis::start().await;
+    let changed = Arc::new(AtomicBool::new(false));
+    let flag = changed.clone();
+    let origin = Scripted::start(move |req, n| {
+        if flag.load(Ordering::SeqCst) {
+            let headers = [("Cache-Control", "max-age=60"), ("Vary", "X-Other"), ("Content-Type", "text/plain")];
+            return Reply::new(200, &headers, format!("new v{n}"));
+        }
+        let lang = req.header("x-lang").unwrap_or("none").to_string();
+        let max_age = if lang == "en" { "max-age=1" } else { "max-age=60" };
+        let headers = [("Cache-Control", max_age), ("Vary", "X-Lang"), ("Content-Type", "text/plain")];
+        Reply::new(200, &headers, format!("{lang} v{n}"))
+    })
+    .await;
+    let (a, b) = (replica(&origin, &redis), replica(&origin, &redis));
+    wait_connected(&a).await;
+    wait_connected(&b).await;
+    let lang = |l: &'static str| [("Host", "app.test"), ("X-Lang", l)];
+    assert_eq!(get_with(a.public, "/v", &lang("en")).await.header("x-cache"), "MISS");
+    assert_eq!(get_with(a.public, "/v", &lang("fr")).await.header("x-cache"), "MISS");
+    let r = get_with(a.public, "/v", &lang("fr")).await;
+    assert_eq!((r.header("x-cache"), r.text().as_str()), ("HIT", "fr v2"), "A's fresh variant from memory");
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    changed.store(true, Ordering::SeqCst);
+    let r = get_with(b.public, "/v", &lang("en")).await;
+    assert_eq!(r.text(), "new v3", "B refreshed the stale primary: {r:?}");
+    let stored = eventually(Duration::from_secs(5), async || {
+        metric_value(&metrics(&b).await, "cache_shared_calls_total{op=\"put\",outcome=\"ok\"}") == Some(1.0)
+    })
+    .await;
+    assert!(stored, "B's refresh was written to redis");
+    let r = get_with(a.public, "/v", &lang("fr")).await;
+    assert_eq!((r.header("x-cache"), r.text().as_str()), ("HIT", "new v3"), "{r:?}");
+    assert!(r.header("cache-status").ends_with("; detail=shared"), "{r:?}");
+    assert_eq!(origin.count("/v"), 3, "A's answer came from Redis, not the origin");
+}
