@@ -267,6 +267,41 @@ async fn malformed_http2_requests_are_refused() {
     assert_eq!(o.count("/two-hosts"), 0);
 }
 
+/// h2's own `tracing` events reach the JSON log as `library` events at the level
+/// `PORTIER_LIBRARY_LOG` names (through Portier's subscriber, not tracing's `log` bridge,
+/// which cost every HTTP/2 request its spans): a DATA frame on stream 0 is h2's connection
+/// error, logged at `debug`, and not at the default `warn`.
+#[tokio::test(flavor = "multi_thread")]
+async fn http2_library_events_reach_the_log_at_the_chosen_level() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let o = Scripted::start(|_, _| Reply::new(200, &[], "ok")).await;
+    let config = pool_config(o.addr, "");
+    let h2_lines = |f: &Front| {
+        let lines = f.portier.stdout_lines();
+        lines.into_iter().filter(|l| l.contains("\"event\":\"library\"") && l.contains("\"target\":\"h2::")).collect::<Vec<_>>()
+    };
+    let broken_connection = async |f: &Front| {
+        let mut tls = f.cert.connect(f.addr(Proto::H2Tls), b"h2").await.unwrap();
+        let mut bytes = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+        bytes.extend_from_slice(&[0, 0, 0, 4, 0, 0, 0, 0, 0]); // SETTINGS, empty
+        bytes.extend_from_slice(&[0, 0, 0, 0, 0, 0, 0, 0, 0]); // DATA on stream 0
+        tls.write_all(&bytes).await.unwrap();
+        let mut sink = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(5), tls.read_to_end(&mut sink)).await;
+    };
+    let debug = Front::start_with_env(&config, &[("PORTIER_LIBRARY_LOG", "debug")]);
+    broken_connection(&debug).await;
+    let logged = eventually(Duration::from_secs(5), async || !h2_lines(&debug).is_empty()).await;
+    assert!(logged, "h2's connection error logged at debug: {:?}", debug.portier.stdout_lines());
+    let line: serde_json::Value = serde_json::from_str(&h2_lines(&debug)[0]).unwrap();
+    assert_eq!(line["level"], "debug", "{line}");
+    assert!(!line["message"].as_str().unwrap_or("").is_empty(), "{line}");
+    let quiet = Front::start(&config);
+    broken_connection(&quiet).await;
+    assert_eq!(quiet.get(Proto::H2Tls, "/after", &[]).await.status, 200);
+    assert!(h2_lines(&quiet).is_empty(), "nothing below warn by default: {:?}", h2_lines(&quiet));
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_strict_nginx_origin_serves_every_protocol() {
     let nginx = Nginx::start();

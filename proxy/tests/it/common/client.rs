@@ -150,9 +150,14 @@ pub struct Front {
 impl Front {
     /// `config` without `[tls]` (added here, HTTP/2 and HTTP/3 on) or `[listen]`.
     pub fn start(config: &str) -> Front {
+        Self::start_with_env(config, &[])
+    }
+
+    /// [`Self::start`] with these environment variables.
+    pub fn start_with_env(config: &str, env: &[(&str, &str)]) -> Front {
         let dir = tempfile::tempdir().unwrap();
         let cert = TestCert::new(dir.path());
-        let portier = Portier::start(&format!("{config}\n{}http3 = true\n", cert.tls_section()));
+        let portier = Portier::start_with_env(&format!("{config}\n{}http3 = true\n", cert.tls_section()), env);
         assert!(portier.tls.is_some(), "the TLS listener is bound");
         Front { portier, cert, _dir: dir }
     }
