@@ -37,7 +37,7 @@ pub(crate) async fn respond(
     stamp: Stamp<'_>,
     extra: &[(&'static str, &str)],
 ) -> Result<()> {
-    let text = Bytes::from(body(status, detail, stamp.request_id));
+    let text = Bytes::from(body(status, detail, stamp.request_id.as_str()));
     write(session, status, Some("text/plain; charset=utf-8"), text, stamp, extra).await
 }
 
@@ -45,7 +45,7 @@ pub(crate) async fn respond(
 /// headers of `outcome` under this cache's name (`server.name`).
 #[derive(Clone, Copy)]
 pub(crate) struct Stamp<'a> {
-    pub request_id: &'a str,
+    pub request_id: &'a crate::edge::forwarding::RequestId,
     pub outcome: &'a Outcome,
     pub name: &'a str,
 }
@@ -70,7 +70,7 @@ pub(crate) async fn write(
     }
     resp.insert_header("content-length", body.len().to_string())?;
     resp.insert_header("cache-control", "no-store")?;
-    resp.insert_header(crate::edge::forwarding::REQUEST_ID, stamp.request_id)?;
+    resp.insert_header(crate::edge::forwarding::REQUEST_ID, stamp.request_id.value())?;
     stamp.outcome.write_headers(&mut resp, None, stamp.name)?;
     for (k, v) in extra {
         resp.insert_header(*k, *v)?;

@@ -61,6 +61,9 @@ impl State {
             response::count_body(ctx, &mut body);
             session.write_response_body(body, true).await.map_err(|e| e.into_down())?;
         }
+        // As Pingora's hit path ends: a header-only answer is finished (and flushed) too,
+        // and a failure there is the client's connection.
+        session.finish_body().await.map_err(|e| e.into_down())?;
         Ok(true)
     }
 

@@ -130,6 +130,13 @@ impl State {
 
     /// The origin could not be reached or did not answer: 502 or 504, counted once.
     pub(super) async fn answer_failure(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
+        // A fresh hit answered from memory failed while being written (a client that stops
+        // reading, an HTTP/2 or HTTP/3 write timeout): the answer has started, so there is
+        // nothing to send and no origin to blame; the hit stays the outcome logged, as when
+        // Pingora's own hit path fails a write.
+        if ctx.cache.answered_from_memory {
+            return FailToProxy { error_code: 0, can_reuse_downstream: false };
+        }
         let crate::upstream::Failure { status: code, kind: upstream_kind } = crate::upstream::Failure::of(e);
         if let (Some(pool), Some(kind)) = (ctx.route.pool(), upstream_kind) {
             // A connect failure was counted where it happened, in `connect_failed`.

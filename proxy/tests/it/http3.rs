@@ -469,3 +469,44 @@ async fn sigterm_lets_an_http3_request_in_flight_finish() {
         "{lines:?}"
     );
 }
+
+/// A fresh hit answered from memory to a client that stops granting flow-control credit:
+/// the write stalls past its limit (`limits.body_timeout`) and the stream is dropped, but
+/// the request stays what it was, a HIT with status 200, and no origin failure is counted
+/// (it was logged BYPASS with a 504, the client's stall taken for an upstream timeout).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_hit_to_a_client_that_stops_reading_stays_a_hit() {
+    let big = "x".repeat(1 << 20);
+    let o = Scripted::start(move |_, _| {
+        Reply::new(200, &[("cache-control", "max-age=60"), ("content-type", "application/octet-stream")], big.clone())
+    })
+    .await;
+    let f = Front::start(&pool_config(o.addr, "[limits]\nbody_timeout = \"1s\""));
+    // Filled over HTTPS (the scheme is in the key), then a hit from memory.
+    assert_eq!(f.get(Proto::H2Tls, "/big", &[]).await.header("x-cache"), "MISS");
+    assert_eq!(f.get(Proto::H2Tls, "/big", &[]).await.header("x-cache"), "HIT");
+    let mut transport = quinn::TransportConfig::default();
+    transport.stream_receive_window(quinn::VarInt::from_u32(16 * 1024));
+    transport.receive_window(quinn::VarInt::from_u32(64 * 1024));
+    let endpoint = f.cert.quic_client_with(transport);
+    let mut c = f.cert.h3_connect(&endpoint, f.addr(Proto::H3)).await.unwrap();
+    let req = http::Request::builder().uri(format!("https://{}/big", f.authority(Proto::H3))).body(()).unwrap();
+    let mut s = c.send.send_request(req).await.unwrap();
+    s.finish().await.unwrap();
+    let r = s.recv_response().await.unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    // Not one byte of the body is read: Portier's write stalls, then gives up.
+    let logged = eventually(Duration::from_secs(10), async || {
+        f.portier.stdout_lines().iter().any(|l| l.contains("\"path\":\"/big\"") && l.contains("\"protocol\":\"3\""))
+    })
+    .await;
+    let lines = f.portier.stdout_lines();
+    assert!(logged, "the stalled request was logged: {lines:#?}");
+    let line = lines.iter().find(|l| l.contains("\"path\":\"/big\"") && l.contains("\"protocol\":\"3\"")).unwrap();
+    let v: serde_json::Value = serde_json::from_str(line).unwrap();
+    assert_eq!((v["cache_status"].as_str(), v["status"].as_u64()), (Some("HIT"), Some(200)), "{line}");
+    let m = get(f.portier.admin, "/metrics").await.text();
+    assert!(!m.lines().any(|l| l.starts_with("upstream_errors_total") && !l.ends_with(" 0")), "no origin failure counted: {m}");
+    assert_eq!(o.count("/big"), 1);
+    drop(s);
+}
