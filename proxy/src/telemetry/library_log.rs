@@ -9,7 +9,49 @@
 //! that are never written. With this subscriber's level as tracing's maximum, h2's `trace`
 //! spans are off at their call site.
 
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock};
+
+/// At most this many library lines a second. A client can make a library warn once per
+/// frame it sends (h2: "recv PING ack that we never sent", 17 bytes each): without a bound
+/// that is a flood of the log, its disk and its reader, sent from anywhere.
+const LINES_PER_SECOND: u32 = 100;
+
+/// This second's count of library lines, and how many it dropped.
+static BUDGET: Mutex<Budget> = Mutex::new(Budget { second: 0, written: 0, dropped: 0 });
+
+struct Budget {
+    second: u64,
+    written: u32,
+    dropped: u64,
+}
+
+/// Writes a library line if this second's budget allows. The first line after a second that
+/// dropped some is preceded by one saying how many.
+fn write_line(level: &str, target: &str, message: &str) {
+    let second = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let (write, dropped_before) = {
+        let mut b = BUDGET.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut dropped_before = 0;
+        if b.second != second {
+            dropped_before = std::mem::take(&mut b.dropped);
+            *b = Budget { second, written: 0, dropped: 0 };
+        }
+        let write = b.written < LINES_PER_SECOND;
+        if write {
+            b.written += 1;
+        } else {
+            b.dropped += 1;
+        }
+        (write, dropped_before)
+    };
+    if dropped_before > 0 {
+        let mut n = itoa::Buffer::new();
+        super::events::emit("warn", "library_lines_dropped", &[("dropped", n.format(dropped_before))]);
+    }
+    if write {
+        super::events::emit(level, "library", &[("target", target), ("message", message)]);
+    }
+}
 
 struct ToEvents {
     max: log::LevelFilter,
@@ -31,7 +73,7 @@ impl log::Log for ToEvents {
             log::Level::Debug | log::Level::Trace => "debug",
         };
         let message = r.args().to_string();
-        super::events::emit(level, "library", &[("target", r.target()), ("message", &message)]);
+        write_line(level, r.target(), &message);
     }
 
     fn flush(&self) {}
@@ -78,7 +120,7 @@ impl tracing::Subscriber for TracingToEvents {
         };
         let mut message = Message(String::new());
         e.record(&mut message);
-        super::events::emit(level, "library", &[("target", e.metadata().target()), ("message", &message.0)]);
+        write_line(level, e.metadata().target(), &message.0);
     }
 
     fn enter(&self, _: &tracing::span::Id) {}

@@ -302,6 +302,39 @@ async fn http2_library_events_reach_the_log_at_the_chosen_level() {
     assert!(h2_lines(&quiet).is_empty(), "nothing below warn by default: {:?}", h2_lines(&quiet));
 }
 
+/// A library line a client can cause per frame (h2 warns of every PING acknowledgement it
+/// never asked for) is bounded: at most 100 library lines a second reach the log, and the
+/// next line after a second that dropped some says how many were dropped.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_flood_of_library_warnings_is_bounded() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let o = Scripted::start(|_, _| Reply::new(200, &[], "ok")).await;
+    let f = Front::start(&pool_config(o.addr, ""));
+    let mut tls = f.cert.connect(f.addr(Proto::H2Tls), b"h2").await.unwrap();
+    let ping_ack = [0, 0, 8, 6, 1, 0, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8];
+    let mut bytes = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    bytes.extend_from_slice(&[0, 0, 0, 4, 0, 0, 0, 0, 0]);
+    for _ in 0..1000 {
+        bytes.extend_from_slice(&ping_ack);
+    }
+    tls.write_all(&bytes).await.unwrap();
+    let pings = |f: &Front| f.portier.stdout_lines().iter().filter(|l| l.contains("never sent")).count();
+    let mut buf = [0u8; 4096];
+    let _ = tokio::time::timeout(Duration::from_millis(500), tls.read(&mut buf)).await;
+    assert!(eventually(Duration::from_secs(5), async || pings(&f) > 0).await, "h2's warning is logged");
+    // One more, a second later: it opens a new second's budget and reports the drops.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    tls.write_all(&ping_ack).await.unwrap();
+    let dropped_line = |f: &Front| f.portier.stdout_lines().into_iter().find(|l| l.contains("\"event\":\"library_lines_dropped\""));
+    assert!(eventually(Duration::from_secs(5), async || dropped_line(&f).is_some()).await, "{:?}", f.portier.stdout_lines().len());
+    let line: serde_json::Value = serde_json::from_str(&dropped_line(&f).unwrap()).unwrap();
+    let dropped: usize = line["dropped"].as_str().unwrap().parse().unwrap();
+    let written = pings(&f);
+    assert!(written <= 201, "at most 100 a second (the flood may straddle two): {written}");
+    assert!(dropped >= 1000 - written, "every line not written is counted: {dropped} dropped, {written} written");
+    assert_eq!(f.get(Proto::H2Tls, "/after", &[]).await.status, 200, "the proxy still answers");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_strict_nginx_origin_serves_every_protocol() {
     let nginx = Nginx::start();
