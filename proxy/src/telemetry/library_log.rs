@@ -25,9 +25,10 @@ struct Budget {
     dropped: u64,
 }
 
-/// Writes a library line if this second's budget allows. The first line after a second that
-/// dropped some is preceded by one saying how many.
-fn write_line(level: &str, target: &str, message: &str) {
+/// Whether this second's budget has room for one more library line, checked before the
+/// line is formatted (a flood costs a lock and a count per line, not its text). The first
+/// line after a second that dropped some is preceded by one saying how many.
+fn admit() -> bool {
     let second = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
     let (write, dropped_before) = {
         let mut b = BUDGET.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -48,9 +49,11 @@ fn write_line(level: &str, target: &str, message: &str) {
         let mut n = itoa::Buffer::new();
         super::events::emit("warn", "library_lines_dropped", &[("dropped", n.format(dropped_before))]);
     }
-    if write {
-        super::events::emit(level, "library", &[("target", target), ("message", message)]);
-    }
+    write
+}
+
+fn write_line(level: &str, target: &str, message: &str) {
+    super::events::emit(level, "library", &[("target", target), ("message", message)]);
 }
 
 struct ToEvents {
@@ -63,7 +66,7 @@ impl log::Log for ToEvents {
     }
 
     fn log(&self, r: &log::Record<'_>) {
-        if !self.enabled(r.metadata()) {
+        if !self.enabled(r.metadata()) || !admit() {
             return;
         }
         let level = match r.level() {
@@ -118,6 +121,9 @@ impl tracing::Subscriber for TracingToEvents {
             tracing::Level::INFO => "info",
             _ => "debug",
         };
+        if !admit() {
+            return;
+        }
         let mut message = Message(String::new());
         e.record(&mut message);
         write_line(level, e.metadata().target(), &message.0);
