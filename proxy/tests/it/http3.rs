@@ -154,8 +154,11 @@ async fn stalled_streams_junk_datagrams_and_stalled_handshakes_are_bounded() {
     assert_eq!(o.count("/stalled"), 0, "nothing half-received went to the origin: {:?}", o.seen());
     drop(c);
     endpoint.close(0u32.into(), b"done");
-    // Its place is free once Portier has seen the close.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Its place is free once Portier has seen the close (waited for, not slept on: under a
+    // loaded machine 300 ms was not always enough, and the stalled handshake below was then
+    // refused instead of holding the place).
+    let open = async |f: &Front| metric_value(&get(f.portier.admin, "/metrics").await.text(), "connections_open");
+    assert!(eventually(Duration::from_secs(5), async || open(&f).await == Some(0.0)).await, "the closed connection's place is free");
 
     // Junk datagrams: dropped, nothing held.
     let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
@@ -180,11 +183,12 @@ async fn stalled_streams_junk_datagrams_and_stalled_handshakes_are_bounded() {
     let silent = f.cert.quic_client();
     let stalls = silent.connect(relay_addr, "a.test").unwrap();
     let stalls = tokio::spawn(async move { tokio::time::timeout(Duration::from_secs(5), stalls).await });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(eventually(Duration::from_secs(3), async || open(&f).await == Some(1.0)).await, "the stalled handshake took the place");
     let fresh = f.cert.quic_client();
     let refused = tokio::time::timeout(Duration::from_secs(3), f.cert.h3_connect(&fresh, addr)).await;
     assert!(matches!(refused, Ok(Err(_))), "the stalled handshake holds the one place (max_connections = 1)");
-    tokio::time::sleep(Duration::from_millis(2200)).await;
+    // Dropped at handshake_timeout (2 s from its first packet), well before 5 s.
+    assert!(eventually(Duration::from_secs(5), async || open(&f).await == Some(0.0)).await, "the stalled handshake was dropped");
     let mut later = f.cert.h3_connect(&fresh, addr).await.expect("the stalled handshake was dropped at handshake_timeout");
     assert_eq!(later.request("GET", &uri("/after-stall"), &[], b"").await.unwrap().status, 200);
     forwarder.abort();
